@@ -1,0 +1,5 @@
+"""Ordinance's decision core: commands become facts, policies become a Decision.
+
+Owns command parsing, policy loading and evaluation (Rego, CEL), the Decision model, masking,
+audit, approvals, identity, the servers and the CLI. It must not know any adapter's protocol.
+"""

@@ -1,0 +1,1 @@
+"""One module per `ordinance` subcommand; each exposes `register(subparsers)`."""
