@@ -1,0 +1,418 @@
+"""The audit trail's public types and its SQL implementation shared by both backends.
+
+Owns `AuditLog`: append (durable before it returns), verify, prune with a sealed checkpoint,
+export iteration and tail waiting, over a `SqlConnection`. The event kinds the engine writes are
+declared once in `EVENT_KINDS`. Every event passes `engine.masking.scrub_document` before it is
+hashed or stored, so no card number reaches the trail in clear (PCI DSS 3.4).
+
+It must not decide anything about policy, must not write outside the transaction that holds
+the trail's write lock, and must not swallow a write failure: an append either returns a
+durable record or raises `AuditWriteError` (the caller then fails closed).
+Backend modules supply only what differs: schema DDL, the tail lock, and how to wait for news.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from engine.audit.chain import (
+    GENESIS_HASH,
+    AuditRecord,
+    Checkpoint,
+    Head,
+    VerifyResult,
+    canonical_json,
+    format_ts,
+    new_ulid,
+    parse_ts,
+    record_hash,
+    seal_checkpoint,
+    verify_chain,
+)
+from engine.audit.stores import SqlConnection, StoreUnavailable, StoreURL, driver_errors
+from engine.masking import scrub_document
+
+DEFAULT_RETENTION = timedelta(days=365)
+MAX_RETENTION = timedelta(days=7 * 365 + 2)
+"""Seven years, leap days included; a longer retention is refused."""
+
+MAX_EVENT_BYTES = 1 << 20
+"""A record's canonical encoding may not exceed 1 MiB: callers truncate huge statements."""
+
+EVENT_KINDS: dict[str, str] = {
+    "decision": "a Decision for one command: effect, reasons, masks, policy_revision, command",
+    "session.start": "a client session opened: client address, resource, protocol",
+    "session.end": "a client session closed: duration, statement count, reason",
+    "statement": "one statement run in a session: text, effect, rows, error, duration_ms",
+    "approval.requested": "a review request was filed",
+    "approval.approved": "an approver granted a request",
+    "approval.denied": "an approver refused a request",
+    "approval.refused": "an attempt to decide a request was rejected (self-approval, group, …)",
+    "approval.consumed": "an approved request was used to run a command",
+    "approval.not_consumed": "a command looked for an approval and found none usable",
+    "policy.reload": "a policy set was loaded (or a broken one rejected): revision, errors",
+    "audit.pruned": "records older than the retention were removed behind a checkpoint",
+}
+"""Kinds the engine writes. Others are accepted if they match `KIND_PATTERN`."""
+
+KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+
+_COLUMNS = "seq, id, ts, kind, subject, session_id, decision_id, payload, prev_hash, hash"
+_PAGE = 500
+
+
+class AuditError(Exception):
+    """Base of everything the audit trail raises."""
+
+
+class AuditStoreUnavailable(AuditError):
+    """The URL is wrong, the database is missing or unreachable, or holds no audit trail."""
+
+
+class AuditWriteError(AuditError):
+    """An append did not become durable; nothing was acknowledged."""
+
+
+class InvalidAuditEvent(AuditError, ValueError):
+    """The event cannot be recorded as given (bad kind, payload not a JSON object, too large)."""
+
+
+class RetentionError(AuditError, ValueError):
+    """A retention period that is not positive or exceeds seven years."""
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    pruned: int
+    cutoff: str
+    checkpoint: Checkpoint | None
+    """None when nothing was old enough to remove."""
+
+
+@dataclass(frozen=True)
+class PreparedEvent:
+    """An event scrubbed and normalized to JSON values, ready to be chained."""
+
+    kind: str
+    subject: str | None
+    session_id: str | None
+    decision_id: str | None
+    payload: dict[str, Any]
+
+
+def check_retention(period: timedelta) -> timedelta:
+    if not isinstance(period, timedelta) or period <= timedelta(0):
+        raise RetentionError(f"retention must be a positive duration, got {period!r}")
+    if period > MAX_RETENTION:
+        raise RetentionError(
+            f"retention {period.days} days exceeds the maximum of {MAX_RETENTION.days} days "
+            f"(7 years)")
+    return period
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return format_ts(value) if value.tzinfo else value.isoformat()
+    if isinstance(value, date | timedelta | Decimal):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def prepare_event(kind: str, payload: dict[str, Any], subject: str | None,
+                  session_id: str | None, decision_id: str | None) -> PreparedEvent:
+    """Validate, normalize to plain JSON values, and scrub card numbers from every field."""
+    if not isinstance(kind, str) or len(kind) > 64 or not KIND_PATTERN.match(kind):
+        raise InvalidAuditEvent(f"invalid event kind {kind!r}: lowercase dotted words, e.g. "
+                                f"'session.start'")
+    if not isinstance(payload, dict):
+        raise InvalidAuditEvent(f"payload must be a dict, got {type(payload).__name__}")
+    for name, value in (("subject", subject), ("session_id", session_id),
+                        ("decision_id", decision_id)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidAuditEvent(f"{name} must be a string or None")
+    try:
+        plain = json.loads(json.dumps(payload, default=_json_default, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidAuditEvent(f"payload is not representable as JSON: {exc}") from exc
+    scrubbed = scrub_document({"subject": subject, "session_id": session_id,
+                               "decision_id": decision_id, "payload": plain})
+    event = PreparedEvent(kind, scrubbed["subject"], scrubbed["session_id"],
+                          scrubbed["decision_id"], scrubbed["payload"])
+    size = len(canonical_json(scrubbed).encode("utf-8"))
+    if size > MAX_EVENT_BYTES:
+        raise InvalidAuditEvent(f"event is {size} bytes; the limit is {MAX_EVENT_BYTES}")
+    return event
+
+
+def _row_to_record(row: tuple[Any, ...]) -> AuditRecord:
+    seq, rid, ts, kind, subject, session_id, decision_id, payload, prev_hash, h = row
+    try:
+        body = json.loads(payload)
+    except (TypeError, ValueError):
+        body = {"unparseable_payload": str(payload)}  # cannot hash-match: reported as edited
+    return AuditRecord(int(seq), rid, ts, kind, subject, session_id, decision_id, body,
+                       prev_hash, h)
+
+
+class AuditLog:
+    """An append-only, hash-chained trail of events in one SQL database.
+
+    Use `engine.audit.open_audit_log(url)` rather than a backend class. Thread-safe; several
+    processes (or service replicas) may append to one trail at once.
+    """
+
+    dialect: str = ""
+    _DDL: tuple[str, ...] = ()
+    _LOCK_HEAD = "SELECT seq, hash, last_id, last_ts FROM ordinance_audit_head WHERE one = 1"
+    POLL_INTERVAL_S = 0.2
+
+    def __init__(self, store: StoreURL, *, create: bool = True,
+                 retention: timedelta = DEFAULT_RETENTION, hmac_key: bytes | None = None) -> None:
+        self.store = store
+        self.retention = check_retention(retention)
+        self.hmac_key = hmac_key or None
+        self._errors = driver_errors(store.dialect)
+        try:
+            self._conn = SqlConnection(store, create=create)
+        except StoreUnavailable as exc:
+            raise AuditStoreUnavailable(str(exc)) from exc
+        try:
+            if create:
+                self._create_schema()
+            elif not self._schema_exists():
+                raise AuditStoreUnavailable(f"no audit trail at {store.redacted()}")
+        except self._errors as exc:
+            self._conn.close()
+            raise AuditStoreUnavailable(f"cannot use audit store {store.redacted()}: "
+                                        f"{exc}") from exc
+        except AuditStoreUnavailable:
+            self._conn.close()
+            raise
+
+    # -- backend hooks --------------------------------------------------------------------
+
+    def _create_schema(self) -> None:
+        with self._conn.write() as tx:
+            self._schema_lock(tx)
+            for stmt in self._DDL:
+                tx.run(stmt)
+            tx.run("INSERT INTO ordinance_audit_head (one, seq, hash) VALUES (1, 0, ?) "
+                   "ON CONFLICT DO NOTHING", (GENESIS_HASH,))
+
+    def _schema_lock(self, tx: SqlConnection) -> None:
+        """Serialize schema creation between processes (SQLite's write lock already does)."""
+
+    def _schema_exists(self) -> bool:
+        raise NotImplementedError
+
+    def _notify(self, tx: SqlConnection, seq: int) -> None:
+        """Tell waiting tails about `seq`, from inside the writing transaction."""
+
+    def _after_commit(self, record: AuditRecord) -> None:
+        """Wake in-process waiters after a commit."""
+
+    def _wait_signal(self, timeout: float) -> None:
+        time.sleep(min(timeout, self.POLL_INTERVAL_S))
+
+    def _start_waiting(self) -> None:
+        """Subscribe to news before the first read of a wait loop."""
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def append(self, kind: str, payload: dict[str, Any], *, subject: str | None = None,
+               session_id: str | None = None, decision_id: str | None = None) -> AuditRecord:
+        """Chain one event after the trail's last record; returns once it is durable."""
+        event = prepare_event(kind, payload, subject, session_id, decision_id)
+        try:
+            with self._conn.write() as tx:
+                record = self._append_locked(tx, self._lock_head(tx), event)
+        except self._errors as exc:
+            raise AuditWriteError(f"audit append failed, nothing recorded: {exc}") from exc
+        self._after_commit(record)
+        return record
+
+    def _lock_head(self, tx: SqlConnection) -> tuple[Any, ...]:
+        head = tx.one(self._LOCK_HEAD)
+        if head is None:
+            raise AuditWriteError("the audit trail's head row is missing (trail damaged)")
+        return head
+
+    def _append_locked(self, tx: SqlConnection, head: tuple[Any, ...],
+                       event: PreparedEvent) -> AuditRecord:
+        last_seq, last_hash, last_id, last_ts = head
+        now = datetime.now(UTC)
+        if last_ts and format_ts(now) < last_ts:
+            now = parse_ts(last_ts)  # a lagging clock never makes time run backwards
+        ts = format_ts(now)
+        record = AuditRecord(
+            seq=int(last_seq) + 1, id=new_ulid(now, last_id), ts=ts, kind=event.kind,
+            subject=event.subject, session_id=event.session_id,
+            decision_id=event.decision_id, payload=event.payload, prev_hash=last_hash, hash="")
+        fields = record.hashed_fields()
+        digest = record_hash(fields)
+        tx.run(f"INSERT INTO ordinance_audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (record.seq, record.id, ts, record.kind, record.subject, record.session_id,
+                record.decision_id, canonical_json(record.payload), record.prev_hash, digest))
+        tx.run("UPDATE ordinance_audit_head SET seq = ?, hash = ?, last_id = ?, last_ts = ? "
+               "WHERE one = 1", (record.seq, digest, record.id, ts))
+        self._notify(tx, record.seq)
+        return AuditRecord(**{**fields, "hash": digest})
+
+    # -- retention --------------------------------------------------------------------------
+
+    def prune(self, older_than: timedelta | None = None, *,
+              now: datetime | None = None) -> PruneResult:
+        """Remove records older than `older_than` (default: the configured retention) and leave
+        a sealed checkpoint naming the last removed record, so the rest still verifies. The
+        prune itself is recorded as an `audit.pruned` event in the same transaction."""
+        period = check_retention(older_than if older_than is not None else self.retention)
+        cutoff = format_ts((now or datetime.now(UTC)) - period)
+        try:
+            with self._conn.write() as tx:
+                head = self._lock_head(tx)
+                row = tx.one("SELECT seq, hash FROM ordinance_audit WHERE seq = "
+                             "(SELECT max(seq) FROM ordinance_audit WHERE ts < ?)", (cutoff,))
+                if row is None:
+                    return PruneResult(0, cutoff, None)
+                through_seq, through_hash = int(row[0]), row[1]
+                pruned = tx.run("DELETE FROM ordinance_audit WHERE seq <= ?", (through_seq,))
+                fields = {"through_seq": through_seq, "through_hash": through_hash,
+                          "pruned_count": pruned, "created_at": format_ts(datetime.now(UTC))}
+                alg, seal = seal_checkpoint(fields, self.hmac_key)
+                checkpoint = Checkpoint(**fields, seal_alg=alg, seal=seal)
+                tx.run("INSERT INTO ordinance_audit_checkpoints (through_seq, through_hash, "
+                       "pruned_count, created_at, seal_alg, seal) VALUES (?, ?, ?, ?, ?, ?)",
+                       (through_seq, through_hash, pruned, fields["created_at"], alg, seal))
+                event = prepare_event("audit.pruned", {
+                    "through_seq": through_seq, "pruned": pruned, "cutoff": cutoff,
+                    "retention_days": period.days, "seal_alg": alg}, None, None, None)
+                record = self._append_locked(tx, head, event)
+        except self._errors as exc:
+            raise AuditWriteError(f"audit prune failed, nothing removed: {exc}") from exc
+        self._after_commit(record)
+        return PruneResult(pruned, cutoff, checkpoint)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def iter_records(self, since: datetime | None = None, until: datetime | None = None,
+                     subject: str | None = None, session_id: str | None = None,
+                     kind: str | None = None, *, after_seq: int = 0,
+                     limit: int | None = None) -> Iterator[AuditRecord]:
+        """Records in seq order, filtered; `since` inclusive, `until` exclusive. Pages through
+        the table, so a long export neither holds a lock nor loads everything at once."""
+        where, params = ["seq > ?"], [after_seq]
+        for column, value in (("subject", subject), ("session_id", session_id),
+                              ("kind", kind)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(format_ts(_aware(since)))
+        if until is not None:
+            where.append("ts < ?")
+            params.append(format_ts(_aware(until)))
+        sql = (f"SELECT {_COLUMNS} FROM ordinance_audit WHERE {' AND '.join(where)} "
+               f"ORDER BY seq LIMIT ?")
+        remaining = limit
+        while remaining is None or remaining > 0:
+            page = _PAGE if remaining is None else min(_PAGE, remaining)
+            rows = self._conn.all(sql, (*params, page))
+            for row in rows:
+                yield _row_to_record(row)
+            if len(rows) < page:
+                return
+            params[0] = int(rows[-1][0])
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def tail(self, n: int) -> list[AuditRecord]:
+        """The last `n` records, oldest first."""
+        rows = self._conn.all(f"SELECT {_COLUMNS} FROM ordinance_audit ORDER BY seq DESC "
+                              f"LIMIT ?", (max(0, n),))
+        return [_row_to_record(r) for r in reversed(rows)]
+
+    def last_seq(self) -> int:
+        row = self._conn.one("SELECT seq FROM ordinance_audit_head WHERE one = 1")
+        return int(row[0]) if row else 0
+
+    def wait_for_new(self, after_seq: int, timeout: float) -> list[AuditRecord]:
+        """Records after `after_seq` (up to one page), waiting up to `timeout` seconds for the
+        first to arrive; an empty list means none came."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        self._start_waiting()
+        while True:
+            records = list(self.iter_records(after_seq=after_seq, limit=_PAGE))
+            remaining = deadline - time.monotonic()
+            if records or remaining <= 0:
+                return records
+            self._wait_signal(remaining)
+
+    # -- verification -----------------------------------------------------------------------
+
+    def verify(self) -> VerifyResult:
+        """Walk the whole trail from the latest checkpoint (or the first record) and report
+        the first break. Reads one consistent snapshot on its own connection, so appends
+        continue meanwhile and a concurrent prune cannot cause a false alarm."""
+        reader = SqlConnection(self.store, create=False)
+        try:
+            with reader.snapshot() as snap:
+                head_row = snap.one("SELECT seq, hash FROM ordinance_audit_head WHERE one = 1")
+                cp_row = snap.one("SELECT through_seq, through_hash, pruned_count, created_at, "
+                                  "seal_alg, seal FROM ordinance_audit_checkpoints "
+                                  "ORDER BY through_seq DESC LIMIT 1")
+                checkpoint = (Checkpoint(int(cp_row[0]), cp_row[1], int(cp_row[2]), cp_row[3],
+                                         cp_row[4], cp_row[5]) if cp_row else None)
+                head = Head(int(head_row[0]), head_row[1]) if head_row else None
+
+                def records() -> Iterator[AuditRecord]:
+                    after = -(1 << 62)
+                    while True:
+                        rows = snap.all(f"SELECT {_COLUMNS} FROM ordinance_audit "
+                                        f"WHERE seq > ? ORDER BY seq LIMIT ?", (after, _PAGE))
+                        for row in rows:
+                            yield _row_to_record(row)
+                        if len(rows) < _PAGE:
+                            return
+                        after = int(rows[-1][0])
+
+                def seq_of_hash(digest: str) -> int | None:
+                    row = snap.one("SELECT seq FROM ordinance_audit WHERE hash = ? "
+                                   "ORDER BY seq LIMIT 1", (digest,))
+                    return int(row[0]) if row else None
+
+                if head is None:
+                    return VerifyResult(False, 0, None, "the trail's head row is missing")
+                return verify_chain(records(), checkpoint=checkpoint, head=head,
+                                    key=self.hmac_key, seq_of_hash=seq_of_hash)
+        finally:
+            reader.close()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

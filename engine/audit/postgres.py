@@ -1,0 +1,88 @@
+"""The PostgreSQL audit backend: one trail shared by every service replica.
+
+Owns the PostgreSQL schema and its locking: each append runs in one transaction that first
+takes `SELECT … FOR UPDATE` on the single head row, so replicas queue on the database's row lock
+and the chain stays linear; schema creation is serialized by a transaction-scoped advisory lock.
+Tails wait with LISTEN/NOTIFY (channel `ordinance_audit`, notified inside the append
+transaction, so it is delivered only on commit). It must not invent any locking of its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import suppress
+from typing import Any
+
+from engine.audit.base import AuditLog
+from engine.audit.stores import SqlConnection, StoreUnavailable, connect_postgres
+
+NOTIFY_CHANNEL = "ordinance_audit"
+_SCHEMA_LOCK_KEY = 0x0A0D17  # pg_advisory_xact_lock key for schema creation
+
+
+class PostgresAuditLog(AuditLog):
+    dialect = "postgres"
+    _LOCK_HEAD = AuditLog._LOCK_HEAD + " FOR UPDATE"
+    _DDL = (
+        "CREATE TABLE IF NOT EXISTS ordinance_audit ("
+        " seq BIGINT PRIMARY KEY, id TEXT NOT NULL, ts TEXT NOT NULL, kind TEXT NOT NULL,"
+        " subject TEXT, session_id TEXT, decision_id TEXT, payload TEXT NOT NULL,"
+        " prev_hash TEXT NOT NULL, hash TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS ordinance_audit_ts ON ordinance_audit (ts)",
+        "CREATE INDEX IF NOT EXISTS ordinance_audit_session ON ordinance_audit (session_id)",
+        "CREATE INDEX IF NOT EXISTS ordinance_audit_subject ON ordinance_audit (subject)",
+        "CREATE TABLE IF NOT EXISTS ordinance_audit_head ("
+        " one INTEGER PRIMARY KEY CHECK (one = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL,"
+        " last_id TEXT, last_ts TEXT)",
+        "CREATE TABLE IF NOT EXISTS ordinance_audit_checkpoints ("
+        " through_seq BIGINT PRIMARY KEY, through_hash TEXT NOT NULL,"
+        " pruned_count BIGINT NOT NULL, created_at TEXT NOT NULL, seal_alg TEXT NOT NULL,"
+        " seal TEXT NOT NULL)",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._listen: Any = None
+        self._listen_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def _schema_lock(self, tx: SqlConnection) -> None:
+        tx.one(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
+
+    def _schema_exists(self) -> bool:
+        row = self._conn.one("SELECT to_regclass('ordinance_audit') IS NOT NULL AND "
+                             "to_regclass('ordinance_audit_head') IS NOT NULL")
+        return bool(row and row[0])
+
+    def _notify(self, tx: SqlConnection, seq: int) -> None:
+        tx.one(f"SELECT pg_notify('{NOTIFY_CHANNEL}', ?)", (str(seq),))
+
+    def _start_waiting(self) -> None:
+        with self._listen_lock:
+            if self._listen is None or self._listen.closed or self._listen.broken:
+                try:
+                    self._listen = connect_postgres(self.store.target)
+                    self._listen.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                except (StoreUnavailable, *self._errors):
+                    self._listen = None
+
+    def _wait_signal(self, timeout: float) -> None:
+        with self._listen_lock:
+            listen = self._listen
+            if listen is not None:
+                try:
+                    for _ in listen.notifies(timeout=timeout, stop_after=1):
+                        pass
+                    return
+                except self._errors:
+                    self._listen = None
+        time.sleep(min(timeout, self.POLL_INTERVAL_S))  # no listener: poll
+        self._start_waiting()
+
+    def close(self) -> None:
+        with self._listen_lock:
+            if self._listen is not None:
+                with suppress(Exception):
+                    self._listen.close()
+                self._listen = None
+        super().close()
