@@ -1,0 +1,117 @@
+"""The Engine: one input document in, one Decision out.
+
+It enriches the command with parsed facts, evaluates the active PolicySet, combines what fired
+(deny beats review beats allow) and never raises for an evaluation problem: a policy error, a
+bad mask or an input it cannot read is a deny with the problem as reason (fail closed).
+
+Decisions are cached in a bounded LRU keyed by the canonical JSON of the input document. The
+cache belongs to one policy set (a swap starts an empty one) and is bypassed when the set calls
+time, random or network builtins, so a cached answer is exactly what evaluating would give.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from engine.decision import Decision, Reason, combine_effect
+from engine.errors import EvaluationError
+from engine.facts import enrich_command
+from engine.policy import PolicySet
+
+ENGINE_POLICY = "ordinance.engine"
+DEFAULT_CACHE_SIZE = 10_000
+
+
+class DecisionCache:
+    """A bounded, thread-safe LRU of Decisions for one policy set."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[str, Decision] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Decision | None:
+        with self._lock:
+            decision = self._items.get(key)
+            if decision is not None:
+                self._items.move_to_end(key)
+            return decision
+
+    def put(self, key: str, decision: Decision) -> None:
+        with self._lock:
+            self._items[key] = decision
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Engine:
+    def __init__(self, policy_set: PolicySet, *, cache_size: int = DEFAULT_CACHE_SIZE):
+        self._cache_size = cache_size
+        self._state = (policy_set, DecisionCache(cache_size))
+
+    @property
+    def policy_set(self) -> PolicySet:
+        return self._state[0]
+
+    def swap(self, policy_set: PolicySet) -> None:
+        """Make `policy_set` the active one. Decisions already running finish on the old one."""
+        self._state = (policy_set, DecisionCache(self._cache_size))
+
+    def decide(self, input_doc: Any) -> Decision:
+        started = time.perf_counter_ns()
+        policy_set, cache = self._state  # one read: a swap mid-decision cannot mix two sets
+        if not isinstance(input_doc, dict):
+            return _deny(f"input must be a JSON object, not {type(input_doc).__name__}",
+                         policy_set.revision, {}, started)
+        key = None
+        if policy_set.cacheable and cache.size > 0:
+            try:
+                key = json.dumps(input_doc, sort_keys=True, separators=(",", ":"))
+            except (TypeError, ValueError) as err:
+                return _deny(f"input is not JSON-serialisable: {err}", policy_set.revision,
+                             {}, started)
+            hit = cache.get(key)
+            if hit is not None:
+                return Decision(effect=hit.effect, reasons=hit.reasons, masks=hit.masks,
+                                policy_revision=hit.policy_revision, command=hit.command,
+                                eval_ns=time.perf_counter_ns() - started, cached=True)
+        command = enrich_command(input_doc.get("command"), input_doc.get("resource"))
+        doc = dict(input_doc)
+        doc["command"] = command
+        try:
+            reasons, masks = policy_set.evaluate(doc)
+        except EvaluationError as err:
+            return _deny(f"policy evaluation error: {err}", policy_set.revision, command, started)
+        except (TypeError, ValueError, OverflowError, RecursionError) as err:
+            return _deny(f"input could not be evaluated: {type(err).__name__}: {err}",
+                         policy_set.revision, command, started)
+        reasons_t = tuple(reasons)
+        decision = Decision(
+            effect=combine_effect(reasons_t), reasons=reasons_t, masks=tuple(masks),
+            policy_revision=policy_set.revision, command=command,
+            eval_ns=time.perf_counter_ns() - started,
+        )
+        if key is not None:
+            cache.put(key, decision)
+        return decision
+
+    def query(self, path: str, input_doc: Any) -> tuple[bool, Any]:
+        """OPA-style data query: (defined, value). Raises EvaluationError on a policy error."""
+        return self.policy_set.query(path, input_doc)
+
+
+def _deny(message: str, revision: str, command: dict[str, Any], started: int) -> Decision:
+    return Decision(
+        effect="deny",
+        reasons=(Reason(policy=ENGINE_POLICY, message=message, effect="deny"),),
+        policy_revision=revision, command=command,
+        eval_ns=time.perf_counter_ns() - started,
+    )

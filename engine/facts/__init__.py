@@ -1,0 +1,81 @@
+"""Raw commands become facts: the `command` part of the input document, enriched.
+
+A pipeline in one direction (raw text -> parsed statements -> plain facts) for each protocol:
+SQL (sqlglot, in the resource's dialect), shell (shlex) and HTTP. Facts are cached by
+(protocol, dialect, raw text) in a bounded LRU, so a hot loop never parses the same text twice.
+The functions here never raise on bad input; they report it in `parse_error`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from engine.facts.http import http_facts
+from engine.facts.shell import shell_facts
+from engine.facts.sql import dialect_for, parse_sql
+
+SQL_PROTOCOLS = frozenset({"postgres", "postgresql", "mysql", "mariadb", "sql", "sqlite"})
+MAX_RAW_BYTES = 1 << 20
+FACTS_CACHE_SIZE = 4096
+
+
+@lru_cache(maxsize=FACTS_CACHE_SIZE)
+def _cached_sql(raw: str, dialect: str | None) -> dict[str, Any]:
+    return parse_sql(raw, dialect)
+
+
+@lru_cache(maxsize=FACTS_CACHE_SIZE)
+def _cached_shell(raw: str) -> dict[str, Any]:
+    return shell_facts(raw)
+
+
+def sql_facts(raw: str, dialect: str | None) -> dict[str, Any]:
+    """Parsed SQL facts. They are shared with the cache: read them, never change them."""
+    if len(raw) > MAX_RAW_BYTES:
+        return {"statements": [{"kind": "other", "tables": [], "targets": [], "columns": [],
+                                "has_where": False, "has_limit": False, "limit": None,
+                                "nested": False}],
+                "kinds": ["other"], "tables": [],
+                "parse_error": f"statement too large to analyse ({len(raw)} characters, "
+                               f"limit {MAX_RAW_BYTES})"}
+    return _cached_sql(raw, dialect)
+
+
+def enrich_command(command: dict[str, Any] | None,
+                   resource: dict[str, Any] | None) -> dict[str, Any]:
+    """The command with its facts added; the caller's dict is not modified.
+
+    Nested values are shared with the facts cache and must be treated as read-only.
+
+    The protocol comes from `command.protocol`, else from `resource.type`. Facts a caller
+    already supplied are overwritten: policies must see what the engine parsed, not what an
+    adapter claims.
+    """
+    command = dict(command or {})
+    resource = resource or {}
+    protocol = str(command.get("protocol") or resource.get("type") or "").lower()
+    raw = command.get("raw")
+    if protocol:
+        command["protocol"] = protocol
+    if protocol == "http":
+        command.update(http_facts(command))
+        return command
+    if not isinstance(raw, str):
+        if raw is not None or protocol in SQL_PROTOCOLS or protocol == "shell":
+            command["parse_error"] = "command.raw must be a string"
+            command.setdefault("statements", [])
+            command.setdefault("kinds", [])
+            command.setdefault("tables", [])
+        return command
+    if protocol == "shell":
+        command.update(_cached_shell(raw))
+        return command
+    dialect = dialect_for(str(resource.get("type") or protocol))
+    command.update(sql_facts(raw, dialect))
+    return command
+
+
+def clear_caches() -> None:
+    _cached_sql.cache_clear()
+    _cached_shell.cache_clear()

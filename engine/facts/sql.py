@@ -1,0 +1,315 @@
+"""SQL text -> statement facts, with sqlglot in the resource's dialect.
+
+One direction only: raw text in, a list of plain dicts out (the `statements` of the input
+document). Statements hidden inside others (DML in CTEs, `EXPLAIN ANALYZE <stmt>`,
+`PREPARE name AS <stmt>`, `CREATE TABLE ... AS SELECT`) become entries of their own with
+`nested: true`, so a policy that walks `statements` sees every statement that will run.
+This module never raises on bad SQL: the fact `parse_error` carries the message instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+# sqlglot warns (on the root logger of its own name) whenever it falls back to exp.Command.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+DIALECTS = {
+    "postgres": "postgres",
+    "postgresql": "postgres",
+    "cockroachdb": "postgres",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "sqlite": "sqlite",
+    "snowflake": "snowflake",
+    "bigquery": "bigquery",
+}
+
+STATEMENT_KINDS = (
+    "select", "insert", "update", "delete", "merge", "drop", "truncate", "alter", "create",
+    "grant", "revoke", "copy", "call", "do", "set", "begin", "commit", "rollback", "explain",
+    "other",
+)
+
+_KIND_BY_CLASS: dict[type[exp.Expression], str] = {
+    exp.Select: "select",
+    exp.Union: "select",
+    exp.Intersect: "select",
+    exp.Except: "select",
+    exp.Values: "select",
+    exp.Insert: "insert",
+    exp.Update: "update",
+    exp.Delete: "delete",
+    exp.Merge: "merge",
+    exp.Drop: "drop",
+    exp.TruncateTable: "truncate",
+    exp.Alter: "alter",
+    exp.Create: "create",
+    exp.Grant: "grant",
+    exp.Revoke: "revoke",
+    exp.Copy: "copy",
+    exp.Set: "set",
+    exp.Transaction: "begin",
+    exp.Commit: "commit",
+    exp.Rollback: "rollback",
+    exp.Describe: "explain",
+}
+
+# Leading keywords for text sqlglot cannot parse into a typed statement (exp.Command) or
+# misreads as an expression (`START TRANSACTION` parses as a column with an alias).
+_KIND_BY_KEYWORD = {
+    "call": "call", "do": "do", "explain": "explain", "begin": "begin", "start": "begin",
+    "commit": "commit", "end": "commit", "rollback": "rollback", "abort": "rollback",
+    "set": "set", "reset": "set", "truncate": "truncate", "drop": "drop", "alter": "alter",
+    "create": "create", "grant": "grant", "revoke": "revoke", "copy": "copy",
+    "select": "select", "insert": "insert", "update": "update", "delete": "delete",
+    "merge": "merge", "with": "select", "table": "select", "values": "select",
+}
+
+_DML = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
+_EXPLAIN_PREFIX = re.compile(
+    r"^\s*explain\s+(?:\((?P<opts>[^)]*)\)\s*|(?P<words>(?:(?:analyze|analyse|verbose|"
+    r"costs|buffers|settings|wal|timing|summary|format\s+\w+)\s+)*))",
+    re.IGNORECASE,
+)
+_PREPARE_PREFIX = re.compile(r"^\s*prepare\s+\w+\s*(?:\([^)]*\))?\s+as\s+", re.IGNORECASE)
+_FIRST_WORD = re.compile(r"^\s*([A-Za-z_]+)")
+_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+
+
+def dialect_for(resource_type: str | None) -> str | None:
+    """The sqlglot dialect for a resource type (`postgres` -> postgres); None for generic SQL."""
+    if not resource_type:
+        return None
+    return DIALECTS.get(resource_type.lower())
+
+
+def parse_sql(raw: str, dialect: str | None) -> dict[str, Any]:
+    """Facts for one SQL string: `statements`, `kinds`, `tables`, `parse_error`."""
+    try:
+        trees = [t for t in sqlglot.parse(raw, dialect=dialect) if t is not None]
+    except SqlglotError as err:
+        return _unparseable(raw, _first_line(str(err)))
+    except (RecursionError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
+        return _unparseable(raw, f"{type(err).__name__}: {err}")
+    statements: list[dict[str, Any]] = []
+    for tree in trees:
+        statements.extend(_statement_facts(tree, dialect, nested=False))
+    return _summarise(statements, parse_error=None)
+
+
+def _unparseable(raw: str, message: str) -> dict[str, Any]:
+    kind = "other"
+    return _summarise([_blank(kind, nested=False)], parse_error=message or "unparseable SQL")
+
+
+def _summarise(statements: list[dict[str, Any]], parse_error: str | None) -> dict[str, Any]:
+    kinds: list[str] = []
+    tables: list[str] = []
+    for st in statements:
+        if st["kind"] not in kinds:
+            kinds.append(st["kind"])
+        for t in st["tables"]:
+            if t not in tables:
+                tables.append(t)
+    return {"statements": statements, "kinds": kinds, "tables": tables,
+            "parse_error": parse_error}
+
+
+def _first_line(message: str) -> str:
+    clean = re.sub(r"\x1b\[[0-9;]*m", "", message)
+    return clean.strip().splitlines()[0] if clean.strip() else "unparseable SQL"
+
+
+def _blank(kind: str, nested: bool) -> dict[str, Any]:
+    return {"kind": kind, "tables": [], "targets": [], "columns": [], "has_where": False,
+            "has_limit": False, "limit": None, "nested": nested}
+
+
+def _statement_facts(tree: exp.Expression, dialect: str | None,
+                     nested: bool) -> list[dict[str, Any]]:
+    if isinstance(tree, exp.Command):
+        return _command_facts(tree, dialect, nested)
+    kind = _kind_of(tree)
+    if kind is None:
+        # Not a statement at all: sqlglot read keywords it does not know as an expression.
+        word = _FIRST_WORD.match(_COMMENT.sub(" ", tree.sql(dialect=dialect)))
+        kind = _KIND_BY_KEYWORD.get(word.group(1).lower(), "other") if word else "other"
+        return [_blank(kind, nested)]
+    facts = _blank(kind, nested)
+    ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+    facts["tables"] = _tables(tree, ctes)
+    facts["targets"] = _targets(tree, ctes)
+    facts["columns"] = _columns(tree)
+    facts["has_where"] = _has_where(tree)
+    facts["has_limit"], facts["limit"] = _limit(tree)
+    _add_kind_details(tree, facts)
+    out = [facts]
+    out.extend(_hidden_statements(tree, dialect))
+    return out
+
+
+def _kind_of(tree: exp.Expression) -> str | None:
+    for cls in type(tree).__mro__:
+        kind = _KIND_BY_CLASS.get(cls)
+        if kind:
+            return kind
+    return None
+
+
+def _add_kind_details(tree: exp.Expression, facts: dict[str, Any]) -> None:
+    if isinstance(tree, exp.Copy):
+        facts["direction"] = "from" if tree.args.get("kind") else "to"
+        files = tree.args.get("files") or []
+        target = files[0].name.lower() if files else ""
+        if target in ("stdout", "stdin", "program"):
+            facts["copy_target"] = target
+        else:
+            facts["copy_target"] = "file"
+    elif isinstance(tree, exp.Create | exp.Drop | exp.Alter):
+        facts["object_kind"] = str(tree.args.get("kind") or "").lower() or None
+
+
+def _hidden_statements(tree: exp.Expression, dialect: str | None) -> list[dict[str, Any]]:
+    """DML inside CTEs or subqueries, and the query of CREATE ... AS / INSERT ... SELECT."""
+    hidden: list[dict[str, Any]] = []
+    for node in tree.find_all(*_DML, exp.Select):
+        if node is tree or isinstance(node.parent, exp.When):
+            continue
+        if isinstance(node, exp.Select) and not isinstance(tree, exp.Create | exp.Copy |
+                                                          exp.Insert):
+            continue
+        if isinstance(node, exp.Select) and _has_select_ancestor(node, tree):
+            continue
+        hidden.extend(_statement_facts(node, dialect, nested=True)[:1])
+    return hidden
+
+
+def _has_select_ancestor(node: exp.Expression, root: exp.Expression) -> bool:
+    parent = node.parent
+    while parent is not None and parent is not root:
+        if isinstance(parent, exp.Select):
+            return True
+        parent = parent.parent
+    return False
+
+
+def _command_facts(tree: exp.Command, dialect: str | None,
+                   nested: bool) -> list[dict[str, Any]]:
+    keyword = str(tree.this or "").lower()
+    text = tree.sql(dialect=dialect)
+    kind = _KIND_BY_KEYWORD.get(keyword, "other")
+    facts = _blank(kind, nested)
+    inner_text: str | None = None
+    if keyword == "explain":
+        m = _EXPLAIN_PREFIX.match(text)
+        opts = ((m.group("opts") or "") + " " + (m.group("words") or "")) if m else ""
+        facts["analyze"] = bool(re.search(r"\banaly[sz]e\b(?!\s+(?:false|off|0)\b)",
+                                          opts, re.IGNORECASE))
+        inner_text = text[m.end():] if m else None
+    elif keyword == "prepare":
+        m = _PREPARE_PREFIX.match(text)
+        inner_text = text[m.end():] if m else None
+    out = [facts]
+    if inner_text:
+        inner = parse_sql(inner_text, dialect)
+        if inner["parse_error"] is None:
+            for st in inner["statements"]:
+                st["nested"] = True
+                out.append(st)
+            facts["tables"] = list(inner["tables"])
+            facts["columns"] = sorted({c for st in inner["statements"] for c in st["columns"]})
+    return out
+
+
+def _table_name(table: exp.Table) -> str:
+    parts = [p for p in (table.catalog, table.db, table.name) if p]
+    return ".".join(parts).lower()
+
+
+def _tables(tree: exp.Expression, ctes: set[str]) -> list[str]:
+    names: list[str] = []
+    for table in tree.find_all(exp.Table):
+        if not table.name:
+            continue
+        name = _table_name(table)
+        if name in ctes and not table.db:
+            continue
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _targets(tree: exp.Expression, ctes: set[str]) -> list[str]:
+    """Tables the statement writes or changes (the object of DML and DDL)."""
+    target = tree.this if isinstance(tree, exp.Expression) else None
+    if isinstance(tree, exp.Insert | exp.Create) and isinstance(target, exp.Schema):
+        target = target.this
+    if isinstance(tree, exp.TruncateTable | exp.Grant | exp.Revoke | exp.Drop):
+        return [_table_name(t) for t in tree.find_all(exp.Table) if t.name]
+    if isinstance(tree, exp.Copy) and not tree.args.get("kind"):
+        return []
+    if isinstance(target, exp.Index):
+        target = target.args.get("table")
+    if isinstance(target, exp.Table) and target.name:
+        name = _table_name(target)
+        return [] if name in ctes else [name]
+    return []
+
+
+def _columns(tree: exp.Expression) -> list[str]:
+    names: list[str] = []
+    for node in tree.find_all(exp.Column, exp.Star):
+        name = "*" if isinstance(node, exp.Star) else node.name.lower()
+        if isinstance(node, exp.Column) and isinstance(node.this, exp.Star):
+            name = "*"
+        if name and name not in names:
+            names.append(name)
+    if isinstance(tree, exp.Insert) and isinstance(tree.this, exp.Schema):
+        for ident in tree.this.expressions:
+            name = ident.name.lower()
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+def _has_where(tree: exp.Expression) -> bool:
+    if isinstance(tree, exp.SetOperation):
+        return _has_where(tree.left) and _has_where(tree.right)
+    if isinstance(tree, exp.Copy):
+        inner = tree.this.this if isinstance(tree.this, exp.Subquery) else None
+        return bool(inner is not None and _has_where(inner))
+    if isinstance(tree, exp.Merge):
+        return tree.args.get("on") is not None
+    return tree.args.get("where") is not None
+
+
+def _limit(tree: exp.Expression) -> tuple[bool, int | None]:
+    if isinstance(tree, exp.Copy):
+        inner = tree.this.this if isinstance(tree.this, exp.Subquery) else None
+        return _limit(inner) if inner is not None else (False, None)
+    node = tree.args.get("limit")
+    if node is None and isinstance(tree, exp.SetOperation):
+        left, right = _limit(tree.left), _limit(tree.right)
+        if left[0] and right[0]:
+            both = [v for v in (left[1], right[1]) if v is not None]
+            total = sum(both) if len(both) == 2 else None
+            return True, total
+        return False, None
+    if node is None:
+        return False, None
+    value = node.args.get("count") if isinstance(node, exp.Fetch) else node.expression
+    if isinstance(value, exp.Var) and value.name.lower() == "all":
+        return False, None
+    if isinstance(value, exp.Literal) and not value.is_string:
+        try:
+            return True, int(value.this)
+        except ValueError:
+            return True, None
+    return True, None

@@ -1,0 +1,175 @@
+"""Policy sets: loaded from a directory or bundle, compiled once, evaluated many times.
+
+`load_policy_set(dir)` returns an immutable `PolicySet` or raises `PolicySetError` listing every
+problem as `file:line: message`. `PolicySet.evaluate(doc)` runs Rego and CEL on one enriched
+input document and returns what fired; combining that into a Decision is the Engine's job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import regopy
+
+from engine.decision import Mask, Reason
+from engine.errors import PolicySetError
+from engine.policy import cel
+from engine.policy.loader import PolicySource, TestFile, mask_method_names, read_policy_dir
+from engine.policy.rego import INTERNAL_PACKAGE, RegoProgram, check_calls
+
+__all__ = ["PolicySet", "PolicySetError", "load_policy_set"]
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    root: str
+    revision: str
+    rego: RegoProgram
+    cel_rules: tuple[cel.CelRule, ...]
+    tests: tuple[TestFile, ...]
+    data: dict[str, Any]
+    mask_methods: frozenset[str]
+
+    @property
+    def cacheable(self) -> bool:
+        """False when a policy calls time, random or network builtins."""
+        return not self.rego.nondeterministic
+
+    def evaluate(self, doc: dict[str, Any]) -> tuple[list[Reason], list[Mask]]:
+        """What fired for one enriched input document. Raises EvaluationError."""
+        reasons: list[Reason] = []
+        masks: list[Mask] = []
+        for entry in self.rego.decision_sets(doc):
+            package = str(entry.get("package", "?"))
+            for effect in ("deny", "review"):
+                for item in _as_list(entry.get(effect), package, effect):
+                    reasons.append(_reason(package, effect, item))
+            for item in _as_list(entry.get("mask"), package, "mask"):
+                mask, problem = _mask(package, item, self.mask_methods)
+                if mask is not None:
+                    masks.append(mask)
+                if problem is not None:
+                    reasons.append(problem)
+        outcome = cel.evaluate(list(self.cel_rules), doc)
+        reasons.extend(outcome.reasons)
+        masks.extend(outcome.masks)
+        return reasons, masks
+
+    def query(self, path: str, doc: Any) -> tuple[bool, Any]:
+        """OPA-style `data.a.b.c` (or `a/b/c`) for an input document: (defined, value)."""
+        parts = _path_parts(path)
+        if not parts:
+            return True, self._whole_data(doc)
+        for cut in range(len(parts), 0, -1):
+            entrypoint = "/".join(parts[:cut])
+            if self.rego.has_entrypoint(entrypoint):
+                defined, value = self.rego.query(entrypoint, doc)
+                return _descend(defined, value, parts[cut:])
+        return _descend(True, self._whole_data(doc), parts)
+
+    def _whole_data(self, doc: Any) -> dict[str, Any]:
+        tree: dict[str, Any] = json.loads(json.dumps(self.data))
+        for package in self.rego.packages:
+            if package.name == INTERNAL_PACKAGE:
+                continue
+            defined, value = self.rego.query(package.name.replace(".", "/"), doc)
+            if not defined:
+                continue
+            node = tree
+            *parents, last = package.name.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        return tree
+
+
+def load_policy_set(root: str) -> PolicySet:
+    """Read, validate and compile a policy directory or bundle; all-or-nothing."""
+    source: PolicySource = read_policy_dir(root)
+    errors = list(source.errors)
+    methods = frozenset(mask_method_names())
+    rules: list[cel.CelRule] = []
+    for path, document, lines in source.cel_files:
+        compiled, problems = cel.compile_rules(path, document, lines, set(methods))
+        rules.extend(compiled)
+        errors.extend(problems)
+    for module in source.rego:
+        if not module.package:
+            errors.append(f"{module.path}:1: missing package declaration")
+    probe = regopy.Interpreter()
+    errors.extend(check_calls(source.rego, probe.is_builtin))
+    if errors:
+        raise PolicySetError(errors)
+    program = RegoProgram(source.rego, source.data)
+    return PolicySet(root=root, revision=source.digest.hexdigest()[:16], rego=program,
+                     cel_rules=tuple(rules), tests=tuple(source.tests), data=source.data,
+                     mask_methods=methods)
+
+
+def _path_parts(path: str) -> list[str]:
+    path = path.strip().strip("/")
+    if path.startswith("data."):
+        path = path[5:]
+    elif path == "data":
+        path = ""
+    return [p for p in path.replace(".", "/").split("/") if p]
+
+
+def _descend(defined: bool, value: Any, rest: list[str]) -> tuple[bool, Any]:
+    for key in rest:
+        if not defined:
+            break
+        if isinstance(value, dict) and key in value:
+            value = value[key]
+        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        else:
+            return False, None
+    return defined, value if defined else None
+
+
+def _as_list(value: Any, package: str, name: str) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, bool):
+        return [f"{package}.{name} is true"] if value else []
+    return [value]
+
+
+def _reason(package: str, effect: str, item: Any) -> Reason:
+    if isinstance(item, str):
+        return Reason(policy=f"{package}.{effect}", message=item, effect=effect)  # type: ignore[arg-type]
+    if isinstance(item, dict):
+        message = item.get("msg", item.get("message"))
+        rule = item.get("rule") or item.get("id")
+        approvers = item.get("approvers") or []
+        if isinstance(approvers, str):
+            approvers = [approvers]
+        return Reason(
+            policy=f"{package}.{rule}" if rule else f"{package}.{effect}",
+            message=str(message) if message is not None else json.dumps(item, sort_keys=True),
+            effect=effect,  # type: ignore[arg-type]
+            approvers=tuple(str(a) for a in approvers if isinstance(a, str | int)),
+            window=str(item["window"]) if item.get("window") else None,
+        )
+    return Reason(policy=f"{package}.{effect}", message=json.dumps(item), effect=effect)  # type: ignore[arg-type]
+
+
+def _mask(package: str, item: Any,
+          methods: frozenset[str]) -> tuple[Mask | None, Reason | None]:
+    if not isinstance(item, dict) or not isinstance(item.get("column"), str):
+        return None, Reason(policy=f"{package}.mask", effect="deny",
+                            message=f"invalid mask {json.dumps(item)}: needs a string `column`")
+    method = item.get("method", "redact")
+    if method not in methods:
+        return None, Reason(policy=f"{package}.mask", effect="deny",
+                            message=f"unknown mask method {method!r} for column "
+                                    f"{item['column']!r}; failing closed")
+    return Mask(column=item["column"].lower(), method=str(method), policy=f"{package}.mask"), None
+

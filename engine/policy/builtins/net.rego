@@ -1,0 +1,122 @@
+# Builtins that OPA has and regopy lacks, written in Rego so that they run inside the
+# compiled bundle. The loader rewrites calls such as `net.cidr_contains(...)` in user policies
+# to `data.ordinance_builtins.net.cidr_contains(...)`.
+package ordinance_builtins.net
+
+import rego.v1
+
+_hex := "0123456789abcdef"
+
+# net.cidr_contains(cidr, cidr_or_ip): true when the second network or address lies inside the
+# first. IPv4 and IPv6 (with `::` compression); an unparseable argument is undefined, as in OPA.
+cidr_contains(cidr, addr) := result if {
+	outer := _parse_cidr(cidr)
+	inner := _parse_cidr(addr)
+	outer.family == inner.family
+	result := _contains(outer, inner)
+}
+
+_contains(net, other) := false if other.bits < net.bits
+
+_contains(net, other) := result if {
+	other.bits >= net.bits
+	result := _prefix_equal(net.words, other.words, net.bits, net.word_bits)
+}
+
+_prefix_equal(a, b, prefix, word_bits) := true if {
+	full := floor(prefix / word_bits)
+	every i in _indices(full) {
+		a[i] == b[i]
+	}
+	_partial_equal(a, b, full, prefix - (full * word_bits), word_bits)
+} else := false
+
+_indices(0) := []
+
+_indices(n) := numbers.range(0, n - 1) if n > 0
+
+_partial_equal(_, _, _, 0, _) := true
+
+_partial_equal(a, b, i, rest, word_bits) if {
+	rest > 0
+	shift := word_bits - rest
+	bits.rsh(a[i], shift) == bits.rsh(b[i], shift)
+}
+
+_parse_cidr(s) := r if {
+	not contains(s, "/")
+	words := _parse_ip(s)
+	r := {"family": _family(s), "words": words, "bits": count(words) * _word_bits(s), "word_bits": _word_bits(s)}
+}
+
+_parse_cidr(s) := r if {
+	parts := split(s, "/")
+	count(parts) == 2
+	words := _parse_ip(parts[0])
+	regex.match(`^[0-9]{1,3}$`, parts[1])
+	prefix := to_number(parts[1])
+	prefix <= count(words) * _word_bits(parts[0])
+	r := {"family": _family(parts[0]), "words": words, "bits": prefix, "word_bits": _word_bits(parts[0])}
+}
+
+_family(ip) := "ipv6" if contains(ip, ":")
+
+_family(ip) := "ipv4" if not contains(ip, ":")
+
+_word_bits(ip) := 16 if contains(ip, ":")
+
+_word_bits(ip) := 8 if not contains(ip, ":")
+
+_parse_ip(ip) := words if {
+	not contains(ip, ":")
+	parts := split(ip, ".")
+	count(parts) == 4
+	words := [n |
+		some p in parts
+		regex.match(`^[0-9]{1,3}$`, p)
+		n := to_number(p)
+		n <= 255
+	]
+	count(words) == 4
+}
+
+_parse_ip(ip) := words if {
+	contains(ip, ":")
+	groups := _expand_v6(lower(ip))
+	count(groups) == 8
+	words := [n |
+		some g in groups
+		regex.match(`^[0-9a-f]{1,4}$`, g)
+		n := _hex_value(g)
+	]
+	count(words) == 8
+}
+
+_expand_v6(ip) := groups if {
+	not contains(ip, "::")
+	groups := split(ip, ":")
+}
+
+_expand_v6(ip) := groups if {
+	halves := split(ip, "::")
+	count(halves) == 2
+	head := _groups_of(halves[0])
+	tail := _groups_of(halves[1])
+	missing := 8 - count(head) - count(tail)
+	missing >= 1
+	zeros := [z | some _ in numbers.range(1, missing); z := "0"]
+	groups := array.concat(array.concat(head, zeros), tail)
+}
+
+_groups_of("") := []
+
+_groups_of(s) := split(s, ":") if s != ""
+
+_weights := [4096, 256, 16, 1]
+
+_hex_value(g) := sum([v |
+	some i in numbers.range(0, count(g) - 1)
+	digit := indexof(_hex, substring(g, i, 1))
+	digit >= 0
+	v := digit * _weights[(4 - count(g)) + i]
+])

@@ -1,0 +1,259 @@
+"""Rego compiled once into a regopy bundle, then queried per decision.
+
+Compilation adds every module (with missing builtins rewritten to Ordinance's Rego versions),
+the data documents and one generated module, `ordinance_internal`, whose `decision` rule
+collects the `deny`, `review` and `mask` sets of every package under `data.ordinance`. A decision
+is one `query_bundle_entrypoint` call: modules are never re-parsed per request.
+
+regopy is not thread-safe per interpreter, so each thread gets its own interpreter; the bundle
+(immutable) is shared. Errors during evaluation are read from regopy's error nodes and raised as
+`EvaluationError`; they never pass for an empty result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import regopy
+from regopy import rego_shared
+
+from engine.errors import EvaluationError, PolicySetError
+from engine.policy.rego_source import (
+    FORBIDDEN,
+    NONDETERMINISTIC,
+    RegoModule,
+    blank_rules,
+    rewrite_calls,
+)
+
+POLICY_ROOT = "ordinance"
+DECISION_SETS = ("deny", "review", "mask")
+INTERNAL_PACKAGE = "ordinance_internal"
+DECISION_ENTRYPOINT = f"{INTERNAL_PACKAGE}/decision"
+
+# Builtins regopy lacks that Ordinance provides in Rego (see policy/builtins/).
+PROVIDED_BUILTINS = {"net.cidr_contains": "data.ordinance_builtins.net.cidr_contains"}
+
+_ERROR_NODE = 1800
+_ERROR_MSG_NODE = 1801
+_ERROR_AST_NODE = 1802
+_REGO_ERROR = re.compile(
+    r"\(error \d+:(?P<file>[^|\s]*)\|(?P<offset>\d+)\|\d+\s*\(errormsg \d+:(?P<msg>.*?)\)\s*"
+    r"\(errorast",
+    re.DOTALL,
+)
+
+# regopy prints compile errors to stderr itself; the loader reports them with file:line.
+regopy.set_default_log_level("None")
+
+
+@dataclass(frozen=True)
+class RegoPackage:
+    name: str  # dotted, e.g. "ordinance.payments"
+    rules: frozenset[str]
+
+
+class RegoProgram:
+    """The compiled bundle of a policy set and the entrypoints it can answer."""
+
+    def __init__(self, modules: list[RegoModule], data: dict[str, Any], *,
+                 with_tests: bool = False, extra_sources: dict[str, str] | None = None):
+        """`with_tests=False` (serving) leaves `test_*` rules out of the bundle: regopy aborts
+        the process compiling `with input as` over rules that call functions, and a decision
+        never needs tests. `extra_sources` replace module sources by path (the test runner)."""
+        self.modules = modules
+        self.with_tests = with_tests
+        self.extra_sources = extra_sources or {}
+        self.packages = _packages(modules, with_tests)
+        self.decision_packages = [
+            p for p in self.packages
+            if (p.name == POLICY_ROOT or p.name.startswith(POLICY_ROOT + "."))
+            and p.rules & set(DECISION_SETS)
+        ]
+        self.nondeterministic = any(
+            call.name in NONDETERMINISTIC for m in modules for call in m.calls)
+        self.entrypoints = self._entrypoints()
+        self._local = threading.local()
+        self.bundle = self._compile(data)
+
+    # -- compile ---------------------------------------------------------------------------
+
+    def _entrypoints(self) -> list[str]:
+        points = [DECISION_ENTRYPOINT]
+        for package in self.packages:
+            base = package.name.replace(".", "/")
+            points.append(base)
+            points.extend(f"{base}/{rule}" for rule in sorted(package.rules))
+        return points
+
+    def _compile(self, data: dict[str, Any]) -> regopy.Bundle:
+        interp = self._new_interpreter()
+        errors: list[str] = []
+        if data:
+            interp.add_data_json(json.dumps(data))
+        builtins_src = resources.files("engine.policy.builtins").joinpath("net.rego").read_text()
+        interp.add_module("ordinance_builtins/net.rego", builtins_src)
+        sources: dict[str, str] = {}
+        for module in self.modules:
+            source = self.extra_sources.get(module.path, module.source)
+            if not self.with_tests and module.test_rules:
+                source = blank_rules(source, module.spans, set(module.test_rules))
+            source = rewrite_calls(source, module.calls, PROVIDED_BUILTINS)
+            sources[module.path] = source
+            try:
+                interp.add_module(module.path, source)
+            except rego_shared.RegoError as err:
+                errors.extend(_compile_errors(str(err), module.path, sources))
+        if errors:
+            raise PolicySetError(errors)
+        interp.add_module("ordinance_internal.rego", self._aggregator_source())
+        try:
+            bundle = interp.build(None, self.entrypoints)
+        except rego_shared.RegoError as err:
+            raise PolicySetError(_compile_errors(str(err), "", sources)) from None
+        if not bundle.ok():
+            raise PolicySetError(["policy set failed to compile (regopy gave no detail)"])
+        return bundle
+
+    def _aggregator_source(self) -> str:
+        lines = [f"package {INTERNAL_PACKAGE}", "", "import rego.v1", ""]
+        entries = []
+        for i, package in enumerate(self.decision_packages):
+            fields = []
+            for name in DECISION_SETS:
+                if name in package.rules:
+                    var = f"_p{i}_{name}"
+                    lines.append(f"{var} := v if {{ v := data.{package.name}.{name} }} else := []")
+                    fields.append(f'"{name}": {var}')
+            entries.append(f'{{"package": "{package.name}", {", ".join(fields)}}}')
+        lines.append("")
+        lines.append(f"decision := [{', '.join(entries)}]")
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _new_interpreter() -> regopy.Interpreter:
+        interp = regopy.Interpreter()
+        interp.strict_built_in_errors = True
+        interp.log_level = regopy.LogLevel.NONE
+        return interp
+
+    # -- evaluate --------------------------------------------------------------------------
+
+    def _interpreter(self) -> regopy.Interpreter:
+        interp = getattr(self._local, "interp", None)
+        if interp is None:
+            interp = self._new_interpreter()
+            self._local.interp = interp
+        return interp
+
+    def query(self, entrypoint: str, input_doc: Any) -> tuple[bool, Any]:
+        """(defined, value) of one entrypoint (`pkg/path/rule`) for an input document."""
+        interp = self._interpreter()
+        interp.set_input(regopy.Input(input_doc))
+        output = interp.query_bundle_entrypoint(self.bundle, entrypoint)
+        if not output.ok():
+            raise EvaluationError(_runtime_error(output, entrypoint))
+        text = str(output)
+        if text == "undefined":
+            return False, None
+        try:
+            expressions = json.loads(text)["expressions"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise EvaluationError(f"unreadable result from {entrypoint}: {err}") from None
+        if not expressions:
+            return False, None
+        return True, expressions[0]
+
+    def decision_sets(self, input_doc: Any) -> list[dict[str, Any]]:
+        """One entry per decision package: `{"package", "deny", "review", "mask"}`."""
+        if not self.decision_packages:
+            return []
+        defined, value = self.query(DECISION_ENTRYPOINT, input_doc)
+        if not defined or not isinstance(value, list):
+            raise EvaluationError("decision query was undefined (a rule is unsafe or erroneous)")
+        return value
+
+    def has_entrypoint(self, entrypoint: str) -> bool:
+        return entrypoint in self.entrypoints
+
+
+def _packages(modules: list[RegoModule], with_tests: bool) -> list[RegoPackage]:
+    rules: dict[str, set[str]] = {}
+    for module in modules:
+        names = module.rules if with_tests else module.rules - set(module.test_rules)
+        rules.setdefault(module.package, set()).update(names)
+    return [RegoPackage(name, frozenset(r)) for name, r in sorted(rules.items()) if name]
+
+
+def _runtime_error(output: regopy.Output, entrypoint: str) -> str:
+    messages: list[str] = []
+    with contextlib.suppress(rego_shared.RegoError):
+        _collect_error_messages(output.node()._impl, messages)
+    detail = "; ".join(dict.fromkeys(messages)) or "evaluation failed (no detail from regopy)"
+    return f"data.{entrypoint.replace('/', '.')}: {detail}"
+
+
+def _collect_error_messages(impl: Any, out: list[str], depth: int = 0) -> None:
+    if depth > 6:
+        return
+    kind = rego_shared.rego_node_type(impl)
+    if kind == _ERROR_MSG_NODE:
+        value = rego_shared.rego_node_value(impl)
+        if value:
+            out.append(value)
+        return
+    if kind == _ERROR_AST_NODE:
+        return
+    for i in range(rego_shared.rego.regoNodeSize(impl)):
+        _collect_error_messages(rego_shared.rego_node_get(impl, i), out, depth + 1)
+
+
+def _compile_errors(text: str, default_file: str, sources: dict[str, str]) -> list[str]:
+    errors = []
+    for m in _REGO_ERROR.finditer(text):
+        file = m.group("file") or default_file
+        offset = int(m.group("offset"))
+        source = sources.get(file, "")
+        line = source.count("\n", 0, offset) + 1
+        errors.append(f"{_display(file)}:{line}: {m.group('msg').strip()}")
+    if not errors:
+        first = text.strip().splitlines()[0] if text.strip() else "compile error"
+        errors.append(f"{_display(default_file) or 'policy set'}: {first}")
+    return list(dict.fromkeys(errors))
+
+
+def _display(path: str) -> str:
+    return os.path.relpath(path) if os.path.isabs(path) else path
+
+
+def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
+    """`file:line: ...` for each call that is neither a builtin regopy implements, a provided
+    builtin, nor a function the policy set defines; and for each forbidden builtin."""
+    defined = {f for m in modules for f in m.functions}
+    errors = []
+    for module in modules:
+        for call in module.calls:
+            name = call.name
+            where = f"{_display(module.path)}:{call.line}"
+            if name in FORBIDDEN:
+                errors.append(f"{where}: {FORBIDDEN[name]}")
+                continue
+            if name in PROVIDED_BUILTINS:
+                continue
+            head, _, _ = name.partition(".")
+            last = name.rsplit(".", 1)[-1]
+            if "." not in name and name in module.functions | defined:
+                continue
+            if (head == "data" or head in module.imports) and last in defined:
+                continue
+            if is_builtin(name):
+                continue
+            errors.append(f"{where}: unknown builtin {name}")
+    return errors

@@ -1,0 +1,178 @@
+"""Static reading of Rego source: package, rule heads, function calls, with line numbers.
+
+regopy compiles Rego but does not reject calls to builtins it lacks: such a call evaluates to
+undefined without an error, so `not net.cidr_contains(...)` would silently succeed. This module
+finds every call so the loader can reject unknown functions with `file:line`, and rewrites the
+calls to builtins that Ordinance provides in Rego itself. It is a tokenizer, not a parser: it
+knows strings, comments, brackets and dotted names, which is all that question needs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_TOKEN = re.compile(
+    r"""(?P<comment>\#[^\n]*)
+      |(?P<string>"(?:[^"\\\n]|\\.)*")
+      |(?P<raw>`[^`]*`)
+      |(?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
+      |(?P<open>[\(\[\{])
+      |(?P<close>[\)\]\}])
+      |(?P<newline>\n)
+      |(?P<space>[ \t\r]+)
+      |(?P<other>.)""",
+    re.VERBOSE | re.DOTALL,
+)
+
+KEYWORDS = frozenset({
+    "package", "import", "default", "if", "contains", "not", "some", "every", "in", "with",
+    "as", "else", "true", "false", "null", "future",
+})
+
+# Functions whose result changes between two identical calls: decisions using them are not
+# cached. `io.jwt.decode_verify` reads the clock when no `time` constraint is given.
+NONDETERMINISTIC = frozenset({
+    "time.now_ns", "rand.intn", "uuid.rfc4122", "uuid.parse", "http.send",
+    "net.lookup_ip_addr", "io.jwt.decode_verify", "opa.runtime",
+})
+
+# Builtins regopy implements but Ordinance refuses: `opa.runtime()` exposes the process
+# environment (secrets) to any policy author.
+FORBIDDEN = {"opa.runtime": "opa.runtime is not allowed: it exposes the process environment"}
+
+
+@dataclass(frozen=True)
+class Call:
+    name: str
+    line: int
+    offset: int
+
+
+@dataclass
+class RegoModule:
+    path: str
+    source: str
+    package: str = ""
+    package_line: int = 1
+    rules: set[str] = field(default_factory=set)
+    functions: set[str] = field(default_factory=set)
+    imports: dict[str, str] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    test_rules: list[str] = field(default_factory=list)
+    # (rule name, start offset, end offset) of every top-level rule, in source order
+    spans: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+def read_module(path: str, source: str) -> RegoModule:
+    """Package, rule heads, imports and calls of one module (never raises on odd input)."""
+    module = RegoModule(path=path, source=source)
+    depth = 0
+    line = 1
+    at_line_start = True
+    previous: str | None = None
+    pending: tuple[str, int, int] | None = None
+    expect: str | None = None  # "package", "import", "default" or "as"
+    import_target: str | None = None
+    for m in _TOKEN.finditer(source):
+        kind = m.lastgroup
+        text = m.group()
+        if kind == "newline":
+            line += 1
+            if depth == 0:
+                at_line_start = True
+            continue
+        if kind in ("space", "comment"):
+            continue
+        if pending is not None:
+            name, call_line, offset = pending
+            pending = None
+            if text == "(":
+                _record_call_or_head(module, name, call_line, offset, depth, previous)
+        if kind == "raw":
+            line += text.count("\n")
+        if kind == "name":
+            head_position = depth == 0 and at_line_start
+            at_line_start = False
+            if expect == "package":
+                module.package, module.package_line = text, line
+                expect = None
+            elif expect == "import":
+                import_target = text
+                alias = text.rsplit(".", 1)[-1]
+                module.imports[alias] = text
+                expect = None
+            elif expect == "as" and import_target:
+                module.imports.pop(import_target.rsplit(".", 1)[-1], None)
+                module.imports[text] = import_target
+                expect = None
+            elif text in ("package", "import") and head_position:
+                expect = text
+                if module.spans:
+                    name, start, _ = module.spans[-1]
+                    module.spans[-1] = (name, start, m.start())
+            elif text == "as" and import_target:
+                expect = "as"
+            elif text == "default" and head_position:
+                expect = "default"
+            elif (head_position or expect == "default") and text not in KEYWORDS:
+                expect = None
+                import_target = None
+                rule = text.split(".", 1)[0]
+                module.rules.add(rule)
+                if module.spans:
+                    name, start, _ = module.spans[-1]
+                    module.spans[-1] = (name, start, m.start())
+                module.spans.append((rule, m.start(), len(source)))
+                if rule.startswith("test_") and rule not in module.test_rules:
+                    module.test_rules.append(rule)
+                pending = (text, line, m.start())
+                previous = "__head__"
+                continue
+            elif text not in KEYWORDS:
+                pending = (text, line, m.start())
+        else:
+            at_line_start = False
+            if kind == "open":
+                depth += 1
+            elif kind == "close":
+                depth = max(0, depth - 1)
+        previous = text
+    return module
+
+
+def _record_call_or_head(module: RegoModule, name: str, line: int, offset: int, depth: int,
+                         previous: str | None) -> None:
+    if previous == "__head__":
+        module.functions.add(name.split(".", 1)[0])
+        return
+    module.calls.append(Call(name=name, line=line, offset=offset))
+
+
+def blank_rules(source: str, spans: list[tuple[str, int, int]], names: set[str]) -> str:
+    """The source with the named rules blanked out; every offset and line stays where it was."""
+    out: list[str] = []
+    cursor = 0
+    for name, start, end in spans:
+        if name not in names:
+            continue
+        out.append(source[cursor:start])
+        out.append(re.sub(r"[^\n]", " ", source[start:end]))
+        cursor = end
+    out.append(source[cursor:])
+    return "".join(out)
+
+
+def rewrite_calls(source: str, calls: list[Call], replacements: dict[str, str]) -> str:
+    """The source with each call to a key of `replacements` renamed (line numbers unchanged)."""
+    out: list[str] = []
+    cursor = 0
+    for call in sorted(calls, key=lambda c: c.offset):
+        target = replacements.get(call.name)
+        if target is None:
+            continue
+        out.append(source[cursor:call.offset])
+        out.append(target)
+        cursor = call.offset + len(call.name)
+    out.append(source[cursor:])
+    return "".join(out)
