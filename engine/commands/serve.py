@@ -1,0 +1,106 @@
+"""`ordinance serve`: run the decision service (gRPC + OPA-compatible HTTP) on a policy dir.
+
+Parses flags into an `engine.service.server.ServiceConfig` and runs one process or a
+supervisor of `--workers N`. Prints one JSON line on stdout when serving
+(`{"event": "serving", "grpc": "host:port", "http": "host:port", ...}`); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|k|mb|mib|m|gb|gib|g)?\s*$", re.IGNORECASE)
+_UNITS = {None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
+          "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """`4MiB`, `4m`, `4194304` -> bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4MiB, 512KiB, 1048576)")
+    unit = match.group(2).lower() if match.group(2) else None
+    value = int(match.group(1)) * _UNITS[unit]
+    if value <= 0:
+        raise argparse.ArgumentTypeError("size must be positive")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "serve", help="run the decision service (gRPC and OPA-compatible HTTP)",
+        description="Serve decisions for the policies in DIR over gRPC "
+                    "(ordinance.v1.DecisionService) and OPA's HTTP Data API, reloading the "
+                    "policies when they change.")
+    p.add_argument("--policies", required=True, metavar="DIR",
+                   help="policy directory or bundle (.tar.gz)")
+    p.add_argument("--grpc", default="127.0.0.1:9191", metavar="HOST:PORT",
+                   help="gRPC listen address, 'off' to disable (default %(default)s)")
+    p.add_argument("--http", default="127.0.0.1:8181", metavar="HOST:PORT",
+                   help="HTTP listen address, 'off' to disable (default %(default)s)")
+    p.add_argument("--audit", metavar="URL",
+                   help="write the decision log to this audit store (sqlite:///…, "
+                        "postgresql://…) instead of a file")
+    p.add_argument("--decision-log", metavar="FILE", type=Path,
+                   help="JSON-lines decision log (default ./var/decisions.jsonl)")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="server processes sharing the ports (SO_REUSEPORT)")
+    p.add_argument("--tls-cert", metavar="PEM", help="server certificate (enables TLS)")
+    p.add_argument("--tls-key", metavar="PEM", help="server private key")
+    p.add_argument("--tls-client-ca", metavar="PEM",
+                   help="CA that signs client certificates (enables mutual TLS)")
+    p.add_argument("--token-file", metavar="FILE", type=Path,
+                   help="require 'Authorization: Bearer <token>' (re-read when it changes)")
+    p.add_argument("--insecure-listen", action="store_true",
+                   help="allow a non-loopback address without TLS or token")
+    p.add_argument("--max-message-bytes", type=parse_size, default=4 * 1024 * 1024,
+                   metavar="SIZE", help="largest request accepted (default 4MiB)")
+    p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="how often the policy directory is checked for changes")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.service.server import ServiceConfig, configure_logging, run_service
+    from engine.service.tls import InsecureListenError, tls_config
+
+    configure_logging(args.verbose)
+    log = logging.getLogger("ordinance.serve")
+    try:
+        tls = tls_config(args.tls_cert, args.tls_key, args.tls_client_ca)
+        config = ServiceConfig(
+            policies=Path(args.policies), grpc_address=args.grpc, http_address=args.http,
+            audit_url=args.audit, decision_log_path=args.decision_log, workers=args.workers,
+            tls=tls, token_file=args.token_file, insecure_listen=args.insecure_listen,
+            max_message_bytes=args.max_message_bytes, reload_interval=args.reload_interval)
+        if not config.addresses():
+            raise ValueError("both --grpc and --http are off: nothing to serve")
+        config.check_security()
+    except (ValueError, InsecureListenError) as exc:
+        print(f"ordinance serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.workers > 1:
+            from engine.service.workers import run_workers
+
+            return run_workers(config, args.workers, args.verbose)
+        return run_service(config)
+    except OSError as exc:
+        log.error("cannot serve: %s", exc)
+        return 1
+    except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
+        log.error("cannot serve: %s", exc)
+        return 1

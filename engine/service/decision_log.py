@@ -1,0 +1,242 @@
+"""Decision ids and the decision log: one record per decision the service makes.
+
+Owns: `new_decision_id()` (ULID: 48-bit millisecond time + 80 bits, Crockford base32,
+monotonic within a process, so ids sort by time) and `DecisionLog`, which batches records in
+a background thread into a sink: the audit store (`--audit URL`, `engine.audit`) or an
+append-only JSON-lines file (default `./var/decisions.jsonl`). Card numbers are masked with
+`engine.masking.scrub_document` before anything is written, off the request path.
+
+Fail closed: `submit()` returns False when the bounded queue is full or the sink is failing;
+the caller must then deny (the service turns such a decision into a deny). A decision we
+cannot record is a decision we do not make. Records accepted but not yet written (at most one
+queue's worth, normally a few milliseconds of traffic) are lost if the process is killed;
+`close()` drains the queue on an orderly shutdown.
+
+This module must not evaluate policy or import the transports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_id_lock = threading.Lock()
+_last_ms = -1
+_last_rand = 0
+
+
+def _encode(value: int, length: int) -> str:
+    out = []
+    for _ in range(length):
+        out.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def new_decision_id() -> str:
+    """A 26-character ULID; ids made later in this process sort after earlier ones."""
+    global _last_ms, _last_rand
+    with _id_lock:
+        now_ms = time.time_ns() // 1_000_000
+        if now_ms <= _last_ms:
+            now_ms = _last_ms
+            _last_rand = (_last_rand + 1) & ((1 << 80) - 1)
+        else:
+            _last_ms = now_ms
+            _last_rand = int.from_bytes(secrets.token_bytes(10), "big") >> 1
+        return _encode(now_ms, 10) + _encode(_last_rand, 16)
+
+
+class DecisionSink(Protocol):
+    """Where records end up. `write` raises on failure; the batch is then retried."""
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        """Write the batch; on failure raise, leaving in `records` what is still unwritten."""
+
+    def close(self) -> None: ...
+
+
+class JsonLinesSink:
+    """Append-only JSON lines, one `os.write` per batch on an `O_APPEND` descriptor.
+
+    Several worker processes may share the file: Linux serialises `O_APPEND` writes to a
+    regular file, so batches do not interleave. Each batch is fsync'ed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n"
+                       for r in records).encode()
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class AuditSink:
+    """Records go to the audit store (`engine.audit.open_audit_log(url)`), kind `decision`.
+
+    The store appends one durable record per call. On a failure the records already written
+    are removed from the batch before re-raising, so a retry never duplicates them. A record
+    the store refuses as invalid (e.g. too large) is written without its input and result,
+    with the reason, rather than blocking the log forever.
+    """
+
+    KIND = "decision"
+
+    def __init__(self, url: str) -> None:
+        from engine.audit import open_audit_log
+
+        self._log = open_audit_log(url)
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        from engine.audit import InvalidAuditEvent
+
+        written = 0
+        try:
+            for record in records:
+                subject = (record.get("input") or {}).get("subject") \
+                    if isinstance(record.get("input"), dict) else None
+                subject_id = subject.get("id") if isinstance(subject, dict) else None
+                try:
+                    self._log.append(self.KIND, record, decision_id=record["decision_id"],
+                                     subject=subject_id if isinstance(subject_id, str) else None)
+                except InvalidAuditEvent as exc:
+                    slim = {k: v for k, v in record.items() if k not in ("input", "result")}
+                    slim["truncated"] = str(exc)
+                    self._log.append(self.KIND, slim, decision_id=record["decision_id"])
+                written += 1
+        finally:
+            del records[:written]
+
+    def close(self) -> None:
+        self._log.close()
+
+
+def open_sink(audit_url: str | None, path: str | os.PathLike[str] | None) -> DecisionSink:
+    """The audit store when a URL is given, else the JSON-lines file (default var/)."""
+    if audit_url:
+        return AuditSink(audit_url)
+    return JsonLinesSink(path or Path("var") / "decisions.jsonl")
+
+
+def _default_scrub() -> Callable[[Any], Any]:
+    from engine.masking import scrub_document
+
+    return scrub_document
+
+
+class DecisionLog:
+    """Bounded queue + one writer thread. `submit()` never blocks and never raises."""
+
+    def __init__(self, sink: DecisionSink, *, max_queue: int = 10_000, max_batch: int = 512,
+                 scrub: Callable[[Any], Any] | None = None, retry_interval: float = 0.5,
+                 on_batch: Callable[[int, bool], None] | None = None) -> None:
+        self._sink = sink
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
+        self._max_batch = max_batch
+        self._scrub = scrub if scrub is not None else _default_scrub()
+        self._retry_interval = retry_interval
+        self._on_batch = on_batch
+        self._broken: str | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
+        self._thread.start()
+
+    @property
+    def broken(self) -> str | None:
+        """Why the sink is failing, or None when it is writing."""
+        return self._broken
+
+    def submit(self, record: dict[str, Any]) -> bool:
+        """Queue a record; False means it will not be recorded and the decision must deny."""
+        if self._broken is not None or self._closed:
+            return False
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            return False
+        return True
+
+    def _prepare(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Timestamp as ISO 8601; card numbers masked in the input and the result."""
+        out = dict(record)
+        out["timestamp"] = datetime.fromtimestamp(record["timestamp"], UTC).isoformat()
+        if "input" in out:
+            out["input"] = self._scrub(out["input"])
+        if "result" in out:
+            out["result"] = self._scrub(out["result"])
+        return out
+
+    def _run(self) -> None:
+        pending: list[dict[str, Any]] = []
+        stop = False
+        while not stop or pending:
+            if not pending:
+                item = self._queue.get()
+                if item is None:
+                    stop = True
+                    continue
+                pending.append(self._prepare(item))
+                while len(pending) < self._max_batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    pending.append(self._prepare(item))
+            try:
+                self._sink.write(pending)
+            except Exception as exc:  # any sink failure: stop accepting, retry the batch
+                if self._broken is None:
+                    log.error("decision log write failed, denying until it recovers: %s", exc)
+                self._broken = f"{type(exc).__name__}: {exc}"
+                if self._on_batch:
+                    self._on_batch(len(pending), False)
+                if stop:
+                    log.error("dropping %d decision records at shutdown", len(pending))
+                    return
+                time.sleep(self._retry_interval)
+                continue
+            if self._broken is not None:
+                log.warning("decision log recovered")
+                self._broken = None
+            if self._on_batch:
+                self._on_batch(len(pending), True)
+            pending = []
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then close the sink."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            log.error("decision log queue full at shutdown")
+        self._thread.join(timeout)
+        self._sink.close()

@@ -1,0 +1,191 @@
+"""One decision-service process: runtime + policy watcher + gRPC and HTTP servers.
+
+`Service(config).start()` checks the listen addresses against the security settings, opens
+the decision log, binds both ports (health NOT_SERVING), loads the policy directory, starts
+the watcher and returns; `stop()` drains in reverse order. `run_service()` is the blocking
+form used by `ordinance serve` and by each worker of `--workers N` (`engine.service.workers`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.service.decision_log import DecisionLog, open_sink
+from engine.service.grpc_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcService, start_grpc_server
+from engine.service.http_api import HttpService, start_http_server
+from engine.service.metrics import ServiceMetrics
+from engine.service.reload import PolicyWatcher
+from engine.service.runtime import ServiceRuntime
+from engine.service.tls import BearerToken, TLSConfig, check_listen_address
+
+log = logging.getLogger(__name__)
+
+OFF = ("", "off", "none")
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all interfaces) -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    policies: Path
+    grpc_address: str | None = "127.0.0.1:9191"
+    http_address: str | None = "127.0.0.1:8181"
+    audit_url: str | None = None
+    decision_log_path: Path | None = None
+    workers: int = 1
+    tls: TLSConfig | None = None
+    token_file: Path | None = None
+    insecure_listen: bool = False
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    reload_interval: float = 1.0
+    reuse_port: bool = False
+
+    def addresses(self) -> list[tuple[str, str, int]]:
+        """(transport, host, port) of the enabled listeners."""
+        out = []
+        for name, address in (("gRPC", self.grpc_address), ("HTTP", self.http_address)):
+            if address is not None and address.lower() not in OFF:
+                host, port = split_host_port(address)
+                out.append((name, host, port))
+        return out
+
+    def check_security(self) -> None:
+        """Raise InsecureListenError for an unprotected non-loopback listener."""
+        for name, host, _ in self.addresses():
+            check_listen_address(host, tls=self.tls is not None,
+                                 token=self.token_file is not None,
+                                 insecure=self.insecure_listen, what=name)
+
+
+class Service:
+    """A started service in this process (tests and benchmarks use it directly)."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.runtime: ServiceRuntime | None = None
+        self.watcher: PolicyWatcher | None = None
+        self.grpc: GrpcService | None = None
+        self.http: HttpService | None = None
+        self.decision_log: DecisionLog | None = None
+
+    @property
+    def grpc_port(self) -> int | None:
+        return self.grpc.port if self.grpc else None
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http else None
+
+    def start(self) -> Service:
+        config = self.config
+        config.check_security()
+        token = BearerToken(config.token_file) if config.token_file else None
+        metrics = ServiceMetrics()
+
+        def count_batch(size: int, ok: bool) -> None:
+            metrics.decision_log_records.labels("written" if ok else "failed").inc(size)
+
+        self.decision_log = DecisionLog(open_sink(config.audit_url, config.decision_log_path),
+                                        on_batch=count_batch)
+        runtime = self.runtime = ServiceRuntime(decision_log=self.decision_log,
+                                                metrics=metrics)
+        try:
+            for name, host, port in config.addresses():
+                if name == "gRPC":
+                    self.grpc = start_grpc_server(
+                        runtime, join_host_port(host, port), tls=config.tls, token=token,
+                        max_message_bytes=config.max_message_bytes,
+                        reuse_port=config.reuse_port)
+                else:
+                    self.http = start_http_server(
+                        runtime, host, port, tls=config.tls, token=token,
+                        max_body_bytes=config.max_message_bytes,
+                        reuse_port=config.reuse_port)
+            self.watcher = PolicyWatcher(config.policies, on_loaded=runtime.activate,
+                                         on_rejected=runtime.reject,
+                                         interval=config.reload_interval)
+            self.watcher.load_now()
+            self.watcher.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """The ready line's content: where it listens and what it serves."""
+        out: dict[str, Any] = {"event": "serving", "pid": os.getpid()}
+        for name, host, _ in self.config.addresses():
+            port = self.grpc_port if name == "gRPC" else self.http_port
+            out[name.lower()] = join_host_port(host, port or 0)
+        if self.runtime is not None:
+            out["policy_revision"] = self.runtime.status.revision
+            out["policy_errors"] = self.runtime.status.last_errors
+        return out
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.grpc is not None:
+            self.grpc.stop(grace)
+        if self.http is not None:
+            self.http.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.decision_log is not None:
+            self.decision_log.close()
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(grace=1.0)
+
+
+def run_service(config: ServiceConfig,
+                on_ready: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; `on_ready(describe())` once both ports are up."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    service = Service(config)
+    try:
+        service.start()
+        ready = service.describe()
+        if on_ready is None:
+            print(json.dumps(ready), flush=True)
+        else:
+            on_ready(ready)
+        while not stop.wait(3600):
+            pass
+    finally:
+        service.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
