@@ -72,6 +72,20 @@ _KIND_BY_KEYWORD = {
     "merge": "merge", "with": "select", "table": "select", "values": "select",
 }
 
+# Statements sqlglot has no type for; they are kind "other", not parse errors.
+_OTHER_STATEMENTS = frozenset({
+    "listen", "unlisten", "notify", "deallocate", "discard", "vacuum", "analyze", "analyse",
+    "show", "checkpoint", "cluster", "reindex", "lock", "fetch", "move", "close", "declare",
+    "load", "security", "reassign", "import", "prepare", "execute", "savepoint", "release",
+    "comment", "refresh", "use", "describe", "desc", "optimize", "flush", "kill", "rename",
+    "handler", "replace", "install", "uninstall", "checksum", "repair", "backup", "restore",
+})
+
+
+class _NotAStatement(Exception):
+    """Text that parsed as an expression but is no statement (`SELEC x`)."""
+
+
 _DML = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
 _EXPLAIN_PREFIX = re.compile(
     r"^\s*explain\s+(?:\((?P<opts>[^)]*)\)\s*|(?P<words>(?:(?:analyze|analyse|verbose|"
@@ -99,14 +113,16 @@ def parse_sql(raw: str, dialect: str | None) -> dict[str, Any]:
     except (RecursionError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
         return _unparseable(raw, f"{type(err).__name__}: {err}")
     statements: list[dict[str, Any]] = []
-    for tree in trees:
-        statements.extend(_statement_facts(tree, dialect, nested=False))
+    try:
+        for tree in trees:
+            statements.extend(_statement_facts(tree, dialect, nested=False))
+    except _NotAStatement as err:
+        return _unparseable(raw, str(err))
     return _summarise(statements, parse_error=None)
 
 
 def _unparseable(raw: str, message: str) -> dict[str, Any]:
-    kind = "other"
-    return _summarise([_blank(kind, nested=False)], parse_error=message or "unparseable SQL")
+    return _summarise([_blank("other", nested=False)], parse_error=message or "unparseable SQL")
 
 
 def _summarise(statements: list[dict[str, Any]], parse_error: str | None) -> dict[str, Any]:
@@ -140,8 +156,10 @@ def _statement_facts(tree: exp.Expression, dialect: str | None,
     if kind is None:
         # Not a statement at all: sqlglot read keywords it does not know as an expression.
         word = _FIRST_WORD.match(_COMMENT.sub(" ", tree.sql(dialect=dialect)))
-        kind = _KIND_BY_KEYWORD.get(word.group(1).lower(), "other") if word else "other"
-        return [_blank(kind, nested)]
+        keyword = word.group(1).lower() if word else ""
+        if keyword not in _KIND_BY_KEYWORD and keyword not in _OTHER_STATEMENTS:
+            raise _NotAStatement(f"not a SQL statement: {keyword.upper() or tree.sql()[:40]!r}")
+        return [_blank(_KIND_BY_KEYWORD.get(keyword, "other"), nested)]
     facts = _blank(kind, nested)
     ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
     facts["tables"] = _tables(tree, ctes)

@@ -44,6 +44,7 @@ PROVIDED_BUILTINS = {"net.cidr_contains": "data.ordinance_builtins.net.cidr_cont
 _ERROR_NODE = 1800
 _ERROR_MSG_NODE = 1801
 _ERROR_AST_NODE = 1802
+_ERROR_MSG_TEXT = re.compile(r"\(errormsg \d+:([^\n]*?)\)\s*\n")
 _REGO_ERROR = re.compile(
     r"\(error \d+:(?P<file>[^|\s]*)\|(?P<offset>\d+)\|\d+\s*\(errormsg \d+:(?P<msg>.*?)\)\s*"
     r"\(errorast",
@@ -154,15 +155,29 @@ class RegoProgram:
         return interp
 
     def query(self, entrypoint: str, input_doc: Any) -> tuple[bool, Any]:
-        """(defined, value) of one entrypoint (`pkg/path/rule`) for an input document."""
+        """(defined, value) of one entrypoint (`pkg/path/rule`) for an input document.
+
+        Calls regopy's C API directly: its `Output` wrapper parses the result JSON eagerly and
+        raises on the error text regopy returns with `ok() == True` (e.g. bundle defects).
+        """
         interp = self._interpreter()
         interp.set_input(regopy.Input(input_doc))
-        output = interp.query_bundle_entrypoint(self.bundle, entrypoint)
-        if not output.ok():
-            raise EvaluationError(_runtime_error(output, entrypoint))
-        text = str(output)
+        impl = rego_shared.rego_bundle_query_entrypoint(interp._impl, self.bundle._impl,
+                                                        entrypoint)
+        try:
+            ok = rego_shared.rego_output_ok(impl)
+            text = rego_shared.rego_output_string(impl) if ok else ""
+            if not ok:
+                messages: list[str] = []
+                with contextlib.suppress(rego_shared.RegoError):
+                    _collect_error_messages(rego_shared.rego_output_node(impl), messages)
+                raise EvaluationError(_error_text(entrypoint, messages))
+        finally:
+            rego_shared.rego_free_output(impl)
         if text == "undefined":
             return False, None
+        if text.startswith("(error"):
+            raise EvaluationError(_error_text(entrypoint, _ERROR_MSG_TEXT.findall(text)))
         try:
             expressions = json.loads(text)["expressions"]
         except (ValueError, KeyError, TypeError) as err:
@@ -187,17 +202,16 @@ class RegoProgram:
 def _packages(modules: list[RegoModule], with_tests: bool) -> list[RegoPackage]:
     rules: dict[str, set[str]] = {}
     for module in modules:
-        names = module.rules if with_tests else module.rules - set(module.test_rules)
+        names = module.rules - module.functions  # a function is never an entrypoint
+        if not with_tests:
+            names -= set(module.test_rules)
         rules.setdefault(module.package, set()).update(names)
     return [RegoPackage(name, frozenset(r)) for name, r in sorted(rules.items()) if name]
 
 
-def _runtime_error(output: regopy.Output, entrypoint: str) -> str:
-    messages: list[str] = []
-    with contextlib.suppress(rego_shared.RegoError):
-        _collect_error_messages(output.node()._impl, messages)
-    detail = "; ".join(dict.fromkeys(messages)) or "evaluation failed (no detail from regopy)"
-    return f"data.{entrypoint.replace('/', '.')}: {detail}"
+def _error_text(entrypoint: str, messages: list[str]) -> str:
+    detail = "; ".join(dict.fromkeys(m.strip() for m in messages if m.strip()))
+    return f"data.{entrypoint.replace('/', '.')}: {detail or 'evaluation failed (no detail)'}"
 
 
 def _collect_error_messages(impl: Any, out: list[str], depth: int = 0) -> None:

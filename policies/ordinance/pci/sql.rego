@@ -1,0 +1,101 @@
+# PCI DSS guard rails for SQL resources. Each rule names the requirement it serves;
+# policies/README.md has the full map.
+package ordinance.pci.sql
+
+import rego.v1
+
+pci := data.settings.pci
+
+prod if input.resource.labels.env == "prod"
+
+is_sql if input.command.statements
+
+# Req 6.5.1 / 10.2.1.2: destructive schema changes in production go through change control.
+deny contains msg if {
+	prod
+	some s in input.command.statements
+	s.kind in pci.destructive_kinds
+	msg := concat(" ", [upper(s.kind), "is not allowed on production resources (PCI DSS 6.5.1)"])
+}
+
+# Req 7.2.1 / 7.2.2: privileges change through the access-control process, never ad hoc.
+deny contains msg if {
+	prod
+	some s in input.command.statements
+	s.kind in pci.privilege_kinds
+	msg := concat(" ", [upper(s.kind), "is not allowed on production resources (PCI DSS 7.2)"])
+}
+
+# Req 10.2 / 6.5: an UPDATE or DELETE without WHERE rewrites the whole table.
+deny contains msg if {
+	some s in input.command.statements
+	s.kind in {"update", "delete"}
+	not s.has_where
+	msg := concat(" ", [upper(s.kind), "without WHERE affects every row"])
+}
+
+# Req 3.3.1: sensitive authentication data (CVV) is never stored after authorisation.
+deny contains msg if {
+	some s in input.command.statements
+	s.kind in {"insert", "update", "merge", "copy"}
+	some column in s.columns
+	column in pci.cvv_columns
+	not copy_out(s)
+	msg := sprintf("writing card verification codes (%s) is forbidden (PCI DSS 3.3.1)", [column])
+}
+
+copy_out(s) if {
+	s.kind == "copy"
+	s.direction == "to"
+}
+
+# Req 6.2.4: SQL the engine cannot parse cannot be checked; deny it.
+deny contains msg if {
+	is_sql
+	input.command.parse_error != null
+	msg := sprintf("unparseable SQL is denied: %s", [input.command.parse_error])
+}
+
+# Req 12.3 / 7.2.5: bulk reads of cardholder tables need a second person's approval.
+review contains {"msg": msg, "approvers": ["dba-leads"], "rule": "bulk_export"} if {
+	some s in input.command.statements
+	s.kind == "select"
+	some table in s.tables
+	cardholder_table(table, pci.cardholder_tables)
+	bulk(s, pci.bulk_row_limit)
+	msg := sprintf("bulk read of cardholder table %s needs approval (PCI DSS 7.2.5, 12.3)", [table])
+}
+
+review contains {"msg": msg, "approvers": ["dba-leads"], "rule": "copy_export"} if {
+	some s in input.command.statements
+	s.kind == "copy"
+	s.direction == "to"
+	some table in s.tables
+	cardholder_table(table, pci.cardholder_tables)
+	msg := sprintf("COPY of cardholder table %s out of the database needs approval (PCI DSS 12.3)", [table])
+}
+
+# Messages use concat, not sprintf: in compiled bundles regopy 1.5.2 quotes a string that a
+# builtin returned when sprintf formats it with %s.
+# Functions take what they compare against as arguments: regopy 1.5.2 mis-builds a function
+# whose body reads data or a rule ("arg count ... is less than parameter count").
+cardholder_table(name, tables) if {
+	parts := split(name, ".")
+	parts[count(parts) - 1] in tables
+}
+
+bulk(s, _) if {
+	not s.has_where
+	not s.has_limit
+}
+
+bulk(s, max_rows) if {
+	is_number(s.limit) # regopy orders null above numbers; OPA does not
+	s.limit > max_rows
+}
+
+bulk(s, _) if {
+	s.has_limit
+	s.limit == null
+	not s.has_where
+}
