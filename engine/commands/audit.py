@@ -1,0 +1,230 @@
+"""`ordinance audit verify|export|tail|prune`: the auditor's view of the trail.
+
+Owns the command-line surface over `engine.audit`: argument parsing, output formats (JSON
+lines, CSV, a readable text transcript) and exit codes — 0 intact / done, 1 the trail is broken,
+2 the store cannot be used (bad URL, missing database, no trail). It must not read or write the
+database except through `AuditLog`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+from engine.audit import DEFAULT_RETENTION, AuditError, AuditLog, AuditRecord, open_audit_log
+
+AUDIT_URL_ENV = "ORDINANCE_AUDIT_URL"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_CSV_FIELDS = ("seq", "id", "ts", "kind", "subject", "session_id", "decision_id", "payload",
+               "prev_hash", "hash")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`365d`, `52w`, `12h`, `7y` (a year is 365 days), `90m`, `30s`."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhdwy])\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: a number and a unit s, m, h, d, w or y (e.g. 365d)")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601; a time without a zone is UTC."""
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid ISO 8601 time {text!r}") from exc
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "audit", help="verify, export, follow or prune the tamper-evident audit trail",
+        description="The audit trail: hash-chained records of every decision, session, "
+                    "statement and approval (PCI DSS 10.2, 10.3, 10.5).")
+    actions = parser.add_subparsers(dest="audit_action", metavar="ACTION", required=True)
+
+    def add(name: str, help_text: str, handler: Callable[[argparse.Namespace], int]) -> Any:
+        sub = actions.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--audit", metavar="URL", default=os.environ.get(AUDIT_URL_ENV),
+                         required=not os.environ.get(AUDIT_URL_ENV),
+                         help=f"sqlite:///path.db or postgresql://… (default ${AUDIT_URL_ENV})")
+        sub.set_defaults(func=handler)
+        return sub
+
+    add("verify", "check the hash chain; exit 1 naming the first broken record", _verify)
+
+    export = add("export", "write records as JSON lines, CSV or a readable transcript", _export)
+    export.add_argument("--format", choices=("jsonl", "csv", "text"), default="jsonl")
+    export.add_argument("--since", type=parse_time, metavar="ISO", help="from this time on")
+    export.add_argument("--until", type=parse_time, metavar="ISO", help="before this time")
+    export.add_argument("--subject", metavar="S", help="only this subject")
+    export.add_argument("--session", metavar="ID", help="only this session")
+    export.add_argument("--kind", metavar="KIND", help="only this event kind")
+
+    tail = add("tail", "print the last records, then follow new ones (Ctrl-C stops)", _tail)
+    tail.add_argument("-n", type=int, default=10, metavar="N", help="records shown first")
+
+    prune = add("prune", "remove records older than the retention behind a sealed "
+                         "checkpoint", _prune)
+    prune.add_argument("--older-than", type=parse_duration, metavar="AGE",
+                       default=DEFAULT_RETENTION, help="e.g. 365d (default), at most 7y")
+
+
+def _open(args: argparse.Namespace) -> AuditLog | None:
+    try:
+        return open_audit_log(args.audit, create=False)
+    except AuditError as exc:
+        _error(str(exc))
+        return None
+
+
+def _error(message: str) -> None:
+    print(f"ordinance audit: error: {message}", file=sys.stderr)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    log = _open(args)
+    if log is None:
+        return 2
+    with log:
+        try:
+            result = log.verify()
+        except AuditError as exc:
+            _error(str(exc))
+            return 2
+    print(result.describe(), file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    log = _open(args)
+    if log is None:
+        return 2
+    with log:
+        records = log.iter_records(since=args.since, until=args.until, subject=args.subject,
+                                   session_id=args.session, kind=args.kind)
+        out = sys.stdout
+        if args.format == "jsonl":
+            for rec in records:
+                out.write(json.dumps(rec.to_dict(), sort_keys=True, ensure_ascii=False) + "\n")
+        elif args.format == "csv":
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(_CSV_FIELDS)
+            for rec in records:
+                row = rec.to_dict()
+                row["payload"] = json.dumps(rec.payload, sort_keys=True, ensure_ascii=False)
+                writer.writerow(["" if row[f] is None else row[f] for f in _CSV_FIELDS])
+        else:
+            write_transcript(records, out, session=args.session)
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    log = _open(args)
+    if log is None:
+        return 2
+    with log:
+        last = log.last_seq()
+        for rec in log.tail(args.n):
+            _print_line(rec)
+            last = max(last, rec.seq)
+        while True:
+            for rec in log.wait_for_new(last, 30.0):
+                _print_line(rec)
+                last = rec.seq
+
+
+def _print_line(rec: AuditRecord) -> None:
+    who = " ".join(x for x in (rec.subject or "-", rec.session_id or "-"))
+    print(f"{rec.seq:>8} {rec.ts} {who} {transcript_line(rec)}", flush=True)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    log = _open(args)
+    if log is None:
+        return 2
+    with log:
+        try:
+            result = log.prune(args.older_than)
+        except AuditError as exc:
+            _error(str(exc))
+            return 2
+    if args.older_than < DEFAULT_RETENTION:
+        print("ordinance audit: warning: PCI DSS 10.5.1 asks for at least 12 months of audit "
+              "history", file=sys.stderr)
+    if result.checkpoint is None:
+        print(f"nothing older than {result.cutoff} to prune")
+    else:
+        cp = result.checkpoint
+        print(f"pruned {result.pruned} records older than {result.cutoff}; checkpoint at seq "
+              f"{cp.through_seq} ({cp.seal_alg})")
+    return 0
+
+
+# --- the text transcript -------------------------------------------------------------------
+
+
+def _effect(payload: dict[str, Any]) -> str | None:
+    effect = payload.get("effect")
+    decision = payload.get("decision")
+    if effect is None and isinstance(decision, dict):
+        effect = decision.get("effect")
+    return str(effect) if effect is not None else None
+
+
+def _command_text(payload: dict[str, Any]) -> str | None:
+    for key in ("text", "sql", "statement", "command"):
+        value = payload.get(key)
+        if isinstance(value, dict):
+            value = value.get("raw")
+        if isinstance(value, str):
+            return " ".join(value.split())
+    return None
+
+
+def transcript_line(rec: AuditRecord) -> str:
+    """One human line for a record: the kind, then what matters for that kind."""
+    p = rec.payload
+    parts = [rec.kind]
+    effect = _effect(p)
+    if effect:
+        parts.append(f"[{effect}]")
+    text = _command_text(p)
+    if text:
+        parts.append(text if len(text) <= 200 else text[:197] + "...")
+    outcome = []
+    if p.get("error"):
+        outcome.append(f"error: {p['error']}")
+    if p.get("rows") is not None and not isinstance(p.get("rows"), list):
+        outcome.append(f"{p['rows']} rows")
+    if p.get("duration_ms") is not None:
+        outcome.append(f"{p['duration_ms']} ms")
+    reasons = p.get("reasons") or (p.get("decision") or {}).get("reasons")
+    if isinstance(reasons, list):
+        msgs = [r.get("message", "") if isinstance(r, dict) else str(r) for r in reasons]
+        if any(msgs):
+            outcome.append("because " + "; ".join(m for m in msgs if m))
+    if outcome:
+        parts.append("-> " + ", ".join(outcome))
+    elif not text and not effect and p:
+        parts.append(json.dumps(p, sort_keys=True, ensure_ascii=False))
+    return " ".join(parts)
+
+
+def write_transcript(records: Any, out: TextIO, *, session: str | None) -> None:
+    header_done = False
+    for rec in records:
+        if session and not header_done:
+            out.write(f"Session {session}" + (f" ({rec.subject})" if rec.subject else "") + "\n")
+            header_done = True
+        out.write(f"{rec.ts}  #{rec.seq}  {transcript_line(rec)}\n")
+    if session and not header_done:
+        out.write(f"Session {session}: no records\n")
