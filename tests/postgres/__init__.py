@@ -1,0 +1,1 @@
+"""Tests of the PostgreSQL adapter (codec, session bookkeeping, proxy against a real server)."""
