@@ -1,0 +1,245 @@
+"""Static users from a YAML file, with SCRAM-SHA-256 verifiers for the PostgreSQL proxy.
+
+Owns parsing and validating the users file, password checks and SCRAM auth info. Both forms
+of a user's secret are supported:
+
+```yaml
+users:
+  - {name: alice, password: alice-secret, groups: [dev]}
+  - {name: dana, scram: "SCRAM-SHA-256$4096:<salt b64>$<StoredKey b64>:<ServerKey b64>",
+     groups: [dba-leads]}
+```
+
+`scram` is PostgreSQL's `pg_authid.rolpassword` verifier format (RFC 5803 layout); prefer it
+to `password`, which keeps a plaintext secret on disk. `ordinance users hash-password`
+prints one. Passwords are SASLprep-normalised as PostgreSQL does (raw UTF-8 when SASLprep
+refuses them). This module authenticates only; it does not decide anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from scramp.core import ScramException, saslprep  # type: ignore[import-untyped]
+
+from engine.identity import Subject
+
+SCRAM_PREFIX = "SCRAM-SHA-256"
+DEFAULT_ITERATIONS = 4096
+SALT_BYTES = 16
+_KEY_BYTES = hashlib.sha256().digest_size
+_USER_KEYS = frozenset({"name", "password", "scram", "groups"})
+
+AuthInfo = tuple[bytes, bytes, bytes, int]
+"""(salt, stored_key, server_key, iterations), as `scramp.ScramMechanism().make_auth_info`."""
+
+
+class UsersFileError(ValueError):
+    """The users file is malformed; the message starts with `file:line: users[i]:`."""
+
+
+def _prepare(password: str) -> bytes:
+    try:
+        prepared: str = saslprep(password)
+        return prepared.encode("utf-8")
+    except ScramException:
+        return password.encode("utf-8")
+
+
+def scram_auth_info(password: str, *, iterations: int = DEFAULT_ITERATIONS,
+                    salt: bytes | None = None) -> AuthInfo:
+    """SCRAM-SHA-256 auth info for a password (a fresh random salt unless one is given)."""
+    if iterations < 1:
+        raise ValueError("iterations must be positive")
+    salt = os.urandom(SALT_BYTES) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", _prepare(password), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    return salt, stored_key, server_key, iterations
+
+
+def format_verifier(info: AuthInfo) -> str:
+    """`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (PostgreSQL's format)."""
+    salt, stored_key, server_key, iterations = info
+
+    def b64(b: bytes) -> str:
+        return base64.b64encode(b).decode("ascii")
+
+    return f"{SCRAM_PREFIX}${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def parse_verifier(verifier: str) -> AuthInfo:
+    """The auth info in a PostgreSQL SCRAM-SHA-256 verifier; `ValueError` saying what is wrong."""
+    try:
+        mechanism, rest = verifier.split("$", 1)
+        params, keys = rest.split("$", 1)
+        iterations_text, salt_b64 = params.split(":", 1)
+        stored_b64, server_b64 = keys.split(":", 1)
+    except ValueError:
+        raise ValueError("scram verifier must look like "
+                         "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>") from None
+    if mechanism != SCRAM_PREFIX:
+        raise ValueError(f"scram verifier mechanism is {mechanism!r}, expected {SCRAM_PREFIX}")
+    if not iterations_text.isascii() or not iterations_text.isdigit() or int(
+            iterations_text) < 1:
+        raise ValueError(f"scram verifier iteration count {iterations_text!r} is not a "
+                         "positive integer")
+    try:
+        salt, stored_key, server_key = (base64.b64decode(part, validate=True)
+                                        for part in (salt_b64, stored_b64, server_b64))
+    except binascii.Error as exc:
+        raise ValueError(f"scram verifier has invalid base64: {exc}") from None
+    if not salt:
+        raise ValueError("scram verifier salt is empty")
+    if len(stored_key) != _KEY_BYTES or len(server_key) != _KEY_BYTES:
+        raise ValueError(f"scram verifier keys must be {_KEY_BYTES} bytes each")
+    return salt, stored_key, server_key, int(iterations_text)
+
+
+@dataclass(eq=False)
+class StaticUser:
+    """A user from the users file. Exactly one of `password` / `verifier` is set."""
+
+    name: str
+    groups: tuple[str, ...] = ()
+    password: str | None = field(default=None, repr=False)
+    verifier: AuthInfo | None = field(default=None, repr=False)
+    _derived: AuthInfo | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.password is None) == (self.verifier is None):
+            raise ValueError("a static user needs exactly one of password and verifier")
+
+    def scram_auth_info(self) -> AuthInfo:
+        """(salt, stored_key, server_key, iterations) for scramp's server side.
+
+        For a plaintext `password` it is derived once (random salt) and then kept, so repeated
+        exchanges do not pay PBKDF2 again.
+        """
+        if self.verifier is not None:
+            return self.verifier
+        with self._lock:
+            if self._derived is None:
+                assert self.password is not None
+                self._derived = scram_auth_info(self.password)
+            return self._derived
+
+    def verify_password(self, password: str) -> bool:
+        """Constant-time password check, for either form of secret."""
+        if self.password is not None:
+            return hmac.compare_digest(password.encode("utf-8"), self.password.encode("utf-8"))
+        assert self.verifier is not None
+        salt, stored_key, _server_key, iterations = self.verifier
+        _, candidate, _, _ = scram_auth_info(password, iterations=iterations, salt=salt)
+        return hmac.compare_digest(candidate, stored_key)
+
+    def subject(self) -> Subject:
+        return Subject(id=self.name, groups=self.groups, claims={})
+
+
+class UserDirectory:
+    """The users of one file, looked up by name."""
+
+    def __init__(self, users: list[StaticUser], source: str = "<memory>") -> None:
+        self.source = source
+        self._users = {u.name: u for u in users}
+        if len(self._users) != len(users):
+            raise ValueError("duplicate user names")
+
+    def lookup(self, name: str) -> StaticUser | None:
+        return self._users.get(name)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def __iter__(self) -> Any:
+        return iter(self._users.values())
+
+
+def _line_of(node: yaml.Node | None) -> int:
+    return node.start_mark.line + 1 if node is not None else 1
+
+
+def parse_users(text: str, source: str = "<string>") -> UserDirectory:
+    """Parse a users document; `UsersFileError` names the file, line and entry at fault."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise UsersFileError(f"{where}: not valid YAML: {exc}") from None
+
+    def fail(node: yaml.Node | None, what: str) -> UsersFileError:
+        return UsersFileError(f"{source}:{_line_of(node)}: {what}")
+
+    if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
+        raise fail(root, "expected a mapping with a 'users' list")
+    unknown = set(data) - {"users"}
+    if unknown:
+        raise fail(root, f"unknown top-level key(s): {', '.join(sorted(map(str, unknown)))}")
+    entries = data.get("users")
+    users_node = next((v for k, v in root.value if k.value == "users"), None)
+    if not isinstance(entries, list) or not isinstance(users_node, yaml.SequenceNode):
+        raise fail(users_node or root, "'users' must be a list")
+
+    users: list[StaticUser] = []
+    first_line: dict[str, int] = {}
+    for i, (entry, node) in enumerate(zip(entries, users_node.value, strict=True)):
+        where = f"users[{i}]"
+        if not isinstance(entry, dict):
+            raise fail(node, f"{where}: expected a mapping with name and password or scram")
+        unknown = set(entry) - _USER_KEYS
+        if unknown:
+            raise fail(node, f"{where}: unknown key(s): {', '.join(sorted(map(str, unknown)))}"
+                       f" (allowed: {', '.join(sorted(_USER_KEYS))})")
+        name = entry.get("name")
+        if name is None:
+            raise fail(node, f"{where}: missing name")
+        if not isinstance(name, str) or not name:
+            raise fail(node, f"{where}: name must be a non-empty string")
+        where = f"users[{i}] ({name})"
+        if name in first_line:
+            raise fail(node, f"{where}: duplicate name, first defined at line "
+                             f"{first_line[name]}")
+        first_line[name] = _line_of(node)
+        password, scram = entry.get("password"), entry.get("scram")
+        if (password is None) == (scram is None):
+            raise fail(node, f"{where}: needs exactly one of password and scram")
+        if password is not None and (not isinstance(password, str) or not password):
+            raise fail(node, f"{where}: password must be a non-empty string")
+        verifier: AuthInfo | None = None
+        if scram is not None:
+            if not isinstance(scram, str):
+                raise fail(node, f"{where}: scram must be a string")
+            try:
+                verifier = parse_verifier(scram)
+            except ValueError as exc:
+                raise fail(node, f"{where}: {exc}") from None
+        groups = entry.get("groups", [])
+        if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+            raise fail(node, f"{where}: groups must be a list of non-empty strings")
+        users.append(StaticUser(name=name, groups=tuple(groups), password=password,
+                                verifier=verifier))
+    return UserDirectory(users, source)
+
+
+def load_users(path: str | Path) -> UserDirectory:
+    """Load and validate a users file (see the module docstring for its format)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsersFileError(f"{path}: cannot read users file: {exc}") from None
+    return parse_users(text, str(path))
