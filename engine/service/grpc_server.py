@@ -4,7 +4,9 @@ Requests are decoded inside the handlers (the method handlers take raw bytes), s
 that does not parse is INVALID_ARGUMENT with the parser's reason rather than grpc's generic
 INTERNAL. Oversized messages are refused by grpc itself (`grpc.max_receive_message_length`:
 RESOURCE_EXHAUSTED). A caller whose deadline has already passed when its request reaches a
-handler thread is answered DEADLINE_EXCEEDED without evaluating. With a bearer token, every
+handler thread is answered DEADLINE_EXCEEDED without evaluating. Until a policy set is
+loaded, Decide is UNAVAILABLE (retryable: another replica may be ready; clients deny once
+their retries are spent). With a bearer token, every
 method but `grpc.health.v1.Health` needs `authorization: Bearer <token>` metadata.
 
 Health reports NOT_SERVING (overall and for the DecisionService) until a policy set is
@@ -67,6 +69,9 @@ class DecisionServicer:
         except (DecodeError, InputError) as exc:
             self._rejected.labels("grpc", "invalid_argument").inc()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed DecideRequest: {exc}")
+        if not self.runtime.ready:
+            self._rejected.labels("grpc", "not_ready").inc()
+            context.abort(grpc.StatusCode.UNAVAILABLE, "no policy set loaded yet")
         decision_id, decision = self.runtime.decide(doc, "grpc")
         response = decision_pb2.DecideResponse()
         decision_to_proto(decision, decision_id, response.decision)
@@ -97,6 +102,11 @@ class DecisionServicer:
                 self._rejected.labels("grpc", "invalid_argument").inc()
                 response.error.code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
                 response.error.message = str(exc)
+                yield response.SerializeToString()
+                continue
+            if not self.runtime.ready:
+                response.error.code = grpc.StatusCode.UNAVAILABLE.value[0]
+                response.error.message = "no policy set loaded yet"
                 yield response.SerializeToString()
                 continue
             decision_id, decision = self.runtime.decide(doc, "grpc")
