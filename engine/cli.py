@@ -2,7 +2,7 @@
 
 Each subcommand lives in its own module under `engine.commands` and exposes
 `register(subparsers)`, which adds its parser and sets `func(args) -> int` as the handler.
-This module only discovers them and runs the chosen one; exit codes are the handlers'.
+Modules whose name starts with `_` are shared helpers. This module only discovers them and runs the chosen one; exit codes are the handlers'.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue  # shared helpers, not subcommands
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(subparsers)
     return parser
