@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module under `engine.commands` and exposes
 `register(subparsers)`, which adds its parser and sets `func(args) -> int` as the handler.
-Modules whose name starts with `_` are shared helpers. This module only discovers them and runs the chosen one; exit codes are the handlers'.
+Modules whose name starts with `_` are shared helpers. This module only discovers the
+commands and runs the chosen one; exit codes are the handlers'.
 """
 
 from __future__ import annotations

@@ -298,7 +298,8 @@ def format_junit(results: list[TestResult]) -> str:
             out.append(f"    <testcase {attrs}/>")
         else:
             out.append(f"    <testcase {attrs}>")
-            out.append(f"      <failure message={quoteattr(r.message)}>{escape(r.message)}</failure>")
+            failure = f"<failure message={quoteattr(r.message)}>{escape(r.message)}</failure>"
+            out.append(f"      {failure}")
             out.append("    </testcase>")
     out.append("  </testsuite>")
     out.append("</testsuites>")

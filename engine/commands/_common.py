@@ -38,7 +38,11 @@ def load_engine_or_report(root: str, command: str) -> Engine | None:
 def read_json_input(path: str) -> tuple[Any, str | None]:
     """The document in FILE (`-` for stdin), JSON or YAML; or an error message."""
     try:
-        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
     except OSError as err:
         return None, f"cannot read {path}: {err.strerror}"
     except UnicodeDecodeError as err:

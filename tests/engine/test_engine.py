@@ -1,0 +1,59 @@
+"""The Engine: combining effects, failing closed, the decision cache and atomic swaps."""
+
+from __future__ import annotations
+
+from engine.engine import Engine
+from engine.policy import load_policy_set
+
+HEAD = "package ordinance.t\n\nimport rego.v1\n\n"
+
+
+def test_deny_beats_review_beats_allow(policy_dir) -> None:
+    root = policy_dir({"p.rego": HEAD +
+                       'deny contains "d" if input.d\nreview contains "r" if input.r\n'})
+    engine = Engine(load_policy_set(str(root)))
+    assert engine.decide({"d": True, "r": True}).effect == "deny"
+    assert engine.decide({"r": True}).effect == "review"
+    assert engine.decide({}).effect == "allow"
+
+
+def test_non_object_input_is_denied(policy_dir) -> None:
+    engine = Engine(load_policy_set(str(policy_dir({"p.rego": HEAD}))))
+    decision = engine.decide(["not", "an", "object"])
+    assert decision.effect == "deny"
+    assert "must be a JSON object" in decision.reasons[0].message
+
+
+def test_cache_hit_is_identical_and_marked(policy_dir) -> None:
+    root = policy_dir({"p.rego": HEAD + 'deny contains "drop" if "drop" in input.command.kinds\n'})
+    engine = Engine(load_policy_set(str(root)))
+    doc = {"resource": {"type": "postgres"}, "command": {"raw": "DROP TABLE x"}}
+    first = engine.decide(doc)
+    second = engine.decide({"command": {"raw": "DROP TABLE x"}, "resource": {"type": "postgres"}})
+    assert not first.cached and second.cached
+    assert second.to_dict() == first.to_dict()
+
+
+def test_swap_drops_the_cache_and_changes_revision(policy_dir) -> None:
+    root = policy_dir({"p.rego": HEAD + 'deny contains "a" if input.x\n'})
+    engine = Engine(load_policy_set(str(root)))
+    before = engine.decide({"x": True})
+    (root / "p.rego").write_text(HEAD + 'review contains "b" if input.x\n')
+    engine.swap(load_policy_set(str(root)))
+    after = engine.decide({"x": True})
+    assert (before.effect, after.effect) == ("deny", "review")
+    assert before.policy_revision != after.policy_revision and not after.cached
+
+
+def test_time_dependent_policies_bypass_the_cache(policy_dir) -> None:
+    root = policy_dir({"p.rego": HEAD + 'deny contains "late" if time.now_ns() < 0\n'})
+    engine = Engine(load_policy_set(str(root)))
+    assert not engine.policy_set.cacheable
+    engine.decide({"a": 1})
+    assert not engine.decide({"a": 1}).cached
+
+
+def test_decision_reports_enriched_command(policy_dir) -> None:
+    engine = Engine(load_policy_set(str(policy_dir({"p.rego": HEAD}))))
+    out = engine.decide({"resource": {"type": "postgres"}, "command": {"raw": "SELECT 1"}})
+    assert out.command["kinds"] == ["select"] and out.command["parse_error"] is None

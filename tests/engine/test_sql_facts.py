@@ -1,0 +1,75 @@
+"""SQL facts from fixture pairs (fixtures/sql_facts.yaml) and properties of the parser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.facts import enrich_command, sql_facts
+from engine.facts.sql import STATEMENT_KINDS
+
+CASES = yaml.safe_load((Path(__file__).parent / "fixtures" / "sql_facts.yaml").read_text())
+PARSE_ERROR_EXPECTED = {"SELEC FROM", "SELEC x"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["sql"][:50] for c in CASES])
+def test_sql_fixture(case: dict[str, Any]) -> None:
+    facts = sql_facts(case["sql"], "postgres")
+    for key, want in case["expect"].items():
+        if key == "statements":
+            assert len(facts["statements"]) >= len(want), facts["statements"]
+            for got_st, want_st in zip(facts["statements"], want, strict=False):
+                for k, v in want_st.items():
+                    assert got_st.get(k) == v, (k, got_st)
+        else:
+            assert facts[key] == want, (key, facts)
+    if case["sql"] in PARSE_ERROR_EXPECTED:
+        assert facts["parse_error"]
+    for st_facts in facts["statements"]:
+        assert st_facts["kind"] in STATEMENT_KINDS
+
+
+def test_command_is_enriched_by_resource_dialect() -> None:
+    cmd = enrich_command({"raw": "DROP TABLE `cards`"}, {"type": "mysql"})
+    assert cmd["protocol"] == "mysql"
+    assert cmd["kinds"] == ["drop"] and cmd["tables"] == ["cards"]
+
+
+def test_adapter_supplied_facts_are_overwritten() -> None:
+    cmd = enrich_command({"raw": "DROP TABLE x", "kinds": ["select"]}, {"type": "postgres"})
+    assert cmd["kinds"] == ["drop"]
+
+
+def test_non_string_raw_is_a_parse_error() -> None:
+    cmd = enrich_command({"protocol": "postgres", "raw": 42}, {})
+    assert cmd["parse_error"] == "command.raw must be a string"
+
+
+def test_huge_statement_is_reported_not_parsed() -> None:
+    cmd = enrich_command({"raw": "SELECT " + "1," * 600_000 + "1"}, {"type": "postgres"})
+    assert "too large" in cmd["parse_error"]
+
+
+def test_shell_and_http_facts() -> None:
+    shell = enrich_command({"protocol": "shell", "raw": "FOO=1 rm -rf /tmp/x && ls | wc -l"}, {})
+    assert shell["program"] == "rm" and shell["argv"] == ["rm", "-rf", "/tmp/x"]
+    assert shell["programs"] == ["rm", "ls", "wc"]
+    broken = enrich_command({"protocol": "shell", "raw": "echo 'unterminated"}, {})
+    assert broken["parse_error"]
+    http = enrich_command({"protocol": "http", "method": "post", "path": "/v1/x?a=1&a=2",
+                           "headers": {"X-Trace": "t"}}, {})
+    assert http["method"] == "POST" and http["path"] == "/v1/x"
+    assert http["query"] == {"a": ["1", "2"]} and http["headers"] == {"x-trace": "t"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_parser_never_raises(raw: str) -> None:
+    facts = sql_facts(raw, "postgres")
+    assert set(facts) == {"statements", "kinds", "tables", "parse_error"}
+    assert all(s["kind"] in STATEMENT_KINDS for s in facts["statements"])
