@@ -50,6 +50,7 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *ar
 
 def test_list_show_approve(store_url: str, users_file: str, capsys: pytest.CaptureFixture[str],
                            monkeypatch: pytest.MonkeyPatch) -> None:
+    open_audit_log(store_url).close()  # a deployment's trail exists before anyone lists
     code, out, _ = run(capsys, monkeypatch, "list", "--audit", store_url)
     assert code == 0 and out.startswith("ID") and len(out.splitlines()) == 1
     rid = file_request(store_url)
