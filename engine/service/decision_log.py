@@ -217,8 +217,10 @@ class DecisionLog:
                 self._broken = f"{type(exc).__name__}: {exc}"
                 if self._on_batch:
                     self._on_batch(len(pending), False)
-                if stop:
-                    log.error("dropping %d decision records at shutdown", len(pending))
+                if stop or self._closed:
+                    left = len(pending) + self._queue.qsize()
+                    log.error("decision log still failing at shutdown; %d record(s) not "
+                              "written", left)
                     return
                 time.sleep(self._retry_interval)
                 continue
