@@ -73,7 +73,8 @@ def test_opa_runtime_is_forbidden(policy_dir) -> None:
 
 def test_policy_defined_functions_and_imports_are_accepted(policy_dir) -> None:
     root = policy_dir({
-        "lib.rego": "package lib.util\n\nimport rego.v1\n\nis_prod(r) if r.labels.env == \"prod\"\n",
+        "lib.rego": "package lib.util\n\nimport rego.v1\n\n"
+                    'is_prod(r) if r.labels.env == "prod"\n',
         "p.rego": HEAD + "import data.lib.util\n\nlocal(x) := x\n\n"
                   'deny contains "prod" if {\n  util.is_prod(input.resource)\n  local(1) == 1\n}\n',
     })
@@ -107,7 +108,8 @@ def test_conflicting_values_are_a_deny(policy_dir) -> None:
 
 
 def test_unknown_mask_method_fails_closed(policy_dir) -> None:
-    root = policy_dir({"p.rego": HEAD + 'mask contains {"column": "pan", "method": "rot13"} if true\n'})
+    rule = 'mask contains {"column": "pan", "method": "rot13"} if true\n'
+    root = policy_dir({"p.rego": HEAD + rule})
     out = decide(root)
     assert out["effect"] == "deny" and "unknown mask method" in out["reasons"][0]["message"]
 
@@ -182,9 +184,9 @@ def test_data_documents_mount_by_directory(policy_dir) -> None:
 def test_opa_bundle_archive_loads(tmp_path: Path) -> None:
     bundle = tmp_path / "bundle.tar.gz"
     with tarfile.open(bundle, "w:gz") as tar:
-        for name, text in {".manifest": json.dumps({"revision": "7"}),
-                           "ordinance/x/policy.rego": "package ordinance.x\n\nimport rego.v1\n\n"
-                                                      'deny contains "from bundle" if true\n'}.items():
+        policy = 'package ordinance.x\n\nimport rego.v1\n\ndeny contains "from bundle" if true\n'
+        members = {".manifest": json.dumps({"revision": "7"}), "ordinance/x/policy.rego": policy}
+        for name, text in members.items():
             data = text.encode()
             info = tarfile.TarInfo(name)
             info.size = len(data)
