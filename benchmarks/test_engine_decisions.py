@@ -1,4 +1,4 @@
-"""pytest-benchmark suite for the engine on the PCI pack (run: pytest benchmarks --benchmark-only)."""
+"""pytest-benchmark suite for the engine on the PCI pack: pytest benchmarks --benchmark-only."""
 
 from __future__ import annotations
 

@@ -93,8 +93,11 @@ def start_cluster() -> PgCluster:
         capture_output=True, text=True, check=False,
     )
     if started.returncode != 0:
-        log = open(os.path.join(root, "log")).read()[-800:] if os.path.exists(
-            os.path.join(root, "log")) else ""
+        log_path = os.path.join(root, "log")
+        log = ""
+        if os.path.exists(log_path):
+            with open(log_path) as f:
+                log = f.read()[-800:]
         shutil.rmtree(root, ignore_errors=True)
         raise ClusterUnavailable(f"pg_ctl start failed: {started.stderr.strip()} {log}")
     cluster = PgCluster(datadir=datadir, port=port, socket_dir=root, bindir=bindir, run_as=run_as)
