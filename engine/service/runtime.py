@@ -50,6 +50,23 @@ def deny(message: str, revision: str = "", command: dict[str, Any] | None = None
                     policy_revision=revision, command=command or {})
 
 
+def enriched_input(input_doc: Any) -> Any:
+    """The input as `Engine.decide` evaluates it: command facts parsed by the engine.
+
+    OPA-style queries must see the same facts as decisions, and a caller must not be able to
+    supply its own `statements` (enrich_command overwrites them). Inputs without a `command`
+    object are left alone (plain OPA use).
+    TODO(engine): belongs in `Engine.query`, which adapters call too.
+    """
+    if isinstance(input_doc, dict) and isinstance(input_doc.get("command"), dict):
+        from engine.facts import enrich_command
+
+        doc = dict(input_doc)
+        doc["command"] = enrich_command(input_doc["command"], input_doc.get("resource"))
+        return doc
+    return input_doc
+
+
 def _default_engine_factory(policy_set: Any) -> Any:
     from engine.engine import Engine
 
@@ -160,7 +177,7 @@ class ServiceRuntime:
             raise NotReady("no policy set loaded")
         decision_id = new_decision_id()
         started = time.perf_counter_ns()
-        defined, value = engine.query(path, input_doc)
+        defined, value = engine.query(path, enriched_input(input_doc))
         record: dict[str, Any] = {
             "decision_id": decision_id, "timestamp": time.time(), "kind": "query",
             "transport": transport, "pid": self._pid, "path": path, "input": input_doc,

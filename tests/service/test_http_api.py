@@ -169,3 +169,19 @@ def test_opa_python_client(service: Service) -> None:
         data = client.get_data("ordinance/test/deny")
         assert data["result"] == []
         assert "ordinance_decisions_total" in client.get_metrics()
+
+
+def test_queries_see_engine_parsed_facts_not_caller_supplied_ones(
+        tmp_path: Path, service_factory: Callable[..., Service]) -> None:
+    directory = tmp_path / "facts"
+    directory.mkdir()
+    (directory / "f.rego").write_text(
+        "package ordinance.facts\nimport rego.v1\n"
+        "kinds := {s.kind | some s in input.command.statements}\n")
+    svc = service_factory(directory)
+    assert svc.http_port
+    status, body = post(svc.http_port, "/v1/data/ordinance/facts/kinds", {"input": {
+        "resource": {"type": "postgres"},
+        "command": {"protocol": "postgres", "raw": "DROP TABLE cards",
+                    "statements": [{"kind": "select"}]}}})
+    assert status == 200 and body["result"] == ["drop"]
