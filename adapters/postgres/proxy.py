@@ -1,0 +1,704 @@
+"""The asyncio PostgreSQL proxy: a thin loop around the codec, the session bookkeeping and the
+two authentications.
+
+Owns: listening, TLS towards clients (and optionally upstream), the start-up negotiation
+(SSLRequest, GSSENCRequest, CancelRequest, StartupMessage), client authentication, one upstream
+connection per client made with the proxy's own credentials, proxy-issued cancel keys, the two
+relay pumps, and every teardown path (client gone, upstream gone, protocol error). Must not:
+parse SQL, hold policy, or decode protocol bytes itself (`codec`, `session` and `auth` do).
+
+Choices worth knowing:
+- The client must ask for the upstream URL's database (or leave it to default to its user
+  name when that is the same); anything else is refused with 3D000. One proxy serves one
+  database, so what a policy calls the resource is never ambiguous.
+- Only a small set of start-up parameters is forwarded upstream (`FORWARDED_PARAMETERS`);
+  `options` (which could set any GUC, `role` included) and replication are refused or dropped.
+- A client is authenticated with SCRAM-SHA-256 when the directory knows its user name; else,
+  when a token verifier is configured, with "OIDC token as the password" over cleartext
+  password auth, which is offered only on TLS or loopback connections.
+- Statement decisions are made before anything goes upstream; a decision hook that fails or
+  exceeds `decide_timeout` denies (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import inspect
+import logging
+import secrets
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from adapters.postgres.auth import (
+    SCRAM_SHA_256,
+    AuthFailed,
+    ScramServerExchange,
+    TokenVerifier,
+    UpstreamAuthError,
+    UpstreamLogin,
+    UserDirectory,
+    is_loopback,
+    password_failed,
+)
+from adapters.postgres.codec import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    BackendDecoder,
+    Frame,
+    FrontendDecoder,
+    ProtocolError,
+)
+from adapters.postgres.hooks import DecideHook, SessionContext, StatementVerdict
+from adapters.postgres.messages import (
+    Authentication,
+    AuthenticationCleartextPassword,
+    AuthenticationOk,
+    AuthenticationOther,
+    AuthenticationSASL,
+    AuthResponse,
+    BackendKeyData,
+    CancelRequest,
+    ErrorResponse,
+    FrontendMessage,
+    GSSENCRequest,
+    Message,
+    NegotiateProtocolVersion,
+    NoticeResponse,
+    ParameterStatus,
+    ReadyForQuery,
+    SSLRequest,
+    StartupMessage,
+    Terminate,
+)
+from adapters.postgres.results import RewriteError
+from adapters.postgres.session import SUPPORTED_CLIENT_ENCODINGS, Session, SessionError
+
+log = logging.getLogger("ordinance.adapters.postgres")
+
+READ_SIZE = 256 * 1024
+AUTH_MESSAGE_LIMIT = 64 * 1024  # bounds what an unauthenticated client can make us buffer
+FORWARDED_PARAMETERS = ("application_name", "client_encoding", "DateStyle", "TimeZone",
+                        "IntervalStyle", "extra_float_digits")
+
+
+@dataclass(frozen=True)
+class UpstreamTarget:
+    host: str
+    port: int
+    user: str
+    password: str | None
+    database: str
+
+    @classmethod
+    def from_url(cls, url: str) -> UpstreamTarget:
+        """`postgresql://USER[:PASS]@HOST[:PORT][/DB]`; DB defaults to USER."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"upstream URL must start with postgresql://, got {parts.scheme!r}")
+        if not parts.username:
+            raise ValueError("upstream URL has no user name")
+        user = unquote(parts.username)
+        database = unquote(parts.path.lstrip("/")) or user
+        return cls(parts.hostname or "localhost", parts.port or 5432, user,
+                   None if parts.password is None else unquote(parts.password), database)
+
+
+@dataclass
+class ProxyConfig:
+    """Everything a `PostgresProxy` needs; `decide` is the statement decision hook."""
+
+    upstream_url: str
+    decide: DecideHook
+    directory: UserDirectory | None = None
+    verify_token: TokenVerifier | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    server_ssl: ssl.SSLContext | None = None
+    upstream_ssl: ssl.SSLContext | None = None
+    allow_function_call: bool = False
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    auth_timeout: float = 30.0
+    connect_timeout: float = 10.0
+    decide_timeout: float = 30.0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class _UpstreamRefused(Exception):
+    def __init__(self, error: ErrorResponse) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclass
+class _Identity:
+    user: str
+    groups: tuple[str, ...]
+    method: str
+    requested_user: str
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _Upstream:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    decoder: BackendDecoder
+    key: BackendKeyData | None
+    greeting: list[bytes]
+    fatal_seen: bool = False
+
+
+class _Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrontendDecoder(max_message_size=AUTH_MESSAGE_LIMIT)
+        self.tls = False
+        self.peer: Any = writer.get_extra_info("peername")
+
+    @property
+    def address(self) -> str:
+        if isinstance(self.peer, tuple) and self.peer:
+            return str(self.peer[0])
+        return str(self.peer or "local")
+
+    async def read(self) -> FrontendMessage | None:
+        """The next message, or None when the client hung up."""
+        while True:
+            message = self.decoder.next_message()
+            if message is not None:
+                return message
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                return None
+            self.decoder.feed(data)
+
+    async def send(self, *messages: Message) -> None:
+        self.writer.write(b"".join(m.encode() for m in messages))
+        await self.writer.drain()
+
+    async def fatal(self, error: ErrorResponse) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+            await self.send(error)
+
+
+def _unread_bytes(reader: asyncio.StreamReader) -> int:
+    """Bytes a StreamReader holds that nobody read yet. StreamReader has no public accessor;
+    this matters only around STARTTLS, where such bytes would be unencrypted injections
+    (CVE-2021-23214 / CVE-2021-23222)."""
+    buffer = getattr(reader, "_buffer", b"")
+    return len(buffer)
+
+
+def _fatal(code: str, message: str, **extra: str | None) -> ErrorResponse:
+    return ErrorResponse.build(code, message, severity="FATAL", **extra)
+
+
+async def _close_writer(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
+        await asyncio.wait_for(writer.wait_closed(), 5)
+
+
+class PostgresProxy:
+    """`await start()`, then clients connect to `host:port`; `await close()` ends everything."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        if config.directory is None and config.verify_token is None:
+            raise ValueError("a PostgreSQL proxy needs a user directory or a token verifier")
+        self.config = config
+        self.target = UpstreamTarget.from_url(config.upstream_url)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._cancel_keys: dict[int, tuple[bytes, BackendKeyData | None]] = {}
+        self._mock_secret = secrets.token_bytes(32)
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the proxy is not started")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._on_client, self.config.host,
+                                                  self.config.port)
+        log.info("postgres proxy listening on %s:%d for %s:%d/%s", self.config.host, self.port,
+                 self.target.host, self.target.port, self.target.database)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+
+    async def __aenter__(self) -> PostgresProxy:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ----------------------------------------------------------------------------------------
+    # One client connection
+
+    async def _on_client(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        client = _Client(reader, writer)
+        try:
+            await self._serve(client)
+        except asyncio.CancelledError:
+            pass
+        except ProtocolError as exc:
+            log.info("client %s: protocol error: %s", client.address, exc)
+            await client.fatal(_fatal("08P01", f"invalid frontend message: {exc}"))
+        except (ConnectionError, OSError) as exc:
+            log.info("client %s: connection lost: %s", client.address, exc)
+        except Exception:
+            log.exception("client %s: unexpected error", client.address)
+            await client.fatal(_fatal("XX000", "internal error in the ordinance proxy"))
+        finally:
+            await _close_writer(writer)
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _serve(self, client: _Client) -> None:
+        try:
+            async with asyncio.timeout(self.config.auth_timeout):
+                startup = await self._negotiate(client)
+                if startup is None:
+                    return
+                identity = await self._admit(client, startup)
+                if identity is None:
+                    return
+        except TimeoutError:
+            await client.fatal(_fatal("08006", "authentication timed out"))
+            return
+        ctx = SessionContext(
+            session_id=secrets.token_hex(12), user=identity.user, groups=identity.groups,
+            database=self.target.database,
+            application_name=startup.get("application_name") or "",
+            client_addr=client.address, tls=client.tls, auth_method=identity.method,
+            requested_user=identity.requested_user, claims=identity.claims)
+        try:
+            upstream = await self._connect_upstream(startup)
+        except _UpstreamRefused as exc:
+            await client.fatal(exc.error)
+            return
+        except (OSError, TimeoutError, UpstreamAuthError, ProtocolError) as exc:
+            log.warning("session %s: upstream %s:%d unavailable: %s", ctx.session_id,
+                        self.target.host, self.target.port, exc)
+            await client.fatal(_fatal(
+                "08006", f"upstream PostgreSQL server is unavailable: {_describe(exc)}",
+                detail=f"the ordinance proxy could not connect to {self.target.host}:"
+                       f"{self.target.port}"))
+            return
+        pid, secret = self._issue_key(upstream.key)
+        try:
+            client.writer.write(AuthenticationOk().encode() + b"".join(upstream.greeting)
+                                + BackendKeyData(pid, secret).encode()
+                                + ReadyForQuery("I").encode())
+            await client.writer.drain()
+            log.info("session %s: %s (%s) connected from %s", ctx.session_id, ctx.user,
+                     ctx.auth_method, ctx.client_addr)
+            await self._relay(client, upstream, ctx)
+        finally:
+            self._cancel_keys.pop(pid, None)
+            await _close_writer(upstream.writer)
+
+    def _issue_key(self, upstream_key: BackendKeyData | None) -> tuple[int, bytes]:
+        while True:
+            pid = secrets.randbelow(2**31 - 2) + 1
+            if pid not in self._cancel_keys:
+                break
+        secret = secrets.token_bytes(4)
+        self._cancel_keys[pid] = (secret, upstream_key)
+        return pid, secret
+
+    # ----------------------------------------------------------------------------------------
+    # Start-up and authentication
+
+    async def _negotiate(self, client: _Client) -> StartupMessage | None:
+        """SSL / GSS negotiation and cancel requests, up to the StartupMessage."""
+        while True:
+            message = await client.read()
+            if message is None:
+                return None
+            if isinstance(message, SSLRequest):
+                if self.config.server_ssl is None or client.tls:
+                    client.writer.write(b"N")
+                    await client.writer.drain()
+                    continue
+                if client.decoder.buffered:
+                    await client.fatal(_fatal("08P01",
+                                              "received unencrypted data after SSL request"))
+                    return None
+                client.writer.write(b"S")
+                await client.writer.drain()
+                await client.writer.start_tls(self.config.server_ssl)
+                if _unread_bytes(client.reader):
+                    log.warning("client %s: data injected before TLS handshake",
+                                client.address)
+                    return None
+                client.tls = True
+                continue
+            if isinstance(message, GSSENCRequest):
+                client.writer.write(b"N")
+                await client.writer.drain()
+                continue
+            if isinstance(message, CancelRequest):
+                await self._handle_cancel(message)
+                return None
+            if not isinstance(message, StartupMessage):  # pragma: no cover - decoder guarantees
+                raise ProtocolError(f"unexpected {type(message).__name__} during start-up")
+            return message
+
+    async def _admit(self, client: _Client, startup: StartupMessage) -> _Identity | None:
+        if startup.major != 3:
+            await client.fatal(_fatal("0A000", f"unsupported frontend protocol "
+                                      f"{startup.major}.{startup.minor}: server supports 3.0 "
+                                      "to 3.0"))
+            return None
+        unrecognized = tuple(k for k, _ in startup.params if k.startswith("_pq_."))
+        if startup.minor > 0 or unrecognized:
+            await client.send(NegotiateProtocolVersion(0, unrecognized))
+        user = startup.get("user") or ""
+        if not user:
+            await client.fatal(_fatal("28000",
+                                      "no PostgreSQL user name specified in startup packet"))
+            return None
+        replication = (startup.get("replication") or "false").lower()
+        if replication not in ("false", "off", "no", "0"):
+            await client.fatal(_fatal("0A000", "replication connections are not supported "
+                                      "by the ordinance proxy"))
+            return None
+        identity = await self._authenticate(client, user)
+        if identity is None:
+            return None
+        database = startup.get("database") or user
+        if database != self.target.database:
+            await client.fatal(_fatal("3D000", f'database "{database}" is not served by this '
+                                      f'proxy (it serves "{self.target.database}")'))
+            return None
+        encoding = startup.get("client_encoding")
+        if encoding is not None and encoding.upper() not in SUPPORTED_CLIENT_ENCODINGS:
+            await client.fatal(_fatal("0A000", f"client_encoding {encoding} is not supported "
+                                      "by the ordinance proxy (use UTF8)"))
+            return None
+        return identity
+
+    async def _auth_response(self, client: _Client) -> AuthResponse | None:
+        message = await client.read()
+        if message is None:
+            return None
+        if not isinstance(message, AuthResponse):
+            raise ProtocolError(f"expected an authentication response, got "
+                                f"{type(message).__name__}")
+        return message
+
+    async def _authenticate(self, client: _Client, user: str) -> _Identity | None:
+        entry = None
+        auth_info = None
+        if self.config.directory is not None:
+            try:
+                entry = self.config.directory.lookup(user)
+                auth_info = None if entry is None else entry.scram_auth_info()
+            except Exception:
+                log.exception("user directory failed for %r", user)
+                entry = auth_info = None
+        if entry is None and self.config.verify_token is not None:
+            return await self._token_auth(client, user, self.config.verify_token)
+        exchange = ScramServerExchange(user, auth_info, self._mock_secret)
+        try:
+            await client.send(AuthenticationSASL((SCRAM_SHA_256,)))
+            initial = await self._auth_response(client)
+            if initial is None:
+                return None
+            await client.send(exchange.first(initial.as_sasl_initial()))
+            response = await self._auth_response(client)
+            if response is None:
+                return None
+            await client.send(exchange.final(response.as_sasl_response()))
+        except AuthFailed as exc:
+            log.info("client %s: SCRAM authentication failed for %r", client.address, user)
+            await client.fatal(exc.error)
+            return None
+        assert entry is not None
+        return _Identity(entry.name, tuple(entry.groups), "scram-sha-256", user)
+
+    async def _token_auth(self, client: _Client, user: str,
+                          verify: TokenVerifier) -> _Identity | None:
+        if not (client.tls or is_loopback(client.peer)):
+            await client.fatal(_fatal("28000", "token authentication requires a TLS "
+                                      "(sslmode=require) or loopback connection"))
+            return None
+        await client.send(AuthenticationCleartextPassword())
+        response = await self._auth_response(client)
+        if response is None:
+            return None
+        token = response.as_password().password
+        try:
+            if inspect.iscoroutinefunction(verify):
+                subject: Any = await verify(token)
+            else:
+                subject = await asyncio.to_thread(verify, token)
+                if inspect.isawaitable(subject):
+                    subject = await subject
+        except Exception as exc:
+            log.info("client %s: token rejected for %r: %s", client.address, user, exc)
+            await client.fatal(password_failed(user))
+            return None
+        return _Identity(str(subject.id), tuple(subject.groups), "token", user,
+                         dict(getattr(subject, "claims", {}) or {}))
+
+    async def _handle_cancel(self, request: CancelRequest) -> None:
+        entry = self._cancel_keys.get(request.pid)
+        if entry is None or not hmac.compare_digest(entry[0], request.secret):
+            log.info("cancel request with an unknown key ignored")
+            return
+        if entry[1] is not None:
+            await self._send_cancel(entry[1])
+
+    # ----------------------------------------------------------------------------------------
+    # Upstream
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.target.host, self.target.port),
+            self.config.connect_timeout)
+        if self.config.upstream_ssl is None:
+            return reader, writer
+        try:
+            writer.write(SSLRequest().encode())
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.readexactly(1), self.config.connect_timeout)
+            if answer != b"S":
+                raise UpstreamAuthError("upstream server refused TLS")
+            await writer.start_tls(self.config.upstream_ssl, server_hostname=self.target.host)
+            if _unread_bytes(reader):
+                raise UpstreamAuthError("upstream server sent unencrypted data after accepting "
+                                        "TLS")
+        except BaseException:
+            await _close_writer(writer)
+            raise
+        return reader, writer
+
+    async def _connect_upstream(self, startup: StartupMessage) -> _Upstream:
+        async with asyncio.timeout(self.config.connect_timeout):
+            reader, writer = await self._open_upstream()
+            try:
+                return await self._login_upstream(reader, writer, startup)
+            except BaseException:
+                await _close_writer(writer)
+                raise
+
+    async def _login_upstream(self, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter, startup: StartupMessage
+                              ) -> _Upstream:
+        params = [("user", self.target.user), ("database", self.target.database)]
+        for name in FORWARDED_PARAMETERS:
+            value = startup.get(name)
+            if value is not None:
+                params.append((name, value))
+        writer.write(StartupMessage(tuple(params)).encode())
+        await writer.drain()
+        login = UpstreamLogin(self.target.user, self.target.password)
+        decoder = BackendDecoder(max_message_size=self.config.max_message_size)
+        greeting: list[bytes] = []
+        key: BackendKeyData | None = None
+        while True:
+            frame = await _read_frame(reader, decoder)
+            if frame is None:
+                raise ConnectionResetError("upstream closed the connection during login")
+            message = decoder.decode(frame)
+            if isinstance(message, ErrorResponse):
+                if message.code.startswith("28"):
+                    raise UpstreamAuthError(f"upstream refused the proxy's credentials: "
+                                            f"{message.message}")
+                raise _UpstreamRefused(message)
+            if isinstance(message, Authentication | AuthenticationOther):
+                for response in login.receive(message):
+                    writer.write(response.encode())
+                await writer.drain()
+            elif isinstance(message, ParameterStatus | NoticeResponse):
+                greeting.append(frame.raw)
+            elif isinstance(message, BackendKeyData):
+                key = message
+            elif isinstance(message, ReadyForQuery):
+                if not login.done:
+                    raise UpstreamAuthError("upstream was ready before authenticating")
+                return _Upstream(reader, writer, decoder, key, greeting)
+            elif not isinstance(message, NegotiateProtocolVersion):
+                raise UpstreamAuthError(f"unexpected {type(message).__name__} during login")
+
+    async def _send_cancel(self, key: BackendKeyData) -> None:
+        """Ask the upstream server to cancel what the backend with `key` is running."""
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                reader, writer = await self._open_upstream()
+                try:
+                    writer.write(CancelRequest(key.pid, key.secret).encode())
+                    await writer.drain()
+                    await reader.read(1)  # the server closes once it has the request
+                finally:
+                    await _close_writer(writer)
+        except (OSError, TimeoutError, UpstreamAuthError) as exc:
+            log.warning("could not send a cancel request upstream: %s", exc)
+
+    # ----------------------------------------------------------------------------------------
+    # Relay
+
+    async def _relay(self, client: _Client, upstream: _Upstream, ctx: SessionContext) -> None:
+        client.decoder.max_message_size = self.config.max_message_size
+        session = Session(max_copy_record=self.config.max_message_size)
+        to_server = asyncio.create_task(self._pump_client(client, upstream, session, ctx))
+        to_client = asyncio.create_task(self._pump_server(client, upstream, session))
+        try:
+            done, _ = await asyncio.wait({to_server, to_client},
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            to_server.cancel()
+            to_client.cancel()
+            await asyncio.gather(to_server, to_client, return_exceptions=True)
+            await self._finish_upstream(upstream, session)
+            raise
+        first = to_server if to_server in done else to_client
+        other = to_client if first is to_server else to_server
+        other.cancel()
+        await asyncio.gather(other, return_exceptions=True)
+        error = first.exception()
+        if first is to_server:
+            if isinstance(error, ProtocolError | SessionError):
+                log.info("session %s: client protocol error: %s", ctx.session_id, error)
+                await client.fatal(_fatal("08P01", f"invalid frontend message: {error}"))
+            elif error is not None and not isinstance(error, ConnectionError | OSError):
+                log.error("session %s: client pump failed", ctx.session_id, exc_info=error)
+                await client.fatal(_fatal("XX000", "internal error in the ordinance proxy"))
+        elif error is None:
+            if not upstream.fatal_seen:
+                await client.fatal(_fatal("08006", "upstream PostgreSQL server closed the "
+                                          "connection unexpectedly"))
+        elif isinstance(error, RewriteError):
+            log.warning("session %s: result could not be masked: %s", ctx.session_id, error)
+            await client.fatal(_fatal("42501", f"result could not be masked as policy "
+                                      f"requires: {error}"))
+        elif isinstance(error, SessionError | ProtocolError):
+            log.warning("session %s: %s", ctx.session_id, error)
+            code = error.code if isinstance(error, SessionError) else "08P01"
+            await client.fatal(_fatal(code, str(error)))
+        elif not isinstance(error, ConnectionError | OSError):
+            log.error("session %s: server pump failed", ctx.session_id, exc_info=error)
+            await client.fatal(_fatal("XX000", "internal error in the ordinance proxy"))
+        await self._finish_upstream(upstream, session)
+        log.info("session %s: closed", ctx.session_id)
+
+    async def _finish_upstream(self, upstream: _Upstream, session: Session) -> None:
+        """Stop whatever the backend still runs for this client, then hang up."""
+        if session.in_flight and upstream.key is not None:
+            await self._send_cancel(upstream.key)
+        with contextlib.suppress(Exception):
+            upstream.writer.write(Terminate().encode())
+        await _close_writer(upstream.writer)
+
+    async def _pump_client(self, client: _Client, upstream: _Upstream, session: Session,
+                           ctx: SessionContext) -> None:
+        decoder = client.decoder
+        writer = upstream.writer
+        allow_fc = self.config.allow_function_call
+        while True:
+            data = await client.reader.read(READ_SIZE)
+            if not data:
+                return
+            decoder.feed(data)
+            out: list[bytes] = []
+            while (frame := decoder.next_frame()) is not None:
+                message = decoder.decode(frame)
+                if isinstance(message, Terminate):
+                    if out:
+                        writer.writelines(out)
+                    return
+                sql = session.statement_text(message)
+                verdict = None
+                if sql is not None:
+                    if out:  # do not hold earlier messages back while deciding
+                        writer.writelines(out)
+                        out = []
+                    verdict = await self._decide(sql, ctx)
+                out.extend(session.client_message(frame, message, verdict,
+                                                  allow_function_call=allow_fc))
+            if out:
+                writer.writelines(out)
+                await writer.drain()
+
+    async def _decide(self, sql: str, ctx: SessionContext) -> StatementVerdict:
+        try:
+            verdict = await asyncio.wait_for(self.config.decide(sql, ctx),
+                                             self.config.decide_timeout)
+        except TimeoutError:
+            log.warning("session %s: decision timed out; denying", ctx.session_id)
+            return StatementVerdict.deny("the policy decision timed out")
+        except Exception:
+            log.exception("session %s: decision hook failed; denying", ctx.session_id)
+            return StatementVerdict.deny("the policy decision failed")
+        if not isinstance(verdict, StatementVerdict):
+            log.error("session %s: decision hook returned %r; denying", ctx.session_id,
+                      type(verdict).__name__)
+            return StatementVerdict.deny("the policy decision failed")
+        return verdict
+
+    async def _pump_server(self, client: _Client, upstream: _Upstream,
+                           session: Session) -> None:
+        decoder = upstream.decoder
+        writer = client.writer
+        while True:
+            data = await upstream.reader.read(READ_SIZE)
+            if not data:
+                return
+            decoder.feed(data)
+            out: list[bytes] = []
+            while (frame := decoder.next_frame()) is not None:
+                if frame.type == b"E":
+                    error = decoder.decode(frame)
+                    if isinstance(error, ErrorResponse) and error.severity in ("FATAL",
+                                                                               "PANIC"):
+                        upstream.fatal_seen = True
+                session.server_frame(frame, out)
+            if out:
+                writer.writelines(out)
+                await writer.drain()
+
+
+async def _read_frame(reader: asyncio.StreamReader, decoder: BackendDecoder) -> Frame | None:
+    while True:
+        frame = decoder.next_frame()
+        if frame is not None:
+            return frame
+        data = await reader.read(READ_SIZE)
+        if not data:
+            return None
+        decoder.feed(data)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "connection timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

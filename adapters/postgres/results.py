@@ -1,0 +1,397 @@
+"""Result rewriting: apply per-column value transforms to DataRow bodies and COPY TO STDOUT data.
+
+Owns: choosing the transforms of a result set from its column descriptors (`plan_columns`),
+rewriting one DataRow body (`RowRewriter`), and the streaming COPY-out rewriters for the text,
+CSV and binary formats (`CopyOutRewriter`), with PostgreSQL's exact escaping rules. Binary
+values of masked columns become NULL. Must not: decide which columns to mask (the masker in the
+verdict does), do I/O, or touch rows that need no rewriting (callers relay those raw).
+
+Anything that cannot be rewritten safely (a row whose column count does not match its
+description, a transform that raises, an unterminated COPY record) raises `RewriteError`; the
+proxy then ends the session rather than deliver unmasked data.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from adapters.postgres.hooks import ColumnDescriptor, ColumnMasker, CopyLayout, ValueTransform
+from adapters.postgres.messages import FieldDescription
+
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+_NULL = _I32.pack(-1)
+BINARY_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+
+
+class RewriteError(Exception):
+    """A result could not be rewritten as its masks require; the session must end."""
+
+
+def _apply(transform: ValueTransform, value: bytes, where: str) -> bytes | None:
+    try:
+        out = transform(value)
+    except Exception as exc:
+        raise RewriteError(f"transform of {where} failed: {type(exc).__name__}: {exc}") from exc
+    if out is not None and not isinstance(out, bytes | bytearray):
+        raise RewriteError(f"transform of {where} returned {type(out).__name__}, expected bytes "
+                           "or None")
+    return None if out is None else bytes(out)
+
+
+def plan_columns(descriptors: Sequence[ColumnDescriptor], masker: ColumnMasker | None
+                 ) -> list[ValueTransform | None] | None:
+    """One transform (or None) per column, or None when no column needs rewriting."""
+    if masker is None:
+        return None
+    plan: list[ValueTransform | None] = []
+    for column in descriptors:
+        try:
+            plan.append(masker(column))
+        except Exception as exc:
+            raise RewriteError(f"masker failed for column #{column.index} {column.name!r}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+    return plan if any(t is not None for t in plan) else None
+
+
+def describe_fields(fields: Sequence[FieldDescription], formats: Sequence[int] | None = None
+                    ) -> list[ColumnDescriptor]:
+    """Column descriptors of a RowDescription; `formats` overrides its format codes (a portal
+    bound with result formats, described through its statement)."""
+    out = []
+    for i, f in enumerate(fields):
+        fmt = f.format if formats is None else formats[i]
+        out.append(ColumnDescriptor(i, f.name, f.table_oid, f.column_attnum, f.type_oid,
+                                    f.type_modifier, fmt))
+    return out
+
+
+class RowRewriter:
+    """Rewrites the DataRow bodies of one result set."""
+
+    __slots__ = ("formats", "transforms")
+
+    def __init__(self, transforms: Sequence[ValueTransform | None], formats: Sequence[int]
+                 ) -> None:
+        self.transforms = list(transforms)
+        self.formats = list(formats)
+
+    def rewrite(self, body: bytes) -> bytes:
+        """A new DataRow body (without the type and length header)."""
+        if len(body) < 2:
+            raise RewriteError(f"DataRow body of {len(body)} bytes has no column count")
+        (count,) = _I16.unpack_from(body, 0)
+        if count != len(self.transforms):
+            raise RewriteError(f"DataRow has {count} columns, its description has "
+                               f"{len(self.transforms)}")
+        parts: list[bytes] = [body[:2]]
+        pos = 2
+        for i, transform in enumerate(self.transforms):
+            if pos + 4 > len(body):
+                raise RewriteError(f"DataRow truncated at column #{i}")
+            (length,) = _I32.unpack_from(body, pos)
+            end = pos + 4 + max(length, 0)
+            if end > len(body) or length < -1:
+                raise RewriteError(f"DataRow column #{i} has bad length {length}")
+            if transform is None or length == -1:
+                parts.append(body[pos:end])
+            elif self.formats[i] != 0:
+                parts.append(_NULL)
+            else:
+                out = _apply(transform, body[pos + 4:end], f"column #{i}")
+                parts.append(_NULL if out is None else _I32.pack(len(out)) + out)
+            pos = end
+        if pos != len(body):
+            raise RewriteError(f"DataRow has {len(body) - pos} trailing bytes")
+        return b"".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# COPY text format (PostgreSQL's CopyReadAttributesText / CopyAttributeOutText)
+
+_TEXT_UNESCAPE = {ord("b"): 8, ord("f"): 12, ord("n"): 10, ord("r"): 13, ord("t"): 9,
+                  ord("v"): 11}
+_TEXT_ESCAPE = {8: b"\\b", 12: b"\\f", 10: b"\\n", 13: b"\\r", 9: b"\\t", 11: b"\\v",
+                92: b"\\\\"}
+_HEX = b"0123456789abcdefABCDEF"
+
+
+def text_unescape(raw: bytes) -> bytes:
+    out = bytearray()
+    i, n = 0, len(raw)
+    while i < n:
+        c = raw[i]
+        i += 1
+        if c != 92 or i >= n:
+            out.append(c)
+            continue
+        c = raw[i]
+        i += 1
+        if 48 <= c <= 55:  # octal, up to three digits
+            value = c - 48
+            for _ in range(2):
+                if i < n and 48 <= raw[i] <= 55:
+                    value = value * 8 + raw[i] - 48
+                    i += 1
+            out.append(value & 0xFF)
+        elif c == ord("x") and i < n and raw[i] in _HEX:
+            digits = raw[i:i + 1]
+            i += 1
+            if i < n and raw[i] in _HEX:
+                digits += raw[i:i + 1]
+                i += 1
+            out.append(int(digits, 16))
+        else:
+            out.append(_TEXT_UNESCAPE.get(c, c))
+    return bytes(out)
+
+
+def text_escape(value: bytes, delimiter: int) -> bytes:
+    out = bytearray()
+    for c in value:
+        escaped = _TEXT_ESCAPE.get(c)
+        if escaped is not None:
+            out += escaped
+        elif c == delimiter:
+            out += b"\\" + bytes((c,))
+        else:
+            out.append(c)
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------------------------
+# COPY CSV format (PostgreSQL's CopyReadAttributesCSV / CopyAttributeOutCSV)
+
+
+def csv_split(record: bytes, delimiter: int, quote: int, escape: int
+              ) -> list[tuple[bytes, bool]]:
+    """Fields of one CSV record (without its newline) as (unquoted value, was_quoted)."""
+    fields: list[tuple[bytes, bool]] = []
+    value = bytearray()
+    quoted = in_quote = False
+    i, n = 0, len(record)
+    while i < n:
+        c = record[i]
+        i += 1
+        if in_quote:
+            if c == escape and i < n and record[i] in (quote, escape) and (
+                    escape != quote or record[i] == quote):
+                value.append(record[i])
+                i += 1
+            elif c == quote:
+                in_quote = False
+            else:
+                value.append(c)
+        elif c == quote:
+            in_quote = quoted = True
+        elif c == delimiter:
+            fields.append((bytes(value), quoted))
+            value = bytearray()
+            quoted = False
+        else:
+            value.append(c)
+    if in_quote:
+        raise RewriteError("unterminated CSV quoted field in COPY data")
+    fields.append((bytes(value), quoted))
+    return fields
+
+
+def csv_quote(value: bytes, delimiter: int, quote: int, escape: int, null: bytes) -> bytes:
+    """A CSV field as PostgreSQL writes it: quoted when it holds a delimiter, quote or newline,
+    or could be mistaken for NULL or the end-of-data marker."""
+    special = {delimiter, quote, 10, 13}
+    if value == null or value == b"\\." or any(c in special for c in value):
+        out = bytearray((quote,))
+        for c in value:
+            if c in (quote, escape):
+                out.append(escape)
+            out.append(c)
+        out.append(quote)
+        return bytes(out)
+    return value
+
+
+def _csv_raw_fields(record: bytes, delimiter: int, quote: int, escape: int) -> list[bytes]:
+    """The raw (still quoted) text of each CSV field, to relay unmasked fields byte for byte."""
+    fields: list[bytes] = []
+    start = 0
+    in_quote = False
+    i, n = 0, len(record)
+    while i < n:
+        c = record[i]
+        if in_quote and c == escape and escape != quote and i + 1 < n and record[i + 1] in (
+                quote, escape):
+            i += 2
+            continue
+        if c == quote:
+            in_quote = not in_quote
+        elif c == delimiter and not in_quote:
+            fields.append(record[start:i])
+            start = i + 1
+        i += 1
+    fields.append(record[start:])
+    return fields
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming COPY-out rewriting
+
+
+class CopyOutRewriter:
+    """Rewrites the CopyData stream of one `COPY ... TO STDOUT`. `feed()` returns the rewritten
+    bytes of every complete record so far (records may span CopyData messages); `finish()`
+    checks nothing is left over at CopyDone."""
+
+    def __init__(self, transforms: Sequence[ValueTransform | None], binary: bool,
+                 layout: CopyLayout | None, max_buffer: int) -> None:
+        self.transforms = list(transforms)
+        self.binary = binary
+        self.max_buffer = max_buffer
+        self._buffer = bytearray()
+        self._done = False
+        self._in_quote = False
+        self._scan = 0
+        if binary:
+            self._header_pending = True
+            self.csv = False
+            self.delimiter = self.quote = self.escape = 0
+            self.null = b""
+            return
+        if layout is None:
+            raise RewriteError("masked COPY TO STDOUT in text format needs the statement's COPY "
+                               "layout, and the verdict gave none")
+        self.csv = layout.format == "csv"
+        delimiter = layout.delimiter or (b"," if self.csv else b"\t")
+        if len(delimiter) != 1 or len(layout.quote) != 1 or (
+                layout.escape is not None and len(layout.escape) != 1):
+            raise RewriteError("COPY delimiter, quote and escape must be one byte each")
+        self.delimiter = delimiter[0]
+        self.quote = layout.quote[0]
+        self.escape = layout.escape[0] if layout.escape else self.quote
+        self.null = layout.null if layout.null is not None else (b"" if self.csv else b"\\N")
+        self._header_pending = layout.header
+
+    def feed(self, data: bytes) -> bytes:
+        self._buffer += data
+        out = self._binary() if self.binary else self._records()
+        if len(self._buffer) > self.max_buffer:
+            raise RewriteError(f"COPY record longer than {self.max_buffer} bytes")
+        return out
+
+    def finish(self) -> None:
+        if self._buffer:
+            raise RewriteError(f"COPY data ended inside a record ({len(self._buffer)} bytes "
+                               "left)")
+        if self.binary and not self._done and not self._header_pending:
+            raise RewriteError("binary COPY data ended without its trailer")
+
+    # text and CSV: records end at a newline (outside quotes for CSV)
+    def _records(self) -> bytes:
+        out: list[bytes] = []
+        buf = self._buffer
+        start = 0
+        i = self._scan
+        n = len(buf)
+        csv, quote, escape = self.csv, self.quote, self.escape
+        while i < n:
+            c = buf[i]
+            if csv and self._in_quote and c == escape and escape != quote:
+                if i + 1 >= n:
+                    break  # need the next byte to know whether it escapes
+                if buf[i + 1] in (quote, escape):
+                    i += 2
+                    continue
+            if csv and c == quote:
+                self._in_quote = not self._in_quote
+            elif c == 10 and not self._in_quote:
+                out.append(self._record(bytes(buf[start:i])) + b"\n")
+                start = i + 1
+            i += 1
+        del buf[:start]
+        self._scan = i - start
+        return b"".join(out)
+
+    def _record(self, record: bytes) -> bytes:
+        if self._header_pending:
+            self._header_pending = False
+            return record
+        if record == b"\\.":
+            return record
+        sep = bytes((self.delimiter,))
+        if self.csv:
+            fields = csv_split(record, self.delimiter, self.quote, self.escape)
+            self._check_count(len(fields))
+            raw_fields = _csv_raw_fields(record, self.delimiter, self.quote, self.escape)
+            for i, transform in enumerate(self.transforms):
+                value, quoted = fields[i]
+                if transform is None or (value == self.null and not quoted):
+                    continue
+                new = _apply(transform, value, f"COPY column #{i}")
+                raw_fields[i] = self.null if new is None else csv_quote(
+                    new, self.delimiter, self.quote, self.escape, self.null)
+            return sep.join(raw_fields)
+        raw = record.split(sep)
+        self._check_count(len(raw))
+        for i, transform in enumerate(self.transforms):
+            if transform is None or raw[i] == self.null:
+                continue
+            new = _apply(transform, text_unescape(raw[i]), f"COPY column #{i}")
+            raw[i] = self.null if new is None else text_escape(new, self.delimiter)
+        return sep.join(raw)
+
+    def _check_count(self, count: int) -> None:
+        if count != len(self.transforms):
+            raise RewriteError(f"COPY record has {count} fields, expected "
+                               f"{len(self.transforms)} (the layout does not match the data)")
+
+    # binary: signature, flags, header extension, then tuples, then a -1 trailer
+    def _binary(self) -> bytes:
+        buf = self._buffer
+        out: list[bytes] = []
+        pos = 0
+        if self._header_pending:
+            if len(buf) < 19:
+                return b""
+            if bytes(buf[:11]) != BINARY_COPY_SIGNATURE:
+                raise RewriteError("binary COPY data does not start with the PGCOPY signature")
+            (ext,) = _I32.unpack_from(buf, 15)
+            if ext < 0:
+                raise RewriteError(f"binary COPY header extension length {ext} is negative")
+            if len(buf) < 19 + ext:
+                return b""
+            out.append(bytes(buf[:19 + ext]))
+            pos = 19 + ext
+            self._header_pending = False
+        while pos + 2 <= len(buf):
+            if self._done:
+                raise RewriteError("binary COPY data after the trailer")
+            (count,) = _I16.unpack_from(buf, pos)
+            if count == -1:
+                out.append(bytes(buf[pos:pos + 2]))
+                pos += 2
+                self._done = True
+                continue
+            self._check_count(count)
+            end = pos + 2
+            parts = [bytes(buf[pos:end])]
+            complete = True
+            for i, transform in enumerate(self.transforms):
+                if end + 4 > len(buf):
+                    complete = False
+                    break
+                (length,) = _I32.unpack_from(buf, end)
+                if length < -1:
+                    raise RewriteError(f"binary COPY field #{i} has bad length {length}")
+                stop = end + 4 + max(length, 0)
+                if stop > len(buf):
+                    complete = False
+                    break
+                parts.append(_NULL if transform is not None else bytes(buf[end:stop]))
+                end = stop
+            if not complete:
+                break
+            out.append(b"".join(parts))
+            pos = end
+        del buf[:pos]
+        return b"".join(out)

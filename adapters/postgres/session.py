@@ -1,0 +1,525 @@
+"""The statement flow of one proxied connection, as pure bookkeeping (sans-IO).
+
+Owns: what the proxy must decide before a client message may go upstream
+(`statement_text`), what it sends upstream instead (`client_message`), and how each server
+message is matched to the client message it answers (`server_frame`), so that result
+rewriting knows which statement a DataRow belongs to and a denial appears exactly where the
+server would have put an error. Must not: do I/O, call the decide hook (the proxy loop does
+and hands the verdict in), or contain policy.
+
+How a denial works. The denied message is replaced by a *poison* message, `Describe` of a
+statement name nobody can know, which makes the server fail at that exact point of the
+stream; the server's error is then replaced by the 42501 denial. So the server itself keeps
+the protocol consistent: in the extended protocol it discards everything up to Sync, a
+transaction block becomes failed (`E`) exactly as after PostgreSQL's own "permission denied",
+and pipelined responses stay in order. The proxy also drops the client's messages after a
+denied Parse/Bind until Sync, so nothing of the denied batch ever reaches the server.
+
+Server state (prepared statements, portals) is mirrored from the *responses* (ParseComplete,
+BindComplete, ...), never from what was sent, so a failed Parse or Bind cannot make the proxy
+apply the wrong masks.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+
+from adapters.postgres.codec import Frame, decode_backend
+from adapters.postgres.hooks import ColumnDescriptor, StatementVerdict
+from adapters.postgres.messages import (
+    Bind,
+    Close,
+    CopyData,
+    CopyDone,
+    CopyFail,
+    CopyOutResponse,
+    Describe,
+    ErrorResponse,
+    Execute,
+    FieldDescription,
+    Flush,
+    FrontendMessage,
+    FunctionCall,
+    ParameterStatus,
+    Parse,
+    Query,
+    RowDescription,
+    Sync,
+)
+from adapters.postgres.results import (
+    CopyOutRewriter,
+    RewriteError,
+    RowRewriter,
+    describe_fields,
+    plan_columns,
+)
+
+SUPPORTED_CLIENT_ENCODINGS = frozenset({"UTF8", "UNICODE", "SQL_ASCII"})
+_HEADER = struct.Struct("!cI")
+
+
+class SessionError(Exception):
+    """The conversation cannot go on safely (desynchronised server, unsupported setting); the
+    proxy ends the session with this message and SQLSTATE `code`."""
+
+    def __init__(self, message: str, code: str = "08P01") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def denial_error(verdict: StatementVerdict) -> ErrorResponse:
+    """The ErrorResponse a client gets for a denied (or held) statement: SQLSTATE 42501."""
+    reasons = verdict.message or "no reason given"
+    if verdict.effect == "review":
+        message = f"statement requires approval: {reasons}"
+    else:
+        message = f"permission denied by policy: {reasons}"
+    detail = [f"decision id: {verdict.decision_id}"] if verdict.decision_id else []
+    if verdict.detail:
+        detail.append(verdict.detail)
+    return ErrorResponse.build("42501", message, detail="\n".join(detail) or None)
+
+
+FUNCTION_CALL_DENIED = StatementVerdict.deny(
+    "the FunctionCall protocol message is not allowed through the proxy")
+UNKNOWN_STATEMENT_DENIED = "statement {name!r} was not prepared through this proxy session"
+
+# Operation kinds: one per client message the server answers.
+QUERY, FUNCTION, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC = range(8)
+_NAMES = ["Query", "FunctionCall", "Parse", "Bind", "Describe", "Execute", "Close", "Sync"]
+
+
+@dataclass(eq=False)
+class _Op:
+    kind: int
+    name: str = ""
+    statement: str = ""
+    describe_kind: str = ""
+    bind: Bind | None = None
+    verdict: StatementVerdict | None = None
+    deny: ErrorResponse | None = None  # a poison op: the server's error becomes this
+    hidden: bool = False  # injected by the proxy; its responses are not relayed
+    rows: RowRewriter | None = None
+    rows_planned: bool = False
+
+
+@dataclass(eq=False)
+class _Statement:
+    verdict: StatementVerdict
+    fields: tuple[FieldDescription, ...] | None = None  # from Describe S; () means NoData
+
+
+@dataclass(eq=False)
+class _Portal:
+    statement: _Statement | None
+    bind: Bind
+    fields: tuple[FieldDescription, ...] | None = None  # from Describe P (real formats)
+    rows: RowRewriter | None = None
+    rows_planned: bool = False
+
+
+@dataclass(eq=False)
+class _Sent:
+    """What the client side knows when it sends: used to inject Describe and refuse Binds of
+    statements that never went through the proxy."""
+
+    verdict: StatementVerdict | None
+    described: bool = False
+
+
+@dataclass
+class Session:
+    """Bookkeeping of one client session. `max_copy_record` bounds a buffered COPY record."""
+
+    max_copy_record: int = 64 * 1024 * 1024
+    poison_name: str = field(
+        default_factory=lambda: f"ordinance.denied.{secrets.token_hex(16)}")
+    transaction_status: str = "I"
+    _ops: deque[_Op] = field(default_factory=deque)
+    _discarding: bool = False
+    _skip_until_sync: bool = False
+    _statements: dict[str, _Statement] = field(default_factory=dict)
+    _portals: dict[str, _Portal] = field(default_factory=dict)
+    _sent_statements: dict[str, _Sent] = field(default_factory=dict)
+    _sent_portals: dict[str, _Sent] = field(default_factory=dict)
+    _query_rows: RowRewriter | None = None
+    _copy: CopyOutRewriter | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether the server still owes answers (a query may be running)."""
+        return bool(self._ops)
+
+    # ----------------------------------------------------------------------------------------
+    # Client -> server
+
+    def statement_text(self, message: FrontendMessage) -> str | None:
+        """The SQL the decide hook must judge before `message` may go upstream, else None."""
+        if self._discarding:
+            return None
+        if isinstance(message, Query):
+            return message.sql
+        if isinstance(message, Parse):
+            return message.query
+        return None
+
+    def client_message(self, frame: Frame, message: FrontendMessage,
+                       verdict: StatementVerdict | None = None, *,
+                       allow_function_call: bool = False) -> list[bytes]:
+        """What to send upstream for one client message (possibly nothing). `verdict` is the
+        decide hook's answer when `statement_text` asked for one."""
+        if self._discarding:
+            if isinstance(message, Sync):
+                self._discarding = False
+                self._ops.append(_Op(SYNC))
+                return [frame.raw]
+            return []
+        if isinstance(message, Query):
+            return self._query(frame, message, _need(verdict))
+        if isinstance(message, Parse):
+            return self._parse(frame, message, _need(verdict))
+        if isinstance(message, Bind):
+            return self._bind(frame, message)
+        if isinstance(message, Execute):
+            return self._execute(frame, message)
+        if isinstance(message, Describe):
+            self._ops.append(_Op(DESCRIBE, name=message.name, describe_kind=message.kind))
+            sent = (self._sent_statements if message.kind == "S"
+                    else self._sent_portals).get(message.name)
+            if sent is not None:
+                sent.described = True
+            return [frame.raw]
+        if isinstance(message, Close):
+            self._ops.append(_Op(CLOSE, name=message.name, describe_kind=message.kind))
+            (self._sent_statements if message.kind == "S" else self._sent_portals).pop(
+                message.name, None)
+            return [frame.raw]
+        if isinstance(message, Sync):
+            self._ops.append(_Op(SYNC))
+            return [frame.raw]
+        if isinstance(message, FunctionCall):
+            if not allow_function_call:
+                return self._deny_as_query(FUNCTION_CALL_DENIED)
+            self._ops.append(_Op(FUNCTION))
+            return [frame.raw]
+        if isinstance(message, Flush | CopyData | CopyDone | CopyFail):
+            return [frame.raw]  # Flush and COPY FROM STDIN data: no answer of their own
+        raise SessionError(f"unexpected {type(message).__name__} message from the client")
+
+    def _poison(self) -> bytes:
+        return Describe("S", self.poison_name).encode()
+
+    def _deny_as_query(self, verdict: StatementVerdict) -> list[bytes]:
+        """A denied simple Query (or FunctionCall): the server answers error + ReadyForQuery."""
+        self._ops.append(_Op(DESCRIBE, describe_kind="S", deny=denial_error(verdict)))
+        self._ops.append(_Op(SYNC))
+        return [self._poison(), Sync().encode()]
+
+    def _deny_in_batch(self, error: ErrorResponse) -> list[bytes]:
+        """A denied Parse/Bind: error at this point of the batch, then discard until Sync."""
+        self._ops.append(_Op(DESCRIBE, describe_kind="S", deny=error))
+        self._discarding = True
+        return [self._poison()]
+
+    def _query(self, frame: Frame, message: Query, verdict: StatementVerdict) -> list[bytes]:
+        # A simple query destroys the unnamed statement and portal, whatever it does.
+        self._sent_statements.pop("", None)
+        self._sent_portals.pop("", None)
+        if verdict.effect != "allow":
+            return self._deny_as_query(verdict)
+        self._ops.append(_Op(QUERY, verdict=verdict))
+        return [frame.raw]
+
+    def _parse(self, frame: Frame, message: Parse, verdict: StatementVerdict) -> list[bytes]:
+        if verdict.effect != "allow":
+            if message.name == "":
+                self._sent_statements.pop("", None)
+            return self._deny_in_batch(denial_error(verdict))
+        self._sent_statements[message.name] = _Sent(verdict)
+        self._ops.append(_Op(PARSE, name=message.name, verdict=verdict))
+        return [frame.raw]
+
+    def _bind(self, frame: Frame, message: Bind) -> list[bytes]:
+        sent = self._sent_statements.get(message.statement)
+        if sent is None:
+            return self._deny_in_batch(ErrorResponse.build(
+                "42501", "permission denied by policy: "
+                + UNKNOWN_STATEMENT_DENIED.format(name=message.statement)))
+        self._sent_portals[message.portal] = _Sent(sent.verdict, described=sent.described)
+        self._ops.append(_Op(BIND, name=message.portal, statement=message.statement,
+                             bind=message))
+        return [frame.raw]
+
+    def _execute(self, frame: Frame, message: Execute) -> list[bytes]:
+        out: list[bytes] = []
+        sent = self._sent_portals.get(message.portal)
+        if (sent is not None and not sent.described and sent.verdict is not None
+                and sent.verdict.masker is not None):
+            # A masked result whose columns the client never asked about: ask ourselves.
+            self._ops.append(_Op(DESCRIBE, name=message.portal, describe_kind="P", hidden=True))
+            out.append(Describe("P", message.portal).encode())
+            sent.described = True
+        self._ops.append(_Op(EXECUTE, name=message.portal))
+        out.append(frame.raw)
+        return out
+
+    # ----------------------------------------------------------------------------------------
+    # Server -> client
+
+    def server_frame(self, frame: Frame, out: list[bytes]) -> None:
+        """Append to `out` what the client gets for one server message (maybe nothing)."""
+        kind = frame.type
+        if kind == b"D":
+            rows = self._rows_for_data()
+            out.append(frame.raw if rows is None else _frame(b"D", rows.rewrite(frame.body)))
+            return
+        if kind == b"d":
+            if self._copy is None:
+                out.append(frame.raw)
+            else:
+                data = self._copy.feed(frame.body)
+                if data:
+                    out.append(_frame(b"d", data))
+            return
+        if kind in (b"N", b"A"):
+            out.append(frame.raw)
+            return
+        if kind == b"S":
+            message = decode_backend(frame)
+            assert isinstance(message, ParameterStatus)
+            if (message.name == "client_encoding"
+                    and message.value.upper() not in SUPPORTED_CLIENT_ENCODINGS):
+                raise SessionError(f"client_encoding {message.value} is not supported by the "
+                                   "proxy (use UTF8)", "0A000")
+            out.append(frame.raw)
+            return
+        if self._skip_until_sync:
+            while self._ops and self._ops[0].kind != SYNC:
+                self._ops.popleft()
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            if kind in (b"K", b"v"):
+                return  # start-up messages have no business here; never leak upstream keys
+            if kind == b"R":
+                raise SessionError("server asked for authentication in the middle of a session")
+            out.append(frame.raw)  # a message type from the future: relay
+            return
+        handler(self, frame, out)
+
+    def _head(self, what: str, *kinds: int) -> _Op:
+        if not self._ops:
+            raise SessionError(f"server sent {what} but no answer was pending")
+        op = self._ops[0]
+        if op.kind not in kinds:
+            raise SessionError(f"server sent {what} while {_NAMES[op.kind]} was pending")
+        return op
+
+    def _on_error(self, frame: Frame, out: list[bytes]) -> None:
+        self._copy = None
+        self._query_rows = None
+        if not self._ops:
+            out.append(frame.raw)  # e.g. FATAL on shutdown
+            return
+        op = self._ops[0]
+        replace = op.deny is not None
+        if replace:
+            error = decode_backend(frame)
+            replace = isinstance(error, ErrorResponse) and error.severity == "ERROR"
+        out.append(op.deny.encode() if replace and op.deny is not None else frame.raw)
+        if op.kind in (QUERY, FUNCTION, SYNC):
+            return  # simple query: ReadyForQuery follows
+        self._ops.popleft()
+        self._skip_until_sync = True
+
+    def _on_ready(self, frame: Frame, out: list[bytes]) -> None:
+        self._skip_until_sync = False
+        self._copy = None
+        self._query_rows = None
+        while self._ops:
+            op = self._ops.popleft()
+            if op.kind == QUERY:
+                self._statements.pop("", None)
+                self._portals.pop("", None)
+            if op.kind in (QUERY, FUNCTION, SYNC):
+                break
+        status = frame.raw[5:6].decode("latin-1")
+        self.transaction_status = status
+        if status == "I":
+            self._portals.clear()  # portals do not outlive their transaction
+        out.append(frame.raw)
+
+    def _on_parse_complete(self, frame: Frame, out: list[bytes]) -> None:
+        op = self._head("ParseComplete", PARSE)
+        self._ops.popleft()
+        assert op.verdict is not None
+        self._statements[op.name] = _Statement(op.verdict)
+        out.append(frame.raw)
+
+    def _on_bind_complete(self, frame: Frame, out: list[bytes]) -> None:
+        op = self._head("BindComplete", BIND)
+        self._ops.popleft()
+        assert op.bind is not None
+        self._portals[op.name] = _Portal(self._statements.get(op.statement), op.bind)
+        out.append(frame.raw)
+
+    def _on_close_complete(self, frame: Frame, out: list[bytes]) -> None:
+        op = self._head("CloseComplete", CLOSE)
+        self._ops.popleft()
+        (self._statements if op.describe_kind == "S" else self._portals).pop(op.name, None)
+        out.append(frame.raw)
+
+    def _on_parameter_description(self, frame: Frame, out: list[bytes]) -> None:
+        op = self._head("ParameterDescription", DESCRIBE)
+        if not op.hidden and op.deny is None:
+            out.append(frame.raw)
+
+    def _on_description(self, frame: Frame, out: list[bytes]) -> None:
+        kind = "RowDescription" if frame.type == b"T" else "NoData"
+        op = self._head(kind, DESCRIBE, QUERY)
+        fields: tuple[FieldDescription, ...] = ()
+        if frame.type == b"T":
+            message = decode_backend(frame)
+            assert isinstance(message, RowDescription)
+            fields = message.fields
+        if op.kind == QUERY:
+            assert op.verdict is not None
+            plan = plan_columns(describe_fields(fields), op.verdict.masker)
+            self._query_rows = None if plan is None else RowRewriter(
+                plan, [f.format for f in fields])
+            out.append(frame.raw)
+            return
+        self._ops.popleft()
+        if op.deny is not None:  # the poison was answered: deny here all the same
+            out.append(op.deny.encode())
+            return
+        if op.describe_kind == "S":
+            statement = self._statements.get(op.name)
+            if statement is not None:
+                statement.fields = fields
+        else:
+            portal = self._portals.get(op.name)
+            if portal is not None:
+                portal.fields = fields
+                portal.rows_planned = False
+        if not op.hidden:
+            out.append(frame.raw)
+
+    def _on_command_complete(self, frame: Frame, out: list[bytes]) -> None:
+        op = self._head("CommandComplete", QUERY, EXECUTE)
+        self._copy = None
+        self._query_rows = None
+        if op.kind == EXECUTE:
+            self._ops.popleft()
+        out.append(frame.raw)
+
+    def _on_execute_end(self, frame: Frame, out: list[bytes]) -> None:
+        name = "EmptyQueryResponse" if frame.type == b"I" else "PortalSuspended"
+        op = self._head(name, QUERY, EXECUTE) if frame.type == b"I" else self._head(
+            name, EXECUTE)
+        if op.kind == EXECUTE:
+            self._ops.popleft()
+        out.append(frame.raw)
+
+    def _on_copy_out(self, frame: Frame, out: list[bytes]) -> None:
+        op = self._head("CopyOutResponse", QUERY, EXECUTE)
+        message = decode_backend(frame)
+        assert isinstance(message, CopyOutResponse)
+        verdict = op.verdict if op.kind == QUERY else self._portal_verdict(op.name)
+        self._copy = None
+        if verdict is not None and verdict.masker is not None:
+            columns = [ColumnDescriptor(i, "", 0, 0, 0, -1, fmt, copy=True)
+                       for i, fmt in enumerate(message.column_formats)]
+            plan = plan_columns(columns, verdict.masker)
+            if plan is not None:
+                self._copy = CopyOutRewriter(plan, message.format == 1, verdict.copy_layout,
+                                             self.max_copy_record)
+        out.append(frame.raw)
+
+    def _on_copy_done(self, frame: Frame, out: list[bytes]) -> None:
+        if self._copy is not None:
+            self._copy.finish()
+            self._copy = None
+        out.append(frame.raw)
+
+    def _on_relay(self, frame: Frame, out: list[bytes]) -> None:
+        out.append(frame.raw)
+
+    # ----------------------------------------------------------------------------------------
+    # Which rewriter applies to a DataRow
+
+    def _rows_for_data(self) -> RowRewriter | None:
+        if self._skip_until_sync or not self._ops:
+            raise SessionError("server sent DataRow but no query was pending")
+        op = self._ops[0]
+        if op.kind == QUERY:
+            return self._query_rows
+        if op.kind != EXECUTE:
+            raise SessionError(f"server sent DataRow while {_NAMES[op.kind]} was pending")
+        if not op.rows_planned:
+            op.rows = self._portal_rows(op.name)
+            op.rows_planned = True
+        return op.rows
+
+    def _portal_verdict(self, name: str) -> StatementVerdict | None:
+        portal = self._portals.get(name)
+        if portal is None:
+            raise SessionError(f"server returned rows for portal {name!r}, which the proxy "
+                               "does not know")
+        if portal.statement is None:
+            raise SessionError(f"portal {name!r} was bound to a statement the proxy does not "
+                               "know; its results cannot be checked for masking")
+        return portal.statement.verdict
+
+    def _portal_rows(self, name: str) -> RowRewriter | None:
+        verdict = self._portal_verdict(name)
+        portal = self._portals[name]
+        if portal.rows_planned:
+            return portal.rows
+        rows = None
+        if verdict is not None and verdict.masker is not None:
+            if portal.fields is not None:
+                columns = describe_fields(portal.fields)
+            elif portal.statement is not None and portal.statement.fields is not None:
+                fields = portal.statement.fields
+                columns = describe_fields(
+                    fields, [portal.bind.result_format(i) for i in range(len(fields))])
+            else:
+                raise RewriteError(f"the columns of masked portal {name!r} are unknown")
+            plan = plan_columns(columns, verdict.masker)
+            if plan is not None:
+                rows = RowRewriter(plan, [c.format for c in columns])
+        portal.rows, portal.rows_planned = rows, True
+        return rows
+
+
+def _need(verdict: StatementVerdict | None) -> StatementVerdict:
+    if verdict is None:
+        raise SessionError("statement sent without a decision")  # a bug in the caller
+    return verdict
+
+
+def _frame(kind: bytes, body: bytes) -> bytes:
+    return _HEADER.pack(kind, len(body) + 4) + body
+
+
+_HANDLERS = {
+    b"E": Session._on_error,
+    b"Z": Session._on_ready,
+    b"1": Session._on_parse_complete,
+    b"2": Session._on_bind_complete,
+    b"3": Session._on_close_complete,
+    b"t": Session._on_parameter_description,
+    b"T": Session._on_description,
+    b"n": Session._on_description,
+    b"C": Session._on_command_complete,
+    b"I": Session._on_execute_end,
+    b"s": Session._on_execute_end,
+    b"H": Session._on_copy_out,
+    b"c": Session._on_copy_done,
+    b"G": Session._on_relay,
+    b"W": Session._on_relay,
+    b"V": Session._on_relay,
+}
