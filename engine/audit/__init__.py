@@ -2,7 +2,8 @@
 
 `open_audit_log("sqlite:///var/audit.db")` (relative path), `"sqlite:////abs/audit.db"` or
 `"postgresql://user:pw@host/db"` returns an `AuditLog`. The HMAC key that seals retention
-checkpoints comes from `hmac_key` or the environment variable `ORDINANCE_AUDIT_KEY`.
+checkpoints comes from `hmac_key` or the environment variable `ORDINANCE_AUDIT_KEY` (UTF-8, at
+least 16 bytes); `verify` needs the same key.
 This package owns recording and checking evidence; it must not make policy decisions.
 """
 
@@ -15,6 +16,7 @@ from engine.audit.base import (
     DEFAULT_RETENTION,
     EVENT_KINDS,
     MAX_RETENTION,
+    AuditConfigError,
     AuditError,
     AuditLog,
     AuditStoreUnavailable,
@@ -33,6 +35,7 @@ __all__ = [
     "DEFAULT_RETENTION",
     "EVENT_KINDS",
     "MAX_RETENTION",
+    "AuditConfigError",
     "AuditError",
     "AuditLog",
     "AuditRecord",

@@ -84,8 +84,15 @@ class InvalidAuditEvent(AuditError, ValueError):
     """The event cannot be recorded as given (bad kind, payload not a JSON object, too large)."""
 
 
-class RetentionError(AuditError, ValueError):
+class AuditConfigError(AuditError, ValueError):
+    """The trail is configured wrongly (e.g. an HMAC key too short to be a key)."""
+
+
+class RetentionError(AuditConfigError):
     """A retention period that is not positive or exceeds seven years."""
+
+
+MIN_HMAC_KEY_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -184,8 +191,13 @@ class AuditLog:
                  retention: timedelta = DEFAULT_RETENTION, hmac_key: bytes | None = None) -> None:
         self.store = store
         self.retention = check_retention(retention)
-        self.hmac_key = hmac_key or None
+        if hmac_key is not None and len(hmac_key) < MIN_HMAC_KEY_BYTES:
+            raise AuditConfigError(f"the audit HMAC key must be at least {MIN_HMAC_KEY_BYTES} "
+                                   f"bytes")
+        self.hmac_key = hmac_key
         self._errors = driver_errors(store.dialect)
+        self._connect_errors: tuple[type[BaseException], ...] = (StoreUnavailable,
+                                                                 *self._errors)
         try:
             self._conn = SqlConnection(store, create=create)
         except StoreUnavailable as exc:
@@ -314,7 +326,8 @@ class AuditLog:
                      limit: int | None = None) -> Iterator[AuditRecord]:
         """Records in seq order, filtered; `since` inclusive, `until` exclusive. Pages through
         the table, so a long export neither holds a lock nor loads everything at once."""
-        where, params = ["seq > ?"], [after_seq]
+        where: list[str] = ["seq > ?"]
+        params: list[Any] = [after_seq]
         for column, value in (("subject", subject), ("session_id", session_id),
                               ("kind", kind)):
             if value is not None:

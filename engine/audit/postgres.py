@@ -15,7 +15,7 @@ from contextlib import suppress
 from typing import Any
 
 from engine.audit.base import AuditLog
-from engine.audit.stores import SqlConnection, StoreUnavailable, connect_postgres
+from engine.audit.stores import SqlConnection, connect_postgres
 
 NOTIFY_CHANNEL = "ordinance_audit"
 _SCHEMA_LOCK_KEY = 0x0A0D17  # pg_advisory_xact_lock key for schema creation
@@ -63,7 +63,7 @@ class PostgresAuditLog(AuditLog):
                 try:
                     self._listen = connect_postgres(self.store.target)
                     self._listen.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                except (StoreUnavailable, *self._errors):
+                except self._connect_errors:
                     self._listen = None
 
     def _wait_signal(self, timeout: float) -> None:

@@ -126,16 +126,21 @@ class SqlConnection:
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.dialect == "postgres" else sql
 
+    # Each statement takes the lock too (re-entrant inside a transaction), so a read from one
+    # thread can never run inside, and see the uncommitted rows of, another's transaction.
+
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        cur = self.raw.execute(self._sql(sql), params)
-        return int(cur.rowcount)
+        with self.lock:
+            return int(self.raw.execute(self._sql(sql), params).rowcount)
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        row = self.raw.execute(self._sql(sql), params).fetchone()
+        with self.lock:
+            row = self.raw.execute(self._sql(sql), params).fetchone()
         return tuple(row) if row is not None else None
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in self.raw.execute(self._sql(sql), params).fetchall()]
+        with self.lock:
+            return [tuple(r) for r in self.raw.execute(self._sql(sql), params).fetchall()]
 
     @contextmanager
     def write(self) -> Iterator[SqlConnection]:
