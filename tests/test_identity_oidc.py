@@ -191,10 +191,14 @@ def test_algorithm_outside_allowlist(jwks_file: Path, rsa_key: rsa.RSAPrivateKey
         verifier(jwks_file).verify(sign(rsa_key, claims(), alg="RS384"))
 
 
+NOW = "now"
+"""In a parametrized claim, ("now", offset) is replaced by the time the test runs + offset."""
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"exp": int(time.time()) - 120}, "token expired"),
-    ({"nbf": int(time.time()) + 120}, "not valid yet"),
-    ({"iat": int(time.time()) + 120}, "not valid yet|iat"),
+    ({"exp": (NOW, -120)}, "token expired"),
+    ({"nbf": (NOW, 120)}, "not valid yet"),
+    ({"iat": (NOW, 120)}, "not valid yet|iat"),
     ({"aud": "someone-else"}, "audience not accepted"),
     ({"iss": "https://evil.example.com"}, "issuer not accepted"),
     ({"sub": None}, "lacks required claim 'sub'"),
@@ -207,7 +211,10 @@ def test_algorithm_outside_allowlist(jwks_file: Path, rsa_key: rsa.RSAPrivateKey
 ])
 def test_invalid_claims_are_rejected(jwks_file: Path, rsa_key: rsa.RSAPrivateKey,
                                      overrides: dict[str, Any], message: str | None) -> None:
-    token = sign(rsa_key, claims(**overrides))
+    now = int(time.time())
+    resolved = {k: now + v[1] if isinstance(v, tuple) and v[0] == NOW else v
+                for k, v in overrides.items()}
+    token = sign(rsa_key, claims(**resolved))
     if message is None:
         assert verifier(jwks_file).verify(token).groups == ("dev,dba",)
         return
