@@ -59,6 +59,7 @@ EVENT_KINDS: dict[str, str] = {
     "approval.not_consumed": "a command looked for an approval and found none usable",
     "policy.reload": "a policy set was loaded (or a broken one rejected): revision, errors",
     "audit.pruned": "records older than the retention were removed behind a checkpoint",
+    "audit.accessed": "the trail was verified, exported or followed (PCI DSS 10.2.1.3)",
 }
 """Kinds the engine writes. Others are accepted if they match `KIND_PATTERN`."""
 

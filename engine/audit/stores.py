@@ -15,7 +15,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,6 +23,17 @@ Dialect = Literal["sqlite", "postgres"]
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 """How long a writer waits for another process's write lock before giving up (fail closed)."""
+
+_SQLITE_WRITERS: dict[str, threading.RLock] = {}
+_SQLITE_WRITERS_LOCK = threading.Lock()
+
+
+def _sqlite_writer_lock(path: str) -> threading.RLock:
+    """One lock per database file for this process's writers: connections of one process queue
+    here instead of in SQLite's sleeping busy handler. SQLite's lock still rules between
+    processes."""
+    with _SQLITE_WRITERS_LOCK:
+        return _SQLITE_WRITERS.setdefault(path, threading.RLock())
 
 
 class StoreUnavailable(Exception):
@@ -66,6 +77,13 @@ def connect_sqlite(path: str, *, create: bool) -> sqlite3.Connection:
     parent = os.path.dirname(path)
     if create and parent and not os.path.isdir(parent):
         raise StoreUnavailable(f"directory {parent} does not exist")
+    if create and not os.path.exists(path):
+        # Owner-only from the first byte (PCI DSS 10.3.2); SQLite gives its -wal and -shm
+        # files the same mode. An empty file is a valid empty database.
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create SQLite database {path}: {exc}") from exc
     try:
         conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False)
@@ -147,7 +165,9 @@ class SqlConnection:
         """A read-write transaction. On SQLite `BEGIN IMMEDIATE` takes the database's write lock
         up front, so a read of the tail and the insert after it cannot interleave with another
         writer. On PostgreSQL the caller locks the rows it reads (`FOR UPDATE`)."""
-        with self.lock:
+        process_writers = (_sqlite_writer_lock(self.store.target) if self.dialect == "sqlite"
+                           else nullcontext())
+        with self.lock, process_writers:
             self.run("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
             try:
                 yield self

@@ -2,19 +2,22 @@
 
 Owns the command-line surface over `engine.audit`: argument parsing, output formats (JSON
 lines, CSV, a readable text transcript) and exit codes — 0 intact / done, 1 the trail is broken,
-2 the store cannot be used (bad URL, missing database, no trail). It must not read or write the
-database except through `AuditLog`.
+2 the store cannot be used (bad URL, missing database, no trail). Reading the trail is itself
+recorded (`audit.accessed`, PCI DSS 10.2.1.3), best effort: with read-only credentials a
+warning says the access went unrecorded. It must not read or write the database except
+through `AuditLog`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import getpass
 import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
@@ -90,6 +93,18 @@ def _error(message: str) -> None:
     print(f"ordinance audit: error: {message}", file=sys.stderr)
 
 
+def _record_access(log: AuditLog, action: str, details: dict[str, Any]) -> None:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no login name (e.g. a container without passwd entry)
+        user = f"uid:{os.getuid()}"
+    try:
+        log.append("audit.accessed", {"action": action, **details}, subject=user)
+    except AuditError as exc:
+        print(f"ordinance audit: warning: this access was not recorded: {exc}",
+              file=sys.stderr)
+
+
 def _verify(args: argparse.Namespace) -> int:
     log = _open(args)
     if log is None:
@@ -100,6 +115,9 @@ def _verify(args: argparse.Namespace) -> int:
         except AuditError as exc:
             _error(str(exc))
             return 2
+        _record_access(log, "verify", {"ok": result.ok, "count": result.count,
+                                       "first_bad_seq": result.first_bad_seq,
+                                       "problem": result.problem})
     print(result.describe(), file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1
 
@@ -109,8 +127,10 @@ def _export(args: argparse.Namespace) -> int:
     if log is None:
         return 2
     with log:
-        records = log.iter_records(since=args.since, until=args.until, subject=args.subject,
-                                   session_id=args.session, kind=args.kind)
+        counted = _Counter(log.iter_records(since=args.since, until=args.until,
+                                            subject=args.subject, session_id=args.session,
+                                            kind=args.kind))
+        records = iter(counted)
         out = sys.stdout
         if args.format == "jsonl":
             for rec in records:
@@ -124,7 +144,26 @@ def _export(args: argparse.Namespace) -> int:
                 writer.writerow(["" if row[f] is None else row[f] for f in _CSV_FIELDS])
         else:
             write_transcript(records, out, session=args.session)
+        out.flush()
+        filters = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in (
+            ("since", args.since), ("until", args.until), ("subject", args.subject),
+            ("session_id", args.session), ("kind", args.kind)) if v is not None}
+        _record_access(log, "export", {"format": args.format, "filters": filters,
+                                       "records": counted.count})
     return 0
+
+
+class _Counter:
+    """Passes records through, counting them."""
+
+    def __init__(self, records: Iterator[AuditRecord]) -> None:
+        self._records = records
+        self.count = 0
+
+    def __iter__(self) -> Iterator[AuditRecord]:
+        for rec in self._records:
+            self.count += 1
+            yield rec
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -132,6 +171,7 @@ def _tail(args: argparse.Namespace) -> int:
     if log is None:
         return 2
     with log:
+        _record_access(log, "tail", {"n": args.n})
         last = log.last_seq()
         for rec in log.tail(args.n):
             _print_line(rec)

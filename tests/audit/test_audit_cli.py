@@ -122,14 +122,29 @@ def test_tail_follows_until_interrupted(store_url: str) -> None:
     try:
         assert proc.stdout is not None
         first = [proc.stdout.readline() for _ in range(2)]
-        assert first[0].split()[0] == "4" and first[1].split()[0] == "5"
+        assert first[0].split()[0] == "5" and "session.end" in first[0]
+        assert first[1].split()[0] == "6" and "audit.accessed" in first[1]  # tail's own access
         with open_audit_log(store_url) as log:
             log.append("policy.reload", {"revision": "abc123"})
         new = proc.stdout.readline()
-        assert new.split()[0] == "6" and "policy.reload" in new and "abc123" in new
+        assert new.split()[0] == "7" and "policy.reload" in new and "abc123" in new
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 130
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_reading_the_trail_is_itself_recorded(store_url: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    record_session(store_url)
+    run(capsys, "audit", "export", "--audit", store_url, "--session", "s-1")
+    run(capsys, "audit", "verify", "--audit", store_url)
+    with open_audit_log(store_url) as log:
+        export, verify = log.tail(2)
+    assert (export.kind, export.payload["action"], export.payload["records"]) == (
+        "audit.accessed", "export", 4)
+    assert export.payload["filters"] == {"session_id": "s-1"} and export.subject
+    assert (verify.payload["action"], verify.payload["ok"], verify.payload["count"]) == (
+        "verify", True, 6)

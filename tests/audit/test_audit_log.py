@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import stat
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -293,7 +295,7 @@ def test_wait_for_new_wakes_on_append(store_url: str) -> None:
         assert 0.25 < elapsed < 1.5
 
 
-def test_missing_store_is_unavailable(tmp_path: object) -> None:
+def test_missing_store_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(AuditStoreUnavailable, match="no database"):
         open_audit_log(f"sqlite:///{tmp_path}/missing.db", create=False)
     with pytest.raises(AuditStoreUnavailable, match="unsupported"):
@@ -304,11 +306,18 @@ def test_missing_store_is_unavailable(tmp_path: object) -> None:
         open_audit_log("postgresql://nobody:pw@127.0.0.1:1/none")
 
 
-def test_relative_sqlite_path(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+def test_relative_sqlite_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     with open_audit_log("sqlite:///audit.db") as log:
         log.append("session.start", {})
-    assert (tmp_path / "audit.db").exists()  # type: ignore[operator]
+    assert (tmp_path / "audit.db").exists()
+
+
+def test_sqlite_file_is_owner_only(tmp_path: Path) -> None:
+    with open_audit_log(f"sqlite:///{tmp_path}/audit.db") as log:
+        log.append("session.start", {})
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes["audit.db"] == 0o600 and modes["audit.db-wal"] == 0o600
 
 
 def test_store_without_a_trail_is_unavailable(store_url: str) -> None:
