@@ -62,6 +62,9 @@ class RegoModule:
     test_rules: list[str] = field(default_factory=list)
     # (rule name, start offset, end offset) of every top-level rule, in source order
     spans: list[tuple[str, int, int]] = field(default_factory=list)
+    # Parts of the input document the module reads: ("command", "statements"), ("subject",)...
+    # None when it reads `input` as a whole or with a computed key.
+    input_paths: set[tuple[str, ...]] | None = field(default_factory=set)
 
 
 def read_module(path: str, source: str) -> RegoModule:
@@ -131,6 +134,8 @@ def read_module(path: str, source: str) -> RegoModule:
                 continue
             elif text not in KEYWORDS:
                 pending = (text, line, m.start())
+            if (text == "input" or text.startswith("input.")) and previous != "with":
+                _note_input_path(module, text)
         else:
             at_line_start = False
             if kind == "open":
@@ -139,6 +144,16 @@ def read_module(path: str, source: str) -> RegoModule:
                 depth = max(0, depth - 1)
         previous = text
     return module
+
+
+def _note_input_path(module: RegoModule, name: str) -> None:
+    if module.input_paths is None:
+        return
+    parts = tuple(name.split(".")[1:3])
+    if not parts:
+        module.input_paths = None  # `input` as a whole, or `input[expr]`
+        return
+    module.input_paths.add(parts)
 
 
 def _record_call_or_head(module: RegoModule, name: str, line: int, offset: int, depth: int,
