@@ -66,8 +66,7 @@ class InProcessDecisionClient:
         decision: Decision = self.engine.decide(input_doc)
         if self.decision_log is not None and not self.decision_log.submit({
                 "decision_id": decision_id, "timestamp": time.time(), "kind": "decide",
-                "transport": "in-process", "input": input_doc, "result": decision.to_dict(),
-                "policy_revision": decision.policy_revision, "eval_ns": decision.eval_ns}):
+                "transport": "in-process", "input": input_doc, "decision": decision}):
             return decision_id, Decision(
                 effect="deny", reasons=(*decision.reasons, Reason(
                     policy=CLIENT_POLICY, message="decision log unavailable; denying")),

@@ -8,6 +8,8 @@ double; `struct_to_dict` turns integral doubles back into `int` so a policy sees
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -36,7 +38,8 @@ def _value_to_python(value: struct_pb2.Value) -> Any:
     if kind == "string_value":
         return value.string_value
     if kind == "struct_value":
-        return {k: _value_to_python(v) for k, v in value.struct_value.fields.items()}
+        fields = value.struct_value.fields
+        return {k: _value_to_python(fields[k]) for k in fields}  # faster than .items()
     if kind == "number_value":
         number = value.number_value
         if not math.isfinite(number):
@@ -53,7 +56,8 @@ def _value_to_python(value: struct_pb2.Value) -> Any:
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     """A `Struct` as a plain dict (integral numbers as `int`); InputError for NaN/infinity."""
-    return {k: _value_to_python(v) for k, v in struct.fields.items()}
+    fields = struct.fields
+    return {k: _value_to_python(fields[k]) for k in fields}
 
 
 def dict_to_struct(doc: dict[str, Any], into: struct_pb2.Struct | None = None) -> struct_pb2.Struct:
@@ -66,6 +70,39 @@ def dict_to_struct(doc: dict[str, Any], into: struct_pb2.Struct | None = None) -
     except (ValueError, TypeError, AttributeError) as exc:
         raise InputError(f"input document is not JSON-representable: {exc}") from exc
     return struct
+
+
+class _CommandStructs:
+    """Serialised `Struct`s of recent command-fact dicts, keyed by identity.
+
+    A decision served from the engine's cache carries the very same `command` dict each time
+    (facts are shared, read-only); converting it to a `Struct` again would cost more than the
+    rest of the response. Entries hold a reference to their dict, so an id is never reused
+    while cached.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._items: OrderedDict[int, tuple[dict[str, Any], bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, command: dict[str, Any]) -> bytes:
+        key = id(command)
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and hit[0] is command:
+                return hit[1]
+        data = struct_pb2.Struct()
+        data.update(command)
+        encoded = data.SerializeToString()
+        with self._lock:
+            self._items[key] = (command, encoded)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return encoded
+
+
+_command_structs = _CommandStructs()
 
 
 def decision_to_proto(decision: Decision, decision_id: str,
@@ -85,7 +122,7 @@ def decision_to_proto(decision: Decision, decision_id: str,
     out.cached = decision.cached
     if decision.command:
         try:
-            out.command.update(decision.command)
+            out.command.ParseFromString(_command_structs.get(decision.command))
         except (ValueError, TypeError, AttributeError):
             # Facts the wire cannot carry are dropped from the envelope, never the decision.
             out.ClearField("command")

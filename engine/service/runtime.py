@@ -155,8 +155,7 @@ class ServiceRuntime:
         record = {
             "decision_id": decision_id, "timestamp": time.time(), "kind": "decide",
             "transport": transport, "pid": self._pid, "input": input_doc,
-            "result": decision.to_dict(), "policy_revision": decision.policy_revision,
-            "eval_ns": decision.eval_ns,
+            "decision": decision,  # rendered by the log's writer thread, off the hot path
         }
         if not self._record(record):
             decision = replace(

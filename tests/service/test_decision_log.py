@@ -68,7 +68,7 @@ def test_full_queue_refuses_and_recovers() -> None:
     log = DecisionLog(sink, max_queue=2, scrub=lambda doc: doc)
     base = {"timestamp": 0.0, "input": {}}
     assert log.submit({**base, "decision_id": "1"})
-    wait_for(lambda: log._queue.qsize() == 0, what="writer took the first record")
+    wait_for(lambda: log.backlog == 0, what="writer took the first record")
     assert log.submit({**base, "decision_id": "2"})
     assert log.submit({**base, "decision_id": "3"})
     assert not log.submit({**base, "decision_id": "4"})  # full: the caller must deny

@@ -1,0 +1,281 @@
+"""One-run report for the decision service: latency against an empty call, and throughput.
+
+    python -m benchmarks.load_service [--policies policies] [--rounds 3000] [--duration 5]
+
+Everything runs against real `ordinance serve` subprocesses, so client and server never share
+a GIL. In one run it measures:
+
+1. Latency, on one channel, with the calls interleaved so machine noise hits them alike:
+   `Health.Check` (an empty call: the floor of a gRPC round trip here), `Decide` with the PCI
+   pack on a repeated input (answered from the decision cache) and with a unique session id
+   per call (full Rego + CEL evaluation). Reports median, p99 and the ratio of medians.
+2. Throughput at `--concurrency` callers (default 16), for `--workers 1` and `--workers 2`,
+   over gRPC `Decide` and HTTP `POST /v1/data/ordinance/pci`, every call a unique input.
+   The load driver is `--driver-procs` processes of threads, each caller with its own
+   connection (so SO_REUSEPORT can spread them), sending pre-serialised requests to keep
+   the client's cost per call low. On a 2-core machine the driver still competes with the
+   server for CPU, so the report also gives the server's CPU time per call (from
+   /proc/PID/stat): `1e6 / server_cpu_us_per_call` is the capacity per fully used core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks.commands import COMMANDS, input_for
+
+DECIDE = "/ordinance.v1.DecisionService/Decide"
+HEALTH = "/grpc.health.v1.Health/Check"
+HTTP_PATH = "/v1/data/ordinance/pci"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- the server ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def serve(policies: str, workers: int) -> Iterator[dict[str, Any]]:
+    """`ordinance serve` on ephemeral ports; yields its ready line."""
+    with tempfile.TemporaryDirectory(prefix="ordinance-bench-") as tmp:
+        cmd = [sys.executable, "-m", "engine.cli", "serve", "--policies",
+               str(Path(policies).resolve()), "--grpc", "127.0.0.1:0", "--http",
+               "127.0.0.1:0", "--workers", str(workers), "--decision-log",
+               str(Path(tmp) / "decisions.jsonl")]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True, cwd=tmp)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("{"):
+            proc.kill()
+            raise SystemExit(f"server did not start: {line!r}")
+        ready = json.loads(line)
+        ready["pids"] = ready.get("workers") or [ready["pid"]]
+        try:
+            yield ready
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / CLK_TCK
+
+
+# -- requests -----------------------------------------------------------------------------
+
+def decide_bytes(doc: dict[str, Any]) -> bytes:
+    from engine.api import decision_pb2
+
+    request = decision_pb2.DecideRequest()
+    request.input.update(doc)
+    return request.SerializeToString()
+
+
+def unique_doc(i: int, tag: str) -> dict[str, Any]:
+    doc = input_for(COMMANDS[i % len(COMMANDS)])
+    doc["session"] = {"id": f"{tag}-{i}"}
+    return doc
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def latency(target: str, rounds: int) -> dict[str, dict[str, float]]:
+    import grpc
+    from grpc_health.v1 import health_pb2
+
+    channel = grpc.insecure_channel(target)
+    health = channel.unary_unary(HEALTH, request_serializer=None, response_deserializer=None)
+    decide = channel.unary_unary(DECIDE, request_serializer=None, response_deserializer=None)
+    empty = health_pb2.HealthCheckRequest().SerializeToString()
+    repeated = [decide_bytes(input_for(raw)) for raw in COMMANDS]
+    unique = [decide_bytes(unique_doc(i, "lat")) for i in range(rounds)]
+    for i in range(300):  # warm up: connection, decision cache, facts cache
+        health(empty)
+        decide(repeated[i % len(repeated)])
+        decide(decide_bytes(unique_doc(i, "warm")))
+    samples: dict[str, list[float]] = {"empty_call": [], "decide_cached": [],
+                                       "decide_unique": []}
+    for i in range(rounds):
+        for name, payload, method in (("empty_call", empty, health),
+                                      ("decide_cached", repeated[i % len(repeated)], decide),
+                                      ("decide_unique", unique[i], decide)):
+            started = time.perf_counter()
+            method(payload, timeout=10)
+            samples[name].append((time.perf_counter() - started) * 1e6)
+    channel.close()
+    return {name: {"median_us": statistics.median(s), "p99_us": _percentile(s, 0.99)}
+            for name, s in samples.items()}
+
+
+# -- throughput ---------------------------------------------------------------------------
+
+def _driver(kind: str, address: str, threads: int, duration: float, tag: str,
+            start_at: float, out: Any) -> None:
+    """One load-driver process: `threads` callers, each on its own connection."""
+    payloads: list[list[bytes]] = []
+    for t in range(threads):
+        docs = [unique_doc(i, f"{tag}-{t}") for i in range(4000)]
+        if kind == "grpc":
+            payloads.append([decide_bytes(d) for d in docs])
+        else:
+            payloads.append([json.dumps({"input": d}).encode() for d in docs])
+    counts = [0] * threads
+    errors = [0] * threads
+
+    def grpc_caller(t: int) -> None:
+        import grpc
+
+        channel = grpc.insecure_channel(address, [("grpc.use_local_subchannel_pool", 1)])
+        call = channel.unary_unary(DECIDE, request_serializer=None,
+                                   response_deserializer=None)
+        call(payloads[t][0], timeout=30)
+        while time.time() < start_at:
+            time.sleep(0.001)
+        end = start_at + duration
+        i = 0
+        while time.time() < end:
+            try:
+                call(payloads[t][i % 4000], timeout=30)
+                counts[t] += 1
+            except grpc.RpcError:
+                errors[t] += 1
+            i += 1
+        channel.close()
+
+    def http_caller(t: int) -> None:
+        host, port = address.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        headers = {"Content-Type": "application/json"}
+        conn.request("POST", HTTP_PATH, payloads[t][0], headers)
+        conn.getresponse().read()
+        while time.time() < start_at:
+            time.sleep(0.001)
+        end = start_at + duration
+        i = 0
+        while time.time() < end:
+            conn.request("POST", HTTP_PATH, payloads[t][i % 4000], headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status == 200:
+                counts[t] += 1
+            else:
+                errors[t] += 1
+            i += 1
+        conn.close()
+
+    target = grpc_caller if kind == "grpc" else http_caller
+    workers = [threading.Thread(target=target, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    out.put((sum(counts), sum(errors)))
+
+
+def throughput(kind: str, address: str, pids: list[int], concurrency: int, procs: int,
+               duration: float, tag: str) -> dict[str, float]:
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    start_at = time.time() + 6.0  # time for the drivers to start and prepare payloads
+    per_proc = [concurrency // procs + (1 if i < concurrency % procs else 0)
+                for i in range(procs)]
+    drivers = [ctx.Process(target=_driver, args=(kind, address, n, duration, f"{tag}{i}",
+                                                 start_at, out))
+               for i, n in enumerate(per_proc) if n]
+    for d in drivers:
+        d.start()
+    while time.time() < start_at:
+        time.sleep(0.01)
+    cpu_before = cpu_seconds(pids)
+    time.sleep(duration)
+    cpu_after = cpu_seconds(pids)
+    results = [out.get(timeout=120) for _ in drivers]
+    for d in drivers:
+        d.join(30)
+    calls = sum(r[0] for r in results)
+    return {"calls_per_s": calls / duration, "errors": sum(r[1] for r in results),
+            "server_cpu_us_per_call": (cpu_after - cpu_before) * 1e6 / max(1, calls),
+            "server_cores_used": (cpu_after - cpu_before) / duration}
+
+
+# -- report -------------------------------------------------------------------------------
+
+def run(policies: str, rounds: int, duration: float, concurrency: int, procs: int
+        ) -> dict[str, Any]:
+    report: dict[str, Any] = {"cpus": os.cpu_count(), "concurrency": concurrency,
+                              "driver_procs": procs}
+    with serve(policies, 1) as ready:
+        lat = latency(ready["grpc"], rounds)
+    base = lat["empty_call"]["median_us"]
+    report["latency"] = lat
+    report["latency_ratio"] = {name: lat[name]["median_us"] / base
+                               for name in ("decide_cached", "decide_unique")}
+    report["throughput"] = {}
+    for workers in (1, 2):
+        with serve(policies, workers) as ready:
+            for kind, address in (("grpc", ready["grpc"]), ("http", ready["http"])):
+                report["throughput"][f"{kind}_workers{workers}"] = throughput(
+                    kind, address, ready["pids"], concurrency, procs, duration,
+                    f"{kind}{workers}")
+    tp = report["throughput"]
+    report["scaling_workers2_over_1"] = {
+        kind: tp[f"{kind}_workers2"]["calls_per_s"] / tp[f"{kind}_workers1"]["calls_per_s"]
+        for kind in ("grpc", "http")}
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"cpus={report['cpus']} concurrency={report['concurrency']} "
+             f"driver_procs={report['driver_procs']}"]
+    for name, v in report["latency"].items():
+        ratio = report["latency_ratio"].get(name)
+        extra = f"  ratio {ratio:.2f}x empty call" if ratio else ""
+        lines.append(f"{name:14s} median {v['median_us']:8.1f} us  p99 {v['p99_us']:8.1f} us"
+                     f"{extra}")
+    for name, v in report["throughput"].items():
+        lines.append(f"{name:14s} {v['calls_per_s']:8.0f} calls/s  server "
+                     f"{v['server_cpu_us_per_call']:6.0f} cpu-us/call  "
+                     f"{v['server_cores_used']:.2f} cores  errors {v['errors']}")
+    for kind, ratio in report["scaling_workers2_over_1"].items():
+        lines.append(f"scaling {kind}: workers 2 / workers 1 = {ratio:.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policies", default="policies")
+    parser.add_argument("--rounds", type=int, default=3000)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--driver-procs", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="print the raw report as JSON")
+    args = parser.parse_args(argv)
+    report = run(args.policies, args.rounds, args.duration, args.concurrency,
+                 args.driver_procs)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
