@@ -7,6 +7,8 @@ bad mask or an input it cannot read is a deny with the problem as reason (fail c
 Decisions are cached in a bounded LRU keyed by the canonical JSON of the input document. The
 cache belongs to one policy set (a swap starts an empty one) and is bypassed when the set calls
 time, random or network builtins, so a cached answer is exactly what evaluating would give.
+When no policy can see literal values, SQL is keyed by its literal fingerprint instead of its
+text, so `WHERE id = 1` and `WHERE id = 2` share one evaluation.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 
 from engine.decision import Decision, Reason, combine_effect
 from engine.errors import EvaluationError
-from engine.facts import enrich_command
+from engine.facts import SQL_PROTOCOLS, enrich_command
+from engine.facts.fingerprint import literal_fingerprint
 from engine.policy import PolicySet
 
 ENGINE_POLICY = "ordinance.engine"
@@ -73,15 +76,17 @@ class Engine:
                          policy_set.revision, {}, started)
         key = None
         if policy_set.cacheable and cache.size > 0:
+            raw, cache_doc = _cache_document(input_doc, policy_set)
             try:
-                key = json.dumps(input_doc, sort_keys=True, separators=(",", ":"))
+                key = json.dumps(cache_doc, sort_keys=True, separators=(",", ":"))
             except (TypeError, ValueError) as err:
                 return _deny(f"input is not JSON-serialisable: {err}", policy_set.revision,
                              {}, started)
             hit = cache.get(key)
             if hit is not None:
+                command = hit.command if raw is None else {**hit.command, "raw": raw}
                 return Decision(effect=hit.effect, reasons=hit.reasons, masks=hit.masks,
-                                policy_revision=hit.policy_revision, command=hit.command,
+                                policy_revision=hit.policy_revision, command=command,
                                 eval_ns=time.perf_counter_ns() - started, cached=True)
         command = enrich_command(input_doc.get("command"), input_doc.get("resource"))
         doc = dict(input_doc)
@@ -106,6 +111,24 @@ class Engine:
     def query(self, path: str, input_doc: Any) -> tuple[bool, Any]:
         """OPA-style data query: (defined, value). Raises EvaluationError on a policy error."""
         return self.policy_set.query(path, input_doc)
+
+
+def _cache_document(input_doc: dict[str, Any],
+                    policy_set: PolicySet) -> tuple[str | None, dict[str, Any]]:
+    """The document a decision is cached under, and the raw text when it was replaced by its
+    literal fingerprint (only for policy sets that cannot see literals; see fingerprint.py)."""
+    command = input_doc.get("command")
+    if not isinstance(command, dict) or not policy_set.literal_insensitive:
+        return None, input_doc
+    raw = command.get("raw")
+    protocol = str(command.get("protocol") or (input_doc.get("resource") or {}).get("type")
+                   or "").lower()
+    if not isinstance(raw, str) or protocol not in SQL_PROTOCOLS:
+        return None, input_doc
+    fingerprint = literal_fingerprint(raw)
+    if fingerprint is None:
+        return None, input_doc
+    return raw, {**input_doc, "command": {**command, "raw": "\0literals:" + fingerprint}}
 
 
 def _deny(message: str, revision: str, command: dict[str, Any], started: int) -> Decision:

@@ -8,6 +8,7 @@ input document and returns what fired; combining that into a Decision is the Eng
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,16 @@ class PolicySet:
     def cacheable(self) -> bool:
         """False when a policy calls time, random or network builtins."""
         return not self.rego.nondeterministic
+
+    @property
+    def literal_insensitive(self) -> bool:
+        """True when no policy can see literal values: no Rego module reads `input` whole,
+        `input.command` whole or `input.command.raw`, and no CEL rule mentions `raw` or
+        `input`. Then SQL that differs only by literals gets the same decision."""
+        paths = self.rego.input_paths
+        if paths is None or ("command",) in paths or ("command", "raw") in paths:
+            return False
+        return not any(re.search(r"\b(raw|input)\b", rule.when) for rule in self.cel_rules)
 
     def evaluate(self, doc: dict[str, Any]) -> tuple[list[Reason], list[Mask]]:
         """What fired for one enriched input document. Raises EvaluationError."""

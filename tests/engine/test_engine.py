@@ -57,3 +57,34 @@ def test_decision_reports_enriched_command(policy_dir) -> None:
     engine = Engine(load_policy_set(str(policy_dir({"p.rego": HEAD}))))
     out = engine.decide({"resource": {"type": "postgres"}, "command": {"raw": "SELECT 1"}})
     assert out.command["kinds"] == ["select"] and out.command["parse_error"] is None
+
+
+def test_statements_differing_by_literals_share_one_evaluation(policy_dir) -> None:
+    root = policy_dir({"p.rego": HEAD + 'deny contains "no" if "drop" in input.command.kinds\n'})
+    engine = Engine(load_policy_set(str(root)))
+    assert engine.policy_set.literal_insensitive
+    res = {"type": "postgres"}
+    first = engine.decide({"resource": res, "command": {"raw": "SELECT a FROM t WHERE id = 1"}})
+    second = engine.decide({"resource": res, "command": {"raw": "SELECT a FROM t WHERE id = 2"}})
+    assert not first.cached and second.cached
+    assert second.command["raw"] == "SELECT a FROM t WHERE id = 2"
+    limited = engine.decide({"resource": res, "command": {"raw": "SELECT a FROM t LIMIT 9"}})
+    other_limit = engine.decide({"resource": res, "command": {"raw": "SELECT a FROM t LIMIT 8"}})
+    assert not limited.cached and not other_limit.cached  # LIMIT counts are facts
+
+
+def test_policies_reading_raw_text_are_not_literal_cached(policy_dir) -> None:
+    root = policy_dir({"p.rego": HEAD +
+                       'deny contains "secret" if contains(input.command.raw, "42")\n'})
+    engine = Engine(load_policy_set(str(root)))
+    assert not engine.policy_set.literal_insensitive
+    res = {"type": "postgres"}
+    assert engine.decide({"resource": res, "command": {"raw": "SELECT 1 WHERE a = 7"}}).allowed
+    assert engine.decide({"resource": res, "command": {"raw": "SELECT 1 WHERE a = 42"}}
+                         ).effect == "deny"
+
+
+def test_cel_rules_mentioning_raw_disable_literal_caching(policy_dir) -> None:
+    root = policy_dir({"r.yaml": "rules:\n  - name: r\n    effect: deny\n"
+                                 "    when: 'command.raw.contains(\"42\")'\n"})
+    assert not load_policy_set(str(root)).literal_insensitive

@@ -1,0 +1,47 @@
+"""SQL text with its literal values replaced: `WHERE id = 42` and `WHERE id = 7` share one
+fingerprint, so a decision taken for one can answer the other.
+
+That is safe only when nothing a policy reads depends on the literals. Parsed facts carry no
+literal values except `limit`, so LIMIT/OFFSET/FETCH counts are kept; the Engine uses the
+fingerprint only for policy sets that never read `command.raw` (see PolicySet). Text the
+normalizer cannot read with certainty (comments, dollar quoting, E'' strings) gets no
+fingerprint, and is decided in full.
+"""
+
+from __future__ import annotations
+
+import re
+
+_TOKEN = re.compile(
+    r"""(?P<string>'(?:[^']|'')*')
+      |(?P<ident>"(?:[^"]|"")*")
+      |(?P<number>(?<![\w$.])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.]))
+      |(?P<word>[A-Za-z_][\w$]*)
+      |(?P<other>[^'"A-Za-z_\d]+|.)""",
+    re.VERBOSE | re.DOTALL,
+)
+_UNSAFE = re.compile(r"--|/\*|\$[A-Za-z_]*\$|(?<![\w'])[eEbBxXuUnN]&?'", re.ASCII)
+_COUNT_KEYWORDS = frozenset({"limit", "offset", "first", "next", "top"})
+MAX_FINGERPRINT_INPUT = 64 << 10
+
+
+def literal_fingerprint(raw: str) -> str | None:
+    """The text with string and number literals replaced by `?`; None when unsure."""
+    if len(raw) > MAX_FINGERPRINT_INPUT or _UNSAFE.search(raw):
+        return None
+    out: list[str] = []
+    previous_word = ""
+    for m in _TOKEN.finditer(raw):
+        kind = m.lastgroup
+        text = m.group()
+        if kind == "string":
+            out.append("?")
+        elif kind == "number":
+            out.append(text if previous_word in _COUNT_KEYWORDS else "?")
+        else:
+            out.append(text)
+        if kind == "word":
+            previous_word = text.lower()
+        elif kind != "other" or text.strip():
+            previous_word = ""
+    return "".join(out)
