@@ -95,6 +95,7 @@ _NAMES = ["Query", "FunctionCall", "Parse", "Bind", "Describe", "Execute", "Clos
 @dataclass(eq=False)
 class _Op:
     kind: int
+    seq: int = 0
     name: str = ""
     statement: str = ""
     describe_kind: str = ""
@@ -147,11 +148,19 @@ class Session:
     _sent_portals: dict[str, _Sent] = field(default_factory=dict)
     _query_rows: RowRewriter | None = None
     _copy: CopyOutRewriter | None = None
+    _seq: int = 0
+    _copy_end_seqs: deque[int] = field(default_factory=deque)
+    _copy_in_open: bool = False
 
     @property
     def in_flight(self) -> bool:
         """Whether the server still owes answers (a query may be running)."""
         return bool(self._ops)
+
+    def _push(self, op: _Op) -> None:
+        self._seq += 1
+        op.seq = self._seq
+        self._ops.append(op)
 
     # ----------------------------------------------------------------------------------------
     # Client -> server
@@ -174,7 +183,7 @@ class Session:
         if self._discarding:
             if isinstance(message, Sync):
                 self._discarding = False
-                self._ops.append(_Op(SYNC))
+                self._sync()
                 return [frame.raw]
             return []
         if isinstance(message, Query):
@@ -186,41 +195,53 @@ class Session:
         if isinstance(message, Execute):
             return self._execute(frame, message)
         if isinstance(message, Describe):
-            self._ops.append(_Op(DESCRIBE, name=message.name, describe_kind=message.kind))
+            self._push(_Op(DESCRIBE, name=message.name, describe_kind=message.kind))
             sent = (self._sent_statements if message.kind == "S"
                     else self._sent_portals).get(message.name)
             if sent is not None:
                 sent.described = True
             return [frame.raw]
         if isinstance(message, Close):
-            self._ops.append(_Op(CLOSE, name=message.name, describe_kind=message.kind))
+            self._push(_Op(CLOSE, name=message.name, describe_kind=message.kind))
             (self._sent_statements if message.kind == "S" else self._sent_portals).pop(
                 message.name, None)
             return [frame.raw]
         if isinstance(message, Sync):
-            self._ops.append(_Op(SYNC))
+            self._sync()
             return [frame.raw]
         if isinstance(message, FunctionCall):
             if not allow_function_call:
                 return self._deny_as_query(FUNCTION_CALL_DENIED)
-            self._ops.append(_Op(FUNCTION))
+            self._push(_Op(FUNCTION))
             return [frame.raw]
-        if isinstance(message, Flush | CopyData | CopyDone | CopyFail):
-            return [frame.raw]  # Flush and COPY FROM STDIN data: no answer of their own
+        if isinstance(message, CopyDone | CopyFail):
+            self._seq += 1
+            if self._copy_in_open:
+                self._copy_in_open = False
+            else:
+                self._copy_end_seqs.append(self._seq)
+            return [frame.raw]
+        if isinstance(message, Flush | CopyData):
+            return [frame.raw]  # no answer of their own
         raise SessionError(f"unexpected {type(message).__name__} message from the client")
+
+    def _sync(self) -> None:
+        # A server in COPY FROM STDIN mode ignores Sync (libpq sends another after CopyDone).
+        if not self._copy_in_open:
+            self._push(_Op(SYNC))
 
     def _poison(self) -> bytes:
         return Describe("S", self.poison_name).encode()
 
     def _deny_as_query(self, verdict: StatementVerdict) -> list[bytes]:
         """A denied simple Query (or FunctionCall): the server answers error + ReadyForQuery."""
-        self._ops.append(_Op(DESCRIBE, describe_kind="S", deny=denial_error(verdict)))
-        self._ops.append(_Op(SYNC))
+        self._push(_Op(DESCRIBE, describe_kind="S", deny=denial_error(verdict)))
+        self._push(_Op(SYNC))
         return [self._poison(), Sync().encode()]
 
     def _deny_in_batch(self, error: ErrorResponse) -> list[bytes]:
         """A denied Parse/Bind: error at this point of the batch, then discard until Sync."""
-        self._ops.append(_Op(DESCRIBE, describe_kind="S", deny=error))
+        self._push(_Op(DESCRIBE, describe_kind="S", deny=error))
         self._discarding = True
         return [self._poison()]
 
@@ -230,7 +251,7 @@ class Session:
         self._sent_portals.pop("", None)
         if verdict.effect != "allow":
             return self._deny_as_query(verdict)
-        self._ops.append(_Op(QUERY, verdict=verdict))
+        self._push(_Op(QUERY, verdict=verdict))
         return [frame.raw]
 
     def _parse(self, frame: Frame, message: Parse, verdict: StatementVerdict) -> list[bytes]:
@@ -239,7 +260,7 @@ class Session:
                 self._sent_statements.pop("", None)
             return self._deny_in_batch(denial_error(verdict))
         self._sent_statements[message.name] = _Sent(verdict)
-        self._ops.append(_Op(PARSE, name=message.name, verdict=verdict))
+        self._push(_Op(PARSE, name=message.name, verdict=verdict))
         return [frame.raw]
 
     def _bind(self, frame: Frame, message: Bind) -> list[bytes]:
@@ -249,7 +270,7 @@ class Session:
                 "42501", "permission denied by policy: "
                 + UNKNOWN_STATEMENT_DENIED.format(name=message.statement)))
         self._sent_portals[message.portal] = _Sent(sent.verdict, described=sent.described)
-        self._ops.append(_Op(BIND, name=message.portal, statement=message.statement,
+        self._push(_Op(BIND, name=message.portal, statement=message.statement,
                              bind=message))
         return [frame.raw]
 
@@ -259,10 +280,10 @@ class Session:
         if (sent is not None and not sent.described and sent.verdict is not None
                 and sent.verdict.masker is not None):
             # A masked result whose columns the client never asked about: ask ourselves.
-            self._ops.append(_Op(DESCRIBE, name=message.portal, describe_kind="P", hidden=True))
+            self._push(_Op(DESCRIBE, name=message.portal, describe_kind="P", hidden=True))
             out.append(Describe("P", message.portal).encode())
             sent.described = True
-        self._ops.append(_Op(EXECUTE, name=message.portal))
+        self._push(_Op(EXECUTE, name=message.portal))
         out.append(frame.raw)
         return out
 
@@ -438,6 +459,19 @@ class Session:
                                              self.max_copy_record)
         out.append(frame.raw)
 
+    def _on_copy_in(self, frame: Frame, out: list[bytes]) -> None:
+        """The server now ignores Sync until the client's next CopyDone / CopyFail, so the
+        Syncs the client sent between the COPY and that message get no answer."""
+        op = self._head("CopyInResponse", QUERY, EXECUTE)
+        ends = self._copy_end_seqs
+        while ends and ends[0] < op.seq:
+            ends.popleft()  # CopyDone / CopyFail outside COPY: the server ignored them too
+        end = ends.popleft() if ends else None
+        self._copy_in_open = end is None
+        self._ops = deque(o for o in self._ops if not (
+            o.kind == SYNC and o.seq > op.seq and (end is None or o.seq < end)))
+        out.append(frame.raw)
+
     def _on_copy_done(self, frame: Frame, out: list[bytes]) -> None:
         if self._copy is not None:
             self._copy.finish()
@@ -519,7 +553,7 @@ _HANDLERS = {
     b"s": Session._on_execute_end,
     b"H": Session._on_copy_out,
     b"c": Session._on_copy_done,
-    b"G": Session._on_relay,
+    b"G": Session._on_copy_in,
     b"W": Session._on_relay,
     b"V": Session._on_relay,
 }
