@@ -21,6 +21,7 @@ import collections
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +77,9 @@ class JsonLinesSink:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        # fsync a regular file; /dev/null or a pipe (logging switched off or shipped
+        # elsewhere) cannot be synced and need not be.
+        self._sync = stat.S_ISREG(os.fstat(self._fd).st_mode)
 
     def write(self, records: list[dict[str, Any]]) -> None:
         data = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n"
@@ -84,7 +88,8 @@ class JsonLinesSink:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        os.fsync(self._fd)
+        if self._sync:
+            os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -102,3 +102,17 @@ def test_audit_store_sink(policy_dir: Path, tmp_path: Path,
     assert records[0].kind == "decision"
     assert records[0].payload["result"]["effect"] == "allow"
     assert PAN not in str(records[0].payload)
+
+
+def test_dev_null_log_is_not_a_failure(policy_dir: Path,
+                                       service_factory: Callable[..., Service]) -> None:
+    svc = service_factory(policy_dir, decision_log_path=Path("/dev/null"))
+    for _ in range(3):
+        assert _decide(svc.grpc_port, "bad").effect == decision_pb2.EFFECT_DENY
+    assert svc.decision_log is not None and svc.runtime is not None
+    registry = svc.runtime.metrics.registry
+    wait_for(lambda: registry.get_sample_value("ordinance_decision_log_records_total",
+                                               {"outcome": "written"}) == 3,
+             what="3 records written")
+    assert svc.decision_log.broken is None
+    assert _decide(svc.grpc_port, "ls").effect == decision_pb2.EFFECT_ALLOW
