@@ -110,6 +110,8 @@ class ApprovalStore:
         self.default_approver_groups = tuple(default_approver_groups)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._errors = driver_errors(store.dialect)
+        self._connect_errors: tuple[type[BaseException], ...] = (StoreUnavailable,
+                                                                 *self._errors)
         try:
             self._db = SqlConnection(store, create=create)
         except StoreUnavailable as exc:
@@ -208,7 +210,8 @@ class ApprovalStore:
                 tx.run(f"INSERT INTO ordinance_approvals ({_COLUMNS}, requester_key) VALUES "
                        f"({', '.join('?' for _ in range(19))})", (
                            req.id, req.requester_id, json.dumps(list(req.requester_groups)),
-                           json.dumps(req.resource, sort_keys=True), req.command_sha256,
+                           json.dumps(req.resource, sort_keys=True, default=str),
+                           req.command_sha256,
                            req.command_preview, json.dumps(list(req.reasons)),
                            json.dumps(list(req.approver_groups)), "pending",
                            format_ts(req.created_at), format_ts(req.expires_at),
@@ -405,7 +408,7 @@ class PostgresApprovalStore(ApprovalStore):
         try:
             listen = connect_postgres(self.store.target)
             listen.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        except (StoreUnavailable, *self._errors):
+        except self._connect_errors:
             with super()._signal() as poll:  # cannot listen: fall back to a modest poll
                 yield poll
             return
