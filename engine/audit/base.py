@@ -150,8 +150,8 @@ def prepare_event(kind: str, payload: dict[str, Any], subject: str | None,
         raise InvalidAuditEvent(f"payload must be a dict, got {type(payload).__name__}")
     for name, value in (("subject", subject), ("session_id", session_id),
                         ("decision_id", decision_id)):
-        if value is not None and not isinstance(value, str):
-            raise InvalidAuditEvent(f"{name} must be a string or None")
+        if value is not None and (not isinstance(value, str) or "\x00" in value):
+            raise InvalidAuditEvent(f"{name} must be a string without NUL, or None")
     try:
         plain = json.loads(json.dumps(payload, default=_json_default, allow_nan=False))
     except (TypeError, ValueError) as exc:
@@ -160,7 +160,10 @@ def prepare_event(kind: str, payload: dict[str, Any], subject: str | None,
                                "decision_id": decision_id, "payload": plain})
     event = PreparedEvent(kind, scrubbed["subject"], scrubbed["session_id"],
                           scrubbed["decision_id"], scrubbed["payload"])
-    size = len(canonical_json(scrubbed).encode("utf-8"))
+    try:
+        size = len(canonical_json(scrubbed).encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidAuditEvent(f"event holds text that is not valid Unicode: {exc}") from exc
     if size > MAX_EVENT_BYTES:
         raise InvalidAuditEvent(f"event is {size} bytes; the limit is {MAX_EVENT_BYTES}")
     return event

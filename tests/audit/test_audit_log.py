@@ -100,9 +100,15 @@ def test_invalid_events_are_refused(log: AuditLog) -> None:
         log.append("statement", {"x": float("nan")})
     with pytest.raises(InvalidAuditEvent):
         log.append("statement", {"blob": "x" * (1 << 20)})
+    with pytest.raises(InvalidAuditEvent, match="not valid Unicode"):
+        log.append("statement", {"text": "bad \ud800 surrogate"})
+    with pytest.raises(InvalidAuditEvent, match="NUL"):
+        log.append("statement", {}, subject="a\x00b")
+    nul = log.append("statement", {"text": "NUL \x00 inside a payload is kept"})
+    assert nul.payload["text"] == "NUL \x00 inside a payload is kept"
     rec = log.append("decision", {"at": datetime(2024, 1, 2, tzinfo=UTC), "tags": {"b", "a"}})
     assert rec.payload == {"at": "2024-01-02T00:00:00.000000Z", "tags": ["a", "b"]}
-    assert log.last_seq() == 1
+    assert log.last_seq() == 2 and log.verify().ok
 
 
 # --- tampering ---------------------------------------------------------------------------------
