@@ -27,7 +27,9 @@ servicer answers with 400 as the plugin does.
 object with `allowed`, `headers`, `response_headers_to_add`, `request_headers_to_remove`,
 `query_parameters_to_set`, `query_parameters_to_remove`, `body`, `http_status`,
 `dynamic_metadata`) exactly as the plugin's `internal.go` does. `decision_to_check_response`
-maps Ordinance's own Decision when that query is undefined.
+maps Ordinance's own Decision when that query is undefined. `error_response` (500) and
+`failure_allowed_response` answer an evaluation failure; `redact_for_log` blanks credentials
+before an input document is logged.
 """
 
 from __future__ import annotations
@@ -39,15 +41,15 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from envoy.config.core.v3 import base_pb2  # type: ignore[import-untyped]
+from envoy.service.auth.v3 import external_auth_pb2  # type: ignore[import-untyped]
+from envoy.type.v3 import http_status_pb2  # type: ignore[import-untyped]
 from google.protobuf import struct_pb2  # type: ignore[import-untyped]
 from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]
 
 from engine.decision import Decision
 from engine.identity import Subject
-from envoy.config.core.v3 import base_pb2  # type: ignore[import-untyped]
-from envoy.service.auth.v3 import external_auth_pb2  # type: ignore[import-untyped]
-from envoy.type.v3 import http_status_pb2  # type: ignore[import-untyped]
 
 if TYPE_CHECKING:  # the generated Envoy modules carry no type information
     CheckRequest: TypeAlias = Any
@@ -62,6 +64,13 @@ DEFAULT_MAX_BODY = 1 << 20
 
 DECISION_ID_HEADER = "x-ordinance-decision-id"
 APPROVAL_ID_HEADER = "x-ordinance-approval-id"
+APPROVAL_USED_HEADER = "x-ordinance-approval-used"
+FAILURE_MODE_HEADER = "x-ordinance-failure-mode-allowed"
+"""Added to the upstream request when an evaluation failure was let through
+(`--envoy-failure-mode-allow`), like Envoy's own `x-envoy-auth-failure-mode-allowed`."""
+SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+"""Header values `redact_for_log` replaces: credentials never reach the decision log."""
+REDACTED = "[redacted]"
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 RESOURCE_LABEL_PREFIX = "label."
 """Context extensions `label.<name>: <value>` become `resource.labels[<name>]`."""
@@ -469,6 +478,16 @@ def decision_to_check_response(decision: Decision, decision_id: str,
                    metadata)
 
 
+def approval_used_response(decision: Decision, decision_id: str) -> CheckResponse:
+    """OK for a `review` decision that an approved request covers (and that was just used):
+    like an allow, plus `x-ordinance-approval-used: true` on the upstream request."""
+    response = decision_to_check_response(
+        Decision(effect="allow", policy_revision=decision.policy_revision), decision_id)
+    response.ok_response.headers.extend(_header_options([(APPROVAL_USED_HEADER, "true")]))
+    response.dynamic_metadata.fields["approval_used"].bool_value = True
+    return response
+
+
 def unauthenticated_response(message: str, decision_id: str) -> CheckResponse:
     """401 for a missing or invalid bearer token where a subject is needed."""
     return _denied(code_pb2.UNAUTHENTICATED, http_status_pb2.Unauthorized,
@@ -487,13 +506,80 @@ def bad_request_response(message: str, decision_id: str) -> CheckResponse:
                    {"decision_id": decision_id, "effect": "deny"})
 
 
-def error_response(message: str, decision_id: str) -> CheckResponse:
-    """403 when the policy failed or returned a malformed result: fail closed.
+def error_response(message: str, decision_id: str, status: int = 500) -> CheckResponse:
+    """500 when the policy failed or returned a malformed result (503: no policy set yet).
 
     The plugin returns a gRPC error here and leaves the outcome to Envoy's `failure_mode_allow`;
-    Ordinance answers an explicit deny so that setting cannot turn a policy error into an allow.
+    Ordinance answers an explicit deny (gRPC OK, status INTERNAL in the CheckResponse), so that
+    Envoy setting cannot turn a policy error into an allow; `failure_allowed_response` is the
+    operator's explicit opt-in. The message stays out of the body (it can show policy
+    internals to any client); it is in the decision log under the same decision id.
     """
-    return _denied(code_pb2.PERMISSION_DENIED, http_status_pb2.Forbidden,
-                   {"error": "policy error", "message": message, "decision_id": decision_id},
+    return _denied(code_pb2.INTERNAL if status == 500 else code_pb2.UNAVAILABLE, status,
+                   {"error": "policy error" if status == 500 else "unavailable",
+                    "decision_id": decision_id},
                    [(DECISION_ID_HEADER, decision_id)],
-                   {"decision_id": decision_id, "effect": "deny"})
+                   {"decision_id": decision_id, "effect": "deny", "error": message})
+
+
+def failure_allowed_response(message: str, decision_id: str) -> CheckResponse:
+    """OK despite an evaluation failure (`--envoy-failure-mode-allow`): the upstream request
+    carries `x-ordinance-failure-mode-allowed: true` and the decision id."""
+    response = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
+    response.ok_response.CopyFrom(external_auth_pb2.OkHttpResponse(headers=_header_options([
+        (DECISION_ID_HEADER, decision_id), (FAILURE_MODE_HEADER, "true")])))
+    response.dynamic_metadata.update({"decision_id": decision_id, "effect": "allow",
+                                      "failure_mode_allowed": True, "error": message})
+    return response
+
+
+def is_allowed_response(response: CheckResponse) -> bool:
+    return bool(response.status.code == code_pb2.OK)
+
+
+def response_http_status(response: CheckResponse) -> int:
+    """The HTTP status Envoy gives the client: 200 on OK, else the denied status (403)."""
+    if response.status.code == code_pb2.OK:
+        return 200
+    code = response.denied_response.status.code if response.HasField("denied_response") else 0
+    return int(code) or int(http_status_pb2.Forbidden)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decision log
+
+
+def _redact_headers(headers: Any) -> Any:
+    if not isinstance(headers, dict) or not SENSITIVE_HEADERS.intersection(
+            k.lower() for k in headers):
+        return headers
+    return {k: REDACTED if k.lower() in SENSITIVE_HEADERS else v for k, v in headers.items()}
+
+
+def redact_for_log(input_doc: dict[str, Any]) -> dict[str, Any]:
+    """The input document with credential headers replaced by `[redacted]`, for logging.
+
+    Only the dicts on the way to a header map are copied; the rest is shared with `input_doc`
+    (read-only). The verified `subject` stays: who asked is what an audit record needs.
+    """
+    out = dict(input_doc)
+    http = (((input_doc.get("attributes") or {}).get("request") or {}).get("http"))
+    if isinstance(http, dict):
+        new_http = dict(http)
+        new_http["headers"] = _redact_headers(http.get("headers"))
+        header_map = http.get("headerMap")
+        if isinstance(header_map, dict) and isinstance(header_map.get("headers"), list):
+            new_http["headerMap"] = {**header_map, "headers": [
+                {**h, **({"value": REDACTED} if "value" in h else {}),
+                 **({"rawValue": REDACTED} if "rawValue" in h else {})}
+                if isinstance(h, dict) and str(h.get("key", "")).lower() in SENSITIVE_HEADERS
+                else h for h in header_map["headers"]]}
+        if new_http.get("headers") is None:
+            new_http.pop("headers")
+        attributes = dict(input_doc["attributes"])
+        attributes["request"] = {**attributes["request"], "http": new_http}
+        out["attributes"] = attributes
+    command = input_doc.get("command")
+    if isinstance(command, dict) and "headers" in command:
+        out["command"] = {**command, "headers": _redact_headers(command["headers"])}
+    return out

@@ -114,16 +114,17 @@ def test_plugin_style_policy(envoy_engine: Engine) -> None:
 
 def test_malformed_result_fails_closed(envoy_engine: Engine) -> None:
     response = AuthorizationServicer(envoy_engine).check(request("/malformed"), "d-1")
-    assert response.status.code == code_pb2.PERMISSION_DENIED
-    assert response.denied_response.status.code == 403
-    assert body(response) == {"error": "policy error", "decision_id": "d-1",
-                              "message": "expected allowed to be a boolean, got str"}
+    assert response.status.code == code_pb2.INTERNAL
+    assert response.denied_response.status.code == 500
+    assert body(response) == {"error": "policy error", "decision_id": "d-1"}
+    assert response.dynamic_metadata.fields["error"].string_value == (
+        "expected allowed to be a boolean, got str")
 
 
 def test_query_runtime_error_fails_closed(envoy_engine: Engine) -> None:
     response = AuthorizationServicer(envoy_engine).check(request("/boom"), "d-0")
-    assert response.status.code == code_pb2.PERMISSION_DENIED
-    assert response.denied_response.status.code == 403
+    assert response.status.code == code_pb2.INTERNAL
+    assert response.denied_response.status.code == 500
     assert body(response)["error"] == "policy error"
 
 
@@ -165,8 +166,8 @@ def test_review_creates_an_approval_request(ordinance_engine: Engine) -> None:
 
 def test_policy_runtime_error_is_a_deny(ordinance_engine: Engine) -> None:
     response = AuthorizationServicer(ordinance_engine).check(request("/boom"))
-    assert response.status.code == code_pb2.PERMISSION_DENIED
-    assert response.denied_response.status.code == 403
+    assert response.status.code == code_pb2.INTERNAL
+    assert response.denied_response.status.code == 500
 
 
 # --- identity ---------------------------------------------------------------------------------
@@ -236,4 +237,4 @@ def test_check_over_grpc(grpc_target: str) -> None:
     assert allowed.status.code == code_pb2.OK
     assert denied.denied_response.status.code == 403
     decision_id = allowed.dynamic_metadata.fields["decision_id"].string_value
-    assert len(decision_id) == 36
+    assert len(decision_id) == 26  # a ULID, like the decision service's ids
