@@ -3,9 +3,10 @@
 Each append is one durable transaction (SQLite WAL with synchronous=FULL; PostgreSQL with
 synchronous_commit on, against the throwaway test cluster, which runs with fsync=off, so its
 figures are an upper bound for a real disk). Shapes: one sequential writer; 4 threads sharing
-one `AuditLog`; 4 processes each with its own. The events/s figure of each case is stored in
-the benchmark's `extra_info`. Run: `pytest benchmarks/test_audit_throughput.py
---benchmark-only` (PostgreSQL from `ORDINANCE_TEST_PG_DSN` or a throwaway cluster).
+one `AuditLog`; 4 processes each with its own; `append_many` batches of 100 (one commit).
+The events/s figure of each case is stored in the benchmark's `extra_info`. Run:
+`pytest benchmarks/test_audit_throughput.py --benchmark-only` (PostgreSQL from
+`ORDINANCE_TEST_PG_DSN` or a throwaway cluster).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from engine.audit import AuditLog, open_audit_log
+from engine.audit import AuditEvent, AuditLog, open_audit_log
 
 EVENT = {
     "text": "SELECT id, pan, expiry FROM cards WHERE customer_id = 42 LIMIT 10",
@@ -83,6 +84,15 @@ def test_append_sequential(benchmark: Any, audit_url: str) -> None:
         rate = _report(benchmark, PER_WRITER)
         assert log.verify().ok
     assert rate > 50
+
+
+def test_append_many_batches_of_100(benchmark: Any, audit_url: str) -> None:
+    batch = [AuditEvent("statement", EVENT, "batch", "bench")] * PER_WRITER
+    with open_audit_log(audit_url) as log:
+        benchmark.pedantic(log.append_many, args=(batch,), rounds=10, warmup_rounds=1)
+        rate = _report(benchmark, PER_WRITER)
+        assert log.verify().ok
+    assert rate > 500
 
 
 def test_append_4_threads(benchmark: Any, audit_url: str) -> None:

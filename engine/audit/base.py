@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -102,6 +102,17 @@ class PruneResult:
     cutoff: str
     checkpoint: Checkpoint | None
     """None when nothing was old enough to remove."""
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One event for `AuditLog.append_many`; the same fields `append` takes."""
+
+    kind: str
+    payload: dict[str, Any]
+    subject: str | None = None
+    session_id: str | None = None
+    decision_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -252,14 +263,25 @@ class AuditLog:
     def append(self, kind: str, payload: dict[str, Any], *, subject: str | None = None,
                session_id: str | None = None, decision_id: str | None = None) -> AuditRecord:
         """Chain one event after the trail's last record; returns once it is durable."""
-        event = prepare_event(kind, payload, subject, session_id, decision_id)
+        return self._append_prepared([prepare_event(kind, payload, subject, session_id,
+                                                    decision_id)])[0]
+
+    def append_many(self, events: Iterable[AuditEvent]) -> list[AuditRecord]:
+        """Chain several events in one transaction: all become durable, or none (an invalid
+        event is refused before anything is written). One commit for the batch, so a batch
+        costs about as much as a single append."""
+        prepared = [prepare_event(e.kind, e.payload, e.subject, e.session_id, e.decision_id)
+                    for e in events]
+        return self._append_prepared(prepared) if prepared else []
+
+    def _append_prepared(self, events: list[PreparedEvent]) -> list[AuditRecord]:
         try:
-            with self._conn.write() as tx:
-                record = self._append_locked(tx, self._lock_head(tx), event)
+            with self._conn.write(pipelined=True) as tx:
+                records = self._append_locked(tx, self._lock_head(tx), events)
         except self._errors as exc:
             raise AuditWriteError(f"audit append failed, nothing recorded: {exc}") from exc
-        self._after_commit(record)
-        return record
+        self._after_commit(records[-1])
+        return records
 
     def _lock_head(self, tx: SqlConnection) -> tuple[Any, ...]:
         head = tx.one(self._LOCK_HEAD)
@@ -268,25 +290,31 @@ class AuditLog:
         return head
 
     def _append_locked(self, tx: SqlConnection, head: tuple[Any, ...],
-                       event: PreparedEvent) -> AuditRecord:
+                       events: list[PreparedEvent]) -> list[AuditRecord]:
+        """Chain `events` after `head` (read under the write lock): insert them, move the head,
+        notify. Issues no read, so on PostgreSQL it all travels in one pipelined round trip."""
         last_seq, last_hash, last_id, last_ts = head
         now = datetime.now(UTC)
         if last_ts and format_ts(now) < last_ts:
             now = parse_ts(last_ts)  # a lagging clock never makes time run backwards
         ts = format_ts(now)
-        record = AuditRecord(
-            seq=int(last_seq) + 1, id=new_ulid(now, last_id), ts=ts, kind=event.kind,
-            subject=event.subject, session_id=event.session_id,
-            decision_id=event.decision_id, payload=event.payload, prev_hash=last_hash, hash="")
-        fields = record.hashed_fields()
-        digest = record_hash(fields)
-        tx.run(f"INSERT INTO ordinance_audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-               (record.seq, record.id, ts, record.kind, record.subject, record.session_id,
-                record.decision_id, canonical_json(record.payload), record.prev_hash, digest))
+        records: list[AuditRecord] = []
+        for event in events:
+            fields = AuditRecord(
+                seq=int(last_seq) + 1, id=new_ulid(now, last_id), ts=ts, kind=event.kind,
+                subject=event.subject, session_id=event.session_id,
+                decision_id=event.decision_id, payload=event.payload, prev_hash=last_hash,
+                hash="").hashed_fields()
+            record = AuditRecord(**fields, hash=record_hash(fields))
+            records.append(record)
+            last_seq, last_hash, last_id = record.seq, record.hash, record.id
+        tx.many(f"INSERT INTO ordinance_audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.seq, r.id, r.ts, r.kind, r.subject, r.session_id, r.decision_id,
+                  canonical_json(r.payload), r.prev_hash, r.hash) for r in records])
         tx.run("UPDATE ordinance_audit_head SET seq = ?, hash = ?, last_id = ?, last_ts = ? "
-               "WHERE one = 1", (record.seq, digest, record.id, ts))
-        self._notify(tx, record.seq)
-        return AuditRecord(**{**fields, "hash": digest})
+               "WHERE one = 1", (last_seq, last_hash, last_id, ts))
+        self._notify(tx, last_seq)
+        return records
 
     # -- retention --------------------------------------------------------------------------
 
@@ -316,7 +344,7 @@ class AuditLog:
                 event = prepare_event("audit.pruned", {
                     "through_seq": through_seq, "pruned": pruned, "cutoff": cutoff,
                     "retention_days": period.days, "seal_alg": alg}, None, None, None)
-                record = self._append_locked(tx, head, event)
+                [record] = self._append_locked(tx, head, [event])
         except self._errors as exc:
             raise AuditWriteError(f"audit prune failed, nothing removed: {exc}") from exc
         self._after_commit(record)

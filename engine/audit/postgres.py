@@ -55,7 +55,7 @@ class PostgresAuditLog(AuditLog):
         return bool(row and row[0])
 
     def _notify(self, tx: SqlConnection, seq: int) -> None:
-        tx.one(f"SELECT pg_notify('{NOTIFY_CHANNEL}', ?)", (str(seq),))
+        tx.run(f"SELECT pg_notify('{NOTIFY_CHANNEL}', ?)", (str(seq),))  # no fetch: pipelined
 
     def _start_waiting(self) -> None:
         with self._listen_lock:

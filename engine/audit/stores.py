@@ -151,6 +151,14 @@ class SqlConnection:
         with self.lock:
             return int(self.raw.execute(self._sql(sql), params).rowcount)
 
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.lock:
+            if self.dialect == "sqlite":
+                self.raw.executemany(sql, rows)
+            else:
+                with self.raw.cursor() as cur:
+                    cur.executemany(self._sql(sql), rows)
+
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         with self.lock:
             row = self.raw.execute(self._sql(sql), params).fetchone()
@@ -161,20 +169,28 @@ class SqlConnection:
             return [tuple(r) for r in self.raw.execute(self._sql(sql), params).fetchall()]
 
     @contextmanager
-    def write(self) -> Iterator[SqlConnection]:
+    def write(self, *, pipelined: bool = False) -> Iterator[SqlConnection]:
         """A read-write transaction. On SQLite `BEGIN IMMEDIATE` takes the database's write lock
         up front, so a read of the tail and the insert after it cannot interleave with another
-        writer. On PostgreSQL the caller locks the rows it reads (`FOR UPDATE`)."""
+        writer. On PostgreSQL the caller locks the rows it reads (`FOR UPDATE`).
+
+        `pipelined` (PostgreSQL): statements are sent without waiting for each answer; a read
+        (`one`, `all`) waits for everything before it, and the commit is confirmed when the
+        block ends. `run` then returns no meaningful row count, so only callers that do not
+        need one ask for it. Any error still aborts the whole transaction."""
         process_writers = (_sqlite_writer_lock(self.store.target) if self.dialect == "sqlite"
                            else nullcontext())
+        pipeline = (self.raw.pipeline() if pipelined and self.dialect == "postgres"
+                    else nullcontext())
         with self.lock, process_writers:
-            self.run("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
             try:
-                yield self
+                with pipeline:
+                    self.run("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+                    yield self
+                    self.run("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
-            self.run("COMMIT")
 
     @contextmanager
     def snapshot(self) -> Iterator[SqlConnection]:

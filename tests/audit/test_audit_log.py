@@ -13,7 +13,9 @@ import pytest
 
 from engine.audit import (
     AuditConfigError,
+    AuditEvent,
     AuditStoreUnavailable,
+    AuditWriteError,
     InvalidAuditEvent,
     RetentionError,
     open_audit_log,
@@ -64,6 +66,31 @@ def test_records_are_chained_and_verify(log: AuditLog) -> None:
     assert list(log.iter_records()) == records
     result = log.verify()
     assert (result.ok, result.count, result.first_bad_seq) == (True, 5, None)
+
+
+def test_append_many_is_one_all_or_nothing_batch(log: AuditLog) -> None:
+    first = log.append("session.start", {}, session_id="s")
+    batch = log.append_many([AuditEvent("statement", {"text": f"SELECT {i}"}, "bob", "s")
+                             for i in range(3)])
+    assert [r.seq for r in batch] == [2, 3, 4] and batch[0].prev_hash == first.hash
+    assert batch[2].subject == "bob" and list(log.iter_records())[1:] == batch
+    with pytest.raises(InvalidAuditEvent):
+        log.append_many([AuditEvent("statement", {}), AuditEvent("Bad Kind", {})])
+    assert log.append_many([]) == [] and log.last_seq() == 4 and log.verify().ok
+
+
+def test_failed_append_records_nothing_and_the_log_recovers(log: AuditLog,
+                                                           raw_sql: RawSql) -> None:
+    records = fill(log, 2)
+    insert_raw(raw_sql, forge(3, records[-1].hash, {"text": "squatting on seq 3"}))
+    with pytest.raises(AuditWriteError, match="nothing recorded"):
+        log.append("session.start", {})
+    with pytest.raises(AuditWriteError):
+        log.append_many([AuditEvent("statement", {}), AuditEvent("statement", {})])
+    assert raw_sql("SELECT seq FROM ordinance_audit_head") == [(2,)]
+    raw_sql("DELETE FROM ordinance_audit WHERE seq = 3")
+    assert log.append("session.start", {}).seq == 3
+    assert log.verify().ok
 
 
 def test_empty_trail_verifies(log: AuditLog) -> None:
