@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -172,8 +172,15 @@ class GrpcService:
 def start_grpc_server(runtime: ServiceRuntime, address: str, *, tls: TLSConfig | None = None,
                       token: BearerToken | None = None,
                       max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                      reuse_port: bool = False, threads: int = DEFAULT_THREADS) -> GrpcService:
-    """Bind `address` (`host:port`, port 0 picks one) and start serving."""
+                      reuse_port: bool = False, threads: int = DEFAULT_THREADS,
+                      extra_handlers: Sequence[tuple[str, grpc.GenericRpcHandler]] = ()
+                      ) -> GrpcService:
+    """Bind `address` (`host:port`, port 0 picks one) and start serving.
+
+    `extra_handlers` are `(full service name, generic handler)` pairs served on the same
+    port (e.g. Envoy's ext_authz); they get reflection and a per-service health status that
+    follows policy readiness like the DecisionService's.
+    """
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -189,17 +196,19 @@ def start_grpc_server(runtime: ServiceRuntime, address: str, *, tls: TLSConfig |
                                                     thread_name_prefix="grpc"),
                          options=options, interceptors=interceptors)
     servicer = DecisionServicer(runtime)
-    server.add_generic_rpc_handlers((servicer.generic_handler(),))
+    server.add_generic_rpc_handlers(
+        (servicer.generic_handler(), *(handler for _, handler in extra_handlers)))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    served = (SERVICE_NAME, *(name for name, _ in extra_handlers))
     reflection.enable_server_reflection(
-        (SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        (*served, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
 
     def on_ready(ready: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if ready
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
-        health_servicer.set("", status)
-        health_servicer.set(SERVICE_NAME, status)
+        for name in ("", *served):
+            health_servicer.set(name, status)
 
     runtime.add_ready_listener(on_ready)
     if tls is not None:
