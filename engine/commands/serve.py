@@ -1,7 +1,10 @@
 """`ordinance serve`: run the decision service (gRPC + OPA-compatible HTTP) on a policy dir.
 
 Parses flags into an `engine.service.server.ServiceConfig` and runs one process or a
-supervisor of `--workers N`. Prints one JSON line on stdout when serving
+supervisor of `--workers N`. Envoy's ext_authz (`envoy.service.auth.v3.Authorization/Check`)
+is served on the gRPC port too, and its HTTP-service mode under `/envoy` on the HTTP port
+(`engine.commands.envoy` has the flags; `--envoy-query off` still mounts it, deciding with
+Ordinance's own rules only). Prints one JSON line on stdout when serving
 (`{"event": "serving", "grpc": "host:port", "http": "host:port", ...}`); logs go to stderr.
 """
 
@@ -69,11 +72,15 @@ def register(subparsers: Any) -> None:
                    metavar="SIZE", help="largest request accepted (default 4MiB)")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often the policy directory is checked for changes")
+    from engine.commands.envoy import add_envoy_arguments
+
+    add_envoy_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.commands.envoy import envoy_options
     from engine.service.server import ServiceConfig, configure_logging, run_service
     from engine.service.tls import InsecureListenError, tls_config
 
@@ -85,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
             policies=Path(args.policies), grpc_address=args.grpc, http_address=args.http,
             audit_url=args.audit, decision_log_path=args.decision_log, workers=args.workers,
             tls=tls, token_file=args.token_file, insecure_listen=args.insecure_listen,
-            max_message_bytes=args.max_message_bytes, reload_interval=args.reload_interval)
+            max_message_bytes=args.max_message_bytes, reload_interval=args.reload_interval,
+            extensions=(envoy_options(args, http_prefix="/envoy",
+                                      http_max_body_bytes=args.max_message_bytes),))
         if not config.addresses():
             raise ValueError("both --grpc and --http are off: nothing to serve")
         config.check_security()

@@ -15,6 +15,9 @@ Endpoints (OPA semantics, so OPA clients and sidecars work unchanged):
 - `GET /v1/status`: reload detail (active revision, last rejected change with `file:line`).
 - `GET /metrics`: Prometheus text.
 
+Mounted routes (`routes`: path prefix -> endpoint, e.g. Envoy's ext_authz HTTP-service mode
+under `/envoy`) take every method on their prefix and answer (and authenticate) themselves.
+
 With `--token-file`, everything but `GET /health` needs `Authorization: Bearer <token>`.
 TLS handshakes run in the connection's thread, never in the accept loop. This module
 translates; it decides nothing.
@@ -145,7 +148,26 @@ class DataAPIHandler(BaseHTTPRequestHandler):
 
     # -- routes ---------------------------------------------------------------------------
 
+    def _mounted(self) -> bool:
+        """Hand the request to a mounted route if its prefix matches; True when handled."""
+        for prefix, endpoint in self.server.routes.items():
+            if self.path == prefix or self.path.startswith((prefix + "/", prefix + "?")):
+                endpoint.handle(self)
+                return True
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        """`do_PUT`, `do_DELETE`, … exist only for mounted routes (else 501 as before)."""
+        if name.startswith("do_") and name[3:].isalpha() and self.server.routes:
+            def dispatch() -> None:
+                if not self._mounted():
+                    self._not_found(urlsplit(self.path).path)
+            return dispatch
+        raise AttributeError(name)
+
     def do_GET(self) -> None:
+        if self.server.routes and self._mounted():
+            return
         url = urlsplit(self.path)
         params = parse_qs(url.query, keep_blank_values=True)
         if url.path == "/health":
@@ -162,6 +184,8 @@ class DataAPIHandler(BaseHTTPRequestHandler):
             self._not_found(url.path)
 
     def do_POST(self) -> None:
+        if self.server.routes and self._mounted():
+            return
         url = urlsplit(self.path)
         if not self._authorized():
             return
@@ -274,9 +298,10 @@ class DecisionHTTPServer(ThreadingHTTPServer):
 
     def __init__(self, host: str, port: int, runtime: ServiceRuntime, *,
                  tls: TLSConfig | None = None, token: BearerToken | None = None,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, reuse_port: bool = False
-                 ) -> None:
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, reuse_port: bool = False,
+                 routes: dict[str, Any] | None = None) -> None:
         self.runtime = runtime
+        self.routes = dict(routes or {})
         self.token = token
         self.max_body_bytes = max_body_bytes
         self.reuse_port = reuse_port
@@ -332,9 +357,11 @@ class HttpService:
 def start_http_server(runtime: ServiceRuntime, host: str, port: int, *,
                       tls: TLSConfig | None = None, token: BearerToken | None = None,
                       max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                      reuse_port: bool = False) -> HttpService:
+                      reuse_port: bool = False,
+                      routes: dict[str, Any] | None = None) -> HttpService:
     server = DecisionHTTPServer(host, port, runtime, tls=tls, token=token,
-                                max_body_bytes=max_body_bytes, reuse_port=reuse_port)
+                                max_body_bytes=max_body_bytes, reuse_port=reuse_port,
+                                routes=routes)
     service = HttpService(server)
     log.info("HTTP listening on %s:%d (tls=%s)", host, service.port, tls is not None)
     return service

@@ -58,6 +58,12 @@ class ServiceConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     reload_interval: float = 1.0
     reuse_port: bool = False
+    extensions: tuple[Any, ...] = ()
+    """More services for each process, e.g. `adapters.envoy.service.EnvoyOptions` (Envoy
+    ext_authz). Each is picklable configuration (`--workers` spawns processes with it) whose
+    `start(runtime, tls=, token=)` returns an object with `grpc_handlers` ((service name,
+    generic handler) pairs), `http_routes` (path prefix -> endpoint with `handle(handler)`),
+    `describe()` and `stop()`."""
 
     def addresses(self) -> list[tuple[str, str, int]]:
         """(transport, host, port) of the enabled listeners."""
@@ -86,6 +92,7 @@ class Service:
         self.grpc: GrpcService | None = None
         self.http: HttpService | None = None
         self.decision_log: DecisionLog | None = None
+        self.extensions: list[Any] = []
 
     @property
     def grpc_port(self) -> int | None:
@@ -109,17 +116,21 @@ class Service:
         runtime = self.runtime = ServiceRuntime(decision_log=self.decision_log,
                                                 metrics=metrics)
         try:
+            for extension in config.extensions:
+                self.extensions.append(extension.start(runtime, tls=config.tls, token=token))
+            grpc_handlers = [h for e in self.extensions for h in e.grpc_handlers]
+            http_routes = {p: r for e in self.extensions for p, r in e.http_routes.items()}
             for name, host, port in config.addresses():
                 if name == "gRPC":
                     self.grpc = start_grpc_server(
                         runtime, join_host_port(host, port), tls=config.tls, token=token,
                         max_message_bytes=config.max_message_bytes,
-                        reuse_port=config.reuse_port)
+                        reuse_port=config.reuse_port, extra_handlers=grpc_handlers)
                 else:
                     self.http = start_http_server(
                         runtime, host, port, tls=config.tls, token=token,
                         max_body_bytes=config.max_message_bytes,
-                        reuse_port=config.reuse_port)
+                        reuse_port=config.reuse_port, routes=http_routes)
             self.watcher = PolicyWatcher(config.policies, on_loaded=runtime.activate,
                                          on_rejected=runtime.reject,
                                          interval=config.reload_interval)
@@ -136,6 +147,8 @@ class Service:
         for name, host, _ in self.config.addresses():
             port = self.grpc_port if name == "gRPC" else self.http_port
             out[name.lower()] = join_host_port(host, port or 0)
+        for extension in self.extensions:
+            out.update(extension.describe())
         if self.runtime is not None:
             out["policy_revision"] = self.runtime.status.revision
             out["policy_errors"] = self.runtime.status.last_errors
@@ -148,6 +161,9 @@ class Service:
             self.http.stop()
         if self.watcher is not None:
             self.watcher.stop()
+        for extension in self.extensions:
+            extension.stop()
+        self.extensions = []
         if self.decision_log is not None:
             self.decision_log.close()
 

@@ -1,0 +1,355 @@
+"""ext_authz in HTTP-service mode: Envoy forwards the request, the status of our answer decides.
+
+Envoy's `http_service` variant of the ext_authz filter sends the client's method, path
+(prefixed with `path_prefix`), allowed headers and (with `with_request_body`) the body to an
+HTTP server; a 200 answer lets the request through, with the answer's headers that match
+`allowed_upstream_headers` added to the upstream request and those matching
+`allowed_client_headers_on_success` added to the client's response; any other status is sent
+to the client as the denial, with the body and the headers matching `allowed_client_headers`.
+
+This module maps that exchange onto the same `AuthorizationServicer` as the gRPC mode, so
+policies see the same input document and give the same answers:
+
+* `http_to_check_request` (pure): method, target minus the path prefix, lower-cased headers
+  (repeated ones joined with `,` as Envoy does), body (`body` when UTF-8, else `raw_body`),
+  peer and local addresses -> a v3 CheckRequest. A body cut at our limit is marked as Envoy
+  marks a partial one (`x-envoy-auth-partial-body: true`), so it is `truncated_body`.
+* `check_response_to_http` (pure): CheckResponse -> (status, headers, body). An allow is 200
+  with the result's `headers` and `response_headers_to_add`, and the names of
+  `request_headers_to_remove` in `x-envoy-auth-headers-to-remove`. Query-parameter changes
+  cannot be expressed in this mode: such a result is refused (`UnrepresentableResponse`)
+  and the caller denies, rather than letting the request through unchanged.
+* `HttpCheckEndpoint`: reads one request from a `BaseHTTPRequestHandler` and writes the answer;
+  `start_http_check_server` serves it on its own port (`ordinance envoy --http`), where every
+  path is a check. With a service token, Envoy must send `x-ordinance-authorization: Bearer
+  <token>` (`authorization_request.headers_to_add`); the client's own `Authorization` header
+  is the policy's business and travels untouched. The token header is never shown to policies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from envoy.service.auth.v3 import external_auth_pb2  # type: ignore[import-untyped]
+from google.rpc import code_pb2  # type: ignore[import-untyped]
+
+from adapters.envoy.authz import AuthorizationServicer
+from adapters.envoy.translate import (
+    DECISION_ID_HEADER,
+    PARTIAL_BODY_HEADER,
+    CheckRequest,
+    CheckResponse,
+    error_response,
+)
+from engine.service.tls import BearerToken, TLSConfig
+
+log = logging.getLogger(__name__)
+
+TOKEN_HEADER = "x-ordinance-authorization"
+HEADERS_TO_REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "upgrade",
+                         "proxy-connection", "trailer"})
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_VALUE = re.compile(r"[\x00\r\n]")
+
+
+class UnrepresentableResponse(ValueError):
+    """The CheckResponse asks for something an HTTP answer cannot carry."""
+
+
+# ---------------------------------------------------------------------------------------------
+# pure translation
+
+
+def strip_prefix(target: str, prefix: str) -> str:
+    """`/envoy/people?x=1` -> `/people?x=1` for prefix `/envoy`; the target when it has none."""
+    prefix = prefix.rstrip("/")
+    if prefix and (target == prefix or target.startswith((prefix + "/", prefix + "?"))):
+        rest = target[len(prefix):]
+        return rest if rest.startswith("/") else "/" + rest
+    return target
+
+
+def http_to_check_request(method: str, target: str, headers: Iterable[tuple[str, str]],
+                          body: bytes, *, path_prefix: str = "", partial: bool = False,
+                          peer: tuple[str, int] | None = None,
+                          local: tuple[str, int] | None = None,
+                          protocol: str = "HTTP/1.1") -> CheckRequest:
+    """The CheckRequest Envoy would have sent over gRPC for this forwarded request."""
+    req = external_auth_pb2.CheckRequest()
+    attributes = req.attributes
+    http = attributes.request.http
+    merged: dict[str, str] = {}
+    for name, value in headers:
+        key = name.lower()
+        if key in _HOP_BY_HOP or key == TOKEN_HEADER:
+            continue
+        merged[key] = f"{merged[key]},{value}" if key in merged else value
+    path = strip_prefix(target, path_prefix)
+    if partial:
+        merged[PARTIAL_BODY_HEADER] = "true"
+    host = merged.get("host", merged.get(":authority", ""))
+    http.method = method.upper()
+    http.path = path
+    http.host = host
+    http.protocol = protocol
+    http.size = len(body)
+    for key, value in merged.items():
+        http.headers[key] = value
+    if body:
+        try:
+            http.body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            http.raw_body = body
+    attributes.request.time.GetCurrentTime()
+    if peer is not None:
+        attributes.source.address.socket_address.address = str(peer[0])
+        attributes.source.address.socket_address.port_value = int(peer[1])
+    if local is not None:
+        attributes.destination.address.socket_address.address = str(local[0])
+        attributes.destination.address.socket_address.port_value = int(local[1])
+    return req
+
+
+def _pairs(options: Any) -> list[tuple[str, str]]:
+    return [(o.header.key, o.header.value or o.header.raw_value.decode("utf-8", "replace"))
+            for o in options]
+
+
+def _check_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    for name, value in headers:
+        if not _TOKEN.match(name) or _BAD_VALUE.search(value):
+            raise UnrepresentableResponse(f"header {name!r} is not a valid HTTP header")
+    return headers
+
+
+def check_response_to_http(response: CheckResponse) -> tuple[int, list[tuple[str, str]], bytes]:
+    """(status, headers, body) of the HTTP answer for a CheckResponse."""
+    decision_id = response.dynamic_metadata.fields["decision_id"].string_value \
+        if "decision_id" in response.dynamic_metadata.fields else ""
+    if response.status.code == code_pb2.OK:
+        ok = response.ok_response
+        if ok.query_parameters_to_set or ok.query_parameters_to_remove:
+            raise UnrepresentableResponse("query parameter changes cannot be made in the "
+                                          "HTTP service mode of ext_authz")
+        headers = _pairs(ok.headers) + _pairs(ok.response_headers_to_add)
+        if ok.headers_to_remove:
+            headers.append((HEADERS_TO_REMOVE_HEADER, ",".join(ok.headers_to_remove)))
+        status, body = 200, b""
+    else:
+        denied = response.denied_response
+        headers = _pairs(denied.headers)
+        status = int(denied.status.code) or 403
+        body = denied.body.encode("utf-8")
+    if decision_id and not any(k.lower() == DECISION_ID_HEADER for k, _ in headers):
+        headers.append((DECISION_ID_HEADER, decision_id))
+    return status, _check_headers(headers), body
+
+
+# ---------------------------------------------------------------------------------------------
+# the endpoint
+
+
+class _BodyError(ValueError):
+    pass
+
+
+class HttpCheckEndpoint:
+    """Answers one forwarded request on a `BaseHTTPRequestHandler` with a decision."""
+
+    def __init__(self, servicer: AuthorizationServicer, *, path_prefix: str = "",
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 token: BearerToken | None = None) -> None:
+        self.servicer = servicer
+        self.path_prefix = path_prefix
+        self.max_body_bytes = max_body_bytes
+        self.token = token
+
+    def _read_body(self, handler: BaseHTTPRequestHandler) -> tuple[bytes, bool]:
+        """(body, partial): at most `max_body_bytes`; partial when there was more."""
+        limit = self.max_body_bytes
+        if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
+            parts: list[bytes] = []
+            total = 0
+            while True:
+                line = handler.rfile.readline(1026)
+                try:
+                    size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                except ValueError:
+                    raise _BodyError("bad chunk size") from None
+                if size == 0:
+                    while handler.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts), False
+                if total + size > limit:
+                    parts.append(handler.rfile.read(limit - total))
+                    return b"".join(parts), True
+                parts.append(handler.rfile.read(size))
+                total += size
+                handler.rfile.readline(3)
+        length_header = handler.headers.get("Content-Length")
+        if not length_header:
+            return b"", False
+        try:
+            length = int(length_header)
+        except ValueError:
+            raise _BodyError("bad Content-Length") from None
+        if length < 0:
+            raise _BodyError("negative Content-Length")
+        if length > limit:
+            return handler.rfile.read(limit), True
+        return handler.rfile.read(length), False
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        started = time.perf_counter()
+        if self.token is not None and not self.token.check_header(
+                handler.headers.get(TOKEN_HEADER)):
+            _write(handler, 401, [("content-type", "application/json")],
+                   b'{"error":"unauthorized","message":"missing or invalid service token"}')
+            return
+        try:
+            body, partial = self._read_body(handler)
+        except (_BodyError, OSError) as exc:
+            _write(handler, 400, [("content-type", "application/json")],
+                   b'{"error":"bad request","message":"cannot read body"}', close=True)
+            log.info("ext_authz HTTP: %s", exc)
+            return
+        peer = handler.client_address if isinstance(handler.client_address, tuple) else None
+        request = http_to_check_request(
+            handler.command, handler.path, handler.headers.items(), body,
+            path_prefix=self.path_prefix, partial=partial, peer=peer,
+            local=_local_address(handler), protocol=handler.request_version)
+        response = self.servicer.check(request)
+        try:
+            status, headers, out = check_response_to_http(response)
+        except UnrepresentableResponse as exc:
+            decision_id = response.dynamic_metadata.fields["decision_id"].string_value
+            log.warning("decision %s: %s; denying", decision_id, exc)
+            status, headers, out = check_response_to_http(error_response(str(exc),
+                                                                         decision_id))
+        # A body we did not read to its end cannot leave the connection reusable.
+        _write(handler, status, headers, out, close=partial)
+        log.debug("ext_authz HTTP %s %s -> %d in %.1f ms", handler.command, handler.path,
+                  status, (time.perf_counter() - started) * 1e3)
+
+
+def _local_address(handler: BaseHTTPRequestHandler) -> tuple[str, int] | None:
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        name = handler.connection.getsockname()
+        return str(name[0]), int(name[1])
+    return None
+
+
+def _write(handler: BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]],
+           body: bytes, close: bool = False) -> None:
+    reason = handler.responses.get(status, ("",))[0]
+    head = [f"HTTP/1.1 {status} {reason}"]
+    head.extend(f"{name}: {value}" for name, value in headers
+                if name.lower() not in ("content-length", "connection"))
+    head.append(f"Content-Length: {len(body)}")
+    if close:
+        head.append("Connection: close")
+        handler.close_connection = True
+    handler.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + body)
+    handler.log_request(status, len(body))
+
+
+# ---------------------------------------------------------------------------------------------
+# a server of its own (`ordinance envoy --http`)
+
+
+class _CheckHandler(BaseHTTPRequestHandler):
+    """Every method on every path is a check."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "ordinance-ext-authz"
+    sys_version = ""
+    timeout = 60
+    server: _CheckServer
+
+    def setup(self) -> None:
+        super().setup()
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("do_") and _TOKEN.match(name[3:]):
+            return self._check
+        raise AttributeError(name)
+
+    def _check(self) -> None:
+        self.server.endpoint.handle(self)
+
+
+class _CheckServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, host: str, port: int, endpoint: HttpCheckEndpoint, *,
+                 tls: TLSConfig | None = None) -> None:
+        self.endpoint = endpoint
+        self.ssl_context = tls.ssl_context() if tls else None
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host.strip("[]"), port), _CheckHandler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = self.socket.accept()
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(sock, server_side=True,
+                                                do_handshake_on_connect=False)
+        return sock, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        import ssl
+
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(10)
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                log.info("TLS handshake with %s failed: %s", client_address, exc)
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("ext_authz HTTP connection from %s ended with an error", client_address,
+                  exc_info=True)
+
+
+class HttpCheckServer:
+    """A running ext_authz HTTP service; `port` is the bound port."""
+
+    def __init__(self, server: _CheckServer) -> None:
+        self.server = server
+        self.port: int = server.server_address[1]
+        self._thread = threading.Thread(target=server.serve_forever,
+                                        kwargs={"poll_interval": 0.25},
+                                        name="ext-authz-http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_http_check_server(endpoint: HttpCheckEndpoint, host: str, port: int, *,
+                            tls: TLSConfig | None = None) -> HttpCheckServer:
+    running = HttpCheckServer(_CheckServer(host, port, endpoint, tls=tls))
+    log.info("ext_authz HTTP service listening on %s:%d (tls=%s)", host, running.port,
+             tls is not None)
+    return running
