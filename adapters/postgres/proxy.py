@@ -127,6 +127,10 @@ class ProxyConfig:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
+class _UpstreamLost(ConnectionError):
+    """Writing to the upstream server failed: it went away."""
+
+
 class _UpstreamRefused(Exception):
     def __init__(self, error: ErrorResponse) -> None:
         super().__init__(error.message)
@@ -187,8 +191,8 @@ class _Client:
 
 
 def _unread_bytes(reader: asyncio.StreamReader) -> int:
-    """Bytes a StreamReader holds that nobody read yet. StreamReader has no public accessor;
-    this matters only around STARTTLS, where such bytes would be unencrypted injections
+    """Bytes a StreamReader holds that nobody read yet (StreamReader has no public accessor).
+    Checked just before switching to TLS, where such bytes would be clear-text injections
     (CVE-2021-23214 / CVE-2021-23222)."""
     buffer = getattr(reader, "_buffer", b"")
     return len(buffer)
@@ -201,7 +205,8 @@ def _fatal(code: str, message: str, **extra: str | None) -> ErrorResponse:
 async def _close_writer(writer: asyncio.StreamWriter) -> None:
     with contextlib.suppress(Exception):
         writer.close()
-        await asyncio.wait_for(writer.wait_closed(), 5)
+        async with asyncio.timeout(5):
+            await writer.wait_closed()
 
 
 class PostgresProxy:
@@ -243,7 +248,8 @@ class PostgresProxy:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
+                async with asyncio.timeout(5):
+                    await self._server.wait_closed()
             self._server = None
 
     async def __aenter__(self) -> PostgresProxy:
@@ -346,17 +352,16 @@ class PostgresProxy:
                     client.writer.write(b"N")
                     await client.writer.drain()
                     continue
-                if client.decoder.buffered:
+                if client.decoder.buffered or _unread_bytes(client.reader):
+                    # The client may not speak before our answer: anything already here was
+                    # injected in clear text (CVE-2021-23214).
                     await client.fatal(_fatal("08P01",
                                               "received unencrypted data after SSL request"))
                     return None
+                # No await between this write and the switch to TLS inside start_tls(), so
+                # nothing the client sends after our "S" can land in the plain-text buffer.
                 client.writer.write(b"S")
-                await client.writer.drain()
                 await client.writer.start_tls(self.config.server_ssl)
-                if _unread_bytes(client.reader):
-                    log.warning("client %s: data injected before TLS handshake",
-                                client.address)
-                    return None
                 client.tls = True
                 continue
             if isinstance(message, GSSENCRequest):
@@ -480,21 +485,21 @@ class PostgresProxy:
     # Upstream
 
     async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self.target.host, self.target.port),
-            self.config.connect_timeout)
+        async with asyncio.timeout(self.config.connect_timeout):
+            reader, writer = await asyncio.open_connection(self.target.host, self.target.port)
         if self.config.upstream_ssl is None:
             return reader, writer
         try:
             writer.write(SSLRequest().encode())
             await writer.drain()
-            answer = await asyncio.wait_for(reader.readexactly(1), self.config.connect_timeout)
+            async with asyncio.timeout(self.config.connect_timeout):
+                answer = await reader.readexactly(1)
             if answer != b"S":
                 raise UpstreamAuthError("upstream server refused TLS")
-            await writer.start_tls(self.config.upstream_ssl, server_hostname=self.target.host)
             if _unread_bytes(reader):
                 raise UpstreamAuthError("upstream server sent unencrypted data after accepting "
                                         "TLS")
+            await writer.start_tls(self.config.upstream_ssl, server_hostname=self.target.host)
         except BaseException:
             await _close_writer(writer)
             raise
@@ -574,16 +579,16 @@ class PostgresProxy:
             done, _ = await asyncio.wait({to_server, to_client},
                                          return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            to_server.cancel()
-            to_client.cancel()
-            await asyncio.gather(to_server, to_client, return_exceptions=True)
+            await _stop(to_server)
+            await _stop(to_client)
             await self._finish_upstream(upstream, session)
             raise
         first = to_server if to_server in done else to_client
         other = to_client if first is to_server else to_server
-        other.cancel()
-        await asyncio.gather(other, return_exceptions=True)
+        await _stop(other)
         error = first.exception()
+        if isinstance(error, _UpstreamLost):
+            first, error = to_client, None  # reported like the server pump seeing EOF
         if first is to_server:
             if isinstance(error, ProtocolError | SessionError):
                 log.info("session %s: client protocol error: %s", ctx.session_id, error)
@@ -644,13 +649,18 @@ class PostgresProxy:
                 out.extend(session.client_message(frame, message, verdict,
                                                   allow_function_call=allow_fc))
             if out:
-                writer.writelines(out)
-                await writer.drain()
+                try:
+                    writer.writelines(out)
+                    await writer.drain()
+                except (ConnectionError, OSError) as exc:
+                    raise _UpstreamLost(str(exc)) from exc
 
     async def _decide(self, sql: str, ctx: SessionContext) -> StatementVerdict:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation
+        # that ends this pump when the hook finishes at the same moment, leaving it hanging.
         try:
-            verdict = await asyncio.wait_for(self.config.decide(sql, ctx),
-                                             self.config.decide_timeout)
+            async with asyncio.timeout(self.config.decide_timeout):
+                verdict = await self.config.decide(sql, ctx)
         except TimeoutError:
             log.warning("session %s: decision timed out; denying", ctx.session_id)
             return StatementVerdict.deny("the policy decision timed out")
@@ -683,6 +693,18 @@ class PostgresProxy:
             if out:
                 writer.writelines(out)
                 await writer.drain()
+
+
+async def _stop(task: asyncio.Task[Any]) -> None:
+    """Cancel a pump and wait (boundedly) for it: a decide hook that swallows cancellation
+    must not keep the session from closing."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    if not done:
+        log.warning("a session task ignored cancellation; leaving it behind")
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    elif not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as lost
 
 
 async def _read_frame(reader: asyncio.StreamReader, decoder: BackendDecoder) -> Frame | None:

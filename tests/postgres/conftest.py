@@ -171,6 +171,17 @@ def proxy_dsn(port: int, dbname: str, user: str = "alice", password: str | None 
     return " ".join(f"{k}='{v}'" for k, v in parts.items())
 
 
+def wait_until(predicate: Callable[[], bool], what: str, limit: float = 20.0) -> None:
+    """Poll `predicate` until true; the limit only bounds a broken test, it asserts nothing
+    about speed."""
+    import time
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
 def psql_env(password: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(PGPASSWORD=password, PGCLIENTENCODING="UTF8", PGSSLMODE="disable",

@@ -13,7 +13,15 @@ import pytest
 from psycopg import errors
 from psycopg.rows import tuple_row
 
-from tests.postgres.conftest import PSQL, USERS, Hook, ProxyThread, proxy_dsn, psql_env
+from tests.postgres.conftest import (
+    PSQL,
+    USERS,
+    Hook,
+    ProxyThread,
+    proxy_dsn,
+    psql_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.postgres
 PSQL_FLAGS = ["-X", "-A", "-q", "-P", "footer=off", "-v", "ON_ERROR_STOP=0"]
@@ -294,14 +302,6 @@ def _backends(upstream_db: str, marker: str) -> int:
         return int(row[0]) if row else 0
 
 
-def _wait_for(predicate: object, what: str, limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_client_disconnect_mid_query_leaves_no_backend(proxy: ProxyThread, dbname: str,
                                                       upstream_db: str) -> None:
     marker = "disc_" + uuid.uuid4().hex[:8]
@@ -318,8 +318,8 @@ def test_client_disconnect_mid_query_leaves_no_backend(proxy: ProxyThread, dbnam
                                    (marker, "SELECT pg_sleep%")).fetchone()
                 return bool(row and row[0])
 
-        _wait_for(running, "the query to start")
+        wait_until(running, "the query to start")
         process.kill()
     finally:
         process.wait(30)
-    _wait_for(lambda: _backends(upstream_db, marker) == 0, "the backend to go away")
+    wait_until(lambda: _backends(upstream_db, marker) == 0, "the backend to go away")
