@@ -95,7 +95,8 @@ class DecisionServicer:
             response.correlation_id = request.correlation_id
             if self._expired(context):
                 self._rejected.labels("grpc", "deadline").inc()
-                return
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              "deadline passed before evaluation")
             try:
                 doc = _decode_input(request)
             except InputError as exc:
