@@ -1,0 +1,127 @@
+"""The session bookkeeping without a server: what goes upstream for each client message, and
+how server messages are matched, rewritten or refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.postgres import messages as m
+from adapters.postgres.codec import BackendDecoder, Frame, FrontendDecoder
+from adapters.postgres.hooks import StatementVerdict
+from adapters.postgres.session import Session, SessionError, denial_error
+
+ALLOW = StatementVerdict.allow()
+
+
+def frame(message: m.Message) -> Frame:
+    decoder: FrontendDecoder | BackendDecoder
+    if isinstance(message, m.FrontendMessage) and not isinstance(message, m.BackendMessage):
+        decoder = FrontendDecoder(startup=False)
+    else:
+        decoder = BackendDecoder()
+    decoder.feed(message.encode())
+    result = decoder.next_frame()
+    assert result is not None
+    return result
+
+
+def send(session: Session, message: m.FrontendMessage,
+         verdict: StatementVerdict | None = None) -> list[bytes]:
+    if session.statement_text(message) is not None and verdict is None:
+        verdict = ALLOW
+    return session.client_message(frame(message), message, verdict)
+
+
+def receive(session: Session, *messages: m.BackendMessage) -> list[m.BackendMessage]:
+    out: list[bytes] = []
+    for message in messages:
+        session.server_frame(frame(message), out)
+    decoder = BackendDecoder()
+    decoder.feed(b"".join(out))
+    return list(decoder)
+
+
+def test_denied_query_becomes_a_poison_describe_and_sync() -> None:
+    session = Session()
+    deny = StatementVerdict.deny("no", decision_id="d1")
+    sent = send(session, m.Query("DROP TABLE x"), deny)
+    assert sent == [m.Describe("S", session.poison_name).encode(), m.Sync().encode()]
+    server_error = m.ErrorResponse.build("26000", "prepared statement does not exist")
+    assert receive(session, server_error, m.ReadyForQuery("I")) == [
+        denial_error(deny), m.ReadyForQuery("I")]
+    assert denial_error(deny).fields == (
+        ("S", "ERROR"), ("V", "ERROR"), ("C", "42501"),
+        ("M", "permission denied by policy: no"), ("D", "decision id: d1"))
+    assert not session.in_flight
+
+
+def test_review_is_answered_as_a_denial_that_says_so() -> None:
+    error = denial_error(StatementVerdict("review", message="needs a DBA"))
+    assert error.code == "42501" and error.message == "statement requires approval: needs a DBA"
+
+
+def test_a_fatal_error_is_never_replaced_by_the_denial() -> None:
+    session = Session()
+    send(session, m.Query("x"), StatementVerdict.deny("no"))
+    fatal = m.ErrorResponse.build("57P01", "terminating", severity="FATAL")
+    assert receive(session, fatal) == [fatal]
+
+
+def test_denied_parse_discards_until_sync() -> None:
+    session = Session()
+    assert len(send(session, m.Parse("", "bad"), StatementVerdict.deny("no"))) == 1
+    for message in (m.Bind("", ""), m.Describe("P", ""), m.Execute(""), m.Query("x"),
+                    m.Flush()):
+        assert session.statement_text(message) is None
+        assert send(session, message) == []
+    assert send(session, m.Sync()) == [m.Sync().encode()]
+
+
+def test_server_state_follows_responses_not_requests() -> None:
+    session = Session()
+    masked = StatementVerdict.allow(lambda c: (lambda v: b"x") if c.name == "pan" else None)
+    send(session, m.Parse("s", "SELECT pan"), masked)
+    send(session, m.Bind("p", "s"))
+    sent = send(session, m.Execute("p"))
+    assert sent[0] == m.Describe("P", "p").encode()  # injected: columns unknown otherwise
+    send(session, m.Sync())
+    got = receive(session, m.ParseComplete(), m.BindComplete(),
+                  m.RowDescription((m.FieldDescription("pan"),)),
+                  m.DataRow((b"4111",)), m.CommandComplete("SELECT 1"), m.ReadyForQuery("T"))
+    assert got == [m.ParseComplete(), m.BindComplete(), m.DataRow((b"x",)),
+                   m.CommandComplete("SELECT 1"), m.ReadyForQuery("T")]
+
+
+def test_desynchronised_server_is_refused() -> None:
+    session = Session()
+    with pytest.raises(SessionError, match="DataRow but no query was pending"):
+        receive(session, m.DataRow((b"1",)))
+    with pytest.raises(SessionError, match="ParseComplete but no answer was pending"):
+        receive(Session(), m.ParseComplete())
+    session = Session()
+    send(session, m.Query("SELECT 1"))
+    with pytest.raises(SessionError, match="BindComplete while Query was pending"):
+        receive(session, m.BindComplete())
+
+
+def test_start_up_messages_are_not_relayed_mid_session_and_encoding_is_checked() -> None:
+    session = Session()
+    assert receive(session, m.BackendKeyData(1, b"abcd"), m.NegotiateProtocolVersion(0)) == []
+    assert receive(session, m.ParameterStatus("client_encoding", "UTF8")) == [
+        m.ParameterStatus("client_encoding", "UTF8")]
+    with pytest.raises(SessionError) as info:
+        receive(session, m.ParameterStatus("client_encoding", "LATIN1"))
+    assert info.value.code == "0A000"
+    with pytest.raises(SessionError, match="authentication in the middle"):
+        receive(session, m.AuthenticationOk())
+    assert receive(session, m.UnknownBackendMessage(b"Y", b"")) == [
+        m.UnknownBackendMessage(b"Y", b"")]
+
+
+def test_function_call_is_denied_unless_allowed() -> None:
+    session = Session()
+    call = m.FunctionCall(1598)
+    assert session.client_message(frame(call), call)[1] == m.Sync().encode()
+    allowed = Session()
+    assert allowed.client_message(frame(call), call, allow_function_call=True) == [
+        call.encode()]
