@@ -347,13 +347,17 @@ def test_cidr_contains(engine: Engine, net: str, addr: str, inside: bool) -> Non
     assert value(engine, "cidr", {"net": net, "addr": addr}) is inside
 
 
-@pytest.mark.parametrize("addr", ["not-an-ip", "10.0.0.300", "::1"])
-def test_cidr_contains_is_undefined_for_malformed_or_other_family(engine: Engine,
-                                                                   addr: str) -> None:
-    """Differs from OPA, which raises for a malformed address (a deny here, in strict mode)
-    and answers false across families. Undefined makes `not net.cidr_contains(...)` true."""
-    assert undefined(engine, "cidr", {"net": "10.0.0.0/8", "addr": addr})
-    assert value(engine, "outside_private", {"ip": addr}) is True
+def test_cidr_contains_is_false_across_families(engine: Engine) -> None:
+    """As in OPA: an IPv6 address is simply not inside an IPv4 network."""
+    assert value(engine, "cidr", {"net": "10.0.0.0/8", "addr": "::1"}) is False
+
+
+@pytest.mark.parametrize("addr", ["not-an-ip", "10.0.0.300", "10.0.0.0/99"])
+def test_cidr_contains_errors_on_malformed_input(engine: Engine, addr: str) -> None:
+    """As in OPA, a malformed address is an error, so `not net.cidr_contains(...)` cannot
+    succeed on garbage: the query raises and a decision would deny."""
+    with pytest.raises(EvaluationError, match="invalid syntax"):
+        engine.query("data.sem.outside_private", {"ip": addr})
 
 
 # -- errors must deny ------------------------------------------------------------------------------

@@ -8,13 +8,28 @@ import rego.v1
 _hex := "0123456789abcdef"
 
 # net.cidr_contains(cidr, cidr_or_ip): true when the second network or address lies inside the
-# first. IPv4 and IPv6 (with `::` compression); an unparseable argument is undefined, as in OPA.
+# first. IPv4 and IPv6 (with `::` compression). Networks of different families give false; an
+# unparseable argument is an evaluation error, as in OPA (so `not net.cidr_contains(...)`
+# never succeeds on garbage).
 cidr_contains(cidr, addr) := result if {
-	outer := _parse_cidr(cidr)
-	inner := _parse_cidr(addr)
+	outer := _parse_strict(cidr)
+	inner := _parse_strict(addr)
+	result := _contains_same_family(outer, inner)
+}
+
+_contains_same_family(outer, inner) := false if outer.family != inner.family
+
+_contains_same_family(outer, inner) := result if {
 	outer.family == inner.family
 	result := _contains(outer, inner)
 }
+
+_parse_strict(s) := r if {
+	r := _parse_cidr(s)
+} else := _invalid(s)
+
+# to_number fails on this text: a strict evaluation error that names the bad argument.
+_invalid(s) := to_number(concat("", ["net.cidr_contains: invalid CIDR or IP address ", sprintf("%v", [s])]))
 
 _contains(net, other) := false if other.bits < net.bits
 
