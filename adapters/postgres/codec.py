@@ -565,6 +565,27 @@ class _Framer:
         self._pos = pos + length + 1
         return Frame(kind, raw)
 
+    def take_run(self, kind: bytes) -> bytes | None:
+        """All complete messages of type `kind` at the head of the buffer, as one bytes object
+        (one copy for the whole run), or None if the next message is of another type."""
+        buf = self._buffer
+        start = pos = self._pos
+        end = len(buf)
+        code = kind[0]
+        limit = self.max_message_size
+        unpack = _U32.unpack_from
+        while end - pos >= 5 and buf[pos] == code:
+            (length,) = unpack(buf, pos + 1)
+            if length < 4 or length + 1 > limit:
+                break  # let _typed_frame report it with its precise message
+            if end - pos < length + 1:
+                break
+            pos += length + 1
+        if pos == start:
+            return None
+        self._pos = pos
+        return bytes(buf[start:pos])
+
     def _untyped_frame(self, limit: int) -> Frame | None:
         buf, pos = self._buffer, self._pos
         if len(buf) - pos < 4:
@@ -667,6 +688,12 @@ class BackendDecoder:
     def next_frame(self) -> Frame | None:
         self._framer.check()
         return self._framer._typed_frame(None)
+
+    def next_run(self, kind: bytes) -> bytes | None:
+        """Fast path for relaying: the raw bytes of every complete `kind` message at the head
+        of the buffer (None if there is none). Messages are framed but not decoded."""
+        self._framer.check()
+        return self._framer.take_run(kind)
 
     def decode(self, frame: Frame) -> BackendMessage:
         try:

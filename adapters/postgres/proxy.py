@@ -683,7 +683,19 @@ class PostgresProxy:
                 return
             decoder.feed(data)
             out: list[bytes] = []
-            while (frame := decoder.next_frame()) is not None:
+            while True:
+                # Fast path: runs of unmasked DataRow / CopyData are relayed raw, undecoded.
+                run = None
+                if session.rows_pass_through():
+                    run = decoder.next_run(b"D")
+                if run is None and session.copy_pass_through():
+                    run = decoder.next_run(b"d")
+                if run is not None:
+                    out.append(run)
+                    continue
+                frame = decoder.next_frame()
+                if frame is None:
+                    break
                 if frame.type == b"E":
                     error = decoder.decode(frame)
                     if isinstance(error, ErrorResponse) and error.severity in ("FATAL",

@@ -149,7 +149,7 @@ class Session:
     _query_rows: RowRewriter | None = None
     _copy: CopyOutRewriter | None = None
     _seq: int = 0
-    _copy_end_seqs: deque[int] = field(default_factory=deque)
+    _copy_end_seqs: deque[int] = field(default_factory=lambda: deque(maxlen=1024))
     _copy_in_open: bool = False
 
     @property
@@ -290,6 +290,20 @@ class Session:
     # ----------------------------------------------------------------------------------------
     # Server -> client
 
+    def rows_pass_through(self) -> bool:
+        """Whether DataRows arriving now go to the client unchanged, so the caller may relay a
+        whole run of them raw (`BackendDecoder.next_run`) without calling `server_frame`."""
+        if self._skip_until_sync or not self._ops:
+            return False
+        op = self._ops[0]
+        if op.kind == QUERY:
+            return self._query_rows is None
+        return op.kind == EXECUTE and op.rows_planned and op.rows is None
+
+    def copy_pass_through(self) -> bool:
+        """Whether CopyData from the server goes to the client unchanged (no COPY rewriting)."""
+        return self._copy is None
+
     def server_frame(self, frame: Frame, out: list[bytes]) -> None:
         """Append to `out` what the client gets for one server message (maybe nothing)."""
         kind = frame.type
@@ -341,6 +355,7 @@ class Session:
     def _on_error(self, frame: Frame, out: list[bytes]) -> None:
         self._copy = None
         self._query_rows = None
+        self._copy_in_open = False  # an error ends COPY FROM STDIN on the server
         if not self._ops:
             out.append(frame.raw)  # e.g. FATAL on shutdown
             return
@@ -357,6 +372,7 @@ class Session:
 
     def _on_ready(self, frame: Frame, out: list[bytes]) -> None:
         self._skip_until_sync = False
+        self._copy_in_open = False
         self._copy = None
         self._query_rows = None
         while self._ops:

@@ -328,3 +328,26 @@ def test_decode_functions_match_decoders() -> None:
     assert decode_frontend(Frame(b"Q", raw)) == m.Query("x")
     with pytest.raises(ProtocolError, match="invalid frontend message type"):
         decode_frontend(Frame(b"Z", raw))
+
+
+def test_next_run_relays_consecutive_messages_of_one_type_raw() -> None:
+    rows = [m.DataRow((str(i).encode(),)).encode() for i in range(4)]
+    done = m.CommandComplete("SELECT 4").encode()
+    decoder = BackendDecoder()
+    decoder.feed(b"".join(rows) + done + rows[0][:3])
+    assert decoder.next_run(b"C") is None
+    assert decoder.next_run(b"D") == b"".join(rows)
+    assert decoder.next_run(b"D") is None
+    assert decoder.next_message() == m.CommandComplete("SELECT 4")
+    assert decoder.next_run(b"D") is None  # incomplete: left for later
+    decoder.feed(rows[0][3:])
+    assert decoder.next_run(b"D") == rows[0]
+
+
+def test_next_run_leaves_bad_lengths_to_next_frame() -> None:
+    decoder = BackendDecoder(max_message_size=64)
+    decoder.feed(m.DataRow((b"x",)).encode() + b"D" + struct.pack("!I", 1000))
+    assert decoder.next_run(b"D") == m.DataRow((b"x",)).encode()
+    assert decoder.next_run(b"D") is None
+    with pytest.raises(ProtocolError, match="length 1000 exceeds the maximum message size 64"):
+        decoder.next_frame()

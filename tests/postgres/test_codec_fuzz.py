@@ -132,3 +132,41 @@ def test_generated_messages_round_trip(text: str, values: list[bytes | None]) ->
     bdecoder = BackendDecoder()
     bdecoder.feed(b"".join(x.encode() for x in back))
     assert list(bdecoder) == back
+
+
+@SETTINGS
+@given(_edits, st.lists(st.integers(1, 97), max_size=10), st.sampled_from([b"D", b"d", b"T"]))
+def test_fast_path_relays_exactly_what_framing_would(edits: list[tuple[int, int, int]],
+                                                     chunks: list[int], kind: bytes) -> None:
+    data = _mutate(_back_stream, edits)
+    slow, fast = BackendDecoder(max_message_size=MAX), BackendDecoder(max_message_size=MAX)
+    slow_out: list[bytes] = []
+    fast_out: list[bytes] = []
+    slow_error = fast_error = None
+    pos = 0
+    for size in [*chunks, len(data)]:
+        piece = data[pos:pos + size]
+        pos += size
+        try:
+            slow.feed(piece)
+            while (frame := slow.next_frame()) is not None:
+                slow_out.append(frame.raw)
+        except ProtocolError as exc:
+            slow_error = slow_error or str(exc)
+        try:
+            fast.feed(piece)
+            while True:
+                run = fast.next_run(kind)
+                if run is not None:
+                    fast_out.append(run)
+                    continue
+                frame = fast.next_frame()
+                if frame is None:
+                    break
+                fast_out.append(frame.raw)
+        except ProtocolError as exc:
+            fast_error = fast_error or str(exc)
+        if pos >= len(data):
+            break
+    assert b"".join(fast_out) == b"".join(slow_out)
+    assert fast_error == slow_error
