@@ -124,7 +124,6 @@ class ProxyConfig:
     auth_timeout: float = 30.0
     connect_timeout: float = 10.0
     decide_timeout: float = 30.0
-    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class _UpstreamLost(ConnectionError):
@@ -731,6 +730,9 @@ async def _read_frame(reader: asyncio.StreamReader, decoder: BackendDecoder) -> 
 
 
 def _describe(exc: BaseException) -> str:
+    """What a client may be told about an upstream failure (never the proxy's credentials)."""
+    if isinstance(exc, UpstreamAuthError):
+        return "it did not accept the proxy's login (see the proxy log)"
     if isinstance(exc, TimeoutError):
         return "connection timed out"
     if isinstance(exc, OSError) and exc.strerror:

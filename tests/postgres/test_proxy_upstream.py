@@ -228,15 +228,42 @@ def _self_signed(tmp: Path) -> ssl.SSLContext:
     return context
 
 
+def _external_address() -> str | None:
+    """A non-loopback address of this machine (no packet is sent), or None."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+            address = str(probe.getsockname()[0])
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
 @pytest.fixture(scope="module")
 def tls_proxy(upstream_db: str, tmp_path_factory: pytest.TempPathFactory
               ) -> Iterator[tuple[ProxyThread, Hook]]:
     hook = Hook()
     harness = ProxyThread(ProxyConfig(
         upstream_url=upstream_url(upstream_db), decide=hook, directory=Directory(USERS),
-        verify_token=verify_token, server_ssl=_self_signed(tmp_path_factory.mktemp("tls"))))
+        verify_token=verify_token, server_ssl=_self_signed(tmp_path_factory.mktemp("tls")),
+        host="0.0.0.0" if _external_address() else "127.0.0.1"))
     yield harness, hook
     harness.stop()
+
+
+def test_token_needs_tls_off_loopback(tls_proxy: tuple[ProxyThread, Hook], dbname: str) -> None:
+    harness, _ = tls_proxy
+    address = _external_address()
+    if address is None:
+        pytest.skip("no non-loopback address on this machine")
+    base = proxy_dsn(harness.port, dbname, "carol", password="good-token").replace(
+        "host='127.0.0.1'", f"host='{address}'")
+    with pytest.raises(psycopg.OperationalError,
+                       match="token authentication requires a TLS"):
+        psycopg.connect(base)
+    with psycopg.connect(base.replace("sslmode='disable'", "sslmode='require'")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
@@ -264,3 +291,16 @@ def test_scram_over_tls(tls_proxy: tuple[ProxyThread, Hook], dbname: str) -> Non
         assert conn.execute("SELECT 'tls scram'").fetchone() == ("tls scram",)
     ctx: Any = next(c for s, c in reversed(hook.seen) if "tls scram" in s)
     assert (ctx.user, ctx.auth_method, ctx.tls) == ("bob", "scram-sha-256", True)
+
+
+def test_wrong_upstream_credentials_are_not_revealed(upstream_db: str, dbname: str) -> None:
+    url = upstream_url(upstream_db).replace(":ordinance-test@", ":wrong@")
+    harness = ProxyThread(ProxyConfig(upstream_url=url, decide=Hook(),
+                                      directory=Directory(USERS)))
+    try:
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(proxy_dsn(harness.port, dbname))
+        assert "did not accept the proxy's login" in str(info.value)
+        assert "postgres" not in str(info.value).split("FATAL:")[1]
+    finally:
+        harness.stop()
