@@ -8,7 +8,10 @@ Decisions are cached in a bounded LRU keyed by the canonical JSON of the input d
 cache belongs to one policy set (a swap starts an empty one) and is bypassed when the set calls
 time, random or network builtins, so a cached answer is exactly what evaluating would give.
 When no policy can see literal values, SQL is keyed by its literal fingerprint instead of its
-text, so `WHERE id = 1` and `WHERE id = 2` share one evaluation.
+text, so `WHERE id = 1` and `WHERE id = 2` share one evaluation. OPA-style queries are cached
+the same way, keyed by the path and the part of the input the Rego modules can read (exactly
+what regopy is given), so requests that differ only in fields no policy mentions (an Envoy
+request id, a timestamp) share one evaluation.
 """
 
 from __future__ import annotations
@@ -55,10 +58,21 @@ class DecisionCache:
         return len(self._items)
 
 
+class QueryCache(DecisionCache):
+    """The same LRU for `(defined, value)` query results (values are shared: read-only)."""
+
+    def get(self, key: str) -> Any:  # type: ignore[override]
+        return super().get(key)
+
+    def put(self, key: str, value: Any) -> None:  # type: ignore[override]
+        super().put(key, value)
+
+
 class Engine:
     def __init__(self, policy_set: PolicySet, *, cache_size: int = DEFAULT_CACHE_SIZE):
         self._cache_size = cache_size
         self._state = (policy_set, DecisionCache(cache_size))
+        self._queries = (policy_set, QueryCache(cache_size))
 
     @property
     def policy_set(self) -> PolicySet:
@@ -67,6 +81,7 @@ class Engine:
     def swap(self, policy_set: PolicySet) -> None:
         """Make `policy_set` the active one. Decisions already running finish on the old one."""
         self._state = (policy_set, DecisionCache(self._cache_size))
+        self._queries = (policy_set, QueryCache(self._cache_size))
 
     def decide(self, input_doc: Any) -> Decision:
         started = time.perf_counter_ns()
@@ -109,8 +124,22 @@ class Engine:
         return decision
 
     def query(self, path: str, input_doc: Any) -> tuple[bool, Any]:
-        """OPA-style data query: (defined, value). Raises EvaluationError on a policy error."""
-        return self.policy_set.query(path, input_doc)
+        """OPA-style data query: (defined, value). Raises EvaluationError on a policy error
+        (errors are never cached). A cached value is shared: callers must not change it."""
+        policy_set, cache = self._queries
+        if not policy_set.cacheable or cache.size <= 0:
+            return policy_set.query(path, input_doc)
+        readable = policy_set.rego.prune(input_doc)
+        try:
+            key = path + "\0" + json.dumps(readable, sort_keys=True, separators=(",", ":"))
+        except (TypeError, ValueError):
+            return policy_set.query(path, input_doc)
+        hit = cache.get(key)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        result = policy_set.query(path, readable)
+        cache.put(key, result)
+        return result
 
 
 def _cache_document(input_doc: dict[str, Any],

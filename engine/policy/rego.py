@@ -82,6 +82,7 @@ class RegoProgram:
             call.name in NONDETERMINISTIC for m in modules for call in m.calls)
         self.entrypoints = self._entrypoints()
         self.input_paths = _input_paths(modules)
+        self._input_tree = _path_tree(self.input_paths)
         self._local = threading.local()
         self.bundle = self._compile(data)
 
@@ -162,7 +163,7 @@ class RegoProgram:
         raises on the error text regopy returns with `ok() == True` (e.g. bundle defects).
         """
         interp = self._interpreter()
-        interp.set_input(regopy.Input(_prune(input_doc, self.input_paths)))
+        interp.set_input(regopy.Input(self.prune(input_doc)))
         impl = rego_shared.rego_bundle_query_entrypoint(interp._impl, self.bundle._impl,
                                                         entrypoint)
         try:
@@ -199,6 +200,10 @@ class RegoProgram:
     def has_entrypoint(self, entrypoint: str) -> bool:
         return entrypoint in self.entrypoints
 
+    def prune(self, input_doc: Any) -> Any:
+        """The part of `input_doc` the policies can read (all of it when unknown)."""
+        return _prune(input_doc, self._input_tree)
+
 
 def _input_paths(modules: list[RegoModule]) -> list[tuple[str, ...]] | None:
     """What the modules read of `input` (None: all of it). Test rules count too."""
@@ -210,28 +215,34 @@ def _input_paths(modules: list[RegoModule]) -> list[tuple[str, ...]] | None:
     return sorted(paths)
 
 
-def _prune(doc: Any, paths: list[tuple[str, ...]] | None) -> Any:
-    """The part of `doc` the policies can read. regopy builds its input at ~5 µs a node in C,
-    so a field no policy mentions is not worth passing; results cannot change."""
-    if paths is None or not isinstance(doc, dict):
-        return doc
-    out: dict[str, Any] = {}
-    for path in paths:
-        top = path[0]
-        if top not in doc:
-            continue
-        if len(path) == 1 or not isinstance(doc[top], dict):
-            out[top] = doc[top]
-            continue
-        if isinstance(out.get(top), dict) and out[top] is not doc[top]:
-            branch = out[top]
-        elif top in out:
-            continue  # the whole subtree is already in
+_WHOLE: dict[str, Any] = {}
+"""Marks a path the policies read entirely (a sentinel, compared by identity)."""
+
+
+def _path_tree(paths: list[tuple[str, ...]] | None) -> dict[str, Any] | None:
+    """The read paths as a tree of keys; a leaf is `_WHOLE`. A shorter path wins."""
+    if paths is None:
+        return None
+    tree: dict[str, Any] = {}
+    for path in sorted(paths, key=len):
+        node = tree
+        for key in path[:-1]:
+            child = node.setdefault(key, {})
+            if child is _WHOLE:
+                break
+            node = child
         else:
-            branch = out[top] = {}
-        if path[1] in doc[top]:
-            branch[path[1]] = doc[top][path[1]]
-    return out
+            node[path[-1]] = _WHOLE
+    return tree
+
+
+def _prune(doc: Any, tree: dict[str, Any] | None) -> Any:
+    """The part of `doc` the policies can read. regopy builds its input at ~5 µs a node in C,
+    so a field no policy mentions is not worth passing; results cannot change. Below a path
+    that meets a non-object (a list, a string), the whole value is kept."""
+    if tree is None or tree is _WHOLE or not isinstance(doc, dict):
+        return doc
+    return {key: _prune(doc[key], sub) for key, sub in tree.items() if key in doc}
 
 
 def _packages(modules: list[RegoModule], with_tests: bool) -> list[RegoPackage]:

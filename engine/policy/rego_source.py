@@ -9,6 +9,7 @@ knows strings, comments, brackets and dotted names, which is all that question n
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -62,8 +63,9 @@ class RegoModule:
     test_rules: list[str] = field(default_factory=list)
     # (rule name, start offset, end offset) of every top-level rule, in source order
     spans: list[tuple[str, int, int]] = field(default_factory=list)
-    # Parts of the input document the module reads: ("command", "statements"), ("subject",)...
-    # None when it reads `input` as a whole or with a computed key.
+    # Parts of the input document the module reads, as key paths: ("command", "statements"),
+    # ("attributes", "request", "http", "headers", "x-role")... A path covers everything
+    # below it. None when it reads `input` as a whole or with a computed key.
     input_paths: set[tuple[str, ...]] | None = field(default_factory=set)
 
 
@@ -134,8 +136,15 @@ def read_module(path: str, source: str) -> RegoModule:
                 continue
             elif text not in KEYWORDS:
                 pending = (text, line, m.start())
-            if (text == "input" or text.startswith("input.")) and previous != "with":
-                _note_input_path(module, text)
+            if previous not in ("with", "import", "as"):
+                if text == "input" or text.startswith("input."):
+                    _note_input_path(module, text, _literal_subscripts(source, m.end()))
+                else:
+                    target = module.imports.get(text.split(".", 1)[0], "")
+                    if target == "input" or target.startswith("input."):
+                        # `import input.attributes.request.http` then `http.method`
+                        _note_input_path(module, target + text[len(text.split(".", 1)[0]):],
+                                         _literal_subscripts(source, m.end()))
         else:
             at_line_start = False
             if kind == "open":
@@ -146,10 +155,28 @@ def read_module(path: str, source: str) -> RegoModule:
     return module
 
 
-def _note_input_path(module: RegoModule, name: str) -> None:
+_SUBSCRIPT = re.compile(r"""\s*\[\s*("(?:[^"\\\n]|\\.)*"|`[^`]*`)\s*\]""")
+
+
+def _literal_subscripts(source: str, pos: int) -> list[str]:
+    """The keys of `["a"]["b"]` (or raw strings) right after a reference ending at `pos`."""
+    keys: list[str] = []
+    while (m := _SUBSCRIPT.match(source, pos)) is not None:
+        literal = m.group(1)
+        try:
+            keys.append(literal[1:-1] if literal[0] == "`" else json.loads(literal))
+        except ValueError:
+            break
+        pos = m.end()
+    return keys
+
+
+def _note_input_path(module: RegoModule, name: str, subscripts: list[str] | None = None
+                     ) -> None:
+    """Note that `name` (`input.a.b`, then `["c"]` subscripts) is read: everything below it."""
     if module.input_paths is None:
         return
-    parts = tuple(name.split(".")[1:3])
+    parts = tuple(name.split(".")[1:]) + tuple(subscripts or ())
     if not parts:
         module.input_paths = None  # `input` as a whole, or `input[expr]`
         return
