@@ -44,6 +44,7 @@ from adapters.envoy.translate import (
     failure_allowed_response,
     is_allowed_response,
     redact_for_log,
+    request_headers,
     response_http_status,
     result_to_check_response,
     unauthenticated_response,
@@ -136,9 +137,9 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
     def engine(self) -> DecisionEngine | None:
         return self._engine()
 
-    def _subject(self, request: CheckRequest) -> Subject | None:
+    def _subject(self, request: CheckRequest, headers: dict[str, str]) -> Subject | None:
         """The verified subject; `IdentityError` when a token is bad or a required one absent."""
-        token = bearer_token(request)
+        token = bearer_token(request, headers)
         if token is None:
             if self.require_subject:
                 raise IdentityError("a bearer token is required")
@@ -172,14 +173,16 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
     def _answer(self, request: CheckRequest, decision_id: str,
                 record: dict[str, Any]) -> CheckResponse:
         record["kind"] = "rejected"
+        headers = request_headers(request.attributes.request.http)
         try:
-            subject = self._subject(request)
+            subject = self._subject(request, headers)
         except IdentityError as exc:
             record.update(outcome="unauthenticated", error=str(exc))
             return unauthenticated_response(str(exc), decision_id)
         try:
             kwargs = {} if self.max_body is None else {"max_body": self.max_body}
-            input_doc = check_request_to_input(request, subject=subject, **kwargs)
+            input_doc = check_request_to_input(request, subject=subject, headers=headers,
+                                               **kwargs)
         except RequestParseError as exc:
             record.update(outcome="bad_request", error=str(exc))
             return bad_request_response(str(exc), decision_id)

@@ -45,9 +45,9 @@ from envoy.config.core.v3 import base_pb2  # type: ignore[import-untyped]
 from envoy.service.auth.v3 import external_auth_pb2  # type: ignore[import-untyped]
 from envoy.type.v3 import http_status_pb2  # type: ignore[import-untyped]
 from google.protobuf import struct_pb2  # type: ignore[import-untyped]
-from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]
 
+from adapters.envoy.protojson import message_to_dict
 from engine.decision import Decision
 from engine.identity import Subject
 
@@ -156,7 +156,11 @@ def parse_query(raw_query: str, *, strict: bool = False) -> dict[str, list[str]]
 def request_headers(http: Any) -> dict[str, str]:
     """The request's headers with lower-case names (`headers`, else `header_map`)."""
     if http.headers:
-        return {k.lower(): v for k, v in http.headers.items()}
+        headers = dict(http.headers)
+        names = "".join(headers)
+        if names.islower() or names == names.lower():  # Envoy sends lower-case names
+            return headers
+        return {k.lower(): v for k, v in headers.items()}
     merged: dict[str, str] = {}
     for header in http.header_map.headers:
         value = header.value or header.raw_value.decode("utf-8", errors="replace")
@@ -239,16 +243,19 @@ def resource_from_extensions(extensions: Mapping[str, str], host: str) -> dict[s
 
 
 def check_request_to_input(req: CheckRequest, *, subject: Subject | None = None,
-                           max_body: int = DEFAULT_MAX_BODY) -> dict[str, Any]:
-    """The policy input document for one CheckRequest (see the module docstring)."""
+                           max_body: int = DEFAULT_MAX_BODY,
+                           headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The policy input document for one CheckRequest (see the module docstring);
+    `headers`: `request_headers(req.attributes.request.http)` when the caller has it."""
     if not req.attributes.request.HasField("http"):
         raise RequestParseError("missing required attributes in v3 CheckRequest")
     http = req.attributes.request.http
-    input_doc: dict[str, Any] = MessageToDict(req)
+    input_doc: dict[str, Any] = message_to_dict(req)
     raw_path, raw_query = _split_target(http.path)
     parsed_path = parse_path(raw_path)
     parsed_query = parse_query(raw_query)
-    headers = request_headers(http)
+    if headers is None:
+        headers = request_headers(http)
     parsed_body, truncated = parse_body(headers, http.body, http.raw_body, max_body=max_body)
     host = http.host or headers.get(":authority", "")
     method = http.method or headers.get(":method", "")
@@ -273,9 +280,11 @@ def check_request_to_input(req: CheckRequest, *, subject: Subject | None = None,
     return input_doc
 
 
-def bearer_token(req: CheckRequest) -> str | None:
+def bearer_token(req: CheckRequest, headers: dict[str, str] | None = None) -> str | None:
     """The token of an `Authorization: Bearer <token>` header, if any."""
-    value = request_headers(req.attributes.request.http).get("authorization", "")
+    if headers is None:
+        headers = request_headers(req.attributes.request.http)
+    value = headers.get("authorization", "")
     scheme, _, token = value.strip().partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
@@ -556,13 +565,20 @@ def _redact_headers(headers: Any) -> Any:
     return {k: REDACTED if k.lower() in SENSITIVE_HEADERS else v for k, v in headers.items()}
 
 
+DERIVED_MEMBERS = ("parsed_path", "parsed_query", "parsed_body", "truncated_body", "version",
+                   "command")
+"""Input members computed from `attributes`: the decision log leaves them out (they follow
+from the logged attributes, and would double the record's size and writing cost)."""
+
+
 def redact_for_log(input_doc: dict[str, Any]) -> dict[str, Any]:
-    """The input document with credential headers replaced by `[redacted]`, for logging.
+    """The input document as the decision log keeps it: `attributes` with credential headers
+    replaced by `[redacted]`, `subject` and `resource`; derived members left out.
 
     Only the dicts on the way to a header map are copied; the rest is shared with `input_doc`
     (read-only). The verified `subject` stays: who asked is what an audit record needs.
     """
-    out = dict(input_doc)
+    out = {k: v for k, v in input_doc.items() if k not in DERIVED_MEMBERS}
     http = (((input_doc.get("attributes") or {}).get("request") or {}).get("http"))
     if isinstance(http, dict):
         new_http = dict(http)
@@ -579,7 +595,4 @@ def redact_for_log(input_doc: dict[str, Any]) -> dict[str, Any]:
         attributes = dict(input_doc["attributes"])
         attributes["request"] = {**attributes["request"], "http": new_http}
         out["attributes"] = attributes
-    command = input_doc.get("command")
-    if isinstance(command, dict) and "headers" in command:
-        out["command"] = {**command, "headers": _redact_headers(command["headers"])}
     return out
