@@ -62,7 +62,7 @@ def _single(field: FieldDescriptor) -> Convert:
         return str
     if kind == FieldDescriptor.TYPE_BYTES:
         return _base64
-    if kind == FieldDescriptor.TYPE_ENUM:
+    if kind == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
         names = {v.number: v.name for v in field.enum_type.values}
         return lambda number: names.get(number, number)
     return None  # type: ignore[return-value]  # float/double: MessageToDict's precision rules

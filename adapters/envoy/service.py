@@ -65,15 +65,27 @@ class EnvoyOptions:
 
 
 def _verifier(options: EnvoyOptions) -> Any:
+    """The OIDC verifier, its keys loaded now: a JWKS file that cannot be read stops the start
+    (RuntimeError); an unreachable JWKS URL is retried on the first token."""
     if not options.oidc_jwks:
         return None
+    from engine.identity import IdentityError
     from engine.identity.oidc import OidcVerifier
 
     source = options.oidc_jwks
     remote = source.startswith(("https://", "http://"))
-    return OidcVerifier(str(options.oidc_issuer), str(options.oidc_audience),
-                        jwks_url=source if remote else None,
-                        jwks_file=None if remote else source)
+    try:
+        verifier = OidcVerifier(str(options.oidc_issuer), str(options.oidc_audience),
+                                jwks_url=source if remote else None,
+                                jwks_file=None if remote else source)
+        verifier.refresh(force=True)
+    except ValueError as exc:
+        raise RuntimeError(f"OIDC verifier: {exc}") from exc
+    except IdentityError as exc:
+        if not remote:
+            raise RuntimeError(str(exc)) from exc
+        log.warning("%s; retrying on the first token", exc)
+    return verifier
 
 
 class EnvoyExtension:
@@ -87,16 +99,23 @@ class EnvoyExtension:
         self._closers: list[Any] = []
         self.http: HttpCheckServer | None = None
         approvals = None
-        if options.approvals_url:
-            from engine.approvals import open_approval_store
-            from engine.audit import open_audit_log
+        try:
+            if options.approvals_url:
+                from engine.approvals import ApprovalError, open_approval_store
+                from engine.audit import AuditError, open_audit_log
 
-            audit = open_audit_log(options.approvals_url)
-            self._closers.append(audit)
-            store = open_approval_store(options.approvals_url, audit=audit)
-            self._closers.append(store)
-            approvals = EnvoyApprovals(store)
-        verifier = _verifier(options)
+                try:
+                    audit = open_audit_log(options.approvals_url)
+                    self._closers.append(audit)
+                    store = open_approval_store(options.approvals_url, audit=audit)
+                    self._closers.append(store)
+                except (AuditError, ApprovalError) as exc:
+                    raise RuntimeError(f"approvals store: {exc}") from exc
+                approvals = EnvoyApprovals(store)
+            verifier = _verifier(options)
+        except BaseException:
+            self.stop()
+            raise
         metrics = runtime.metrics
         decision_log = runtime.decision_log
 

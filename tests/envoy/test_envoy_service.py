@@ -341,3 +341,58 @@ def test_live_reload_switches_policies(tmp_path: Path, envoy_service: Any,
     (policies / "envoy" / "authz.rego").write_text("package envoy.authz\n\nallow := 1 / 0 {\n")
     time.sleep(0.5)  # a broken change is rejected; the previous set keeps serving
     assert envoy.check("POST", "/anything").status == 301
+
+
+# --- the sidecar's own settings ---------------------------------------------------------------
+
+TOKEN_BLIND = """\
+package envoy.authz
+
+import rego.v1
+
+default allow := false
+
+# The service token is Envoy's and Ordinance's business: policies never see it.
+allow if not input.attributes.request.http.headers["x-ordinance-authorization"]
+"""
+
+
+def test_sidecar_service_token(tmp_path: Path, run_ordinance: Any, clients: list[Any]) -> None:
+    import grpc
+
+    policies = write_policies(tmp_path / "p", {"policy.rego": TOKEN_BLIND})
+    (tmp_path / "token").write_text("s3cret-token-for-envoy\n")
+    sidecar = run_ordinance("envoy", "--policies", str(policies), "--grpc", "127.0.0.1:0",
+                            "--http", "127.0.0.1:0", "--token-file", str(tmp_path / "token"),
+                            "--decision-log", str(tmp_path / "d.jsonl"))
+    anonymous = grpc_client(clients, sidecar.ready["grpc"])
+    assert anonymous.serving()  # health needs no token
+    with pytest.raises(grpc.RpcError) as refused:
+        anonymous.check("GET", "/")
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    envoy = EnvoyGrpc(sidecar.ready["grpc"], token="s3cret-token-for-envoy")  # initial_metadata
+    clients.append(envoy)
+    assert envoy.check("GET", "/").allowed
+    http = http_client(clients, sidecar.ready["envoy_http"])
+    assert http.check("GET", "/")[0] == 401
+    assert http.check("GET", "/", headers={
+        "x-ordinance-authorization": "Bearer s3cret-token-for-envoy"})[0] == 200
+
+
+def test_sidecar_refuses_bad_settings(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.envoy.conftest import REPO
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "engine.cli", "envoy", "--policies",
+                               str(tmp_path), "--grpc", "127.0.0.1:0", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60,
+                              env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+
+    half = run("--oidc-jwks", "jwks.json")
+    assert half.returncode == 2 and "go together" in half.stderr
+    missing = run("--oidc-jwks", str(tmp_path / "nope.json"), "--oidc-issuer", "i",
+                  "--oidc-audience", "a")
+    assert missing.returncode == 1 and "cannot load JWKS" in missing.stderr
