@@ -123,6 +123,10 @@ class Engine:
             cache.put(key, decision)
         return decision
 
+    def defines(self, path: str) -> bool:
+        """Whether the active policy set has a package, rule or data document on `path`."""
+        return self._queries[0].defines(path)
+
     def query(self, path: str, input_doc: Any) -> tuple[bool, Any]:
         """OPA-style data query: (defined, value). Raises EvaluationError on a policy error
         (errors are never cached). A cached value is shared: callers must not change it."""

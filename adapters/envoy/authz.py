@@ -1,9 +1,10 @@
 """The ext_authz Check servicer: CheckRequest in, CheckResponse out, through the engine.
 
 Thin by design: it identifies the caller (an optional OIDC bearer token), translates the
-request with `adapters.envoy.translate`, asks the engine, and translates the answer. First the
-OPA-style decision query (`envoy/authz/allow` by default), so opa-envoy-plugin policies work
-unchanged; when that query is undefined, Ordinance's own `decide()`.
+request with `adapters.envoy.translate`, asks the engine, and translates the answer. When the
+policy set defines the OPA-style decision path (`envoy/authz/allow` by default), that query
+answers, so opa-envoy-plugin policies work unchanged (an undefined answer is an error, as in
+the plugin); when the set has nothing on that path, Ordinance's own `decide()` answers.
 
 Every failure is a deny, answered as a normal CheckResponse (the gRPC call itself is OK):
 an unparseable request is 400, a missing or invalid token where a subject is required is 401,
@@ -65,6 +66,8 @@ class DecisionEngine(Protocol):
     """What the servicer needs from the engine."""
 
     def query(self, path: str, input_doc: dict[str, Any]) -> tuple[bool, Any]: ...
+
+    def defines(self, path: str) -> bool: ...
 
     def decide(self, input_doc: dict[str, Any]) -> Decision: ...
 
@@ -205,7 +208,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         if engine is None:
             record["kind"] = "query" if self.query else "decide"
             raise _Failure("no policy set loaded", status=503)
-        if self.query:
+        if self.query and engine.defines(self.query):
             record.update(kind="query", path=self.query)
             started = time.perf_counter_ns()
             try:
@@ -213,13 +216,13 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             except EvaluationError as exc:
                 raise _Failure(str(exc)) from None
             record["eval_ns"] = time.perf_counter_ns() - started
-            if defined:
-                record["result"] = value
-                try:
-                    return result_to_check_response(value, decision_id)
-                except ResultError as exc:
-                    raise _Failure(str(exc)) from None
-            record.pop("path")
+            if not defined:  # as the plugin: the set answers this path, but not for this input
+                raise _Failure("undefined decision")
+            record["result"] = value
+            try:
+                return result_to_check_response(value, decision_id)
+            except ResultError as exc:
+                raise _Failure(str(exc)) from None
         record["kind"] = "decide"
         decision = engine.decide(input_doc)
         record["decision"] = decision

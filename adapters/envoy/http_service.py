@@ -143,7 +143,7 @@ def check_response_to_http(response: CheckResponse) -> tuple[int, list[tuple[str
                                           "HTTP service mode of ext_authz")
         headers = _pairs(ok.headers) + _pairs(ok.response_headers_to_add)
         if ok.headers_to_remove:
-            headers.append((HEADERS_TO_REMOVE_HEADER, ",".join(ok.headers_to_remove)))
+            headers.append((HEADERS_TO_REMOVE_HEADER, ", ".join(ok.headers_to_remove)))
         status, body = 200, b""
     else:
         denied = response.denied_response

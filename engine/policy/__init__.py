@@ -80,6 +80,15 @@ class PolicySet:
                 return _descend(defined, value, parts[cut:])
         return _descend(True, self._whole_data(doc), parts)
 
+    def defines(self, path: str) -> bool:
+        """True when a package, rule or data document of the set is on `path` (so querying
+        it is meaningful even when the answer for some input is undefined)."""
+        parts = _path_parts(path)
+        if any(self.rego.has_entrypoint("/".join(parts[:cut]))
+               for cut in range(len(parts), 0, -1)):
+            return True
+        return _descend(True, self.data, parts)[0]
+
     def _whole_data(self, doc: Any) -> dict[str, Any]:
         tree: dict[str, Any] = json.loads(json.dumps(self.data))
         for package in self.rego.packages:

@@ -128,6 +128,21 @@ def test_query_runtime_error_fails_closed(envoy_engine: Engine) -> None:
     assert body(response)["error"] == "policy error"
 
 
+def test_undefined_decision_is_an_error_as_in_the_plugin(tmp_path: Path) -> None:
+    # No `default allow`: the path exists in the set but is undefined for this request. The
+    # plugin answers "undefined decision" (an error); Ordinance never falls back to its own
+    # rules there (with none, that would be an allow).
+    engine = engine_for(tmp_path, {"envoy/authz.rego": "package envoy.authz\n\nimport rego.v1"
+                                   "\n\nallow if input.parsed_path[0] == \"open\"\n"})
+    assert engine.defines("data.envoy.authz.allow") and not engine.defines("envoy/other")
+    assert AuthorizationServicer(engine).check(request("/open")).status.code == code_pb2.OK
+    closed = AuthorizationServicer(engine).check(request("/closed"))
+    assert closed.denied_response.status.code == 500
+    assert closed.dynamic_metadata.fields["error"].string_value == "undefined decision"
+    lenient = AuthorizationServicer(engine, failure_mode_allow=True).check(request("/closed"))
+    assert lenient.status.code == code_pb2.OK
+
+
 def test_unparseable_request_is_400(envoy_engine: Engine) -> None:
     response = AuthorizationServicer(envoy_engine).check(request("/a%zz"))
     assert response.denied_response.status.code == 400

@@ -156,7 +156,7 @@ def test_primer_additional_controls(tmp_path: Path, envoy_service: Any,
     status, headers, body = http.check("GET", "/people/1",
                                        headers={"authorization": f"Bearer {ALICE}"})
     assert (status, headers["x-ext-auth-allow"], headers["x-foo"]) == (200, "yes", "bar")
-    assert headers["x-envoy-auth-headers-to-remove"] == "one-auth-header,another-auth-header"
+    assert headers["x-envoy-auth-headers-to-remove"] == "one-auth-header, another-auth-header"
     status, headers, body = http.check("GET", "/people/1",
                                        headers={"authorization": f"Bearer {MALLORY}"})
     assert (status, body) == (401, b"Authentication Failed")
