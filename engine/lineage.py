@@ -23,7 +23,7 @@ from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import Scope, build_scope
 
-Schema = Mapping[str, Mapping[str, str]]  # table -> column -> type
+Schema = Mapping[str, Mapping[str, str]]  # table -> column -> type, columns in table order
 FrozenSchema = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
 
 
@@ -39,7 +39,9 @@ def trace_output_columns(sql: str, dialect: str | None,
                          schema: Schema | None = None) -> list[OutputColumn] | None:
     """Output columns of a single query, in order; None when `sql` is not one query or
     cannot be parsed."""
-    frozen = tuple(sorted((t, tuple(sorted(cols.items()))) for t, cols in (schema or {}).items()))
+    # Tables are sorted for a stable cache key; columns keep their order, which is the order
+    # `*` expands to (PostgreSQL's attnum order when the schema comes from the catalog).
+    frozen = tuple(sorted((t, tuple(cols.items())) for t, cols in (schema or {}).items()))
     return _trace(sql, dialect, frozen)
 
 

@@ -37,7 +37,10 @@ def test_traced_columns(sql: str, expected: list) -> None:
 
 
 def test_star_expands_with_a_schema_and_is_opaque_without() -> None:
-    assert [c[0] for c in summary("SELECT * FROM cards")] == ["cvv", "id", "owner", "pan"]
+    # in the table's column order (the schema's), as PostgreSQL expands `*`
+    assert [c[0] for c in summary("SELECT * FROM cards")] == ["id", "pan", "cvv", "owner"]
+    assert [c[0] for c in summary("SELECT *, lower(pan) FROM cards")] == [
+        "id", "pan", "cvv", "owner", "_col_4"]
     assert summary("SELECT * FROM cards", schema=None) == [("*", [], False, True)]
 
 
