@@ -221,6 +221,30 @@ def _may_hold_pan(text: str) -> bool:
     return _THIRTEEN_DIGITS in shape
 
 
+# The same shape test over raw bytes holding whole UTF-8 values among other bytes (a run of
+# PostgreSQL DataRow messages, a chunk of COPY records), without decoding anything. Every byte
+# >= 0x80 counts as a digit, so digits of other scripts (always multi-byte in UTF-8) are never
+# missed: non-ASCII text only makes the test say "maybe" more often.
+_BYTE_SHAPE = bytes(
+    ord("d") if (48 <= i <= 57 or i >= 0x80) else ord("s") if i in (32, 45) else ord("x")
+    for i in range(256)
+)
+_BYTE_DIGITS = bytes(range(48, 58)) + bytes(range(0x80, 0x100))
+
+
+def may_hold_pan_bytes(data: bytes) -> bool:
+    """False only when no UTF-8 text contained in `data` can hold a card number, so a scrubber
+    may pass `data` on untouched; True means "look closer" (`scrub_pans` on each value).
+
+    Conservative by construction: a card number is 13+ digits with single spaces or dashes
+    between them, and these bytes stay adjacent wherever the value sits in `data`.
+    """
+    if len(data) - len(data.translate(None, _BYTE_DIGITS)) < PAN_MIN_DIGITS:
+        return False
+    shape = data.translate(_BYTE_SHAPE).replace(b"ss", b"xx").replace(b"s", b"")
+    return _THIRTEEN_DIGITS in shape
+
+
 def _ascii_digits(digits: str) -> str:
     return digits if digits.isascii() else "".join(str(int(ch)) for ch in digits)
 

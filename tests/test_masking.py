@@ -281,6 +281,25 @@ def test_ascii_fast_path_agrees_with_the_regex(text: str) -> None:
     assert masking._may_hold_pan(text) == (masking._RUN.search(text) is not None)
 
 
+_DIGITS_AND_SEPARATORS = list("0123456789 -ab\u0664\u0665")  # with Arabic-Indic digits
+
+
+@given(st.binary(max_size=12),
+       st.text(st.sampled_from(_DIGITS_AND_SEPARATORS), max_size=60) | st.text(max_size=60),
+       st.binary(max_size=12))
+def test_bytes_precheck_never_misses_what_the_text_scrubber_finds(
+        before: bytes, text: str, after: bytes) -> None:
+    if find_pans(text) or masking._may_hold_pan(text):
+        assert masking.may_hold_pan_bytes(before + text.encode("utf-8") + after)
+
+
+def test_bytes_precheck_passes_plain_rows() -> None:
+    row = b"\x00\x03\x00\x00\x00\x011\x00\x00\x00\x03Ann\x00\x00\x00\x0a2024-02-29"
+    assert not masking.may_hold_pan_bytes(row * 20)
+    assert masking.may_hold_pan_bytes(row + b"\x00\x00\x00\x104111 1111 1111 1111")
+    assert masking.may_hold_pan_bytes("١٢٣٤٥٦٧٨٩٠١٢٣".encode())  # other scripts: look closer
+
+
 @given(st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=30) | pans(separated=False).map(
         lambda p: p[1]),

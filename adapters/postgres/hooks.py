@@ -2,14 +2,16 @@
 
 Owns: `SessionContext` (who is connected, handed to every decision), `StatementVerdict` (what
 the decide hook answers), `ColumnDescriptor` / `ValueTransform` / `ColumnMasker` (how a verdict
-rewrites result values) and `CopyLayout`, plus the `DecideHook` signature. Must not: contain
-policy, call the engine, or import anything from `engine/`; the bridge from a `Decision` to a
-`StatementVerdict` lives with the caller (the CLI wiring).
+rewrites result values), `ScrubTransform` and `WithheldValue` (content scrubbing and NULL with a
+notice), `StatementOutcome` (how an allowed statement ended, for the recording hook) and
+`CopyLayout`, plus the `DecideHook` and session hook signatures. Must not: contain policy, call
+the engine, or import anything from `engine/`; the bridge from a `Decision` to a
+`StatementVerdict` is `adapters.postgres.bridge`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,11 +56,39 @@ class ColumnDescriptor:
 
 
 ValueTransform = Callable[[bytes], bytes | None]
-"""Rewrites one non-NULL text-format value; returning None makes it NULL."""
+"""Rewrites one non-NULL text-format value; returning None makes it NULL; raising
+`WithheldValue` makes it NULL and tells the client why."""
 
 ColumnMasker = Callable[[ColumnDescriptor], ValueTransform | None]
 """Chooses the transform of a column, or None to leave it alone. A binary-format column for
-which a transform is chosen is delivered as NULL (the proxy never rewrites binary values)."""
+which a transform is chosen is delivered as NULL, with a notice (the proxy never rewrites
+binary values), unless the transform is a `ScrubTransform` marked `binary_safe`."""
+
+
+class WithheldValue(Exception):
+    """Raised by a `ValueTransform` to deliver NULL instead of the value; `notice` is sent to
+    the client as a NoticeResponse (once per distinct text and result set)."""
+
+    def __init__(self, notice: str) -> None:
+        super().__init__(notice)
+        self.notice = notice
+
+
+@dataclass(frozen=True, slots=True)
+class ScrubTransform:
+    """A transform that only rewrites values in which a content detector finds something (a
+    card number). `may_match(data)` is a cheap, conservative test over any bytes that contain
+    whole values (a run of DataRow messages, a chunk of COPY records): False means no value in
+    them needs rewriting, so the proxy relays them unchanged without decoding a row.
+    `binary_safe` says the transform is also right for the column's binary format (string
+    types, whose binary form is their text)."""
+
+    scrub: ValueTransform
+    may_match: Callable[[bytes], bool]
+    binary_safe: bool = False
+
+    def __call__(self, value: bytes) -> bytes | None:
+        return self.scrub(value)
 
 
 @dataclass(frozen=True)
@@ -78,17 +108,52 @@ class CopyLayout:
 
 
 @dataclass(frozen=True)
+class StatementOutcome:
+    """How one execution of an allowed statement ended, as the server said: `tag` is the
+    CommandComplete tag (`SELECT 3`, `INSERT 0 1`; "" for an empty query or an error), `rows`
+    the count in the tag (None when it has none), `error_code` / `error_message` the server's
+    error, `duration` the seconds from sending it upstream to this answer, `suspended` true when
+    a portal stopped at its row limit (PortalSuspended) and may be executed again."""
+
+    tag: str
+    rows: int | None
+    duration: float
+    error_code: str | None = None
+    error_message: str | None = None
+    suspended: bool = False
+
+
+Notify = Callable[[str], Awaitable[None]]
+"""Sends one NoticeResponse (severity NOTICE) with this text to the client at once."""
+
+HoldHook = Callable[[Notify], Awaitable["StatementVerdict"]]
+"""Holds a statement until it may go on: returns the final verdict (allow or deny)."""
+
+CompletionHook = Callable[[StatementOutcome], Awaitable[None]]
+"""Awaited before the end of a statement's result (CommandComplete, ErrorResponse, ...) is
+relayed to the client; raising withholds the result and ends the session (fail closed)."""
+
+ColumnResolver = Callable[[Sequence[ColumnDescriptor]], Awaitable[None]]
+"""Awaited with every RowDescription of a statement before its `masker` sees the columns, so
+the masker can look up what it needs (table OIDs in the catalog); raising ends the session."""
+
+
+@dataclass(frozen=True)
 class StatementVerdict:
     """What the decide hook answers for one statement text.
 
     - `allow`: the statement goes to the server; `masker` (if any) rewrites its results.
     - `deny`: the client gets ErrorResponse 42501 with `message` (the reasons) and
       `decision id: <decision_id>` plus `detail` in DETAIL; nothing reaches the server.
-    - `review`: held for approval. Not supported yet by the proxy: answered like `deny`
-      (fail closed) with the message saying approval is required.
+    - `review`: held for approval when `hold` is set: the proxy awaits `hold(notify)` (no
+      decision timeout applies; the hook bounds its own wait) while other sessions go on, and
+      applies the verdict it returns (which must be allow or deny). Without `hold` a review
+      is answered like `deny` (fail closed) with the message saying approval is required.
 
     `copy_layout` must be set when `masker` may apply to a `COPY ... TO STDOUT` in text
     format; without it the proxy refuses to deliver masked COPY text (fails closed).
+    `on_complete` is awaited with the outcome of every execution before its end reaches the
+    client (the audit record); `resolve_columns` before the masker sees a RowDescription.
     """
 
     effect: Effect
@@ -97,11 +162,16 @@ class StatementVerdict:
     decision_id: str = ""
     masker: ColumnMasker | None = None
     copy_layout: CopyLayout | None = None
+    hold: HoldHook | None = None
+    on_complete: CompletionHook | None = None
+    resolve_columns: ColumnResolver | None = None
 
     @classmethod
     def allow(cls, masker: ColumnMasker | None = None, *, decision_id: str = "",
-              copy_layout: CopyLayout | None = None) -> StatementVerdict:
-        return cls("allow", decision_id=decision_id, masker=masker, copy_layout=copy_layout)
+              copy_layout: CopyLayout | None = None, on_complete: CompletionHook | None = None,
+              resolve_columns: ColumnResolver | None = None) -> StatementVerdict:
+        return cls("allow", decision_id=decision_id, masker=masker, copy_layout=copy_layout,
+                   on_complete=on_complete, resolve_columns=resolve_columns)
 
     @classmethod
     def deny(cls, message: str, *, decision_id: str = "", detail: str = "") -> StatementVerdict:
@@ -111,3 +181,11 @@ class StatementVerdict:
 DecideHook = Callable[[str, SessionContext], Awaitable[StatementVerdict]]
 """`async def decide(sql, ctx) -> StatementVerdict`, called before any statement text reaches
 the server. Raising (or exceeding the configured timeout) denies the statement."""
+
+SessionStartHook = Callable[[SessionContext], Awaitable[None]]
+"""Awaited once a client is authenticated and the upstream connection is up, before the client
+is told it is logged in; raising refuses the session (fail closed: e.g. no audit trail)."""
+
+SessionEndHook = Callable[[SessionContext, str], Awaitable[None]]
+"""Awaited when a session ends, with the reason (`client terminated`, `client disconnected`,
+`upstream closed`, `proxy shutdown`, or the error that ended it)."""

@@ -18,6 +18,14 @@ Choices worth knowing:
   password auth, which is offered only on TLS or loopback connections.
 - Statement decisions are made before anything goes upstream; a decision hook that fails or
   exceeds `decide_timeout` denies (fail closed).
+- A verdict with `hold` (review) parks only its own session: the client pump awaits the hold
+  while still reading what the client sends (a hang-up ends the hold; a CancelRequest with the
+  session's key cancels it, which denies the statement); no decision timeout applies to it.
+- The end of an allowed statement's result (CommandComplete, ErrorResponse, ...) is held until
+  the verdict's `on_complete` has returned (the audit record is durable first); if it fails,
+  the result is withheld and the session ends with SQLSTATE 58030.
+- `session_started` is awaited before the client learns it is logged in (raising refuses the
+  session); `session_ended` when it is over, with the reason.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import inspect
 import logging
 import secrets
 import ssl
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +61,13 @@ from adapters.postgres.codec import (
     FrontendDecoder,
     ProtocolError,
 )
-from adapters.postgres.hooks import DecideHook, SessionContext, StatementVerdict
+from adapters.postgres.hooks import (
+    DecideHook,
+    SessionContext,
+    SessionEndHook,
+    SessionStartHook,
+    StatementVerdict,
+)
 from adapters.postgres.messages import (
     Authentication,
     AuthenticationCleartextPassword,
@@ -74,12 +89,19 @@ from adapters.postgres.messages import (
     StartupMessage,
     Terminate,
 )
-from adapters.postgres.results import RewriteError
-from adapters.postgres.session import SUPPORTED_CLIENT_ENCODINGS, Session, SessionError
+from adapters.postgres.results import RewriteError, describe_fields
+from adapters.postgres.session import (
+    SUPPORTED_CLIENT_ENCODINGS,
+    Completion,
+    Session,
+    SessionError,
+    notice_frame,
+)
 
 log = logging.getLogger("ordinance.adapters.postgres")
 
 READ_SIZE = 256 * 1024
+_U32 = struct.Struct("!I")
 AUTH_MESSAGE_LIMIT = 64 * 1024  # bounds what an unauthenticated client can make us buffer
 FORWARDED_PARAMETERS = ("application_name", "client_encoding", "DateStyle", "TimeZone",
                         "IntervalStyle", "extra_float_digits")
@@ -124,10 +146,17 @@ class ProxyConfig:
     auth_timeout: float = 30.0
     connect_timeout: float = 10.0
     decide_timeout: float = 30.0
+    session_started: SessionStartHook | None = None
+    session_ended: SessionEndHook | None = None
+    session_hook_timeout: float = 30.0
 
 
 class _UpstreamLost(ConnectionError):
     """Writing to the upstream server failed: it went away."""
+
+
+class _ClientGone(ConnectionError):
+    """The client hung up while its statement was held."""
 
 
 class _UpstreamRefused(Exception):
@@ -219,6 +248,7 @@ class PostgresProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cancel_keys: dict[int, tuple[bytes, BackendKeyData | None]] = {}
+        self._holds: dict[int, asyncio.Task[StatementVerdict]] = {}
         self._mock_secret = secrets.token_bytes(32)
 
     @property
@@ -315,7 +345,19 @@ class PostgresProxy:
                 detail=f"the ordinance proxy could not connect to {self.target.host}:"
                        f"{self.target.port}"))
             return
+        if self.config.session_started is not None:
+            try:
+                async with asyncio.timeout(self.config.session_hook_timeout):
+                    await self.config.session_started(ctx)
+            except Exception as exc:
+                log.error("session %s: refused, the session could not be recorded: %s",
+                          ctx.session_id, exc)
+                await client.fatal(_fatal("08004", "the session could not be recorded; "
+                                          "refused (see the proxy log)"))
+                await _close_writer(upstream.writer)
+                return
         pid, secret = self._issue_key(upstream.key)
+        reason = "proxy shutdown"
         try:
             client.writer.write(AuthenticationOk().encode() + b"".join(upstream.greeting)
                                 + BackendKeyData(pid, secret).encode()
@@ -323,10 +365,21 @@ class PostgresProxy:
             await client.writer.drain()
             log.info("session %s: %s (%s) connected from %s", ctx.session_id, ctx.user,
                      ctx.auth_method, ctx.client_addr)
-            await self._relay(client, upstream, ctx)
+            reason = "client disconnected"
+            reason = await self._relay(client, upstream, ctx, pid)
         finally:
             self._cancel_keys.pop(pid, None)
             await _close_writer(upstream.writer)
+            if self.config.session_ended is not None:
+                await self._session_ended(ctx, reason)
+
+    async def _session_ended(self, ctx: SessionContext, reason: str) -> None:
+        assert self.config.session_ended is not None
+        try:
+            async with asyncio.timeout(self.config.session_hook_timeout):
+                await self.config.session_ended(ctx, reason)
+        except BaseException as exc:  # also when cancelled: closing goes on
+            log.error("session %s: session end not recorded: %r", ctx.session_id, exc)
 
     def _issue_key(self, upstream_key: BackendKeyData | None) -> tuple[int, bytes]:
         while True:
@@ -477,6 +530,10 @@ class PostgresProxy:
         if entry is None or not hmac.compare_digest(entry[0], request.secret):
             log.info("cancel request with an unknown key ignored")
             return
+        hold = self._holds.get(request.pid)
+        if hold is not None:
+            hold.cancel()  # the held statement never went upstream: cancelling it is enough
+            return
         if entry[1] is not None:
             await self._send_cancel(entry[1])
 
@@ -569,10 +626,12 @@ class PostgresProxy:
     # ----------------------------------------------------------------------------------------
     # Relay
 
-    async def _relay(self, client: _Client, upstream: _Upstream, ctx: SessionContext) -> None:
+    async def _relay(self, client: _Client, upstream: _Upstream, ctx: SessionContext,
+                     pid: int = 0) -> str:
+        """Relay until either side ends; returns why the session ended."""
         client.decoder.max_message_size = self.config.max_message_size
         session = Session(max_copy_record=self.config.max_message_size)
-        to_server = asyncio.create_task(self._pump_client(client, upstream, session, ctx))
+        to_server = asyncio.create_task(self._pump_client(client, upstream, session, ctx, pid))
         to_client = asyncio.create_task(self._pump_server(client, upstream, session))
         try:
             done, _ = await asyncio.wait({to_server, to_client},
@@ -586,32 +645,44 @@ class PostgresProxy:
         other = to_client if first is to_server else to_server
         await _stop(other)
         error = first.exception()
+        reason = "client disconnected"
         if isinstance(error, _UpstreamLost):
             first, error = to_client, None  # reported like the server pump seeing EOF
         if first is to_server:
-            if isinstance(error, ProtocolError | SessionError):
+            if error is None:
+                reason = "client terminated" if first.result() else "client disconnected"
+            elif isinstance(error, ProtocolError | SessionError):
                 log.info("session %s: client protocol error: %s", ctx.session_id, error)
+                reason = f"client protocol error: {error}"
                 await client.fatal(_fatal("08P01", f"invalid frontend message: {error}"))
-            elif error is not None and not isinstance(error, ConnectionError | OSError):
+            elif isinstance(error, _ClientGone):
+                reason = str(error)
+            elif not isinstance(error, ConnectionError | OSError):
                 log.error("session %s: client pump failed", ctx.session_id, exc_info=error)
+                reason = "internal error"
                 await client.fatal(_fatal("XX000", "internal error in the ordinance proxy"))
         elif error is None:
+            reason = "upstream closed"
             if not upstream.fatal_seen:
                 await client.fatal(_fatal("08006", "upstream PostgreSQL server closed the "
                                           "connection unexpectedly"))
         elif isinstance(error, RewriteError):
             log.warning("session %s: result could not be masked: %s", ctx.session_id, error)
+            reason = f"result could not be masked: {error}"
             await client.fatal(_fatal("42501", f"result could not be masked as policy "
                                       f"requires: {error}"))
         elif isinstance(error, SessionError | ProtocolError):
             log.warning("session %s: %s", ctx.session_id, error)
+            reason = str(error)
             code = error.code if isinstance(error, SessionError) else "08P01"
             await client.fatal(_fatal(code, str(error)))
         elif not isinstance(error, ConnectionError | OSError):
             log.error("session %s: server pump failed", ctx.session_id, exc_info=error)
+            reason = "internal error"
             await client.fatal(_fatal("XX000", "internal error in the ordinance proxy"))
         await self._finish_upstream(upstream, session)
-        log.info("session %s: closed", ctx.session_id)
+        log.info("session %s: closed (%s)", ctx.session_id, reason)
+        return reason
 
     async def _finish_upstream(self, upstream: _Upstream, session: Session) -> None:
         """Stop whatever the backend still runs for this client, then hang up."""
@@ -622,14 +693,15 @@ class PostgresProxy:
         await _close_writer(upstream.writer)
 
     async def _pump_client(self, client: _Client, upstream: _Upstream, session: Session,
-                           ctx: SessionContext) -> None:
+                           ctx: SessionContext, pid: int = 0) -> bool:
+        """Client -> server until the client ends; True when it said Terminate."""
         decoder = client.decoder
         writer = upstream.writer
         allow_fc = self.config.allow_function_call
         while True:
             data = await client.reader.read(READ_SIZE)
             if not data:
-                return
+                return False
             decoder.feed(data)
             out: list[bytes] = []
             while (frame := decoder.next_frame()) is not None:
@@ -637,7 +709,7 @@ class PostgresProxy:
                 if isinstance(message, Terminate):
                     if out:
                         writer.writelines(out)
-                    return
+                    return True
                 sql = session.statement_text(message)
                 verdict = None
                 if sql is not None:
@@ -645,6 +717,8 @@ class PostgresProxy:
                         writer.writelines(out)
                         out = []
                     verdict = await self._decide(sql, ctx)
+                    if verdict.hold is not None:
+                        verdict = await self._hold(verdict, client, ctx, pid)
                 out.extend(session.client_message(frame, message, verdict,
                                                   allow_function_call=allow_fc))
             if out:
@@ -672,6 +746,58 @@ class PostgresProxy:
             return StatementVerdict.deny("the policy decision failed")
         return verdict
 
+    async def _hold(self, verdict: StatementVerdict, client: _Client, ctx: SessionContext,
+                    pid: int) -> StatementVerdict:
+        """Await `verdict.hold` while reading (and buffering) what the client sends; returns
+        the final verdict. The client hanging up ends the session; a cancel request denies."""
+        assert verdict.hold is not None
+
+        async def notify(text: str) -> None:
+            client.writer.write(notice_frame(text))
+            await client.writer.drain()
+
+        hold = asyncio.ensure_future(verdict.hold(notify))
+        if pid:
+            self._holds[pid] = hold
+        reading: asyncio.Task[bytes] | None = None
+        try:
+            while not hold.done():
+                if reading is None:
+                    reading = asyncio.ensure_future(client.reader.read(READ_SIZE))
+                await asyncio.wait({hold, reading}, return_when=asyncio.FIRST_COMPLETED)
+                if reading.done():
+                    data = reading.result()
+                    reading = None
+                    if not data:
+                        raise _ClientGone("client disconnected while its statement was held")
+                    client.decoder.feed(data)
+            try:
+                final = hold.result()
+            except asyncio.CancelledError:
+                log.info("session %s: held statement cancelled by the client", ctx.session_id)
+                return StatementVerdict.deny("the statement was cancelled by the client while "
+                                             "it awaited approval",
+                                             decision_id=verdict.decision_id)
+            except Exception:
+                log.exception("session %s: hold failed; denying", ctx.session_id)
+                return StatementVerdict.deny("the approval could not be obtained",
+                                             decision_id=verdict.decision_id)
+        finally:
+            if pid:
+                self._holds.pop(pid, None)
+            if reading is not None:
+                if reading.done() and not reading.cancelled() and reading.exception() is None:
+                    client.decoder.feed(reading.result())  # never drop what the client sent
+                reading.cancel()
+            if not hold.done():
+                hold.cancel()
+        if not isinstance(final, StatementVerdict) or final.effect == "review" \
+                or final.hold is not None:
+            log.error("session %s: hold returned %r; denying", ctx.session_id, final)
+            return StatementVerdict.deny("the approval could not be obtained",
+                                         decision_id=verdict.decision_id)
+        return final
+
     async def _pump_server(self, client: _Client, upstream: _Upstream,
                            session: Session) -> None:
         decoder = upstream.decoder
@@ -687,6 +813,14 @@ class PostgresProxy:
                 run = None
                 if session.rows_pass_through():
                     run = decoder.next_run(b"D")
+                elif (check := session.rows_precheck()) is not None:
+                    # Rows that are only scanned: a run in which nothing can match is relayed
+                    # raw; otherwise each of its rows is rewritten.
+                    run = decoder.next_run(b"D")
+                    if run is not None and check(run):
+                        for frame in _split_run(run):
+                            session.server_frame(frame, out)
+                        continue
                 if run is None and session.copy_pass_through():
                     run = decoder.next_run(b"d")
                 if run is not None:
@@ -700,10 +834,51 @@ class PostgresProxy:
                     if isinstance(error, ErrorResponse) and error.severity in ("FATAL",
                                                                                "PANIC"):
                         upstream.fatal_seen = True
-                session.server_frame(frame, out)
+                elif frame.type == b"T":
+                    verdict = session.description_verdict()
+                    if verdict is not None and verdict.resolve_columns is not None:
+                        if out:
+                            writer.writelines(out)
+                            out = []
+                        await _resolve_columns(verdict, decoder.decode(frame))
+                completion = session.server_frame(frame, out)
+                if completion is not None:
+                    if out:  # everything before the end of the statement goes now
+                        writer.writelines(out)
+                        out = []
+                    await _complete(completion)
+                    out.extend(completion.frames)
             if out:
                 writer.writelines(out)
                 await writer.drain()
+
+
+async def _resolve_columns(verdict: StatementVerdict, description: Any) -> None:
+    assert verdict.resolve_columns is not None
+    try:
+        await verdict.resolve_columns(describe_fields(description.fields))
+    except Exception as exc:
+        raise RewriteError(f"the result's columns could not be resolved: {exc}") from exc
+
+
+async def _complete(completion: Completion) -> None:
+    try:
+        await completion.hook(completion.outcome)
+    except Exception as exc:
+        log.error("statement outcome not recorded: %r", exc)
+        raise SessionError("the statement could not be recorded in the audit trail; its "
+                           "result is withheld and the session ends", "58030") from exc
+
+
+def _split_run(run: bytes) -> list[Frame]:
+    """The frames of a run of same-type messages (as `BackendDecoder.next_run` returns it)."""
+    frames = []
+    pos, end = 0, len(run)
+    while pos < end:
+        (length,) = _U32.unpack_from(run, pos + 1)
+        frames.append(Frame(run[pos:pos + 1], run[pos:pos + 1 + length]))
+        pos += 1 + length
+    return frames
 
 
 async def _stop(task: asyncio.Task[Any]) -> None:

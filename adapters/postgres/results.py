@@ -8,15 +8,30 @@ verdict does), do I/O, or touch rows that need no rewriting (callers relay those
 
 Anything that cannot be rewritten safely (a row whose column count does not match its
 description, a transform that raises, an unterminated COPY record) raises `RewriteError`; the
-proxy then ends the session rather than deliver unmasked data.
+proxy then ends the session rather than deliver unmasked data. A transform that raises
+`WithheldValue` gets NULL and a notice instead; so does a masked column in binary format
+(unless its transform is a binary-safe `ScrubTransform`). The notices of a result set are
+collected in `notices` (each distinct text once) for the session to send.
+
+When every transform of a result is a `ScrubTransform` with the same `may_match` (nothing is
+masked, only scanned), `precheck` is that function: the caller may relay rows or COPY chunks
+that cannot match without rewriting them (`RowRewriter.rewrite` and `CopyOutRewriter.feed`
+apply it themselves too).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from adapters.postgres.hooks import ColumnDescriptor, ColumnMasker, CopyLayout, ValueTransform
+from adapters.postgres.hooks import (
+    ColumnDescriptor,
+    ColumnMasker,
+    CopyLayout,
+    ScrubTransform,
+    ValueTransform,
+    WithheldValue,
+)
 from adapters.postgres.messages import FieldDescription
 
 _I16 = struct.Struct("!h")
@@ -29,9 +44,31 @@ class RewriteError(Exception):
     """A result could not be rewritten as its masks require; the session must end."""
 
 
-def _apply(transform: ValueTransform, value: bytes, where: str) -> bytes | None:
+class _Notices:
+    """The notices a result set has to tell the client, each distinct text once."""
+
+    def __init__(self) -> None:
+        self.notices: list[str] = []
+        self._seen: set[str] = set()
+
+    def notice(self, text: str) -> None:
+        if text not in self._seen:
+            self._seen.add(text)
+            self.notices.append(text)
+
+    def take_notices(self) -> list[str]:
+        taken, self.notices = self.notices, []
+        return taken
+
+
+def _apply(transform: ValueTransform, value: bytes, where: str,
+           notices: _Notices | None = None) -> bytes | None:
     try:
         out = transform(value)
+    except WithheldValue as withheld:
+        if notices is not None:
+            notices.notice(withheld.notice)
+        return None
     except Exception as exc:
         raise RewriteError(f"transform of {where} failed: {type(exc).__name__}: {exc}") from exc
     if out is not None and not isinstance(out, bytes | bytearray):
@@ -67,18 +104,54 @@ def describe_fields(fields: Sequence[FieldDescription], formats: Sequence[int] |
     return out
 
 
-class RowRewriter:
-    """Rewrites the DataRow bodies of one result set."""
+def binary_masked_notice(name: str) -> str:
+    label = f'column "{name}"' if name else "a masked column"
+    return (f"{label} is masked by policy and was requested in binary format: its values are "
+            "sent as NULL")
 
-    __slots__ = ("formats", "transforms")
 
-    def __init__(self, transforms: Sequence[ValueTransform | None], formats: Sequence[int]
-                 ) -> None:
+def scrub_precheck(transforms: Sequence[ValueTransform | None]
+                   ) -> Callable[[bytes], bool] | None:
+    """The shared `may_match` when every transform is a ScrubTransform using it, else None."""
+    check = None
+    for transform in transforms:
+        if transform is None:
+            continue
+        if not isinstance(transform, ScrubTransform):
+            return None
+        if check is None:
+            check = transform.may_match
+        elif transform.may_match is not check:
+            return None
+    return check
+
+
+def _nulls_binary(transform: ValueTransform | None) -> bool:
+    """Whether a binary-format value with this transform is replaced by NULL."""
+    return transform is not None and not (isinstance(transform, ScrubTransform)
+                                          and transform.binary_safe)
+
+
+class RowRewriter(_Notices):
+    """Rewrites the DataRow bodies of one result set. `names` (the column names) only serve
+    the notices."""
+
+    def __init__(self, transforms: Sequence[ValueTransform | None], formats: Sequence[int],
+                 names: Sequence[str] | None = None) -> None:
+        super().__init__()
         self.transforms = list(transforms)
         self.formats = list(formats)
+        self._null = [fmt != 0 and _nulls_binary(t) for t, fmt in zip(transforms, formats,
+                                                                         strict=True)]
+        for i, nulled in enumerate(self._null):
+            if nulled:
+                self.notice(binary_masked_notice(names[i] if names else ""))
+        self.precheck = None if any(self._null) else scrub_precheck(self.transforms)
 
     def rewrite(self, body: bytes) -> bytes:
         """A new DataRow body (without the type and length header)."""
+        if self.precheck is not None and not self.precheck(body):
+            return body
         if len(body) < 2:
             raise RewriteError(f"DataRow body of {len(body)} bytes has no column count")
         (count,) = _I16.unpack_from(body, 0)
@@ -96,11 +169,15 @@ class RowRewriter:
                 raise RewriteError(f"DataRow column #{i} has bad length {length}")
             if transform is None or length == -1:
                 parts.append(body[pos:end])
-            elif self.formats[i] != 0:
+            elif self._null[i]:
                 parts.append(_NULL)
             else:
-                out = _apply(transform, body[pos + 4:end], f"column #{i}")
-                parts.append(_NULL if out is None else _I32.pack(len(out)) + out)
+                value = body[pos + 4:end]
+                out = _apply(transform, value, f"column #{i}", self)
+                if out is value:
+                    parts.append(body[pos:end])
+                else:
+                    parts.append(_NULL if out is None else _I32.pack(len(out)) + out)
             pos = end
         if pos != len(body):
             raise RewriteError(f"DataRow has {len(body) - pos} trailing bytes")
@@ -238,15 +315,20 @@ def _csv_raw_fields(record: bytes, delimiter: int, quote: int, escape: int) -> l
 # Streaming COPY-out rewriting
 
 
-class CopyOutRewriter:
+class CopyOutRewriter(_Notices):
     """Rewrites the CopyData stream of one `COPY ... TO STDOUT`. `feed()` returns the rewritten
     bytes of every complete record so far (records may span CopyData messages); `finish()`
-    checks nothing is left over at CopyDone."""
+    checks nothing is left over at CopyDone. In binary COPY the values of columns with a
+    transform become NULL (the types are unknown here), with a notice."""
 
     def __init__(self, transforms: Sequence[ValueTransform | None], binary: bool,
                  layout: CopyLayout | None, max_buffer: int) -> None:
+        super().__init__()
         self.transforms = list(transforms)
         self.binary = binary
+        self.precheck = None if binary else scrub_precheck(self.transforms)
+        if binary and any(t is not None for t in self.transforms):
+            self.notice("binary COPY: masked columns are sent as NULL")
         self.max_buffer = max_buffer
         self._buffer = bytearray()
         self._done = False
@@ -273,11 +355,22 @@ class CopyOutRewriter:
         self._header_pending = layout.header
 
     def feed(self, data: bytes) -> bytes:
+        if (self.precheck is not None and not self._buffer and not self._header_pending
+                and data.endswith(b"\n") and self._unquoted_after(data)
+                and not self.precheck(data)):
+            return data  # whole records, nothing to scrub: relayed as they are
         self._buffer += data
         out = self._binary() if self.binary else self._records()
         if len(self._buffer) > self.max_buffer:
             raise RewriteError(f"COPY record longer than {self.max_buffer} bytes")
         return out
+
+    def _unquoted_after(self, data: bytes) -> bool:
+        """Whether parsing `data` from a record boundary ends outside a CSV quote (so skipping
+        it keeps the parser's state); always true for the text format."""
+        if not self.csv:
+            return True
+        return self.escape == self.quote and data.count(self.quote) % 2 == 0
 
     def finish(self) -> None:
         if self._buffer:
@@ -327,7 +420,9 @@ class CopyOutRewriter:
                 value, quoted = fields[i]
                 if transform is None or (value == self.null and not quoted):
                     continue
-                new = _apply(transform, value, f"COPY column #{i}")
+                new = _apply(transform, value, f"COPY column #{i}", self)
+                if new is value:
+                    continue  # unchanged (a scrub that found nothing): keep the raw field
                 raw_fields[i] = self.null if new is None else csv_quote(
                     new, self.delimiter, self.quote, self.escape, self.null)
             return sep.join(raw_fields)
@@ -336,7 +431,10 @@ class CopyOutRewriter:
         for i, transform in enumerate(self.transforms):
             if transform is None or raw[i] == self.null:
                 continue
-            new = _apply(transform, text_unescape(raw[i]), f"COPY column #{i}")
+            value = text_unescape(raw[i])
+            new = _apply(transform, value, f"COPY column #{i}", self)
+            if new is value:
+                continue
             raw[i] = self.null if new is None else text_escape(new, self.delimiter)
         return sep.join(raw)
 

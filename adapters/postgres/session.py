@@ -18,17 +18,31 @@ denied Parse/Bind until Sync, so nothing of the denied batch ever reaches the se
 Server state (prepared statements, portals) is mirrored from the *responses* (ParseComplete,
 BindComplete, ...), never from what was sent, so a failed Parse or Bind cannot make the proxy
 apply the wrong masks.
+
+How an outcome is recorded. When the verdict of the statement a server message ends (a
+CommandComplete, EmptyQueryResponse, PortalSuspended or ErrorResponse of a Query, an Execute,
+or a failed Parse / Bind) has an `on_complete` hook, `server_frame` does not put that message
+in `out` but returns a `Completion` holding it: the proxy relays what came before, awaits the
+hook (the audit record), and only then relays the held bytes. Notices a rewriter has for the
+client (a column sent as NULL, and why) are put in `out` before the row that caused them.
 """
 
 from __future__ import annotations
 
 import secrets
 import struct
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from adapters.postgres.codec import Frame, decode_backend
-from adapters.postgres.hooks import ColumnDescriptor, StatementVerdict
+from adapters.postgres.hooks import (
+    ColumnDescriptor,
+    CompletionHook,
+    StatementOutcome,
+    StatementVerdict,
+)
 from adapters.postgres.messages import (
     Bind,
     Close,
@@ -43,6 +57,7 @@ from adapters.postgres.messages import (
     Flush,
     FrontendMessage,
     FunctionCall,
+    NoticeResponse,
     ParameterStatus,
     Parse,
     Query,
@@ -83,6 +98,32 @@ def denial_error(verdict: StatementVerdict) -> ErrorResponse:
     return ErrorResponse.build("42501", message, detail="\n".join(detail) or None)
 
 
+@dataclass(frozen=True)
+class Completion:
+    """The end of one statement's result, held back until `hook(outcome)` has returned;
+    `frames` are then what the client gets (in order)."""
+
+    hook: CompletionHook
+    outcome: StatementOutcome
+    frames: list[bytes]
+
+
+_ROW_COUNT_TAGS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH",
+                             "MOVE"})
+
+
+def tag_rows(tag: str) -> int | None:
+    """The row count of a CommandComplete tag (`INSERT 0 5` -> 5), None when it has none."""
+    words = tag.split()
+    if len(words) >= 2 and words[0] in _ROW_COUNT_TAGS and words[-1].isdigit():
+        return int(words[-1])
+    return None
+
+
+def notice_frame(text: str) -> bytes:
+    return NoticeResponse.build("01000", text).encode()
+
+
 FUNCTION_CALL_DENIED = StatementVerdict.deny(
     "the FunctionCall protocol message is not allowed through the proxy")
 UNKNOWN_STATEMENT_DENIED = "statement {name!r} was not prepared through this proxy session"
@@ -105,6 +146,7 @@ class _Op:
     hidden: bool = False  # injected by the proxy; its responses are not relayed
     rows: RowRewriter | None = None
     rows_planned: bool = False
+    sent: float = 0.0  # clock() when it went upstream
 
 
 @dataclass(eq=False)
@@ -136,6 +178,7 @@ class Session:
     """Bookkeeping of one client session. `max_copy_record` bounds a buffered COPY record."""
 
     max_copy_record: int = 64 * 1024 * 1024
+    clock: Callable[[], float] = time.monotonic
     poison_name: str = field(
         default_factory=lambda: f"ordinance.denied.{secrets.token_hex(16)}")
     transaction_status: str = "I"
@@ -160,6 +203,8 @@ class Session:
     def _push(self, op: _Op) -> None:
         self._seq += 1
         op.seq = self._seq
+        if op.kind in (QUERY, EXECUTE, PARSE):
+            op.sent = self.clock()
         self._ops.append(op)
 
     # ----------------------------------------------------------------------------------------
@@ -300,28 +345,77 @@ class Session:
             return self._query_rows is None
         return op.kind == EXECUTE and op.rows_planned and op.rows is None
 
+    def rows_precheck(self) -> Callable[[bytes], bool] | None:
+        """When the DataRows arriving now are only scanned (every transform a ScrubTransform),
+        the shared `may_match`: the caller may relay a run of rows for which it is False raw,
+        and hand the others to `server_frame` one by one."""
+        if self._skip_until_sync or not self._ops:
+            return None
+        op = self._ops[0]
+        if op.kind == QUERY:
+            rows = self._query_rows
+        elif op.kind == EXECUTE and op.rows_planned:
+            rows = op.rows
+        else:
+            return None
+        return rows.precheck if rows is not None else None
+
     def copy_pass_through(self) -> bool:
         """Whether CopyData from the server goes to the client unchanged (no COPY rewriting)."""
         return self._copy is None
 
-    def server_frame(self, frame: Frame, out: list[bytes]) -> None:
-        """Append to `out` what the client gets for one server message (maybe nothing)."""
+    def description_verdict(self) -> StatementVerdict | None:
+        """The verdict whose masker will see the RowDescription arriving now, if any (so the
+        caller can await its `resolve_columns` first)."""
+        if self._skip_until_sync or not self._ops:
+            return None
+        op = self._ops[0]
+        if op.deny is not None:
+            return None
+        if op.kind == QUERY:
+            return op.verdict
+        if op.kind != DESCRIBE:
+            return None
+        if op.describe_kind == "S":
+            statement = self._statements.get(op.name)
+            return statement.verdict if statement is not None else None
+        portal = self._portals.get(op.name)
+        if portal is None or portal.statement is None:
+            return None
+        return portal.statement.verdict
+
+    def server_frame(self, frame: Frame, out: list[bytes]) -> Completion | None:
+        """Append to `out` what the client gets for one server message (maybe nothing), or,
+        when the message ends a statement whose verdict wants to record the outcome, return
+        it held in a `Completion` (see the module docstring)."""
         kind = frame.type
         if kind == b"D":
-            rows = self._rows_for_data()
-            out.append(frame.raw if rows is None else _frame(b"D", rows.rewrite(frame.body)))
-            return
+            rows = self._rows_for_data(out)
+            if rows is None:
+                out.append(frame.raw)
+                return None
+            body = frame.body
+            new = rows.rewrite(body)
+            if rows.notices:
+                out.extend(notice_frame(n) for n in rows.take_notices())
+            out.append(frame.raw if new is body else _frame(b"D", new))
+            return None
         if kind == b"d":
             if self._copy is None:
                 out.append(frame.raw)
             else:
-                data = self._copy.feed(frame.body)
-                if data:
+                body = frame.body
+                data = self._copy.feed(body)
+                if self._copy.notices:
+                    out.extend(notice_frame(n) for n in self._copy.take_notices())
+                if data is body:
+                    out.append(frame.raw)
+                elif data:
                     out.append(_frame(b"d", data))
-            return
+            return None
         if kind in (b"N", b"A"):
             out.append(frame.raw)
-            return
+            return None
         if kind == b"S":
             message = decode_backend(frame)
             assert isinstance(message, ParameterStatus)
@@ -330,19 +424,61 @@ class Session:
                 raise SessionError(f"client_encoding {message.value} is not supported by the "
                                    "proxy (use UTF8)", "0A000")
             out.append(frame.raw)
-            return
+            return None
         if self._skip_until_sync:
             while self._ops and self._ops[0].kind != SYNC:
                 self._ops.popleft()
         handler = _HANDLERS.get(kind)
         if handler is None:
             if kind in (b"K", b"v"):
-                return  # start-up messages have no business here; never leak upstream keys
+                return None  # start-up messages have no business here; never leak upstream keys
             if kind == b"R":
                 raise SessionError("server asked for authentication in the middle of a session")
             out.append(frame.raw)  # a message type from the future: relay
-            return
-        handler(self, frame, out)
+            return None
+        hook = self._completion_hook(kind) if kind in _ENDINGS else None
+        if hook is None:
+            handler(self, frame, out)
+            return None
+        outcome = self._outcome(frame)
+        held: list[bytes] = []
+        handler(self, frame, held)
+        return Completion(hook, outcome, held)
+
+    def _completion_hook(self, kind: bytes) -> CompletionHook | None:
+        """The `on_complete` of the statement that a CommandComplete / EmptyQueryResponse /
+        PortalSuspended / ErrorResponse arriving now ends, if any."""
+        if not self._ops:
+            return None
+        op = self._ops[0]
+        if op.deny is not None or op.hidden:
+            return None
+        verdict: StatementVerdict | None = None
+        if op.kind == QUERY:
+            verdict = op.verdict
+        elif op.kind == EXECUTE:
+            portal = self._portals.get(op.name)
+            if portal is not None and portal.statement is not None:
+                verdict = portal.statement.verdict
+        elif op.kind == PARSE and kind == b"E":
+            verdict = op.verdict
+        elif op.kind == BIND and kind == b"E":
+            statement = self._statements.get(op.statement)
+            verdict = statement.verdict if statement is not None else None
+        return verdict.on_complete if verdict is not None else None
+
+    def _outcome(self, frame: Frame) -> StatementOutcome:
+        op = self._ops[0]
+        duration = max(0.0, self.clock() - op.sent) if op.sent else 0.0
+        if frame.type == b"C":
+            tag = frame.body.rstrip(b"\x00").decode("utf-8", "replace")
+            return StatementOutcome(tag, tag_rows(tag), duration)
+        if frame.type == b"E":
+            error = decode_backend(frame)
+            assert isinstance(error, ErrorResponse)
+            return StatementOutcome("", None, duration, error_code=error.code,
+                                    error_message=error.message)
+        return StatementOutcome("", None, duration, suspended=frame.type == b"s")
 
     def _head(self, what: str, *kinds: int) -> _Op:
         if not self._ops:
@@ -425,7 +561,9 @@ class Session:
             assert op.verdict is not None
             plan = plan_columns(describe_fields(fields), op.verdict.masker)
             self._query_rows = None if plan is None else RowRewriter(
-                plan, [f.format for f in fields])
+                plan, [f.format for f in fields], [f.name for f in fields])
+            if self._query_rows is not None and self._query_rows.notices:
+                out.extend(notice_frame(n) for n in self._query_rows.take_notices())
             out.append(frame.raw)
             return
         self._ops.popleft()
@@ -474,6 +612,8 @@ class Session:
                 self._copy = CopyOutRewriter(plan, message.format == 1, verdict.copy_layout,
                                              self.max_copy_record)
         out.append(frame.raw)
+        if self._copy is not None and self._copy.notices:
+            out.extend(notice_frame(n) for n in self._copy.take_notices())
 
     def _on_copy_in(self, frame: Frame, out: list[bytes]) -> None:
         """The server now ignores Sync until the client's next CopyDone / CopyFail, so the
@@ -500,7 +640,7 @@ class Session:
     # ----------------------------------------------------------------------------------------
     # Which rewriter applies to a DataRow
 
-    def _rows_for_data(self) -> RowRewriter | None:
+    def _rows_for_data(self, out: list[bytes]) -> RowRewriter | None:
         if self._skip_until_sync or not self._ops:
             raise SessionError("server sent DataRow but no query was pending")
         op = self._ops[0]
@@ -511,6 +651,8 @@ class Session:
         if not op.rows_planned:
             op.rows = self._portal_rows(op.name)
             op.rows_planned = True
+            if op.rows is not None and op.rows.notices:
+                out.extend(notice_frame(n) for n in op.rows.take_notices())
         return op.rows
 
     def _portal_verdict(self, name: str) -> StatementVerdict | None:
@@ -540,7 +682,7 @@ class Session:
                 raise RewriteError(f"the columns of masked portal {name!r} are unknown")
             plan = plan_columns(columns, verdict.masker)
             if plan is not None:
-                rows = RowRewriter(plan, [c.format for c in columns])
+                rows = RowRewriter(plan, [c.format for c in columns], [c.name for c in columns])
         portal.rows, portal.rows_planned = rows, True
         return rows
 
@@ -554,6 +696,8 @@ def _need(verdict: StatementVerdict | None) -> StatementVerdict:
 def _frame(kind: bytes, body: bytes) -> bytes:
     return _HEADER.pack(kind, len(body) + 4) + body
 
+
+_ENDINGS = frozenset({b"C", b"I", b"s", b"E"})
 
 _HANDLERS = {
     b"E": Session._on_error,
