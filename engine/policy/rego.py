@@ -79,7 +79,8 @@ class RegoProgram:
             and p.rules & set(DECISION_SETS)
         ]
         self.nondeterministic = any(
-            call.name in NONDETERMINISTIC for m in modules for call in m.calls)
+            mention.name in NONDETERMINISTIC for m in modules for mention in m.mentions)
+        self.with_input_path = any(m.with_input_path for m in modules)
         self.entrypoints = self._entrypoints()
         self.input_paths = _input_paths(modules)
         self._input_tree = _path_tree(self.input_paths)
@@ -162,6 +163,10 @@ class RegoProgram:
         Calls regopy's C API directly: its `Output` wrapper parses the result JSON eagerly and
         raises on the error text regopy returns with `ok() == True` (e.g. bundle defects).
         """
+        if self.with_input_path and not isinstance(input_doc, dict):
+            # regopy 1.5.2 segfaults on `with input.a as ...` when the input is no object
+            raise EvaluationError("this policy set overrides input fields with `with input.…`; "
+                                  "its input must be a JSON object")
         interp = self._interpreter()
         interp.set_input(regopy.Input(self.prune(input_doc)))
         impl = rego_shared.rego_bundle_query_entrypoint(interp._impl, self.bundle._impl,
@@ -297,8 +302,14 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
     """`file:line: ...` for each call that is neither a builtin regopy implements, a provided
     builtin, nor a function the policy set defines; and for each forbidden builtin."""
     defined = {f for m in modules for f in m.functions}
+    refs = {r for m in modules for r in m.function_refs}
     errors = []
     for module in modules:
+        called = {c.offset for c in module.calls}
+        for mention in module.mentions:
+            if mention.name in FORBIDDEN and mention.offset not in called:
+                errors.append(f"{_display(module.path)}:{mention.line}: "
+                              f"{FORBIDDEN[mention.name]}")
         for call in module.calls:
             name = call.name
             where = f"{_display(module.path)}:{call.line}"
@@ -311,9 +322,11 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
             last = name.rsplit(".", 1)[-1]
             if "." not in name and name in module.functions | defined:
                 continue
+            if name == "set" or name in refs:
+                continue  # `set()` is the empty-set literal; `p.q.f(x)` a ref-head function
             if (head == "data" or head in module.imports) and last in defined:
                 continue
             if is_builtin(name):
                 continue
             errors.append(f"{where}: unknown builtin {name}")
-    return errors
+    return list(dict.fromkeys(errors))

@@ -39,8 +39,16 @@ NONDETERMINISTIC = frozenset({
 })
 
 # Builtins regopy implements but Ordinance refuses: `opa.runtime()` exposes the process
-# environment (secrets) to any policy author.
-FORBIDDEN = {"opa.runtime": "opa.runtime is not allowed: it exposes the process environment"}
+# environment (secrets) to any policy author; the others give wrong answers in regopy 1.5.2
+# without an error, which a policy cannot notice (measured against OPA's conformance cases).
+FORBIDDEN = {
+    "opa.runtime": "opa.runtime is not allowed: it exposes the process environment",
+    "semver.compare": "semver.compare is refused: regopy compares versions as text "
+                      "(1.10.0 < 1.9.0) and accepts invalid ones",
+    "semver.is_valid": "semver.is_valid is refused: regopy accepts invalid versions",
+    "object.union": "object.union is refused: regopy does not merge nested objects",
+    "object.union_n": "object.union_n is refused: regopy does not merge nested objects",
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,13 @@ class RegoModule:
     functions: set[str] = field(default_factory=set)
     imports: dict[str, str] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
+    # every mention of a forbidden or nondeterministic builtin, called or not
+    # (`with time.now_ns as opa.runtime` names one without calling it)
+    mentions: list[Call] = field(default_factory=list)
+    # dotted heads of functions defined under a ref (`p.q.f(x) := ...`)
+    function_refs: set[str] = field(default_factory=set)
+    # `with input.a as ...`: regopy crashes on it when the input is not an object
+    with_input_path: bool = False
     test_rules: list[str] = field(default_factory=list)
     # (rule name, start offset, end offset) of every top-level rule, in source order
     spans: list[tuple[str, int, int]] = field(default_factory=list)
@@ -136,6 +151,10 @@ def read_module(path: str, source: str) -> RegoModule:
                 continue
             elif text not in KEYWORDS:
                 pending = (text, line, m.start())
+            if text in FORBIDDEN or text in NONDETERMINISTIC:
+                module.mentions.append(Call(name=text, line=line, offset=m.start()))
+            if previous == "with" and text.startswith("input."):
+                module.with_input_path = True
             if previous not in ("with", "import", "as"):
                 if text == "input" or text.startswith("input."):
                     _note_input_path(module, text, _literal_subscripts(source, m.end()))
@@ -187,6 +206,8 @@ def _record_call_or_head(module: RegoModule, name: str, line: int, offset: int, 
                          previous: str | None) -> None:
     if previous == "__head__":
         module.functions.add(name.split(".", 1)[0])
+        module.functions.add(name.rsplit(".", 1)[-1])
+        module.function_refs.add(name)
         return
     module.calls.append(Call(name=name, line=line, offset=offset))
 

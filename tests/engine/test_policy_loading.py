@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.engine import Engine
-from engine.errors import PolicySetError
+from engine.errors import EvaluationError, PolicySetError
 from engine.policy import load_policy_set
 
 HEAD = "package ordinance.t\n\nimport rego.v1\n\n"
@@ -226,3 +226,27 @@ def test_query_returns_defined_and_value(policy_dir) -> None:
     assert engine.query("data.envoy.authz.nothing", {}) == (False, None)
     defined, everything = engine.query("", {"method": "GET"})
     assert defined and everything["envoy"]["authz"]["allow"] is True
+
+
+def test_ref_head_functions_and_empty_set_literal_are_not_unknown_builtins(policy_dir) -> None:
+    root = policy_dir({"p.rego": HEAD + "helpers.double(x) := x * 2\n\n"
+                                        'deny contains "big" if {\n  helpers.double(input.n) > 10\n'
+                                        "  count(set()) == 0\n}\n"})
+    engine = Engine(load_policy_set(str(root)))
+    assert engine.decide({"n": 6}).effect == "deny"
+    assert engine.decide({"n": 1}).effect == "allow"
+
+
+def test_mocking_with_a_nondeterministic_builtin_disables_the_cache(policy_dir) -> None:
+    rule = "stamp := x if { x := count([]) with count as time.now_ns }\n"
+    root = policy_dir({"p.rego": HEAD + rule + 'deny contains "never" if false\n'})
+    assert not load_policy_set(str(root)).cacheable
+
+
+def test_with_input_path_on_non_object_input_is_an_error_not_a_crash(policy_dir) -> None:
+    rules = "a := input.a\n\nv := x if {\n  x := a with input.a as 1\n}\n"
+    root = policy_dir({"p.rego": HEAD + rules})
+    engine = Engine(load_policy_set(str(root)))
+    with pytest.raises(EvaluationError, match="must be a JSON object"):
+        engine.query("data.ordinance.t.v", None)
+    assert engine.query("data.ordinance.t.v", {}) == (True, 1)
