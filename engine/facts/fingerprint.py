@@ -11,6 +11,7 @@ fingerprint, and is decided in full.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _TOKEN = re.compile(
     r"""(?P<string>'(?:[^']|'')*')
@@ -25,6 +26,7 @@ _COUNT_KEYWORDS = frozenset({"limit", "offset", "first", "next", "top"})
 MAX_FINGERPRINT_INPUT = 64 << 10
 
 
+@lru_cache(maxsize=4096)
 def literal_fingerprint(raw: str) -> str | None:
     """The text with string and number literals replaced by `?`; None when unsure."""
     if len(raw) > MAX_FINGERPRINT_INPUT or _UNSAFE.search(raw):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import regopy
@@ -38,7 +39,7 @@ class PolicySet:
         """False when a policy calls time, random or network builtins."""
         return not self.rego.nondeterministic
 
-    @property
+    @cached_property
     def literal_insensitive(self) -> bool:
         """True when no policy can see literal values: no Rego module reads `input` whole,
         `input.command` whole or `input.command.raw`, and no CEL rule mentions `raw` or

@@ -25,6 +25,7 @@ import regopy
 from regopy import rego_shared
 
 from engine.errors import EvaluationError, PolicySetError
+from engine.policy.rego_input import set_input
 from engine.policy.rego_source import (
     FORBIDDEN,
     NONDETERMINISTIC,
@@ -168,7 +169,7 @@ class RegoProgram:
             raise EvaluationError("this policy set overrides input fields with `with input.…`; "
                                   "its input must be a JSON object")
         interp = self._interpreter()
-        interp.set_input(regopy.Input(self.prune(input_doc)))
+        set_input(interp, self.prune(input_doc))
         impl = rego_shared.rego_bundle_query_entrypoint(interp._impl, self.bundle._impl,
                                                         entrypoint)
         try:
