@@ -22,6 +22,7 @@ with the error as reason, never a skipped rule.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ class CelRule:
     source: str  # "file:line" of the rule, for errors
     program: Any
     policy: str = ""  # "file#name", for reasons
+    variables: frozenset[str] = frozenset(CEL_VARIABLES)  # the input keys `when` mentions
     message: str = ""
     approvers: tuple[str, ...] = ()
     window: str | None = None
@@ -117,7 +119,7 @@ def compile_rules(path: str, document: Any, lines: dict[int, int],
         message = raw.get("message") or raw.get("description") or name
         rules.append(CelRule(
             name=name, effect=effect, when=when, source=where, program=program,
-            policy=f"{path}#{name}",
+            policy=f"{path}#{name}", variables=_mentioned_variables(when),
             message=str(message), approvers=tuple(approvers),
             window=str(raw["window"]) if raw.get("window") else None, masks=masks,
         ))
@@ -152,9 +154,17 @@ def _cel_message(err: Exception) -> str:
     return " ".join(line.strip() for line in text.splitlines()[:1]).replace("ERROR: ", "")
 
 
-def activation_data(doc: dict[str, Any]) -> dict[str, Any]:
-    data = {name: doc.get(name, {}) for name in CEL_VARIABLES}
-    data["input"] = doc
+def _mentioned_variables(expression: str) -> frozenset[str]:
+    """The environment's variables an expression names (a superset is harmless)."""
+    return frozenset(n for n in CEL_VARIABLES if re.search(rf"\b{n}\b", expression))
+
+
+def activation_data(doc: dict[str, Any], names: frozenset[str] = frozenset(CEL_VARIABLES)
+                    ) -> dict[str, Any]:
+    """The variables for one document. Only the named ones are converted to CEL values
+    (conversion is most of an evaluation's cost); the others are empty maps."""
+    data = {name: doc.get(name, {}) if name in names else {} for name in CEL_VARIABLES}
+    data["input"] = doc if "input" in names else {}
     return data
 
 
@@ -163,7 +173,8 @@ def evaluate(rules: list[CelRule], doc: dict[str, Any]) -> CelOutcome:
     outcome = CelOutcome(reasons=[], masks=[])
     if not rules:
         return outcome
-    activation = _ENV.Activation(activation_data(doc))
+    names = frozenset().union(*(rule.variables for rule in rules))
+    activation = _ENV.Activation(activation_data(doc, names))
     for rule in rules:
         value = rule.program.eval(activation)
         kind = value.type()
