@@ -47,7 +47,7 @@ def trace_output_columns(sql: str, dialect: str | None,
 
 @lru_cache(maxsize=2048)
 def _trace(sql: str, dialect: str | None, frozen: FrozenSchema) -> list[OutputColumn] | None:
-    schema = {table: dict(cols) for table, cols in frozen}
+    schema: dict[str, object] = {table: dict(cols) for table, cols in frozen}
     try:
         trees = [t for t in sqlglot.parse(sql, dialect=dialect) if t is not None]
         if len(trees) != 1 or not isinstance(trees[0], exp.Query):
@@ -98,7 +98,7 @@ def _output(scope: Scope, index: int) -> OutputColumn:
                         direct=direct, opaque=opaque)
 
 
-def _only_count_stars(body: exp.Expression) -> bool:
+def _only_count_stars(body: exp.Expr) -> bool:
     return all(isinstance(star.parent, exp.Count) for star in body.find_all(exp.Star))
 
 

@@ -63,7 +63,7 @@ def _with_input_spans(text: str) -> list[tuple[int, int, str]]:
         kind, value, start, _ = tokens[i]
         if kind == "name" and value == "with":
             j = i + 1
-            words = []
+            words: list[tuple[str, int]] = []
             while j < len(tokens) and len(words) < 3:
                 if tokens[j][0] not in ("space", "newline", "comment"):
                     words.append((tokens[j][1], j))

@@ -51,7 +51,7 @@ def read_json_input(path: str) -> tuple[Any, str | None]:
         return None, f"{'stdin' if path == '-' else path} is empty"
     try:
         return json.loads(text), None
-    except ValueError as json_err:
+    except json.JSONDecodeError as json_err:
         try:
             document = yaml.safe_load(text)
         except yaml.YAMLError:

@@ -37,7 +37,7 @@ STATEMENT_KINDS = (
     "other",
 )
 
-_KIND_BY_CLASS: dict[type[exp.Expression], str] = {
+_KIND_BY_CLASS: dict[type[exp.Expr], str] = {
     exp.Select: "select",
     exp.Union: "select",
     exp.Intersect: "select",
@@ -148,7 +148,7 @@ def _blank(kind: str, nested: bool) -> dict[str, Any]:
             "has_limit": False, "limit": None, "nested": nested}
 
 
-def _statement_facts(tree: exp.Expression, dialect: str | None,
+def _statement_facts(tree: exp.Expr, dialect: str | None,
                      nested: bool) -> list[dict[str, Any]]:
     if isinstance(tree, exp.Command):
         return _command_facts(tree, dialect, nested)
@@ -173,7 +173,7 @@ def _statement_facts(tree: exp.Expression, dialect: str | None,
     return out
 
 
-def _kind_of(tree: exp.Expression) -> str | None:
+def _kind_of(tree: exp.Expr) -> str | None:
     for cls in type(tree).__mro__:
         kind = _KIND_BY_CLASS.get(cls)
         if kind:
@@ -181,7 +181,7 @@ def _kind_of(tree: exp.Expression) -> str | None:
     return None
 
 
-def _add_kind_details(tree: exp.Expression, facts: dict[str, Any]) -> None:
+def _add_kind_details(tree: exp.Expr, facts: dict[str, Any]) -> None:
     if isinstance(tree, exp.Copy):
         facts["direction"] = "from" if tree.args.get("kind") else "to"
         files = tree.args.get("files") or []
@@ -194,7 +194,7 @@ def _add_kind_details(tree: exp.Expression, facts: dict[str, Any]) -> None:
         facts["object_kind"] = str(tree.args.get("kind") or "").lower() or None
 
 
-def _hidden_statements(tree: exp.Expression, dialect: str | None) -> list[dict[str, Any]]:
+def _hidden_statements(tree: exp.Expr, dialect: str | None) -> list[dict[str, Any]]:
     """DML inside CTEs or subqueries, and the query of CREATE ... AS / INSERT ... SELECT."""
     hidden: list[dict[str, Any]] = []
     for node in tree.find_all(*_DML, exp.Select):
@@ -209,7 +209,7 @@ def _hidden_statements(tree: exp.Expression, dialect: str | None) -> list[dict[s
     return hidden
 
 
-def _has_select_ancestor(node: exp.Expression, root: exp.Expression) -> bool:
+def _has_select_ancestor(node: exp.Expr, root: exp.Expr) -> bool:
     parent = node.parent
     while parent is not None and parent is not root:
         if isinstance(parent, exp.Select):
@@ -251,7 +251,7 @@ def _table_name(table: exp.Table) -> str:
     return ".".join(parts).lower()
 
 
-def _tables(tree: exp.Expression, ctes: set[str]) -> list[str]:
+def _tables(tree: exp.Expr, ctes: set[str]) -> list[str]:
     names: list[str] = []
     for table in tree.find_all(exp.Table):
         if not table.name:
@@ -264,7 +264,7 @@ def _tables(tree: exp.Expression, ctes: set[str]) -> list[str]:
     return names
 
 
-def _targets(tree: exp.Expression, ctes: set[str]) -> list[str]:
+def _targets(tree: exp.Expr, ctes: set[str]) -> list[str]:
     """Tables the statement writes or changes (the object of DML and DDL)."""
     target = tree.this if isinstance(tree, exp.Expression) else None
     if isinstance(tree, exp.Insert | exp.Create) and isinstance(target, exp.Schema):
@@ -281,7 +281,7 @@ def _targets(tree: exp.Expression, ctes: set[str]) -> list[str]:
     return []
 
 
-def _columns(tree: exp.Expression) -> list[str]:
+def _columns(tree: exp.Expr) -> list[str]:
     names: list[str] = []
     for node in tree.find_all(exp.Column, exp.Star):
         name = "*" if isinstance(node, exp.Star) else node.name.lower()
@@ -297,7 +297,7 @@ def _columns(tree: exp.Expression) -> list[str]:
     return names
 
 
-def _has_where(tree: exp.Expression) -> bool:
+def _has_where(tree: exp.Expr) -> bool:
     if isinstance(tree, exp.SetOperation):
         return _has_where(tree.left) and _has_where(tree.right)
     if isinstance(tree, exp.Copy):
@@ -308,7 +308,7 @@ def _has_where(tree: exp.Expression) -> bool:
     return tree.args.get("where") is not None
 
 
-def _limit(tree: exp.Expression) -> tuple[bool, int | None]:
+def _limit(tree: exp.Expr) -> tuple[bool, int | None]:
     if isinstance(tree, exp.Copy):
         inner = tree.this.this if isinstance(tree.this, exp.Subquery) else None
         return _limit(inner) if inner is not None else (False, None)

@@ -64,9 +64,15 @@ def _add(p: Any, value: Any) -> None:
 
 
 def _plain(value: Any) -> Any:
-    for base in (str, int, float, dict, list):
-        if isinstance(value, base):
-            return base(value)
+    """A subclass of a JSON type (an IntEnum, an OrderedDict...) as the plain type."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, dict):
+        return dict(value)
     return list(value)
 
 
