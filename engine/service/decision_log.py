@@ -216,7 +216,7 @@ class DecisionLog:
         return out
 
     def _take_batch(self) -> list[dict[str, Any]]:
-        batch = []
+        batch: list[dict[str, Any]] = []
         while self._queue and len(batch) < self._max_batch:
             record = self._queue.popleft()
             try:
