@@ -1,10 +1,19 @@
 """`ordinance approvals list|show|approve|deny`: deciding review requests from a terminal.
 
-Owns the command-line surface over `engine.approvals` for local use against the store. The
-approver is authenticated against the static users file (`--users`): the password comes from
-`--password-stdin`, the environment variable `ORDINANCE_PASSWORD`, or a prompt, and the groups
-come from the file. Exit codes: 0 done, 1 refused or not found (the message says why), 2 the
-store, trail or users file cannot be used. It must not apply approval rules itself.
+Owns the command-line surface over `engine.approvals`, in two modes:
+
+- Local (`--audit URL`): straight on the store. The approver is authenticated against the
+  static users file (`--users`, `--as NAME`): the password comes from `--password-stdin`, the
+  environment variable `ORDINANCE_PASSWORD`, or a prompt, and the groups come from the file.
+- Remote (`--server HOST:PORT`): through a running service's `ordinance.v1.ApprovalService`
+  (`engine.approval_client`). The service identifies the caller from an OIDC ID token
+  (`--id-token FILE`) or a client certificate (`--tls-cert/--tls-key`, with `--tls-ca` for the
+  server's CA); `--token-file` (the service token) may list and show only. `--as NAME` is then
+  optional and makes the service refuse the verdict unless it identified the caller as NAME.
+
+Both print the same output. Exit codes: 0 done, 1 refused or not found (the message says why),
+2 the store, trail, users file or service cannot be used (or the caller was not
+authenticated). It must not apply approval rules itself.
 """
 
 from __future__ import annotations
@@ -21,7 +30,6 @@ from engine.approvals import (
     STATUSES,
     ApprovalError,
     ApprovalRequest,
-    ApprovalStore,
     ApprovalStoreError,
     open_approval_store,
 )
@@ -48,11 +56,23 @@ def register(subparsers: Any) -> None:
         sub: argparse.ArgumentParser = actions.add_parser(name, help=help_text,
                                                           description=help_text)
         sub.add_argument("--audit", metavar="URL", default=os.environ.get(AUDIT_URL_ENV),
-                         required=not os.environ.get(AUDIT_URL_ENV),
-                         help=f"audit trail URL (default ${AUDIT_URL_ENV})")
+                         help=f"audit trail URL (default ${AUDIT_URL_ENV}); needed without "
+                              "--server")
         sub.add_argument("--store", metavar="URL",
                          help="approvals store URL (default: the audit trail's database)")
         sub.add_argument("--json", action="store_true", help="machine-readable output")
+        remote = sub.add_argument_group(
+            "through a running service (ordinance serve --audit URL)")
+        remote.add_argument("--server", metavar="HOST:PORT",
+                            help="the service's gRPC address; the service authenticates you")
+        remote.add_argument("--id-token", metavar="FILE",
+                            help="file holding your OIDC ID token")
+        remote.add_argument("--token-file", metavar="FILE",
+                            help="file holding the service token (list and show only)")
+        remote.add_argument("--tls-ca", metavar="PEM", help="CA of the server's certificate")
+        remote.add_argument("--tls-cert", metavar="PEM",
+                            help="your client certificate (mutual TLS)")
+        remote.add_argument("--tls-key", metavar="PEM", help="your client certificate's key")
         sub.set_defaults(func=_run)
         return sub
 
@@ -62,9 +82,11 @@ def register(subparsers: Any) -> None:
     for verdict in ("approve", "deny"):
         sub = add(verdict, f"{verdict} a pending request as an authenticated approver")
         sub.add_argument("id", metavar="ID")
-        sub.add_argument("--as", dest="identity", required=True, metavar="IDENTITY",
-                         help="your user name in the users file")
-        sub.add_argument("--users", required=True, metavar="FILE", help="static users file")
+        sub.add_argument("--as", dest="identity", metavar="IDENTITY",
+                         help="your user name in the users file (with --server: the identity "
+                              "the service must find in your credentials)")
+        sub.add_argument("--users", metavar="FILE",
+                         help="static users file (local mode)")
         sub.add_argument("--comment", default="", help="why (a ticket number, …)")
         sub.add_argument("--password-stdin", action="store_true",
                          help="read the password from the first line of stdin")
@@ -72,6 +94,19 @@ def register(subparsers: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     try:
+        if args.server:
+            return _run_remote(args)
+        remote_only = [flag for flag, value in (
+            ("--id-token", args.id_token), ("--token-file", args.token_file),
+            ("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert),
+            ("--tls-key", args.tls_key)) if value]
+        if remote_only:
+            raise _Fail(2, f"{', '.join(remote_only)} need --server HOST:PORT")
+        if not args.audit:
+            raise _Fail(2, f"give --audit URL (or ${AUDIT_URL_ENV}), or --server HOST:PORT")
+        if args.approvals_action in ("approve", "deny") and not (args.identity and args.users):
+            raise _Fail(2, "--as IDENTITY and --users FILE authenticate you on the store "
+                           "(or use --server HOST:PORT with your credentials)")
         identity = _authenticate(args) if args.approvals_action in ("approve", "deny") else None
         try:
             audit = open_audit_log(args.audit, create=False)
@@ -89,7 +124,27 @@ def _run(args: argparse.Namespace) -> int:
         return fail.code
 
 
-def _act(args: argparse.Namespace, store: ApprovalStore, identity: Any) -> int:
+def _run_remote(args: argparse.Namespace) -> int:
+    from engine.approval_client import ApprovalClient
+
+    if getattr(args, "users", None):
+        raise _Fail(2, "--users is for local use; with --server the service authenticates "
+                       "you (--id-token, or --tls-cert/--tls-key)")
+    if args.store:
+        raise _Fail(2, "--store is for local use; the service has its own store")
+    try:
+        client = ApprovalClient.from_files(
+            args.server, id_token_file=args.id_token, token_file=args.token_file,
+            tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    except ValueError as exc:
+        raise _Fail(2, str(exc)) from exc
+    except ApprovalStoreError as exc:
+        raise _Fail(2, str(exc)) from exc
+    with client:
+        return _act(args, client, None)
+
+
+def _act(args: argparse.Namespace, store: Any, identity: Any) -> int:
     try:
         if args.approvals_action == "list":
             requests = store.list(args.status)
@@ -103,7 +158,10 @@ def _act(args: argparse.Namespace, store: ApprovalStore, identity: Any) -> int:
             _print_request(store.get(args.id), as_json=args.json)
             return 0
         decide = store.approve if args.approvals_action == "approve" else store.deny
-        decided = decide(args.id, identity, args.comment)
+        if identity is None:  # remote: the service identifies the caller
+            decided = decide(args.id, args.comment, expected_identity=args.identity or "")
+        else:
+            decided = decide(args.id, identity, args.comment)
         _print_request(decided, as_json=args.json)
         return 0
     except ApprovalStoreError as exc:

@@ -4,7 +4,10 @@ Parses flags into an `engine.service.server.ServiceConfig` and runs one process 
 supervisor of `--workers N`. Envoy's ext_authz (`envoy.service.auth.v3.Authorization/Check`)
 is served on the gRPC port too, and its HTTP-service mode under `/envoy` on the HTTP port
 (`engine.commands.envoy` has the flags; `--envoy-query off` still mounts it, deciding with
-Ordinance's own rules only). Prints one JSON line on stdout when serving
+Ordinance's own rules only). With `--audit URL` the gRPC port also serves
+`ordinance.v1.ApprovalService` (`engine.service.approvals`) on the approvals store of that URL;
+approvers authenticate with an OIDC ID token (`--oidc-*`) or a client certificate
+(`--tls-client-ca`, groups from `--users FILE`). Prints one JSON line on stdout when serving
 (`{"event": "serving", "grpc": "host:port", "http": "host:port", ...}`); logs go to stderr.
 """
 
@@ -55,7 +58,8 @@ def register(subparsers: Any) -> None:
                    help="HTTP listen address, 'off' to disable (default %(default)s)")
     p.add_argument("--audit", metavar="URL",
                    help="write the decision log to this audit store (sqlite:///…, "
-                        "postgresql://…) instead of a file")
+                        "postgresql://…) instead of a file, and serve the approvals store "
+                        "in the same database as ordinance.v1.ApprovalService")
     p.add_argument("--decision-log", metavar="FILE", type=Path,
                    help="JSON-lines decision log (default ./var/decisions.jsonl)")
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
@@ -66,6 +70,9 @@ def register(subparsers: Any) -> None:
                    help="CA that signs client certificates (enables mutual TLS)")
     p.add_argument("--token-file", metavar="FILE", type=Path,
                    help="require 'Authorization: Bearer <token>' (re-read when it changes)")
+    p.add_argument("--users", metavar="FILE", type=Path,
+                   help="static users file: the groups of approvers identified by their "
+                        "client certificate (mutual TLS) on the ApprovalService")
     p.add_argument("--insecure-listen", action="store_true",
                    help="allow a non-loopback address without TLS or token")
     p.add_argument("--max-message-bytes", type=parse_size, default=4 * 1024 * 1024,
@@ -88,13 +95,24 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("ordinance.serve")
     try:
         tls = tls_config(args.tls_cert, args.tls_key, args.tls_client_ca)
+        extensions: list[Any] = [envoy_options(args, http_prefix="/envoy",
+                                               http_max_body_bytes=args.max_message_bytes)]
+        if args.audit:
+            from engine.service.approvals import ApprovalServiceOptions
+
+            approvals = ApprovalServiceOptions(
+                audit_url=args.audit, oidc_jwks=args.oidc_jwks, oidc_issuer=args.oidc_issuer,
+                oidc_audience=args.oidc_audience, users_file=args.users)
+            approvals.check()
+            extensions.append(approvals)
+        elif args.users is not None:
+            raise ValueError("--users is for the approval service, which needs --audit URL")
         config = ServiceConfig(
             policies=Path(args.policies), grpc_address=args.grpc, http_address=args.http,
             audit_url=args.audit, decision_log_path=args.decision_log, workers=args.workers,
             tls=tls, token_file=args.token_file, insecure_listen=args.insecure_listen,
             max_message_bytes=args.max_message_bytes, reload_interval=args.reload_interval,
-            extensions=(envoy_options(args, http_prefix="/envoy",
-                                      http_max_body_bytes=args.max_message_bytes),))
+            extensions=tuple(extensions))
         if not config.addresses():
             raise ValueError("both --grpc and --http are off: nothing to serve")
         config.check_security()

@@ -7,7 +7,8 @@ RESOURCE_EXHAUSTED). A caller whose deadline has already passed when its request
 handler thread is answered DEADLINE_EXCEEDED without evaluating. Until a policy set is
 loaded, Decide is UNAVAILABLE (retryable: another replica may be ready; clients deny once
 their retries are spent). With a bearer token, every
-method but `grpc.health.v1.Health` needs `authorization: Bearer <token>` metadata.
+method but `grpc.health.v1.Health` and the services that authenticate each caller themselves
+(`ordinance.v1.ApprovalService`) needs `authorization: Bearer <token>` metadata.
 
 Health reports NOT_SERVING (overall and for the DecisionService) until a policy set is
 active, and NOT_SERVING again while shutting down. This module translates; it decides nothing.
@@ -135,16 +136,20 @@ def _unauthenticated(request: Any, context: grpc.ServicerContext) -> Any:
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Refuse calls without `authorization: Bearer <token>`; health checks are exempt."""
+    """Refuse calls without `authorization: Bearer <token>`. Health checks are exempt, and so
+    are the `self_authenticated` services, which authenticate every caller themselves (the
+    ApprovalService: its callers present an ID token in that same header)."""
 
-    def __init__(self, token: BearerToken, on_reject: Callable[[], None]) -> None:
+    def __init__(self, token: BearerToken, on_reject: Callable[[], None],
+                 self_authenticated: Sequence[str] = ()) -> None:
         self._token = token
         self._on_reject = on_reject
+        self._exempt = tuple(f"/{name}/" for name in (HEALTH_SERVICE, *self_authenticated))
         self._deny_unary = grpc.unary_unary_rpc_method_handler(_unauthenticated)
         self._deny_stream = grpc.stream_stream_rpc_method_handler(_unauthenticated)
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
-        if details.method.startswith(f"/{HEALTH_SERVICE}/"):
+        if details.method.startswith(self._exempt):
             return continuation(details)
         for key, value in details.invocation_metadata or ():
             if key == "authorization" and self._token.check_header(value):
@@ -174,13 +179,14 @@ def start_grpc_server(runtime: ServiceRuntime, address: str, *, tls: TLSConfig |
                       token: BearerToken | None = None,
                       max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                       reuse_port: bool = False, threads: int = DEFAULT_THREADS,
-                      extra_handlers: Sequence[tuple[str, grpc.GenericRpcHandler]] = ()
-                      ) -> GrpcService:
+                      extra_handlers: Sequence[tuple[str, grpc.GenericRpcHandler]] = (),
+                      self_authenticated: Sequence[str] = ()) -> GrpcService:
     """Bind `address` (`host:port`, port 0 picks one) and start serving.
 
     `extra_handlers` are `(full service name, generic handler)` pairs served on the same
     port (e.g. Envoy's ext_authz); they get reflection and a per-service health status that
-    follows policy readiness like the DecisionService's.
+    follows policy readiness like the DecisionService's. `self_authenticated` names those of
+    them that authenticate each call themselves: the service token is not demanded of them.
     """
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -192,7 +198,7 @@ def start_grpc_server(runtime: ServiceRuntime, address: str, *, tls: TLSConfig |
     interceptors = []
     if token is not None:
         rejected = runtime.metrics.rejected.labels("grpc", "unauthenticated")
-        interceptors.append(BearerTokenInterceptor(token, rejected.inc))
+        interceptors.append(BearerTokenInterceptor(token, rejected.inc, self_authenticated))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads,
                                                     thread_name_prefix="grpc"),
                          options=options, interceptors=interceptors)

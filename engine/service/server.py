@@ -63,7 +63,9 @@ class ServiceConfig:
     ext_authz). Each is picklable configuration (`--workers` spawns processes with it) whose
     `start(runtime, tls=, token=)` returns an object with `grpc_handlers` ((service name,
     generic handler) pairs), `http_routes` (path prefix -> endpoint with `handle(handler)`),
-    `describe()` and `stop()`."""
+    `describe()` and `stop()`, and optionally `grpc_self_authenticated` (names of its services
+    that authenticate every call themselves, so the service token is not demanded of them),
+    e.g. `engine.service.approvals.ApprovalServiceOptions`."""
 
     def addresses(self) -> list[tuple[str, str, int]]:
         """(transport, host, port) of the enabled listeners."""
@@ -119,13 +121,16 @@ class Service:
             for extension in config.extensions:
                 self.extensions.append(extension.start(runtime, tls=config.tls, token=token))
             grpc_handlers = [h for e in self.extensions for h in e.grpc_handlers]
+            self_authenticated = [name for e in self.extensions
+                                  for name in getattr(e, "grpc_self_authenticated", ())]
             http_routes = {p: r for e in self.extensions for p, r in e.http_routes.items()}
             for name, host, port in config.addresses():
                 if name == "gRPC":
                     self.grpc = start_grpc_server(
                         runtime, join_host_port(host, port), tls=config.tls, token=token,
                         max_message_bytes=config.max_message_bytes,
-                        reuse_port=config.reuse_port, extra_handlers=grpc_handlers)
+                        reuse_port=config.reuse_port, extra_handlers=grpc_handlers,
+                        self_authenticated=self_authenticated)
                 else:
                     self.http = start_http_server(
                         runtime, host, port, tls=config.tls, token=token,
