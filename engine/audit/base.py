@@ -57,6 +57,8 @@ EVENT_KINDS: dict[str, str] = {
     "approval.refused": "an attempt to decide a request was rejected (self-approval, group, …)",
     "approval.consumed": "an approved request was used to run a command",
     "approval.not_consumed": "a command looked for an approval and found none usable",
+    "approval.accessed": "a call to the ApprovalService: method, caller, how it authenticated, "
+                         "outcome (refused calls too)",
     "policy.reload": "a policy set was loaded (or a broken one rejected): revision, errors",
     "audit.pruned": "records older than the retention were removed behind a checkpoint",
     "audit.accessed": "the trail was verified, exported or followed (PCI DSS 10.2.1.3)",

@@ -460,3 +460,27 @@ def test_on_postgresql(pg_database: str, tmp_path: Path, issuer: Issuer) -> None
         assert main(["audit", "verify", "--audit", url]) == 0
     finally:
         deployment.close()
+
+
+def test_waiters_are_bounded_per_process(policy_dir: Path, tmp_path: Path,
+                                         service_factory: Any) -> None:
+    from engine.service.approvals import ApprovalServiceOptions
+
+    url = f"sqlite:///{tmp_path}/audit.db"
+    (tmp_path / "token").write_text(SERVICE_TOKEN)
+    service = service_factory(policy_dir, audit_url=url, token_file=tmp_path / "token",
+                              extensions=(ApprovalServiceOptions(audit_url=url, max_waiters=1),))
+    rid = Deployment(None, url, tmp_path).file_request()  # type: ignore[arg-type]
+    servicer = service.extensions[0].servicer
+    channel, approvals = stub(f"127.0.0.1:{service.grpc_port}")
+    request = approval_pb2.WaitRequest(id=rid)
+    request.timeout.FromTimedelta(dt.timedelta(milliseconds=10))
+    with channel:
+        assert servicer._waiters.acquire(blocking=False)  # the one waiter slot is taken
+        try:
+            err = refused(approvals.Wait, request, metadata=bearer(SERVICE_TOKEN))
+        finally:
+            servicer._waiters.release()
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert approvals.Wait(request, timeout=10,
+                              metadata=bearer(SERVICE_TOKEN)).status == PENDING
