@@ -786,9 +786,13 @@ class PostgresProxy:
             if pid:
                 self._holds.pop(pid, None)
             if reading is not None:
-                if reading.done() and not reading.cancelled() and reading.exception() is None:
-                    client.decoder.feed(reading.result())  # never drop what the client sent
-                reading.cancel()
+                # The pump reads the client next: this read must be over first (cancelled, or
+                # done; then what it read is kept).
+                if not reading.done():
+                    reading.cancel()
+                    await asyncio.wait({reading})
+                if not reading.cancelled() and reading.exception() is None:
+                    client.decoder.feed(reading.result())
             if not hold.done():
                 hold.cancel()
         if not isinstance(final, StatementVerdict) or final.effect == "review" \

@@ -230,10 +230,31 @@ def _command_text(payload: dict[str, Any]) -> str | None:
     return None
 
 
+def _session_text(kind: str, p: dict[str, Any]) -> str | None:
+    """Who connected from where to what (session.start), why it ended (session.end)."""
+    if kind == "session.start" and p.get("client_addr") is not None:
+        resource = p.get("resource") if isinstance(p.get("resource"), dict) else {}
+        how = [str(p.get("auth_method") or "?"), "TLS" if p.get("tls") else "no TLS"]
+        if p.get("application_name"):
+            how.append(str(p["application_name"]))
+        return (f"{p.get('user', '?')} from {p['client_addr']} to "
+                f"{resource.get('name') or p.get('database', '?')} ({', '.join(how)})")
+    if kind == "session.end" and p.get("reason") is not None:
+        counts = f", {p['statements']} statements" if p.get("statements") is not None else ""
+        return f"{p['reason']}{counts}"
+    return None
+
+
 def transcript_line(rec: AuditRecord) -> str:
     """One human line for a record: the kind, then what matters for that kind."""
     p = rec.payload
     parts = [rec.kind]
+    session = _session_text(rec.kind, p)
+    if session is not None:
+        parts.append(session)
+        if p.get("duration_ms") is not None:
+            parts.append(f"-> {p['duration_ms']} ms")
+        return " ".join(parts)
     effect = _effect(p)
     if effect:
         parts.append(f"[{effect}]")
@@ -247,6 +268,10 @@ def transcript_line(rec: AuditRecord) -> str:
         outcome.append(f"{p['rows']} rows")
     if p.get("duration_ms") is not None:
         outcome.append(f"{p['duration_ms']} ms")
+    approval = p.get("approval")
+    if isinstance(approval, dict) and approval.get("id"):
+        by = f" by {approval['approver']}" if approval.get("approver") else ""
+        outcome.append(f"approval {approval['id']} {approval.get('status', '')}{by}".strip())
     reasons = p.get("reasons") or (p.get("decision") or {}).get("reasons")
     if isinstance(reasons, list):
         msgs = [r.get("message", "") if isinstance(r, dict) else str(r) for r in reasons]

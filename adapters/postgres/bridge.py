@@ -1,0 +1,359 @@
+"""The policy bridge: each statement the proxy sees -> a Decision -> a `StatementVerdict`.
+
+Owns: the input document of a statement (`{subject, resource, command, session}`), asking the
+`DecisionClient`, and turning the Decision into what the proxy applies:
+
+- deny: 42501 with the deny reasons (the proxy adds the decision id in DETAIL);
+- review: a hold that files (or finds) an approval request, tells the client its id and how to
+  approve it in a NOTICE, waits for the verdict (other sessions are not affected) until
+  `ApprovalGate.timeout`, and then runs the statement exactly as sent (the approval is used,
+  bound to the requester and the text's SHA-256) or denies it; an approval that already covers
+  the text (a rule's `window`) is used at once;
+- masks: a `ResultMasking` for the statement's results (`column_masks`), after the checks that
+  deny what cannot be masked with certainty; the card-number backstop runs on every result;
+- recording: `session.start` / `session.end` and one `statement` record per result (text, decision
+  id, effect, reasons, approval, duration, rows, error), durable before the client sees the end
+  of the result (the proxy awaits `on_complete`); denials are recorded before the error is sent.
+
+Must not: evaluate policy (the Decision is the answer), or parse the wire protocol (the proxy
+does). Failing closed: a decision, catalog or audit failure denies the statement or, once it
+ran, withholds its result (see the proxy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from adapters.postgres.catalog import Catalog, CatalogError
+from adapters.postgres.column_masks import (
+    OPAQUE,
+    CatalogView,
+    MaskingDenied,
+    MaskRules,
+    ResultMasking,
+    check_outputs,
+    lineage_schema,
+    statement_relations,
+    trace_statement,
+)
+from adapters.postgres.copy_statement import CopyStatement, CopySyntaxError, parse_copy
+from adapters.postgres.hooks import (
+    CopyLayout,
+    Notify,
+    SessionContext,
+    StatementOutcome,
+    StatementVerdict,
+)
+from adapters.postgres.recorder import AuditRecorder
+from adapters.postgres.review import ApprovalGate, parse_window
+from engine.decision import Decision
+from engine.identity import Subject
+
+log = logging.getLogger("ordinance.adapters.postgres.bridge")
+
+DDL_KINDS = frozenset({"create", "alter", "drop"})
+MAX_RECORDED_TEXT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What policies see as `input.resource`."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    type: str = "postgres"
+
+    def to_input(self) -> dict[str, Any]:
+        return {"type": self.type, "name": self.name, "labels": dict(self.labels)}
+
+
+@dataclass
+class _SessionStats:
+    started: float
+    statements: int = 0
+    denied: int = 0
+
+
+def _messages(decision: Decision, effect: str) -> list[str]:
+    return [r.message for r in decision.reasons if r.effect == effect and r.message]
+
+
+class _Statement:
+    """One decided statement: what its audit records say."""
+
+    def __init__(self, bridge: PolicyBridge, ctx: SessionContext, sql: str, decision_id: str,
+                 decision: Decision) -> None:
+        self.bridge = bridge
+        self.ctx = ctx
+        self.sql = sql
+        self.decision_id = decision_id
+        self.decision = decision
+        self.masking: ResultMasking | None = None
+        self.approval: dict[str, Any] | None = None
+        self.ddl = bool(DDL_KINDS & set(decision.command.get("kinds") or ()))
+
+    def payload(self, **outcome: Any) -> dict[str, Any]:
+        text = self.sql if len(self.sql) <= MAX_RECORDED_TEXT else (
+            self.sql[:MAX_RECORDED_TEXT] + " …[truncated]")
+        return {
+            "text": text, "effect": self.decision.effect,
+            "reasons": [r.to_dict() for r in self.decision.reasons],
+            "masked": sorted(self.masking.masked) if self.masking is not None else [],
+            "approval": self.approval, "policy_revision": self.decision.policy_revision,
+            "resource": self.bridge.resource.name, "database": self.ctx.database,
+            **outcome,
+        }
+
+    async def record(self, **outcome: Any) -> None:
+        await self.bridge.recorder.append(
+            "statement", self.payload(**outcome), subject=self.ctx.user,
+            session_id=self.ctx.session_id, decision_id=self.decision_id)
+        stats = self.bridge._sessions.get(self.ctx.session_id)
+        if stats is not None:
+            stats.statements += 1
+
+    async def denied(self, message: str) -> StatementVerdict:
+        """Record the denial, then answer it (so the record is durable first)."""
+        await self.record(error=f"42501: permission denied by policy: {message}", rows=None,
+                          duration_ms=None, tag="")
+        stats = self.bridge._sessions.get(self.ctx.session_id)
+        if stats is not None:
+            stats.denied += 1
+        return StatementVerdict.deny(message, decision_id=self.decision_id)
+
+    async def completed(self, outcome: StatementOutcome) -> None:
+        if self.ddl:
+            self.bridge.catalog.invalidate()  # the DDL has run now
+        error = (f"{outcome.error_code}: {outcome.error_message}" if outcome.error_code
+                 else None)
+        await self.record(tag=outcome.tag, rows=outcome.rows, error=error,
+                          duration_ms=round(outcome.duration * 1000, 3),
+                          suspended=outcome.suspended or None)
+
+
+class PolicyBridge:
+    """The proxy's decide hook and session hooks (`hooks()` gives them as ProxyConfig
+    keyword arguments)."""
+
+    def __init__(self, client: Any, *, resource: Resource, catalog: Catalog,
+                 recorder: AuditRecorder, approvals: ApprovalGate | None = None) -> None:
+        self.client = client
+        self.resource = resource
+        self.catalog = catalog
+        self.recorder = recorder
+        self.approvals = approvals
+        self._sessions: dict[str, _SessionStats] = {}
+
+    def hooks(self) -> dict[str, Any]:
+        return {"decide": self.decide, "session_started": self.session_started,
+                "session_ended": self.session_ended}
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def session_started(self, ctx: SessionContext) -> None:
+        await self.recorder.append("session.start", {
+            "protocol": "postgres", "resource": self.resource.to_input(),
+            "database": ctx.database, "user": ctx.user, "requested_user": ctx.requested_user,
+            "groups": list(ctx.groups), "auth_method": ctx.auth_method, "tls": ctx.tls,
+            "client_addr": ctx.client_addr, "application_name": ctx.application_name,
+        }, subject=ctx.user, session_id=ctx.session_id)
+        self._sessions[ctx.session_id] = _SessionStats(time.monotonic())
+
+    async def session_ended(self, ctx: SessionContext, reason: str) -> None:
+        stats = self._sessions.pop(ctx.session_id, None)
+        payload: dict[str, Any] = {"reason": reason, "user": ctx.user}
+        if stats is not None:
+            payload.update(statements=stats.statements, denied=stats.denied,
+                           duration_ms=round((time.monotonic() - stats.started) * 1000, 1))
+        await self.recorder.append("session.end", payload, subject=ctx.user,
+                                   session_id=ctx.session_id)
+
+    # -- statements -------------------------------------------------------------------------
+
+    def input_document(self, sql: str, ctx: SessionContext) -> dict[str, Any]:
+        return {
+            "subject": {"id": ctx.user, "groups": list(ctx.groups),
+                        "claims": dict(ctx.claims)},
+            "resource": self.resource.to_input(),
+            "command": {"protocol": "postgres", "raw": sql},
+            "session": {"id": ctx.session_id, "client_addr": ctx.client_addr, "tls": ctx.tls,
+                        "application_name": ctx.application_name},
+        }
+
+    async def decide(self, sql: str, ctx: SessionContext) -> StatementVerdict:
+        decision_id, decision = await self.client.adecide(self.input_document(sql, ctx))
+        statement = _Statement(self, ctx, sql, decision_id, decision)
+        if statement.ddl:
+            self.catalog.invalidate()
+        if decision.effect == "deny":
+            return await statement.denied("; ".join(_messages(decision, "deny"))
+                                          or "denied by policy")
+        try:
+            statement.masking, layout = await self._masking(sql, decision)
+        except MaskingDenied as exc:
+            return await statement.denied(str(exc))
+        except CatalogError as exc:
+            log.error("session %s: catalog unavailable: %s", ctx.session_id, exc)
+            return await statement.denied(f"masks cannot be applied: {exc}")
+        except Exception:
+            log.exception("session %s: masking could not be prepared", ctx.session_id)
+            return await statement.denied("masks cannot be applied: internal error (see the "
+                                          "proxy log)")
+        if decision.effect == "review":
+            return await self._review(statement, layout)
+        return self._allow(statement, layout)
+
+    def _allow(self, statement: _Statement, layout: CopyLayout | None) -> StatementVerdict:
+        masking = statement.masking
+        assert masking is not None
+        return StatementVerdict.allow(
+            masking.masker, decision_id=statement.decision_id, copy_layout=layout,
+            on_complete=statement.completed, resolve_columns=masking.resolve_columns)
+
+    async def _masking(self, sql: str, decision: Decision
+                       ) -> tuple[ResultMasking, CopyLayout | None]:
+        command = decision.command or {}
+        rules = MaskRules((m.column, m.method) for m in decision.masks)
+        copy = self._copy(sql, command)
+        if not rules:
+            return ResultMasking(self.catalog, rules, CatalogView()), (
+                copy.layout if copy is not None else None)
+        names = [str(t) for t in command.get("tables") or ()]
+        relations, view = await statement_relations(self.catalog, names)
+        computed = None
+        copy_methods: list[str | None] | None = None
+        if view.could_mask(rules):
+            schema = lineage_schema(relations)
+            if copy is not None and copy.direction == "to":
+                if copy.query is not None:
+                    masks = check_outputs(trace_statement(copy.query, schema), relations,
+                                          view, rules)
+                    copy_methods = [m.method for m in masks] if masks is not None else None
+                elif copy.table is not None:
+                    copy_methods = self._copy_table_methods(copy, relations, view, rules)
+            elif copy is None:
+                computed = check_outputs(trace_statement(sql, schema), relations, view, rules)
+        masking = ResultMasking(self.catalog, rules, view, computed=computed,
+                                copy_methods=copy_methods)
+        return masking, copy.layout if copy is not None else None
+
+    @staticmethod
+    def _copy(sql: str, command: Mapping[str, Any]) -> CopyStatement | None:
+        if "copy" not in (command.get("kinds") or ()):
+            return None
+        try:
+            copy = parse_copy(sql)
+        except CopySyntaxError as exc:
+            raise MaskingDenied(f"the COPY statement's options cannot be read with certainty "
+                                f"({exc}), so its data cannot be masked") from exc
+        if copy is None and any(s.get("kind") == "copy" and s.get("direction") == "to"
+                                for s in command.get("statements") or ()):
+            raise MaskingDenied("a COPY TO must be sent as a statement of its own, so its "
+                                "data can be masked")
+        return copy
+
+    @staticmethod
+    def _copy_table_methods(copy: CopyStatement, relations: dict[str, Any],
+                            view: CatalogView, rules: MaskRules) -> list[str | None] | None:
+        assert copy.table is not None
+        name = copy.table.lower()
+        relation = relations.get(name) or relations.get(name.rpartition(".")[2])
+        if relation is None:
+            return None  # no such table: the server will say so
+        names = list(copy.columns) if copy.columns else [c.name for c in relation.columns]
+        methods: list[str | None] = []
+        for column in names:
+            method, opaque = view.column_method(rules, relation, column)
+            methods.append(OPAQUE if opaque else method)
+        return methods
+
+    # -- review -----------------------------------------------------------------------------
+
+    async def _review(self, statement: _Statement, layout: CopyLayout | None
+                      ) -> StatementVerdict:
+        decision = statement.decision
+        reasons = _messages(decision, "review") or ["approval required"]
+        if self.approvals is None:
+            return await statement.denied("; ".join(reasons) + " (no approval store is "
+                                          "configured, so it cannot be approved)")
+        who = Subject(statement.ctx.user, tuple(statement.ctx.groups))
+        try:
+            standing = await self.approvals.use_standing(who, statement.sql)
+        except Exception as exc:
+            log.error("approvals store failed: %s", exc)
+            return await statement.denied("; ".join(reasons) + " (the approvals store is "
+                                          "unavailable)")
+        if standing is not None:
+            statement.approval = {"id": standing.id, "approver": standing.decided_by,
+                                  "status": "approved", "standing": True}
+            return self._allow(statement, layout)
+
+        async def hold(notify: Notify) -> StatementVerdict:
+            return await self._hold(statement, layout, who, reasons, notify)
+
+        return StatementVerdict("review", message="; ".join(reasons),
+                                decision_id=statement.decision_id, hold=hold)
+
+    async def _hold(self, statement: _Statement, layout: CopyLayout | None, who: Subject,
+                    reasons: list[str], notify: Notify) -> StatementVerdict:
+        gate = self.approvals
+        assert gate is not None
+        review = [r for r in statement.decision.reasons if r.effect == "review"]
+        approvers = list(dict.fromkeys(a for r in review for a in r.approvers))
+        windows = [w for w in (parse_window(r.window) for r in review) if w is not None]
+        try:
+            request = await gate.request(who, self.resource.to_input(), statement.sql,
+                                         reasons, approvers, min(windows) if windows else None,
+                                         statement.ctx.session_id)
+        except Exception as exc:
+            log.error("session %s: approval request not filed: %s", statement.ctx.session_id,
+                      exc)
+            return await statement.denied("; ".join(reasons) + f" (the approval request "
+                                          f"could not be filed: {exc})")
+        statement.approval = {"id": request.id, "status": "pending"}
+        await notify(
+            f"statement held for approval: {'; '.join(reasons)}. Approval request "
+            f"{request.id} (approvers: {', '.join(request.approver_groups)}). To release it: "
+            f"{gate.hint(request.id)} -- waiting up to {_seconds(gate.timeout)}.")
+        try:
+            final = await gate.wait(request.id)
+        except asyncio.CancelledError:
+            statement.approval["status"] = "cancelled"
+            await asyncio.shield(self._record_quietly(statement, "the client cancelled the "
+                                                      "statement while it awaited approval"))
+            raise
+        except Exception as exc:
+            return await statement.denied(f"approval {request.id} could not be awaited: {exc}")
+        status = final.status_at(datetime.now(UTC))
+        statement.approval = {"id": final.id, "status": status,
+                              "approver": final.decided_by, "comment": final.comment}
+        if status == "approved":
+            if await gate.consume(who, statement.sql):
+                return self._allow(statement, layout)
+            return await statement.denied(f"approval {final.id} could not be used")
+        if status == "denied":
+            comment = f": {final.comment}" if final.comment else ""
+            return await statement.denied(f"approval {final.id} was denied by "
+                                          f"{final.decided_by}{comment}")
+        return await statement.denied(f"approval {final.id} was not given within "
+                                      f"{_seconds(gate.timeout)}")
+
+    async def _record_quietly(self, statement: _Statement, error: str) -> None:
+        try:
+            await statement.record(error=f"57014: {error}", rows=None, duration_ms=None,
+                                   tag="")
+        except Exception as exc:
+            log.error("session %s: cancelled statement not recorded: %s",
+                      statement.ctx.session_id, exc)
+
+
+def _seconds(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"

@@ -1,0 +1,503 @@
+"""Applying a Decision's masks to result columns, and the card-number backstop.
+
+Owns: matching mask rules to columns (`MaskRules`: `pan` is any table's `pan`, `cards.pan`
+that table in any schema, `public.cards.pan` exactly that one), following view columns to the
+base columns they read, tracing a statement's output columns (`trace_statement`, through
+`engine.lineage`), the checks that deny a statement before it runs (`check_outputs`), and
+`ResultMasking`: the per-statement `masker` and `resolve_columns` the proxy calls for every
+RowDescription or COPY. Must not: evaluate policy (the Decision says what is masked and how),
+do I/O other than through the `Catalog`.
+
+What a column gets (values in text format unless said otherwise):
+
+- masked, string type (text, varchar, ...): the masking method's output;
+- masked, other type (date, numeric, json, arrays, ...): NULL, with a notice;
+- masked, binary format: NULL, with a notice;
+- not masked, string type: card numbers in it masked (`scrub_pans`, the backstop);
+- not masked, other type: NULL with a notice when it holds a card number;
+- not masked, binary format: string types scanned as text, other types passed unread.
+
+Computed columns (no table OID in the RowDescription) are masked by the rules of the columns
+they read, as traced from the statement; the strongest method wins
+(`null` > `redact` > `hash` > `pan` > `last4` > `email`). COPY data is text, so masked COPY
+columns always get the method's output; binary COPY columns with a mask become NULL.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+from adapters.postgres.catalog import Catalog, Relation, ViewColumn, choose_relations
+from adapters.postgres.hooks import (
+    ColumnDescriptor,
+    ScrubTransform,
+    ValueTransform,
+    WithheldValue,
+)
+from engine.facts.fingerprint import literal_fingerprint
+from engine.lineage import OutputColumn, trace_output_columns
+from engine.masking import MASK_METHODS, find_pans, may_hold_pan_bytes, scrub_pans
+
+STRENGTH = {"null": 6, "redact": 5, "hash": 4, "pan": 3, "last4": 2, "email": 1}
+JSON_TYPES = frozenset({114, 3802})
+BINARY_TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})  # binary form == UTF-8 text
+OPAQUE = "opaque"
+
+
+class MaskingDenied(Exception):
+    """The statement cannot be run with its masks guaranteed; the message says why."""
+
+
+def strongest(methods: Iterable[str | None]) -> str | None:
+    best = None
+    for method in methods:
+        if method is not None and (best is None or STRENGTH.get(method, 99) > STRENGTH.get(
+                best, 99)):
+            best = method
+    return best
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    schema: str | None
+    table: str | None
+    column: str
+    method: str
+
+    @classmethod
+    def parse(cls, column: str, method: str) -> MaskRule:
+        parts = [p.strip().strip('"').lower() for p in column.split(".")]
+        if len(parts) == 1:
+            return cls(None, None, parts[0], method)
+        if len(parts) == 2:
+            return cls(None, parts[0], parts[1], method)
+        return cls(parts[-3], parts[-2], parts[-1], method)
+
+    def matches(self, schema: str, table: str, column: str) -> bool:
+        return column == self.column and (self.table is None or table == self.table) and (
+            self.schema is None or schema == self.schema)
+
+
+class MaskRules:
+    """The masks of one Decision."""
+
+    def __init__(self, masks: Iterable[tuple[str, str]]) -> None:
+        self.rules = tuple(MaskRule.parse(c, m) for c, m in masks)
+        self.columns = frozenset(r.column for r in self.rules)
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def method(self, schema: str, table: str, column: str) -> str | None:
+        column = column.lower()
+        if column not in self.columns:
+            return None
+        schema, table = schema.lower(), table.lower()
+        return strongest(r.method for r in self.rules if r.matches(schema, table, column))
+
+    def covers(self, relation: Relation) -> bool:
+        """Whether some rule masks one of the relation's own columns."""
+        return any(self.method(relation.schema, relation.name, c.name) is not None
+                   for c in relation.columns)
+
+
+@dataclass
+class CatalogView:
+    """The relations and view lineage one statement's masking relies on, copied from the
+    catalog cache (so a concurrent invalidation cannot change them half-way)."""
+
+    relations: dict[int, Relation] = field(default_factory=dict)
+    views: dict[int, dict[str, ViewColumn]] = field(default_factory=dict)
+
+    def add(self, catalog: Catalog, closure: dict[int, Relation]) -> None:
+        for oid, relation in closure.items():
+            self.relations[oid] = relation
+            if relation.is_view:
+                columns = catalog.view_columns(oid)
+                if columns is not None:
+                    self.views[oid] = columns
+
+    def column_method(self, rules: MaskRules, relation: Relation, column: str,
+                      depth: int = 0) -> tuple[str | None, bool]:
+        """(the method masking this column, whether its origin could not be traced)."""
+        own = rules.method(relation.schema, relation.name, column)
+        if not relation.is_view:
+            return own, False
+        if depth > 16:
+            return own, True
+        info = self.views.get(relation.oid, {}).get(column.lower())
+        if info is None:
+            return own, True
+        methods = [own]
+        opaque = info.opaque
+        for oid, name in info.sources:
+            source = self.relations.get(oid)
+            if source is None:
+                opaque = True
+                continue
+            method, hidden = self.column_method(rules, source, name, depth + 1)
+            methods.append(method)
+            opaque = opaque or hidden
+        return strongest(methods), opaque
+
+    def could_mask(self, rules: MaskRules) -> bool:
+        """Whether any relation here has a column a rule masks (views: by name or source)."""
+        return bool(rules) and any(rules.covers(r) for r in self.relations.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Tracing a statement's output columns
+
+
+@dataclass(frozen=True)
+class TracedQuery:
+    """One query of a statement whose rows some client will read."""
+
+    outputs: tuple[OutputColumn, ...] | None  # None: could not be traced
+    direct: bool  # its rows come back in this statement's own results (not via EXECUTE/FETCH)
+    set_operation: bool  # UNION / INTERSECT / EXCEPT anywhere (no table OIDs come back)
+
+
+_DECLARE = re.compile(r"\bcursor\b.*?\bfor\s+(?P<query>.*)$", re.IGNORECASE | re.DOTALL)
+_PREPARE = re.compile(r"^\s*\w+\s*(?:\([^)]*\))?\s+as\s+(?P<query>.*)$",
+                      re.IGNORECASE | re.DOTALL)
+
+
+def trace_statement(sql: str, schema: dict[str, dict[str, str]]) -> list[TracedQuery] | None:
+    """The row-returning queries of `sql` (SELECT, RETURNING clauses, the queries of DECLARE
+    and PREPARE), traced; None when `sql` cannot be parsed. Cached by literal fingerprint:
+    literals are never sources."""
+    frozen = tuple(sorted((t, tuple(c.items())) for t, c in schema.items()))
+    fingerprint = literal_fingerprint(sql)
+    if fingerprint is not None:
+        traced = _trace_statement(fingerprint, frozen)
+        if traced is not None:
+            return traced
+    return _trace_statement(sql, frozen)
+
+
+@lru_cache(maxsize=4096)
+def _trace_statement(sql: str, frozen: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+                     ) -> list[TracedQuery] | None:
+    schema = {t: dict(c) for t, c in frozen}
+    try:
+        trees = [t for t in sqlglot.parse(sql, dialect="postgres") if t is not None]
+    except (SqlglotError, ValueError, TypeError, RecursionError):
+        return None
+    out: list[TracedQuery] = []
+    for tree in trees:
+        query, direct = _row_query(tree)
+        if query is None:
+            continue
+        if isinstance(query, str):
+            try:
+                inner = [t for t in sqlglot.parse(query, dialect="postgres") if t is not None]
+            except (SqlglotError, ValueError, TypeError, RecursionError):
+                return None
+            if len(inner) != 1:
+                return None
+            query = inner[0]
+            nested, _ = _row_query(query)
+            if nested is None or isinstance(nested, str):
+                return None
+            query = nested
+        outputs = trace_output_columns(query.sql(dialect="postgres"), "postgres", schema)
+        out.append(TracedQuery(None if outputs is None else tuple(outputs), direct,
+                               query.find(exp.SetOperation) is not None))
+    return out
+
+
+def _row_query(tree: exp.Expression) -> tuple[exp.Expression | str | None, bool]:
+    """(the query whose rows this statement returns, or the text of one it stores for later;
+    whether they come back directly)."""
+    if isinstance(tree, exp.Query):
+        return tree, True
+    if isinstance(tree, exp.Insert | exp.Update | exp.Delete | exp.Merge):
+        returning = tree.args.get("returning")
+        if returning is None:
+            return None, True
+        select = exp.select(*[e.copy() for e in returning.expressions])
+        target = tree.this
+        if isinstance(target, exp.Schema):
+            target = target.this
+        tables: list[exp.Expression] = [target.copy()] if target is not None else []
+        extra = tree.args.get("from_") or tree.args.get("from")
+        if extra is not None and extra.this is not None:
+            tables.append(extra.this.copy())
+        for used in tree.args.get("using") or []:
+            tables.append(used.copy())
+        if not tables:
+            return None, True
+        select = select.from_(tables[0])
+        for table in tables[1:]:
+            select = select.join(table, join_type="cross")
+        return select, True
+    if isinstance(tree, exp.Command):
+        keyword = str(tree.this or "").lower()
+        text = tree.expression.name if isinstance(tree.expression, exp.Literal) else ""
+        pattern = {"declare": _DECLARE, "prepare": _PREPARE}.get(keyword)
+        if pattern is not None:
+            match = pattern.search(text)
+            return (match.group("query") if match else ""), False
+    return None, True
+
+
+@dataclass(frozen=True)
+class OutputMask:
+    method: str | None
+    opaque: bool
+
+
+def output_masks(query: TracedQuery, relations: dict[str, Relation], view: CatalogView,
+                 rules: MaskRules) -> list[OutputMask] | None:
+    """What each output column of a traced query must get; None if it was not traced."""
+    if query.outputs is None:
+        return None
+    masks = []
+    for column in query.outputs:
+        methods = []
+        opaque = column.opaque
+        for source in column.sources:
+            table, _, name = source.rpartition(".")
+            relation = relations.get(table) or relations.get(table.rpartition(".")[2])
+            if relation is None or name == "*":
+                opaque = True
+                continue
+            method, hidden = view.column_method(rules, relation, name)
+            methods.append(method)
+            opaque = opaque or hidden
+        masks.append(OutputMask(strongest(methods), opaque))
+    return masks
+
+
+def check_outputs(traced: list[TracedQuery] | None, relations: dict[str, Relation],
+                  view: CatalogView, rules: MaskRules) -> list[OutputMask] | None:
+    """Deny (raise `MaskingDenied`) what cannot be masked with certainty, for a statement
+    that reads masked columns; returns the output masks of its one direct query when the
+    proxy must map computed columns by position, else None (computed columns then carry no
+    masked data)."""
+    if traced is None:
+        raise MaskingDenied("the statement reads columns that policy masks and its result "
+                            "columns cannot be traced")
+    per_query = []
+    for query in traced:
+        masks = output_masks(query, relations, view, rules)
+        if masks is None:
+            raise MaskingDenied("the statement reads columns that policy masks and its result "
+                                "columns cannot be traced")
+        for index, mask in enumerate(masks):
+            if mask.opaque:
+                name = query.outputs[index].name if query.outputs else str(index)
+                raise MaskingDenied(
+                    f"result column {index + 1} ({name}) cannot be traced to table columns "
+                    "(a whole-row reference or an untraceable expression) and the statement "
+                    "reads columns that policy masks: denied rather than risk leaking them")
+        per_query.append(masks)
+    positional = len(traced) == 1 and traced[0].direct
+    for query, masks in zip(traced, per_query, strict=True):
+        if positional:
+            continue
+        for index, mask in enumerate(masks):
+            assert query.outputs is not None
+            plain = query.outputs[index].direct and not query.set_operation
+            if mask.method is not None and not plain:
+                what = ("a PREPARE or DECLARE" if not query.direct
+                        else "a string of several statements")
+                raise MaskingDenied(
+                    f"result column {index + 1} ({query.outputs[index].name}) is computed "
+                    f"from masked columns inside {what}; run that query on its own")
+    return per_query[0] if positional else None
+
+
+# --------------------------------------------------------------------------------------------
+# Value transforms
+
+
+def _decode(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _scrub_text(value: bytes) -> bytes:
+    if not may_hold_pan_bytes(value):
+        return value
+    text = _decode(value)
+    scrubbed = scrub_pans(text)
+    return value if scrubbed is text else _encode(scrubbed)
+
+
+def _scrub_json(value: bytes) -> bytes | None:
+    out = _scrub_text(value)
+    if out is value:
+        return value
+    try:
+        json.loads(out)
+    except ValueError:
+        raise WithheldValue("a JSON value held a card number where masking would break it: "
+                            "sent as NULL") from None
+    return out
+
+
+SCRUB_TEXT = ScrubTransform(_scrub_text, may_hold_pan_bytes)
+SCRUB_TEXT_BINARY = ScrubTransform(_scrub_text, may_hold_pan_bytes, binary_safe=True)
+SCRUB_JSON = ScrubTransform(_scrub_json, may_hold_pan_bytes)
+
+
+def _withhold_pans(name: str) -> ScrubTransform:
+    notice = (f'a value of column "{name}" holds a card number and its type cannot hold a '
+              "masked value: sent as NULL")
+
+    def scrub(value: bytes) -> bytes:
+        if may_hold_pan_bytes(value) and find_pans(_decode(value)):
+            raise WithheldValue(notice)
+        return value
+
+    return ScrubTransform(scrub, may_hold_pan_bytes)
+
+
+def mask_transform(method: str) -> ValueTransform:
+    """The masking method on text values (UTF-8)."""
+    function = MASK_METHODS[method].function
+
+    def transform(value: bytes) -> bytes | None:
+        out = function(_decode(value))
+        return None if out is None else _encode(out)
+
+    return transform
+
+
+def _null(value: bytes) -> None:
+    return None
+
+
+def _withheld(name: str, method: str) -> ValueTransform:
+    notice = (f'column "{name}" is masked by policy ({method}) and its type cannot hold a '
+              "masked value: sent as NULL")
+
+    def transform(value: bytes) -> bytes | None:
+        raise WithheldValue(notice)
+
+    return transform
+
+
+# --------------------------------------------------------------------------------------------
+# The masker of one statement
+
+
+class ResultMasking:
+    """Chooses the transform of every result column of one statement.
+
+    `computed` are the output masks of the statement's one query by position (None when
+    computed columns carry no masked data, as `check_outputs` established); `copy_methods`
+    the method of each COPY column. `resolve_columns` must have seen a RowDescription before
+    `masker` is asked about its columns (the proxy guarantees it)."""
+
+    def __init__(self, catalog: Catalog, rules: MaskRules, view: CatalogView, *,
+                 computed: Sequence[OutputMask] | None = None,
+                 copy_methods: Sequence[str | None] | None = None) -> None:
+        self.catalog = catalog
+        self.rules = rules
+        self.view = view
+        self.computed = list(computed) if computed is not None else None
+        self.copy_methods = list(copy_methods) if copy_methods is not None else None
+        self.masked: set[str] = set()  # "table.column -> method" seen, for the record
+
+    async def resolve_columns(self, columns: Sequence[ColumnDescriptor]) -> None:
+        oids = {c.table_oid for c in columns if c.table_oid} if self.rules else set()
+        unknown = oids - self.view.relations.keys()
+        if unknown:
+            found = await self.catalog.relations(unknown)
+            missing = unknown - found.keys()
+            if missing:
+                raise LookupError(f"relations {sorted(missing)} are not in the catalog")
+            self.view.add(self.catalog, await self.catalog.expand(found.values()))
+        await self.catalog.types(c.type_oid for c in columns)
+        computed = [c for c in columns if not c.table_oid]
+        if computed and self.computed is not None and len(self.computed) != len(columns):
+            raise LookupError(f"the result has {len(columns)} columns but the statement was "
+                              f"traced to {len(self.computed)}")
+
+    def masker(self, column: ColumnDescriptor) -> ValueTransform | None:
+        method = self._method(column)
+        name = column.name or f"#{column.index + 1}"
+        if column.copy:
+            if method is None:
+                return SCRUB_TEXT if column.format == 0 else None
+            self.masked.add(f"{name}:{method}")
+            return _null if method == "null" else mask_transform(method)
+        info = self.catalog.type_info(column.type_oid)
+        category = info.category if info is not None else ""
+        if method is not None:
+            self.masked.add(f"{name}:{method}")
+            if method == "null":
+                return _null
+            if column.format != 0 or category == "S":
+                return mask_transform(method)  # binary: the proxy sends NULL with a notice
+            return _withheld(name, method)
+        if column.format != 0:
+            return SCRUB_TEXT_BINARY if column.type_oid in BINARY_TEXT_TYPES else None
+        if category == "S" or (category == "A" and info is not None
+                               and info.element_category == "S"):
+            return SCRUB_TEXT
+        if column.type_oid in JSON_TYPES:
+            return SCRUB_JSON
+        return _withhold_pans(name)
+
+    def _method(self, column: ColumnDescriptor) -> str | None:
+        if column.copy:
+            if self.copy_methods is None or column.index >= len(self.copy_methods):
+                return None
+            method = self.copy_methods[column.index]
+            if method == OPAQUE:
+                raise LookupError(f"COPY column #{column.index + 1} cannot be traced")
+            return method
+        if not self.rules:
+            return None
+        if column.table_oid:
+            relation = self.view.relations.get(column.table_oid)
+            if relation is None:
+                raise LookupError(f"relation {column.table_oid} of column {column.name!r} "
+                                  "was not resolved")
+            attribute = relation.column(column.attnum)
+            if attribute is None:
+                raise LookupError(f"column {column.attnum} of {relation.schema}."
+                                  f"{relation.name} is not in the catalog")
+            method, opaque = self.view.column_method(self.rules, relation, attribute.name)
+            if opaque and self.view.could_mask(self.rules):
+                raise LookupError(f"column {column.name!r} of view {relation.name} cannot be "
+                                  "traced to table columns")
+            return method
+        if self.computed is None:
+            return None
+        mask = self.computed[column.index]
+        return mask.method
+
+
+async def statement_relations(catalog: Catalog, names: Iterable[str]
+                              ) -> tuple[dict[str, Relation], CatalogView]:
+    """The relations a statement names (one per name, for lineage) and everything they read."""
+    named = await catalog.relations_named(names)
+    view = CatalogView()
+    everything = [r for found in named.values() for r in found]
+    view.add(catalog, await catalog.expand(everything))
+    return choose_relations(named), view
+
+
+def lineage_schema(relations: dict[str, Relation]) -> dict[str, dict[str, str]]:
+    """`engine.lineage`'s schema for these relations: table -> columns in attnum order."""
+    schema: dict[str, dict[str, str]] = {}
+    for relation in relations.values():
+        schema.setdefault(relation.name.lower(),
+                          {c.name.lower(): "text" for c in relation.columns})
+    return schema

@@ -1,0 +1,118 @@
+"""Durable audit records for the PostgreSQL proxy, with group commit.
+
+Owns `AuditRecorder`: one writer thread that appends the events of every session to the audit
+trail. Each caller awaits its own event's durability (`await recorder.append(...)` returns once
+`AuditLog.append_many` committed it, or raises `AuditWriteError`); events that arrive while a
+commit is running are committed together in the next one, so concurrent sessions share fsyncs
+instead of queueing for them. Must not: decide anything, or acknowledge an event before the
+trail has committed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+from typing import Any
+
+from engine.audit import AuditEvent, AuditLog, AuditWriteError, InvalidAuditEvent
+
+log = logging.getLogger("ordinance.adapters.postgres.recorder")
+
+MAX_BATCH = 256
+
+
+class AuditRecorder:
+    """`start()`, then `await append(...)` from any event loop; `close()` drains and stops."""
+
+    def __init__(self, audit: AuditLog, *, max_batch: int = MAX_BATCH) -> None:
+        self.audit = audit
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.commits = 0
+        self.events = 0
+
+    def start(self) -> AuditRecorder:
+        self._thread = threading.Thread(target=self._run, name="audit-recorder", daemon=True)
+        self._thread.start()
+        return self
+
+    async def append(self, kind: str, payload: dict[str, Any], *, subject: str | None = None,
+                     session_id: str | None = None, decision_id: str | None = None) -> None:
+        """Returns once the event is durable; raises `AuditWriteError` (or
+        `InvalidAuditEvent`) when it is not."""
+        if self._closed or self._thread is None:
+            raise AuditWriteError("the audit recorder is not running")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put((AuditEvent(kind, payload, subject, session_id, decision_id), loop,
+                         future))
+        await future
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what is queued, then stop the thread."""
+        if self._thread is None or self._closed:
+            self._closed = True
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[Any]) -> None:
+        events = [event for event, _, _ in batch]
+        try:
+            self.audit.append_many(events)
+            results: list[BaseException | None] = [None] * len(batch)
+            self.commits += 1
+            self.events += len(batch)
+        except InvalidAuditEvent:
+            results = [self._one(event) for event in events]  # isolate the bad one
+        except Exception as exc:
+            log.error("audit append of %d event(s) failed: %s", len(batch), exc)
+            error = exc if isinstance(exc, AuditWriteError) else AuditWriteError(str(exc))
+            results = [error] * len(batch)
+        for (_, loop, future), result in zip(batch, results, strict=True):
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_settle, future, result)
+
+    def _one(self, event: AuditEvent) -> BaseException | None:
+        try:
+            self.audit.append_many([event])
+            self.commits += 1
+            self.events += 1
+            return None
+        except Exception as exc:
+            return exc
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
