@@ -2,8 +2,9 @@
 
 One direction only: raw text in, a list of plain dicts out (the `statements` of the input
 document). Statements hidden inside others (DML in CTEs, `EXPLAIN ANALYZE <stmt>`,
-`PREPARE name AS <stmt>`, `CREATE TABLE ... AS SELECT`) become entries of their own with
-`nested: true`, so a policy that walks `statements` sees every statement that will run.
+`PREPARE name AS <stmt>`, `DECLARE name CURSOR FOR <query>`, `CREATE TABLE ... AS SELECT`)
+become entries of their own with `nested: true`, so a policy that walks `statements` sees
+every statement that will run.
 This module never raises on bad SQL: the fact `parse_error` carries the message instead.
 """
 
@@ -93,6 +94,10 @@ _EXPLAIN_PREFIX = re.compile(
     re.IGNORECASE,
 )
 _PREPARE_PREFIX = re.compile(r"^\s*prepare\s+\w+\s*(?:\([^)]*\))?\s+as\s+", re.IGNORECASE)
+# DECLARE name [BINARY] [ASENSITIVE | INSENSITIVE] [[NO] SCROLL] CURSOR [WITH[OUT] HOLD] FOR query
+_DECLARE_PREFIX = re.compile(
+    r'^\s*declare\s+(?:\w+|"(?:[^"]|"")*")\s+(?:(?:binary|asensitive|insensitive|no|scroll)\s+)*'
+    r"cursor\s+(?:with(?:out)?\s+hold\s+)?for\s+", re.IGNORECASE)
 _FIRST_WORD = re.compile(r"^\s*([A-Za-z_]+)")
 _COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 
@@ -233,6 +238,9 @@ def _command_facts(tree: exp.Command, dialect: str | None,
         inner_text = text[m.end():] if m else None
     elif keyword == "prepare":
         m = _PREPARE_PREFIX.match(text)
+        inner_text = text[m.end():] if m else None
+    elif keyword == "declare":  # a cursor: its query runs when rows are FETCHed
+        m = _DECLARE_PREFIX.match(text)
         inner_text = text[m.end():] if m else None
     out = [facts]
     if inner_text:
