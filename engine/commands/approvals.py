@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
             ("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert),
             ("--tls-key", args.tls_key)) if value]
         if remote_only:
-            raise _Fail(2, f"{', '.join(remote_only)} need --server HOST:PORT")
+            raise _Fail(2, f"{', '.join(remote_only)}: only with --server HOST:PORT")
         if not args.audit:
             raise _Fail(2, f"give --audit URL (or ${AUDIT_URL_ENV}), or --server HOST:PORT")
         if args.approvals_action in ("approve", "deny") and not (args.identity and args.users):
