@@ -1,0 +1,527 @@
+"""The enforcement proxy end to end: the shipped PCI pack decided in-process, a real PostgreSQL,
+real psql and psycopg, approvals given from another process, the audit trail checked after.
+
+Card data: card 1's PAN is Luhn-valid (the backstop masks it wherever it shows up), card 2's is
+not (only the mask rules hide it), so a test can tell the two mechanisms apart.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import tuple_row
+
+from adapters.postgres.bridge import PolicyBridge, Resource
+from adapters.postgres.catalog import Catalog
+from adapters.postgres.proxy import ProxyConfig
+from adapters.postgres.recorder import AuditRecorder
+from adapters.postgres.review import ApprovalGate
+from engine.approvals import ApprovalStore, open_approval_store
+from engine.audit import AuditLog, open_audit_log
+from engine.client import InProcessDecisionClient
+from engine.engine import Engine
+from engine.identity.users import load_users
+from engine.policy import load_policy_set
+from tests.postgres.conftest import PSQL, ProxyThread, psql_env, upstream_url, wait_until
+
+pytestmark = pytest.mark.postgres
+REPO = Path(__file__).resolve().parents[2]
+PAN1, PAN2 = "4111111111111111", "4111111111111112"  # Luhn-valid, Luhn-invalid
+PASSWORDS = {"alice": "alice-secret", "dana": "dana-secret", "pat": "pat-secret"}
+USERS_YAML = """users:
+  - {name: alice, password: alice-secret, groups: [dev]}
+  - {name: dana, password: dana-secret, groups: [dba-leads]}
+  - {name: pat, password: pat-secret, groups: [pci-pan-viewers]}
+"""
+SCHEMA = [
+    "CREATE TABLE holders (id int PRIMARY KEY, name text)",
+    "CREATE TABLE cards (id int PRIMARY KEY, pan text, cvv text, expiry date, "
+    "holder_id int REFERENCES holders, notes text)",
+    "CREATE TABLE scratch (id int, note text)",
+    "CREATE VIEW v_cards AS SELECT id, pan AS card, upper(pan) AS up, notes FROM cards",
+    "INSERT INTO holders VALUES (1, 'Ann'), (2, 'Bob')",
+    f"INSERT INTO cards VALUES (1, '{PAN1}', '123', '2030-01-31', 1, "
+    "'call 4111 1111 1111 1111 asap'), "
+    f"(2, '{PAN2}', '456', '2031-02-28', 2, 'nothing here')",
+]
+
+
+@dataclass
+class Stack:
+    proxy: ProxyThread
+    dbname: str
+    direct: str
+    audit_url: str
+    users_file: Path
+    gate: ApprovalGate
+    store: ApprovalStore
+    recorder: AuditRecorder
+    audit: AuditLog
+
+    def dsn(self, user: str = "alice", **extra: str) -> str:
+        parts = {"host": "127.0.0.1", "port": str(self.proxy.port), "dbname": self.dbname,
+                 "user": user, "password": PASSWORDS[user], "sslmode": "disable",
+                 "connect_timeout": "10", **extra}
+        return " ".join(f"{k}='{v}'" for k, v in parts.items())
+
+    def connect(self, user: str = "alice", notices: list[str] | None = None
+                ) -> psycopg.Connection[tuple[Any, ...]]:
+        conn = psycopg.connect(self.dsn(user), autocommit=True, row_factory=tuple_row)
+        if notices is not None:
+            conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        return conn
+
+    def psql(self, *commands: str, user: str = "alice") -> subprocess.CompletedProcess[str]:
+        args = [PSQL, "-X", "-A", "-q", "-P", "footer=off", "-h", "127.0.0.1", "-p",
+                str(self.proxy.port), "-U", user, "-d", self.dbname]
+        for command in commands:
+            args += ["-c", command]
+        return subprocess.run(args, env=psql_env(PASSWORDS[user]), capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    def ordinance(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "engine.cli", *args], input=stdin,
+                              capture_output=True, text=True, timeout=60, check=False,
+                              cwd=REPO)
+
+    def pending(self) -> list[Any]:
+        return self.store.list("pending")
+
+    def decide(self, verdict: str, request_id: str, approver: str = "dana") -> None:
+        out = self.ordinance("approvals", verdict, request_id, "--as", approver, "--users",
+                             str(self.users_file), "--audit", self.audit_url,
+                             "--password-stdin", "--comment", "CHG-42",
+                             stdin=PASSWORDS[approver] + "\n")
+        assert out.returncode == 0, out.stderr
+
+    def records(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The trail as it is on disk now (a reader of its own, not the proxy's connection)."""
+        import json
+
+        path = self.audit_url[len("sqlite:///"):]
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT kind, session_id, decision_id, payload FROM "
+                              "ordinance_audit ORDER BY seq").fetchall()
+        return [{"kind": k, "session_id": s, "decision_id": d, **json.loads(p)}
+                for k, s, d, p in rows if kind is None or k == kind]
+
+
+@pytest.fixture(scope="module")
+def stack(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = "e_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(pg_dsn)
+    params["dbname"] = name
+    direct = make_conninfo(**params)
+    with psycopg.connect(direct, autocommit=True) as conn:
+        for statement in SCHEMA:
+            conn.execute(statement)
+    tmp = tmp_path_factory.mktemp("enforcement")
+    users_file = tmp / "users.yaml"
+    users_file.write_text(USERS_YAML)
+    audit_url = f"sqlite:///{tmp / 'audit.db'}"
+    audit = open_audit_log(audit_url)
+    recorder = AuditRecorder(audit).start()
+    store = open_approval_store(audit_url, audit=audit)
+    gate = ApprovalGate(store, timeout=30.0, approve_hint="ordinance approvals approve {id}")
+    catalog = Catalog(direct)
+    bridge = PolicyBridge(
+        InProcessDecisionClient(Engine(load_policy_set(str(REPO / "policies")))),
+        resource=Resource("payments", {"env": "prod"}), catalog=catalog, recorder=recorder,
+        approvals=gate)
+    proxy = ProxyThread(ProxyConfig(upstream_url=upstream_url(direct),
+                                    directory=load_users(users_file), **bridge.hooks()))
+    yield Stack(proxy, name, direct, audit_url, users_file, gate, store, recorder, audit)
+    proxy.run(catalog.close())
+    proxy.stop()
+    gate.close()
+    recorder.close()
+    store.close()
+    audit.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def denial(exc: pytest.ExceptionInfo[psycopg.Error]) -> str:
+    assert exc.value.sqlstate == "42501", exc.value
+    return str(exc.value)
+
+
+# ------------------------------------------------------------------------------------------
+# Allowed statements: exactly what the server returns
+
+SAME = [
+    "SELECT 1 AS one, 'two'::text AS two, NULL::int AS nothing, 1.5::numeric, now() > "
+    "'2000-01-01', '{\"a\": [1, 2]}'::jsonb, ARRAY['x', 'y'], 'x'::bytea, "
+    "'2024-02-29 12:34:56+00'::timestamptz",
+    "SELECT g, g * 2, 'row ' || g FROM generate_series(1, 3000) AS g",
+    "SELECT id, name FROM holders ORDER BY id",
+    "SELECT id, holder_id, notes FROM cards WHERE id = 2",
+]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_allowed_queries_return_exactly_what_the_server_returns(stack: Stack,
+                                                                binary: bool) -> None:
+    with psycopg.connect(stack.direct) as direct, stack.connect() as proxied:
+        for query in SAME:
+            for prepare in (False, True):
+                expected = direct.cursor(binary=binary).execute(query, prepare=prepare)
+                got = proxied.cursor(binary=binary).execute(query, prepare=prepare)
+                assert got.fetchall() == expected.fetchall(), query
+                assert got.statusmessage == expected.statusmessage
+    out = stack.psql("SELECT name FROM holders ORDER BY id")
+    assert out.returncode == 0 and out.stdout.splitlines() == ["name", "Ann", "Bob"]
+
+
+def test_writes_and_copy_from_stdin_are_allowed(stack: Stack) -> None:
+    with stack.connect() as conn:
+        conn.execute("INSERT INTO scratch VALUES (1, 'a')")
+        with conn.cursor().copy("COPY scratch FROM STDIN") as copy:
+            copy.write_row((2, "b"))
+        assert conn.execute("SELECT count(*) FROM scratch WHERE id IN (1, 2)").fetchone() == (2,)
+        conn.execute("DELETE FROM scratch WHERE id IN (1, 2)")
+
+
+# ------------------------------------------------------------------------------------------
+# The PCI pack's blocking rules
+
+@pytest.mark.parametrize(("sql", "reason"), [
+    ("DROP TABLE scratch", "DROP is not allowed on production resources"),
+    ("TRUNCATE scratch", "TRUNCATE is not allowed on production resources"),
+    ("ALTER TABLE scratch ADD COLUMN x int", "ALTER is not allowed on production resources"),
+    ("GRANT SELECT ON cards TO PUBLIC", "GRANT is not allowed on production resources"),
+    ("UPDATE scratch SET note = 'x'", "UPDATE without WHERE affects every row"),
+    ("WITH gone AS (DELETE FROM scratch RETURNING id) SELECT count(*) FROM gone",
+     "DELETE without WHERE affects every row"),
+    ("INSERT INTO cards (id, pan, cvv) VALUES (9, '1', '999')",
+     "writing card verification codes (cvv) is forbidden"),
+    ("SELEC pan FROM cards", "unparseable SQL is denied"),
+    ("SELECT 1; CREATE TABLE x (y int)", "multi-statement strings that contain DDL"),
+    ("COPY scratch TO PROGRAM 'cat'", "COPY ... PROGRAM runs shell commands"),
+])
+def test_pci_pack_denials_reach_the_client_with_reasons_and_decision_id(
+        stack: Stack, sql: str, reason: str) -> None:
+    with stack.connect() as conn, pytest.raises(psycopg.Error) as exc:
+        conn.execute(sql)
+    assert reason in denial(exc)
+    assert exc.value.diag.message_detail and "decision id: " in exc.value.diag.message_detail
+    with psycopg.connect(stack.direct) as direct:  # nothing reached the server
+        assert direct.execute("SELECT count(*) FROM cards WHERE id = 9").fetchone() == (0,)
+        assert direct.execute("SELECT to_regclass('x')").fetchone() == (None,)
+
+
+def test_psql_shows_the_denial_and_the_session_goes_on(stack: Stack) -> None:
+    out = stack.psql("DROP TABLE cards", "SELECT 'still here'")
+    assert "ERROR:  permission denied by policy: DROP is not allowed on production " \
+           "resources" in out.stderr
+    assert "DETAIL:  decision id: " in out.stderr
+    assert "still here" in out.stdout
+
+
+# ------------------------------------------------------------------------------------------
+# Masks
+
+MASKED1, MASKED2 = "************1111", "************1112"
+
+
+def test_pan_cvv_and_expiry_rules(stack: Stack) -> None:
+    notices: list[str] = []
+    with stack.connect(notices=notices) as conn:
+        rows = conn.execute("SELECT id, pan, cvv, expiry, notes FROM cards WHERE id IN (1, 2) "
+                            "ORDER BY id").fetchall()
+    assert rows == [(1, MASKED1, "[REDACTED]", None, "call **** **** **** 1111 asap"),
+                    (2, MASKED2, "[REDACTED]", None, "nothing here")]
+    assert any('column "expiry" is masked by policy (redact)' in n for n in notices)
+    with stack.connect("pat") as conn:  # pci-pan-viewers: the PAN rule does not apply
+        rows = conn.execute("SELECT pan, cvv FROM cards WHERE id IN (1, 2) ORDER BY id"
+                            ).fetchall()
+    # card 1 is still hidden by the content backstop, which applies whatever the rules say
+    assert rows == [(MASKED1, "[REDACTED]"), (PAN2, "[REDACTED]")]
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    ("SELECT pan AS x FROM cards WHERE id = 2", [(MASKED2,)]),
+    ("SELECT * FROM cards WHERE id = 2", [(2, MASKED2, "[REDACTED]", None, 2, "nothing here")]),
+    ("SELECT c.pan, h.name FROM cards c JOIN holders h ON h.id = c.holder_id WHERE c.id = 2",
+     [(MASKED2, "Bob")]),
+    ("SELECT card, up, notes FROM v_cards WHERE id = 2", [(MASKED2, MASKED2, "nothing here")]),
+    ("WITH x AS (SELECT pan FROM cards WHERE id = 2) SELECT pan, upper(pan) FROM x LIMIT 5",
+     [(MASKED2, MASKED2)]),
+    ("SELECT p FROM (SELECT pan AS p FROM cards WHERE id = 2) s LIMIT 5", [(MASKED2,)]),
+    ("SELECT substr(pan, 1, 6), pan || '', lower(pan) FROM cards WHERE id = 2",
+     [("******", MASKED2, MASKED2)]),
+    ("SELECT pan FROM cards WHERE id = 2 UNION ALL SELECT name FROM holders WHERE id = 1",
+     [(MASKED2,), ("Ann",)]),
+    ("UPDATE cards SET notes = notes WHERE id = 2 RETURNING pan, lower(pan)",
+     [(MASKED2, MASKED2)]),
+])
+def test_masks_follow_the_column_through_the_query(stack: Stack, sql: str,
+                                                   expected: list[tuple[Any, ...]]) -> None:
+    with stack.connect() as conn:
+        for prepare in (False, True):
+            assert conn.execute(sql, prepare=prepare).fetchall() == expected, sql
+    out = stack.psql(sql)
+    assert out.returncode == 0 and PAN2 not in out.stdout, out.stderr
+
+
+def test_named_cursors_are_masked_and_computed_ones_denied(stack: Stack) -> None:
+    with stack.connect() as conn:
+        with conn.transaction():
+            cur = conn.cursor(name="plain")
+            cur.execute("SELECT id, pan FROM cards WHERE id = 2")
+            assert cur.fetchall() == [(2, MASKED2)]
+        with pytest.raises(psycopg.Error) as exc, conn.transaction():
+            conn.cursor(name="computed").execute(
+                "SELECT substr(pan, 1, 12) FROM cards WHERE id = 2").fetchall()
+        assert "computed from masked columns inside a PREPARE or DECLARE" in denial(exc)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT row_to_json(c) FROM cards c WHERE id = 2",
+    "SELECT c::text FROM cards c WHERE id = 2",
+    "SELECT (SELECT pan FROM cards WHERE id = 2)",
+])
+def test_an_opaque_expression_over_a_masked_table_is_denied(stack: Stack, sql: str) -> None:
+    with stack.connect() as conn, pytest.raises(psycopg.Error) as exc:
+        conn.execute(sql)
+    assert "reads columns that policy masks" in denial(exc)
+
+
+def test_the_pan_backstop_masks_unmasked_text(stack: Stack) -> None:
+    with stack.connect() as conn:
+        assert conn.execute("SELECT notes FROM cards WHERE id = 1").fetchone() == (
+            "call **** **** **** 1111 asap",)
+        assert conn.execute(f"SELECT 'paid with {PAN1}' AS note, {PAN1}::int8 AS n"
+                            ).fetchone() == (f"paid with {MASKED1}", None)
+        assert conn.cursor(binary=True).execute("SELECT notes FROM cards WHERE id = 1"
+                                                ).fetchone() == ("call **** **** **** 1111 asap",)
+
+
+def test_binary_results_of_masked_columns_are_null_with_a_notice(stack: Stack) -> None:
+    notices: list[str] = []
+    with stack.connect(notices=notices) as conn:
+        got = conn.cursor(binary=True).execute(
+            "SELECT id, pan, cvv FROM cards WHERE id = 2").fetchone()
+    assert got == (2, None, None)
+    assert 'column "pan" is masked by policy and was requested in binary format: its values ' \
+           "are sent as NULL" in notices
+
+
+def test_ddl_invalidates_what_the_catalog_cache_knows(stack: Stack) -> None:
+    with stack.connect() as conn:
+        conn.execute("CREATE OR REPLACE VIEW v_swap AS SELECT id, notes AS x FROM cards "
+                     "WHERE id > 0")
+        assert conn.execute("SELECT x FROM v_swap WHERE id = 2").fetchone() == ("nothing here",)
+        conn.execute("CREATE OR REPLACE VIEW v_swap AS SELECT id, pan AS x FROM cards "
+                     "WHERE id > 0")
+        assert conn.execute("SELECT x FROM v_swap WHERE id = 2").fetchone() == (MASKED2,)
+        conn.execute("CREATE TABLE wallet (id int, pan text)")
+        conn.execute(f"INSERT INTO wallet VALUES (1, '{PAN2}')")
+        assert conn.execute("SELECT pan, lower(pan) FROM wallet WHERE id = 1").fetchone() == (
+            MASKED2, MASKED2)
+
+
+# ------------------------------------------------------------------------------------------
+# Review: held until an approver decides, from another process
+
+
+def held_query(stack: Stack, sql: str, results: dict[str, Any], user: str = "alice") -> None:
+    notices: list[str] = []
+    results["notices"] = notices
+    try:
+        with stack.connect(user, notices=notices) as conn:
+            results["rows"] = conn.execute(sql).fetchall()
+    except psycopg.Error as exc:
+        results["error"] = exc
+
+
+def start_held(stack: Stack, sql: str) -> tuple[threading.Thread, dict[str, Any], Any]:
+    before = {r.id for r in stack.pending()}
+    results: dict[str, Any] = {}
+    thread = threading.Thread(target=held_query, args=(stack, sql, results), daemon=True)
+    thread.start()
+    wait_until(lambda: {r.id for r in stack.pending()} - before != set(), "the review request")
+    request = next(r for r in stack.pending() if r.id not in before)
+    return thread, results, request
+
+
+def test_an_approval_from_another_process_releases_the_held_statement(stack: Stack) -> None:
+    thread, results, request = start_held(stack, "SELECT id, pan FROM cards ORDER BY id")
+    assert request.requester_id == "alice" and request.approver_groups == ("dba-leads",)
+    # other sessions keep working while this one is held
+    with stack.connect() as other:
+        for _ in range(3):
+            assert other.execute("SELECT name FROM holders WHERE id = 1").fetchone() == ("Ann",)
+    assert thread.is_alive() and "rows" not in results
+    refused = stack.ordinance("approvals", "approve", request.id, "--as", "alice", "--users",
+                              str(stack.users_file), "--audit", stack.audit_url,
+                              "--password-stdin", stdin="alice-secret\n")
+    assert refused.returncode == 1 and "separation of duties" in refused.stderr
+    stack.decide("approve", request.id)
+    thread.join(60)
+    assert results.get("rows") == [(1, MASKED1), (2, MASKED2)], results.get("error")
+    assert any(f"Approval request {request.id}" in n and "ordinance approvals approve" in n
+               for n in results["notices"])
+    assert stack.store.get(request.id).stored_status == "consumed"
+    record = [r for r in stack.records("statement") if (r.get("approval") or {}).get("id")
+              == request.id][-1]
+    assert record["approval"]["approver"] == "dana" and record["rows"] == 2
+
+
+def test_a_denied_approval_errors_the_held_statement(stack: Stack) -> None:
+    thread, results, request = start_held(stack, "SELECT pan FROM cards")
+    stack.decide("deny", request.id)
+    thread.join(60)
+    error = results.get("error")
+    assert isinstance(error, psycopg.Error) and error.sqlstate == "42501"
+    assert f"approval {request.id} was denied by dana: CHG-42" in str(error)
+
+
+def test_an_approval_timeout_errors_the_held_statement(stack: Stack,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack.gate, "timeout", 1.0)
+    with stack.connect() as conn, pytest.raises(psycopg.Error) as exc:
+        conn.execute("SELECT cvv FROM cards")
+    assert "was not given within 1s" in denial(exc)
+
+
+def test_a_cancelled_held_statement_ends_at_once(stack: Stack) -> None:
+    results: dict[str, Any] = {}
+    conn = stack.connect()
+    before = {r.id for r in stack.pending()}
+
+    def run() -> None:
+        try:
+            conn.execute("SELECT expiry FROM cards")
+        except psycopg.Error as exc:
+            results["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_until(lambda: {r.id for r in stack.pending()} - before != set(), "the review request")
+    conn.cancel_safe()  # cancel() would hold the GIL against the in-process proxy
+    thread.join(30)
+    assert not thread.is_alive()
+    assert "cancelled by the client while it awaited approval" in str(results.get("error"))
+    assert conn.execute("SELECT 1").fetchone() == (1,)  # the session goes on
+    conn.close()
+
+
+def test_copy_to_stdout_is_reviewed_then_masked(stack: Stack) -> None:
+    for sql, expected in [
+        ("COPY (SELECT id, pan, cvv FROM cards ORDER BY id) TO STDOUT WITH (FORMAT csv, "
+         "HEADER)", f"id,pan,cvv\n1,{MASKED1},[REDACTED]\n2,{MASKED2},[REDACTED]\n"),
+        ("COPY cards (id, pan, notes) TO STDOUT",
+         f"1\t{MASKED1}\tcall **** **** **** 1111 asap\n2\t{MASKED2}\tnothing here\n"),
+    ]:
+        out: dict[str, Any] = {}
+
+        def run(sql: str = sql, out: dict[str, Any] = out) -> None:
+            out["psql"] = stack.psql(sql)
+
+        before = {r.id for r in stack.pending()}
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        wait_until(lambda b=before: {r.id for r in stack.pending()} - b != set(), "request")
+        request = next(r for r in stack.pending() if r.id not in before)
+        stack.decide("approve", request.id)
+        thread.join(60)
+        result = out["psql"]
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == expected
+        assert "statement held for approval" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# Recording
+
+
+def test_every_statement_is_durable_before_the_client_sees_its_result(stack: Stack) -> None:
+    with stack.connect() as conn:
+        for i in range(5):
+            marker = f"durable-{uuid.uuid4().hex[:8]}-{i}"
+            conn.execute(f"SELECT '{marker}' AS m")
+            # read straight from disk, right after the result arrived: no waiting
+            assert any(marker in r.get("text", "") and r.get("tag") == "SELECT 1"
+                       for r in stack.records("statement"))
+
+
+def test_a_failing_audit_trail_withholds_the_result_and_ends_the_session(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.audit import AuditWriteError
+
+    with stack.connect() as conn:
+        def broken(events: Any) -> Any:
+            raise AuditWriteError("disk full")
+
+        monkeypatch.setattr(stack.recorder.audit, "append_many", broken)
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute("INSERT INTO scratch VALUES (99, 'unrecorded')")
+        assert exc.value.sqlstate == "58030", exc.value
+        assert "could not be recorded in the audit trail" in str(exc.value)
+        monkeypatch.undo()
+    with pytest.raises(psycopg.OperationalError):  # a new session cannot be recorded either
+        monkeypatch.setattr(stack.recorder.audit, "append_many", broken)
+        stack.connect()
+    monkeypatch.undo()
+    assert stack.connect().execute("SELECT 1").fetchone() == (1,)
+
+
+def test_the_audit_trail_has_sessions_statements_and_verifies(stack: Stack) -> None:
+    with stack.connect() as conn:
+        conn.execute("SELECT name FROM holders WHERE id = 2")
+        session = conn.execute("SELECT 'x'").fetchone()
+    del session
+    wait_until(lambda: len(stack.records("session.end")) >= len(stack.records(
+        "session.start")) - 1, "sessions to end")
+    starts = stack.records("session.start")
+    statements = stack.records("statement")
+    ends = stack.records("session.end")
+    assert starts and statements and ends
+    last = starts[-1]
+    assert (last["user"], last["auth_method"], last["tls"], last["client_addr"]) == (
+        "alice", "scram-sha-256", False, "127.0.0.1")
+    assert last["resource"] == {"type": "postgres", "name": "payments",
+                                "labels": {"env": "prod"}}
+    session_id = last["session_id"]
+    mine = [r for r in statements if r["session_id"] == session_id]
+    assert [r["text"] for r in mine] == ["SELECT name FROM holders WHERE id = 2", "SELECT 'x'"]
+    assert all(r["decision_id"] and r["effect"] == "allow" and r["rows"] == 1 for r in mine)
+    wait_until(lambda: any(r["session_id"] == session_id for r in stack.records(
+        "session.end")), "the session end")
+    end = next(r for r in stack.records("session.end") if r["session_id"] == session_id)
+    assert end["reason"] == "client terminated" and end["statements"] == 2
+    denied = [r for r in statements if r["effect"] == "deny"]
+    assert denied and all(r["error"].startswith("42501") for r in denied)
+    assert not any(PAN1 in str(r) for r in stack.records())  # the trail holds no card number
+    transcript = stack.ordinance("audit", "export", "--audit", stack.audit_url, "--session",
+                                 session_id, "--format", "text")
+    assert transcript.returncode == 0
+    lines = transcript.stdout.splitlines()
+    assert lines[0] == f"Session {session_id} (alice)"
+    assert "session.start alice from 127.0.0.1 to payments (scram-sha-256, no TLS" in lines[1]
+    assert "statement [allow] SELECT name FROM holders WHERE id = 2 -> 1 rows" in lines[2]
+    assert "session.end client terminated, 2 statements" in lines[-1]
+    verify = stack.ordinance("audit", "verify", "--audit", stack.audit_url)
+    assert verify.returncode == 0, verify.stderr
+
+
+if os.environ.get("ORDINANCE_ENFORCEMENT_DEBUG"):  # pragma: no cover
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG)
