@@ -357,7 +357,7 @@ class PostgresProxy:
                 await _close_writer(upstream.writer)
                 return
         pid, secret = self._issue_key(upstream.key)
-        reason = "proxy shutdown"
+        reason = "client disconnected"
         try:
             client.writer.write(AuthenticationOk().encode() + b"".join(upstream.greeting)
                                 + BackendKeyData(pid, secret).encode()
@@ -365,8 +365,13 @@ class PostgresProxy:
             await client.writer.drain()
             log.info("session %s: %s (%s) connected from %s", ctx.session_id, ctx.user,
                      ctx.auth_method, ctx.client_addr)
-            reason = "client disconnected"
             reason = await self._relay(client, upstream, ctx, pid)
+        except asyncio.CancelledError:
+            reason = "proxy shutdown"
+            raise
+        except Exception as exc:
+            reason = f"error: {type(exc).__name__}: {exc}"
+            raise
         finally:
             self._cancel_keys.pop(pid, None)
             await _close_writer(upstream.writer)
