@@ -37,7 +37,6 @@ import inspect
 import logging
 import secrets
 import ssl
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,7 +100,6 @@ from adapters.postgres.session import (
 log = logging.getLogger("ordinance.adapters.postgres")
 
 READ_SIZE = 256 * 1024
-_U32 = struct.Struct("!I")
 AUTH_MESSAGE_LIMIT = 64 * 1024  # bounds what an unauthenticated client can make us buffer
 FORWARDED_PARAMETERS = ("application_name", "client_encoding", "DateStyle", "TimeZone",
                         "IntervalStyle", "extra_float_digits")
@@ -822,13 +820,12 @@ class PostgresProxy:
                 run = None
                 if session.rows_pass_through():
                     run = decoder.next_run(b"D")
-                elif (check := session.rows_precheck()) is not None:
-                    # Rows that are only scanned: a run in which nothing can match is relayed
-                    # raw; otherwise each of its rows is rewritten.
+                elif (rows := session.rows_rewriter()) is not None:
+                    # Rewritten rows, a run at a time: a run in which a scan-only rewriter
+                    # can find nothing is relayed raw, else row by row.
                     run = decoder.next_run(b"D")
-                    if run is not None and check(run):
-                        for frame in _split_run(run):
-                            session.server_frame(frame, out)
+                    if run is not None and (rows.precheck is None or rows.precheck(run)):
+                        session.rewrite_run(run, out)
                         continue
                 if run is None and session.copy_pass_through():
                     run = decoder.next_run(b"d")
@@ -877,17 +874,6 @@ async def _complete(completion: Completion) -> None:
         log.error("statement outcome not recorded: %r", exc)
         raise SessionError("the statement could not be recorded in the audit trail; its "
                            "result is withheld and the session ends", "58030") from exc
-
-
-def _split_run(run: bytes) -> list[Frame]:
-    """The frames of a run of same-type messages (as `BackendDecoder.next_run` returns it)."""
-    frames = []
-    pos, end = 0, len(run)
-    while pos < end:
-        (length,) = _U32.unpack_from(run, pos + 1)
-        frames.append(Frame(run[pos:pos + 1], run[pos:pos + 1 + length]))
-        pos += 1 + length
-    return frames
 
 
 async def _stop(task: asyncio.Task[Any]) -> None:

@@ -61,8 +61,8 @@ class _Notices:
         return taken
 
 
-def _apply(transform: ValueTransform, value: bytes, where: str,
-           notices: _Notices | None = None) -> bytes | None:
+def _apply(transform: ValueTransform, value: bytes, index: int,
+           notices: _Notices | None = None, what: str = "column") -> bytes | None:
     try:
         out = transform(value)
     except WithheldValue as withheld:
@@ -70,11 +70,14 @@ def _apply(transform: ValueTransform, value: bytes, where: str,
             notices.notice(withheld.notice)
         return None
     except Exception as exc:
-        raise RewriteError(f"transform of {where} failed: {type(exc).__name__}: {exc}") from exc
-    if out is not None and not isinstance(out, bytes | bytearray):
-        raise RewriteError(f"transform of {where} returned {type(out).__name__}, expected bytes "
-                           "or None")
-    return None if out is None else bytes(out)
+        raise RewriteError(f"transform of {what} #{index} failed: {type(exc).__name__}: "
+                           f"{exc}") from exc
+    if out is None or type(out) is bytes:
+        return out
+    if not isinstance(out, bytes | bytearray):
+        raise RewriteError(f"transform of {what} #{index} returned {type(out).__name__}, "
+                           "expected bytes or None")
+    return bytes(out)
 
 
 def plan_columns(descriptors: Sequence[ColumnDescriptor], masker: ColumnMasker | None
@@ -134,7 +137,11 @@ def _nulls_binary(transform: ValueTransform | None) -> bool:
 
 class RowRewriter(_Notices):
     """Rewrites the DataRow bodies of one result set. `names` (the column names) only serve
-    the notices."""
+    the notices.
+
+    Scrub transforms (`ScrubTransform`) that share one `may_match` are skipped together for a
+    row in which it finds nothing; the other transforms (masks) always apply. `precheck` is
+    set when there are no others, so the caller may skip whole runs of rows."""
 
     def __init__(self, transforms: Sequence[ValueTransform | None], formats: Sequence[int],
                  names: Sequence[str] | None = None) -> None:
@@ -146,41 +153,59 @@ class RowRewriter(_Notices):
         for i, nulled in enumerate(self._null):
             if nulled:
                 self.notice(binary_masked_notice(names[i] if names else ""))
-        self.precheck = None if any(self._null) else scrub_precheck(self.transforms)
+        scrubs = [t if isinstance(t, ScrubTransform) and not self._null[i] else None
+                  for i, t in enumerate(self.transforms)]
+        self._check = scrub_precheck(scrubs)
+        hard = [None if scrubs[i] is not None else t for i, t in enumerate(self.transforms)]
+        # what applies to a row in which `_check` finds nothing (None: nothing at all)
+        self._unscanned = hard if any(t is not None for t in hard) else None
+        self.precheck = self._check if self._unscanned is None else None
 
     def rewrite(self, body: bytes) -> bytes:
-        """A new DataRow body (without the type and length header)."""
-        if self.precheck is not None and not self.precheck(body):
-            return body
-        if len(body) < 2:
-            raise RewriteError(f"DataRow body of {len(body)} bytes has no column count")
+        """A new DataRow body (without the type and length header); `body` itself when no
+        value changed."""
+        transforms = self.transforms
+        if self._check is not None and not self._check(body):
+            if self._unscanned is None:
+                return body
+            transforms = self._unscanned
+        size = len(body)
+        if size < 2:
+            raise RewriteError(f"DataRow body of {size} bytes has no column count")
         (count,) = _I16.unpack_from(body, 0)
-        if count != len(self.transforms):
+        if count != len(transforms):
             raise RewriteError(f"DataRow has {count} columns, its description has "
-                               f"{len(self.transforms)}")
-        parts: list[bytes] = [body[:2]]
+                               f"{len(transforms)}")
+        parts: list[bytes] = []
+        copied = 0  # body[copied:pos] is unchanged so far
         pos = 2
-        for i, transform in enumerate(self.transforms):
-            if pos + 4 > len(body):
+        unpack = _I32.unpack_from
+        nulls = self._null
+        for i, transform in enumerate(transforms):
+            if pos + 4 > size:
                 raise RewriteError(f"DataRow truncated at column #{i}")
-            (length,) = _I32.unpack_from(body, pos)
+            (length,) = unpack(body, pos)
             end = pos + 4 + max(length, 0)
-            if end > len(body) or length < -1:
+            if end > size or length < -1:
                 raise RewriteError(f"DataRow column #{i} has bad length {length}")
-            if transform is None or length == -1:
-                parts.append(body[pos:end])
-            elif self._null[i]:
-                parts.append(_NULL)
-            else:
-                value = body[pos + 4:end]
-                out = _apply(transform, value, f"column #{i}", self)
-                if out is value:
-                    parts.append(body[pos:end])
+            if transform is not None and length != -1:
+                if nulls[i]:
+                    out = None
                 else:
-                    parts.append(_NULL if out is None else _I32.pack(len(out)) + out)
+                    value = body[pos + 4:end]
+                    out = _apply(transform, value, i, self)
+                    if out is value:
+                        pos = end
+                        continue
+                parts.append(body[copied:pos])
+                parts.append(_NULL if out is None else _I32.pack(len(out)) + out)
+                copied = end
             pos = end
-        if pos != len(body):
-            raise RewriteError(f"DataRow has {len(body) - pos} trailing bytes")
+        if pos != size:
+            raise RewriteError(f"DataRow has {size - pos} trailing bytes")
+        if not parts:
+            return body
+        parts.append(body[copied:])
         return b"".join(parts)
 
 
@@ -420,7 +445,7 @@ class CopyOutRewriter(_Notices):
                 value, quoted = fields[i]
                 if transform is None or (value == self.null and not quoted):
                     continue
-                new = _apply(transform, value, f"COPY column #{i}", self)
+                new = _apply(transform, value, i, self, "COPY column")
                 if new is value:
                     continue  # unchanged (a scrub that found nothing): keep the raw field
                 raw_fields[i] = self.null if new is None else csv_quote(
@@ -432,7 +457,7 @@ class CopyOutRewriter(_Notices):
             if transform is None or raw[i] == self.null:
                 continue
             value = text_unescape(raw[i])
-            new = _apply(transform, value, f"COPY column #{i}", self)
+            new = _apply(transform, value, i, self, "COPY column")
             if new is value:
                 continue
             raw[i] = self.null if new is None else text_escape(new, self.delimiter)

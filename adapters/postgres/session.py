@@ -74,6 +74,7 @@ from adapters.postgres.results import (
 
 SUPPORTED_CLIENT_ENCODINGS = frozenset({"UTF8", "UNICODE", "SQL_ASCII"})
 _HEADER = struct.Struct("!cI")
+_U32 = struct.Struct("!I")
 
 
 class SessionError(Exception):
@@ -345,20 +346,44 @@ class Session:
             return self._query_rows is None
         return op.kind == EXECUTE and op.rows_planned and op.rows is None
 
-    def rows_precheck(self) -> Callable[[bytes], bool] | None:
-        """When the DataRows arriving now are only scanned (every transform a ScrubTransform),
-        the shared `may_match`: the caller may relay a run of rows for which it is False raw,
-        and hand the others to `server_frame` one by one."""
+    def rows_rewriter(self) -> RowRewriter | None:
+        """The rewriter of the DataRows arriving now, when they are rewritten and it is planned
+        (then the caller may hand whole runs of them to `rewrite_run`); else None."""
         if self._skip_until_sync or not self._ops:
             return None
         op = self._ops[0]
         if op.kind == QUERY:
-            rows = self._query_rows
-        elif op.kind == EXECUTE and op.rows_planned:
-            rows = op.rows
-        else:
-            return None
-        return rows.precheck if rows is not None else None
+            return self._query_rows
+        if op.kind == EXECUTE and op.rows_planned:
+            return op.rows
+        return None
+
+    def rewrite_run(self, run: bytes, out: list[bytes]) -> None:
+        """Rewrite a run of DataRow messages (`BackendDecoder.next_run`) with the planned
+        `rows_rewriter()`: unchanged rows are relayed as slices of the run."""
+        rows = self.rows_rewriter()
+        if rows is None:
+            raise SessionError("a run of DataRows arrived without a planned rewriter")
+        clean = pos = 0
+        size = len(run)
+        unpack = _U32.unpack_from
+        while pos < size:
+            (length,) = unpack(run, pos + 1)
+            stop = pos + 1 + length
+            body = run[pos + 5:stop]
+            new = rows.rewrite(body)
+            if new is not body:
+                if clean < pos:
+                    out.append(run[clean:pos])
+                if rows.notices:
+                    out.extend(notice_frame(n) for n in rows.take_notices())
+                out.append(_frame(b"D", new))
+                clean = stop
+            pos = stop
+        if clean == 0:
+            out.append(run)
+        elif clean < size:
+            out.append(run[clean:])
 
     def copy_pass_through(self) -> bool:
         """Whether CopyData from the server goes to the client unchanged (no COPY rewriting)."""
