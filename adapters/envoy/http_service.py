@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from envoy.service.auth.v3 import external_auth_pb2  # type: ignore[import-untyped]
@@ -49,6 +49,7 @@ from adapters.envoy.translate import (
     CheckResponse,
     error_response,
 )
+from engine.service.http_server import TLSThreadingHTTPServer
 from engine.service.tls import BearerToken, TLSConfig
 
 log = logging.getLogger(__name__)
@@ -293,41 +294,11 @@ class _CheckHandler(BaseHTTPRequestHandler):
         self.server.endpoint.handle(self)
 
 
-class _CheckServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
-
+class _CheckServer(TLSThreadingHTTPServer):
     def __init__(self, host: str, port: int, endpoint: HttpCheckEndpoint, *,
                  tls: TLSConfig | None = None) -> None:
         self.endpoint = endpoint
-        self.ssl_context = tls.ssl_context() if tls else None
-        if ":" in host:
-            self.address_family = socket.AF_INET6
-        super().__init__((host.strip("[]"), port), _CheckHandler)
-
-    def get_request(self) -> tuple[Any, Any]:
-        sock, address = self.socket.accept()
-        if self.ssl_context is not None:
-            sock = self.ssl_context.wrap_socket(sock, server_side=True,
-                                                do_handshake_on_connect=False)
-        return sock, address
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        import ssl
-
-        if isinstance(request, ssl.SSLSocket):
-            request.settimeout(10)
-            try:
-                request.do_handshake()
-            except (ssl.SSLError, OSError) as exc:
-                log.info("TLS handshake with %s failed: %s", client_address, exc)
-                return
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("ext_authz HTTP connection from %s ended with an error", client_address,
-                  exc_info=True)
+        super().__init__(host, port, _CheckHandler, tls=tls)
 
 
 class HttpCheckServer:

@@ -29,13 +29,13 @@ import contextlib
 import json
 import logging
 import socket
-import ssl
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from engine.service.http_server import TLSThreadingHTTPServer
 from engine.service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.service.runtime import DecisionNotRecorded, NotReady, ServiceRuntime
 from engine.service.tls import BearerToken, TLSConfig
@@ -289,12 +289,8 @@ class DataAPIHandler(BaseHTTPRequestHandler):
         runtime.metrics.decision_latency.labels("http").observe(time.perf_counter() - started)
 
 
-class DecisionHTTPServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer with TLS (handshake per connection thread) and SO_REUSEPORT."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
+class DecisionHTTPServer(TLSThreadingHTTPServer):
+    """The Data API's server: the runtime, routes and limits its handler reads."""
 
     def __init__(self, host: str, port: int, runtime: ServiceRuntime, *,
                  tls: TLSConfig | None = None, token: BearerToken | None = None,
@@ -304,38 +300,9 @@ class DecisionHTTPServer(ThreadingHTTPServer):
         self.routes = dict(routes or {})
         self.token = token
         self.max_body_bytes = max_body_bytes
-        self.reuse_port = reuse_port
-        self.ssl_context = tls.ssl_context() if tls else None
-        if ":" in host:
-            self.address_family = socket.AF_INET6
-        super().__init__((host.strip("[]"), port), DataAPIHandler)
-
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-    def get_request(self) -> tuple[Any, Any]:
-        sock, address = self.socket.accept()
-        if self.ssl_context is not None:
-            sock = self.ssl_context.wrap_socket(sock, server_side=True,
-                                                do_handshake_on_connect=False)
-        return sock, address
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, ssl.SSLSocket):
-            request.settimeout(10)
-            try:
-                request.do_handshake()
-            except (ssl.SSLError, OSError) as exc:
-                log.info("TLS handshake with %s failed: %s", client_address, exc)
-                self.runtime.metrics.rejected.labels("http", "tls_handshake").inc()
-                return
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("HTTP connection from %s ended with an error", client_address,
-                  exc_info=True)
+        rejected = runtime.metrics.rejected.labels("http", "tls_handshake")
+        super().__init__(host, port, DataAPIHandler, tls=tls, reuse_port=reuse_port,
+                         on_tls_failure=rejected.inc)
 
 
 class HttpService:
