@@ -219,7 +219,7 @@ class PolicyBridge:
     async def _masking(self, sql: str, decision: Decision
                        ) -> tuple[ResultMasking, CopyLayout | None]:
         command = decision.command or {}
-        rules = MaskRules((m.column, m.method) for m in decision.masks)
+        rules = MaskRules.of(tuple((m.column, m.method) for m in decision.masks))
         copy = self._copy(sql, command)
         if not rules:
             return ResultMasking(self.catalog, rules, CatalogView()), (

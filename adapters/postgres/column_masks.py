@@ -96,6 +96,12 @@ class MaskRules:
     def __bool__(self) -> bool:
         return bool(self.rules)
 
+    @staticmethod
+    @lru_cache(maxsize=1024)
+    def of(masks: tuple[tuple[str, str], ...]) -> MaskRules:
+        """The rules of these (column, method) pairs, shared: decisions repeat their masks."""
+        return MaskRules(masks)
+
     def method(self, schema: str, table: str, column: str) -> str | None:
         column = column.lower()
         if column not in self.columns:

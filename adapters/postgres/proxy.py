@@ -247,6 +247,7 @@ class PostgresProxy:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cancel_keys: dict[int, tuple[bytes, BackendKeyData | None]] = {}
         self._holds: dict[int, asyncio.Task[StatementVerdict]] = {}
+        self._ending: set[asyncio.Future[None]] = set()
         self._mock_secret = secrets.token_bytes(32)
 
     @property
@@ -273,6 +274,8 @@ class PostgresProxy:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._ending:  # session-end hooks of the sessions just cancelled
+            await asyncio.wait(set(self._ending), timeout=self.config.session_hook_timeout)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
@@ -377,12 +380,21 @@ class PostgresProxy:
                 await self._session_ended(ctx, reason)
 
     async def _session_ended(self, ctx: SessionContext, reason: str) -> None:
+        """Run the session-end hook to completion even when this session is being cancelled
+        (the proxy shutting down): `close()` waits for such hooks."""
         assert self.config.session_ended is not None
-        try:
-            async with asyncio.timeout(self.config.session_hook_timeout):
-                await self.config.session_ended(ctx, reason)
-        except BaseException as exc:  # also when cancelled: closing goes on
-            log.error("session %s: session end not recorded: %r", ctx.session_id, exc)
+
+        async def record() -> None:
+            try:
+                async with asyncio.timeout(self.config.session_hook_timeout):
+                    await self.config.session_ended(ctx, reason)  # type: ignore[misc]
+            except Exception as exc:
+                log.error("session %s: session end not recorded: %r", ctx.session_id, exc)
+
+        task = asyncio.ensure_future(record())
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+        await asyncio.shield(task)
 
     def _issue_key(self, upstream_key: BackendKeyData | None) -> tuple[int, bytes]:
         while True:
