@@ -200,28 +200,30 @@ def _trace_statement(sql: str, frozen: tuple[tuple[str, tuple[tuple[str, str], .
         return None
     out: list[TracedQuery] = []
     for tree in trees:
-        query, direct = _row_query(tree)
-        if query is None:
+        found, direct = _row_query(tree)
+        if found is None:
             continue
-        if isinstance(query, str):
+        query: exp.Expr
+        if isinstance(found, str):
             try:
-                inner = [t for t in sqlglot.parse(query, dialect="postgres") if t is not None]
+                inner = [t for t in sqlglot.parse(found, dialect="postgres") if t is not None]
             except (SqlglotError, ValueError, TypeError, RecursionError):
                 return None
             if len(inner) != 1:
                 return None
-            query = inner[0]
-            nested, _ = _row_query(query)
+            nested, _ = _row_query(inner[0])
             if nested is None or isinstance(nested, str):
                 return None
             query = nested
+        else:
+            query = found
         outputs = trace_output_columns(query.sql(dialect="postgres"), "postgres", schema)
         out.append(TracedQuery(None if outputs is None else tuple(outputs), direct,
                                query.find(exp.SetOperation) is not None))
     return out
 
 
-def _row_query(tree: exp.Expression) -> tuple[exp.Expression | str | None, bool]:
+def _row_query(tree: exp.Expr) -> tuple[exp.Expr | str | None, bool]:
     """(the query whose rows this statement returns, or the text of one it stores for later;
     whether they come back directly)."""
     if isinstance(tree, exp.Query):
@@ -234,7 +236,7 @@ def _row_query(tree: exp.Expression) -> tuple[exp.Expression | str | None, bool]
         target = tree.this
         if isinstance(target, exp.Schema):
             target = target.this
-        tables: list[exp.Expression] = [target.copy()] if target is not None else []
+        tables: list[exp.Expr] = [target.copy()] if target is not None else []
         extra = tree.args.get("from_") or tree.args.get("from")
         if extra is not None and extra.this is not None:
             tables.append(extra.this.copy())

@@ -263,10 +263,10 @@ def _options(p: _Parser) -> dict[str, str]:
             options["oids"] = "true"
         elif word in ("delimiter", "null", "quote", "escape", "encoding"):
             p.word("as")
-            value = p.next()
-            if value.kind != "string":
+            literal = p.next()
+            if literal.kind != "string":
                 raise CopySyntaxError(f"{word.upper()} needs a quoted string")
-            options[word] = value.text
+            options[word] = literal.text
         elif word == "force":
             if p.word("quote"):
                 if not p.punct("*") and not _other(p, "*"):
