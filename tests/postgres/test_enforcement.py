@@ -68,6 +68,7 @@ class Stack:
     store: ApprovalStore
     recorder: AuditRecorder
     audit: AuditLog
+    engine: Engine
 
     def dsn(self, user: str = "alice", **extra: str) -> str:
         parts = {"host": "127.0.0.1", "port": str(self.proxy.port), "dbname": self.dbname,
@@ -139,13 +140,14 @@ def stack(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
     store = open_approval_store(audit_url, audit=audit)
     gate = ApprovalGate(store, timeout=30.0, approve_hint="ordinance approvals approve {id}")
     catalog = Catalog(direct)
+    engine = Engine(load_policy_set(str(REPO / "policies")))
     bridge = PolicyBridge(
-        InProcessDecisionClient(Engine(load_policy_set(str(REPO / "policies")))),
-        resource=Resource("payments", {"env": "prod"}), catalog=catalog, recorder=recorder,
-        approvals=gate)
+        InProcessDecisionClient(engine), resource=Resource("payments", {"env": "prod"}),
+        catalog=catalog, recorder=recorder, approvals=gate)
     proxy = ProxyThread(ProxyConfig(upstream_url=upstream_url(direct),
                                     directory=load_users(users_file), **bridge.hooks()))
-    yield Stack(proxy, name, direct, audit_url, users_file, gate, store, recorder, audit)
+    yield Stack(proxy, name, direct, audit_url, users_file, gate, store, recorder, audit,
+                engine)
     proxy.run(catalog.close())
     proxy.stop()
     gate.close()
@@ -420,6 +422,48 @@ def test_a_cancelled_held_statement_ends_at_once(stack: Stack) -> None:
     assert "cancelled by the client while it awaited approval" in str(results.get("error"))
     assert conn.execute("SELECT 1").fetchone() == (1,)  # the session goes on
     conn.close()
+
+
+WINDOWED_RULE = """package ordinance.windowed
+
+import rego.v1
+
+review contains {"msg": "reading holders needs approval", "approvers": ["dba-leads"],
+                 "window": "1h"} if {
+	some s in input.command.statements
+	"holders" in s.tables
+	not s.has_where
+}
+"""
+
+
+def test_an_approval_with_a_window_is_reused_for_the_same_text(
+        stack: Stack, tmp_path: Path) -> None:
+    import shutil
+
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    (policies / "ordinance" / "windowed.rego").write_text(WINDOWED_RULE)
+    shipped = stack.engine.policy_set
+    stack.engine.swap(load_policy_set(str(policies)))
+    try:
+        thread, results, request = start_held(stack, "SELECT name FROM holders ORDER BY id")
+        assert request.window is not None
+        stack.decide("approve", request.id)
+        thread.join(60)
+        assert results.get("rows") == [("Ann",), ("Bob",)], results.get("error")
+        notices: list[str] = []
+        with stack.connect(notices=notices) as conn:  # within the window: no new hold
+            for _ in range(2):
+                assert conn.execute("SELECT name FROM holders ORDER BY id").fetchall() == [
+                    ("Ann",), ("Bob",)]
+        assert not any("held for approval" in n for n in notices)
+        assert stack.store.get(request.id).uses == 3
+        used = [r for r in stack.records("statement")
+                if (r.get("approval") or {}).get("id") == request.id]
+        assert len(used) == 3 and used[-1]["approval"]["standing"] is True
+    finally:
+        stack.engine.swap(shipped)
 
 
 def test_copy_to_stdout_is_reviewed_then_masked(stack: Stack) -> None:
