@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ from engine.identity import Subject
 log = logging.getLogger("ordinance.adapters.postgres.bridge")
 
 DDL_KINDS = frozenset({"create", "alter", "drop"})
+_STARTS_WITH_COPY = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*copy\b",
+                               re.IGNORECASE | re.DOTALL)
 MAX_RECORDED_TEXT = 64 * 1024
 
 
@@ -221,10 +224,20 @@ class PolicyBridge:
         command = decision.command or {}
         rules = MaskRules.of(tuple((m.column, m.method) for m in decision.masks))
         copy = self._copy(sql, command)
-        if not rules:
-            return ResultMasking(self.catalog, rules, CatalogView()), (
-                copy.layout if copy is not None else None)
+        layout = copy.layout if copy is not None else None
+        binary_table_copy = copy is not None and copy.binary and copy.table is not None
+        if not rules and not binary_table_copy:
+            return ResultMasking(self.catalog, rules, CatalogView()), layout
         names = [str(t) for t in command.get("tables") or ()]
+        if copy is not None:  # also when the facts could not parse it
+            if copy.table is not None:
+                names.append(copy.table)
+            if copy.query is not None:
+                from engine.facts import enrich_command
+
+                names.extend(str(t) for t in enrich_command(
+                    {"protocol": "postgres", "raw": copy.query}, {"type": "postgres"}
+                ).get("tables") or ())
         relations, view = await statement_relations(self.catalog, names)
         computed = None
         copy_methods: list[str | None] | None = None
@@ -239,13 +252,36 @@ class PolicyBridge:
                     copy_methods = self._copy_table_methods(copy, relations, view, rules)
             elif copy is None:
                 computed = check_outputs(trace_statement(sql, schema), relations, view, rules)
+        copy_types = self._copy_table_types(copy, relations) if binary_table_copy else None
         masking = ResultMasking(self.catalog, rules, view, computed=computed,
-                                copy_methods=copy_methods)
-        return masking, copy.layout if copy is not None else None
+                                copy_methods=copy_methods, copy_types=copy_types)
+        return masking, layout
+
+    @staticmethod
+    def _copy_relation(copy: CopyStatement, relations: dict[str, Any]) -> Any:
+        assert copy.table is not None
+        name = copy.table.lower()
+        return relations.get(name) or relations.get(name.rpartition(".")[2])
+
+    @classmethod
+    def _copy_table_types(cls, copy: CopyStatement | None, relations: dict[str, Any]
+                          ) -> list[int] | None:
+        """The type OIDs of a table COPY's columns (so binary string values can be scanned)."""
+        if copy is None or copy.table is None:
+            return None
+        relation = cls._copy_relation(copy, relations)
+        if relation is None:
+            return None
+        if not copy.columns:
+            return [c.type_oid for c in relation.columns]
+        found = [relation.column_named(name) for name in copy.columns]
+        return [c.type_oid if c is not None else 0 for c in found]
 
     @staticmethod
     def _copy(sql: str, command: Mapping[str, Any]) -> CopyStatement | None:
-        if "copy" not in (command.get("kinds") or ()):
+        """The COPY statement `sql` is, read here whatever the facts say (sqlglot cannot parse
+        every COPY, and a policy set need not deny what it cannot parse)."""
+        if "copy" not in (command.get("kinds") or ()) and not _STARTS_WITH_COPY.match(sql):
             return None
         try:
             copy = parse_copy(sql)
@@ -258,12 +294,10 @@ class PolicyBridge:
                                 "data can be masked")
         return copy
 
-    @staticmethod
-    def _copy_table_methods(copy: CopyStatement, relations: dict[str, Any],
+    @classmethod
+    def _copy_table_methods(cls, copy: CopyStatement, relations: dict[str, Any],
                             view: CatalogView, rules: MaskRules) -> list[str | None] | None:
-        assert copy.table is not None
-        name = copy.table.lower()
-        relation = relations.get(name) or relations.get(name.rpartition(".")[2])
+        relation = cls._copy_relation(copy, relations)
         if relation is None:
             return None  # no such table: the server will say so
         names = list(copy.columns) if copy.columns else [c.name for c in relation.columns]

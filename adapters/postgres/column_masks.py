@@ -20,7 +20,9 @@ What a column gets (values in text format unless said otherwise):
 Computed columns (no table OID in the RowDescription) are masked by the rules of the columns
 they read, as traced from the statement; the strongest method wins
 (`null` > `redact` > `hash` > `pan` > `last4` > `email`). COPY data is text, so masked COPY
-columns always get the method's output; binary COPY columns with a mask become NULL.
+columns always get the method's output; binary COPY columns with a mask become NULL, and in a
+binary COPY of a table its string columns are scanned by the backstop (their binary form is
+their text).
 """
 
 from __future__ import annotations
@@ -413,12 +415,14 @@ class ResultMasking:
 
     def __init__(self, catalog: Catalog, rules: MaskRules, view: CatalogView, *,
                  computed: Sequence[OutputMask] | None = None,
-                 copy_methods: Sequence[str | None] | None = None) -> None:
+                 copy_methods: Sequence[str | None] | None = None,
+                 copy_types: Sequence[int] | None = None) -> None:
         self.catalog = catalog
         self.rules = rules
         self.view = view
         self.computed = list(computed) if computed is not None else None
         self.copy_methods = list(copy_methods) if copy_methods is not None else None
+        self.copy_types = list(copy_types) if copy_types is not None else []
         self.masked: set[str] = set()  # "table.column -> method" seen, for the record
 
     async def resolve_columns(self, columns: Sequence[ColumnDescriptor]) -> None:
@@ -441,7 +445,11 @@ class ResultMasking:
         name = column.name or f"#{column.index + 1}"
         if column.copy:
             if method is None:
-                return SCRUB_TEXT if column.format == 0 else None
+                if column.format == 0:
+                    return SCRUB_TEXT
+                type_oid = (self.copy_types[column.index]
+                            if column.index < len(self.copy_types) else 0)
+                return SCRUB_TEXT_BINARY if type_oid in BINARY_TEXT_TYPES else None
             self.masked.add(f"{name}:{method}")
             return _null if method == "null" else mask_transform(method)
         info = self.catalog.type_info(column.type_oid)

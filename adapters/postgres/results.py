@@ -344,7 +344,8 @@ class CopyOutRewriter(_Notices):
     """Rewrites the CopyData stream of one `COPY ... TO STDOUT`. `feed()` returns the rewritten
     bytes of every complete record so far (records may span CopyData messages); `finish()`
     checks nothing is left over at CopyDone. In binary COPY the values of columns with a
-    transform become NULL (the types are unknown here), with a notice."""
+    transform become NULL (the types are unknown here), with a notice, except that binary-safe
+    `ScrubTransform`s (string columns, whose binary form is their text) are applied."""
 
     def __init__(self, transforms: Sequence[ValueTransform | None], binary: bool,
                  layout: CopyLayout | None, max_buffer: int) -> None:
@@ -352,7 +353,7 @@ class CopyOutRewriter(_Notices):
         self.transforms = list(transforms)
         self.binary = binary
         self.precheck = None if binary else scrub_precheck(self.transforms)
-        if binary and any(t is not None for t in self.transforms):
+        if binary and any(_nulls_binary(t) for t in self.transforms):
             self.notice("binary COPY: masked columns are sent as NULL")
         self.max_buffer = max_buffer
         self._buffer = bytearray()
@@ -510,7 +511,14 @@ class CopyOutRewriter(_Notices):
                 if stop > len(buf):
                     complete = False
                     break
-                parts.append(_NULL if transform is not None else bytes(buf[end:stop]))
+                if transform is None:
+                    parts.append(bytes(buf[end:stop]))
+                elif not _nulls_binary(transform) and length != -1:
+                    value = bytes(buf[end + 4:stop])  # a binary-safe scrub: text bytes
+                    new = _apply(transform, value, i, self, "COPY column")
+                    parts.append(_NULL if new is None else _I32.pack(len(new)) + new)
+                else:
+                    parts.append(_NULL)
                 end = stop
             if not complete:
                 break

@@ -466,6 +466,28 @@ def test_an_approval_with_a_window_is_reused_for_the_same_text(
         stack.engine.swap(shipped)
 
 
+def test_binary_copy_is_masked_even_when_the_facts_cannot_parse_it(
+        stack: Stack, tmp_path: Path) -> None:
+    # A policy set with only the PCI masks (no denial of unparseable SQL): sqlglot cannot parse
+    # `COPY ... (FORMAT binary)`, the proxy reads the statement itself.
+    policies = tmp_path / "masks-only" / "ordinance" / "pci"
+    policies.mkdir(parents=True)
+    (policies / "masking.yaml").write_text(
+        (REPO / "policies" / "ordinance" / "pci" / "masking.yaml").read_text())
+    shipped = stack.engine.policy_set
+    stack.engine.swap(load_policy_set(str(tmp_path / "masks-only")))
+    notices: list[str] = []
+    try:
+        with stack.connect(notices=notices) as conn, conn.cursor().copy(
+                "COPY cards (id, pan, notes) TO STDOUT (FORMAT binary)") as copy:
+            copy.set_types(["int4", "text", "text"])
+            rows = sorted(copy.rows())
+    finally:
+        stack.engine.swap(shipped)
+    assert rows == [(1, None, "call **** **** **** 1111 asap"), (2, None, "nothing here")]
+    assert "binary COPY: masked columns are sent as NULL" in notices
+
+
 def test_copy_to_stdout_is_reviewed_then_masked(stack: Stack) -> None:
     for sql, expected in [
         ("COPY (SELECT id, pan, cvv FROM cards ORDER BY id) TO STDOUT WITH (FORMAT csv, "

@@ -81,6 +81,17 @@ def test_not_a_copy_statement() -> None:
     assert parse_copy("SELECT 1") is None
 
 
+def test_the_bridge_reads_a_copy_the_facts_could_not_parse() -> None:
+    from adapters.postgres.bridge import PolicyBridge
+
+    copy = PolicyBridge._copy("/* x */\n  copy cards TO STDOUT (FORMAT binary)",
+                              {"kinds": ["other"], "statements": [{"kind": "other"}]})
+    assert copy is not None and copy.binary and copy.table == "cards"
+    assert PolicyBridge._copy("SELECT 'copy'", {"kinds": ["select"]}) is None
+    with pytest.raises(MaskingDenied):
+        PolicyBridge._copy("COPY cards TO STDOUT; SELECT 1", {"kinds": ["copy", "select"]})
+
+
 # ------------------------------------------------------------------------------------------
 # Mask rules, views and statement tracing
 
