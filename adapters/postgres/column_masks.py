@@ -28,6 +28,7 @@ their text).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,13 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from adapters.postgres.catalog import Catalog, Relation, ViewColumn, choose_relations
+from adapters.postgres.catalog import (
+    Catalog,
+    CatalogError,
+    Relation,
+    ViewColumn,
+    choose_relations,
+)
 from adapters.postgres.hooks import (
     ColumnDescriptor,
     ScrubTransform,
@@ -47,6 +54,8 @@ from adapters.postgres.hooks import (
 from engine.facts.fingerprint import literal_fingerprint
 from engine.lineage import OutputColumn, trace_output_columns
 from engine.masking import MASK_METHODS, find_pans, may_hold_pan_bytes, scrub_pans
+
+log = logging.getLogger("ordinance.adapters.postgres.masks")
 
 STRENGTH = {"null": 6, "redact": 5, "hash": 4, "pan": 3, "last4": 2, "email": 1}
 JSON_TYPES = frozenset({114, 3802})
@@ -434,7 +443,10 @@ class ResultMasking:
             if missing:
                 raise LookupError(f"relations {sorted(missing)} are not in the catalog")
             self.view.add(self.catalog, await self.catalog.expand(found.values()))
-        await self.catalog.types(c.type_oid for c in columns)
+        try:
+            await self.catalog.types(c.type_oid for c in columns)
+        except CatalogError as exc:  # types only refine the backstop; unknown ones are safe
+            log.warning("type categories unavailable: %s", exc)
         computed = [c for c in columns if not c.table_oid]
         if computed and self.computed is not None and len(self.computed) != len(columns):
             raise LookupError(f"the result has {len(columns)} columns but the statement was "
@@ -453,7 +465,8 @@ class ResultMasking:
             self.masked.add(f"{name}:{method}")
             return _null if method == "null" else mask_transform(method)
         info = self.catalog.type_info(column.type_oid)
-        category = info.category if info is not None else ""
+        category = info.category if info is not None else (
+            "S" if column.type_oid in BINARY_TEXT_TYPES else "")
         if method is not None:
             self.masked.add(f"{name}:{method}")
             if method == "null":
