@@ -98,6 +98,7 @@ _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
 _FIELD = struct.Struct("!IhIhih")
 STARTUP = b""  # the type of a start-up phase frame (no type byte on the wire)
+_BYTES = [bytes((i,)) for i in range(256)]
 
 
 class Frame(NamedTuple):
@@ -546,7 +547,7 @@ class _Framer:
         available = len(buf) - pos
         if available < 1:
             return None
-        kind = bytes(buf[pos:pos + 1])
+        kind = _BYTES[buf[pos]]
         if valid_types is not None and kind not in valid_types:
             raise self._fail(f"invalid {self.direction} message type {kind!r} "
                              f"(byte 0x{kind[0]:02x})")
@@ -688,6 +689,17 @@ class BackendDecoder:
     def next_frame(self) -> Frame | None:
         self._framer.check()
         return self._framer._typed_frame(None)
+
+    def peek(self) -> bytes | None:
+        """The type of the next message when at least its type and length have arrived
+        (the message itself may not be complete yet), else None."""
+        framer = self._framer
+        framer.check()
+        pos = framer._pos
+        buf = framer._buffer
+        if len(buf) - pos < 5:
+            return None
+        return _BYTES[buf[pos]]
 
     def next_run(self, kind: bytes) -> bytes | None:
         """Fast path for relaying: the raw bytes of every complete `kind` message at the head

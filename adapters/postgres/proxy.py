@@ -37,9 +37,10 @@ import inspect
 import logging
 import secrets
 import ssl
-from collections.abc import Mapping
+import types
+from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from adapters.postgres.auth import (
@@ -61,6 +62,7 @@ from adapters.postgres.codec import (
     ProtocolError,
 )
 from adapters.postgres.hooks import (
+    ColumnDescriptor,
     DecideHook,
     SessionContext,
     SessionEndHook,
@@ -88,7 +90,7 @@ from adapters.postgres.messages import (
     StartupMessage,
     Terminate,
 )
-from adapters.postgres.results import RewriteError, describe_fields
+from adapters.postgres.results import RewriteError
 from adapters.postgres.session import (
     SUPPORTED_CLIENT_ENCODINGS,
     Completion,
@@ -98,6 +100,7 @@ from adapters.postgres.session import (
 )
 
 log = logging.getLogger("ordinance.adapters.postgres")
+_T = TypeVar("_T")
 
 READ_SIZE = 256 * 1024
 AUTH_MESSAGE_LIMIT = 64 * 1024  # bounds what an unauthenticated client can make us buffer
@@ -709,9 +712,14 @@ class PostgresProxy:
 
     async def _pump_client(self, client: _Client, upstream: _Upstream, session: Session,
                            ctx: SessionContext, pid: int = 0) -> bool:
-        """Client -> server until the client ends; True when it said Terminate."""
+        """Client -> server until the client ends; True when it said Terminate.
+
+        What one read of the client produces goes upstream in one write, decisions included
+        when they finish without waiting (an in-process decision from the cache does): only a
+        decision that has to wait sends the earlier messages first."""
         decoder = client.decoder
         writer = upstream.writer
+        transport = writer.transport
         allow_fc = self.config.allow_function_call
         while True:
             data = await client.reader.read(READ_SIZE)
@@ -723,43 +731,63 @@ class PostgresProxy:
                 message = decoder.decode(frame)
                 if isinstance(message, Terminate):
                     if out:
-                        writer.writelines(out)
+                        writer.write(b"".join(out))
                     return True
                 sql = session.statement_text(message)
                 verdict = None
                 if sql is not None:
-                    if out:  # do not hold earlier messages back while deciding
-                        writer.writelines(out)
-                        out = []
-                    verdict = await self._decide(sql, ctx)
+                    decided = self._decide_now(sql, ctx)
+                    if isinstance(decided, StatementVerdict):
+                        verdict = decided
+                    else:
+                        if out:  # do not hold earlier messages back while deciding
+                            writer.write(b"".join(out))
+                            out = []
+                        verdict = await decided
                     if verdict.hold is not None:
+                        if out:
+                            writer.write(b"".join(out))
+                            out = []
                         verdict = await self._hold(verdict, client, ctx, pid)
                 out.extend(session.client_message(frame, message, verdict,
                                                   allow_function_call=allow_fc))
             if out:
                 try:
-                    writer.writelines(out)
-                    await writer.drain()
+                    writer.write(out[0] if len(out) == 1 else b"".join(out))
+                    if transport.is_closing() or transport.get_write_buffer_size():
+                        await writer.drain()
                 except (ConnectionError, OSError) as exc:
                     raise _UpstreamLost(str(exc)) from exc
 
-    async def _decide(self, sql: str, ctx: SessionContext) -> StatementVerdict:
+    def _decide_now(self, sql: str, ctx: SessionContext
+                    ) -> StatementVerdict | Awaitable[StatementVerdict]:
+        """Start the decide hook: its verdict when it answers without waiting (an in-process
+        decision does; no timeout can apply then), else an awaitable of the rest, bounded by
+        `decide_timeout` from now. Fails closed like `_decide`."""
+        deadline = asyncio.get_running_loop().time() + self.config.decide_timeout
+        try:
+            done, value = _run_eagerly(self.config.decide(sql, ctx))
+        except Exception:
+            log.exception("session %s: decision hook failed; denying", ctx.session_id)
+            return StatementVerdict.deny("the policy decision failed")
+        if done:
+            return _checked_verdict(value, ctx)
+        return self._decide(value, ctx, deadline)
+
+    async def _decide(self, pending: Awaitable[Any], ctx: SessionContext,
+                      deadline: float) -> StatementVerdict:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation
         # that ends this pump when the hook finishes at the same moment, leaving it hanging.
         try:
-            async with asyncio.timeout(self.config.decide_timeout):
-                verdict = await self.config.decide(sql, ctx)
+            async with asyncio.timeout_at(deadline):
+                verdict = await pending
         except TimeoutError:
             log.warning("session %s: decision timed out; denying", ctx.session_id)
             return StatementVerdict.deny("the policy decision timed out")
         except Exception:
             log.exception("session %s: decision hook failed; denying", ctx.session_id)
             return StatementVerdict.deny("the policy decision failed")
-        if not isinstance(verdict, StatementVerdict):
-            log.error("session %s: decision hook returned %r; denying", ctx.session_id,
-                      type(verdict).__name__)
-            return StatementVerdict.deny("the policy decision failed")
-        return verdict
+        return _checked_verdict(verdict, ctx)
 
     async def _hold(self, verdict: StatementVerdict, client: _Client, ctx: SessionContext,
                     pid: int) -> StatementVerdict:
@@ -819,62 +847,124 @@ class PostgresProxy:
 
     async def _pump_server(self, client: _Client, upstream: _Upstream,
                            session: Session) -> None:
+        """Server -> client. What one read of the server produces goes to the client in one
+        write, unless a hook has to wait: then what came before is sent first (rows are not
+        held back while the catalog is read or the audit record is written)."""
         decoder = upstream.decoder
         writer = client.writer
+        transport = writer.transport
         while True:
             data = await upstream.reader.read(READ_SIZE)
             if not data:
                 return
             decoder.feed(data)
             out: list[bytes] = []
-            while True:
-                # Fast path: runs of unmasked DataRow / CopyData are relayed raw, undecoded.
-                run = None
-                if session.rows_pass_through():
-                    run = decoder.next_run(b"D")
-                elif (rows := session.rows_rewriter()) is not None:
-                    # Rewritten rows, a run at a time: a run in which a scan-only rewriter
-                    # can find nothing is relayed raw, else row by row.
-                    run = decoder.next_run(b"D")
-                    if run is not None and (rows.precheck is None or rows.precheck(run)):
-                        session.rewrite_run(run, out)
-                        continue
-                if run is None and session.copy_pass_through():
+            while (kind := decoder.peek()) is not None:
+                if kind == b"D":
+                    # Fast path: runs of unmasked DataRows are relayed raw, undecoded.
+                    if session.rows_pass_through():
+                        run = decoder.next_run(b"D")
+                        if run is not None:
+                            out.append(run)
+                            continue
+                    elif (rows := session.rows_rewriter()) is not None:
+                        # Rewritten rows, a run at a time: a run in which a scan-only
+                        # rewriter can find nothing is relayed raw, else row by row.
+                        run = decoder.next_run(b"D")
+                        if run is not None:
+                            if rows.precheck is None or rows.precheck(run):
+                                session.rewrite_run(run, out)
+                            else:
+                                out.append(run)
+                            continue
+                elif kind == b"d" and session.copy_pass_through():
                     run = decoder.next_run(b"d")
-                if run is not None:
-                    out.append(run)
-                    continue
+                    if run is not None:
+                        out.append(run)
+                        continue
                 frame = decoder.next_frame()
                 if frame is None:
                     break
-                if frame.type == b"E":
+                if kind == b"E":
                     error = decoder.decode(frame)
                     if isinstance(error, ErrorResponse) and error.severity in ("FATAL",
                                                                                "PANIC"):
                         upstream.fatal_seen = True
-                elif frame.type == b"T":
+                elif kind == b"T":
                     verdict = session.description_verdict()
                     if verdict is not None and verdict.resolve_columns is not None:
-                        if out:
-                            writer.writelines(out)
-                            out = []
-                        await _resolve_columns(verdict, decoder.decode(frame))
+                        done, rest = _run_eagerly(_resolve_columns(
+                            verdict, session.describe(frame)))
+                        if not done:
+                            if out:
+                                writer.write(b"".join(out))
+                                out = []
+                            await rest
                 completion = session.server_frame(frame, out)
                 if completion is not None:
-                    if out:  # everything before the end of the statement goes now
-                        writer.writelines(out)
-                        out = []
-                    await _complete(completion)
+                    done, rest = _run_eagerly(_complete(completion))
+                    if not done:
+                        if out:  # everything before the end of the statement goes now
+                            writer.write(b"".join(out))
+                            out = []
+                        await rest
                     out.extend(completion.frames)
             if out:
-                writer.writelines(out)
-                await writer.drain()
+                writer.write(out[0] if len(out) == 1 else b"".join(out))
+                if transport.is_closing() or transport.get_write_buffer_size():
+                    await writer.drain()
 
 
-async def _resolve_columns(verdict: StatementVerdict, description: Any) -> None:
+def _checked_verdict(verdict: Any, ctx: SessionContext) -> StatementVerdict:
+    if not isinstance(verdict, StatementVerdict):
+        log.error("session %s: decision hook returned %r; denying", ctx.session_id,
+                  type(verdict).__name__)
+        return StatementVerdict.deny("the policy decision failed")
+    return verdict
+
+
+def _run_eagerly(awaitable: Awaitable[_T]) -> tuple[bool, Any]:
+    """Run a coroutine until it first waits: `(True, its result)` when it finished without
+    waiting (no event loop round trip, no task); else `(False, an awaitable of the rest)`,
+    which must be awaited in the same task. Exceptions it raises before waiting propagate.
+    Anything other than a coroutine is returned as it is, to be awaited."""
+    if type(awaitable) is not types.CoroutineType:
+        return False, awaitable
+    try:
+        yielded = awaitable.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, _resume(awaitable, yielded)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, _T], yielded: Any) -> Generator[Any, Any, _T]:
+    """Go on with a coroutine that `_run_eagerly` started and that yielded `yielded` (what
+    `await` does with a coroutine, from its second step on: what it waits for goes to the
+    task, what the task sends or throws goes back to it)."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _resolve_columns(verdict: StatementVerdict,
+                           columns: Sequence[ColumnDescriptor]) -> None:
     assert verdict.resolve_columns is not None
     try:
-        await verdict.resolve_columns(describe_fields(description.fields))
+        await verdict.resolve_columns(columns)
     except Exception as exc:
         raise RewriteError(f"the result's columns could not be resolved: {exc}") from exc
 

@@ -577,20 +577,23 @@ class Session:
     def _on_description(self, frame: Frame, out: list[bytes]) -> None:
         kind = "RowDescription" if frame.type == b"T" else "NoData"
         op = self._head(kind, DESCRIBE, QUERY)
-        fields: tuple[FieldDescription, ...] = ()
-        if frame.type == b"T":
-            message = decode_backend(frame)
-            assert isinstance(message, RowDescription)
-            fields = message.fields
         if op.kind == QUERY:
             assert op.verdict is not None
-            plan = plan_columns(describe_fields(fields), op.verdict.masker)
-            self._query_rows = None if plan is None else RowRewriter(
-                plan, [f.format for f in fields], [f.name for f in fields])
-            if self._query_rows is not None and self._query_rows.notices:
-                out.extend(notice_frame(n) for n in self._query_rows.take_notices())
+            masker = op.verdict.masker
+            self._query_rows = None
+            if masker is not None:
+                columns = self.describe(frame) if frame.type == b"T" else ()
+                plan = plan_columns(columns, masker)
+                if plan is not None:
+                    self._query_rows = RowRewriter(plan, [c.format for c in columns],
+                                                   [c.name for c in columns])
+                    if self._query_rows.notices:
+                        out.extend(notice_frame(n) for n in self._query_rows.take_notices())
             out.append(frame.raw)
             return
+        fields: tuple[FieldDescription, ...] = ()
+        if frame.type == b"T":
+            fields = _description(frame)[0]
         self._ops.popleft()
         if op.deny is not None:  # the poison was answered: deny here all the same
             out.append(op.deny.encode())
@@ -606,6 +609,12 @@ class Session:
                 portal.rows_planned = False
         if not op.hidden:
             out.append(frame.raw)
+
+    @staticmethod
+    def describe(frame: Frame) -> tuple[ColumnDescriptor, ...]:
+        """The column descriptors of a RowDescription frame (decoded once per distinct
+        message: a statement run again describes its result with the same bytes)."""
+        return _description(frame)[1]
 
     def _on_command_complete(self, frame: Frame, out: list[bytes]) -> None:
         op = self._head("CommandComplete", QUERY, EXECUTE)
@@ -710,6 +719,30 @@ class Session:
                 rows = RowRewriter(plan, [c.format for c in columns], [c.name for c in columns])
         portal.rows, portal.rows_planned = rows, True
         return rows
+
+
+_Description = tuple[tuple[FieldDescription, ...], tuple[ColumnDescriptor, ...]]
+_DESCRIPTIONS: dict[bytes, _Description] = {}
+MAX_CACHED_DESCRIPTIONS = 512
+MAX_CACHED_DESCRIPTION_SIZE = 8192
+
+
+def _description(frame: Frame) -> _Description:
+    """A RowDescription's fields and column descriptors, from a small process-wide cache
+    keyed by the message's bytes (values are immutable)."""
+    raw = frame.raw
+    cached = _DESCRIPTIONS.get(raw)
+    if cached is not None:
+        return cached
+    message = decode_backend(frame)
+    if not isinstance(message, RowDescription):
+        raise SessionError(f"expected RowDescription, got {type(message).__name__}")
+    found = (message.fields, tuple(describe_fields(message.fields)))
+    if len(raw) <= MAX_CACHED_DESCRIPTION_SIZE:
+        if len(_DESCRIPTIONS) >= MAX_CACHED_DESCRIPTIONS:
+            _DESCRIPTIONS.clear()
+        _DESCRIPTIONS[raw] = found
+    return found
 
 
 def _need(verdict: StatementVerdict | None) -> StatementVerdict:
