@@ -21,6 +21,13 @@ _TOKEN = re.compile(
       |(?P<other>[^'"A-Za-z_\d]+|.)""",
     re.VERBOSE | re.DOTALL,
 )
+_LITERAL = re.compile(  # _TOKEN's literals and quoted names; the lookahead is for speed
+    r"""(?=['"\d])
+      (?:(?P<string>'(?:[^']|'')*')
+      |(?P<ident>"(?:[^"]|"")*")
+      |(?P<number>(?<![\w$.])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w.])))""",
+    re.VERBOSE | re.DOTALL,
+)
 _UNSAFE = re.compile(r"--|/\*|\$[A-Za-z_]*\$|(?<![\w'])[eEbBxXuUnN]&?'", re.ASCII)
 _COUNT_KEYWORDS = frozenset({"limit", "offset", "first", "next", "top"})
 MAX_FINGERPRINT_INPUT = 64 << 10
@@ -29,8 +36,19 @@ MAX_FINGERPRINT_INPUT = 64 << 10
 @lru_cache(maxsize=4096)
 def literal_fingerprint(raw: str) -> str | None:
     """The text with string and number literals replaced by `?`; None when unsure."""
-    if len(raw) > MAX_FINGERPRINT_INPUT or _UNSAFE.search(raw):
+    if len(raw) > MAX_FINGERPRINT_INPUT:
         return None
+    if ("'" in raw or "$" in raw or "--" in raw or "/*" in raw) and _UNSAFE.search(raw):
+        return None  # (each of _UNSAFE's patterns needs one of these)
+    lowered = raw.lower()
+    if not any(keyword in lowered for keyword in _COUNT_KEYWORDS):
+        # No count keyword anywhere: every string and number literal becomes `?`. Searching
+        # for literals alone finds exactly the tokens the full tokenizer below would (they
+        # cannot start inside a word, a quoted name or a run of other characters), so the
+        # result is the same, found in C.
+        if '"' not in raw:
+            return _LITERAL.sub("?", raw)
+        return _LITERAL.sub(_literal_mark, raw)
     out: list[str] = []
     previous_word = ""
     for m in _TOKEN.finditer(raw):
@@ -47,3 +65,7 @@ def literal_fingerprint(raw: str) -> str | None:
         elif kind != "other" or text.strip():
             previous_word = ""
     return "".join(out)
+
+
+def _literal_mark(match: re.Match[str]) -> str:
+    return match.group() if match.lastgroup == "ident" else "?"
