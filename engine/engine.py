@@ -4,9 +4,12 @@ It enriches the command with parsed facts, evaluates the active PolicySet, combi
 (deny beats review beats allow) and never raises for an evaluation problem: a policy error, a
 bad mask or an input it cannot read is a deny with the problem as reason (fail closed).
 
-Decisions are cached in a bounded LRU keyed by the canonical JSON of the input document. The
-cache belongs to one policy set (a swap starts an empty one) and is bypassed when the set calls
-time, random or network builtins, so a cached answer is exactly what evaluating would give.
+Decisions are cached in a bounded LRU keyed by the canonical JSON of the part of the input
+document the policies can read (`PolicySet.decision_input`: `command`, `resource`, the variables
+CEL rules name, and what the Rego modules read of the rest), so sessions that differ only in
+fields no policy reads (a session id, a client address) share decisions. The cache belongs to
+one policy set (a swap starts an empty one) and is bypassed when the set calls time, random or
+network builtins, so a cached answer is exactly what evaluating would give.
 When no policy can see literal values, SQL is keyed by its literal fingerprint instead of its
 text, so `WHERE id = 1` and `WHERE id = 2` share one evaluation. OPA-style queries are cached
 the same way, keyed by the path and the part of the input the Rego modules can read (exactly
@@ -148,20 +151,23 @@ class Engine:
 
 def _cache_document(input_doc: dict[str, Any],
                     policy_set: PolicySet) -> tuple[str | None, dict[str, Any]]:
-    """The document a decision is cached under, and the raw text when it was replaced by its
-    literal fingerprint (only for policy sets that cannot see literals; see fingerprint.py)."""
-    command = input_doc.get("command")
+    """The document a decision is cached under: the part of the input the policies can read
+    (`PolicySet.decision_input`), with the raw text replaced by its literal fingerprint when
+    it was safe (only for policy sets that cannot see literals; see fingerprint.py), and then
+    that raw text."""
+    doc = policy_set.decision_input(input_doc)
+    command = doc.get("command")
     if not isinstance(command, dict) or not policy_set.literal_insensitive:
-        return None, input_doc
+        return None, doc
     raw = command.get("raw")
-    protocol = str(command.get("protocol") or (input_doc.get("resource") or {}).get("type")
+    protocol = str(command.get("protocol") or (doc.get("resource") or {}).get("type")
                    or "").lower()
     if not isinstance(raw, str) or protocol not in SQL_PROTOCOLS:
-        return None, input_doc
+        return None, doc
     fingerprint = literal_fingerprint(raw)
     if fingerprint is None:
-        return None, input_doc
-    return raw, {**input_doc, "command": {**command, "raw": "\0literals:" + fingerprint}}
+        return None, doc
+    return raw, {**doc, "command": {**command, "raw": "\0literals:" + fingerprint}}
 
 
 def _deny(message: str, revision: str, command: dict[str, Any], started: int) -> Decision:

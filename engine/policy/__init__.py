@@ -49,6 +49,35 @@ class PolicySet:
             return False
         return not any(re.search(r"\b(raw|input)\b", rule.when) for rule in self.cel_rules)
 
+    @cached_property
+    def decision_keys(self) -> frozenset[str] | None:
+        """The top-level input keys a decision may depend on as a whole, or None when it may
+        depend on the whole document: `command` (its facts, and `Decision.command`, come from
+        it), `resource` (its type picks the SQL dialect) and every variable a CEL rule names
+        (CEL is given exactly those). Below the other keys a decision depends only on what
+        the Rego modules read (`decision_input`)."""
+        if self.rego.input_paths is None:
+            return None
+        names: set[str] = {"command", "resource"}
+        for rule in self.cel_rules:
+            names |= rule.variables
+        return None if "input" in names else frozenset(names)
+
+    def decision_input(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The part of an input document that `evaluate` (after the Engine's enrichment of
+        `command`) can depend on: equal parts give equal decisions, so the Engine caches by
+        it. Fields no policy reads (a session id, a client address) are left out, which lets
+        sessions share decisions."""
+        keys = self.decision_keys
+        if keys is None:
+            return doc
+        others = self.rego.prune_outside(doc, keys)
+        if others is None:
+            return doc
+        part = {k: doc[k] for k in keys if k in doc}
+        part.update(others)
+        return part
+
     def evaluate(self, doc: dict[str, Any]) -> tuple[list[Reason], list[Mask]]:
         """What fired for one enriched input document. Raises EvaluationError."""
         reasons: list[Reason] = []

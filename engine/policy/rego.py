@@ -85,6 +85,7 @@ class RegoProgram:
         self.entrypoints = self._entrypoints()
         self.input_paths = _input_paths(modules)
         self._input_tree = _path_tree(self.input_paths)
+        self._trees_outside: dict[frozenset[str], dict[str, Any]] = {}
         self._local = threading.local()
         self.bundle = self._compile(data)
 
@@ -209,6 +210,21 @@ class RegoProgram:
     def prune(self, input_doc: Any) -> Any:
         """The part of `input_doc` the policies can read (all of it when unknown)."""
         return _prune(input_doc, self._input_tree)
+
+    def prune_outside(self, input_doc: dict[str, Any], keys: frozenset[str]
+                      ) -> dict[str, Any] | None:
+        """`prune(input_doc)` less the top-level `keys` (for a caller that keeps those
+        whole), or None when the modules may read all of `input`."""
+        if self._input_tree is None:
+            return None
+        tree = self._trees_outside.get(keys)
+        if tree is None:
+            tree = {k: v for k, v in self._input_tree.items() if k not in keys}
+            self._trees_outside[keys] = tree
+        if not tree:
+            return {}
+        pruned: dict[str, Any] = _prune(input_doc, tree)
+        return pruned
 
 
 def _input_paths(modules: list[RegoModule]) -> list[tuple[str, ...]] | None:

@@ -88,3 +88,40 @@ def test_cel_rules_mentioning_raw_disable_literal_caching(policy_dir) -> None:
     root = policy_dir({"r.yaml": "rules:\n  - name: r\n    effect: deny\n"
                                  "    when: 'command.raw.contains(\"42\")'\n"})
     assert not load_policy_set(str(root)).literal_insensitive
+
+
+def _session_doc(session_id: str, raw: str = "SELECT a FROM t WHERE id = 1") -> dict:
+    return {"subject": {"id": "alice", "groups": ["dev"]}, "resource": {"type": "postgres"},
+            "command": {"protocol": "postgres", "raw": raw},
+            "session": {"id": session_id, "client_addr": "10.0.0.7"}}
+
+
+def test_fields_no_policy_reads_do_not_split_the_cache(policy_dir) -> None:
+    root = policy_dir({"p.rego": HEAD + 'deny contains "no" if "drop" in input.command.kinds\n'
+                                        'review contains "r" if input.subject.id == "bob"\n'})
+    engine = Engine(load_policy_set(str(root)))
+    first = engine.decide(_session_doc("s1"))
+    second = engine.decide(_session_doc("s2", "SELECT a FROM t WHERE id = 2"))
+    assert not first.cached and second.cached  # another session, another literal
+    assert second.command["raw"] == "SELECT a FROM t WHERE id = 2"
+    bob = _session_doc("s3")
+    bob["subject"] = {"id": "bob"}
+    assert engine.decide(bob).effect == "review"  # what a policy reads still counts
+
+
+def test_fields_a_policy_reads_keep_decisions_apart(policy_dir) -> None:
+    rego = policy_dir({"p.rego": HEAD + 'deny contains "s1" if input.session.id == "s1"\n'})
+    engine = Engine(load_policy_set(str(rego)))
+    assert engine.decide(_session_doc("s2")).allowed
+    assert engine.decide(_session_doc("s1")).effect == "deny"
+    cel = policy_dir({"r.yaml": "rules:\n  - name: r\n    effect: deny\n"
+                                "    when: 'has(session.id) && session.id == \"s1\"'\n"})
+    engine = Engine(load_policy_set(str(cel)))
+    assert engine.decide(_session_doc("s2")).allowed
+    assert engine.decide(_session_doc("s1")).effect == "deny"
+    whole = policy_dir({"p.rego": HEAD + 'deny contains "s1" if input.session == {"id": "s1", '
+                                         '"client_addr": "10.0.0.7"}\n'})
+    engine = Engine(load_policy_set(str(whole)))
+    assert engine.decide(_session_doc("s2")).allowed
+    assert engine.decide(_session_doc("s1")).effect == "deny"
+    assert not engine.decide(_session_doc("s1")).allowed  # and from the cache
