@@ -37,7 +37,9 @@ from adapters.postgres.column_masks import (
     CatalogView,
     MaskingDenied,
     MaskRules,
+    OutputMask,
     ResultMasking,
+    TransformCache,
     check_outputs,
     lineage_schema,
     statement_relations,
@@ -53,7 +55,8 @@ from adapters.postgres.hooks import (
 )
 from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate, parse_window
-from engine.decision import Decision
+from engine.decision import Decision, Mask
+from engine.facts.fingerprint import literal_fingerprint
 from engine.identity import Subject
 
 log = logging.getLogger("ordinance.adapters.postgres.bridge")
@@ -62,6 +65,7 @@ DDL_KINDS = frozenset({"create", "alter", "drop"})
 _STARTS_WITH_COPY = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*copy\b",
                                re.IGNORECASE | re.DOTALL)
 MAX_RECORDED_TEXT = 64 * 1024
+MAX_CACHED_PLANS = 4096
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,20 @@ class _SessionStats:
     started: float
     statements: int = 0
     denied: int = 0
+
+
+@dataclass(frozen=True)
+class _MaskingPlan:
+    """What `_masking` found for a statement that is not a COPY: reused for the statements
+    with the same policy revision, mask rules and literal fingerprint (their facts, relations
+    and lineage are the same) while the catalog entries it was made from are fresh and the
+    catalog was not invalidated (DDL)."""
+
+    view: CatalogView  # shared: ResultMasking copies it before adding to it
+    computed: list[OutputMask] | None
+    generation: int
+    fresh_until: float
+    transforms: TransformCache  # what ResultMasking chose per column, shared
 
 
 def _messages(decision: Decision, effect: str) -> list[str]:
@@ -152,6 +170,8 @@ class PolicyBridge:
         self.recorder = recorder
         self.approvals = approvals
         self._sessions: dict[str, _SessionStats] = {}
+        self._plans: dict[tuple[Any, ...], _MaskingPlan] = {}
+        self._rules_by_masks: dict[int, tuple[tuple[Mask, ...], MaskRules]] = {}
 
     def hooks(self) -> dict[str, Any]:
         return {"decide": self.decide, "session_started": self.session_started,
@@ -219,15 +239,40 @@ class PolicyBridge:
             masking.masker, decision_id=statement.decision_id, copy_layout=layout,
             on_complete=statement.completed, resolve_columns=masking.resolve_columns)
 
+    def _rules(self, masks: tuple[Mask, ...]) -> MaskRules:
+        """The MaskRules of a Decision's masks. Decisions from the engine's cache share their
+        masks tuple, so it is looked up by identity first (the entry keeps it alive)."""
+        entry = self._rules_by_masks.get(id(masks))
+        if entry is not None and entry[0] is masks:
+            return entry[1]
+        rules = MaskRules.of(tuple((m.column, m.method) for m in masks))
+        if len(self._rules_by_masks) >= MAX_CACHED_PLANS:
+            self._rules_by_masks.clear()
+        self._rules_by_masks[id(masks)] = (masks, rules)
+        return rules
+
     async def _masking(self, sql: str, decision: Decision
                        ) -> tuple[ResultMasking, CopyLayout | None]:
         command = decision.command or {}
-        rules = MaskRules.of(tuple((m.column, m.method) for m in decision.masks))
+        rules = self._rules(decision.masks)
         copy = self._copy(sql, command)
         layout = copy.layout if copy is not None else None
         binary_table_copy = copy is not None and copy.binary and copy.table is not None
         if not rules and not binary_table_copy:
             return ResultMasking(self.catalog, rules, CatalogView()), layout
+        catalog = self.catalog
+        key: tuple[Any, ...] | None = None
+        if copy is None:  # (a COPY's layout is in its literals)
+            fingerprint = literal_fingerprint(sql)
+            key = (decision.policy_revision, rules,
+                   "?" + fingerprint if fingerprint is not None else "=" + sql)
+            plan = self._plans.get(key)
+            if plan is not None and plan.generation == catalog.generation \
+                    and catalog.still_fresh(plan.fresh_until):
+                return ResultMasking(catalog, rules, plan.view, computed=plan.computed,
+                                     transforms=plan.transforms), None
+        generation = catalog.generation
+        seen: list[float] = []
         names = [str(t) for t in command.get("tables") or ()]
         if copy is not None:  # also when the facts could not parse it
             if copy.table is not None:
@@ -238,7 +283,7 @@ class PolicyBridge:
                 names.extend(str(t) for t in enrich_command(
                     {"protocol": "postgres", "raw": copy.query}, {"type": "postgres"}
                 ).get("tables") or ())
-        relations, view = await statement_relations(self.catalog, names)
+        relations, view = await statement_relations(catalog, names, seen)
         computed = None
         copy_methods: list[str | None] | None = None
         if view.could_mask(rules):
@@ -253,7 +298,14 @@ class PolicyBridge:
             elif copy is None:
                 computed = check_outputs(trace_statement(sql, schema), relations, view, rules)
         copy_types = self._copy_table_types(copy, relations) if binary_table_copy else None
-        masking = ResultMasking(self.catalog, rules, view, computed=computed,
+        if key is not None:
+            if len(self._plans) >= MAX_CACHED_PLANS:
+                self._plans.clear()
+            plan = _MaskingPlan(view, computed, generation, catalog.fresh_until(seen), {})
+            self._plans[key] = plan
+            return ResultMasking(catalog, rules, view, computed=computed,
+                                 transforms=plan.transforms), layout
+        masking = ResultMasking(catalog, rules, view, computed=computed,
                                 copy_methods=copy_methods, copy_types=copy_types)
         return masking, layout
 

@@ -177,6 +177,15 @@ class Catalog:
     def _fresh(self, stamp: float) -> bool:
         return self._clock() - stamp < self.ttl
 
+    def fresh_until(self, seen: Iterable[float]) -> float:
+        """Until when something derived from cached entries fetched at the times `seen` (and
+        entries fetched now) stays as fresh as the entries themselves: compare with
+        `still_fresh`. `invalidate()` also ends it (check `generation`)."""
+        return min(seen, default=self._clock()) + self.ttl
+
+    def still_fresh(self, until: float) -> bool:
+        return self._clock() < until
+
     def cached(self, oid: int) -> Relation | None:
         entry = self._relations.get(oid)
         return entry[1] if entry is not None else None
@@ -202,8 +211,11 @@ class Catalog:
 
     # -- lookups ----------------------------------------------------------------------------
 
-    async def relations(self, oids: Iterable[int]) -> dict[int, Relation]:
-        """The relations with these OIDs (unknown ones are absent), fetching misses."""
+    async def relations(self, oids: Iterable[int], seen: list[float] | None = None
+                        ) -> dict[int, Relation]:
+        """The relations with these OIDs (unknown ones are absent), fetching misses. When
+        `seen` is given, the fetch times of the cached entries used are added to it (see
+        `fresh_until`)."""
         wanted = {int(o) for o in oids if o}
         out: dict[int, Relation] = {}
         missing = []
@@ -211,6 +223,8 @@ class Catalog:
             entry = self._relations.get(oid)
             if entry is not None and self._fresh(entry[0]):
                 out[oid] = entry[1]
+                if seen is not None:
+                    seen.append(entry[0])
             else:
                 missing.append(oid)
         if missing:
@@ -220,9 +234,11 @@ class Catalog:
                 out[relation.oid] = relation
         return out
 
-    async def relations_named(self, names: Iterable[str]) -> dict[str, list[Relation]]:
+    async def relations_named(self, names: Iterable[str], seen: list[float] | None = None
+                              ) -> dict[str, list[Relation]]:
         """Every relation each name may mean: `schema.table` names that one, `table` any
-        schema's (case-insensitive). Names that match nothing map to []."""
+        schema's (case-insensitive). Names that match nothing map to []. `seen`: as for
+        `relations`."""
         wanted = {n.lower() for n in names if n}
         out: dict[str, list[Relation]] = {}
         missing = []
@@ -231,6 +247,8 @@ class Catalog:
             entry = self._names.get(name)
             if entry is not None and self._fresh(entry[0]):
                 oids[name] = entry[1]
+                if seen is not None:
+                    seen.append(entry[0])
             else:
                 missing.append(name)
         if missing:
@@ -245,7 +263,7 @@ class Catalog:
                     schema is None or r.schema.lower() == schema))
                 self._names[name] = (now, matching)
                 oids[name] = matching
-        every = await self.relations({o for found in oids.values() for o in found})
+        every = await self.relations({o for found in oids.values() for o in found}, seen)
         for name, found in oids.items():
             out[name] = [every[o] for o in found if o in every]
         return out
@@ -264,9 +282,11 @@ class Catalog:
                 self._types[int(oid)] = TypeInfo(int(oid), category, element)
         return {o: self._types[o] for o in wanted if o in self._types}
 
-    async def expand(self, relations: Iterable[Relation]) -> dict[int, Relation]:
+    async def expand(self, relations: Iterable[Relation], seen: list[float] | None = None
+                     ) -> dict[int, Relation]:
         """These relations and, for views, every relation their definitions read (to any
-        depth), with each view's column lineage cached (`view_columns`)."""
+        depth), with each view's column lineage cached (`view_columns`). `seen`: as for
+        `relations`."""
         closure: dict[int, Relation] = {}
         pending = list(relations)
         depth = 0
@@ -280,12 +300,13 @@ class Catalog:
                     continue
                 closure[relation.oid] = relation
                 if relation.is_view:
-                    read = await self._trace_view(relation)
+                    read = await self._trace_view(relation, seen)
                     next_round.extend(r for r in read if r.oid not in closure)
             pending = next_round
         return closure
 
-    async def _trace_view(self, view: Relation) -> list[Relation]:
+    async def _trace_view(self, view: Relation, seen: list[float] | None = None
+                          ) -> list[Relation]:
         """Trace a view's columns through its definition; returns the relations it reads."""
         from engine.facts import enrich_command
 
@@ -293,7 +314,7 @@ class Catalog:
         facts = enrich_command({"protocol": "postgres", "raw": definition},
                                {"type": "postgres"})
         names = [str(t) for t in facts.get("tables") or []]
-        named = await self.relations_named(names)
+        named = await self.relations_named(names, seen)
         read = [r for found in named.values() for r in found]
         if view.oid in self._views:
             return read

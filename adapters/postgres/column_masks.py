@@ -61,6 +61,7 @@ STRENGTH = {"null": 6, "redact": 5, "hash": 4, "pan": 3, "last4": 2, "email": 1}
 JSON_TYPES = frozenset({114, 3802})
 BINARY_TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})  # binary form == UTF-8 text
 OPAQUE = "opaque"
+MAX_CACHED_TRANSFORMS = 256
 
 
 class MaskingDenied(Exception):
@@ -164,6 +165,9 @@ class CatalogView:
             methods.append(method)
             opaque = opaque or hidden
         return strongest(methods), opaque
+
+    def copy(self) -> CatalogView:
+        return CatalogView(dict(self.relations), dict(self.views))
 
     def could_mask(self, rules: MaskRules) -> bool:
         """Whether any relation here has a column a rule masks (views: by name or source)."""
@@ -414,6 +418,10 @@ def _withheld(name: str, method: str) -> ValueTransform:
 # The masker of one statement
 
 
+TransformCache = dict[ColumnDescriptor, tuple[ValueTransform | None, str | None]]
+"""Column -> (transform, masked label), shared by the statements of one masking plan."""
+
+
 class ResultMasking:
     """Chooses the transform of every result column of one statement.
 
@@ -425,10 +433,13 @@ class ResultMasking:
     def __init__(self, catalog: Catalog, rules: MaskRules, view: CatalogView, *,
                  computed: Sequence[OutputMask] | None = None,
                  copy_methods: Sequence[str | None] | None = None,
-                 copy_types: Sequence[int] | None = None) -> None:
+                 copy_types: Sequence[int] | None = None,
+                 transforms: TransformCache | None = None) -> None:
         self.catalog = catalog
         self.rules = rules
         self.view = view
+        self._shared_view = view
+        self._transforms = transforms
         self.computed = list(computed) if computed is not None else None
         self.copy_methods = list(copy_methods) if copy_methods is not None else None
         self.copy_types = list(copy_types) if copy_types is not None else []
@@ -442,7 +453,9 @@ class ResultMasking:
             missing = unknown - found.keys()
             if missing:
                 raise LookupError(f"relations {sorted(missing)} are not in the catalog")
-            self.view.add(self.catalog, await self.catalog.expand(found.values()))
+            expanded = await self.catalog.expand(found.values())
+            self.view = self.view.copy()  # it may be shared by the statements of one plan
+            self.view.add(self.catalog, expanded)
         try:
             await self.catalog.types(c.type_oid for c in columns)
         except CatalogError as exc:  # types only refine the backstop; unknown ones are safe
@@ -453,35 +466,57 @@ class ResultMasking:
                               f"traced to {len(self.computed)}")
 
     def masker(self, column: ColumnDescriptor) -> ValueTransform | None:
+        cache = self._transforms
+        if cache is not None and not column.copy:
+            hit = cache.get(column)
+            if hit is not None and self.view is self._shared_view:
+                transform, masked = hit
+                if masked is not None:
+                    self.masked.add(masked)
+                return transform
+        transform, masked = self._choose(column)
+        if masked is not None:
+            self.masked.add(masked)
+        # What `_choose` found depends only on the plan (rules, its relations and lineage,
+        # the traced outputs) and the column's type category, which never changes once
+        # known: the statements of the plan can share it.
+        if (cache is not None and not column.copy and self.view is self._shared_view
+                and self.catalog.type_info(column.type_oid) is not None
+                and len(cache) < MAX_CACHED_TRANSFORMS):
+            cache[column] = (transform, masked)
+        return transform
+
+    def _choose(self, column: ColumnDescriptor) -> tuple[ValueTransform | None, str | None]:
+        """The transform of a column, and what the record lists as masked ("name:method")."""
         method = self._method(column)
         name = column.name or f"#{column.index + 1}"
+        masked = f"{name}:{method}" if method is not None else None
         if column.copy:
             if method is None:
                 if column.format == 0:
-                    return SCRUB_TEXT
+                    return SCRUB_TEXT, None
                 type_oid = (self.copy_types[column.index]
                             if column.index < len(self.copy_types) else 0)
-                return SCRUB_TEXT_BINARY if type_oid in BINARY_TEXT_TYPES else None
-            self.masked.add(f"{name}:{method}")
-            return _null if method == "null" else mask_transform(method)
+                return (SCRUB_TEXT_BINARY if type_oid in BINARY_TEXT_TYPES else None), None
+            return (_null if method == "null" else mask_transform(method)), masked
         info = self.catalog.type_info(column.type_oid)
         category = info.category if info is not None else (
             "S" if column.type_oid in BINARY_TEXT_TYPES else "")
         if method is not None:
-            self.masked.add(f"{name}:{method}")
             if method == "null":
-                return _null
+                return _null, masked
             if column.format != 0 or category == "S":
-                return mask_transform(method)  # binary: the proxy sends NULL with a notice
-            return _withheld(name, method)
+                # binary: the proxy sends NULL with a notice
+                return mask_transform(method), masked
+            return _withheld(name, method), masked
         if column.format != 0:
-            return SCRUB_TEXT_BINARY if column.type_oid in BINARY_TEXT_TYPES else None
+            return (SCRUB_TEXT_BINARY if column.type_oid in BINARY_TEXT_TYPES else None), None
         if category == "S" or (category == "A" and info is not None
                                and info.element_category == "S"):
-            return SCRUB_TEXT
+            return SCRUB_TEXT, None
         if column.type_oid in JSON_TYPES:
-            return SCRUB_JSON
-        return _withhold_pans(name)
+            return SCRUB_JSON, None
+        return _withhold_pans(name), None
 
     def _method(self, column: ColumnDescriptor) -> str | None:
         if column.copy:
@@ -513,13 +548,15 @@ class ResultMasking:
         return mask.method
 
 
-async def statement_relations(catalog: Catalog, names: Iterable[str]
+async def statement_relations(catalog: Catalog, names: Iterable[str],
+                              seen: list[float] | None = None
                               ) -> tuple[dict[str, Relation], CatalogView]:
-    """The relations a statement names (one per name, for lineage) and everything they read."""
-    named = await catalog.relations_named(names)
+    """The relations a statement names (one per name, for lineage) and everything they read.
+    `seen` collects the fetch times of the catalog entries used (`Catalog.fresh_until`)."""
+    named = await catalog.relations_named(names, seen)
     view = CatalogView()
     everything = [r for found in named.values() for r in found]
-    view.add(catalog, await catalog.expand(everything))
+    view.add(catalog, await catalog.expand(everything, seen))
     return choose_relations(named), view
 
 

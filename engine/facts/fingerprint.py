@@ -41,7 +41,8 @@ def literal_fingerprint(raw: str) -> str | None:
     if ("'" in raw or "$" in raw or "--" in raw or "/*" in raw) and _UNSAFE.search(raw):
         return None  # (each of _UNSAFE's patterns needs one of these)
     lowered = raw.lower()
-    if not any(keyword in lowered for keyword in _COUNT_KEYWORDS):
+    if not ("limit" in lowered or "offset" in lowered or "first" in lowered
+            or "next" in lowered or "top" in lowered):  # _COUNT_KEYWORDS
         # No count keyword anywhere: every string and number literal becomes `?`. Searching
         # for literals alone finds exactly the tokens the full tokenizer below would (they
         # cannot start inside a word, a quoted name or a run of other characters), so the
