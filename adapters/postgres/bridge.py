@@ -301,7 +301,8 @@ class PolicyBridge:
         if key is not None:
             if len(self._plans) >= MAX_CACHED_PLANS:
                 self._plans.clear()
-            plan = _MaskingPlan(view, computed, generation, catalog.fresh_until(seen), {})
+            plan = _MaskingPlan(view, computed, generation, catalog.fresh_until(seen),
+                                TransformCache())
             self._plans[key] = plan
             return ResultMasking(catalog, rules, view, computed=computed,
                                  transforms=plan.transforms), layout

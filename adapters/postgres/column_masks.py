@@ -418,8 +418,15 @@ def _withheld(name: str, method: str) -> ValueTransform:
 # The masker of one statement
 
 
-TransformCache = dict[ColumnDescriptor, tuple[ValueTransform | None, str | None]]
-"""Column -> (transform, masked label), shared by the statements of one masking plan."""
+class TransformCache(dict[ColumnDescriptor, tuple[ValueTransform | None, str | None]]):
+    """Column -> (transform, masked label), shared by the statements of one masking plan;
+    `by_id` finds the same entries by the descriptor's identity (descriptors of one
+    description are shared), `resolved` the descriptions already resolved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_id: dict[int, tuple[ColumnDescriptor, ValueTransform | None, str | None]] = {}
+        self.resolved: dict[int, Sequence[ColumnDescriptor]] = {}
 
 
 class ResultMasking:
@@ -446,6 +453,13 @@ class ResultMasking:
         self.masked: set[str] = set()  # "table.column -> method" seen, for the record
 
     async def resolve_columns(self, columns: Sequence[ColumnDescriptor]) -> None:
+        cache = self._transforms
+        if cache is not None and self.view is self._shared_view:
+            # The same description (the proxy decodes each distinct one once) resolved
+            # before against this plan: nothing to look up, nothing to check again.
+            seen = cache.resolved.get(id(columns))
+            if seen is not None and seen is columns:
+                return
         oids = {c.table_oid for c in columns if c.table_oid} if self.rules else set()
         unknown = oids - self.view.relations.keys()
         if unknown:
@@ -464,12 +478,20 @@ class ResultMasking:
         if computed and self.computed is not None and len(self.computed) != len(columns):
             raise LookupError(f"the result has {len(columns)} columns but the statement was "
                               f"traced to {len(self.computed)}")
+        if (cache is not None and self.view is self._shared_view and isinstance(columns, tuple)
+                and len(cache.resolved) < MAX_CACHED_TRANSFORMS
+                and all(self.catalog.type_info(c.type_oid) is not None for c in columns)):
+            cache.resolved[id(columns)] = columns  # (kept alive by the entry: ids stay unique)
 
     def masker(self, column: ColumnDescriptor) -> ValueTransform | None:
         cache = self._transforms
-        if cache is not None and not column.copy:
-            hit = cache.get(column)
-            if hit is not None and self.view is self._shared_view:
+        if cache is not None and not column.copy and self.view is self._shared_view:
+            same = cache.by_id.get(id(column))  # descriptors of a cached description
+            if same is not None and same[0] is column:
+                hit: tuple[ValueTransform | None, str | None] | None = same[1:]
+            else:
+                hit = cache.get(column)
+            if hit is not None:
                 transform, masked = hit
                 if masked is not None:
                     self.masked.add(masked)
@@ -484,6 +506,7 @@ class ResultMasking:
                 and self.catalog.type_info(column.type_oid) is not None
                 and len(cache) < MAX_CACHED_TRANSFORMS):
             cache[column] = (transform, masked)
+            cache.by_id[id(column)] = (column, transform, masked)  # (keeps it alive)
         return transform
 
     def _choose(self, column: ColumnDescriptor) -> tuple[ValueTransform | None, str | None]:
