@@ -3,8 +3,9 @@ two authentications.
 
 Owns: listening, TLS towards clients (and optionally upstream), the start-up negotiation
 (SSLRequest, GSSENCRequest, CancelRequest, StartupMessage), client authentication, one upstream
-connection per client made with the proxy's own credentials, proxy-issued cancel keys, the two
-relay pumps, and every teardown path (client gone, upstream gone, protocol error). Must not:
+connection per client made with the proxy's own credentials, proxy-issued cancel keys, the
+relay (`_Relay`: both directions of a session), and every teardown path (client gone, upstream
+gone, protocol error). Must not:
 parse SQL, hold policy, or decode protocol bytes itself (`codec`, `session` and `auth` do).
 
 Choices worth knowing:
@@ -16,9 +17,14 @@ Choices worth knowing:
 - A client is authenticated with SCRAM-SHA-256 when the directory knows its user name; else,
   when a token verifier is configured, with "OIDC token as the password" over cleartext
   password auth, which is offered only on TLS or loopback connections.
+- Once a session is set up, its bytes are handled in the transports' callbacks (asyncio
+  protocols), not in reading tasks: what one arrival of bytes produces is sent on in one write,
+  and a hook that answers without waiting (an in-process decision, a cached catalog lookup) is
+  run inline. Only a hook that waits moves its side into a task, which stops that side's
+  reading until it is done (flow control also stops a side whose peer is not reading).
 - Statement decisions are made before anything goes upstream; a decision hook that fails or
   exceeds `decide_timeout` denies (fail closed).
-- A verdict with `hold` (review) parks only its own session: the client pump awaits the hold
+- A verdict with `hold` (review) parks only its own session: the client side awaits the hold
   while still reading what the client sends (a hang-up ends the hold; a CancelRequest with the
   session's key cancels it, which denies the statement); no decision timeout applies to it.
 - The end of an allowed statement's result (CommandComplete, ErrorResponse, ...) is held until
@@ -150,10 +156,6 @@ class ProxyConfig:
     session_started: SessionStartHook | None = None
     session_ended: SessionEndHook | None = None
     session_hook_timeout: float = 30.0
-
-
-class _UpstreamLost(ConnectionError):
-    """Writing to the upstream server failed: it went away."""
 
 
 class _ClientGone(ConnectionError):
@@ -649,26 +651,18 @@ class PostgresProxy:
         """Relay until either side ends; returns why the session ended."""
         client.decoder.max_message_size = self.config.max_message_size
         session = Session(max_copy_record=self.config.max_message_size)
-        to_server = asyncio.create_task(self._pump_client(client, upstream, session, ctx, pid))
-        to_client = asyncio.create_task(self._pump_server(client, upstream, session))
+        relay = _Relay(self, client, upstream, session, ctx, pid)
         try:
-            done, _ = await asyncio.wait({to_server, to_client},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            side, error, terminated = await relay.run()
         except asyncio.CancelledError:
-            await _stop(to_server)
-            await _stop(to_client)
+            await relay.stop()
             await self._finish_upstream(upstream, session)
             raise
-        first = to_server if to_server in done else to_client
-        other = to_client if first is to_server else to_server
-        await _stop(other)
-        error = first.exception()
+        await relay.stop()
         reason = "client disconnected"
-        if isinstance(error, _UpstreamLost):
-            first, error = to_client, None  # reported like the server pump seeing EOF
-        if first is to_server:
+        if side == "client":
             if error is None:
-                reason = "client terminated" if first.result() else "client disconnected"
+                reason = "client terminated" if terminated else "client disconnected"
             elif isinstance(error, ProtocolError | SessionError):
                 log.info("session %s: client protocol error: %s", ctx.session_id, error)
                 reason = f"client protocol error: {error}"
@@ -710,55 +704,6 @@ class PostgresProxy:
             upstream.writer.write(Terminate().encode())
         await _close_writer(upstream.writer)
 
-    async def _pump_client(self, client: _Client, upstream: _Upstream, session: Session,
-                           ctx: SessionContext, pid: int = 0) -> bool:
-        """Client -> server until the client ends; True when it said Terminate.
-
-        What one read of the client produces goes upstream in one write, decisions included
-        when they finish without waiting (an in-process decision from the cache does): only a
-        decision that has to wait sends the earlier messages first."""
-        decoder = client.decoder
-        writer = upstream.writer
-        transport = writer.transport
-        allow_fc = self.config.allow_function_call
-        while True:
-            data = await client.reader.read(READ_SIZE)
-            if not data:
-                return False
-            decoder.feed(data)
-            out: list[bytes] = []
-            while (frame := decoder.next_frame()) is not None:
-                message = decoder.decode(frame)
-                if isinstance(message, Terminate):
-                    if out:
-                        writer.write(b"".join(out))
-                    return True
-                sql = session.statement_text(message)
-                verdict = None
-                if sql is not None:
-                    decided = self._decide_now(sql, ctx)
-                    if isinstance(decided, StatementVerdict):
-                        verdict = decided
-                    else:
-                        if out:  # do not hold earlier messages back while deciding
-                            writer.write(b"".join(out))
-                            out = []
-                        verdict = await decided
-                    if verdict.hold is not None:
-                        if out:
-                            writer.write(b"".join(out))
-                            out = []
-                        verdict = await self._hold(verdict, client, ctx, pid)
-                out.extend(session.client_message(frame, message, verdict,
-                                                  allow_function_call=allow_fc))
-            if out:
-                try:
-                    writer.write(out[0] if len(out) == 1 else b"".join(out))
-                    if transport.is_closing() or transport.get_write_buffer_size():
-                        await writer.drain()
-                except (ConnectionError, OSError) as exc:
-                    raise _UpstreamLost(str(exc)) from exc
-
     def _decide_now(self, sql: str, ctx: SessionContext
                     ) -> StatementVerdict | Awaitable[StatementVerdict]:
         """Start the decide hook: its verdict when it answers without waiting (an in-process
@@ -777,7 +722,7 @@ class PostgresProxy:
     async def _decide(self, pending: Awaitable[Any], ctx: SessionContext,
                       deadline: float) -> StatementVerdict:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation
-        # that ends this pump when the hook finishes at the same moment, leaving it hanging.
+        # that ends the session when the hook finishes at the same moment, leaving it hanging.
         try:
             async with asyncio.timeout_at(deadline):
                 verdict = await pending
@@ -789,31 +734,238 @@ class PostgresProxy:
             return StatementVerdict.deny("the policy decision failed")
         return _checked_verdict(verdict, ctx)
 
-    async def _hold(self, verdict: StatementVerdict, client: _Client, ctx: SessionContext,
-                    pid: int) -> StatementVerdict:
-        """Await `verdict.hold` while reading (and buffering) what the client sends; returns
-        the final verdict. The client hanging up ends the session; a cancel request denies."""
+
+_Ending = tuple[str, BaseException | None, bool]
+"""How a relay ended: the side ("client" or "server"), the error (None: end of stream), and
+whether the client said Terminate."""
+
+
+class _Pipe(asyncio.Protocol):
+    """Takes over one side's transport for the relay (from its StreamReaderProtocol, which
+    still learns of connection_lost so that its StreamWriter can close and drain)."""
+
+    def __init__(self, relay: _Relay, side: str, previous: asyncio.BaseProtocol,
+                 over_ssl: bool) -> None:
+        self.relay = relay
+        self.side = side
+        self.previous = previous
+        self.over_ssl = over_ssl
+
+    def data_received(self, data: bytes) -> None:
+        if self.side == "client":
+            self.relay.client_data(data)
+        else:
+            self.relay.server_data(data)
+
+    def eof_received(self) -> bool:
+        self.relay.eof(self.side)
+        return not self.over_ssl  # as StreamReaderProtocol: plain TCP may still be written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.lost(self.side, exc)
+        self.previous.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.relay.write_paused(self.side, True)
+
+    def resume_writing(self) -> None:
+        self.relay.write_paused(self.side, False)
+
+
+class _Relay:
+    """Both directions of one session, driven by the transports' callbacks.
+
+    Each side's bytes are processed as they arrive, in the callback: what one arrival
+    produces goes to the other side in one write. Only when a hook has to wait (a decision
+    from a remote service, an approval hold, a catalog read, an audit record) does that side
+    continue in a task; its transport stops reading meanwhile (except during a hold, whose
+    client may hang up or pipeline more) and what arrived is processed when the task is
+    done. A side whose peer cannot take more (the peer's transport is over its high-water
+    mark) stops reading until it can.
+    """
+
+    def __init__(self, proxy: PostgresProxy, client: _Client, upstream: _Upstream,
+                 session: Session, ctx: SessionContext, pid: int) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.upstream = upstream
+        self.session = session
+        self.ctx = ctx
+        self.pid = pid
+        self.allow_function_call = proxy.config.allow_function_call
+        self.loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[_Ending] = self.loop.create_future()
+        self.to_client = client.writer.transport
+        self.to_server = upstream.writer.transport
+        self.client_task: asyncio.Task[None] | None = None
+        self.server_task: asyncio.Task[None] | None = None
+        self.holding = False
+        self.client_write_paused = False  # the client's transport is over its high-water mark
+        self.server_write_paused = False
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def run(self) -> _Ending:
+        """Take over both transports and relay until a side ends."""
+        taken = {}
+        for side, reader, transport in (("client", self.client.reader, self.to_client),
+                                        ("server", self.upstream.reader, self.to_server)):
+            taken[side] = await _take_over(reader, transport, _Pipe(
+                self, side, transport.get_protocol(), _over_ssl(transport)))
+        for side in ("server", "client"):
+            data, eof, error = taken[side]
+            # the client's decoder may hold messages read with the login: processed now
+            if data or side == "client":
+                (self.client_data if side == "client" else self.server_data)(data)
+            if error is not None:
+                self.lost(side, error)
+            elif eof:
+                self.eof(side)
+        return await self.ended
+
+    def end(self, side: str, error: BaseException | None, terminated: bool = False) -> None:
+        if self.ended.done():
+            return
+        self.ended.set_result((side, error, terminated))
+        for transport in (self.to_client, self.to_server):
+            with contextlib.suppress(Exception):
+                _set_reading(transport, False)
+
+    async def stop(self) -> None:
+        """Stop the tasks a side may be waiting in (cancelled, boundedly)."""
+        if not self.ended.done():
+            self.ended.cancel()
+        for task in (self.client_task, self.server_task):
+            if task is not None:
+                await _stop(task)
+
+    def eof(self, side: str) -> None:
+        if side == "client" and self.holding:
+            self.end("client", _ClientGone("client disconnected while its statement was "
+                                           "held"))
+        else:
+            self.end(side, None)
+
+    def lost(self, side: str, exc: BaseException | None) -> None:
+        if side == "client" and self.holding and exc is None:
+            self.eof(side)
+        else:
+            self.end(side, exc)
+
+    def write_paused(self, side: str, paused: bool) -> None:
+        if side == "client":
+            self.client_write_paused = paused
+        else:
+            self.server_write_paused = paused
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self.ended.done():
+            return
+        client_busy = self.client_task is not None and not self.holding
+        _set_reading(self.to_client, not (client_busy or self.server_write_paused))
+        _set_reading(self.to_server,
+                     not (self.server_task is not None or self.client_write_paused))
+
+    def _wait(self, side: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Continue `side` in a task; it stops reading until the task is done."""
+        task = self.loop.create_task(coro)
+        if side == "client":
+            self.client_task = task
+        else:
+            self.server_task = task
+        task.add_done_callback(lambda t: self._waited(side, t))
+        self._update_reading()
+
+    def _waited(self, side: str, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self.end(side, error)
+
+    def _resumed(self, side: str) -> bool:
+        """At the end of a side's task: it reads again; False when the session has ended."""
+        if side == "client":
+            self.client_task = None
+        else:
+            self.server_task = None
+        self._update_reading()
+        return not self.ended.done()
+
+    # -- client -> server ---------------------------------------------------------------------
+
+    def client_data(self, data: bytes) -> None:
+        if self.ended.done():
+            return
+        try:
+            if data:
+                self.client.decoder.feed(data)
+            if self.client_task is None:
+                self._client_process()
+        except Exception as exc:
+            self.end("client", exc)
+
+    def _send_server(self, out: list[bytes]) -> None:
+        if out:
+            self.to_server.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _client_process(self) -> None:
+        decoder = self.client.decoder
+        session = self.session
+        out: list[bytes] = []
+        while (frame := decoder.next_frame()) is not None:
+            message = decoder.decode(frame)
+            if isinstance(message, Terminate):
+                self._send_server(out)
+                self.end("client", None, terminated=True)
+                return
+            sql = session.statement_text(message)
+            verdict = None
+            if sql is not None:
+                decided = self.proxy._decide_now(sql, self.ctx)
+                if not isinstance(decided, StatementVerdict):
+                    self._send_server(out)  # do not hold earlier messages back while deciding
+                    self._wait("client", self._client_decided(decided, frame, message))
+                    return
+                verdict = decided
+                if verdict.hold is not None:
+                    self._send_server(out)
+                    self._wait("client", self._client_decided(verdict, frame, message))
+                    return
+            out.extend(session.client_message(frame, message, verdict,
+                                              allow_function_call=self.allow_function_call))
+        self._send_server(out)
+
+    async def _client_decided(self, decided: StatementVerdict | Awaitable[StatementVerdict],
+                              frame: Frame, message: FrontendMessage) -> None:
+        verdict = decided if isinstance(decided, StatementVerdict) else await decided
+        if verdict.hold is not None:
+            verdict = await self._hold(verdict)
+        self._send_server(self.session.client_message(
+            frame, message, verdict, allow_function_call=self.allow_function_call))
+        if self._resumed("client"):
+            self._client_process()  # what arrived meanwhile
+
+    async def _hold(self, verdict: StatementVerdict) -> StatementVerdict:
+        """Await `verdict.hold` while the client may go on sending (buffered) or hang up (the
+        session ends); returns the final verdict. A cancel request denies."""
         assert verdict.hold is not None
+        ctx = self.ctx
+        writer = self.client.writer
 
         async def notify(text: str) -> None:
-            client.writer.write(notice_frame(text))
-            await client.writer.drain()
+            writer.write(notice_frame(text))
+            await writer.drain()
 
         hold = asyncio.ensure_future(verdict.hold(notify))
-        if pid:
-            self._holds[pid] = hold
-        reading: asyncio.Task[bytes] | None = None
+        proxy = self.proxy
+        if self.pid:
+            proxy._holds[self.pid] = hold
+        self.holding = True
+        self._update_reading()
         try:
-            while not hold.done():
-                if reading is None:
-                    reading = asyncio.ensure_future(client.reader.read(READ_SIZE))
-                await asyncio.wait({hold, reading}, return_when=asyncio.FIRST_COMPLETED)
-                if reading.done():
-                    data = reading.result()
-                    reading = None
-                    if not data:
-                        raise _ClientGone("client disconnected while its statement was held")
-                    client.decoder.feed(data)
+            await asyncio.wait({hold})
             try:
                 final = hold.result()
             except asyncio.CancelledError:
@@ -826,16 +978,10 @@ class PostgresProxy:
                 return StatementVerdict.deny("the approval could not be obtained",
                                              decision_id=verdict.decision_id)
         finally:
-            if pid:
-                self._holds.pop(pid, None)
-            if reading is not None:
-                # The pump reads the client next: this read must be over first (cancelled, or
-                # done; then what it read is kept).
-                if not reading.done():
-                    reading.cancel()
-                    await asyncio.wait({reading})
-                if not reading.cancelled() and reading.exception() is None:
-                    client.decoder.feed(reading.result())
+            self.holding = False
+            self._update_reading()
+            if self.pid:
+                proxy._holds.pop(self.pid, None)
             if not hold.done():
                 hold.cancel()
         if not isinstance(final, StatementVerdict) or final.effect == "review" \
@@ -845,74 +991,120 @@ class PostgresProxy:
                                          decision_id=verdict.decision_id)
         return final
 
-    async def _pump_server(self, client: _Client, upstream: _Upstream,
-                           session: Session) -> None:
-        """Server -> client. What one read of the server produces goes to the client in one
-        write, unless a hook has to wait: then what came before is sent first (rows are not
-        held back while the catalog is read or the audit record is written)."""
-        decoder = upstream.decoder
-        writer = client.writer
-        transport = writer.transport
-        while True:
-            data = await upstream.reader.read(READ_SIZE)
-            if not data:
-                return
-            decoder.feed(data)
-            out: list[bytes] = []
-            while (kind := decoder.peek()) is not None:
-                if kind == b"D":
-                    # Fast path: runs of unmasked DataRows are relayed raw, undecoded.
-                    if session.rows_pass_through():
-                        run = decoder.next_run(b"D")
-                        if run is not None:
-                            out.append(run)
-                            continue
-                    elif (rows := session.rows_rewriter()) is not None:
-                        # Rewritten rows, a run at a time: a run in which a scan-only
-                        # rewriter can find nothing is relayed raw, else row by row.
-                        run = decoder.next_run(b"D")
-                        if run is not None:
-                            if rows.precheck is None or rows.precheck(run):
-                                session.rewrite_run(run, out)
-                            else:
-                                out.append(run)
-                            continue
-                elif kind == b"d" and session.copy_pass_through():
-                    run = decoder.next_run(b"d")
+    # -- server -> client ---------------------------------------------------------------------
+
+    def server_data(self, data: bytes) -> None:
+        if self.ended.done():
+            return
+        try:
+            if data:
+                self.upstream.decoder.feed(data)
+            if self.server_task is None:
+                self._server_process([])
+        except Exception as exc:
+            self.end("server", exc)
+
+    def _send_client(self, out: list[bytes]) -> None:
+        if out:
+            self.to_client.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _server_process(self, out: list[bytes]) -> None:
+        decoder = self.upstream.decoder
+        session = self.session
+        while (kind := decoder.peek()) is not None:
+            if kind == b"D":
+                # Fast path: runs of unmasked DataRows are relayed raw, undecoded.
+                if session.rows_pass_through():
+                    run = decoder.next_run(b"D")
                     if run is not None:
                         out.append(run)
                         continue
-                frame = decoder.next_frame()
-                if frame is None:
-                    break
-                if kind == b"E":
-                    error = decoder.decode(frame)
-                    if isinstance(error, ErrorResponse) and error.severity in ("FATAL",
-                                                                               "PANIC"):
-                        upstream.fatal_seen = True
-                elif kind == b"T":
-                    verdict = session.description_verdict()
-                    if verdict is not None and verdict.resolve_columns is not None:
-                        done, rest = _run_eagerly(_resolve_columns(
-                            verdict, session.describe(frame)))
-                        if not done:
-                            if out:
-                                writer.write(b"".join(out))
-                                out = []
-                            await rest
-                completion = session.server_frame(frame, out)
-                if completion is not None:
-                    done, rest = _run_eagerly(_complete(completion))
-                    if not done:
-                        if out:  # everything before the end of the statement goes now
-                            writer.write(b"".join(out))
-                            out = []
-                        await rest
-                    out.extend(completion.frames)
-            if out:
-                writer.write(out[0] if len(out) == 1 else b"".join(out))
-                if transport.is_closing() or transport.get_write_buffer_size():
-                    await writer.drain()
+                elif (rows := session.rows_rewriter()) is not None:
+                    # Rewritten rows, a run at a time: a run in which a scan-only rewriter can
+                    # find nothing is relayed raw, else row by row.
+                    run = decoder.next_run(b"D")
+                    if run is not None:
+                        if rows.precheck is None or rows.precheck(run):
+                            session.rewrite_run(run, out)
+                        else:
+                            out.append(run)
+                        continue
+            elif kind == b"d" and session.copy_pass_through():
+                run = decoder.next_run(b"d")
+                if run is not None:
+                    out.append(run)
+                    continue
+            frame = decoder.next_frame()
+            if frame is None:
+                break
+            if kind == b"E":
+                error = decoder.decode(frame)
+                if isinstance(error, ErrorResponse) and error.severity in ("FATAL", "PANIC"):
+                    self.upstream.fatal_seen = True
+            elif kind == b"T":
+                verdict = session.description_verdict()
+                if verdict is not None and verdict.resolve_columns is not None:
+                    done, rest = _run_eagerly(_resolve_columns(verdict,
+                                                               session.describe(frame)))
+                    if not done:  # the rows are not held back while the catalog is read
+                        self._send_client(out)
+                        self._wait("server", self._server_resolved(rest, frame))
+                        return
+            if not self._server_frame(frame, out):
+                return
+        self._send_client(out)
+
+    def _server_frame(self, frame: Frame, out: list[bytes]) -> bool:
+        """One server message through the session; False when the rest waits in a task."""
+        completion = self.session.server_frame(frame, out)
+        if completion is not None:
+            done, rest = _run_eagerly(_complete(completion))
+            if not done:  # what came before the end of the statement goes now
+                self._send_client(out)
+                self._wait("server", self._server_completed(rest, completion))
+                return False
+            out.extend(completion.frames)
+        return True
+
+    async def _server_resolved(self, rest: Awaitable[None], frame: Frame) -> None:
+        await rest
+        out: list[bytes] = []
+        # (_server_frame is False when it waits again, in a task of its own)
+        if self._server_frame(frame, out) and self._resumed("server"):
+            self._server_process(out)  # and what arrived meanwhile
+
+    async def _server_completed(self, rest: Awaitable[None], completion: Completion) -> None:
+        await rest
+        if self._resumed("server"):
+            self._server_process(list(completion.frames))  # and what arrived meanwhile
+
+
+async def _take_over(reader: asyncio.StreamReader, transport: asyncio.BaseTransport,
+                     protocol: _Pipe) -> tuple[bytes, bool, BaseException | None]:
+    """Switch `transport` to `protocol`; returns what its StreamReader held but nobody read
+    yet, whether it had seen the end of the stream, and the error that ended it."""
+    data = b""
+    if _unread_bytes(reader):
+        data = await reader.read(_unread_bytes(reader))  # returns at once: bytes are there
+    transport.set_protocol(protocol)
+    if isinstance(transport, asyncio.ReadTransport) and not transport.is_reading() \
+            and not transport.is_closing():
+        transport.resume_reading()  # a StreamReader with a full buffer had paused it
+    return data, reader.at_eof(), reader.exception()
+
+
+def _over_ssl(transport: asyncio.BaseTransport) -> bool:
+    return transport.get_extra_info("sslcontext") is not None
+
+
+def _set_reading(transport: asyncio.BaseTransport, reading: bool) -> None:
+    assert isinstance(transport, asyncio.ReadTransport)
+    if transport.is_closing() or transport.is_reading() == reading:
+        return
+    if reading:
+        transport.resume_reading()
+    else:
+        transport.pause_reading()
 
 
 def _checked_verdict(verdict: Any, ctx: SessionContext) -> StatementVerdict:
@@ -979,7 +1171,7 @@ async def _complete(completion: Completion) -> None:
 
 
 async def _stop(task: asyncio.Task[Any]) -> None:
-    """Cancel a pump and wait (boundedly) for it: a decide hook that swallows cancellation
+    """Cancel a relay task and wait (boundedly) for it: a decide hook that swallows cancellation
     must not keep the session from closing."""
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=5)
