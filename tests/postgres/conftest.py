@@ -69,6 +69,8 @@ class Hook:
                                          decision_id="dec-42", detail="rule: no-forbidden")
         if "pg_sleep_forever" in sql:
             await asyncio.sleep(3600)
+        if "/* decide slowly */" in sql:  # a decision that waits (as a remote one does)
+            await asyncio.sleep(0.02)
         lowered = sql.lower()
         if lowered.startswith("copy") and "cards" in lowered and "to stdout" in lowered:
             layout = CopyLayout(format="csv") if "csv" in lowered else CopyLayout()

@@ -162,6 +162,35 @@ def test_pipelined_batches_keep_their_order(client: RawClient) -> None:
                        ["RowDescription", "DataRow", "CommandComplete", "Ready:I"]]
 
 
+def test_decisions_that_wait_keep_the_pipeline_in_order(client: RawClient) -> None:
+    slow = "/* decide slowly */ "
+    client.send(*batch(("", slow + "SELECT 1 AS n")), m.Query(slow + "SELECT 'forbidden'"),
+                m.Query("SELECT 2 AS n"), *batch(("", slow + "SELECT 3 AS n")),
+                *batch(("", slow + "SELECT 'forbidden'")), m.Query(slow + "SELECT 4 AS n"))
+    answers = [client.until_ready() for _ in range(6)]
+    ok = ["ParseComplete", "BindComplete", "DataRow", "CommandComplete", "Ready:I"]
+    row = ["RowDescription", "DataRow", "CommandComplete", "Ready:I"]
+    assert [shape(a) for a in answers] == [ok, ["Error:42501", "Ready:I"], row, ok,
+                                           ["Error:42501", "Ready:I"], row]
+    values = [x.values[0] for a in answers for x in a if isinstance(x, m.DataRow)]
+    assert values == [b"1", b"2", b"3", b"4"]
+
+
+def test_a_slow_reader_gets_a_large_result_whole(client: RawClient) -> None:
+    """The proxy stops reading the server while the client does not read (flow control),
+    and the result arrives complete and in order once it does."""
+    client.send(m.Query("SELECT g, repeat('x', 2000) FROM generate_series(1, 20000) AS g"))
+    import time
+    time.sleep(0.5)  # ~40 MB waiting: far more than the socket buffers hold
+    answer = client.until_ready()
+    rows = [x for x in answer if isinstance(x, m.DataRow)]
+    assert [int(r.values[0] or b"0") for r in rows] == list(range(1, 20001))
+    assert shape(answer)[-2:] == ["CommandComplete", "Ready:I"]
+    client.send(m.Query("SELECT 5"))
+    assert shape(client.until_ready()) == ["RowDescription", "DataRow", "CommandComplete",
+                                           "Ready:I"]
+
+
 def test_named_statements_portals_and_close(client: RawClient) -> None:
     client.send(m.Parse("st", "SELECT generate_series(1, 5) AS n"), m.Describe("S", "st"),
                 m.Bind("po", "st"), m.Execute("po", 2), m.Execute("po", 0), m.Close("P", "po"),
