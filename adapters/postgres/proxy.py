@@ -1087,9 +1087,7 @@ async def _take_over(reader: asyncio.StreamReader, transport: asyncio.BaseTransp
     if _unread_bytes(reader):
         data = await reader.read(_unread_bytes(reader))  # returns at once: bytes are there
     transport.set_protocol(protocol)
-    if isinstance(transport, asyncio.ReadTransport) and not transport.is_reading() \
-            and not transport.is_closing():
-        transport.resume_reading()  # a StreamReader with a full buffer had paused it
+    _set_reading(transport, True)  # a StreamReader with a full buffer may have paused it
     return data, reader.at_eof(), reader.exception()
 
 
@@ -1097,8 +1095,8 @@ def _over_ssl(transport: asyncio.BaseTransport) -> bool:
     return transport.get_extra_info("sslcontext") is not None
 
 
-def _set_reading(transport: asyncio.BaseTransport, reading: bool) -> None:
-    assert isinstance(transport, asyncio.ReadTransport)
+def _set_reading(transport: Any, reading: bool) -> None:
+    """Pause or resume reading (any loop's transport: uvloop's are no asyncio.ReadTransport)."""
     if transport.is_closing() or transport.is_reading() == reading:
         return
     if reading:
