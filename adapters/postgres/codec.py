@@ -192,10 +192,22 @@ class _Body:
         self.pos = end + 1
         return value
 
+    def _count(self, what: str) -> int:
+        """`count(f"{what} count")`, formatting the name only for an error (hot path)."""
+        pos = self.pos
+        if pos + 2 > len(self.data):
+            raise self.fail(f"truncated {what} count (needs 2 bytes)")
+        n: int = _I16.unpack_from(self.data, pos)[0]
+        if n < 0:
+            raise self.fail(f"negative {what} count {n}")
+        self.pos = pos + 2
+        return n
+
     def formats(self, what: str) -> tuple[int, ...]:
-        n = self.count(f"{what} count")
-        self._need(2 * n, what)
-        values = struct.unpack_from(f"!{n}h", self.data, self.pos)
+        n = self._count(what)
+        if self.pos + 2 * n > len(self.data):
+            raise self.fail(f"truncated {what} (needs {2 * n} bytes)")
+        values: tuple[int, ...] = struct.unpack_from(f"!{n}h", self.data, self.pos) if n else ()
         for i, code in enumerate(values):
             if code not in (0, 1):
                 raise self.fail(f"{what} #{i} is {code}, expected 0 (text) or 1 (binary)")
@@ -203,19 +215,35 @@ class _Body:
         return values
 
     def values(self, what: str) -> tuple[bytes | None, ...]:
-        n = self.count(f"{what} count")
+        n = self._count(what)
+        data = self.data
+        size = len(data)
+        pos = self.pos
         # Each value needs at least its 4-byte length: reject absurd counts before looping.
-        self._need(4 * n, f"{n} {what}s")
+        if pos + 4 * n > size:
+            raise self.fail(f"truncated {n} {what}s (needs {4 * n} bytes)")
         out: list[bytes | None] = []
+        unpack = _I32.unpack_from
         for i in range(n):
-            length = self.int32(f"{what} #{i} length")
+            if pos + 4 > size:
+                self.pos = pos
+                raise self.fail(f"truncated {what} #{i} length (needs 4 bytes)")
+            (length,) = unpack(data, pos)
             if length == -1:
                 out.append(None)
+                pos += 4
             elif length < 0:
-                self.pos -= 4
+                self.pos = pos
                 raise self.fail(f"{what} #{i} has negative length {length}")
             else:
-                out.append(self.take(length, f"{what} #{i} ({length} bytes)"))
+                pos += 4
+                if pos + length > size:
+                    self.pos = pos
+                    raise self.fail(f"truncated {what} #{i} ({length} bytes) (needs {length} "
+                                    "bytes)")
+                out.append(data[pos:pos + length])
+                pos += length
+        self.pos = pos
         return tuple(out)
 
     def end(self) -> None:
