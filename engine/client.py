@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -60,8 +61,6 @@ class InProcessDecisionClient:
         self.decision_log = decision_log
 
     def decide(self, input_doc: dict[str, Any]) -> tuple[str, Decision]:
-        import time
-
         decision_id = new_decision_id()
         decision: Decision = self.engine.decide(input_doc)
         if self.decision_log is not None and not self.decision_log.submit({

@@ -33,7 +33,7 @@ import secrets
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from adapters.postgres.codec import Frame, decode_backend
@@ -134,7 +134,7 @@ QUERY, FUNCTION, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC = range(8)
 _NAMES = ["Query", "FunctionCall", "Parse", "Bind", "Describe", "Execute", "Close", "Sync"]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Op:
     kind: int
     seq: int = 0
@@ -150,22 +150,23 @@ class _Op:
     sent: float = 0.0  # clock() when it went upstream
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Statement:
     verdict: StatementVerdict
     fields: tuple[FieldDescription, ...] | None = None  # from Describe S; () means NoData
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Portal:
     statement: _Statement | None
     bind: Bind
     fields: tuple[FieldDescription, ...] | None = None  # from Describe P (real formats)
+    columns: tuple[ColumnDescriptor, ...] = ()  # the descriptors of `fields`
     rows: RowRewriter | None = None
     rows_planned: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Sent:
     """What the client side knows when it sends: used to inject Describe and refuse Binds of
     statements that never went through the proxy."""
@@ -582,18 +583,19 @@ class Session:
             masker = op.verdict.masker
             self._query_rows = None
             if masker is not None:
-                columns = self.describe(frame) if frame.type == b"T" else ()
-                plan = plan_columns(columns, masker)
+                described = self.describe(frame) if frame.type == b"T" else ()
+                plan = plan_columns(described, masker)
                 if plan is not None:
-                    self._query_rows = RowRewriter(plan, [c.format for c in columns],
-                                                   [c.name for c in columns])
+                    self._query_rows = RowRewriter(plan, [c.format for c in described],
+                                                   [c.name for c in described])
                     if self._query_rows.notices:
                         out.extend(notice_frame(n) for n in self._query_rows.take_notices())
             out.append(frame.raw)
             return
         fields: tuple[FieldDescription, ...] = ()
+        columns: tuple[ColumnDescriptor, ...] = ()
         if frame.type == b"T":
-            fields = _description(frame)[0]
+            fields, columns = _description(frame)
         self._ops.popleft()
         if op.deny is not None:  # the poison was answered: deny here all the same
             out.append(op.deny.encode())
@@ -606,6 +608,7 @@ class Session:
             portal = self._portals.get(op.name)
             if portal is not None:
                 portal.fields = fields
+                portal.columns = columns
                 portal.rows_planned = False
         if not op.hidden:
             out.append(frame.raw)
@@ -706,8 +709,9 @@ class Session:
             return portal.rows
         rows = None
         if verdict is not None and verdict.masker is not None:
+            columns: Sequence[ColumnDescriptor]
             if portal.fields is not None:
-                columns = describe_fields(portal.fields)
+                columns = portal.columns
             elif portal.statement is not None and portal.statement.fields is not None:
                 fields = portal.statement.fields
                 columns = describe_fields(
