@@ -20,8 +20,8 @@ Choices worth knowing:
 - Once a session is set up, its bytes are handled in the transports' callbacks (asyncio
   protocols), not in reading tasks: what one arrival of bytes produces is sent on in one write,
   and a hook that answers without waiting (an in-process decision, a cached catalog lookup) is
-  run inline. Only a hook that waits moves its side into a task, which stops that side's
-  reading until it is done (flow control also stops a side whose peer is not reading).
+  run inline. Only a hook that waits moves its side into a task, and what that side sends
+  meanwhile waits for it (flow control stops a side whose peer is not reading).
 - Statement decisions are made before anything goes upstream; a decision hook that fails or
   exceeds `decide_timeout` denies (fail closed).
 - A verdict with `hold` (review) parks only its own session: the client side awaits the hold
@@ -109,6 +109,7 @@ log = logging.getLogger("ordinance.adapters.postgres")
 _T = TypeVar("_T")
 
 READ_SIZE = 256 * 1024
+BUSY_READ_LIMIT = 128 * 1024  # what a side waiting for a hook buffers before it stops reading
 AUTH_MESSAGE_LIMIT = 64 * 1024  # bounds what an unauthenticated client can make us buffer
 FORWARDED_PARAMETERS = ("application_name", "client_encoding", "DateStyle", "TimeZone",
                         "IntervalStyle", "extra_float_digits")
@@ -778,10 +779,10 @@ class _Relay:
     Each side's bytes are processed as they arrive, in the callback: what one arrival
     produces goes to the other side in one write. Only when a hook has to wait (a decision
     from a remote service, an approval hold, a catalog read, an audit record) does that side
-    continue in a task; its transport stops reading meanwhile (except during a hold, whose
-    client may hang up or pipeline more) and what arrived is processed when the task is
-    done. A side whose peer cannot take more (the peer's transport is over its high-water
-    mark) stops reading until it can.
+    continue in a task; what arrives meanwhile is buffered (up to `BUSY_READ_LIMIT`, then
+    the side stops reading, except during a hold, whose client may hang up) and processed
+    when the task is done. A side whose peer cannot take more (the peer's transport is over
+    its high-water mark) stops reading until it can.
     """
 
     def __init__(self, proxy: PostgresProxy, client: _Client, upstream: _Upstream,
@@ -860,15 +861,21 @@ class _Relay:
         self._update_reading()
 
     def _update_reading(self) -> None:
+        """A side reads unless its peer cannot take more, or it waits in a task and has
+        `BUSY_READ_LIMIT` bytes unprocessed (as a StreamReader would buffer; a short wait, as
+        for an audit record, costs no pause and resume). During a hold the client is read
+        whatever it sends, so that a hang-up is seen."""
         if self.ended.done():
             return
-        client_busy = self.client_task is not None and not self.holding
-        _set_reading(self.to_client, not (client_busy or self.server_write_paused))
-        _set_reading(self.to_server,
-                     not (self.server_task is not None or self.client_write_paused))
+        client_full = (self.client_task is not None and not self.holding
+                       and self.client.decoder.buffered > BUSY_READ_LIMIT)
+        _set_reading(self.to_client, not (client_full or self.server_write_paused))
+        server_full = (self.server_task is not None
+                       and self.upstream.decoder.buffered > BUSY_READ_LIMIT)
+        _set_reading(self.to_server, not (server_full or self.client_write_paused))
 
     def _wait(self, side: str, coro: Coroutine[Any, Any, None]) -> None:
-        """Continue `side` in a task; it stops reading until the task is done."""
+        """Continue `side` in a task; what arrives meanwhile waits for it."""
         task = self.loop.create_task(coro)
         if side == "client":
             self.client_task = task
@@ -903,6 +910,8 @@ class _Relay:
                 self.client.decoder.feed(data)
             if self.client_task is None:
                 self._client_process()
+            else:
+                self._update_reading()
         except Exception as exc:
             self.end("client", exc)
 
@@ -1001,6 +1010,8 @@ class _Relay:
                 self.upstream.decoder.feed(data)
             if self.server_task is None:
                 self._server_process([])
+            else:
+                self._update_reading()
         except Exception as exc:
             self.end("server", exc)
 
