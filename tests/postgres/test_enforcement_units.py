@@ -34,6 +34,7 @@ from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.results import CopyOutRewriter, RowRewriter
 from adapters.postgres.session import Completion, Session, tag_rows
 from engine.audit import AuditWriteError
+from engine.decision import Decision, Mask
 from tests.postgres.test_session import frame, send
 
 PAN = b"4111111111111111"
@@ -298,3 +299,70 @@ def test_recorder_commits_concurrent_events_together_and_reports_failures() -> N
     asyncio.run(main())
     recorder.close()
     assert audit.batches == [1, 5]
+
+
+# ------------------------------------------------------------------------------------------
+# Masking plans: reused for one fingerprint, never past the catalog's freshness or a DDL
+
+
+class _Decisions:
+    """A DecisionClient whose every decision masks `pan` (from one shared masks tuple)."""
+
+    masks = (Mask("pan", "pan"),)
+
+    async def adecide(self, doc: dict[str, Any]) -> tuple[str, Decision]:
+        return "dec-1", Decision("allow", masks=self.masks, policy_revision="r1", command={
+            "kinds": ["select"], "tables": ["cards"], "parse_error": None})
+
+
+class _NoRecorder:
+    async def append(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def test_masking_plans_are_reused_only_while_the_catalog_entries_are_fresh() -> None:
+    from adapters.postgres.bridge import PolicyBridge, Resource
+    from adapters.postgres.catalog import Catalog, TypeInfo
+    from adapters.postgres.hooks import ColumnDescriptor, SessionContext
+
+    now = [100.0]
+    # Nothing listens on port 1: a lookup that is not answered from the cache fails.
+    catalog = Catalog("postgresql://nobody@127.0.0.1:1/none", ttl=60, connect_timeout=1,
+                      clock=lambda: now[0])
+    catalog._store([(7, "public", "cards", "r", None, True, [1, 2], ["id", "pan"], [23, 25])])
+    catalog._names["cards"] = (now[0], (7,))
+    catalog._types.update({23: TypeInfo(23, "N"), 25: TypeInfo(25, "S")})
+    catalog._types_loaded = True
+    bridge = PolicyBridge(_Decisions(), resource=Resource("db"), catalog=catalog,
+                          recorder=_NoRecorder())  # type: ignore[arg-type]
+    ctx = SessionContext("s1", "alice", ("dev",), "db", "psql", "127.0.0.1", False, "scram")
+    pan = ColumnDescriptor(1, "pan", 7, 2, 25, -1, 0)
+
+    async def run(sql: str) -> StatementVerdict:
+        verdict = await bridge.decide(sql, ctx)
+        if verdict.effect == "allow":
+            assert verdict.resolve_columns is not None and verdict.masker is not None
+            await verdict.resolve_columns((pan,))
+            transform = verdict.masker(pan)
+            assert transform is not None and transform(PAN) == b"************1111"
+        return verdict
+
+    async def scenario() -> None:
+        first = await run("SELECT pan FROM cards WHERE id = 1")
+        again = await run("SELECT pan FROM cards WHERE id = 2")  # same fingerprint
+        assert first.effect == again.effect == "allow" and len(bridge._plans) == 1
+        now[0] += 59.0
+        assert (await run("SELECT pan FROM cards WHERE id = 3")).effect == "allow"
+        now[0] += 2.0  # the entries the plan came from are stale: the catalog is asked
+        stale = await run("SELECT pan FROM cards WHERE id = 4")
+        assert stale.effect == "deny" and "masks cannot be applied" in stale.message
+        catalog._store([(7, "public", "cards", "r", None, True, [1, 2], ["id", "pan"],
+                         [23, 25])])
+        catalog._names["cards"] = (now[0], (7,))
+        assert (await run("SELECT pan FROM cards WHERE id = 5")).effect == "allow"
+        catalog.invalidate()  # as after DDL
+        dropped = await run("SELECT pan FROM cards WHERE id = 6")
+        assert dropped.effect == "deny" and "masks cannot be applied" in dropped.message
+        await catalog.close()
+
+    asyncio.run(scenario())
