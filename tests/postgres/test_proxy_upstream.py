@@ -304,3 +304,39 @@ def test_wrong_upstream_credentials_are_not_revealed(upstream_db: str, dbname: s
         assert "postgres" not in str(info.value).split("FATAL:")[1]
     finally:
         harness.stop()
+
+
+def test_a_slow_reader_over_tls_gets_a_large_result_whole(
+        tls_proxy: tuple[ProxyThread, Hook], dbname: str) -> None:
+    """Flow control through the TLS transport: the proxy stops reading the server while the
+    client does not read, and resumes."""
+    import time
+
+    from adapters.postgres import messages as m
+    from adapters.postgres.auth import UpstreamLogin
+    from tests.postgres.test_proxy_protocol import RawClient
+
+    harness, _ = tls_proxy
+    client = RawClient(harness.port, dbname, startup=False)
+    try:
+        client.send(m.SSLRequest())
+        assert client.sock.recv(1) == b"S"
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        client.sock = context.wrap_socket(client.sock)
+        client.send(m.StartupMessage((("user", "bob"), ("database", dbname))))
+        login = UpstreamLogin("bob", USERS["bob"][0])
+        while not isinstance(message := client.recv(), m.ReadyForQuery):
+            assert not isinstance(message, m.ErrorResponse), message
+            if isinstance(message, m.Authentication):
+                client.send(*login.receive(message))
+        client.send(m.Query("SELECT g, repeat('x', 2000) FROM generate_series(1, 20000) g"))
+        time.sleep(0.5)  # ~40 MB waiting
+        rows = [x for x in client.until_ready() if isinstance(x, m.DataRow)]
+        assert [int(r.values[0] or b"0") for r in rows] == list(range(1, 20001))
+        client.send(m.Query("SELECT 'still here'"))
+        assert any(isinstance(x, m.DataRow) and x.values == (b"still here",)
+                   for x in client.until_ready())
+    finally:
+        client.close()
