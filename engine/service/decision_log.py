@@ -42,9 +42,14 @@ _last_ms = -1
 _last_rand = 0
 
 
+_TIME_SHIFTS = tuple(range(120, 70, -10))  # the 10 characters of the time (bits 80-129)
+_RANDOM_SHIFTS = tuple(range(70, -10, -10))  # the 16 characters of the random part
+_time_text: tuple[int, str] = (-1, "")  # the last millisecond and its 10 characters
+
+
 def new_decision_id() -> str:
     """A 26-character ULID; ids made later in this process sort after earlier ones."""
-    global _last_ms, _last_rand
+    global _last_ms, _last_rand, _time_text
     with _id_lock:
         now_ms = time.time_ns() // 1_000_000
         if now_ms <= _last_ms:
@@ -53,8 +58,13 @@ def new_decision_id() -> str:
         else:
             _last_ms = now_ms
             _last_rand = int.from_bytes(os.urandom(10), "big") >> 1
-        value = (now_ms << 80) | _last_rand
-    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
+        rand = _last_rand
+    ms, prefix = _time_text
+    if ms != now_ms:  # the time part changes once a millisecond at most
+        value = now_ms << 80
+        prefix = "".join([_PAIRS[(value >> shift) & 1023] for shift in _TIME_SHIFTS])
+        _time_text = (now_ms, prefix)
+    return prefix + "".join([_PAIRS[(rand >> shift) & 1023] for shift in _RANDOM_SHIFTS])
 
 
 class DecisionSink(Protocol):
