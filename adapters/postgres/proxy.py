@@ -951,6 +951,8 @@ class _Relay:
         verdict = decided if isinstance(decided, StatementVerdict) else await decided
         if verdict.hold is not None:
             verdict = await self._hold(verdict)
+        if self.ended.done():
+            return  # the session ended meanwhile: nothing more goes upstream
         self._send_server(self.session.client_message(
             frame, message, verdict, allow_function_call=self.allow_function_call))
         if self._resumed("client"):
@@ -1079,6 +1081,8 @@ class _Relay:
 
     async def _server_resolved(self, rest: Awaitable[None], frame: Frame) -> None:
         await rest
+        if self.ended.done():
+            return
         out: list[bytes] = []
         # (_server_frame is False when it waits again, in a task of its own)
         if self._server_frame(frame, out) and self._resumed("server"):
