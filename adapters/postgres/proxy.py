@@ -20,7 +20,9 @@ Choices worth knowing:
   exceeds `decide_timeout` denies (fail closed).
 - A verdict with `hold` (review) parks only its own session: the client pump awaits the hold
   while still reading what the client sends (a hang-up ends the hold; a CancelRequest with the
-  session's key cancels it, which denies the statement); no decision timeout applies to it.
+  session's key cancels it, and the client gets 57014 as for a cancelled query); no decision
+  timeout applies to it. A cancelled hold is awaited (boundedly), so what it records is done
+  before the client hears of it or the session's end is recorded.
 - The end of an allowed statement's result (CommandComplete, ErrorResponse, ...) is held until
   the verdict's `on_complete` has returned (the audit record is durable first); if it fails,
   the result is withheld and the session ends with SQLSTATE 58030.
@@ -61,6 +63,8 @@ from adapters.postgres.codec import (
     ProtocolError,
 )
 from adapters.postgres.hooks import (
+    HOLD_CANCELLED,
+    HOLD_CLIENT_GONE,
     DecideHook,
     SessionContext,
     SessionEndHook,
@@ -547,7 +551,7 @@ class PostgresProxy:
             return
         hold = self._holds.get(request.pid)
         if hold is not None:
-            hold.cancel()  # the held statement never went upstream: cancelling it is enough
+            hold.cancel(HOLD_CANCELLED)  # the statement never went upstream: this is enough
             return
         if entry[1] is not None:
             await self._send_cancel(entry[1])
@@ -764,7 +768,8 @@ class PostgresProxy:
     async def _hold(self, verdict: StatementVerdict, client: _Client, ctx: SessionContext,
                     pid: int) -> StatementVerdict:
         """Await `verdict.hold` while reading (and buffering) what the client sends; returns
-        the final verdict. The client hanging up ends the session; a cancel request denies."""
+        the final verdict. The client hanging up ends the session; a cancel request answers
+        57014."""
         assert verdict.hold is not None
 
         async def notify(text: str) -> None:
@@ -775,6 +780,7 @@ class PostgresProxy:
         if pid:
             self._holds[pid] = hold
         reading: asyncio.Task[bytes] | None = None
+        why = "the session ended"
         try:
             while not hold.done():
                 if reading is None:
@@ -784,15 +790,16 @@ class PostgresProxy:
                     data = reading.result()
                     reading = None
                     if not data:
+                        why = HOLD_CLIENT_GONE
                         raise _ClientGone("client disconnected while its statement was held")
                     client.decoder.feed(data)
             try:
                 final = hold.result()
             except asyncio.CancelledError:
                 log.info("session %s: held statement cancelled by the client", ctx.session_id)
-                return StatementVerdict.deny("the statement was cancelled by the client while "
-                                             "it awaited approval",
-                                             decision_id=verdict.decision_id)
+                return StatementVerdict.cancelled(
+                    decision_id=verdict.decision_id,
+                    detail="the statement was cancelled while it awaited approval")
             except Exception:
                 log.exception("session %s: hold failed; denying", ctx.session_id)
                 return StatementVerdict.deny("the approval could not be obtained",
@@ -809,7 +816,10 @@ class PostgresProxy:
                 if not reading.cancelled() and reading.exception() is None:
                     client.decoder.feed(reading.result())
             if not hold.done():
-                hold.cancel()
+                hold.cancel(why)  # nobody waits any more; let it record that, boundedly
+                await asyncio.wait({hold}, timeout=self.config.session_hook_timeout)
+                if hold.done() and not hold.cancelled():
+                    hold.exception()  # retrieved: asyncio must not report it as lost
         if not isinstance(final, StatementVerdict) or final.effect == "review" \
                 or final.hold is not None:
             log.error("session %s: hold returned %r; denying", ctx.session_id, final)
