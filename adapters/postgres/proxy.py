@@ -1,13 +1,16 @@
 """The asyncio PostgreSQL proxy: a thin loop around the codec, the session bookkeeping and the
 two authentications.
 
-Owns: listening, TLS towards clients (and optionally upstream), the start-up negotiation
+Owns: listening, TLS towards clients and upstream (`upstream_tls`), the start-up negotiation
 (SSLRequest, GSSENCRequest, CancelRequest, StartupMessage), client authentication, one upstream
 connection per client made with the proxy's own credentials, proxy-issued cancel keys, the two
 relay pumps, and every teardown path (client gone, upstream gone, protocol error). Must not:
 parse SQL, hold policy, or decode protocol bytes itself (`codec`, `session` and `auth` do).
 
 Choices worth knowing:
+- Upstream TLS follows the URL's libpq parameters (`sslmode`, default `prefer`; `sslrootcert`,
+  `sslcert`, `sslkey`; see `upstream_tls`). A TLS failure is reported to the client as the
+  upstream being unavailable, saying why (certificate not accepted, TLS refused).
 - The client must ask for the upstream URL's database (or leave it to default to its user
   name when that is the same); anything else is refused with 3D000. One proxy serves one
   database, so what a policy calls the resource is never ambiguous.
@@ -100,6 +103,7 @@ from adapters.postgres.session import (
     SessionError,
     notice_frame,
 )
+from adapters.postgres.upstream_tls import UpstreamTLS, UpstreamTLSError, describe_failure
 
 log = logging.getLogger("ordinance.adapters.postgres")
 
@@ -116,10 +120,12 @@ class UpstreamTarget:
     user: str
     password: str | None
     database: str
+    tls: UpstreamTLS = field(default_factory=UpstreamTLS)
 
     @classmethod
     def from_url(cls, url: str) -> UpstreamTarget:
-        """`postgresql://USER[:PASS]@HOST[:PORT][/DB]`; DB defaults to USER."""
+        """`postgresql://USER[:PASS]@HOST[:PORT][/DB][?sslmode=…&sslrootcert=…]`; DB defaults
+        to USER; the TLS parameters are libpq's (`upstream_tls`)."""
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
             raise ValueError(f"upstream URL must start with postgresql://, got {parts.scheme!r}")
@@ -128,7 +134,8 @@ class UpstreamTarget:
         user = unquote(parts.username)
         database = unquote(parts.path.lstrip("/")) or user
         return cls(parts.hostname or "localhost", parts.port or 5432, user,
-                   None if parts.password is None else unquote(parts.password), database)
+                   None if parts.password is None else unquote(parts.password), database,
+                   UpstreamTLS.from_query(parts.query))
 
 
 @dataclass
@@ -142,7 +149,7 @@ class ProxyConfig:
     host: str = "127.0.0.1"
     port: int = 0
     server_ssl: ssl.SSLContext | None = None
-    upstream_ssl: ssl.SSLContext | None = None
+    upstream_ssl: ssl.SSLContext | None = None  # replaces the URL's TLS settings; TLS required
     allow_function_call: bool = False
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     auth_timeout: float = 30.0
@@ -247,6 +254,9 @@ class PostgresProxy:
             raise ValueError("a PostgreSQL proxy needs a user directory or a token verifier")
         self.config = config
         self.target = UpstreamTarget.from_url(config.upstream_url)
+        self._tls = (UpstreamTLS("require", context=config.upstream_ssl)
+                     if config.upstream_ssl is not None else self.target.tls)
+        self._tls_context = self._tls.ssl_context()  # ValueError: a bad TLS configuration
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cancel_keys: dict[int, tuple[bytes, BackendKeyData | None]] = {}
@@ -559,35 +569,54 @@ class PostgresProxy:
     # ----------------------------------------------------------------------------------------
     # Upstream
 
-    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open_upstream(self, encrypt: bool
+                             ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the server, with TLS when `encrypt` and the server accepts it (it
+        must when the TLS settings require it)."""
         async with asyncio.timeout(self.config.connect_timeout):
             reader, writer = await asyncio.open_connection(self.target.host, self.target.port)
-        if self.config.upstream_ssl is None:
+        if not encrypt or self._tls_context is None:
             return reader, writer
         try:
             writer.write(SSLRequest().encode())
             await writer.drain()
             async with asyncio.timeout(self.config.connect_timeout):
                 answer = await reader.readexactly(1)
+            if answer == b"N" and not self._tls.required:
+                return reader, writer  # prefer / allow: go on in plain text
             if answer != b"S":
-                raise UpstreamAuthError("upstream server refused TLS")
+                raise UpstreamTLSError(f"it does not accept TLS connections "
+                                       f"(sslmode={self._tls.mode})")
             if _unread_bytes(reader):
-                raise UpstreamAuthError("upstream server sent unencrypted data after accepting "
-                                        "TLS")
-            await writer.start_tls(self.config.upstream_ssl, server_hostname=self.target.host)
+                raise UpstreamTLSError("it sent unencrypted data after accepting TLS")
+            try:
+                await writer.start_tls(self._tls_context, server_hostname=self.target.host)
+            except ssl.SSLError as exc:
+                raise describe_failure(exc, self._tls) from exc
         except BaseException:
             await _close_writer(writer)
             raise
         return reader, writer
 
     async def _connect_upstream(self, startup: StartupMessage) -> _Upstream:
-        async with asyncio.timeout(self.config.connect_timeout):
-            reader, writer = await self._open_upstream()
+        attempts = self._tls.attempts()
+        for number, encrypt in enumerate(attempts, 1):
             try:
-                return await self._login_upstream(reader, writer, startup)
-            except BaseException:
-                await _close_writer(writer)
-                raise
+                async with asyncio.timeout(self.config.connect_timeout):
+                    reader, writer = await self._open_upstream(encrypt)
+                    try:
+                        return await self._login_upstream(reader, writer, startup)
+                    except BaseException:
+                        await _close_writer(writer)
+                        raise
+            except (UpstreamTLSError, UpstreamAuthError, _UpstreamRefused) as exc:
+                if number == len(attempts):
+                    raise
+                log.info("upstream %s:%d refused the %s attempt (%s); trying %s (sslmode=%s)",
+                         self.target.host, self.target.port,
+                         "TLS" if encrypt else "plain", exc,
+                         "plain" if encrypt else "TLS", self._tls.mode)
+        raise AssertionError("no connection attempt")  # pragma: no cover - attempts >= 1
 
     async def _login_upstream(self, reader: asyncio.StreamReader,
                               writer: asyncio.StreamWriter, startup: StartupMessage
@@ -630,17 +659,24 @@ class PostgresProxy:
 
     async def _send_cancel(self, key: BackendKeyData) -> None:
         """Ask the upstream server to cancel what the backend with `key` is running."""
-        try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                reader, writer = await self._open_upstream()
-                try:
-                    writer.write(CancelRequest(key.pid, key.secret).encode())
-                    await writer.drain()
-                    await reader.read(1)  # the server closes once it has the request
-                finally:
-                    await _close_writer(writer)
-        except (OSError, TimeoutError, UpstreamAuthError) as exc:
-            log.warning("could not send a cancel request upstream: %s", exc)
+        attempts = self._tls.attempts()
+        for number, encrypt in enumerate(attempts, 1):
+            try:
+                async with asyncio.timeout(self.config.connect_timeout):
+                    reader, writer = await self._open_upstream(encrypt)
+                    try:
+                        writer.write(CancelRequest(key.pid, key.secret).encode())
+                        await writer.drain()
+                        await reader.read(1)  # the server closes once it has the request
+                    finally:
+                        await _close_writer(writer)
+                return
+            except UpstreamTLSError as exc:
+                if number == len(attempts):
+                    log.warning("could not send a cancel request upstream: %s", exc)
+            except (OSError, TimeoutError, UpstreamAuthError) as exc:
+                log.warning("could not send a cancel request upstream: %s", exc)
+                return
 
     # ----------------------------------------------------------------------------------------
     # Relay
