@@ -369,8 +369,8 @@ class PolicyBridge:
             status = final.status_at(datetime.now(UTC))
             if status in ("pending", "expired"):
                 status = "expired"
-                final = await claim.release("expired", f"not approved within "
-                                                       f"{_seconds(gate.timeout)}", final)
+                why = f"not approved within {_seconds(gate.timeout)}"
+                final = await claim.release("expired", why, final) or final
             else:
                 await claim.release(None, "", final)
             statement.approval = {"id": final.id, "status": status,
@@ -410,7 +410,7 @@ class PolicyBridge:
             log.error("session %s: approval %s not withdrawn: %s", statement.ctx.session_id,
                       claim.request.id, exc)
         else:
-            if statement.approval is not None:
+            if closed is not None and statement.approval is not None:
                 statement.approval["status"] = closed.stored_status
         await self._record_abandoned(statement, cancel)
 
@@ -437,12 +437,12 @@ class _Claim:
         self.held = True
 
     async def release(self, closing: Literal["withdrawn", "expired"] | None, reason: str,
-                      current: ApprovalRequest | None = None) -> ApprovalRequest:
-        current = current or self.request
+                      current: ApprovalRequest | None = None) -> ApprovalRequest | None:
+        """The request as it then is; None when it was released before."""
         if not self.held:
-            return current
+            return None
         self.held = False
-        return await self.gate.release(current, closing, reason)
+        return await self.gate.release(current or self.request, closing, reason)
 
 
 def _cancel_reason(cancel: asyncio.CancelledError) -> str:

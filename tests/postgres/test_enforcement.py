@@ -539,6 +539,38 @@ def test_a_request_shared_by_two_holds_stays_open_while_one_waits(stack: Stack) 
         conn.close()
 
 
+def test_a_proxy_shutdown_withdraws_what_its_sessions_held(stack: Stack) -> None:
+    bridge = PolicyBridge(
+        InProcessDecisionClient(stack.engine), resource=Resource("payments", {"env": "prod"}),
+        catalog=Catalog(stack.direct), recorder=stack.recorder, approvals=stack.gate)
+    proxy = ProxyThread(ProxyConfig(upstream_url=upstream_url(stack.direct),
+                                    directory=load_users(stack.users_file), **bridge.hooks()))
+    before = {r.id for r in stack.pending()}
+    results: dict[str, Any] = {}
+
+    def run() -> None:
+        dsn = stack.dsn().replace(f"port='{stack.proxy.port}'", f"port='{proxy.port}'")
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("SELECT holder_id, cvv FROM cards")
+        except psycopg.Error as exc:
+            results["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_until(lambda: {r.id for r in stack.pending()} - before != set(), "the review request")
+    request = next(r for r in stack.pending() if r.id not in before)
+    proxy.run(bridge.catalog.close())
+    proxy.stop()
+    thread.join(30)
+    assert isinstance(results.get("error"), psycopg.OperationalError)
+    assert stack.store.get(request.id).stored_status == "withdrawn"
+    record = statement_record(stack, request.id)
+    assert record["error"] == "08006: the session ended while the statement awaited approval"
+    ends = [r for r in stack.records("session.end") if r["session_id"] == request.session_id]
+    assert [e["reason"] for e in ends] == ["proxy shutdown"]
+
+
 WINDOWED_RULE = """package ordinance.windowed
 
 import rego.v1
