@@ -346,12 +346,13 @@ class PolicyBridge:
         review = [r for r in statement.decision.reasons if r.effect == "review"]
         approvers = list(dict.fromkeys(a for r in review for a in r.approvers))
         windows = [w for w in (parse_window(r.window) for r in review) if w is not None]
+        filing = asyncio.ensure_future(gate.request(
+            who, self.resource.to_input(), statement.sql, reasons, approvers,
+            min(windows) if windows else None, statement.ctx.session_id))
         try:
-            request = await gate.request(who, self.resource.to_input(), statement.sql,
-                                         reasons, approvers, min(windows) if windows else None,
-                                         statement.ctx.session_id)
-        except asyncio.CancelledError as exc:  # the gate withdraws what it filed meanwhile
-            await asyncio.shield(self._record_abandoned(statement, exc))
+            request = await asyncio.shield(filing)
+        except asyncio.CancelledError as exc:  # what is being filed is filed all the same
+            await asyncio.shield(self._abandon_filing(statement, filing, exc))
             raise
         except Exception as exc:
             log.error("session %s: approval request not filed: %s", statement.ctx.session_id,
@@ -398,6 +399,20 @@ class PolicyBridge:
                                           f"({final.comment or 'no reason given'})")
         return await statement.denied(f"approval {final.id} was not given within "
                                       f"{_seconds(gate.timeout)}")
+
+    async def _abandon_filing(self, statement: _Statement,
+                              filing: asyncio.Future[ApprovalRequest],
+                              cancel: asyncio.CancelledError) -> None:
+        """Cancelled while its request was being filed: wait for the filing, then withdraw
+        what it filed (or only record the statement when nothing was)."""
+        try:
+            request = await filing
+        except Exception:
+            await self._record_abandoned(statement, cancel)
+            return
+        assert self.approvals is not None
+        statement.approval = {"id": request.id, "status": "pending"}
+        await self._abandon(statement, _Claim(self.approvals, request), cancel)
 
     async def _abandon(self, statement: _Statement, claim: _Claim,
                        cancel: asyncio.CancelledError) -> None:

@@ -91,8 +91,8 @@ class ApprovalGate:
                       reasons: Sequence[str], approvers: Sequence[str],
                       window: timedelta | None, session_id: str) -> ApprovalRequest:
         """The pending request of `requester` for `command`, filing one if there is none;
-        claimed for the caller, who must `release` it. Cancelled while filing, the request
-        filed all the same is withdrawn (unless another hold claims it)."""
+        claimed for the caller, who must `release` it. Cancelling the call does not stop a
+        filing under way (it runs in a thread): shield it and release what it returns."""
         digest = command_sha256(command)
         for pending in await self._call(self.store.list, "pending"):
             if pending.command_sha256 == digest and _same(pending.requester_id, requester.id):
@@ -104,18 +104,7 @@ class ApprovalGate:
                                       list(approvers), timedelta(seconds=self.timeout),
                                       window, session_id=session_id)
 
-        filing = asyncio.ensure_future(self._call(file))
-        try:
-            filed = await asyncio.shield(filing)
-        except asyncio.CancelledError as exc:
-            try:
-                filed = await asyncio.wait_for(filing, self.timeout)
-            except Exception:
-                raise exc from None  # not filed (or unknown): nothing to withdraw
-            self._claims[filed.id] += 1
-            await self.release(filed, "withdrawn", str(exc.args[0]) if exc.args else
-                               "the statement's session ended")
-            raise
+        filed = await self._call(file)
         self._claims[filed.id] += 1
         return filed
 

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from adapters.postgres.proxy import ProxyConfig
 from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate
 from engine.approvals import ApprovalStore, open_approval_store
+from engine.approvals.store import SqliteApprovalStore
 from engine.audit import AuditLog, open_audit_log
 from engine.client import InProcessDecisionClient
 from engine.engine import Engine
@@ -539,28 +541,40 @@ def test_a_request_shared_by_two_holds_stays_open_while_one_waits(stack: Stack) 
         conn.close()
 
 
-def test_a_proxy_shutdown_withdraws_what_its_sessions_held(stack: Stack) -> None:
+def side_proxy(stack: Stack, gate: ApprovalGate) -> tuple[ProxyThread, Catalog]:
+    """Another proxy on the stack's database, trail and policies, with approvals from `gate`."""
+    catalog = Catalog(stack.direct)
     bridge = PolicyBridge(
         InProcessDecisionClient(stack.engine), resource=Resource("payments", {"env": "prod"}),
-        catalog=Catalog(stack.direct), recorder=stack.recorder, approvals=stack.gate)
-    proxy = ProxyThread(ProxyConfig(upstream_url=upstream_url(stack.direct),
-                                    directory=load_users(stack.users_file), **bridge.hooks()))
-    before = {r.id for r in stack.pending()}
-    results: dict[str, Any] = {}
+        catalog=catalog, recorder=stack.recorder, approvals=gate)
+    return ProxyThread(ProxyConfig(upstream_url=upstream_url(stack.direct),
+                                   directory=load_users(stack.users_file),
+                                   **bridge.hooks())), catalog
 
+
+def run_held(stack: Stack, port: int, sql: str, results: dict[str, Any]) -> threading.Thread:
     def run() -> None:
-        dsn = stack.dsn().replace(f"port='{stack.proxy.port}'", f"port='{proxy.port}'")
+        dsn = stack.dsn().replace(f"port='{stack.proxy.port}'", f"port='{port}'")
         try:
             with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute("SELECT holder_id, cvv FROM cards")
+                results["conn"] = conn
+                conn.execute(sql)
         except psycopg.Error as exc:
             results["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
+    return thread
+
+
+def test_a_proxy_shutdown_withdraws_what_its_sessions_held(stack: Stack) -> None:
+    proxy, catalog = side_proxy(stack, stack.gate)
+    before = {r.id for r in stack.pending()}
+    results: dict[str, Any] = {}
+    thread = run_held(stack, proxy.port, "SELECT holder_id, cvv FROM cards", results)
     wait_until(lambda: {r.id for r in stack.pending()} - before != set(), "the review request")
     request = next(r for r in stack.pending() if r.id not in before)
-    proxy.run(bridge.catalog.close())
+    proxy.run(catalog.close())
     proxy.stop()
     thread.join(30)
     assert isinstance(results.get("error"), psycopg.OperationalError)
@@ -569,6 +583,50 @@ def test_a_proxy_shutdown_withdraws_what_its_sessions_held(stack: Stack) -> None
     assert record["error"] == "08006: the session ended while the statement awaited approval"
     ends = [r for r in stack.records("session.end") if r["session_id"] == request.session_id]
     assert [e["reason"] for e in ends] == ["proxy shutdown"]
+
+
+class SlowToFile(SqliteApprovalStore):
+    """The stack's store, whose `request` waits for the test before filing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.entered = threading.Event()
+        self.proceed = threading.Event()
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        self.proceed.wait(20)
+        return super().request(*args, **kwargs)
+
+
+def test_a_request_filed_as_its_statement_is_cancelled_is_withdrawn(stack: Stack) -> None:
+    from engine.audit.stores import parse_store_url
+
+    store = SlowToFile(parse_store_url(stack.audit_url), audit=stack.audit)
+    gate = ApprovalGate(store, timeout=30.0)
+    proxy, catalog = side_proxy(stack, gate)
+    before = {r.id for r in stack.store.list()}
+    results: dict[str, Any] = {}
+    try:
+        thread = run_held(stack, proxy.port, "SELECT id, holder_id, cvv FROM cards", results)
+        assert store.entered.wait(20)
+        results["conn"].cancel_safe()  # while the request is being filed
+        time.sleep(0.2)
+        store.proceed.set()
+        thread.join(30)
+        error = results.get("error")
+        assert isinstance(error, psycopg.errors.QueryCanceled), error
+        [request] = [r for r in stack.store.list() if r.id not in before]
+        assert request.stored_status == "withdrawn"
+        record = statement_record(stack, request.id)
+        assert record["error"] == "57014: canceling statement due to user request"
+        assert record["approval"]["status"] == "withdrawn"
+    finally:
+        store.proceed.set()
+        proxy.run(catalog.close())
+        proxy.stop()
+        gate.close()
+        store.close()
 
 
 WINDOWED_RULE = """package ordinance.windowed
