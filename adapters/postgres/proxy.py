@@ -1,13 +1,16 @@
 """The asyncio PostgreSQL proxy: a thin loop around the codec, the session bookkeeping and the
 two authentications.
 
-Owns: listening, TLS towards clients (and optionally upstream), the start-up negotiation
+Owns: listening, TLS towards clients and upstream (`upstream_tls`), the start-up negotiation
 (SSLRequest, GSSENCRequest, CancelRequest, StartupMessage), client authentication, one upstream
 connection per client made with the proxy's own credentials, proxy-issued cancel keys, the two
 relay pumps, and every teardown path (client gone, upstream gone, protocol error). Must not:
 parse SQL, hold policy, or decode protocol bytes itself (`codec`, `session` and `auth` do).
 
 Choices worth knowing:
+- Upstream TLS follows the URL's libpq parameters (`sslmode`, default `prefer`; `sslrootcert`,
+  `sslcert`, `sslkey`; see `upstream_tls`). A TLS failure is reported to the client as the
+  upstream being unavailable, saying why (certificate not accepted, TLS refused).
 - The client must ask for the upstream URL's database (or leave it to default to its user
   name when that is the same); anything else is refused with 3D000. One proxy serves one
   database, so what a policy calls the resource is never ambiguous.
@@ -20,7 +23,9 @@ Choices worth knowing:
   exceeds `decide_timeout` denies (fail closed).
 - A verdict with `hold` (review) parks only its own session: the client pump awaits the hold
   while still reading what the client sends (a hang-up ends the hold; a CancelRequest with the
-  session's key cancels it, which denies the statement); no decision timeout applies to it.
+  session's key cancels it, and the client gets 57014 as for a cancelled query); no decision
+  timeout applies to it. A cancelled hold is awaited (boundedly), so what it records is done
+  before the client hears of it or the session's end is recorded.
 - The end of an allowed statement's result (CommandComplete, ErrorResponse, ...) is held until
   the verdict's `on_complete` has returned (the audit record is durable first); if it fails,
   the result is withheld and the session ends with SQLSTATE 58030.
@@ -61,6 +66,8 @@ from adapters.postgres.codec import (
     ProtocolError,
 )
 from adapters.postgres.hooks import (
+    HOLD_CANCELLED,
+    HOLD_CLIENT_GONE,
     DecideHook,
     SessionContext,
     SessionEndHook,
@@ -96,6 +103,7 @@ from adapters.postgres.session import (
     SessionError,
     notice_frame,
 )
+from adapters.postgres.upstream_tls import UpstreamTLS, UpstreamTLSError, describe_failure
 
 log = logging.getLogger("ordinance.adapters.postgres")
 
@@ -112,10 +120,12 @@ class UpstreamTarget:
     user: str
     password: str | None
     database: str
+    tls: UpstreamTLS = field(default_factory=UpstreamTLS)
 
     @classmethod
     def from_url(cls, url: str) -> UpstreamTarget:
-        """`postgresql://USER[:PASS]@HOST[:PORT][/DB]`; DB defaults to USER."""
+        """`postgresql://USER[:PASS]@HOST[:PORT][/DB][?sslmode=…&sslrootcert=…]`; DB defaults
+        to USER; the TLS parameters are libpq's (`upstream_tls`)."""
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
             raise ValueError(f"upstream URL must start with postgresql://, got {parts.scheme!r}")
@@ -124,7 +134,8 @@ class UpstreamTarget:
         user = unquote(parts.username)
         database = unquote(parts.path.lstrip("/")) or user
         return cls(parts.hostname or "localhost", parts.port or 5432, user,
-                   None if parts.password is None else unquote(parts.password), database)
+                   None if parts.password is None else unquote(parts.password), database,
+                   UpstreamTLS.from_query(parts.query))
 
 
 @dataclass
@@ -138,7 +149,7 @@ class ProxyConfig:
     host: str = "127.0.0.1"
     port: int = 0
     server_ssl: ssl.SSLContext | None = None
-    upstream_ssl: ssl.SSLContext | None = None
+    upstream_ssl: ssl.SSLContext | None = None  # replaces the URL's TLS settings; TLS required
     allow_function_call: bool = False
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     auth_timeout: float = 30.0
@@ -243,6 +254,9 @@ class PostgresProxy:
             raise ValueError("a PostgreSQL proxy needs a user directory or a token verifier")
         self.config = config
         self.target = UpstreamTarget.from_url(config.upstream_url)
+        self._tls = (UpstreamTLS("require", context=config.upstream_ssl)
+                     if config.upstream_ssl is not None else self.target.tls)
+        self._tls_context = self._tls.ssl_context()  # ValueError: a bad TLS configuration
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cancel_keys: dict[int, tuple[bytes, BackendKeyData | None]] = {}
@@ -547,7 +561,7 @@ class PostgresProxy:
             return
         hold = self._holds.get(request.pid)
         if hold is not None:
-            hold.cancel()  # the held statement never went upstream: cancelling it is enough
+            hold.cancel(HOLD_CANCELLED)  # the statement never went upstream: this is enough
             return
         if entry[1] is not None:
             await self._send_cancel(entry[1])
@@ -555,35 +569,54 @@ class PostgresProxy:
     # ----------------------------------------------------------------------------------------
     # Upstream
 
-    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open_upstream(self, encrypt: bool
+                             ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the server, with TLS when `encrypt` and the server accepts it (it
+        must when the TLS settings require it)."""
         async with asyncio.timeout(self.config.connect_timeout):
             reader, writer = await asyncio.open_connection(self.target.host, self.target.port)
-        if self.config.upstream_ssl is None:
+        if not encrypt or self._tls_context is None:
             return reader, writer
         try:
             writer.write(SSLRequest().encode())
             await writer.drain()
             async with asyncio.timeout(self.config.connect_timeout):
                 answer = await reader.readexactly(1)
+            if answer == b"N" and not self._tls.required:
+                return reader, writer  # prefer / allow: go on in plain text
             if answer != b"S":
-                raise UpstreamAuthError("upstream server refused TLS")
+                raise UpstreamTLSError(f"it does not accept TLS connections "
+                                       f"(sslmode={self._tls.mode})")
             if _unread_bytes(reader):
-                raise UpstreamAuthError("upstream server sent unencrypted data after accepting "
-                                        "TLS")
-            await writer.start_tls(self.config.upstream_ssl, server_hostname=self.target.host)
+                raise UpstreamTLSError("it sent unencrypted data after accepting TLS")
+            try:
+                await writer.start_tls(self._tls_context, server_hostname=self.target.host)
+            except ssl.SSLError as exc:
+                raise describe_failure(exc, self._tls) from exc
         except BaseException:
             await _close_writer(writer)
             raise
         return reader, writer
 
     async def _connect_upstream(self, startup: StartupMessage) -> _Upstream:
-        async with asyncio.timeout(self.config.connect_timeout):
-            reader, writer = await self._open_upstream()
+        attempts = self._tls.attempts()
+        for number, encrypt in enumerate(attempts, 1):
             try:
-                return await self._login_upstream(reader, writer, startup)
-            except BaseException:
-                await _close_writer(writer)
-                raise
+                async with asyncio.timeout(self.config.connect_timeout):
+                    reader, writer = await self._open_upstream(encrypt)
+                    try:
+                        return await self._login_upstream(reader, writer, startup)
+                    except BaseException:
+                        await _close_writer(writer)
+                        raise
+            except (UpstreamTLSError, UpstreamAuthError, _UpstreamRefused) as exc:
+                if number == len(attempts):
+                    raise
+                log.info("upstream %s:%d refused the %s attempt (%s); trying %s (sslmode=%s)",
+                         self.target.host, self.target.port,
+                         "TLS" if encrypt else "plain", exc,
+                         "plain" if encrypt else "TLS", self._tls.mode)
+        raise AssertionError("no connection attempt")  # pragma: no cover - attempts >= 1
 
     async def _login_upstream(self, reader: asyncio.StreamReader,
                               writer: asyncio.StreamWriter, startup: StartupMessage
@@ -626,17 +659,24 @@ class PostgresProxy:
 
     async def _send_cancel(self, key: BackendKeyData) -> None:
         """Ask the upstream server to cancel what the backend with `key` is running."""
-        try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                reader, writer = await self._open_upstream()
-                try:
-                    writer.write(CancelRequest(key.pid, key.secret).encode())
-                    await writer.drain()
-                    await reader.read(1)  # the server closes once it has the request
-                finally:
-                    await _close_writer(writer)
-        except (OSError, TimeoutError, UpstreamAuthError) as exc:
-            log.warning("could not send a cancel request upstream: %s", exc)
+        attempts = self._tls.attempts()
+        for number, encrypt in enumerate(attempts, 1):
+            try:
+                async with asyncio.timeout(self.config.connect_timeout):
+                    reader, writer = await self._open_upstream(encrypt)
+                    try:
+                        writer.write(CancelRequest(key.pid, key.secret).encode())
+                        await writer.drain()
+                        await reader.read(1)  # the server closes once it has the request
+                    finally:
+                        await _close_writer(writer)
+                return
+            except UpstreamTLSError as exc:
+                if number == len(attempts):
+                    log.warning("could not send a cancel request upstream: %s", exc)
+            except (OSError, TimeoutError, UpstreamAuthError) as exc:
+                log.warning("could not send a cancel request upstream: %s", exc)
+                return
 
     # ----------------------------------------------------------------------------------------
     # Relay
@@ -764,7 +804,8 @@ class PostgresProxy:
     async def _hold(self, verdict: StatementVerdict, client: _Client, ctx: SessionContext,
                     pid: int) -> StatementVerdict:
         """Await `verdict.hold` while reading (and buffering) what the client sends; returns
-        the final verdict. The client hanging up ends the session; a cancel request denies."""
+        the final verdict. The client hanging up ends the session; a cancel request answers
+        57014."""
         assert verdict.hold is not None
 
         async def notify(text: str) -> None:
@@ -775,6 +816,7 @@ class PostgresProxy:
         if pid:
             self._holds[pid] = hold
         reading: asyncio.Task[bytes] | None = None
+        why = "the session ended"
         try:
             while not hold.done():
                 if reading is None:
@@ -784,15 +826,16 @@ class PostgresProxy:
                     data = reading.result()
                     reading = None
                     if not data:
+                        why = HOLD_CLIENT_GONE
                         raise _ClientGone("client disconnected while its statement was held")
                     client.decoder.feed(data)
             try:
                 final = hold.result()
             except asyncio.CancelledError:
                 log.info("session %s: held statement cancelled by the client", ctx.session_id)
-                return StatementVerdict.deny("the statement was cancelled by the client while "
-                                             "it awaited approval",
-                                             decision_id=verdict.decision_id)
+                return StatementVerdict.cancelled(
+                    decision_id=verdict.decision_id,
+                    detail="the statement was cancelled while it awaited approval")
             except Exception:
                 log.exception("session %s: hold failed; denying", ctx.session_id)
                 return StatementVerdict.deny("the approval could not be obtained",
@@ -809,7 +852,10 @@ class PostgresProxy:
                 if not reading.cancelled() and reading.exception() is None:
                     client.decoder.feed(reading.result())
             if not hold.done():
-                hold.cancel()
+                hold.cancel(why)  # nobody waits any more; let it record that, boundedly
+                await asyncio.wait({hold}, timeout=self.config.session_hook_timeout)
+                if hold.done() and not hold.cancelled():
+                    hold.exception()  # retrieved: asyncio must not report it as lost
         if not isinstance(final, StatementVerdict) or final.effect == "review" \
                 or final.hold is not None:
             log.error("session %s: hold returned %r; denying", ctx.session_id, final)

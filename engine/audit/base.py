@@ -54,6 +54,10 @@ EVENT_KINDS: dict[str, str] = {
     "approval.requested": "a review request was filed",
     "approval.approved": "an approver granted a request",
     "approval.denied": "an approver refused a request",
+    "approval.withdrawn": "a pending request was closed: the statement it held was cancelled "
+                          "or its client left, so nobody waits for a verdict",
+    "approval.expired": "a pending request was closed unanswered when its holder stopped "
+                        "waiting (the approval timeout)",
     "approval.refused": "an attempt to decide a request was rejected (self-approval, group, …)",
     "approval.consumed": "an approved request was used to run a command",
     "approval.not_consumed": "a command looked for an approval and found none usable",
