@@ -13,6 +13,7 @@ Backend modules supply only what differs: schema DDL, the tail lock, and how to 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -69,6 +70,17 @@ EVENT_KINDS: dict[str, str] = {
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 
 _COLUMNS = "seq, id, ts, kind, subject, session_id, decision_id, payload, prev_hash, hash"
+_ROWS_PER_INSERT = 64
+"""Rows per INSERT statement (640 parameters: under SQLite's old limit of 999)."""
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    """One INSERT of `rows` records: one statement step (and one GIL release) for a batch."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return f"INSERT INTO ordinance_audit ({_COLUMNS}) VALUES {values}"
+
+
 _PAGE = 500
 
 
@@ -353,9 +365,10 @@ class AuditLog:
         notify. Issues no read, so on PostgreSQL it all travels in one pipelined round trip."""
         last_seq, last_hash, last_id, last_ts = head
         now = datetime.now(UTC)
-        if last_ts and format_ts(now) < last_ts:
-            now = parse_ts(last_ts)  # a lagging clock never makes time run backwards
         ts = format_ts(now)
+        if last_ts and ts < last_ts:
+            now = parse_ts(last_ts)  # a lagging clock never makes time run backwards
+            ts = format_ts(now)
         records: list[AuditRecord] = []
         rows: list[tuple[Any, ...]] = []
         seq = int(last_seq)
@@ -369,8 +382,9 @@ class AuditLog:
                          event.decision_id, event.payload_json, last_hash, digest))
             last_hash, last_id = digest, rid
         last_seq = seq
-        tx.many(f"INSERT INTO ordinance_audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows)
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start:start + _ROWS_PER_INSERT]
+            tx.run(_insert_sql(len(chunk)), [value for row in chunk for value in row])
         tx.run("UPDATE ordinance_audit_head SET seq = ?, hash = ?, last_id = ?, last_ts = ? "
                "WHERE one = 1", (last_seq, last_hash, last_id, ts))
         self._notify(tx, last_seq)
