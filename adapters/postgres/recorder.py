@@ -9,8 +9,11 @@ trail has committed it.
 
 Costs, per event: validation, scrubbing and encoding (`prepare_event`) run in `append`, on the
 caller's event loop, so an invalid event is refused at once and the writer thread holds the GIL
-only to chain and insert; per commit, one `call_soon_threadsafe` per event loop settles every
-future of the batch (one wake-up of that loop, not one per event).
+only to chain and insert. A loop hands its new events to the writer once per pass (a
+`call_soon` after the first), so the writer wakes once for all the records that pass produced,
+when the loop has run what was ready, instead of waking on the first and fighting the loop for
+the GIL while the others arrive. Per commit, one `call_soon_threadsafe` per event loop settles
+every future of the batch (one wake-up of that loop, not one per event).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class AuditRecorder:
         self.audit = audit
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
+        self._lock = threading.Lock()  # _closed, _pending and what reaches the queue
         self._thread: threading.Thread | None = None
         self._closed = False
         self.commits = 0
@@ -56,17 +61,43 @@ class AuditRecorder:
         event = prepare_event(kind, payload, subject, session_id, decision_id)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._queue.put((event, loop, future))
+        with self._lock:
+            if self._closed:
+                raise AuditWriteError("the audit recorder is not running")
+            pending = self._pending.get(loop)
+            if pending is None:
+                pending = self._pending[loop] = []
+                loop.call_soon(self._hand_over, loop)
+            pending.append((event, loop, future))
         await future
 
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On `loop`, once the callbacks that were ready when the first of them was appended
+        have run: queue the events it appended since its last hand-over (the writer wakes
+        once for all of them). After close() they are refused: close() handed over the rest."""
+        with self._lock:
+            items = self._pending.pop(loop, ())
+            if not self._closed:
+                for item in items:
+                    self._queue.put(item)
+                return
+        for _, _, future in items:
+            if not future.done():
+                future.set_exception(AuditWriteError("the audit recorder is closed"))
+
     def close(self, timeout: float = 10.0) -> None:
-        """Commit what is queued, then stop the thread."""
-        if self._thread is None or self._closed:
+        """Commit what is queued (and appended but not yet handed over), then stop the
+        thread."""
+        with self._lock:
+            running = self._thread is not None and not self._closed
             self._closed = True
-            return
-        self._closed = True
-        self._queue.put(None)
-        self._thread.join(timeout)
+            if running:
+                for loop in list(self._pending):
+                    for item in self._pending.pop(loop):
+                        self._queue.put(item)
+                self._queue.put(None)
+        if running and self._thread is not None:
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         _name_os_thread("audit-recorder")
@@ -130,6 +161,7 @@ def _name_os_thread(name: str) -> None:
         ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
 
 
+_Item = tuple[PreparedEvent, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 _Settlement = tuple["asyncio.Future[None]", BaseException | None]
 
 
