@@ -33,6 +33,7 @@ from engine.audit.chain import (
     canonical_json,
     format_ts,
     json_or_null,
+    json_string,
     new_ulid,
     parse_ts,
     seal_checkpoint,
@@ -176,6 +177,18 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
                               allow_nan=False, default=_json_default)
 """`canonical_json` with `_json_default`: encodes a payload in one pass."""
 
+_C_MAKE_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
+_C_CANONICAL: Any = _C_MAKE_ENCODER and _C_MAKE_ENCODER(
+    None, _json_default, json_string, None, ":", ",", True, False, False)
+"""`_CANONICAL`'s C encoder, made once and without its cycle check (`markers=None`): a cycle
+ends in RecursionError, and `_encode_payload` leaves such a payload to the general path."""
+
+
+def _encode_payload(payload: dict[str, Any]) -> str:
+    if _C_CANONICAL is None:
+        return _CANONICAL.encode(payload)
+    return "".join(_C_CANONICAL(payload, 0))
+
 _NON_STR_KEY = re.compile(r'[{,]"(?:[-\d]|(?:true|false|null)")')
 """Where a key that was not a str may have landed in a compact JSON text (a number, true, false
 or null as a key starts with one of these). Such keys were sorted before they became strings,
@@ -205,8 +218,8 @@ def prepare_event(kind: str, payload: dict[str, Any], subject: str | None,
         if value is not None and (not isinstance(value, str) or "\x00" in value):
             raise InvalidAuditEvent(f"{name} must be a string without NUL, or None")
     try:
-        text = _CANONICAL.encode(payload)
-    except (TypeError, ValueError):  # unsortable mixed keys, or not JSON: the slow path says
+        text = _encode_payload(payload)
+    except (TypeError, ValueError, RecursionError):  # unsortable mixed keys, not JSON, a cycle
         return _prepare_slowly(kind, payload, subject, session_id, decision_id)
     if (_NON_STR_KEY.search(text) or may_hold_pan(text)
             or (subject is not None and may_hold_pan(subject))

@@ -255,7 +255,9 @@ def test_payloads_the_fast_path_must_not_take() -> None:
         {10: "a", 9: "b"}, {1: "a", "b": 2}, {"x": {2.5: 1, 10: 2}}, {True: 1, None: 2},
         {"t": ("a", {-1: 0, -2: 1})}, {False: 0, True: 1}, {None: 0},
         {"a": [{"-1": 0, "-2": 1, "10": 2, "9": 3}]}]
-    for payload in payloads:
+    cyclic: dict[str, Any] = {"a": [1]}
+    cyclic["a"].append(cyclic)  # the fast encoder has no cycle check: RecursionError, general path
+    for payload in [*payloads, cyclic]:
         check_against_reference(payload, None, None, None)
     event = prepare_event("statement", payloads[0], None, None, None)
     assert event.payload_json == '{"10":"a","9":"b"}'
