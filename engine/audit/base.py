@@ -189,6 +189,7 @@ def _encode_payload(payload: dict[str, Any]) -> str:
         return _CANONICAL.encode(payload)
     return "".join(_C_CANONICAL(payload, 0))
 
+
 _NON_STR_KEY = re.compile(r'[{,]"(?:[-\d]|(?:true|false|null)")')
 """Where a key that was not a str may have landed in a compact JSON text (a number, true, false
 or null as a key starts with one of these). Such keys were sorted before they became strings,
