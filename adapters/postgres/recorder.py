@@ -10,10 +10,10 @@ trail has committed it.
 Costs, per event: validation, scrubbing and encoding (`prepare_event`) run in `append`, on the
 caller's event loop, so an invalid event is refused at once and the writer thread holds the GIL
 only to chain and insert. A loop hands its new events to the writer once per pass (a
-`call_soon` after the first), so the writer wakes once for all the records that pass produced,
-when the loop has run what was ready, instead of waking on the first and fighting the loop for
-the GIL while the others arrive. Per commit, one `call_soon_threadsafe` per event loop settles
-every future of the batch (one wake-up of that loop, not one per event).
+`call_soon` scheduled by the first), so the writer wakes once for all the records of the
+callbacks that were ready together, instead of waking on the first and waiting for the GIL
+while the loop produces the others. Per commit, one `call_soon_threadsafe` per event loop
+settles every future of the batch (one wake-up of that loop, not one per event).
 """
 
 from __future__ import annotations
