@@ -25,21 +25,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks import load_common
+from benchmarks.load_common import grpc_calls, percentile, run_callers
+
 CHECK = "/envoy.service.auth.v3.Authorization/Check"
 HEALTH = "/grpc.health.v1.Health/Check"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 RULES = """\
 package envoy.authz
@@ -107,12 +107,6 @@ def sidecar(policies: Path) -> Iterator[dict[str, Any]]:
             proc.wait(30)
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def check_payloads(kind: str, count: int, tag: str) -> list[bytes]:
     """Serialised CheckRequests, every one unique (request id, time), mostly allowed."""
     from tests.envoy.envoy_requests import envoy_check_request
@@ -128,11 +122,6 @@ def check_payloads(kind: str, count: int, tag: str) -> list[bytes]:
         out.append(envoy_check_request(method, path if kind != "jwt" else "/people",
                                        headers={**headers, **extra}).SerializeToString())
     return out
-
-
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def latency(target: str, kind: str, rounds: int) -> dict[str, dict[str, float]]:
@@ -155,14 +144,13 @@ def latency(target: str, kind: str, rounds: int) -> dict[str, dict[str, float]]:
             method(payload, timeout=10)
             samples[name].append((time.perf_counter() - started) * 1e6)
     channel.close()
-    return {name: {"median_us": statistics.median(s), "p99_us": _percentile(s, 0.99)}
+    return {name: {"median_us": statistics.median(s), "p99_us": percentile(s, 0.99)}
             for name, s in samples.items()}
 
 
-def _driver(address: str, method: str, threads: int, duration: float, tag: str,
-            start_at: float, out: Any) -> None:
-    """One load-driver process: `threads` callers, each on its own connection."""
-    import grpc
+def _driver(threads: int, duration: float, tag: str, start_at: float, out: Any,
+            address: str, method: str) -> None:
+    """One load-driver process (see `load_common`)."""
     from grpc_health.v1 import health_pb2
 
     if method == HEALTH:
@@ -170,59 +158,14 @@ def _driver(address: str, method: str, threads: int, duration: float, tag: str,
                     for _ in range(threads)]
     else:
         payloads = [check_payloads("rules", 2000, f"{tag}-{t}") for t in range(threads)]
-    counts = [0] * threads
-    errors = [0] * threads
-
-    def caller(t: int) -> None:
-        channel = grpc.insecure_channel(address, [("grpc.use_local_subchannel_pool", 1)])
-        call = channel.unary_unary(method, request_serializer=None,
-                                   response_deserializer=None)
-        call(payloads[t][0], timeout=30)
-        while time.time() < start_at:
-            time.sleep(0.001)
-        end = start_at + duration
-        i = 0
-        while time.time() < end:
-            try:
-                call(payloads[t][i % 2000], timeout=30)
-                counts[t] += 1
-            except grpc.RpcError:
-                errors[t] += 1
-            i += 1
-        channel.close()
-
-    workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    out.put((sum(counts), sum(errors)))
+    run_callers(lambda t: grpc_calls(address, method, payloads[t], start_at, duration),
+                threads, out)
 
 
 def throughput(address: str, pid: int, concurrency: int, procs: int, duration: float,
                method: str = CHECK) -> dict[str, float]:
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    start_at = time.time() + 6.0  # time for the drivers to start and prepare payloads
-    per_proc = [concurrency // procs + (1 if i < concurrency % procs else 0)
-                for i in range(procs)]
-    drivers = [ctx.Process(target=_driver, args=(address, method, n, duration, f"tp{i}",
-                                                 start_at, out))
-               for i, n in enumerate(per_proc) if n]
-    for d in drivers:
-        d.start()
-    while time.time() < start_at:
-        time.sleep(0.01)
-    cpu_before = cpu_seconds(pid)
-    time.sleep(duration)
-    cpu_after = cpu_seconds(pid)
-    results = [out.get(timeout=120) for _ in drivers]
-    for d in drivers:
-        d.join(30)
-    calls = sum(r[0] for r in results)
-    return {"calls_per_s": calls / duration, "errors": sum(r[1] for r in results),
-            "server_cpu_us_per_call": (cpu_after - cpu_before) * 1e6 / max(1, calls),
-            "server_cores_used": (cpu_after - cpu_before) / duration}
+    return load_common.throughput(_driver, (address, method), [pid], concurrency, procs,
+                                  duration, "tp")
 
 
 def run(rounds: int, duration: float, concurrency: int, procs: int,

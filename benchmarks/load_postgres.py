@@ -20,7 +20,8 @@ In ONE run, at `--clients` clients (`pgbench -j 2`), each workload goes to the w
 `--duration` seconds each: `pgbench -S` (simple protocol: every statement text differs by its
 literal), `pgbench -S -M prepared`, and pgbench's default TPC-B-like script. The report gives
 TPS and average latency per way, the Ordinance/PgBouncer and PgBouncer/direct TPS ratios, and
-the CPU time the middle process spent per transaction (from /proc). `--breakdown` adds two
+the CPU time the middle process spent per transaction (from /proc; for Ordinance also the part
+of its `audit-recorder` thread, the audit trail's writer). `--breakdown` adds two
 proxies built like the CLI's with parts left out (`relay`: the loop alone, every statement
 allowed by a stub; `no-audit`: the PCI pack's decisions and masking, no statement records),
 which shows where the proxy's time goes.
@@ -33,9 +34,10 @@ get every PAN masked.
 
 Every statement must have been decided by policy: the statement records that each Ordinance
 run added to the audit trail are counted by effect (with the distinct decision ids) and
-compared with pgbench's transactions. A statement denied, held or failed, a failed
-transaction, an unmasked PAN or an error in a log of a process we started fails the run
-(exit 1).
+compared with pgbench's transactions; the records per commit (records of one commit share
+their `ts`) show how well group commit shares the fsyncs. A statement denied, held or
+failed, a failed transaction, an unmasked PAN or an error in a log of a process we started
+fails the run (exit 1).
 
 `--profile DIR` then repeats each workload through Ordinance under `py-spy record` (not
 during the measured runs; `pip install py-spy`) and prints where the proxy's time goes (self
@@ -69,6 +71,7 @@ DATABASE = "bench"
 USER = "alice"
 USER_PASSWORD = "alice-bench-secret"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+RECORDER_THREAD = "audit-recorder"
 WAYS = ("direct", "pgbouncer", "ordinance")
 WORKLOADS: dict[str, list[str]] = {
     "select-only, simple (-S)": ["-S"],
@@ -105,6 +108,8 @@ class PgbenchResult:
     transactions: int
     failed: int
     cpu_s: float | None = None
+    recorder_cpu_s: float | None = None
+    """Of `cpu_s`, the part of the proxy's `audit-recorder` thread (the audit trail's writer)."""
     audit: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,6 +119,20 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def thread_cpu_seconds(pid: int, name: str) -> float | None:
+    """utime + stime of the threads of `pid` named `name`; None when it has none."""
+    total = None
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+            comm, _, rest = stat.partition("(")[2].rpartition(")")
+            if comm == name:
+                fields = rest.split()
+                total = (total or 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -286,9 +305,13 @@ def run_pgbench(pgbench: str, way: Way, flags: list[str], clients: int, duration
            "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(duration), *flags,
            DATABASE]
     cpu_before = cpu_seconds(way.pid) if way.pid else None
+    recorder_before = thread_cpu_seconds(way.pid, RECORDER_THREAD) if way.pid else None
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 120,
                          check=False)
     cpu = cpu_seconds(way.pid) - cpu_before if way.pid and cpu_before is not None else None
+    recorder_after = thread_cpu_seconds(way.pid, RECORDER_THREAD) if way.pid else None
+    recorder = (recorder_after - recorder_before
+                if recorder_after is not None and recorder_before is not None else None)
     out = run.stdout
 
     def number(pattern: str) -> float:
@@ -304,7 +327,7 @@ def run_pgbench(pgbench: str, way: Way, flags: list[str], clients: int, duration
         tps=number(r"tps = ([\d.]+) \(without initial connection time\)"),
         latency_ms=number(r"latency average = ([\d.]+) ms"),
         transactions=int(number(r"number of transactions actually processed: (\d+)")),
-        failed=int(failed.group(1)) if failed else 0, cpu_s=cpu)
+        failed=int(failed.group(1)) if failed else 0, cpu_s=cpu, recorder_cpu_s=recorder)
 
 
 def audit_last_seq(db: Path) -> int:
@@ -315,8 +338,8 @@ def audit_last_seq(db: Path) -> int:
 
 def audit_counts(db: Path, after_seq: int) -> dict[str, Any]:
     """What the trail gained after `after_seq`: statement records by effect, those with an
-    error, distinct decision ids, other records by kind, and up to 5 texts not allowed or
-    failed."""
+    error, distinct decision ids, other records by kind, up to 5 texts not allowed or failed,
+    and the commits (the records of one commit share their `ts`)."""
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         counts: dict[str, Any] = collections.Counter()
         for kind, effect, error, n in conn.execute(
@@ -331,6 +354,9 @@ def audit_counts(db: Path, after_seq: int) -> dict[str, Any]:
             else:
                 counts[kind] += n
         counts = dict(counts)
+        counts["commits"] = conn.execute(
+            "SELECT count(DISTINCT ts) FROM ordinance_audit WHERE seq > ?",
+            (after_seq,)).fetchone()[0]
         counts["decision_ids"] = conn.execute(
             "SELECT count(DISTINCT decision_id) FROM ordinance_audit WHERE seq > ? AND "
             "kind = 'statement'", (after_seq,)).fetchone()[0]
@@ -562,6 +588,9 @@ def print_report(results: dict[str, dict[str, PgbenchResult]],
             r = by_way[w]
             if r.cpu_s is not None and r.transactions:
                 parts.append(f"{w} {1e6 * r.cpu_s / r.transactions:7.0f} us")
+            if r.recorder_cpu_s is not None and r.transactions:
+                parts.append(f"of which its {RECORDER_THREAD} thread "
+                             f"{1e6 * r.recorder_cpu_s / r.transactions:.0f} us")
         print(f"  {label:40} " + ", ".join(parts))
     variants = [v for v in VARIANTS if any(v in by_way for by_way in results.values())]
     if variants:
@@ -585,9 +614,12 @@ def print_report(results: dict[str, dict[str, PgbenchResult]],
         effects = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(a.items())
                             if k.startswith("effect:"))
         per_tx = a.get("statements", 0) / r.transactions if r.transactions else 0
+        records = a.get("statements", 0) + a.get("session.start", 0) + a.get("session.end", 0)
+        per_commit = records / a["commits"] if a.get("commits") else 0
         print(f"  {label:40} {a.get('statements', 0):7d} records ({effects}; "
               f"{a.get('with_error', 0)} with an error; {a.get('decision_ids', 0)} decisions) "
-              f"for {r.transactions} transactions ({per_tx:.3f} per transaction)")
+              f"for {r.transactions} transactions ({per_tx:.3f} per transaction); "
+              f"{per_commit:.1f} records per commit")
     if select:
         print(f"\nmasked: {MASKED_QUERY.format(rows='N')} (pan masked through Ordinance)")
         print(f"unmasked: {PLAIN_QUERY.format(rows='N')} (scanned by the PAN backstop)")
@@ -700,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
                         r.audit = audit_counts(audit_db, before)
                         unexpected = set(r.audit) - {
                             "statements", "effect:allow", "session.start", "session.end",
-                            "decision_ids", "not_allowed"}
+                            "decision_ids", "not_allowed", "commits"}
                         if unexpected or r.audit.get("with_error") or r.audit["not_allowed"]:
                             problems.append(f"{label}: not every statement was allowed and "
                                             f"ran: {r.audit}")

@@ -24,24 +24,23 @@ import argparse
 import contextlib
 import http.client
 import json
-import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks import load_common
 from benchmarks.commands import COMMANDS, input_for
+from benchmarks.load_common import grpc_calls, percentile, run_callers
 
 DECIDE = "/ordinance.v1.DecisionService/Decide"
 HEALTH = "/grpc.health.v1.Health/Check"
 HTTP_PATH = "/v1/data/ordinance/pci"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- the server ---------------------------------------------------------------------------
@@ -70,15 +69,6 @@ def serve(policies: str, workers: int) -> Iterator[dict[str, Any]]:
             proc.wait(30)
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / CLK_TCK
-
-
 # -- requests -----------------------------------------------------------------------------
 
 def decide_bytes(doc: dict[str, Any]) -> bytes:
@@ -93,11 +83,6 @@ def unique_doc(i: int, tag: str) -> dict[str, Any]:
     doc = input_for(COMMANDS[i % len(COMMANDS)])
     doc["session"] = {"id": f"{tag}-{i}"}
     return doc
-
-
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def latency(target: str, rounds: int) -> dict[str, dict[str, float]]:
@@ -124,15 +109,15 @@ def latency(target: str, rounds: int) -> dict[str, dict[str, float]]:
             method(payload, timeout=10)
             samples[name].append((time.perf_counter() - started) * 1e6)
     channel.close()
-    return {name: {"median_us": statistics.median(s), "p99_us": _percentile(s, 0.99)}
+    return {name: {"median_us": statistics.median(s), "p99_us": percentile(s, 0.99)}
             for name, s in samples.items()}
 
 
 # -- throughput ---------------------------------------------------------------------------
 
-def _driver(kind: str, address: str, threads: int, duration: float, tag: str,
-            start_at: float, out: Any) -> None:
-    """One load-driver process: `threads` callers, each on its own connection."""
+def _driver(threads: int, duration: float, tag: str, start_at: float, out: Any,
+            kind: str, address: str) -> None:
+    """One load-driver process (see `load_common`): gRPC `Decide` or HTTP `POST`."""
     payloads: list[list[bytes]] = []
     for t in range(threads):
         docs = [unique_doc(i, f"{tag}-{t}") for i in range(4000)]
@@ -140,30 +125,8 @@ def _driver(kind: str, address: str, threads: int, duration: float, tag: str,
             payloads.append([decide_bytes(d) for d in docs])
         else:
             payloads.append([json.dumps({"input": d}).encode() for d in docs])
-    counts = [0] * threads
-    errors = [0] * threads
 
-    def grpc_caller(t: int) -> None:
-        import grpc
-
-        channel = grpc.insecure_channel(address, [("grpc.use_local_subchannel_pool", 1)])
-        call = channel.unary_unary(DECIDE, request_serializer=None,
-                                   response_deserializer=None)
-        call(payloads[t][0], timeout=30)
-        while time.time() < start_at:
-            time.sleep(0.001)
-        end = start_at + duration
-        i = 0
-        while time.time() < end:
-            try:
-                call(payloads[t][i % 4000], timeout=30)
-                counts[t] += 1
-            except grpc.RpcError:
-                errors[t] += 1
-            i += 1
-        channel.close()
-
-    def http_caller(t: int) -> None:
+    def http_caller(t: int) -> tuple[int, int]:
         host, port = address.rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         headers = {"Content-Type": "application/json"}
@@ -172,51 +135,29 @@ def _driver(kind: str, address: str, threads: int, duration: float, tag: str,
         while time.time() < start_at:
             time.sleep(0.001)
         end = start_at + duration
-        i = 0
+        calls = errors = i = 0
         while time.time() < end:
             conn.request("POST", HTTP_PATH, payloads[t][i % 4000], headers)
             response = conn.getresponse()
             response.read()
             if response.status == 200:
-                counts[t] += 1
+                calls += 1
             else:
-                errors[t] += 1
+                errors += 1
             i += 1
         conn.close()
+        return calls, errors
 
-    target = grpc_caller if kind == "grpc" else http_caller
-    workers = [threading.Thread(target=target, args=(t,)) for t in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    out.put((sum(counts), sum(errors)))
+    def grpc_caller(t: int) -> tuple[int, int]:
+        return grpc_calls(address, DECIDE, payloads[t], start_at, duration)
+
+    run_callers(grpc_caller if kind == "grpc" else http_caller, threads, out)
 
 
 def throughput(kind: str, address: str, pids: list[int], concurrency: int, procs: int,
                duration: float, tag: str) -> dict[str, float]:
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    start_at = time.time() + 5.0  # time for the drivers to start and prepare payloads
-    per_proc = [concurrency // procs + (1 if i < concurrency % procs else 0)
-                for i in range(procs)]
-    drivers = [ctx.Process(target=_driver, args=(kind, address, n, duration, f"{tag}{i}",
-                                                 start_at, out))
-               for i, n in enumerate(per_proc) if n]
-    for d in drivers:
-        d.start()
-    while time.time() < start_at:
-        time.sleep(0.01)
-    cpu_before = cpu_seconds(pids)
-    time.sleep(duration)
-    cpu_after = cpu_seconds(pids)
-    results = [out.get(timeout=60 + duration) for _ in drivers]
-    for d in drivers:
-        d.join(30)
-    calls = sum(r[0] for r in results)
-    return {"calls_per_s": calls / duration, "errors": sum(r[1] for r in results),
-            "server_cpu_us_per_call": (cpu_after - cpu_before) * 1e6 / max(1, calls),
-            "server_cores_used": (cpu_after - cpu_before) / duration}
+    return load_common.throughput(_driver, (kind, address), pids, concurrency, procs,
+                                  duration, tag, warmup=5.0)
 
 
 # -- report -------------------------------------------------------------------------------

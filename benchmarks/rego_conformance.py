@@ -343,9 +343,9 @@ def judge(case: Case, result: dict[str, Any]) -> tuple[str, str]:
     if wants_error:
         if kind in ("rejected", "eval_error"):
             return PASS, detail
-        got = json.dumps(_redacted(result.get("value"))) if kind == "value" else "undefined"
+        shown = json.dumps(_redacted(result.get("value"))) if kind == "value" else "undefined"
         return "missing_error", f"want error {raw.get('want_error_code', '')} " \
-                                f"{raw.get('want_error', '')!r}; got {got}"
+                                f"{raw.get('want_error', '')!r}; got {shown}"
     if kind == "rejected":
         if result.get("misread"):
             return "rejected_misread", "check_calls misread as an unknown builtin: " \

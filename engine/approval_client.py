@@ -31,6 +31,7 @@ from engine.approvals import (
     ApprovalNotFound,
     ApprovalRequest,
     ApprovalStoreError,
+    ApprovalWithdrawnError,
     InvalidApprovalRequest,
     NotAnApproverError,
     SelfApprovalError,
@@ -52,6 +53,7 @@ STATUS_TO_PROTO: dict[str, approval_pb2.ApprovalStatus] = {
     "denied": approval_pb2.APPROVAL_STATUS_DENIED,
     "expired": approval_pb2.APPROVAL_STATUS_EXPIRED,
     "consumed": approval_pb2.APPROVAL_STATUS_CONSUMED,
+    "withdrawn": approval_pb2.APPROVAL_STATUS_WITHDRAWN,
 }
 PROTO_TO_STATUS: dict[int, Status] = {
     approval_pb2.APPROVAL_STATUS_PENDING: "pending",
@@ -59,6 +61,7 @@ PROTO_TO_STATUS: dict[int, Status] = {
     approval_pb2.APPROVAL_STATUS_DENIED: "denied",
     approval_pb2.APPROVAL_STATUS_EXPIRED: "expired",
     approval_pb2.APPROVAL_STATUS_CONSUMED: "consumed",
+    approval_pb2.APPROVAL_STATUS_WITHDRAWN: "withdrawn",
 }
 
 
@@ -72,7 +75,7 @@ class ApprovalServiceUnavailable(ApprovalStoreError):
 
 _REFUSALS: dict[str, type[ApprovalError]] = {cls.__name__: cls for cls in (
     ApprovalNotFound, InvalidApprovalRequest, SelfApprovalError, NotAnApproverError,
-    ApprovalExpiredError, VerdictFinalError)}
+    ApprovalExpiredError, VerdictFinalError, ApprovalWithdrawnError)}
 
 
 # -- conversions ------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ Owns: the input document of a statement (`{subject, resource, command, session}`
   approve it in a NOTICE, waits for the verdict (other sessions are not affected) until
   `ApprovalGate.timeout`, and then runs the statement exactly as sent (the approval is used,
   bound to the requester and the text's SHA-256) or denies it; an approval that already covers
-  the text (a rule's `window`) is used at once;
+  the text (a rule's `window`) is used at once. A request nobody waits for any more is closed:
+  withdrawn when the client cancels (57014) or leaves, expired when the hold times out;
 - masks: a `ResultMasking` for the statement's results (`column_masks`), after the checks that
   deny what cannot be masked with certainty; the card-number backstop runs on every result;
 - recording: `session.start` / `session.end` and one `statement` record per result (text, decision
@@ -23,13 +24,14 @@ ran, withholds its result (see the proxy).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from adapters.postgres.catalog import Catalog, CatalogError
 from adapters.postgres.column_masks import (
@@ -47,6 +49,8 @@ from adapters.postgres.column_masks import (
 )
 from adapters.postgres.copy_statement import CopyStatement, CopySyntaxError, parse_copy
 from adapters.postgres.hooks import (
+    CANCELED_BY_USER,
+    HOLD_CANCELLED,
     CopyLayout,
     Notify,
     SessionContext,
@@ -55,6 +59,7 @@ from adapters.postgres.hooks import (
 )
 from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate, parse_window
+from engine.approvals import ApprovalRequest
 from engine.decision import Decision, Mask
 from engine.facts.fingerprint import literal_fingerprint
 from engine.identity import Subject
@@ -394,50 +399,123 @@ class PolicyBridge:
         review = [r for r in statement.decision.reasons if r.effect == "review"]
         approvers = list(dict.fromkeys(a for r in review for a in r.approvers))
         windows = [w for w in (parse_window(r.window) for r in review) if w is not None]
+        filing = asyncio.ensure_future(gate.request(
+            who, self.resource.to_input(), statement.sql, reasons, approvers,
+            min(windows) if windows else None, statement.ctx.session_id))
         try:
-            request = await gate.request(who, self.resource.to_input(), statement.sql,
-                                         reasons, approvers, min(windows) if windows else None,
-                                         statement.ctx.session_id)
+            request = await asyncio.shield(filing)
+        except asyncio.CancelledError as exc:  # what is being filed is filed all the same
+            await asyncio.shield(self._abandon_filing(statement, filing, exc))
+            raise
         except Exception as exc:
             log.error("session %s: approval request not filed: %s", statement.ctx.session_id,
                       exc)
             return await statement.denied("; ".join(reasons) + f" (the approval request "
                                           f"could not be filed: {exc})")
         statement.approval = {"id": request.id, "status": "pending"}
-        await notify(
-            f"statement held for approval: {'; '.join(reasons)}. Approval request "
-            f"{request.id} (approvers: {', '.join(request.approver_groups)}). To release it: "
-            f"{gate.hint(request.id)} -- waiting up to {_seconds(gate.timeout)}.")
+        claim = _Claim(gate, request)
         try:
+            await notify(
+                f"statement held for approval: {'; '.join(reasons)}. Approval request "
+                f"{request.id} (approvers: {', '.join(request.approver_groups)}). To release "
+                f"it: {gate.hint(request.id)} -- waiting up to {_seconds(gate.timeout)}.")
             final = await gate.wait(request.id)
-        except asyncio.CancelledError:
-            statement.approval["status"] = "cancelled"
-            await asyncio.shield(self._record_quietly(statement, "the client cancelled the "
-                                                      "statement while it awaited approval"))
+            status = final.status_at(datetime.now(UTC))
+            if status in ("pending", "expired"):
+                status = "expired"
+                why = f"not approved within {_seconds(gate.timeout)}"
+                final = await claim.release("expired", why, final) or final
+            else:
+                await claim.release(None, "", final)
+            statement.approval = {"id": final.id, "status": status,
+                                  "approver": final.decided_by, "comment": final.comment}
+            used = status == "approved" and await gate.consume(who, statement.sql)
+        except asyncio.CancelledError as exc:
+            await asyncio.shield(self._abandon(statement, claim, exc))
             raise
-        except Exception as exc:
+        except Exception as exc:  # the client cannot be told, or the store failed
+            log.error("session %s: approval %s could not be awaited: %s",
+                      statement.ctx.session_id, request.id, exc)
+            with contextlib.suppress(Exception):
+                await claim.release("withdrawn", f"the hold failed: {exc}")
             return await statement.denied(f"approval {request.id} could not be awaited: {exc}")
-        status = final.status_at(datetime.now(UTC))
-        statement.approval = {"id": final.id, "status": status,
-                              "approver": final.decided_by, "comment": final.comment}
+        if used:
+            return self._allow(statement, layout)
         if status == "approved":
-            if await gate.consume(who, statement.sql):
-                return self._allow(statement, layout)
             return await statement.denied(f"approval {final.id} could not be used")
         if status == "denied":
             comment = f": {final.comment}" if final.comment else ""
             return await statement.denied(f"approval {final.id} was denied by "
                                           f"{final.decided_by}{comment}")
+        if status == "withdrawn":  # by a hold elsewhere that shared the request
+            return await statement.denied(f"approval {final.id} was withdrawn before a verdict "
+                                          f"({final.comment or 'no reason given'})")
         return await statement.denied(f"approval {final.id} was not given within "
                                       f"{_seconds(gate.timeout)}")
 
-    async def _record_quietly(self, statement: _Statement, error: str) -> None:
+    async def _abandon_filing(self, statement: _Statement,
+                              filing: asyncio.Future[ApprovalRequest],
+                              cancel: asyncio.CancelledError) -> None:
+        """Cancelled while its request was being filed: wait for the filing, then withdraw
+        what it filed (or only record the statement when nothing was)."""
         try:
-            await statement.record(error=f"57014: {error}", rows=None, duration_ms=None,
-                                   tag="")
+            request = await filing
+        except Exception:
+            await self._record_abandoned(statement, cancel)
+            return
+        assert self.approvals is not None
+        statement.approval = {"id": request.id, "status": "pending"}
+        await self._abandon(statement, _Claim(self.approvals, request), cancel)
+
+    async def _abandon(self, statement: _Statement, claim: _Claim,
+                       cancel: asyncio.CancelledError) -> None:
+        """Nobody waits for the held statement any more: withdraw its approval request (unless
+        another hold waits for it, or a verdict came first), then record the statement."""
+        why = _cancel_reason(cancel)
+        try:
+            closed = await claim.release("withdrawn", why)
         except Exception as exc:
-            log.error("session %s: cancelled statement not recorded: %s",
+            log.error("session %s: approval %s not withdrawn: %s", statement.ctx.session_id,
+                      claim.request.id, exc)
+        else:
+            if closed is not None and statement.approval is not None:
+                statement.approval["status"] = closed.stored_status
+        await self._record_abandoned(statement, cancel)
+
+    async def _record_abandoned(self, statement: _Statement,
+                                cancel: asyncio.CancelledError) -> None:
+        why = _cancel_reason(cancel)
+        if why == HOLD_CANCELLED:  # what the client gets too (the proxy answers 57014)
+            error = f"57014: {CANCELED_BY_USER}"
+        else:
+            error = f"08006: {why} while the statement awaited approval"
+        try:
+            await statement.record(error=error, rows=None, duration_ms=None, tag="")
+        except Exception as exc:
+            log.error("session %s: abandoned statement not recorded: %s",
                       statement.ctx.session_id, exc)
+
+
+class _Claim:
+    """One hold's claim on its approval request (`ApprovalGate.request`), released once."""
+
+    def __init__(self, gate: ApprovalGate, request: ApprovalRequest) -> None:
+        self.gate = gate
+        self.request = request
+        self.held = True
+
+    async def release(self, closing: Literal["withdrawn", "expired"] | None, reason: str,
+                      current: ApprovalRequest | None = None) -> ApprovalRequest | None:
+        """The request as it then is; None when it was released before."""
+        if not self.held:
+            return None
+        self.held = False
+        return await self.gate.release(current or self.request, closing, reason)
+
+
+def _cancel_reason(cancel: asyncio.CancelledError) -> str:
+    """Why the proxy cancelled a hold (`HOLD_CANCELLED`, `HOLD_CLIENT_GONE`, ...)."""
+    return str(cancel.args[0]) if cancel.args and cancel.args[0] else "the session ended"
 
 
 def _seconds(seconds: float) -> str:

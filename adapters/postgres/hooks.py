@@ -127,7 +127,15 @@ Notify = Callable[[str], Awaitable[None]]
 """Sends one NoticeResponse (severity NOTICE) with this text to the client at once."""
 
 HoldHook = Callable[[Notify], Awaitable["StatementVerdict"]]
-"""Holds a statement until it may go on: returns the final verdict (allow or deny)."""
+"""Holds a statement until it may go on: returns the final verdict (allow or deny). The proxy
+runs it as a task and cancels it when nobody waits any more, with the cancel message
+`HOLD_CANCELLED` (the client sent a CancelRequest; it then gets 57014), `HOLD_CLIENT_GONE` (the
+client hung up) or another text saying why the session ended."""
+
+HOLD_CANCELLED = "the client cancelled the statement"
+HOLD_CLIENT_GONE = "the client disconnected"
+CANCELED_BY_USER = "canceling statement due to user request"
+"""PostgreSQL's message for SQLSTATE 57014 after a CancelRequest."""
 
 CompletionHook = Callable[[StatementOutcome], Awaitable[None]]
 """Awaited before the end of a statement's result (CommandComplete, ErrorResponse, ...) is
@@ -150,6 +158,9 @@ class StatementVerdict:
       applies the verdict it returns (which must be allow or deny). Without `hold` a review
       is answered like `deny` (fail closed) with the message saying approval is required.
 
+    `sqlstate` is the code of the error a denied statement gets: 42501 prefixes `message` with
+    "permission denied by policy" (or "statement requires approval"); any other code (57014
+    for a held statement the client cancelled) sends `message` as it is.
     `copy_layout` must be set when `masker` may apply to a `COPY ... TO STDOUT` in text
     format; without it the proxy refuses to deliver masked COPY text (fails closed).
     `on_complete` is awaited with the outcome of every execution before its end reaches the
@@ -165,6 +176,7 @@ class StatementVerdict:
     hold: HoldHook | None = None
     on_complete: CompletionHook | None = None
     resolve_columns: ColumnResolver | None = None
+    sqlstate: str = "42501"
 
     @classmethod
     def allow(cls, masker: ColumnMasker | None = None, *, decision_id: str = "",
@@ -176,6 +188,13 @@ class StatementVerdict:
     @classmethod
     def deny(cls, message: str, *, decision_id: str = "", detail: str = "") -> StatementVerdict:
         return cls("deny", message=message, detail=detail, decision_id=decision_id)
+
+    @classmethod
+    def cancelled(cls, *, decision_id: str = "", detail: str = "") -> StatementVerdict:
+        """A held statement the client cancelled: 57014, as PostgreSQL answers a cancelled
+        query."""
+        return cls("deny", message=CANCELED_BY_USER, detail=detail, decision_id=decision_id,
+                   sqlstate="57014")
 
 
 DecideHook = Callable[[str, SessionContext], Awaitable[StatementVerdict]]

@@ -1,14 +1,17 @@
 """The asyncio PostgreSQL proxy: a thin loop around the codec, the session bookkeeping and the
 two authentications.
 
-Owns: listening, TLS towards clients (and optionally upstream), the start-up negotiation
+Owns: listening, TLS towards clients and upstream (`upstream_tls`), the start-up negotiation
 (SSLRequest, GSSENCRequest, CancelRequest, StartupMessage), client authentication, one upstream
 connection per client made with the proxy's own credentials, proxy-issued cancel keys, the
 relay (`_Relay`: both directions of a session), and every teardown path (client gone, upstream
-gone, protocol error). Must not:
-parse SQL, hold policy, or decode protocol bytes itself (`codec`, `session` and `auth` do).
+gone, protocol error). Must not: parse SQL, hold policy, or decode protocol bytes itself
+(`codec`, `session` and `auth` do).
 
 Choices worth knowing:
+- Upstream TLS follows the URL's libpq parameters (`sslmode`, default `prefer`; `sslrootcert`,
+  `sslcert`, `sslkey`; see `upstream_tls`). A TLS failure is reported to the client as the
+  upstream being unavailable, saying why (certificate not accepted, TLS refused).
 - The client must ask for the upstream URL's database (or leave it to default to its user
   name when that is the same); anything else is refused with 3D000. One proxy serves one
   database, so what a policy calls the resource is never ambiguous.
@@ -26,7 +29,9 @@ Choices worth knowing:
   exceeds `decide_timeout` denies (fail closed).
 - A verdict with `hold` (review) parks only its own session: the client side awaits the hold
   while still reading what the client sends (a hang-up ends the hold; a CancelRequest with the
-  session's key cancels it, which denies the statement); no decision timeout applies to it.
+  session's key cancels it, and the client gets 57014 as for a cancelled query); no decision
+  timeout applies to it. A cancelled hold is awaited (boundedly), so what it records is done
+  before the client hears of it or the session's end is recorded.
 - The end of an allowed statement's result (CommandComplete, ErrorResponse, ...) is held until
   the verdict's `on_complete` has returned (the audit record is durable first); if it fails,
   the result is withheld and the session ends with SQLSTATE 58030.
@@ -68,6 +73,8 @@ from adapters.postgres.codec import (
     ProtocolError,
 )
 from adapters.postgres.hooks import (
+    HOLD_CANCELLED,
+    HOLD_CLIENT_GONE,
     ColumnDescriptor,
     DecideHook,
     SessionContext,
@@ -104,6 +111,7 @@ from adapters.postgres.session import (
     SessionError,
     notice_frame,
 )
+from adapters.postgres.upstream_tls import UpstreamTLS, UpstreamTLSError, describe_failure
 
 log = logging.getLogger("ordinance.adapters.postgres")
 _T = TypeVar("_T")
@@ -122,10 +130,12 @@ class UpstreamTarget:
     user: str
     password: str | None
     database: str
+    tls: UpstreamTLS = field(default_factory=UpstreamTLS)
 
     @classmethod
     def from_url(cls, url: str) -> UpstreamTarget:
-        """`postgresql://USER[:PASS]@HOST[:PORT][/DB]`; DB defaults to USER."""
+        """`postgresql://USER[:PASS]@HOST[:PORT][/DB][?sslmode=…&sslrootcert=…]`; DB defaults
+        to USER; the TLS parameters are libpq's (`upstream_tls`)."""
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
             raise ValueError(f"upstream URL must start with postgresql://, got {parts.scheme!r}")
@@ -134,7 +144,8 @@ class UpstreamTarget:
         user = unquote(parts.username)
         database = unquote(parts.path.lstrip("/")) or user
         return cls(parts.hostname or "localhost", parts.port or 5432, user,
-                   None if parts.password is None else unquote(parts.password), database)
+                   None if parts.password is None else unquote(parts.password), database,
+                   UpstreamTLS.from_query(parts.query))
 
 
 @dataclass
@@ -148,7 +159,7 @@ class ProxyConfig:
     host: str = "127.0.0.1"
     port: int = 0
     server_ssl: ssl.SSLContext | None = None
-    upstream_ssl: ssl.SSLContext | None = None
+    upstream_ssl: ssl.SSLContext | None = None  # replaces the URL's TLS settings; TLS required
     allow_function_call: bool = False
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     auth_timeout: float = 30.0
@@ -249,6 +260,9 @@ class PostgresProxy:
             raise ValueError("a PostgreSQL proxy needs a user directory or a token verifier")
         self.config = config
         self.target = UpstreamTarget.from_url(config.upstream_url)
+        self._tls = (UpstreamTLS("require", context=config.upstream_ssl)
+                     if config.upstream_ssl is not None else self.target.tls)
+        self._tls_context = self._tls.ssl_context()  # ValueError: a bad TLS configuration
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cancel_keys: dict[int, tuple[bytes, BackendKeyData | None]] = {}
@@ -553,7 +567,7 @@ class PostgresProxy:
             return
         hold = self._holds.get(request.pid)
         if hold is not None:
-            hold.cancel()  # the held statement never went upstream: cancelling it is enough
+            hold.cancel(HOLD_CANCELLED)  # the statement never went upstream: this is enough
             return
         if entry[1] is not None:
             await self._send_cancel(entry[1])
@@ -561,35 +575,54 @@ class PostgresProxy:
     # ----------------------------------------------------------------------------------------
     # Upstream
 
-    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open_upstream(self, encrypt: bool
+                             ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the server, with TLS when `encrypt` and the server accepts it (it
+        must when the TLS settings require it)."""
         async with asyncio.timeout(self.config.connect_timeout):
             reader, writer = await asyncio.open_connection(self.target.host, self.target.port)
-        if self.config.upstream_ssl is None:
+        if not encrypt or self._tls_context is None:
             return reader, writer
         try:
             writer.write(SSLRequest().encode())
             await writer.drain()
             async with asyncio.timeout(self.config.connect_timeout):
                 answer = await reader.readexactly(1)
+            if answer == b"N" and not self._tls.required:
+                return reader, writer  # prefer / allow: go on in plain text
             if answer != b"S":
-                raise UpstreamAuthError("upstream server refused TLS")
+                raise UpstreamTLSError(f"it does not accept TLS connections "
+                                       f"(sslmode={self._tls.mode})")
             if _unread_bytes(reader):
-                raise UpstreamAuthError("upstream server sent unencrypted data after accepting "
-                                        "TLS")
-            await writer.start_tls(self.config.upstream_ssl, server_hostname=self.target.host)
+                raise UpstreamTLSError("it sent unencrypted data after accepting TLS")
+            try:
+                await writer.start_tls(self._tls_context, server_hostname=self.target.host)
+            except ssl.SSLError as exc:
+                raise describe_failure(exc, self._tls) from exc
         except BaseException:
             await _close_writer(writer)
             raise
         return reader, writer
 
     async def _connect_upstream(self, startup: StartupMessage) -> _Upstream:
-        async with asyncio.timeout(self.config.connect_timeout):
-            reader, writer = await self._open_upstream()
+        attempts = self._tls.attempts()
+        for number, encrypt in enumerate(attempts, 1):
             try:
-                return await self._login_upstream(reader, writer, startup)
-            except BaseException:
-                await _close_writer(writer)
-                raise
+                async with asyncio.timeout(self.config.connect_timeout):
+                    reader, writer = await self._open_upstream(encrypt)
+                    try:
+                        return await self._login_upstream(reader, writer, startup)
+                    except BaseException:
+                        await _close_writer(writer)
+                        raise
+            except (UpstreamTLSError, UpstreamAuthError, _UpstreamRefused) as exc:
+                if number == len(attempts):
+                    raise
+                log.info("upstream %s:%d refused the %s attempt (%s); trying %s (sslmode=%s)",
+                         self.target.host, self.target.port,
+                         "TLS" if encrypt else "plain", exc,
+                         "plain" if encrypt else "TLS", self._tls.mode)
+        raise AssertionError("no connection attempt")  # pragma: no cover - attempts >= 1
 
     async def _login_upstream(self, reader: asyncio.StreamReader,
                               writer: asyncio.StreamWriter, startup: StartupMessage
@@ -632,17 +665,24 @@ class PostgresProxy:
 
     async def _send_cancel(self, key: BackendKeyData) -> None:
         """Ask the upstream server to cancel what the backend with `key` is running."""
-        try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                reader, writer = await self._open_upstream()
-                try:
-                    writer.write(CancelRequest(key.pid, key.secret).encode())
-                    await writer.drain()
-                    await reader.read(1)  # the server closes once it has the request
-                finally:
-                    await _close_writer(writer)
-        except (OSError, TimeoutError, UpstreamAuthError) as exc:
-            log.warning("could not send a cancel request upstream: %s", exc)
+        attempts = self._tls.attempts()
+        for number, encrypt in enumerate(attempts, 1):
+            try:
+                async with asyncio.timeout(self.config.connect_timeout):
+                    reader, writer = await self._open_upstream(encrypt)
+                    try:
+                        writer.write(CancelRequest(key.pid, key.secret).encode())
+                        await writer.drain()
+                        await reader.read(1)  # the server closes once it has the request
+                    finally:
+                        await _close_writer(writer)
+                return
+            except UpstreamTLSError as exc:
+                if number == len(attempts):
+                    log.warning("could not send a cancel request upstream: %s", exc)
+            except (OSError, TimeoutError, UpstreamAuthError) as exc:
+                log.warning("could not send a cancel request upstream: %s", exc)
+                return
 
     # ----------------------------------------------------------------------------------------
     # Relay
@@ -801,6 +841,7 @@ class _Relay:
         self.client_task: asyncio.Task[None] | None = None
         self.server_task: asyncio.Task[None] | None = None
         self.holding = False
+        self.client_gone: asyncio.Future[BaseException | None] | None = None  # during a hold
         self.client_write_paused = False  # the client's transport is over its high-water mark
         self.server_write_paused = False
 
@@ -841,17 +882,17 @@ class _Relay:
                 await _stop(task)
 
     def eof(self, side: str) -> None:
-        if side == "client" and self.holding:
-            self.end("client", _ClientGone("client disconnected while its statement was "
-                                           "held"))
-        else:
-            self.end(side, None)
+        self.lost(side, None)
 
     def lost(self, side: str, exc: BaseException | None) -> None:
-        if side == "client" and self.holding and exc is None:
-            self.eof(side)
-        else:
-            self.end(side, exc)
+        gone = self.client_gone
+        if side == "client" and gone is not None:
+            # A held statement: the hold records why it was abandoned, then the client's task
+            # ends the session (with _ClientGone, or this error).
+            if not gone.done():
+                gone.set_result(exc)
+            return
+        self.end(side, exc)
 
     def write_paused(self, side: str, paused: bool) -> None:
         if side == "client":
@@ -960,7 +1001,8 @@ class _Relay:
 
     async def _hold(self, verdict: StatementVerdict) -> StatementVerdict:
         """Await `verdict.hold` while the client may go on sending (buffered) or hang up (the
-        session ends); returns the final verdict. A cancel request denies."""
+        session ends, once the hold has recorded why it was abandoned); returns the final
+        verdict. A cancel request answers 57014."""
         assert verdict.hold is not None
         ctx = self.ctx
         writer = self.client.writer
@@ -973,28 +1015,40 @@ class _Relay:
         proxy = self.proxy
         if self.pid:
             proxy._holds[self.pid] = hold
+        gone = self.client_gone = self.loop.create_future()
         self.holding = True
         self._update_reading()
+        why = "the session ended"
         try:
-            await asyncio.wait({hold})
+            await asyncio.wait({hold, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if gone.done() and not hold.done():
+                error = gone.result()
+                if error is not None:  # a broken connection: as a failed read
+                    raise error
+                why = HOLD_CLIENT_GONE
+                raise _ClientGone("client disconnected while its statement was held")
             try:
                 final = hold.result()
             except asyncio.CancelledError:
                 log.info("session %s: held statement cancelled by the client", ctx.session_id)
-                return StatementVerdict.deny("the statement was cancelled by the client while "
-                                             "it awaited approval",
-                                             decision_id=verdict.decision_id)
+                return StatementVerdict.cancelled(
+                    decision_id=verdict.decision_id,
+                    detail="the statement was cancelled while it awaited approval")
             except Exception:
                 log.exception("session %s: hold failed; denying", ctx.session_id)
                 return StatementVerdict.deny("the approval could not be obtained",
                                              decision_id=verdict.decision_id)
         finally:
             self.holding = False
+            self.client_gone = None
             self._update_reading()
             if self.pid:
                 proxy._holds.pop(self.pid, None)
             if not hold.done():
-                hold.cancel()
+                hold.cancel(why)  # nobody waits any more; let it record that, boundedly
+                await asyncio.wait({hold}, timeout=proxy.config.session_hook_timeout)
+                if hold.done() and not hold.cancelled():
+                    hold.exception()  # retrieved: asyncio must not report it as lost
         if not isinstance(final, StatementVerdict) or final.effect == "review" \
                 or final.hold is not None:
             log.error("session %s: hold returned %r; denying", ctx.session_id, final)

@@ -4,22 +4,29 @@ Owns the proxy's use of an `ApprovalStore`: finding an approval that already cov
 (the same requester, the exact same text; single use, or any number of times within the rule's
 `window`), filing a request (or finding the pending one for the same text), waiting for the
 verdict without blocking the event loop (each wait runs in a thread of its own pool, in chunks
-so an abandoned wait ends soon), and using the approval. The store enforces separation of
-duties, approver groups, expiry and single use; this module must not decide any of that.
+so an abandoned wait ends soon), using the approval, and closing a request nobody waits for any
+more: each hold claims its request, and when the last hold of this process lets go of a
+still-pending one it is withdrawn (the statement was cancelled, the client left) or stored
+expired (the hold timed out). The store enforces separation of duties, approver groups, expiry
+and single use; this module must not decide any of that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from engine.approvals import ApprovalRequest, ApprovalStore, command_sha256
 from engine.identity import Subject
+
+log = logging.getLogger("ordinance.adapters.postgres.review")
 
 T = TypeVar("T")
 WAIT_CHUNK_S = 10.0
@@ -63,6 +70,7 @@ class ApprovalGate:
         self.approve_hint = approve_hint
         self._pool = ThreadPoolExecutor(max_workers=max_waiters,
                                         thread_name_prefix="approval-wait")
+        self._claims: Counter[str] = Counter()  # request id -> holds of this process on it
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -82,10 +90,13 @@ class ApprovalGate:
     async def request(self, requester: Subject, resource: dict[str, Any], command: str,
                       reasons: Sequence[str], approvers: Sequence[str],
                       window: timedelta | None, session_id: str) -> ApprovalRequest:
-        """The pending request of `requester` for `command`, filing one if there is none."""
+        """The pending request of `requester` for `command`, filing one if there is none;
+        claimed for the caller, who must `release` it. Cancelling the call does not stop a
+        filing under way (it runs in a thread): shield it and release what it returns."""
         digest = command_sha256(command)
         for pending in await self._call(self.store.list, "pending"):
             if pending.command_sha256 == digest and _same(pending.requester_id, requester.id):
+                self._claims[pending.id] += 1
                 return pending
 
         def file() -> ApprovalRequest:
@@ -93,7 +104,9 @@ class ApprovalGate:
                                       list(approvers), timedelta(seconds=self.timeout),
                                       window, session_id=session_id)
 
-        return await self._call(file)
+        filed = await self._call(file)
+        self._claims[filed.id] += 1
+        return filed
 
     async def wait(self, request_id: str) -> ApprovalRequest:
         """The request once decided, expired, or `timeout` seconds from now have passed."""
@@ -107,6 +120,23 @@ class ApprovalGate:
             if status != "pending":
                 break
         return await self._call(self.store.get, request_id)
+
+    async def release(self, request: ApprovalRequest,
+                      closing: Literal["withdrawn", "expired"] | None = None,
+                      reason: str = "") -> ApprovalRequest:
+        """End one hold's claim on `request` (call it once per `request()`). When no other hold
+        of this process waits for it and it is still pending, close it as `closing` (store
+        `withdraw` / `expire`) with `reason`. Returns the request as it then is."""
+        self._claims[request.id] -= 1
+        if self._claims[request.id] > 0:
+            return request
+        del self._claims[request.id]
+        if closing is None or request.stored_status != "pending":
+            return request
+        if closing == "withdrawn":
+            return await self._call(self.store.withdraw, request.id, request.requester_id,
+                                    reason)
+        return await self._call(self.store.expire, request.id, reason)
 
     async def consume(self, requester: Subject, command: str) -> bool:
         return await self._call(self.store.consume, (requester, command_sha256(command)))

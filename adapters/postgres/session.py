@@ -87,16 +87,19 @@ class SessionError(Exception):
 
 
 def denial_error(verdict: StatementVerdict) -> ErrorResponse:
-    """The ErrorResponse a client gets for a denied (or held) statement: SQLSTATE 42501."""
+    """The ErrorResponse a client gets for a denied (or held) statement: SQLSTATE 42501, or the
+    verdict's own `sqlstate` and message (57014 for a cancelled hold)."""
     reasons = verdict.message or "no reason given"
-    if verdict.effect == "review":
+    if verdict.sqlstate != "42501":
+        message = reasons
+    elif verdict.effect == "review":
         message = f"statement requires approval: {reasons}"
     else:
         message = f"permission denied by policy: {reasons}"
     detail = [f"decision id: {verdict.decision_id}"] if verdict.decision_id else []
     if verdict.detail:
         detail.append(verdict.detail)
-    return ErrorResponse.build("42501", message, detail="\n".join(detail) or None)
+    return ErrorResponse.build(verdict.sqlstate, message, detail="\n".join(detail) or None)
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,14 @@ class ApprovalStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     APPROVAL_STATUS_DENIED: _ClassVar[ApprovalStatus]
     APPROVAL_STATUS_EXPIRED: _ClassVar[ApprovalStatus]
     APPROVAL_STATUS_CONSUMED: _ClassVar[ApprovalStatus]
+    APPROVAL_STATUS_WITHDRAWN: _ClassVar[ApprovalStatus]
 APPROVAL_STATUS_UNSPECIFIED: ApprovalStatus
 APPROVAL_STATUS_PENDING: ApprovalStatus
 APPROVAL_STATUS_APPROVED: ApprovalStatus
 APPROVAL_STATUS_DENIED: ApprovalStatus
 APPROVAL_STATUS_EXPIRED: ApprovalStatus
 APPROVAL_STATUS_CONSUMED: ApprovalStatus
+APPROVAL_STATUS_WITHDRAWN: ApprovalStatus
 
 class ListApprovalsRequest(_message.Message):
     __slots__ = ("status",)

@@ -1,9 +1,10 @@
 """Just-in-time approvals (PCI DSS 12.3, 10.2.2): review requests, verdicts, single use.
 
 `open_approval_store(url, audit=log)` on `sqlite:///…` or `postgresql://…` (it may be the audit
-trail's own database) returns an `ApprovalStore`. Every request, verdict, refusal and use is an
-audit event. This package owns approvals; it must not evaluate policy (a Decision with effect
-`review` is what leads an adapter to file a request).
+trail's own database) returns an `ApprovalStore`. Every request, verdict, refusal, use and
+closing of an unanswered request (withdrawn, expired) is an audit event. This package owns
+approvals; it must not evaluate policy (a Decision with effect `review` is what leads an
+adapter to file a request).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from engine.approvals.model import (
     ApprovalExpiredError,
     ApprovalNotFound,
     ApprovalRequest,
+    ApprovalWithdrawnError,
     Identity,
     InvalidApprovalRequest,
     NotAnApproverError,
@@ -42,6 +44,7 @@ __all__ = [
     "ApprovalRequest",
     "ApprovalStore",
     "ApprovalStoreError",
+    "ApprovalWithdrawnError",
     "Identity",
     "InvalidApprovalRequest",
     "NotAnApproverError",

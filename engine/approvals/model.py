@@ -8,7 +8,9 @@ ones. It must not touch storage or the audit trail.
 
 Lifetime: a request must be decided and, without a window, used once, before `expires_at`
 (created + ttl). With a `window`, an approval lets the requester run any command with the same
-hash until `decided_at + window`.
+hash until `decided_at + window`. A pending request nobody waits for any more (the statement
+was cancelled, its client left) is `withdrawn`; one whose holder stopped waiting at its timeout
+may be stored `expired`. Neither can be decided after that.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-Status = Literal["pending", "approved", "denied", "expired", "consumed"]
-STATUSES: tuple[Status, ...] = ("pending", "approved", "denied", "expired", "consumed")
+Status = Literal["pending", "approved", "denied", "expired", "consumed", "withdrawn"]
+STATUSES: tuple[Status, ...] = ("pending", "approved", "denied", "expired", "consumed",
+                                "withdrawn")
 
 COMMAND_PREVIEW_CHARS = 2000
 MAX_TTL = timedelta(days=30)
@@ -62,6 +65,10 @@ class ApprovalExpiredError(ApprovalError):
 
 class VerdictFinalError(ApprovalError):
     """The request was already approved or denied; a verdict is never changed."""
+
+
+class ApprovalWithdrawnError(VerdictFinalError):
+    """The request was withdrawn: the statement it held is gone, nobody waits for a verdict."""
 
 
 def command_sha256(command: str) -> str:
@@ -129,6 +136,15 @@ class ApprovalRequest:
 
 def check_verdict_allowed(req: ApprovalRequest, approver: Identity, now: datetime) -> None:
     """Raise the precise `ApprovalError` if `approver` may not decide `req` now."""
+    if req.stored_status == "withdrawn":
+        when = req.decided_at.isoformat() if req.decided_at else "?"
+        raise ApprovalWithdrawnError(
+            f"request {req.id} was withdrawn at {when} ({req.comment or 'no reason given'}): "
+            f"nobody waits for a verdict any more; running the statement again files a new "
+            f"request")
+    if req.stored_status == "expired":
+        raise ApprovalExpiredError(f"request {req.id} expired unanswered (its holder stopped "
+                                   f"waiting); running the statement again files a new request")
     if req.stored_status != "pending":
         raise VerdictFinalError(
             f"request {req.id} is already {req.stored_status} by {req.decided_by}; "

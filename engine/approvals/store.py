@@ -69,8 +69,9 @@ _DDL = (
     "CREATE INDEX IF NOT EXISTS ordinance_approvals_status ON ordinance_approvals (status)",
 )
 _STORED_FOR: dict[str, tuple[str, ...]] = {
-    "pending": ("pending",), "approved": ("approved",), "expired": ("pending", "approved"),
-    "denied": ("denied",), "consumed": ("consumed",),
+    "pending": ("pending",), "approved": ("approved",),
+    "expired": ("pending", "approved", "expired"), "denied": ("denied",),
+    "consumed": ("consumed",), "withdrawn": ("withdrawn",),
 }
 
 
@@ -272,6 +273,43 @@ class ApprovalStore:
         if row is None:
             raise ApprovalNotFound(f"no approval request {request_id!r}")
         return _row_to_request(row)
+
+    # -- closing unanswered requests --------------------------------------------------------
+
+    def withdraw(self, request_id: str, by: str, reason: str) -> ApprovalRequest:
+        """Close a pending request whose statement nobody waits for any more (cancelled, the
+        client gone): it becomes `withdrawn` and no verdict can be given on it. A request that
+        is no longer pending is returned as it is. Audited as `approval.withdrawn`."""
+        return self._close(request_id, "withdrawn", by, reason)
+
+    def expire(self, request_id: str, reason: str) -> ApprovalRequest:
+        """Store `expired` on a pending request whose holder stopped waiting (its timeout), so
+        it can no longer be decided. A request that is no longer pending is returned as it
+        is. Audited as `approval.expired`."""
+        return self._close(request_id, "expired", None, reason)
+
+    def _close(self, request_id: str, status: Status, by: str | None,
+               reason: str) -> ApprovalRequest:
+        now = self._now()
+        try:
+            with self._db.write() as tx:
+                req = self._get_locked(tx, request_id)
+                pending = req.stored_status == "pending"
+                if pending:
+                    tx.run("UPDATE ordinance_approvals SET status = ?, decided_by = ?, "
+                           "decided_at = ?, comment = ? WHERE id = ?",
+                           (status, by, format_ts(now), reason or None, request_id))
+                    self._notify(tx, request_id)
+        except self._errors as exc:
+            raise ApprovalStoreError(f"request not closed: {exc}") from exc
+        if not pending:
+            return req
+        self._wake_local()
+        closed = replace(req, stored_status=status, decided_by=by, decided_at=now,
+                         comment=reason or None)
+        self._record(f"approval.{status}", closed, by or req.requester_id, {
+            "reason": reason or None, "expires_at": format_ts(req.expires_at)})
+        return closed
 
     # -- use --------------------------------------------------------------------------------
 

@@ -23,8 +23,10 @@ from engine.audit.base import (
     AuditStoreUnavailable,
     AuditWriteError,
     InvalidAuditEvent,
+    PreparedEvent,
     PruneResult,
     RetentionError,
+    prepare_event,
 )
 from engine.audit.chain import AuditRecord, Checkpoint, VerifyResult
 from engine.audit.stores import StoreUnavailable, parse_store_url
@@ -45,10 +47,12 @@ __all__ = [
     "AuditWriteError",
     "Checkpoint",
     "InvalidAuditEvent",
+    "PreparedEvent",
     "PruneResult",
     "RetentionError",
     "VerifyResult",
     "open_audit_log",
+    "prepare_event",
 ]
 
 

@@ -13,6 +13,7 @@ Backend modules supply only what differs: schema DDL, the tail lock, and how to 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -26,18 +27,20 @@ from engine.audit.chain import (
     GENESIS_HASH,
     AuditRecord,
     Checkpoint,
+    EncodedEvent,
     Head,
     VerifyResult,
     canonical_json,
     format_ts,
+    json_or_null,
+    json_string,
     new_ulid,
     parse_ts,
-    record_hash,
     seal_checkpoint,
     verify_chain,
 )
 from engine.audit.stores import SqlConnection, StoreUnavailable, StoreURL, driver_errors
-from engine.masking import scrub_document
+from engine.masking import may_hold_pan, scrub_document
 
 DEFAULT_RETENTION = timedelta(days=365)
 MAX_RETENTION = timedelta(days=7 * 365 + 2)
@@ -54,6 +57,10 @@ EVENT_KINDS: dict[str, str] = {
     "approval.requested": "a review request was filed",
     "approval.approved": "an approver granted a request",
     "approval.denied": "an approver refused a request",
+    "approval.withdrawn": "a pending request was closed: the statement it held was cancelled "
+                          "or its client left, so nobody waits for a verdict",
+    "approval.expired": "a pending request was closed unanswered when its holder stopped "
+                        "waiting (the approval timeout)",
     "approval.refused": "an attempt to decide a request was rejected (self-approval, group, …)",
     "approval.consumed": "an approved request was used to run a command",
     "approval.not_consumed": "a command looked for an approval and found none usable",
@@ -68,6 +75,17 @@ EVENT_KINDS: dict[str, str] = {
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 
 _COLUMNS = "seq, id, ts, kind, subject, session_id, decision_id, payload, prev_hash, hash"
+_ROWS_PER_INSERT = 64
+"""Rows per INSERT statement (640 parameters: under SQLite's old limit of 999)."""
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    """One INSERT of `rows` records: one statement step (and one GIL release) for a batch."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return f"INSERT INTO ordinance_audit ({_COLUMNS}) VALUES {values}"
+
+
 _PAGE = 500
 
 
@@ -119,13 +137,19 @@ class AuditEvent:
 
 @dataclass(frozen=True)
 class PreparedEvent:
-    """An event scrubbed and normalized to JSON values, ready to be chained."""
+    """An event scrubbed and normalized to JSON values, ready to be chained (`prepare_event`).
+
+    `payload_json` is `canonical_json(payload)`, the stored text; `encoded` holds the parts of
+    the record's hashed encoding that do not depend on where it lands in the chain.
+    """
 
     kind: str
     subject: str | None
     session_id: str | None
     decision_id: str | None
     payload: dict[str, Any]
+    payload_json: str
+    encoded: EncodedEvent
 
 
 def check_retention(period: timedelta) -> timedelta:
@@ -153,9 +177,42 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False, default=_json_default)
+"""`canonical_json` with `_json_default`: encodes a payload in one pass."""
+
+_C_MAKE_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
+_C_CANONICAL: Any = _C_MAKE_ENCODER and _C_MAKE_ENCODER(
+    None, _json_default, json_string, None, ":", ",", True, False, False)
+"""`_CANONICAL`'s C encoder, made once and without its cycle check (`markers=None`): a cycle
+ends in RecursionError, and `_encode_payload` leaves such a payload to the general path."""
+
+
+def _encode_payload(payload: dict[str, Any]) -> str:
+    if _C_CANONICAL is None:
+        return _CANONICAL.encode(payload)
+    return "".join(_C_CANONICAL(payload, 0))
+
+
+_NON_STR_KEY = re.compile(r'[{,]"(?:[-\d]|(?:true|false|null)")')
+"""Where a key that was not a str may have landed in a compact JSON text (a number, true, false
+or null as a key starts with one of these). Such keys were sorted before they became strings,
+so that text is not canonical; a str key or list element of this shape only costs the slow
+path."""
+
+_ENVELOPE_BYTES = len('{"decision_id":,"payload":,"session_id":,"subject":}')
+
+
 def prepare_event(kind: str, payload: dict[str, Any], subject: str | None,
                   session_id: str | None, decision_id: str | None) -> PreparedEvent:
-    """Validate, normalize to plain JSON values, and scrub card numbers from every field."""
+    """Validate, normalize to plain JSON values, and scrub card numbers from every field.
+
+    The usual event is encoded once: its canonical text is both what is stored and part of what
+    is hashed. One test over that text (and the three ids) shows when no card number can be in
+    any string or integer of the event, which is then not scrubbed value by value. Anything
+    else (a candidate card number, keys that are not strings, a value JSON cannot hold) takes
+    `_prepare_slowly`, the general path, which decides and words every refusal.
+    """
     if not isinstance(kind, str) or len(kind) > 64 or not KIND_PATTERN.match(kind):
         raise InvalidAuditEvent(f"invalid event kind {kind!r}: lowercase dotted words, e.g. "
                                 f"'session.start'")
@@ -166,20 +223,47 @@ def prepare_event(kind: str, payload: dict[str, Any], subject: str | None,
         if value is not None and (not isinstance(value, str) or "\x00" in value):
             raise InvalidAuditEvent(f"{name} must be a string without NUL, or None")
     try:
+        text = _encode_payload(payload)
+    except (TypeError, ValueError, RecursionError):  # unsortable mixed keys, not JSON, a cycle
+        return _prepare_slowly(kind, payload, subject, session_id, decision_id)
+    if (_NON_STR_KEY.search(text) or may_hold_pan(text)
+            or (subject is not None and may_hold_pan(subject))
+            or (session_id is not None and may_hold_pan(session_id))
+            or (decision_id is not None and may_hold_pan(decision_id))):
+        return _prepare_slowly(kind, payload, subject, session_id, decision_id)
+    try:
+        size = _ENVELOPE_BYTES + sum(len(part.encode("utf-8")) for part in (
+            text, json_or_null(subject), json_or_null(session_id),
+            json_or_null(decision_id)))
+    except UnicodeEncodeError as exc:
+        raise InvalidAuditEvent(f"event holds text that is not valid Unicode: {exc}") from exc
+    if size > MAX_EVENT_BYTES:
+        raise InvalidAuditEvent(f"event is {size} bytes; the limit is {MAX_EVENT_BYTES}")
+    return PreparedEvent(kind, subject, session_id, decision_id, json.loads(text), text,
+                         EncodedEvent.of(kind, subject, session_id, decision_id, text))
+
+
+def _prepare_slowly(kind: str, payload: dict[str, Any], subject: str | None,
+                    session_id: str | None, decision_id: str | None) -> PreparedEvent:
+    """`prepare_event` for any event: normalize through a JSON round trip, scrub every string
+    and integer, encode canonically. The arguments' types are already checked."""
+    try:
         plain = json.loads(json.dumps(payload, default=_json_default, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidAuditEvent(f"payload is not representable as JSON: {exc}") from exc
     scrubbed = scrub_document({"subject": subject, "session_id": session_id,
                                "decision_id": decision_id, "payload": plain})
-    event = PreparedEvent(kind, scrubbed["subject"], scrubbed["session_id"],
-                          scrubbed["decision_id"], scrubbed["payload"])
     try:
         size = len(canonical_json(scrubbed).encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise InvalidAuditEvent(f"event holds text that is not valid Unicode: {exc}") from exc
     if size > MAX_EVENT_BYTES:
         raise InvalidAuditEvent(f"event is {size} bytes; the limit is {MAX_EVENT_BYTES}")
-    return event
+    text = canonical_json(scrubbed["payload"])
+    subject, session_id, decision_id = (scrubbed["subject"], scrubbed["session_id"],
+                                        scrubbed["decision_id"])
+    return PreparedEvent(kind, subject, session_id, decision_id, scrubbed["payload"], text,
+                         EncodedEvent.of(kind, subject, session_id, decision_id, text))
 
 
 def _row_to_record(row: tuple[Any, ...]) -> AuditRecord:
@@ -268,11 +352,13 @@ class AuditLog:
         return self._append_prepared([prepare_event(kind, payload, subject, session_id,
                                                     decision_id)])[0]
 
-    def append_many(self, events: Iterable[AuditEvent]) -> list[AuditRecord]:
+    def append_many(self, events: Iterable[AuditEvent | PreparedEvent]) -> list[AuditRecord]:
         """Chain several events in one transaction: all become durable, or none (an invalid
         event is refused before anything is written). One commit for the batch, so a batch
-        costs about as much as a single append."""
-        prepared = [prepare_event(e.kind, e.payload, e.subject, e.session_id, e.decision_id)
+        costs about as much as a single append. Events may come already prepared
+        (`prepare_event`), e.g. by a caller that validates them on its own thread."""
+        prepared = [e if isinstance(e, PreparedEvent) else
+                    prepare_event(e.kind, e.payload, e.subject, e.session_id, e.decision_id)
                     for e in events]
         return self._append_prepared(prepared) if prepared else []
 
@@ -297,22 +383,26 @@ class AuditLog:
         notify. Issues no read, so on PostgreSQL it all travels in one pipelined round trip."""
         last_seq, last_hash, last_id, last_ts = head
         now = datetime.now(UTC)
-        if last_ts and format_ts(now) < last_ts:
-            now = parse_ts(last_ts)  # a lagging clock never makes time run backwards
         ts = format_ts(now)
+        if last_ts and ts < last_ts:
+            now = parse_ts(last_ts)  # a lagging clock never makes time run backwards
+            ts = format_ts(now)
         records: list[AuditRecord] = []
+        rows: list[tuple[Any, ...]] = []
+        seq = int(last_seq)
         for event in events:
-            fields = AuditRecord(
-                seq=int(last_seq) + 1, id=new_ulid(now, last_id), ts=ts, kind=event.kind,
-                subject=event.subject, session_id=event.session_id,
-                decision_id=event.decision_id, payload=event.payload, prev_hash=last_hash,
-                hash="").hashed_fields()
-            record = AuditRecord(**fields, hash=record_hash(fields))
-            records.append(record)
-            last_seq, last_hash, last_id = record.seq, record.hash, record.id
-        tx.many(f"INSERT INTO ordinance_audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.seq, r.id, r.ts, r.kind, r.subject, r.session_id, r.decision_id,
-                  canonical_json(r.payload), r.prev_hash, r.hash) for r in records])
+            seq += 1
+            rid = new_ulid(now, last_id)
+            digest = event.encoded.hash(seq, rid, ts, last_hash)
+            records.append(AuditRecord(seq, rid, ts, event.kind, event.subject, event.session_id,
+                                       event.decision_id, event.payload, last_hash, digest))
+            rows.append((seq, rid, ts, event.kind, event.subject, event.session_id,
+                         event.decision_id, event.payload_json, last_hash, digest))
+            last_hash, last_id = digest, rid
+        last_seq = seq
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start:start + _ROWS_PER_INSERT]
+            tx.run(_insert_sql(len(chunk)), [value for row in chunk for value in row])
         tx.run("UPDATE ordinance_audit_head SET seq = ?, hash = ?, last_id = ?, last_ts = ? "
                "WHERE one = 1", (last_seq, last_hash, last_id, ts))
         self._notify(tx, last_seq)

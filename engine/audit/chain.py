@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,17 @@ GENESIS_HASH = "0" * 64
 """`prev_hash` of the first record ever written to a trail."""
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+"""Two digits for each 10-bit value."""
+_PAIR_SHIFTS = range(120, -10, -10)
+_ULID_MASK = (1 << 130) - 1
+_ULID_TEXT = re.compile(f"[{_CROCKFORD}]{{26}}")
+_RANDOM_DIGITS = bytes(ord(_CROCKFORD[i & 31]) for i in range(256))
+"""A random byte -> the digit of its low 5 bits (uniform: 256 is a multiple of 32)."""
+
+json_string = json.encoder.encode_basestring
+"""A str as JSON, exactly as `canonical_json` writes it (the C encoder's `ensure_ascii=False`
+string function)."""
 
 
 def canonical_json(obj: Any) -> str:
@@ -78,16 +90,52 @@ def record_hash(fields: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(fields).encode("utf-8")).hexdigest()
 
 
+def json_or_null(value: str | None) -> str:
+    """`json_string`, or `null` for None."""
+    return "null" if value is None else json_string(value)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    """The parts of a record's canonical encoding that do not depend on its place in the chain.
+
+    `canonical_json(fields)` of a record is, with the keys in sorted order, `head`, the id,
+    `middle`, the prev_hash, `,"seq":`, the seq, `tail`, the ts, `}`; `hashed_text` joins them.
+    Built once per event, so chaining a record re-encodes only its id, seq, ts and prev_hash.
+    """
+
+    head: str
+    middle: str
+    tail: str
+
+    @classmethod
+    def of(cls, kind: str, subject: str | None, session_id: str | None,
+           decision_id: str | None, payload_json: str) -> EncodedEvent:
+        """`payload_json` must be `canonical_json(payload)`."""
+        return cls(f'{{"decision_id":{json_or_null(decision_id)},"id":',
+                   f',"kind":{json_string(kind)},"payload":{payload_json},"prev_hash":',
+                   f',"session_id":{json_or_null(session_id)},'
+                   f'"subject":{json_or_null(subject)},"ts":')
+
+    def hashed_text(self, seq: int, id: str, ts: str, prev_hash: str) -> str:
+        """Equal to `canonical_json` of the record's fields other than `hash`."""
+        return "".join((self.head, json_string(id), self.middle, json_string(prev_hash),
+                        ',"seq":', int.__repr__(seq), self.tail, json_string(ts), "}"))
+
+    def hash(self, seq: int, id: str, ts: str, prev_hash: str) -> str:
+        """`record_hash` of the record, from the pre-encoded parts."""
+        return hashlib.sha256(
+            self.hashed_text(seq, id, ts, prev_hash).encode("utf-8")).hexdigest()
+
+
 def compute_hash(record: AuditRecord) -> str:
     return record_hash(record.hashed_fields())
 
 
-def _encode_base32(value: int, length: int) -> str:
-    out = []
-    for _ in range(length):
-        out.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+def _encode_ulid(value: int) -> str:
+    """The 26 Crockford base32 digits of `value` (taken modulo 2**130), most significant first."""
+    value &= _ULID_MASK
+    return "".join([_CROCKFORD_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def _decode_base32(text: str) -> int:
@@ -97,17 +145,36 @@ def _decode_base32(text: str) -> int:
     return value
 
 
+def _next_ulid(after: str) -> str:
+    """The id right after `after`: +1 on its digits, as text when it is a well-formed ULID."""
+    stripped = after.rstrip("Z")
+    if len(after) == 26 and stripped and _ULID_TEXT.fullmatch(after):
+        return (stripped[:-1] + _CROCKFORD[_CROCKFORD.index(stripped[-1]) + 1]
+                + "0" * (26 - len(stripped)))
+    return _encode_ulid(_decode_base32(after) + 1)
+
+
+_ulid_prefix: tuple[int, str] = (-1, "")
+"""The last millisecond an id was made for and its 10 digits (ids of one batch share it)."""
+
+
 def new_ulid(ts: datetime, after: str | None = None) -> str:
     """A ULID (48-bit ms time + 80 random bits, Crockford base32) greater than `after`.
 
     Ids are minted under the trail's write lock, so passing the previous record's id keeps them
-    strictly increasing even within one millisecond or if a replica's clock lags.
+    strictly increasing even within one millisecond or if a replica's clock lags. The 80 random
+    bits are the low 5 bits of 16 random bytes, mapped to their digits in one translation.
     """
+    global _ulid_prefix
     ms = int(ts.timestamp() * 1000)
-    candidate = _encode_base32((ms << 80) | int.from_bytes(os.urandom(10), "big"), 26)
+    known_ms, prefix = _ulid_prefix
+    if ms != known_ms:
+        prefix = _encode_ulid(ms << 80)[:10]
+        _ulid_prefix = (ms, prefix)
+    candidate = prefix + os.urandom(16).translate(_RANDOM_DIGITS).decode("ascii")
     if after is None or candidate > after:
         return candidate
-    return _encode_base32(_decode_base32(after) + 1, 26)
+    return _next_ulid(after)
 
 
 # --- checkpoints -----------------------------------------------------------------------------

@@ -198,10 +198,10 @@ def _authenticate(args: argparse.Namespace) -> Any:
 
 def _print_table(requests: list[ApprovalRequest]) -> None:
     now = datetime.now(UTC)
-    print(f"{'ID':<26}  {'STATUS':<8}  {'REQUESTER':<24}  {'RESOURCE':<16}  COMMAND")
+    print(f"{'ID':<26}  {'STATUS':<9}  {'REQUESTER':<24}  {'RESOURCE':<16}  COMMAND")
     for r in requests:
         command = " ".join(r.command_preview.split())
-        print(f"{r.id:<26}  {r.status_at(now):<8}  {r.requester_id:<24}  "
+        print(f"{r.id:<26}  {r.status_at(now):<9}  {r.requester_id:<24}  "
               f"{r.resource.get('name', '-')!s:<16}  "
               f"{command if len(command) <= 60 else command[:57] + '...'}")
 

@@ -233,7 +233,9 @@ def _command_text(payload: dict[str, Any]) -> str | None:
 def _session_text(kind: str, p: dict[str, Any]) -> str | None:
     """Who connected from where to what (session.start), why it ended (session.end)."""
     if kind == "session.start" and p.get("client_addr") is not None:
-        resource = p.get("resource") if isinstance(p.get("resource"), dict) else {}
+        resource = p.get("resource")
+        if not isinstance(resource, dict):
+            resource = {}
         how = [str(p.get("auth_method") or "?"), "TLS" if p.get("tls") else "no TLS"]
         if p.get("application_name"):
             how.append(str(p["application_name"]))

@@ -2,11 +2,12 @@
 
 Clients connect to `--listen` as to PostgreSQL and log in as users of `--users` (SCRAM-SHA-256)
 or with an OIDC ID token as their password (`--oidc-*`; TLS or loopback only). Each session
-gets one connection to `--upstream`, made with the proxy's own credentials. Every statement is
-decided by the policies (in-process with `--policies`, reloaded when the directory changes; or
-by `ordinance serve` over gRPC with `--decision-service`, where an unreachable or slow service
-denies), then denied, held for approval, or run with its results masked, and recorded in the
-audit trail (`--audit`) before its result reaches the client.
+gets one connection to `--upstream`, made with the proxy's own credentials, with TLS as the
+URL's libpq parameters say (`?sslmode=verify-full&sslrootcert=ca.pem`; default `prefer`).
+Every statement is decided by the policies (in-process with `--policies`, reloaded when the
+directory changes; or by `ordinance serve` over gRPC with `--decision-service`, where an
+unreachable or slow service denies), then denied, held for approval, or run with its results
+masked, and recorded in the audit trail (`--audit`) before its result reaches the client.
 
 Wiring only: the proxy is `adapters.postgres.proxy`, the decision bridge
 `adapters.postgres.bridge`. Prints one JSON line on stdout when listening
@@ -67,9 +68,11 @@ def register(subparsers: Any) -> None:
                    help="where clients connect (default %(default)s; port 0 picks one)")
     p.add_argument("--upstream", default=os.environ.get(UPSTREAM_URL_ENV),
                    required=not os.environ.get(UPSTREAM_URL_ENV),
-                   metavar="postgresql://USER:PASS@HOST:PORT/DB",
+                   metavar="postgresql://USER:PASS@HOST:PORT/DB[?sslmode=…]",
                    help="the database served, with the proxy's credentials (default "
-                        f"${UPSTREAM_URL_ENV}, which keeps the password out of `ps`)")
+                        f"${UPSTREAM_URL_ENV}, which keeps the password out of `ps`); TLS as "
+                        "libpq: sslmode=disable|allow|prefer (default)|require|verify-ca|"
+                        "verify-full, sslrootcert=FILE|system, sslcert=FILE, sslkey=FILE")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--policies", metavar="DIR",
                         help="decide in-process with this policy directory or bundle "
@@ -144,6 +147,8 @@ def _close_all(resources: list[Any]) -> None:
 
 
 def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...]:
+    from psycopg.conninfo import make_conninfo
+
     from adapters.postgres.bridge import PolicyBridge, Resource
     from adapters.postgres.catalog import Catalog
     from adapters.postgres.proxy import ProxyConfig, UpstreamTarget
@@ -158,6 +163,7 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
     try:
         host, port = split_host_port(args.listen)
         target = UpstreamTarget.from_url(args.upstream)
+        target.tls.ssl_context()  # a missing root certificate is a configuration error
         tls = tls_config(args.tls_cert, args.tls_key, None)
         check_listen_address(host, tls=tls is not None, token=False,
                              insecure=args.insecure_listen, what="the PostgreSQL proxy")
@@ -212,7 +218,8 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
 
     client, decisions = _decision_client(args, audit, resources)
     resource = Resource(args.resource_name or target.database, dict(args.resource_label))
-    catalog = Catalog(args.upstream)
+    # libpq would take a missing sslmode from $PGSSLMODE; the proxy's sessions do not.
+    catalog = Catalog(make_conninfo(args.upstream, sslmode=target.tls.mode))
     bridge = PolicyBridge(client, resource=resource, catalog=catalog, recorder=recorder,
                           approvals=gate)
     config = ProxyConfig(
@@ -222,6 +229,7 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
     ready = {
         "event": "listening", "proxy": "postgres", "listen": None,
         "upstream": f"{target.host}:{target.port}/{target.database}",
+        "upstream_sslmode": target.tls.mode,
         "resource": resource.to_input(), "decisions": decisions,
         "audit": parse_store_url(args.audit).redacted(), "tls": tls is not None,
         "auth": [m for m, on in (("scram-sha-256", directory is not None),

@@ -195,7 +195,7 @@ def start_grpc_server(runtime: ServiceRuntime, address: str, *, tls: TLSConfig |
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_pings_without_data", 0),
     ]
-    interceptors = []
+    interceptors: list[grpc.ServerInterceptor] = []
     if token is not None:
         rejected = runtime.metrics.rejected.labels("grpc", "unauthenticated")
         interceptors.append(BearerTokenInterceptor(token, rejected.inc, self_authenticated))

@@ -18,6 +18,7 @@ from engine.approvals import (
     ApprovalNotFound,
     ApprovalRequest,
     ApprovalStore,
+    ApprovalWithdrawnError,
     InvalidApprovalRequest,
     NotAnApproverError,
     SelfApprovalError,
@@ -269,3 +270,57 @@ def test_wait_returns_expired_at_expiry(store_url: str, audit: AuditLog) -> None
         start = time.monotonic()
         assert real_clock.wait(req.id, 10) == "expired"
         assert time.monotonic() - start < 1.5
+
+
+def test_a_withdrawn_request_cannot_be_decided_and_is_listed(store: ApprovalStore,
+                                                            audit: AuditLog) -> None:
+    req = ask(store)
+    gone = store.withdraw(req.id, ALICE.id, "the client cancelled the statement")
+    assert (gone.stored_status, gone.decided_by) == ("withdrawn", ALICE.id)
+    assert store.get(req.id) == gone and gone.status_at(datetime.now(UTC)) == "withdrawn"
+    assert [r.id for r in store.list("withdrawn")] == [req.id] and store.list("pending") == []
+    with pytest.raises(ApprovalWithdrawnError, match=r"withdrawn .*the client cancelled the "
+                                                     r"statement.*nobody waits"):
+        store.approve(req.id, DANA)
+    with pytest.raises(VerdictFinalError):  # the same class family as any final state
+        store.deny(req.id, DANA)
+    assert store.consume(req.id) is False
+    assert store.consume((ALICE, command_sha256(DDL))) is False
+    assert store.withdraw(req.id, ALICE.id, "again") == gone  # already closed: unchanged
+    [event] = list(audit.iter_records(kind="approval.withdrawn"))
+    assert (event.subject, event.session_id) == (ALICE.id, "sess-1")
+    assert event.payload["reason"] == "the client cancelled the statement"
+    refused = list(audit.iter_records(kind="approval.refused"))
+    assert [r.payload["refusal"] for r in refused] == ["ApprovalWithdrawnError"] * 2
+    assert audit.verify().ok
+
+
+def test_only_pending_requests_are_closed(store: ApprovalStore, audit: AuditLog) -> None:
+    req = ask(store)
+    approved = store.approve(req.id, DANA)
+    assert store.withdraw(req.id, ALICE.id, "late") == approved
+    assert store.expire(req.id, "late") == approved
+    assert kinds(audit).count("approval.withdrawn") == kinds(audit).count(
+        "approval.expired") == 0
+
+
+def test_expire_closes_a_pending_request(store: ApprovalStore, audit: AuditLog) -> None:
+    req = ask(store)
+    closed = store.expire(req.id, "not approved within 5m")
+    assert closed.stored_status == "expired" and store.get(req.id).stored_status == "expired"
+    assert [r.id for r in store.list("expired")] == [req.id]
+    with pytest.raises(ApprovalExpiredError, match="expired unanswered"):
+        store.approve(req.id, DANA)
+    [event] = list(audit.iter_records(kind="approval.expired"))
+    assert event.payload["reason"] == "not approved within 5m"
+
+
+def test_withdrawing_wakes_waiters(store_url: str, audit: AuditLog) -> None:
+    with open_approval_store(store_url, audit=audit) as store:
+        req = ask(store)
+        timer = threading.Timer(0.2, lambda: store.withdraw(req.id, ALICE.id, "gone"))
+        start = time.monotonic()
+        timer.start()
+        assert store.wait(req.id, 10) == "withdrawn"
+        timer.join()
+        assert time.monotonic() - start < 0.45

@@ -91,6 +91,22 @@ def test_refusals_exit_1(store_url: str, users_file: str, capsys: pytest.Capture
     assert code == 1 and "no approval request" in err
 
 
+def test_a_withdrawn_request_is_listed_and_cannot_be_approved(
+        store_url: str, users_file: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rid = file_request(store_url)
+    with open_audit_log(store_url) as audit, open_approval_store(store_url, audit=audit) as s:
+        s.withdraw(rid, "alice", "the client cancelled the statement")
+    code, out, _ = run(capsys, monkeypatch, "list", "--audit", store_url, "--status",
+                       "withdrawn")
+    assert code == 0 and f"{rid}  withdrawn  alice" in out
+    code, out, _ = run(capsys, monkeypatch, "list", "--audit", store_url, "--status", "pending")
+    assert code == 0 and rid not in out
+    code, _, err = run(capsys, monkeypatch, "approve", rid, "--as", "dana", "--users",
+                       users_file, "--audit", store_url, password="dana-secret")
+    assert code == 1 and f"request {rid} was withdrawn" in err and "nobody waits" in err
+
+
 def test_unusable_inputs_exit_2(store_url: str, users_file: str, tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str],
                                 monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from adapters.postgres.proxy import ProxyConfig
 from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate
 from engine.approvals import ApprovalStore, open_approval_store
+from engine.approvals.store import SqliteApprovalStore
 from engine.audit import AuditLog, open_audit_log
 from engine.client import InProcessDecisionClient
 from engine.engine import Engine
@@ -397,12 +399,43 @@ def test_a_denied_approval_errors_the_held_statement(stack: Stack) -> None:
 def test_an_approval_timeout_errors_the_held_statement(stack: Stack,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stack.gate, "timeout", 1.0)
+    before = {r.id for r in stack.store.list()}
     with stack.connect() as conn, pytest.raises(psycopg.Error) as exc:
         conn.execute("SELECT cvv FROM cards")
     assert "was not given within 1s" in denial(exc)
+    [request] = [r for r in stack.store.list() if r.id not in before]
+    assert request.stored_status == "expired"  # closed, not left pending
+    assert any(e["request_id"] == request.id for e in stack.records("approval.expired"))
+    refused = stack.ordinance("approvals", "approve", request.id, "--as", "dana", "--users",
+                              str(stack.users_file), "--audit", stack.audit_url,
+                              "--password-stdin", stdin="dana-secret\n")
+    assert refused.returncode == 1 and "expired unanswered" in refused.stderr
 
 
-def test_a_cancelled_held_statement_ends_at_once(stack: Stack) -> None:
+def statement_record(stack: Stack, request_id: str) -> dict[str, Any]:
+    return [r for r in stack.records("statement")
+            if (r.get("approval") or {}).get("id") == request_id][-1]
+
+
+def assert_withdrawn(stack: Stack, request_id: str, reason: str) -> None:
+    """The request is closed, audited, and an approver who tries anyway is told why."""
+    assert stack.store.get(request_id).stored_status == "withdrawn"
+    assert request_id not in {r.id for r in stack.pending()}
+    [event] = [e for e in stack.records("approval.withdrawn")
+               if e["request_id"] == request_id]
+    assert event["reason"] == reason
+    late = stack.ordinance("approvals", "approve", request_id, "--as", "dana", "--users",
+                           str(stack.users_file), "--audit", stack.audit_url,
+                           "--password-stdin", stdin="dana-secret\n")
+    assert late.returncode == 1
+    assert f"request {request_id} was withdrawn" in late.stderr
+    assert "nobody waits for a verdict" in late.stderr
+    listed = stack.ordinance("approvals", "list", "--audit", stack.audit_url, "--status",
+                             "withdrawn")
+    assert listed.returncode == 0 and f"{request_id}  withdrawn" in listed.stdout
+
+
+def test_a_cancelled_held_statement_is_57014_and_its_request_withdrawn(stack: Stack) -> None:
     results: dict[str, Any] = {}
     conn = stack.connect()
     before = {r.id for r in stack.pending()}
@@ -416,12 +449,184 @@ def test_a_cancelled_held_statement_ends_at_once(stack: Stack) -> None:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     wait_until(lambda: {r.id for r in stack.pending()} - before != set(), "the review request")
+    request = next(r for r in stack.pending() if r.id not in before)
     conn.cancel_safe()  # cancel() would hold the GIL against the in-process proxy
     thread.join(30)
     assert not thread.is_alive()
-    assert "cancelled by the client while it awaited approval" in str(results.get("error"))
+    error = results.get("error")
+    assert isinstance(error, psycopg.errors.QueryCanceled), error
+    assert error.sqlstate == "57014"
+    assert error.diag.message_primary == "canceling statement due to user request"
+    assert "cancelled while it awaited approval" in (error.diag.message_detail or "")
     assert conn.execute("SELECT 1").fetchone() == (1,)  # the session goes on
     conn.close()
+    record = statement_record(stack, request.id)
+    assert record["error"] == "57014: canceling statement due to user request"
+    assert record["approval"]["status"] == "withdrawn"
+    assert_withdrawn(stack, request.id, "the client cancelled the statement")
+
+
+def test_psql_cancelling_a_held_statement_sees_what_postgresql_says(stack: Stack) -> None:
+    import signal
+
+    before = {r.id for r in stack.pending()}
+    args = [PSQL, "-X", "-h", "127.0.0.1", "-p", str(stack.proxy.port), "-U", "alice", "-d",
+            stack.dbname, "-c", "SELECT cvv FROM cards"]
+    process = subprocess.Popen(args, env=psql_env(PASSWORDS["alice"]), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: {r.id for r in stack.pending()} - before != set(), "the request")
+        process.send_signal(signal.SIGINT)  # psql sends a CancelRequest
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "ERROR:  canceling statement due to user request" in stderr
+    request = next(r for r in stack.store.list("withdrawn") if r.id not in before)
+    assert statement_record(stack, request.id)["error"].startswith("57014: ")
+
+
+def test_a_client_hanging_up_on_a_held_statement_withdraws_its_request(stack: Stack) -> None:
+    before = {r.id for r in stack.pending()}
+    args = [PSQL, "-X", "-h", "127.0.0.1", "-p", str(stack.proxy.port), "-U", "alice", "-d",
+            stack.dbname, "-c", "SELECT id, expiry FROM cards"]
+    process = subprocess.Popen(args, env=psql_env(PASSWORDS["alice"]),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: {r.id for r in stack.pending()} - before != set(), "the request")
+        request = next(r for r in stack.pending() if r.id not in before)
+        process.kill()
+    finally:
+        process.wait(30)
+    wait_until(lambda: stack.store.get(request.id).stored_status == "withdrawn", "withdrawal")
+    session = request.session_id
+    wait_until(lambda: any(r["session_id"] == session for r in stack.records("session.end")),
+               "the session end")
+    record = statement_record(stack, request.id)
+    assert record["error"] == ("08006: the client disconnected while the statement awaited "
+                               "approval")
+    kinds = [r["kind"] for r in stack.records() if r["session_id"] == session]
+    assert kinds[-3:] == ["approval.withdrawn", "statement", "session.end"]
+    assert_withdrawn(stack, request.id, "the client disconnected")
+
+
+def test_a_request_shared_by_two_holds_stays_open_while_one_waits(stack: Stack) -> None:
+    sql = "SELECT id, cvv FROM cards ORDER BY id"
+    before = {r.id for r in stack.pending()}
+    outcomes: list[dict[str, Any]] = [{"notices": []}, {"notices": []}]
+    conns = [stack.connect(notices=o["notices"]) for o in outcomes]
+
+    def run(i: int) -> None:
+        try:
+            outcomes[i]["rows"] = conns[i].execute(sql).fetchall()
+        except psycopg.Error as exc:
+            outcomes[i]["error"] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in (0, 1)]
+    threads[0].start()
+    wait_until(lambda: {r.id for r in stack.pending()} - before != set(), "the review request")
+    request = next(r for r in stack.pending() if r.id not in before)
+    threads[1].start()  # the same text of the same user: it waits on the same request
+    wait_until(lambda: any(request.id in n for n in outcomes[1]["notices"]), "the second hold")
+    conns[0].cancel_safe()
+    threads[0].join(30)
+    assert isinstance(outcomes[0].get("error"), psycopg.errors.QueryCanceled)
+    assert stack.store.get(request.id).stored_status == "pending"  # the other still waits
+    stack.decide("approve", request.id)
+    threads[1].join(60)
+    assert outcomes[1].get("rows") == [(1, "[REDACTED]"), (2, "[REDACTED]")], outcomes[1]
+    assert stack.store.get(request.id).stored_status == "consumed"
+    assert statement_record(stack, request.id)["approval"]["status"] == "approved"
+    for conn in conns:
+        conn.close()
+
+
+def side_proxy(stack: Stack, gate: ApprovalGate) -> tuple[ProxyThread, Catalog]:
+    """Another proxy on the stack's database, trail and policies, with approvals from `gate`."""
+    catalog = Catalog(stack.direct)
+    bridge = PolicyBridge(
+        InProcessDecisionClient(stack.engine), resource=Resource("payments", {"env": "prod"}),
+        catalog=catalog, recorder=stack.recorder, approvals=gate)
+    return ProxyThread(ProxyConfig(upstream_url=upstream_url(stack.direct),
+                                   directory=load_users(stack.users_file),
+                                   **bridge.hooks())), catalog
+
+
+def run_held(stack: Stack, port: int, sql: str, results: dict[str, Any]) -> threading.Thread:
+    def run() -> None:
+        dsn = stack.dsn().replace(f"port='{stack.proxy.port}'", f"port='{port}'")
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                results["conn"] = conn
+                conn.execute(sql)
+        except psycopg.Error as exc:
+            results["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_proxy_shutdown_withdraws_what_its_sessions_held(stack: Stack) -> None:
+    proxy, catalog = side_proxy(stack, stack.gate)
+    before = {r.id for r in stack.pending()}
+    results: dict[str, Any] = {}
+    thread = run_held(stack, proxy.port, "SELECT holder_id, cvv FROM cards", results)
+    wait_until(lambda: {r.id for r in stack.pending()} - before != set(), "the review request")
+    request = next(r for r in stack.pending() if r.id not in before)
+    proxy.run(catalog.close())
+    proxy.stop()
+    thread.join(30)
+    assert isinstance(results.get("error"), psycopg.OperationalError)
+    assert stack.store.get(request.id).stored_status == "withdrawn"
+    record = statement_record(stack, request.id)
+    assert record["error"] == "08006: the session ended while the statement awaited approval"
+    ends = [r for r in stack.records("session.end") if r["session_id"] == request.session_id]
+    assert [e["reason"] for e in ends] == ["proxy shutdown"]
+
+
+class SlowToFile(SqliteApprovalStore):
+    """The stack's store, whose `request` waits for the test before filing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.entered = threading.Event()
+        self.proceed = threading.Event()
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        self.proceed.wait(20)
+        return super().request(*args, **kwargs)
+
+
+def test_a_request_filed_as_its_statement_is_cancelled_is_withdrawn(stack: Stack) -> None:
+    from engine.audit.stores import parse_store_url
+
+    store = SlowToFile(parse_store_url(stack.audit_url), audit=stack.audit)
+    gate = ApprovalGate(store, timeout=30.0)
+    proxy, catalog = side_proxy(stack, gate)
+    before = {r.id for r in stack.store.list()}
+    results: dict[str, Any] = {}
+    try:
+        thread = run_held(stack, proxy.port, "SELECT id, holder_id, cvv FROM cards", results)
+        assert store.entered.wait(20)
+        results["conn"].cancel_safe()  # while the request is being filed
+        time.sleep(0.2)
+        store.proceed.set()
+        thread.join(30)
+        error = results.get("error")
+        assert isinstance(error, psycopg.errors.QueryCanceled), error
+        [request] = [r for r in stack.store.list() if r.id not in before]
+        assert request.stored_status == "withdrawn"
+        record = statement_record(stack, request.id)
+        assert record["error"] == "57014: canceling statement due to user request"
+        assert record["approval"]["status"] == "withdrawn"
+    finally:
+        store.proceed.set()
+        proxy.run(catalog.close())
+        proxy.stop()
+        gate.close()
+        store.close()
 
 
 WINDOWED_RULE = """package ordinance.windowed

@@ -33,7 +33,7 @@ from adapters.postgres.hooks import (
 from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.results import CopyOutRewriter, RowRewriter
 from adapters.postgres.session import Completion, Session, tag_rows
-from engine.audit import AuditWriteError
+from engine.audit import AuditWriteError, InvalidAuditEvent
 from engine.decision import Decision, Mask
 from tests.postgres.test_session import frame, send
 
@@ -299,6 +299,31 @@ def test_recorder_commits_concurrent_events_together_and_reports_failures() -> N
     asyncio.run(main())
     recorder.close()
     assert audit.batches == [1, 5]
+
+
+def test_recorder_hands_a_loop_iteration_over_at_once_and_close_commits_it() -> None:
+    """Events appended in one pass of the loop reach the writer together (one batch); close()
+    commits events that were appended but not handed over yet; later appends are refused."""
+    audit = FakeAudit()
+    audit.gate.set()
+    recorder = AuditRecorder(audit).start()  # type: ignore[arg-type]
+
+    async def main() -> None:
+        await asyncio.gather(*(recorder.append("statement", {"n": i}) for i in range(4)))
+        assert audit.batches == [4]
+        with pytest.raises(InvalidAuditEvent):  # refused on the caller's loop, not queued
+            await recorder.append("Not A Kind", {})
+        waiting = [asyncio.ensure_future(recorder.append("statement", {"n": i}))
+                   for i in range(3)]
+        await asyncio.sleep(0)  # appended, the hand-over still scheduled
+        assert recorder._queue.qsize() == 0
+        recorder.close()
+        await asyncio.gather(*waiting)
+        with pytest.raises(AuditWriteError):
+            await recorder.append("statement", {"n": 9})
+
+    asyncio.run(main())
+    assert audit.batches == [4, 3]
 
 
 # ------------------------------------------------------------------------------------------

@@ -60,6 +60,13 @@ def test_review_is_answered_as_a_denial_that_says_so() -> None:
     assert error.code == "42501" and error.message == "statement requires approval: needs a DBA"
 
 
+def test_a_cancelled_hold_is_answered_as_postgresql_answers_a_cancel() -> None:
+    error = denial_error(StatementVerdict.cancelled(decision_id="d1", detail="held"))
+    assert error.fields == (
+        ("S", "ERROR"), ("V", "ERROR"), ("C", "57014"),
+        ("M", "canceling statement due to user request"), ("D", "decision id: d1\nheld"))
+
+
 def test_a_fatal_error_is_never_replaced_by_the_denial() -> None:
     session = Session()
     send(session, m.Query("x"), StatementVerdict.deny("no"))

@@ -28,7 +28,12 @@ from jwt.algorithms import ECAlgorithm
 
 from engine.api import approval_pb2, approval_pb2_grpc, decision_pb2, decision_pb2_grpc
 from engine.approval_client import ERROR_TRAILER, ApprovalClient
-from engine.approvals import NotAnApproverError, SelfApprovalError, open_approval_store
+from engine.approvals import (
+    ApprovalWithdrawnError,
+    NotAnApproverError,
+    SelfApprovalError,
+    open_approval_store,
+)
 from engine.audit import open_audit_log
 from engine.cli import main
 from engine.identity import IdentityError, Subject
@@ -349,6 +354,20 @@ def test_client_keeps_the_store_exceptions(plain: Deployment, issuer: Issuer) ->
                         bearer=issuer.token("dana@example.com", ["dba-leads"])) as dana, \
             pytest.raises(SelfApprovalError, match="separation of duties"):
         dana.approve(rid)
+
+
+def test_a_withdrawn_request_is_listed_and_refused_through_the_service(
+        plain: Deployment, issuer: Issuer) -> None:
+    rid = plain.file_request(command="SELECT * FROM cards")
+    with open_audit_log(plain.url) as audit, \
+            open_approval_store(plain.url, audit=audit) as store:
+        store.withdraw(rid, "alice@example.com", "the client cancelled the statement")
+    with ApprovalClient(plain.target,
+                        bearer=issuer.token("dana@example.com", ["dba-leads"])) as dana:
+        assert rid in [r.id for r in dana.list("withdrawn")]
+        assert dana.get(rid).stored_status == "withdrawn"
+        with pytest.raises(ApprovalWithdrawnError, match="nobody waits for a verdict"):
+            dana.approve(rid)
 
 
 # -- the mTLS path --------------------------------------------------------------------------------

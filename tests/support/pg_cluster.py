@@ -2,7 +2,8 @@
 
 `initdb` refuses to run as root, so as root the cluster is created and run as the `postgres`
 system user. The cluster listens on 127.0.0.1 on a free port with SCRAM-SHA-256 for TCP clients
-(trust on its private Unix socket) and is removed when the test session ends.
+(trust on its private Unix socket) and is removed when the test session ends. With `tls`
+(a PEM certificate chain and key) it also accepts TLS connections (`ssl=on`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cluster() -> PgCluster:
+def start_cluster(tls: tuple[bytes, bytes] | None = None) -> PgCluster:
     bindir = find_bindir()
     if bindir is None:
         raise ClusterUnavailable("no PostgreSQL server binaries (initdb, pg_ctl) found")
@@ -87,6 +88,15 @@ def start_cluster() -> PgCluster:
     port = free_port()
     opts = (f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} "
             "-c fsync=off -c max_connections=200 -c shared_buffers=64MB")
+    if tls is not None:
+        for name, data in zip(("server.crt", "server.key"), tls, strict=True):
+            path = os.path.join(datadir, name)
+            with open(path, "wb") as f:
+                f.write(data)
+            os.chmod(path, 0o600)  # the server refuses a key others can read
+            if run_as:
+                shutil.chown(path, "postgres")
+        opts += " -c ssl=on"
     started = subprocess.run(
         [*run_as, f"{bindir}/pg_ctl", "-D", datadir, "-o", opts, "-l",
          os.path.join(root, "log"), "-w", "-t", "30", "start"],
