@@ -112,6 +112,7 @@ from adapters.postgres.session import (
     notice_frame,
 )
 from adapters.postgres.upstream_tls import UpstreamTLS, UpstreamTLSError, describe_failure
+from engine.masking import may_hold_pan
 
 log = logging.getLogger("ordinance.adapters.postgres")
 _T = TypeVar("_T")
@@ -348,7 +349,7 @@ class PostgresProxy:
             await client.fatal(_fatal("08006", "authentication timed out"))
             return
         ctx = SessionContext(
-            session_id=secrets.token_hex(12), user=identity.user, groups=identity.groups,
+            session_id=new_session_id(), user=identity.user, groups=identity.groups,
             database=self.target.database,
             application_name=startup.get("application_name") or "",
             client_addr=client.address, tls=client.tls, auth_method=identity.method,
@@ -1269,3 +1270,12 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def new_session_id() -> str:
+    """24 random hex digits that cannot read as a card number: the audit trail scrubs those,
+    and a session id masked in its records could not be looked up by its real value."""
+    while True:
+        candidate = secrets.token_hex(12)
+        if not may_hold_pan(candidate):
+            return candidate

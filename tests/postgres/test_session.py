@@ -132,3 +132,15 @@ def test_function_call_is_denied_unless_allowed() -> None:
     allowed = Session()
     assert allowed.client_message(frame(call), call, allow_function_call=True) == [
         call.encode()]
+
+
+def test_session_ids_never_read_as_card_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hex id with a run of 13+ digits could be masked in its own audit records."""
+    from adapters.postgres import proxy
+    from engine.masking import may_hold_pan
+
+    draws = iter(["4111111111111111abcdefab", "0123456789abcdef01234567"])
+    monkeypatch.setattr(proxy.secrets, "token_hex", lambda n: next(draws))
+    assert proxy.new_session_id() == "0123456789abcdef01234567"
+    monkeypatch.undo()
+    assert not any(may_hold_pan(proxy.new_session_id()) for _ in range(2000))
