@@ -44,7 +44,7 @@ HASH_HEX_CHARS = 16
 
 PAN_MIN_DIGITS = 13
 PAN_MAX_DIGITS = 19
-_KEEP = 4
+PAN_KEEP_DIGITS = 4
 _LAST4_MIN_LENGTH = 8
 """`last4` shows the last 4 characters only when at least as many are hidden."""
 
@@ -79,9 +79,11 @@ def mask_pan(value: str) -> str:
     """
     if value.isascii() and value.isdigit():
         n = len(value)
-        return MASK_CHAR * (n - _KEEP) + value[-_KEEP:] if n >= PAN_MIN_DIGITS else MASK_CHAR * n
+        if n < PAN_MIN_DIGITS:
+            return MASK_CHAR * n
+        return MASK_CHAR * (n - PAN_KEEP_DIGITS) + value[-PAN_KEEP_DIGITS:]
     positions = sum(1 for ch in value if ch.isdigit() or ch == MASK_CHAR)
-    keep_from = positions - _KEEP if positions >= PAN_MIN_DIGITS else positions
+    keep_from = positions - PAN_KEEP_DIGITS if positions >= PAN_MIN_DIGITS else positions
     out: list[str] = []
     seen = 0
     for ch in value:
@@ -98,7 +100,7 @@ def mask_last4(value: str) -> str:
     """Keep the last 4 characters, replace the others by `*`; all hidden if shorter than 8."""
     if len(value) < _LAST4_MIN_LENGTH:
         return MASK_CHAR * len(value)
-    return MASK_CHAR * (len(value) - _KEEP) + value[-_KEEP:]
+    return MASK_CHAR * (len(value) - PAN_KEEP_DIGITS) + value[-PAN_KEEP_DIGITS:]
 
 
 def mask_redact(value: str) -> str:

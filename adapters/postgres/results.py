@@ -163,24 +163,28 @@ class RowRewriter(_Notices):
 
     def rewrite(self, body: bytes) -> bytes:
         """A new DataRow body (without the type and length header); `body` itself when no
-        value changed."""
-        transforms = self.transforms
-        if self._check is not None and not self._check(body):
-            if self._unscanned is None:
-                return body
-            transforms = self._unscanned
+        value changed.
+
+        With masks and scans in one row, the scans are deferred: a masked value (a card
+        number, typically) would make the whole-row precheck say "maybe" on every row, so the
+        precheck runs on the scanned values alone, and the scans apply only when it hits."""
+        if self._check is not None and self._unscanned is None and not self._check(body):
+            return body
         size = len(body)
         if size < 2:
             raise RewriteError(f"DataRow body of {size} bytes has no column count")
         (count,) = _I16.unpack_from(body, 0)
+        transforms = self.transforms
         if count != len(transforms):
             raise RewriteError(f"DataRow has {count} columns, its description has "
                                f"{len(transforms)}")
-        parts: list[bytes] = []
-        copied = 0  # body[copied:pos] is unchanged so far
+        defer = self._check is not None
+        replaced: list[tuple[int, int, bytes]] = []  # (start, end, new length + value)
+        deferred: list[tuple[int, ValueTransform, int, int]] = []  # scans, run if needed
         pos = 2
         unpack = _I32.unpack_from
         nulls = self._null
+        unscanned = self._unscanned
         for i, transform in enumerate(transforms):
             if pos + 4 > size:
                 raise RewriteError(f"DataRow truncated at column #{i}")
@@ -190,23 +194,36 @@ class RowRewriter(_Notices):
                 raise RewriteError(f"DataRow column #{i} has bad length {length}")
             if transform is not None and length != -1:
                 if nulls[i]:
-                    out = None
+                    replaced.append((pos, end, _NULL))
+                elif defer and unscanned is not None and unscanned[i] is None:
+                    deferred.append((i, transform, pos, end))
                 else:
-                    value = body[pos + 4:end]
-                    out = _apply(transform, value, i, self)
-                    if out is value:
-                        pos = end
-                        continue
-                parts.append(body[copied:pos])
-                parts.append(_NULL if out is None else _I32.pack(len(out)) + out)
-                copied = end
+                    self._replace(transform, body, i, pos, end, replaced)
             pos = end
         if pos != size:
             raise RewriteError(f"DataRow has {size - pos} trailing bytes")
-        if not parts:
+        if deferred and self._check is not None and self._check(
+                b"\n".join(body[start + 4:end] for _, _, start, end in deferred)):
+            for i, transform, start, end in deferred:
+                self._replace(transform, body, i, start, end, replaced)
+            replaced.sort()
+        if not replaced:
             return body
+        parts: list[bytes] = []
+        copied = 0
+        for start, end, new in replaced:
+            parts.append(body[copied:start])
+            parts.append(new)
+            copied = end
         parts.append(body[copied:])
         return b"".join(parts)
+
+    def _replace(self, transform: ValueTransform, body: bytes, index: int, start: int,
+                 end: int, replaced: list[tuple[int, int, bytes]]) -> None:
+        value = body[start + 4:end]
+        out = _apply(transform, value, index, self)
+        if out is not value:
+            replaced.append((start, end, _NULL if out is None else _I32.pack(len(out)) + out))
 
 
 # --------------------------------------------------------------------------------------------

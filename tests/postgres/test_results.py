@@ -39,6 +39,42 @@ def test_row_rewriter_transforms_text_nulls_binary_and_keeps_the_rest() -> None:
     assert rows.rewrite(body((b"1", None, None, None))) == body((b"1", None, None, None))
 
 
+_PANS = st.sampled_from([b"4111111111111111", b"4111 1111 1111 1111", b"5500-0055-5555-5559",
+                         b"1234567890123"])
+_VALUES = st.one_of(st.none(), st.binary(max_size=24), _PANS,
+                    st.tuples(st.binary(max_size=6), _PANS, st.binary(max_size=6)).map(
+                        lambda t: b"".join(t)))
+_KINDS = st.sampled_from(["none", "scan", "mask", "drop"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_KINDS, st.sampled_from([0, 1]), _VALUES), min_size=1, max_size=6))
+def test_row_rewriter_equals_applying_every_transform(columns: list[tuple[str, int, bytes | None]]
+                                                      ) -> None:
+    """The prechecks (whole row; scanned values only, when masks share the row) only skip work:
+    the result is what applying every column's transform to every value gives."""
+    from adapters.postgres.column_masks import SCRUB_TEXT, mask_transform
+    from adapters.postgres.results import binary_masked_notice
+
+    by_kind = {"none": None, "scan": SCRUB_TEXT, "mask": mask_transform("pan"),
+               "drop": lambda v: None}
+    transforms = [by_kind[kind] for kind, _, _ in columns]
+    formats = [fmt for _, fmt, _ in columns]
+    rows = RowRewriter(transforms, formats)
+    values = tuple(value for _, _, value in columns)
+    expected = []
+    for transform, fmt, value in zip(transforms, formats, values, strict=True):
+        if transform is None or value is None:
+            expected.append(value)
+        elif fmt == 1:
+            expected.append(None)  # a masked or scanned binary value is sent as NULL
+        else:
+            expected.append(transform(value))
+    assert rows.rewrite(body(values)) == body(tuple(expected))
+    assert binary_masked_notice("") in rows.notices or not any(
+        fmt == 1 and kind != "none" for kind, fmt, _ in columns)
+
+
 @pytest.mark.parametrize(("raw", "error"), [
     (body((b"1",)), "DataRow has 1 columns, its description has 2"),
     (b"\x00", "has no column count"),
@@ -182,3 +218,14 @@ def test_copy_binary_failures() -> None:
     rw.feed(_binary_copy([(b"a",)])[:-2])
     with pytest.raises(RewriteError, match="without its trailer"):
         rw.finish()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=24), st.text("0123456789", max_size=22).map(str.encode),
+                 st.text(max_size=20).map(str.encode)))
+def test_pan_mask_on_bytes_equals_mask_pan(value: bytes) -> None:
+    from adapters.postgres.column_masks import mask_transform
+    from engine.masking import mask_pan
+
+    expected = mask_pan(value.decode("utf-8", "surrogateescape"))
+    assert mask_transform("pan")(value) == expected.encode("utf-8", "surrogateescape")
