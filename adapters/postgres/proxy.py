@@ -390,6 +390,9 @@ class PostgresProxy:
             reason = await self._relay(client, upstream, ctx, pid)
         except asyncio.CancelledError:
             reason = "proxy shutdown"
+            with contextlib.suppress(Exception):  # as PostgreSQL says it on a fast shutdown
+                client.writer.write(_fatal("57P01", "terminating connection due to "
+                                           "administrator command").encode())
             raise
         except Exception as exc:
             reason = f"error: {type(exc).__name__}: {exc}"

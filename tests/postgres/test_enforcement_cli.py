@@ -114,6 +114,8 @@ def test_in_process_policies_ready_line_psql_and_clean_shutdown(
     reasons = [json.loads(line)["payload"]["reason"] for line in export.stdout.splitlines()]
     assert reasons.count("client terminated") == 2 and "proxy shutdown" in reasons
     assert ordinance("audit", "verify", "--audit", audit).returncode == 0
+    with pytest.raises(psycopg.errors.AdminShutdown, match="administrator command"):
+        lingering.execute("SELECT 1")  # what PostgreSQL's own fast shutdown tells a session
     lingering.close()
 
 
