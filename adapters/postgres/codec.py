@@ -601,15 +601,20 @@ class _Framer:
         start = pos = self._pos
         end = len(buf)
         code = kind[0]
-        limit = self.max_message_size
         unpack = _U32.unpack_from
-        while end - pos >= 5 and buf[pos] == code:
-            (length,) = unpack(buf, pos + 1)
-            if length < 4 or length + 1 > limit:
-                break  # let _typed_frame report it with its precise message
-            if end - pos < length + 1:
-                break
-            pos += length + 1
+        limit = self.max_message_size
+        # A message that ends within the buffer is no longer than the buffer: when that is
+        # within the limit, one chained comparison checks both bounds of each length.
+        bound = end if end - start <= limit else start  # (else: one message at a time)
+        last = end - 5
+        while pos <= last and buf[pos] == code:
+            following = pos + 1 + unpack(buf, pos + 1)[0]
+            if not pos + 5 <= following <= bound:
+                if pos + 5 <= following <= end and following - pos <= limit:
+                    pos = following
+                    continue
+                break  # incomplete, or a bad length that _typed_frame reports precisely
+            pos = following
         if pos == start:
             return None
         self._pos = pos

@@ -302,6 +302,8 @@ class Session:
         if verdict.effect != "allow":
             return self._deny_as_query(verdict)
         self._push(_Op(QUERY, verdict=verdict))
+        if verdict.rewrite is not None:
+            return [Query(verdict.rewrite.sql).encode()]
         return [frame.raw]
 
     def _parse(self, frame: Frame, message: Parse, verdict: StatementVerdict) -> list[bytes]:
@@ -311,6 +313,8 @@ class Session:
             return self._deny_in_batch(denial_error(verdict))
         self._sent_statements[message.name] = _Sent(verdict)
         self._push(_Op(PARSE, name=message.name, verdict=verdict))
+        if verdict.rewrite is not None:
+            return [Parse(message.name, verdict.rewrite.sql, message.param_types).encode()]
         return [frame.raw]
 
     def _bind(self, frame: Frame, message: Bind) -> list[bytes]:
@@ -593,7 +597,7 @@ class Session:
                                                    [c.name for c in described])
                     if self._query_rows.notices:
                         out.extend(notice_frame(n) for n in self._query_rows.take_notices())
-            out.append(frame.raw)
+            out.append(_client_description(frame, op.verdict))
             return
         fields: tuple[FieldDescription, ...] = ()
         columns: tuple[ColumnDescriptor, ...] = ()
@@ -614,7 +618,14 @@ class Session:
                 portal.columns = columns
                 portal.rows_planned = False
         if not op.hidden:
-            out.append(frame.raw)
+            out.append(_client_description(frame, self._described_verdict(op)))
+
+    def _described_verdict(self, op: _Op) -> StatementVerdict | None:
+        if op.describe_kind == "S":
+            statement = self._statements.get(op.name)
+            return statement.verdict if statement is not None else None
+        portal = self._portals.get(op.name)
+        return portal.statement.verdict if portal is not None and portal.statement else None
 
     @staticmethod
     def describe(frame: Frame) -> tuple[ColumnDescriptor, ...]:
@@ -750,6 +761,14 @@ def _description(frame: Frame) -> _Description:
             _DESCRIPTIONS.clear()
         _DESCRIPTIONS[raw] = found
     return found
+
+
+def _client_description(frame: Frame, verdict: StatementVerdict | None) -> bytes:
+    """What the client gets for a RowDescription (or NoData): the server's, or for a
+    rewritten statement the description of what the client sent."""
+    if frame.type != b"T" or verdict is None or verdict.rewrite is None:
+        return frame.raw
+    return verdict.rewrite.client_description(frame.raw, _description(frame)[0])
 
 
 def _need(verdict: StatementVerdict | None) -> StatementVerdict:

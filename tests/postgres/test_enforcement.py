@@ -326,6 +326,91 @@ def test_binary_results_of_masked_columns_are_null_with_a_notice(stack: Stack) -
            "are sent as NULL" in notices
 
 
+# Masks applied by the database (adapters/postgres/mask_pushdown.py): the first result of a
+# statement shape is masked by the proxy, the next ones by PostgreSQL; both look the same.
+
+PUSHED_ROWS = [  # (id, pan, holder): ASCII with separators, short, empty, NULL, non-ASCII
+    (1, PAN1, "Ann"), (2, PAN2, "Bob 4111 1111 1111 1111"), (3, "4111-1111-1111-1112", "C"),
+    (4, "1234", "D"), (5, "", "E"), (6, None, "F"), (7, "٤١١١١١١١١١١١١١١٢", "G"),
+    (8, "card \uff15\uff15\uff15\uff15 4111 1111 1111 1112", "H"),  # fullwidth 5s
+]
+
+
+@pytest.fixture(scope="module")
+def pushed_table(stack: Stack) -> str:
+    with psycopg.connect(stack.direct, autocommit=True) as conn:
+        conn.execute("CREATE TABLE pocket (id int PRIMARY KEY, pan varchar(64), holder text, "
+                      "cvv text)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO pocket VALUES (%s, %s, %s, '999')", PUSHED_ROWS)
+    return "pocket"
+
+
+def pocket_query(conn: psycopg.Connection[Any], low: int, prepare: bool
+                 ) -> tuple[list[tuple[Any, ...]], str, list[int], list[int]]:
+    """Rows, the text the server ran (current_query()), and the table OIDs and types the
+    client was told."""
+    cur = conn.execute(pocket_sql(low, prepare), prepare=prepare)
+    rows = cur.fetchall()
+    result = cur.pgresult
+    assert result is not None
+    return ([r[:4] for r in rows], rows[0][4], [result.ftable(i) for i in range(5)],
+            [result.ftype(i) for i in range(5)])
+
+
+def pocket_sql(low: int, prepare: bool) -> str:  # a statement shape per `prepare`
+    return (f"SELECT id, pan, holder, cvv, current_query() AS q{int(prepare)} FROM pocket "
+            f"WHERE id >= {low} ORDER BY id")
+
+
+@pytest.mark.parametrize("prepare", [False, True])
+def test_the_database_masks_a_known_statement_shape_as_the_proxy_did(
+        stack: Stack, pushed_table: str, prepare: bool) -> None:
+    from engine.masking import mask_pan, scrub_pans
+
+    expected = [(i, None if pan is None else mask_pan(pan), scrub_pans(holder), "[REDACTED]")
+                for i, pan, holder in PUSHED_ROWS]
+    with stack.connect() as conn:
+        first, ran_first, tables, types = pocket_query(conn, 0, prepare)
+        second, ran_second, tables2, types2 = pocket_query(conn, 1, prepare)
+        direct = psycopg.connect(stack.direct)
+        with direct:
+            oid = direct.execute("SELECT 'pocket'::regclass::oid").fetchone()[0]  # type: ignore[index]
+    assert "ordinance_masked" not in ran_first  # the first: masked by the proxy
+    assert "ordinance_masked" in ran_second  # the next: by the database
+    assert first[:6] == second[:6] == expected[:6], (first, second)
+    # values with non-ASCII characters: the proxy masks each digit but the last 4; the
+    # database, which cannot tell digits of other scripts, hides all of such a value
+    assert first[6:] == expected[6:]
+    assert [r[1] for r in second[6:]] == ["*" * len(r[1]) for r in PUSHED_ROWS[6:]]  # type: ignore[arg-type]
+    assert [r[2:] for r in second[6:]] == [r[2:] for r in expected[6:]]
+    assert tables == tables2 == [oid, oid, oid, oid, 0]  # the client sees its own columns
+    assert types == types2 == [23, 1043, 25, 25, 25]
+    records = [r for r in stack.records("statement") if "FROM pocket" in r["text"]][-2:]
+    assert [r["text"] for r in records] == [pocket_sql(low, prepare) for low in (0, 1)]
+    assert records[0]["masked"] == records[1]["masked"] == ["cvv:redact", "pan:pan"]
+
+
+def test_statements_that_cannot_be_wrapped_are_masked_by_the_proxy(
+        stack: Stack, pushed_table: str) -> None:
+    notices: list[str] = []
+    with stack.connect(notices=notices) as conn:
+        for sql in ("SELECT * FROM pocket WHERE id = {n}",
+                    "SELECT pan, current_query() FROM pocket WHERE id = {n} -- end",
+                    "SELECT pan, current_query() FROM pocket WHERE id = {n} FOR SHARE"):
+            for n in (1, 2):
+                rows = conn.execute(sql.format(n=n)).fetchall()
+                assert rows[0][1 if "*" in sql else 0] == ("************1111" if n == 1 else
+                                                           "************1112"), sql
+                assert "ordinance_masked" not in str(rows[0])
+        for binary in (False, True):  # the same shape, learnt as text, then in binary
+            got = conn.cursor(binary=binary).execute(
+                "SELECT id, pan FROM pocket WHERE id = 2").fetchone()
+            assert got == (2, None if binary else "************1112")
+    assert any('column "pan" is masked by policy and was requested in binary format' in n
+               for n in notices)
+
+
 def test_ddl_invalidates_what_the_catalog_cache_knows(stack: Stack) -> None:
     with stack.connect() as conn:
         conn.execute("CREATE OR REPLACE VIEW v_swap AS SELECT id, notes AS x FROM cards "
