@@ -265,8 +265,10 @@ class PolicyBridge:
         if pushdown is not None and pushdown.shape is not None and not as_sent:
             wrapped = pushdown.shape.wrap(statement.sql)
             if wrapped is not None:
+                text, offset = wrapped
                 masking.push_down(pushdown.shape.methods, pushdown.transforms)
-                rewrite = MaskPushdown(wrapped, pushdown.shape, pushdown.descriptions)
+                rewrite = MaskPushdown(text, pushdown.shape, pushdown.descriptions, offset,
+                                       len(statement.sql))
         return StatementVerdict.allow(
             masking.masker, decision_id=statement.decision_id, copy_layout=layout,
             on_complete=statement.completed, resolve_columns=masking.resolve_columns,

@@ -151,11 +151,15 @@ the masker can look up what it needs (table OIDs in the catalog); raising ends t
 class StatementRewrite(Protocol):
     """An allowed statement sent to the server as another text (`sql`, e.g. with its masks
     applied by the database, `mask_pushdown`); `client_description` gives the RowDescription
-    the client gets for the one the server sends (raw bytes and decoded fields)."""
+    the client gets for the one the server sends (raw bytes and decoded fields), `position`
+    the position of an error ("P" field) in the client's text."""
 
     sql: str
 
     def client_description(self, raw: bytes, fields: Sequence[FieldDescription]) -> bytes: ...
+
+    def position(self, server: int) -> int | None:
+        """An error position in `sql` as a position in the client's text (None: none)."""
 
 
 @dataclass(frozen=True)

@@ -77,8 +77,9 @@ class PushdownShape:
                      for i, c in enumerate(columns) if i in masked}
         return cls(len(columns), masked, originals, tuple(c.name for c in columns))
 
-    def wrap(self, sql: str) -> str | None:
-        """`sql` wrapped so the database masks it; None when its text cannot be wrapped."""
+    def wrap(self, sql: str) -> tuple[str, int] | None:
+        """`sql` wrapped so the database masks it, and where `sql` starts in it (0-based
+        characters); None when its text cannot be wrapped."""
         body = wrapped_body(sql)
         if body is None:
             return None
@@ -89,7 +90,8 @@ class PushdownShape:
             masked = mask_sql(method, value + "::text") if method else value
             outputs.append(f"{masked} AS {_ident(name)}")
         aliases = ", ".join(f'"c{i + 1}"' for i in range(self.columns))
-        return f"SELECT {', '.join(outputs)} FROM (\n{body}\n) AS {_ALIAS}({aliases})"
+        head = f"SELECT {', '.join(outputs)} FROM (\n"
+        return f"{head}{body}\n) AS {_ALIAS}({aliases})", len(head)
 
 
 @dataclass
@@ -99,6 +101,15 @@ class MaskPushdown:
     sql: str
     shape: PushdownShape
     descriptions: dict[bytes, bytes] = field(default_factory=dict)
+    offset: int = 0  # where the client's text starts in `sql`
+    length: int = 0  # and how long it is there
+
+    def position(self, server: int) -> int | None:
+        """The position (1-based, in characters) of an error in the client's text for one in
+        `sql`; None when it is in the wrapper."""
+        if self.offset < server <= self.offset + self.length:
+            return server - self.offset
+        return None
 
     def client_description(self, raw: bytes, fields: Sequence[FieldDescription]) -> bytes:
         """The RowDescription the client gets for the server's `raw` one (`fields`): each

@@ -41,6 +41,7 @@ from adapters.postgres.hooks import (
     ColumnDescriptor,
     CompletionHook,
     StatementOutcome,
+    StatementRewrite,
     StatementVerdict,
 )
 from adapters.postgres.messages import (
@@ -533,7 +534,12 @@ class Session:
         if replace:
             error = decode_backend(frame)
             replace = isinstance(error, ErrorResponse) and error.severity == "ERROR"
-        out.append(op.deny.encode() if replace and op.deny is not None else frame.raw)
+        if replace and op.deny is not None:
+            out.append(op.deny.encode())
+        elif op.verdict is not None and op.verdict.rewrite is not None:
+            out.append(_client_error(frame, op.verdict.rewrite))
+        else:
+            out.append(frame.raw)
         if op.kind in (QUERY, FUNCTION, SYNC):
             return  # simple query: ReadyForQuery follows
         self._ops.popleft()
@@ -769,6 +775,23 @@ def _client_description(frame: Frame, verdict: StatementVerdict | None) -> bytes
     if frame.type != b"T" or verdict is None or verdict.rewrite is None:
         return frame.raw
     return verdict.rewrite.client_description(frame.raw, _description(frame)[0])
+
+
+def _client_error(frame: Frame, rewrite: StatementRewrite) -> bytes:
+    """An error about a rewritten statement, its position ("P") moved to the client's text
+    (or dropped when it points into what the proxy added)."""
+    error = decode_backend(frame)
+    if not isinstance(error, ErrorResponse) or not any(k == "P" for k, _ in error.fields):
+        return frame.raw
+    fields = []
+    for key, value in error.fields:
+        if key == "P":
+            moved = rewrite.position(int(value)) if value.isdigit() else None
+            if moved is None:
+                continue
+            value = str(moved)
+        fields.append((key, value))
+    return ErrorResponse(tuple(fields)).encode()
 
 
 def _need(verdict: StatementVerdict | None) -> StatementVerdict:

@@ -403,6 +403,15 @@ def test_statements_that_cannot_be_wrapped_are_masked_by_the_proxy(
                 assert rows[0][1 if "*" in sql else 0] == ("************1111" if n == 1 else
                                                            "************1112"), sql
                 assert "ordinance_masked" not in str(rows[0])
+        for literal, position in (("'1'", None), ("'x'", "39")):  # errors point at the text
+            sql = f"SELECT id, pan FROM pocket WHERE id = {literal} ORDER BY 1"
+            try:
+                conn.execute(sql)
+            except psycopg.errors.InvalidTextRepresentation as exc:
+                assert exc.diag.statement_position == position
+                assert sql[int(position) - 1:].startswith("'x'")  # type: ignore[arg-type]
+            else:
+                assert position is None
         for binary in (False, True):  # the same shape, learnt as text, then in binary
             got = conn.cursor(binary=binary).execute(
                 "SELECT id, pan FROM pocket WHERE id = 2").fetchone()

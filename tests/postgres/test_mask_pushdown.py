@@ -54,8 +54,10 @@ def test_a_shape_is_learnt_from_the_first_result_and_wraps_by_position() -> None
     cols = columns(("id", 1, 23), ('card "no"', 2, 1043), ("note", 3, 25))
     shape = PushdownShape.learn(sql, cols, {0: None, 1: "pan", 2: None}, "UTF8")
     assert shape is not None
-    wrapped = shape.wrap(sql.replace("= 1", "= 2"))
-    assert wrapped is not None
+    got = shape.wrap(sql.replace("= 1", "= 2"))
+    assert got is not None
+    wrapped, offset = got
+    assert wrapped[offset:].startswith("SELECT id, pan AS")
     assert wrapped.startswith('SELECT ordinance_masked."c1" AS "id", (CASE WHEN ')
     assert wrapped.endswith(' AS "card ""no""", ordinance_masked."c3" AS "note" FROM (\n'
                             "SELECT id, pan AS \"card \"\"no\"\"\", note FROM cards WHERE "
@@ -85,7 +87,8 @@ def test_the_client_sees_the_columns_it_asked_for() -> None:
     assert shape is not None
     server = (FieldDescription("id", 16384, 1, 23, 4, -1, 0), FieldDescription("pan", 0, 0, 25))
     raw = RowDescription(server).encode()
-    pushed = MaskPushdown("SELECT ...", shape)
+    pushed = MaskPushdown("SELECT ...", shape, offset=100, length=20)
+    assert [pushed.position(p) for p in (100, 101, 120, 121)] == [None, 1, 20, None]
     got = pushed.client_description(raw, server)
     assert got == RowDescription((server[0], FieldDescription("pan", 16384, 2, 1043, -1, -1, 0))
                                  ).encode()
