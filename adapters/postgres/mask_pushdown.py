@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import sqlglot
 from sqlglot import expressions as exp
@@ -83,6 +84,12 @@ class PushdownShape:
         body = wrapped_body(sql)
         if body is None:
             return None
+        head, tail = self._wrapper
+        return head + body + tail, len(head)
+
+    @cached_property
+    def _wrapper(self) -> tuple[str, str]:
+        """What goes before and after a statement's text (the same for every statement)."""
         outputs = []
         for i, name in enumerate(self.names):
             value = f"{_ALIAS}.\"c{i + 1}\""
@@ -90,8 +97,7 @@ class PushdownShape:
             masked = mask_sql(method, value + "::text") if method else value
             outputs.append(f"{masked} AS {_ident(name)}")
         aliases = ", ".join(f'"c{i + 1}"' for i in range(self.columns))
-        head = f"SELECT {', '.join(outputs)} FROM (\n"
-        return f"{head}{body}\n) AS {_ALIAS}({aliases})", len(head)
+        return f"SELECT {', '.join(outputs)} FROM (\n", f"\n) AS {_ALIAS}({aliases})"
 
 
 @dataclass
