@@ -94,7 +94,7 @@ class PushdownShape:
         for i, name in enumerate(self.names):
             value = f"{_ALIAS}.\"c{i + 1}\""
             method = self.methods.get(i)
-            masked = mask_sql(method, value + "::text") if method else value
+            masked = mask_sql(method, value + "::pg_catalog.text") if method else value
             outputs.append(f"{masked} AS {_ident(name)}")
         aliases = ", ".join(f'"c{i + 1}"' for i in range(self.columns))
         return f"SELECT {', '.join(outputs)} FROM (\n", f"\n) AS {_ALIAS}({aliases})"

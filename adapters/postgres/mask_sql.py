@@ -14,11 +14,14 @@ does not, so it cannot tell which to keep: it hides more, never less). NULL stay
 
 The expressions work on PostgreSQL 12 and later, with `standard_conforming_strings` on or off
 (no literal holds a backslash or a quote), and on columns of any collation, nondeterministic
-ones included: no text is compared (emptiness is `octet_length(...) = 0`; under a
-nondeterministic collation `'' = E'\\u200b'` may be true), and `COLLATE "C"` is applied where
-such a collation would be rejected (`strpos`, regular expressions), only inside subexpressions
-of type integer, so the result keeps the collation of `value_sql` (`redact`, `null`: the
-default). `value_sql` is evaluated several times and must have no side effects; a column
+ones included: no text is compared with `=` (under a nondeterministic collation
+`'' = E'\\u200b'` may be true), and `COLLATE "C"` is applied where such a collation would be
+rejected (`strpos`, regular expressions), only inside subexpressions of type integer or
+boolean, so the result keeps the collation of `value_sql` (`redact`, `null`: the default).
+Every function, operator, type and collation is named with its schema (`pg_catalog.right`,
+`OPERATOR(pg_catalog.||)`): a session may put a schema of its own first in its search_path,
+and what it defines there must never receive an unmasked value.
+`value_sql` is evaluated several times and must have no side effects; a column
 reference is embedded as it is, anything else in parentheses.
 """
 
@@ -45,6 +48,19 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+# Every function, operator, type and collation is named with its schema: a session may put
+# a schema of its own before pg_catalog in its search_path, and a `right(text, int)` or `||`
+# found there would receive the unmasked value.
+def _f(name: str, *args: str) -> str:
+    return f"pg_catalog.{name}({', '.join(args)})"
+
+
+def _op(left: str, op: str, right: str) -> str:
+    return f"({left} OPERATOR(pg_catalog.{op}) {right})"  # (all OPERATOR()s bind alike)
+
+
+_TEXT = "pg_catalog.text"
+_C = 'pg_catalog."C"'
 _STAR = _lit(MASK_CHAR)
 _DIGIT_SET = _lit(_DIGITS)
 _STARS_FOR_DIGITS = _lit(MASK_CHAR * len(_DIGITS))
@@ -52,13 +68,15 @@ _POSITION_SET = _lit(_DIGITS + MASK_CHAR)
 # In the reversed value: everything up to and including the 4th digit-or-`*` from the end (a
 # "position" of `mask_pan`). Anchored, so matching it costs a short forward scan.
 _KEPT_SUFFIX = _lit(f"^(?:[^0-9*]*[0-9*]){{{PAN_KEEP_DIGITS}}}")
+_ALL_DIGITS = _lit("^[0-9]*$")
 
 
 def _keep_last(v: str, min_length: int) -> str:
     """`*` for every character but the last 4, or for all of them when fewer than `min_length`."""
-    n = f"length({v})"
-    return (f"(CASE WHEN {n} < {min_length} THEN repeat({_STAR}, {n}) "
-            f"ELSE repeat({_STAR}, {n} - {PAN_KEEP_DIGITS}) || right({v}, {PAN_KEEP_DIGITS}) END)")
+    n = _f("length", v)
+    hidden = _f("repeat", _STAR, _op(n, "-", str(PAN_KEEP_DIGITS)))
+    return (f"(CASE WHEN {_op(n, '<', str(min_length))} THEN {_f('repeat', _STAR, n)} "
+            f"ELSE {_op(hidden, '||', _f('right', v, str(PAN_KEEP_DIGITS)))} END)")
 
 
 def _pan(v: str) -> str:
@@ -69,15 +87,18 @@ def _pan(v: str) -> str:
     # any non-ASCII character: all hidden;
     # fewer than 13 positions: every digit hidden, by translate;
     # otherwise: digits hidden before the 4th position from the end, kept from there on.
-    kept = f"length(substring(reverse({v}) COLLATE \"C\" from {_KEPT_SUFFIX}))"
+    n = _f("length", v)
+    kept = _f("length", _f("substring", f"{_f('reverse', v)} COLLATE {_C}", _KEPT_SUFFIX))
+    positions = _op(n, "-", _f("length", _f("translate", v, _POSITION_SET, "''")))
+    head = _f("left", v, f"OPERATOR(pg_catalog.-) {kept}")
+    tail = _f("right", v, kept)
     return (
-        f"(CASE WHEN {v} COLLATE \"C\" ~ '^[0-9]*$' "
+        f"(CASE WHEN {_op(f'{v} COLLATE {_C}', '~', _ALL_DIGITS)} "
         f"THEN {_keep_last(v, PAN_MIN_DIGITS)} "
-        f"WHEN octet_length({v}) <> length({v}) THEN repeat({_STAR}, length({v})) "
-        f"WHEN length({v}) - length(translate({v}, {_POSITION_SET}, '')) < {PAN_MIN_DIGITS} "
-        f"THEN translate({v}, {_DIGIT_SET}, {_STARS_FOR_DIGITS}) "
-        f"ELSE translate(left({v}, -{kept}), {_DIGIT_SET}, {_STARS_FOR_DIGITS}) "
-        f"|| right({v}, {kept}) END)")
+        f"WHEN {_op(_f('octet_length', v), '<>', n)} THEN {_f('repeat', _STAR, n)} "
+        f"WHEN {_op(positions, '<', str(PAN_MIN_DIGITS))} "
+        f"THEN {_f('translate', v, _DIGIT_SET, _STARS_FOR_DIGITS)} "
+        f"ELSE {_op(_f('translate', head, _DIGIT_SET, _STARS_FOR_DIGITS), '||', tail)} END)")
 
 
 def _last4(v: str) -> str:
@@ -85,20 +106,22 @@ def _last4(v: str) -> str:
 
 
 def _redact(v: str) -> str:
-    return f"(CASE WHEN {v} IS NOT NULL THEN {_lit(REDACTED)}::text END)"
+    return f"(CASE WHEN {v} IS NOT NULL THEN {_lit(REDACTED)}::{_TEXT} END)"
 
 
 def _null(v: str) -> str:
-    return "(NULL::text)"
+    return f"(NULL::{_TEXT})"
 
 
 def _email(v: str) -> str:
     # rpartition("@"): `last_at` counts from the end, so the domain is the last `last_at - 1`
     # characters and the local part the first `length - last_at` (the first of them is shown).
-    last_at = f"strpos(reverse({v}) COLLATE \"C\", '@')"
-    return (f"(CASE WHEN strpos({v} COLLATE \"C\", '@') = 0 THEN {_lit(MASK_CHAR * 3)}::text "
-            f"ELSE left({v}, least(1, length({v}) - {last_at})) || {_lit(MASK_CHAR * 3 + '@')} "
-            f"|| right({v}, {last_at} - 1) END)")
+    last_at = _f("strpos", f"{_f('reverse', v)} COLLATE {_C}", "'@'")
+    shown = _f("left", v, f"LEAST(1, {_op(_f('length', v), '-', last_at)})")
+    domain = _f("right", v, _op(last_at, "-", "1"))
+    masked = _op(_op(shown, "||", _lit(MASK_CHAR * 3 + "@")), "||", domain)
+    return (f"(CASE WHEN {_op(_f('strpos', f'{v} COLLATE {_C}', _lit('@')), '=', '0')} "
+            f"THEN {_lit(MASK_CHAR * 3)}::{_TEXT} ELSE {masked} END)")
 
 
 _BUILDERS: dict[str, Callable[[str], str]] = {

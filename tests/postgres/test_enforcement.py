@@ -391,6 +391,29 @@ def test_the_database_masks_a_known_statement_shape_as_the_proxy_did(
     assert records[0]["masked"] == records[1]["masked"] == ["cvv:redact", "pan:pan"]
 
 
+def test_functions_and_operators_of_the_session_search_path_do_not_see_the_values(
+        stack: Stack, pushed_table: str) -> None:
+    """A session may put a schema of its own before pg_catalog: the database-side masks name
+    pg_catalog's functions and operators, so a `right` or `||` planted there gets nothing."""
+    with psycopg.connect(stack.direct, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS trap")
+        conn.execute("CREATE OR REPLACE FUNCTION trap.right(text, int) RETURNS text "
+                     "LANGUAGE sql AS 'SELECT $1'")
+        conn.execute("CREATE OR REPLACE FUNCTION trap.leak(text, text) RETURNS text "
+                     "LANGUAGE sql AS 'SELECT $2'")
+        conn.execute("CREATE OPERATOR trap.|| (leftarg = text, rightarg = text, "
+                     "function = trap.leak)")
+        conn.execute("SET search_path = trap, pg_catalog, public")
+        assert conn.execute("SELECT right('4111', 1), 'a' || 'b'").fetchone() == ("4111", "b")
+    with stack.connect() as conn:
+        conn.execute("SET search_path = trap, pg_catalog, public")
+        for n in (1, 2, 1):
+            rows = conn.execute(f"SELECT id, pan, current_query() AS q FROM pocket WHERE id = {n}"
+                                ).fetchall()
+            assert rows[0][1] == ("************1111" if n == 1 else "************1112")
+        assert "ordinance_masked" in rows[0][2]
+
+
 def test_statements_that_cannot_be_wrapped_are_masked_by_the_proxy(
         stack: Stack, pushed_table: str) -> None:
     notices: list[str] = []
