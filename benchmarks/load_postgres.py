@@ -21,10 +21,12 @@ In ONE run, at `--clients` clients (`pgbench -j 2`), each workload goes to the w
 literal), `pgbench -S -M prepared`, and pgbench's default TPC-B-like script. The report gives
 TPS and average latency per way, the Ordinance/PgBouncer and PgBouncer/direct TPS ratios, and
 the CPU time the middle process spent per transaction (from /proc; for Ordinance also the part
-of its `audit-recorder` thread, the audit trail's writer). `--breakdown` adds two
+of its `audit-recorder` thread, the audit trail's writer). `--breakdown` adds three
 proxies built like the CLI's with parts left out (`relay`: the loop alone, every statement
-allowed by a stub; `no-audit`: the PCI pack's decisions and masking, no statement records),
-which shows where the proxy's time goes.
+allowed by a stub; `no-audit`: the PCI pack's decisions and masking, no statement records;
+`fsync-log`: as `no-audit`, with each record made durable by the proxy's group-commit
+recorder in a plain file, `fdatasync` per commit, no hash chain and no SQLite), which shows
+where the proxy's time goes.
 
 Then a 10,000-row read with one masked column, `SELECT id, holder, pan FROM cards WHERE id
 BETWEEN 1 AND N` (the WHERE keeps it out of the pack's bulk-read review), and the same rows
@@ -422,7 +424,22 @@ VARIANTS = {
     "relay": "the proxy loop alone: every statement allowed by a stub hook, nothing recorded",
     "no-audit": "the PCI pack decides and masks as in `ordinance proxy postgres`, but the "
                 "statement records are not written",
+    "fsync-log": "as `no-audit`, and the records go through the proxy's group-commit recorder "
+                 "to a plain file, one `fdatasync` per commit (no hash chain, no SQLite): the "
+                 "cheapest durable record",
 }
+
+
+class FsyncLog:
+    """The `fsync-log` variant's trail: each batch appended to a file, then `fdatasync`."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def append_many(self, events: list[Any]) -> list[Any]:
+        os.write(self.fd, "".join(e.payload_json + "\n" for e in events).encode())
+        os.fdatasync(self.fd)
+        return []
 
 
 def serve_variant(mode: str, users: str) -> int:
@@ -442,6 +459,8 @@ def serve_variant(mode: str, users: str) -> int:
 
     upstream = os.environ["ORDINANCE_UPSTREAM_URL"]
 
+    from adapters.postgres.recorder import AuditRecorder
+
     class NoRecorder:
         async def append(self, *args: Any, **kwargs: Any) -> None:
             return None
@@ -457,9 +476,13 @@ def serve_variant(mode: str, users: str) -> int:
         else:
             catalog = Catalog(upstream)
             engine = Engine(load_policy_set(str(REPO / "policies")))
+            recorder: Any = NoRecorder()
+            if mode == "fsync-log":
+                recorder = AuditRecorder(FsyncLog(Path(users).parent / "fsync.log")  # type: ignore[arg-type]
+                                         ).start()
             bridge = PolicyBridge(InProcessDecisionClient(engine),
                                   resource=Resource(DATABASE, {"env": "dev"}), catalog=catalog,
-                                  recorder=NoRecorder(), approvals=None)  # type: ignore[arg-type]
+                                  recorder=recorder, approvals=None)
             hooks = bridge.hooks()
         proxy = PostgresProxy(ProxyConfig(upstream_url=upstream, directory=load_users(users),
                                           **hooks))
