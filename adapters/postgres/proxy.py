@@ -119,6 +119,7 @@ _T = TypeVar("_T")
 
 READ_SIZE = 256 * 1024
 BUSY_READ_LIMIT = 128 * 1024  # what a side waiting for a hook buffers before it stops reading
+HOLD_BEFORE_END = 16 * 1024  # result bytes held back to go out with the end of a statement
 AUTH_MESSAGE_LIMIT = 64 * 1024  # bounds what an unauthenticated client can make us buffer
 FORWARDED_PARAMETERS = ("application_name", "client_encoding", "DateStyle", "TimeZone",
                         "IntervalStyle", "extra_float_digits")
@@ -1130,9 +1131,13 @@ class _Relay:
         completion = self.session.server_frame(frame, out)
         if completion is not None:
             done, rest = _run_eagerly(_complete(completion))
-            if not done:  # what came before the end of the statement goes now
-                self._send_client(out)
-                self._wait("server", self._server_completed(rest, completion))
+            if not done:
+                # What came before the end of the statement goes now, unless it is small: then
+                # it goes with the end, in one write (a `-S` transaction's row and its end).
+                held = list(out) if sum(map(len, out)) <= HOLD_BEFORE_END else []
+                if not held:
+                    self._send_client(out)
+                self._wait("server", self._server_completed(rest, completion, held))
                 return False
             out.extend(completion.frames)
         return True
@@ -1146,10 +1151,11 @@ class _Relay:
         if self._server_frame(frame, out) and self._resumed("server"):
             self._server_process(out)  # and what arrived meanwhile
 
-    async def _server_completed(self, rest: Awaitable[None], completion: Completion) -> None:
+    async def _server_completed(self, rest: Awaitable[None], completion: Completion,
+                                held: list[bytes]) -> None:
         await rest
         if self._resumed("server"):
-            self._server_process(list(completion.frames))  # and what arrived meanwhile
+            self._server_process([*held, *completion.frames])  # and what arrived meanwhile
 
 
 async def _take_over(reader: asyncio.StreamReader, transport: asyncio.BaseTransport,
