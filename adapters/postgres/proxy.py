@@ -119,7 +119,7 @@ _T = TypeVar("_T")
 
 READ_SIZE = 256 * 1024
 BUSY_READ_LIMIT = 128 * 1024  # what a side waiting for a hook buffers before it stops reading
-HOLD_BEFORE_END = 16 * 1024  # result bytes held back to go out with the end of a statement
+HOLD_BEFORE_END = 4 * 1024  # result bytes held back to go out with the end of a statement
 AUTH_MESSAGE_LIMIT = 64 * 1024  # bounds what an unauthenticated client can make us buffer
 FORWARDED_PARAMETERS = ("application_name", "client_encoding", "DateStyle", "TimeZone",
                         "IntervalStyle", "extra_float_digits")
