@@ -34,7 +34,8 @@ Choices worth knowing:
   before the client hears of it or the session's end is recorded.
 - The end of an allowed statement's result (CommandComplete, ErrorResponse, ...) is held until
   the verdict's `on_complete` has returned (the audit record is durable first); if it fails,
-  the result is withheld and the session ends with SQLSTATE 58030.
+  the result is withheld and the session ends with SQLSTATE 58030. Up to `HOLD_BEFORE_END`
+  bytes of rows before the end are held with it, so a small answer leaves in one write.
 - `session_started` is awaited before the client learns it is logged in (raising refuses the
   session); `session_ended` when it is over, with the reason.
 """
