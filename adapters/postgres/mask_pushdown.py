@@ -40,6 +40,9 @@ PUSHABLE_TYPES = frozenset({25, 1043})
 """text and varchar: a masked value is still a valid value of the type."""
 
 _ALIAS = "ordinance_masked"
+MAX_WRAPPED_TEXT = 64 * 1024
+"""Longer statements are masked by the proxy (they would be parsed again to learn a shape, and
+a statement that long is not run as a stream of thousands)."""
 _DML = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
 MAX_CACHED_DESCRIPTIONS = 64
 
@@ -141,6 +144,8 @@ class MaskPushdown:
 def wrapped_body(sql: str) -> str | None:
     """`sql` without its trailing semicolons, when it can be put in parentheses as it is: no
     other semicolon, and no comment (a `--` at its end would swallow the closing one)."""
+    if len(sql) > MAX_WRAPPED_TEXT:
+        return None
     body = sql.rstrip()
     while body.endswith(";"):
         body = body[:-1].rstrip()

@@ -39,6 +39,7 @@ def test_only_a_plain_select_list_is_wrapped(sql: str, size: int | None) -> None
     ("SELECT 1; SELECT 2", None),
     ("SELECT ';'", None),  # (conservative: any semicolon inside)
     ("  ;  ", None),
+    ("SELECT " + "1 + " * 20000 + "1", None),  # longer than MAX_WRAPPED_TEXT
 ])
 def test_the_text_must_end_where_the_wrapper_closes(sql: str, body: str | None) -> None:
     assert wrapped_body(sql) == body
