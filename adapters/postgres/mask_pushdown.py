@@ -41,8 +41,8 @@ PUSHABLE_TYPES = frozenset({25, 1043})
 
 _ALIAS = "ordinance_masked"
 MAX_WRAPPED_TEXT = 64 * 1024
-"""Longer statements are masked by the proxy (they would be parsed again to learn a shape, and
-a statement that long is not run as a stream of thousands)."""
+"""Longer statements are masked by the proxy: learning a shape parses the text once more, and
+texts that long are not what a hot path repeats."""
 _DML = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
 MAX_CACHED_DESCRIPTIONS = 64
 
