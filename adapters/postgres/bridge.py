@@ -353,8 +353,15 @@ class PolicyBridge:
         if key is not None:
             if len(self._plans) >= MAX_CACHED_PLANS:
                 self._plans.clear()
+            pushdown = _Pushdown()
+            stale = self._plans.get(key)
+            if stale is not None and stale.generation == generation:
+                # Only the catalog entries' time ran out (no DDL seen): what the first result
+                # showed still stands. The wrapped columns are masked whatever they now hold,
+                # and every other column is planned anew from the fresh entries.
+                pushdown = _Pushdown(stale.pushdown.learned, stale.pushdown.shape)
             plan = _MaskingPlan(view, computed, generation, catalog.fresh_until(seen),
-                                TransformCache())
+                                TransformCache(), pushdown)
             self._plans[key] = plan
             return ResultMasking(catalog, rules, view, computed=computed,
                                  transforms=plan.transforms), layout, plan.pushdown

@@ -71,6 +71,7 @@ class Stack:
     recorder: AuditRecorder
     audit: AuditLog
     engine: Engine
+    catalog: Catalog
 
     def dsn(self, user: str = "alice", **extra: str) -> str:
         parts = {"host": "127.0.0.1", "port": str(self.proxy.port), "dbname": self.dbname,
@@ -149,7 +150,7 @@ def stack(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
     proxy = ProxyThread(ProxyConfig(upstream_url=upstream_url(direct),
                                     directory=load_users(users_file), **bridge.hooks()))
     yield Stack(proxy, name, direct, audit_url, users_file, gate, store, recorder, audit,
-                engine)
+                engine, catalog)
     proxy.run(catalog.close())
     proxy.stop()
     gate.close()
@@ -389,6 +390,26 @@ def test_the_database_masks_a_known_statement_shape_as_the_proxy_did(
     records = [r for r in stack.records("statement") if "FROM pocket" in r["text"]][-2:]
     assert [r["text"] for r in records] == [pocket_sql(low, prepare) for low in (0, 1)]
     assert records[0]["masked"] == records[1]["masked"] == ["cvv:redact", "pan:pan"]
+
+
+def test_a_learnt_shape_outlives_the_catalog_entries_it_came_from(
+        stack: Stack, pushed_table: str) -> None:
+    """When the catalog entries time out (no DDL seen), the plan is made again from fresh ones,
+    and its statements stay wrapped: no slow unwrapped execution once a minute."""
+    sql = "SELECT id, pan, current_query() AS q2 FROM pocket WHERE id = {n}"
+    ttl, stack.catalog.ttl = stack.catalog.ttl, 0.3
+    try:
+        with stack.connect() as conn:
+            ran = [conn.execute(sql.format(n=n)).fetchone() for n in (1, 2)]
+            queries = stack.catalog.queries
+            time.sleep(0.5)  # every catalog entry of the plan is stale now
+            ran.append(conn.execute(sql.format(n=1)).fetchone())
+    finally:
+        stack.catalog.ttl = ttl
+    assert stack.catalog.queries > queries  # the plan was made again, from fresh entries
+    assert ["ordinance_masked" in r[2] for r in ran] == [False, True, True]  # type: ignore[index]
+    assert [r[1] for r in ran] == ["************1111", "************1112",  # type: ignore[index]
+                                   "************1111"]
 
 
 def test_functions_and_operators_of_the_session_search_path_do_not_see_the_values(
