@@ -241,6 +241,8 @@ class PolicyBridge:
                                           or "denied by policy")
         try:
             statement.masking, layout, statement.pushdown = await self._masking(sql, decision)
+            statement.masking.learning = (statement.pushdown is not None
+                                          and not statement.pushdown.learned)
         except MaskingDenied as exc:
             return await statement.denied(str(exc))
         except CatalogError as exc:

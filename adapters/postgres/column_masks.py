@@ -475,7 +475,9 @@ class ResultMasking:
         self.copy_types = list(copy_types) if copy_types is not None else []
         self.masked: set[str] = set()  # "table.column -> method" seen, for the record
         self.premasked: Mapping[int, str] = {}
-        # the method chosen for each result column (not COPY), for `mask_pushdown` to learn
+        # with `learning`: the method chosen for each result column (not COPY), for
+        # `mask_pushdown` to learn the plan's shape from
+        self.learning = False
         self.methods: dict[int, str | None] = {}
         self.columns: dict[int, ColumnDescriptor] = {}
 
@@ -519,7 +521,7 @@ class ResultMasking:
 
     def masker(self, column: ColumnDescriptor) -> ValueTransform | None:
         transform, masked = self._masker(column)
-        if not column.copy:
+        if self.learning and not column.copy:
             self.methods[column.index] = masked.rpartition(":")[2] if masked else None
             self.columns[column.index] = column
         return transform
