@@ -392,6 +392,23 @@ def test_the_database_masks_a_known_statement_shape_as_the_proxy_did(
     assert records[0]["masked"] == records[1]["masked"] == ["cvv:redact", "pan:pan"]
 
 
+def test_pipelined_statements_are_wrapped_once_their_shape_is_known(
+        stack: Stack, pushed_table: str) -> None:
+    """Statements sent before the first result of their shape came back go unwrapped (the
+    proxy masks them); the next pipeline is wrapped. Both give the same rows."""
+    sql = "SELECT id, pan, current_query() AS q3 FROM pocket WHERE id = %s"
+    wrapped = []
+    with stack.connect() as conn:
+        for _ in range(2):
+            with conn.pipeline():
+                cursors = [conn.execute(sql, (n,)) for n in (1, 2, 3)]
+            rows = [c.fetchone() for c in cursors]
+            assert [r[1] for r in rows] == [  # type: ignore[index]
+                "************1111", "************1112", "****-****-****-1112"]
+            wrapped.append(["ordinance_masked" in r[2] for r in rows])  # type: ignore[index]
+    assert wrapped == [[False] * 3, [True] * 3]
+
+
 def test_a_learnt_shape_outlives_the_catalog_entries_it_came_from(
         stack: Stack, pushed_table: str) -> None:
     """When the catalog entries time out (no DDL seen), the plan is made again from fresh ones,
