@@ -45,7 +45,7 @@ HASH_HEX_CHARS = 16
 PAN_MIN_DIGITS = 13
 PAN_MAX_DIGITS = 19
 PAN_KEEP_DIGITS = 4
-_LAST4_MIN_LENGTH = 8
+LAST4_MIN_LENGTH = 8
 """`last4` shows the last 4 characters only when at least as many are hidden."""
 
 
@@ -98,7 +98,7 @@ def mask_pan(value: str) -> str:
 
 def mask_last4(value: str) -> str:
     """Keep the last 4 characters, replace the others by `*`; all hidden if shorter than 8."""
-    if len(value) < _LAST4_MIN_LENGTH:
+    if len(value) < LAST4_MIN_LENGTH:
         return MASK_CHAR * len(value)
     return MASK_CHAR * (len(value) - PAN_KEEP_DIGITS) + value[-PAN_KEEP_DIGITS:]
 

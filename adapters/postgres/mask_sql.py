@@ -30,10 +30,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from engine.masking import MASK_CHAR, PAN_KEEP_DIGITS, PAN_MIN_DIGITS, REDACTED
-
-_LAST4_MIN_LENGTH = 8
-"""As `engine.masking`: `last4` shows the last 4 characters only when 4 or more are hidden."""
+from engine.masking import (
+    LAST4_MIN_LENGTH,
+    MASK_CHAR,
+    PAN_KEEP_DIGITS,
+    PAN_MIN_DIGITS,
+    REDACTED,
+)
 
 _DIGITS = "0123456789"
 
@@ -102,7 +105,7 @@ def _pan(v: str) -> str:
 
 
 def _last4(v: str) -> str:
-    return _keep_last(v, _LAST4_MIN_LENGTH)
+    return _keep_last(v, LAST4_MIN_LENGTH)
 
 
 def _redact(v: str) -> str:
