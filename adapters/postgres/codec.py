@@ -603,16 +603,10 @@ class _Framer:
         code = kind[0]
         unpack = _U32.unpack_from
         limit = self.max_message_size
-        # A message that ends within the buffer is no longer than the buffer: when that is
-        # within the limit, one chained comparison checks both bounds of each length.
-        bound = end if end - start <= limit else start  # (else: one message at a time)
         last = end - 5
         while pos <= last and buf[pos] == code:
             following = pos + 1 + unpack(buf, pos + 1)[0]
-            if not pos + 5 <= following <= bound:
-                if pos + 5 <= following <= end and following - pos <= limit:
-                    pos = following
-                    continue
+            if not pos + 5 <= following <= end or following - pos > limit:
                 break  # incomplete, or a bad length that _typed_frame reports precisely
             pos = following
         if pos == start:

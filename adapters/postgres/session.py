@@ -410,13 +410,7 @@ class Session:
             return op.verdict
         if op.kind != DESCRIBE:
             return None
-        if op.describe_kind == "S":
-            statement = self._statements.get(op.name)
-            return statement.verdict if statement is not None else None
-        portal = self._portals.get(op.name)
-        if portal is None or portal.statement is None:
-            return None
-        return portal.statement.verdict
+        return self._described_verdict(op)
 
     def server_frame(self, frame: Frame, out: list[bytes]) -> Completion | None:
         """Append to `out` what the client gets for one server message (maybe nothing), or,
@@ -627,6 +621,7 @@ class Session:
             out.append(_client_description(frame, self._described_verdict(op)))
 
     def _described_verdict(self, op: _Op) -> StatementVerdict | None:
+        """The verdict of the statement or portal a Describe `op` asked about."""
         if op.describe_kind == "S":
             statement = self._statements.get(op.name)
             return statement.verdict if statement is not None else None
