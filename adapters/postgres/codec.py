@@ -77,6 +77,7 @@ from adapters.postgres.messages import (
     Terminate,
     UnknownBackendMessage,
 )
+from adapters.postgres.rowscan import run_end
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -597,22 +598,12 @@ class _Framer:
     def take_run(self, kind: bytes) -> bytes | None:
         """All complete messages of type `kind` at the head of the buffer, as one bytes object
         (one copy for the whole run), or None if the next message is of another type."""
-        buf = self._buffer
-        start = pos = self._pos
-        end = len(buf)
-        code = kind[0]
-        unpack = _U32.unpack_from
-        limit = self.max_message_size
-        last = end - 5
-        while pos <= last and buf[pos] == code:
-            following = pos + 1 + unpack(buf, pos + 1)[0]
-            if not pos + 5 <= following <= end or following - pos > limit:
-                break  # incomplete, or a bad length that _typed_frame reports precisely
-            pos = following
+        start = self._pos
+        pos = run_end(self._buffer, start, kind[0], self.max_message_size)
         if pos == start:
             return None
         self._pos = pos
-        return bytes(buf[start:pos])
+        return bytes(self._buffer[start:pos])
 
     def _untyped_frame(self, limit: int) -> Frame | None:
         buf, pos = self._buffer, self._pos

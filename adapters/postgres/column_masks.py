@@ -47,10 +47,12 @@ from adapters.postgres.catalog import (
 )
 from adapters.postgres.hooks import (
     ColumnDescriptor,
+    MaskTransform,
     ScrubTransform,
     ValueTransform,
     WithheldValue,
 )
+from adapters.postgres.rowscan import may_hold_pan_bytes
 from engine.facts.fingerprint import literal_fingerprint
 from engine.lineage import OutputColumn, trace_output_columns
 from engine.masking import (
@@ -60,7 +62,6 @@ from engine.masking import (
     PAN_MIN_DIGITS,
     find_pans,
     mask_pan,
-    may_hold_pan_bytes,
     scrub_pans,
 )
 
@@ -398,15 +399,19 @@ def _withhold_pans(name: str) -> ScrubTransform:
     return ScrubTransform(scrub, may_hold_pan_bytes)
 
 
-def mask_transform(method: str) -> ValueTransform:
+def mask_transform(method: str) -> MaskTransform:
     """The masking method on text values (UTF-8)."""
+    if method == "pan":
+        return MaskTransform(method, _mask_pan_bytes)
+    if method == "null":
+        return MaskTransform(method, _null)
     function = MASK_METHODS[method].function
 
     def transform(value: bytes) -> bytes | None:
         out = function(_decode(value))
         return None if out is None else _encode(out)
 
-    return _mask_pan_bytes if method == "pan" else transform
+    return MaskTransform(method, transform)
 
 
 _MASK_BYTE = MASK_CHAR.encode()
@@ -561,7 +566,7 @@ class ResultMasking:
         if pushed is not None:  # masked by the database (text), or NULL (binary)
             if column.format == 0:
                 return SCRUB_TEXT, masked
-            return (_null if pushed == "null" else mask_transform(pushed)), masked
+            return mask_transform(pushed), masked
         if column.copy:
             if method is None:
                 if column.format == 0:
@@ -569,13 +574,13 @@ class ResultMasking:
                 type_oid = (self.copy_types[column.index]
                             if column.index < len(self.copy_types) else 0)
                 return (SCRUB_TEXT_BINARY if type_oid in BINARY_TEXT_TYPES else None), None
-            return (_null if method == "null" else mask_transform(method)), masked
+            return mask_transform(method), masked
         info = self.catalog.type_info(column.type_oid)
         category = info.category if info is not None else (
             "S" if column.type_oid in BINARY_TEXT_TYPES else "")
         if method is not None:
             if method == "null":
-                return _null, masked
+                return mask_transform(method), masked
             if column.format != 0 or category == "S":
                 # binary: the proxy sends NULL with a notice
                 return mask_transform(method), masked

@@ -2,9 +2,10 @@
 
 Owns: `SessionContext` (who is connected, handed to every decision), `StatementVerdict` (what
 the decide hook answers), `ColumnDescriptor` / `ValueTransform` / `ColumnMasker` (how a verdict
-rewrites result values), `ScrubTransform` and `WithheldValue` (content scrubbing and NULL with a
-notice), `StatementOutcome` (how an allowed statement ended, for the recording hook) and
-`CopyLayout`, plus the `DecideHook` and session hook signatures. Must not: contain policy, call
+rewrites result values), `MaskTransform` (a named masking method), `ScrubTransform` and
+`WithheldValue` (content scrubbing and NULL with a notice), `StatementOutcome` (how an
+allowed statement ended, for the recording hook) and `CopyLayout`, plus the `DecideHook` and
+session hook signatures. Must not: contain policy, call
 the engine, or import anything from `engine/`; the bridge from a `Decision` to a
 `StatementVerdict` is `adapters.postgres.bridge`.
 """
@@ -74,6 +75,20 @@ class WithheldValue(Exception):
     def __init__(self, notice: str) -> None:
         super().__init__(notice)
         self.notice = notice
+
+
+@dataclass(frozen=True, slots=True)
+class MaskTransform:
+    """A transform that applies the masking method `method` (a name of engine.masking's
+    `MASK_METHODS`) to text values. Naming the method lets the proxy mask a whole run of rows
+    at once in C (`adapters.postgres.rowscan`) for the methods the C loop knows; `function`
+    is the reference, and does every value the C loop leaves to it."""
+
+    method: str
+    function: ValueTransform
+
+    def __call__(self, value: bytes) -> bytes | None:
+        return self.function(value)
 
 
 @dataclass(frozen=True, slots=True)

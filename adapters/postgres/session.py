@@ -373,6 +373,12 @@ class Session:
         rows = self.rows_rewriter()
         if rows is None:
             raise SessionError("a run of DataRows arrived without a planned rewriter")
+        fast = rows.rewrite_run(run)
+        if fast is not None:
+            if rows.notices:
+                out.extend(notice_frame(n) for n in rows.take_notices())
+            out.append(fast)
+            return
         clean = pos = 0
         size = len(run)
         unpack = _U32.unpack_from

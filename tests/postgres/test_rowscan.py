@@ -1,0 +1,166 @@
+"""The C loops of the result path (`adapters/postgres/_rowscan.c`) against their references:
+the framer's Python loop, engine.masking's PAN precheck and `RowRewriter.rewrite` row by row."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from adapters.postgres import messages as m
+from adapters.postgres import rowscan
+from adapters.postgres.column_masks import SCRUB_JSON, SCRUB_TEXT, mask_transform
+from adapters.postgres.hooks import WithheldValue
+from adapters.postgres.results import RowRewriter
+from engine.masking import MASK_METHODS, may_hold_pan_bytes, set_hash_key
+
+_rowscan = rowscan._rowscan
+needs_c = pytest.mark.skipif(not rowscan.ACCELERATED, reason="the C loops are not built")
+
+
+def test_the_c_loops_are_built() -> None:
+    """CI sets ORDINANCE_REQUIRE_C=1: there the tests below must compare C with Python."""
+    if not rowscan.ACCELERATED:
+        reason = "adapters/postgres/_rowscan.c was not built (no C compiler at install?)"
+        if os.environ.get("ORDINANCE_REQUIRE_C") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    assert rowscan.run_end is _rowscan.run_end
+    assert rowscan.mask_rows is _rowscan.mask_rows
+    assert (rowscan.METHOD_CALL, rowscan.METHOD_PAN, rowscan.METHOD_LAST4,
+            rowscan.METHOD_NULL) == (_rowscan.METHOD_CALL, _rowscan.METHOD_PAN,
+                                     _rowscan.METHOD_LAST4, _rowscan.METHOD_NULL)
+
+
+def row(values: tuple[bytes | None, ...]) -> bytes:
+    return m.DataRow(values).encode()
+
+
+_MESSAGE = st.builds(lambda kind, body: kind + struct.pack("!I", len(body) + 4) + body,
+                     st.sampled_from([b"D", b"C", b"d"]), st.binary(max_size=12))
+
+
+@needs_c
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_MESSAGE, st.binary(max_size=9)), max_size=8).map(b"".join),
+       st.integers(0, 40), st.sampled_from([ord("D"), ord("d"), 0]), st.integers(0, 30))
+def test_run_end_equals_the_python_loop(buffer: bytes, pos: int, code: int, limit: int) -> None:
+    assume(pos <= len(buffer))
+    expected = rowscan.python_run_end(buffer, pos, code, limit)
+    assert _rowscan.run_end(buffer, pos, code, limit) == expected
+    assert _rowscan.run_end(bytearray(buffer), pos, code, limit) == expected
+
+
+_PAN_BYTES = st.lists(st.sampled_from([b"4", b"1", b"0", b" ", b"-", b"x", b"\x00", b"\xc3",
+                                       b"\xa9", b"\xd9\xa3", b"*"]), max_size=60).map(b"".join)
+
+
+@needs_c
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(_PAN_BYTES, st.binary(max_size=60)))
+def test_may_hold_pan_equals_engine_masking(data: bytes) -> None:
+    assert _rowscan.may_hold_pan(data) is may_hold_pan_bytes(data)
+
+
+@needs_c
+def test_may_hold_pan_examples() -> None:
+    for yes in (b"4111111111111", b"x4111 1111 1111 1111x", b"5500-0055-5555-5559",
+                "".join(chr(0x0661 + i % 9) for i in range(13)).encode()):
+        assert _rowscan.may_hold_pan(yes)
+    for no in (b"", b"411111111111", b"4111  1111 1111 1111", b"4111--1111-1111-1111",
+               b"4111x1111x1111x1111", b"************1111"):
+        assert not _rowscan.may_hold_pan(no)
+
+
+_PANS = st.sampled_from([b"4111111111111111", b"4111 1111 1111 1111", b"5500-0055-5555-5559",
+                         b"1234567890123", b"123", b"", b"***1111",
+                         "4111\u0661\u0661\u0661\u06611111111".encode()])
+_VALUES = st.one_of(st.none(), st.binary(max_size=20), _PANS, st.text(max_size=12).map(
+    lambda t: t.encode("utf-8", "surrogatepass")),
+    st.tuples(st.binary(max_size=5), _PANS, st.binary(max_size=5)).map(b"".join))
+
+
+def _withheld(value: bytes) -> bytes:
+    raise WithheldValue("withheld")
+
+
+_TRANSFORMS = {"none": None, "scan": SCRUB_TEXT, "json": SCRUB_JSON, "plain": lambda v: v[:3],
+               "withheld": _withheld, **{name: mask_transform(name) for name in MASK_METHODS}}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(sorted(_TRANSFORMS)), min_size=1, max_size=5),
+       st.lists(st.sampled_from([0, 0, 0, 1]), min_size=5, max_size=5),
+       st.lists(st.lists(_VALUES, min_size=5, max_size=5), min_size=1, max_size=6))
+def test_rewrite_run_equals_rewriting_row_by_row(kinds: list[str], formats: list[int],
+                                                 rows: list[list[bytes | None]]) -> None:
+    """Whenever the C loop answers, it gives what the reference gives row by row; it declines
+    (None) rather than differ."""
+    set_hash_key(b"k" * 16)
+    try:
+        transforms = [_TRANSFORMS[kind] for kind in kinds]
+        formats = formats[:len(kinds)]
+        run = b"".join(row(tuple(values[:len(kinds)])) for values in rows)
+        fast = RowRewriter(transforms, formats).rewrite_run(run)
+        if fast is None:
+            return
+        reference = RowRewriter(transforms, formats)
+        expected = b"".join(row_message(reference.rewrite(row(tuple(values[:len(kinds)]))[5:]))
+                            for values in rows)
+        assert fast == expected
+    finally:
+        set_hash_key(None)
+
+
+def row_message(body: bytes) -> bytes:
+    return b"D" + struct.pack("!I", len(body) + 4) + body
+
+
+@needs_c
+def test_rewrite_run_does_the_usual_masked_read_in_c() -> None:
+    """The common case never falls back: ids, names, and an ASCII card number column."""
+    rows = [(str(i).encode(), f"holder {i}".encode(), b"4111111111111111") for i in range(50)]
+    run = b"".join(row(values) for values in rows)
+    rewriter = RowRewriter([None, SCRUB_TEXT, mask_transform("pan")], [0, 0, 0])
+    out = rewriter.rewrite_run(run)
+    assert out == b"".join(row((a, b, b"************1111")) for a, b, _ in rows)
+    # a card number in the scanned column: the C loop declines, the reference scrubs it
+    run = row((b"1", b"card 4111111111111111", b"4111111111111111"))
+    assert rewriter.rewrite_run(run) is None
+    assert rewriter.rewrite(run[5:]) == row((b"1", b"card ************1111",
+                                             b"************1111"))[5:]
+
+
+@needs_c
+@settings(max_examples=1000, deadline=None)
+@given(st.data())
+def test_mask_rows_refuses_malformed_runs_without_crashing(data: st.DataObject) -> None:
+    run = bytearray(b"".join(row((b"12", b"4111111111111111", None)) for _ in range(3)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(run) - 1))
+        run[at] = data.draw(st.integers(0, 255))
+    run = run[:data.draw(st.integers(0, len(run)))]
+    specs = (None, (rowscan.METHOD_PAN, mask_transform("pan").function), None)
+    try:
+        out = _rowscan.mask_rows(bytes(run), specs)
+    except ValueError:
+        return
+    assert out[:1] in (b"", b"D")
+
+
+@needs_c
+def test_mask_rows_refuses_bad_specs_and_results() -> None:
+    run = row((b"x",))
+    with pytest.raises(TypeError, match="None or"):
+        _rowscan.mask_rows(run, ((1,),))
+    with pytest.raises(ValueError, match="unknown method code 9"):
+        _rowscan.mask_rows(run, ((9, None),))
+    with pytest.raises(TypeError, match="returned str"):
+        _rowscan.mask_rows(run, ((0, lambda v: "x"),))
+    with pytest.raises(ValueError, match="DataRow has 1 columns, its description has 2"):
+        _rowscan.mask_rows(run, (None, None))
+    with pytest.raises(WithheldValue):
+        _rowscan.mask_rows(run, ((0, _withheld),))
