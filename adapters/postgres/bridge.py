@@ -57,7 +57,6 @@ from adapters.postgres.hooks import (
     StatementOutcome,
     StatementVerdict,
 )
-from adapters.postgres.mask_pushdown import MaskPushdown, PushdownShape
 from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate, parse_window
 from engine.approvals import ApprovalRequest
@@ -93,18 +92,6 @@ class _SessionStats:
     denied: int = 0
 
 
-@dataclass
-class _Pushdown:
-    """Whether the masks of a plan's statements are applied by the database: undecided
-    until its first result was described, then `shape` (None: the proxy masks). Wrapped
-    statements have transforms (and client descriptions) of their own."""
-
-    learned: bool = False
-    shape: PushdownShape | None = None
-    transforms: TransformCache = field(default_factory=TransformCache)
-    descriptions: dict[bytes, bytes] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class _MaskingPlan:
     """What `_masking` found for a statement that is not a COPY: reused for the statements
@@ -117,7 +104,6 @@ class _MaskingPlan:
     generation: int
     fresh_until: float
     transforms: TransformCache  # what ResultMasking chose per column, shared
-    pushdown: _Pushdown = field(default_factory=_Pushdown)
 
 
 def _messages(decision: Decision, effect: str) -> list[str]:
@@ -135,7 +121,6 @@ class _Statement:
         self.decision_id = decision_id
         self.decision = decision
         self.masking: ResultMasking | None = None
-        self.pushdown: _Pushdown | None = None  # of its masking plan, if it has one
         self.approval: dict[str, Any] | None = None
         self.ddl = bool(DDL_KINDS & set(decision.command.get("kinds") or ()))
 
@@ -171,8 +156,6 @@ class _Statement:
     async def completed(self, outcome: StatementOutcome) -> None:
         if self.ddl:
             self.bridge.catalog.invalidate()  # the DDL has run now
-        if self.pushdown is not None and not self.pushdown.learned:
-            await self.bridge.learn_pushdown(self.pushdown, self)
         error = (f"{outcome.error_code}: {outcome.error_message}" if outcome.error_code
                  else None)
         await self.record(tag=outcome.tag, rows=outcome.rows, error=error,
@@ -240,9 +223,7 @@ class PolicyBridge:
             return await statement.denied("; ".join(_messages(decision, "deny"))
                                           or "denied by policy")
         try:
-            statement.masking, layout, statement.pushdown = await self._masking(sql, decision)
-            statement.masking.learning = (statement.pushdown is not None
-                                          and not statement.pushdown.learned)
+            statement.masking, layout = await self._masking(sql, decision)
         except MaskingDenied as exc:
             return await statement.denied(str(exc))
         except CatalogError as exc:
@@ -256,42 +237,12 @@ class PolicyBridge:
             return await self._review(statement, layout)
         return self._allow(statement, layout)
 
-    def _allow(self, statement: _Statement, layout: CopyLayout | None, *,
-               as_sent: bool = False) -> StatementVerdict:
-        """`as_sent`: the statement goes to the server exactly as the client sent it (an
-        approved one), its masks applied by the proxy."""
+    def _allow(self, statement: _Statement, layout: CopyLayout | None) -> StatementVerdict:
         masking = statement.masking
         assert masking is not None
-        rewrite = None
-        pushdown = statement.pushdown
-        if pushdown is not None and pushdown.shape is not None and not as_sent:
-            wrapped = pushdown.shape.wrap(statement.sql)
-            if wrapped is not None:
-                text, offset = wrapped
-                masking.push_down(pushdown.shape.methods, pushdown.transforms)
-                rewrite = MaskPushdown(text, pushdown.shape, pushdown.descriptions, offset,
-                                       len(statement.sql))
         return StatementVerdict.allow(
             masking.masker, decision_id=statement.decision_id, copy_layout=layout,
-            on_complete=statement.completed, resolve_columns=masking.resolve_columns,
-            rewrite=rewrite)
-
-    async def learn_pushdown(self, pushdown: _Pushdown, statement: _Statement) -> None:
-        """After the first described result of a plan's statements: can the database apply
-        their masks (`PushdownShape.learn`)? Decided once; never fails the statement."""
-        masking = statement.masking
-        if masking is None or masking.premasked or not masking.columns:
-            return
-        columns = [masking.columns.get(i) for i in range(len(masking.columns))]
-        if any(c is None for c in columns):
-            return
-        pushdown.learned = True
-        try:
-            encoding = await self.catalog.server_encoding()
-            pushdown.shape = PushdownShape.learn(statement.sql, columns,  # type: ignore[arg-type]
-                                                 masking.methods, encoding)
-        except Exception as exc:  # the proxy masks, as without push-down
-            log.warning("masks of %r not pushed down: %s", statement.sql[:200], exc)
+            on_complete=statement.completed, resolve_columns=masking.resolve_columns)
 
     def _rules(self, masks: tuple[Mask, ...]) -> MaskRules:
         """The MaskRules of a Decision's masks. Decisions from the engine's cache share their
@@ -306,14 +257,14 @@ class PolicyBridge:
         return rules
 
     async def _masking(self, sql: str, decision: Decision
-                       ) -> tuple[ResultMasking, CopyLayout | None, _Pushdown | None]:
+                       ) -> tuple[ResultMasking, CopyLayout | None]:
         command = decision.command or {}
         rules = self._rules(decision.masks)
         copy = self._copy(sql, command)
         layout = copy.layout if copy is not None else None
         binary_table_copy = copy is not None and copy.binary and copy.table is not None
         if not rules and not binary_table_copy:
-            return ResultMasking(self.catalog, rules, CatalogView()), layout, None
+            return ResultMasking(self.catalog, rules, CatalogView()), layout
         catalog = self.catalog
         key: tuple[Any, ...] | None = None
         if copy is None:  # (a COPY's layout is in its literals)
@@ -324,7 +275,7 @@ class PolicyBridge:
             if plan is not None and plan.generation == catalog.generation \
                     and catalog.still_fresh(plan.fresh_until):
                 return ResultMasking(catalog, rules, plan.view, computed=plan.computed,
-                                     transforms=plan.transforms), None, plan.pushdown
+                                     transforms=plan.transforms), None
         generation = catalog.generation
         seen: list[float] = []
         names = [str(t) for t in command.get("tables") or ()]
@@ -355,21 +306,14 @@ class PolicyBridge:
         if key is not None:
             if len(self._plans) >= MAX_CACHED_PLANS:
                 self._plans.clear()
-            pushdown = _Pushdown()
-            stale = self._plans.get(key)
-            if stale is not None and stale.generation == generation:
-                # Only the catalog entries' time ran out (no DDL seen): what the first result
-                # showed still stands. The wrapped columns are masked whatever they now hold,
-                # and every other column is planned anew from the fresh entries.
-                pushdown = _Pushdown(stale.pushdown.learned, stale.pushdown.shape)
             plan = _MaskingPlan(view, computed, generation, catalog.fresh_until(seen),
-                                TransformCache(), pushdown)
+                                TransformCache())
             self._plans[key] = plan
             return ResultMasking(catalog, rules, view, computed=computed,
-                                 transforms=plan.transforms), layout, plan.pushdown
+                                 transforms=plan.transforms), layout
         masking = ResultMasking(catalog, rules, view, computed=computed,
                                 copy_methods=copy_methods, copy_types=copy_types)
-        return masking, layout, None
+        return masking, layout
 
     @staticmethod
     def _copy_relation(copy: CopyStatement, relations: dict[str, Any]) -> Any:
@@ -440,7 +384,7 @@ class PolicyBridge:
         if standing is not None:
             statement.approval = {"id": standing.id, "approver": standing.decided_by,
                                   "status": "approved", "standing": True}
-            return self._allow(statement, layout, as_sent=True)
+            return self._allow(statement, layout)
 
         async def hold(notify: Notify) -> StatementVerdict:
             return await self._hold(statement, layout, who, reasons, notify)
@@ -496,7 +440,7 @@ class PolicyBridge:
                 await claim.release("withdrawn", f"the hold failed: {exc}")
             return await statement.denied(f"approval {request.id} could not be awaited: {exc}")
         if used:
-            return self._allow(statement, layout, as_sent=True)
+            return self._allow(statement, layout)
         if status == "approved":
             return await statement.denied(f"approval {final.id} could not be used")
         if status == "denied":

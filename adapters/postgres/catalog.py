@@ -127,7 +127,6 @@ class Catalog:
         self._views: dict[int, dict[str, ViewColumn]] = {}
         self._types: dict[int, TypeInfo] = {}
         self._types_loaded = False
-        self._server_encoding: str | None = None
         self.generation = 0
         self.queries = 0  # catalog round trips, for tests and the curious
 
@@ -165,13 +164,6 @@ class Catalog:
             except Exception:  # closing a broken connection
                 log.debug("catalog connection close failed", exc_info=True)
             self._conn = None
-
-    async def server_encoding(self) -> str:
-        """The database's encoding (`SHOW server_encoding`; it never changes)."""
-        if self._server_encoding is None:
-            rows = await self._query("SHOW server_encoding")
-            self._server_encoding = str(rows[0][0]) if rows else ""
-        return self._server_encoding
 
     # -- cache ------------------------------------------------------------------------------
 

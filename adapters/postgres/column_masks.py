@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -479,19 +479,6 @@ class ResultMasking:
         self.copy_methods = list(copy_methods) if copy_methods is not None else None
         self.copy_types = list(copy_types) if copy_types is not None else []
         self.masked: set[str] = set()  # "table.column -> method" seen, for the record
-        self.premasked: Mapping[int, str] = {}
-        # with `learning`: the method chosen for each result column (not COPY), for
-        # `mask_pushdown` to learn the plan's shape from
-        self.learning = False
-        self.methods: dict[int, str | None] = {}
-        self.columns: dict[int, ColumnDescriptor] = {}
-
-    def push_down(self, methods: Mapping[int, str], transforms: TransformCache) -> None:
-        """The database masks the result columns `methods` names (by position) itself: they
-        get the card-number backstop only (binary ones are still sent as NULL). `transforms`
-        replaces the plan's cache, whose entries are for unwrapped results."""
-        self.premasked = methods
-        self._transforms = transforms
 
     async def resolve_columns(self, columns: Sequence[ColumnDescriptor]) -> None:
         cache = self._transforms
@@ -525,13 +512,6 @@ class ResultMasking:
             cache.resolved[id(columns)] = columns  # (kept alive by the entry: ids stay unique)
 
     def masker(self, column: ColumnDescriptor) -> ValueTransform | None:
-        transform, masked = self._masker(column)
-        if self.learning and not column.copy:
-            self.methods[column.index] = masked.rpartition(":")[2] if masked else None
-            self.columns[column.index] = column
-        return transform
-
-    def _masker(self, column: ColumnDescriptor) -> tuple[ValueTransform | None, str | None]:
         cache = self._transforms
         if cache is not None and not column.copy and self.view is self._shared_view:
             same = cache.by_id.get(id(column))  # descriptors of a cached description
@@ -543,7 +523,7 @@ class ResultMasking:
                 transform, masked = hit
                 if masked is not None:
                     self.masked.add(masked)
-                return hit
+                return transform
         transform, masked = self._choose(column)
         if masked is not None:
             self.masked.add(masked)
@@ -555,18 +535,13 @@ class ResultMasking:
                 and len(cache) < MAX_CACHED_TRANSFORMS):
             cache[column] = (transform, masked)
             cache.by_id[id(column)] = (column, transform, masked)  # (keeps it alive)
-        return transform, masked
+        return transform
 
     def _choose(self, column: ColumnDescriptor) -> tuple[ValueTransform | None, str | None]:
         """The transform of a column, and what the record lists as masked ("name:method")."""
-        pushed = None if column.copy else self.premasked.get(column.index)
-        method = pushed or self._method(column)
+        method = self._method(column)
         name = column.name or f"#{column.index + 1}"
         masked = f"{name}:{method}" if method is not None else None
-        if pushed is not None:  # masked by the database (text), or NULL (binary)
-            if column.format == 0:
-                return SCRUB_TEXT, masked
-            return mask_transform(pushed), masked
         if column.copy:
             if method is None:
                 if column.format == 0:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
-
-from adapters.postgres.messages import FieldDescription
+from typing import Any, Literal
 
 Effect = Literal["allow", "deny", "review"]
 
@@ -163,20 +161,6 @@ ColumnResolver = Callable[[Sequence[ColumnDescriptor]], Awaitable[None]]
 the masker can look up what it needs (table OIDs in the catalog); raising ends the session."""
 
 
-class StatementRewrite(Protocol):
-    """An allowed statement sent to the server as another text (`sql`, e.g. with its masks
-    applied by the database, `mask_pushdown`); `client_description` gives the RowDescription
-    the client gets for the one the server sends (raw bytes and decoded fields), `position`
-    the position of an error ("P" field) in the client's text."""
-
-    sql: str
-
-    def client_description(self, raw: bytes, fields: Sequence[FieldDescription]) -> bytes: ...
-
-    def position(self, server: int) -> int | None:
-        """An error position in `sql` as a position in the client's text (None: none)."""
-
-
 @dataclass(frozen=True)
 class StatementVerdict:
     """What the decide hook answers for one statement text.
@@ -196,8 +180,6 @@ class StatementVerdict:
     format; without it the proxy refuses to deliver masked COPY text (fails closed).
     `on_complete` is awaited with the outcome of every execution before its end reaches the
     client (the audit record); `resolve_columns` before the masker sees a RowDescription.
-    `rewrite` (allow only) replaces the text the server gets; the masker then sees the
-    columns of the rewritten statement.
     """
 
     effect: Effect
@@ -210,15 +192,13 @@ class StatementVerdict:
     on_complete: CompletionHook | None = None
     resolve_columns: ColumnResolver | None = None
     sqlstate: str = "42501"
-    rewrite: StatementRewrite | None = None
 
     @classmethod
     def allow(cls, masker: ColumnMasker | None = None, *, decision_id: str = "",
               copy_layout: CopyLayout | None = None, on_complete: CompletionHook | None = None,
-              resolve_columns: ColumnResolver | None = None,
-              rewrite: StatementRewrite | None = None) -> StatementVerdict:
+              resolve_columns: ColumnResolver | None = None) -> StatementVerdict:
         return cls("allow", decision_id=decision_id, masker=masker, copy_layout=copy_layout,
-                   on_complete=on_complete, resolve_columns=resolve_columns, rewrite=rewrite)
+                   on_complete=on_complete, resolve_columns=resolve_columns)
 
     @classmethod
     def deny(cls, message: str, *, decision_id: str = "", detail: str = "") -> StatementVerdict:

@@ -41,7 +41,6 @@ from adapters.postgres.hooks import (
     ColumnDescriptor,
     CompletionHook,
     StatementOutcome,
-    StatementRewrite,
     StatementVerdict,
 )
 from adapters.postgres.messages import (
@@ -303,8 +302,6 @@ class Session:
         if verdict.effect != "allow":
             return self._deny_as_query(verdict)
         self._push(_Op(QUERY, verdict=verdict))
-        if verdict.rewrite is not None:
-            return [Query(verdict.rewrite.sql).encode()]
         return [frame.raw]
 
     def _parse(self, frame: Frame, message: Parse, verdict: StatementVerdict) -> list[bytes]:
@@ -314,8 +311,6 @@ class Session:
             return self._deny_in_batch(denial_error(verdict))
         self._sent_statements[message.name] = _Sent(verdict)
         self._push(_Op(PARSE, name=message.name, verdict=verdict))
-        if verdict.rewrite is not None:
-            return [Parse(message.name, verdict.rewrite.sql, message.param_types).encode()]
         return [frame.raw]
 
     def _bind(self, frame: Frame, message: Bind) -> list[bytes]:
@@ -534,12 +529,7 @@ class Session:
         if replace:
             error = decode_backend(frame)
             replace = isinstance(error, ErrorResponse) and error.severity == "ERROR"
-        if replace and op.deny is not None:
-            out.append(op.deny.encode())
-        elif op.verdict is not None and op.verdict.rewrite is not None:
-            out.append(_client_error(frame, op.verdict.rewrite))
-        else:
-            out.append(frame.raw)
+        out.append(op.deny.encode() if replace and op.deny is not None else frame.raw)
         if op.kind in (QUERY, FUNCTION, SYNC):
             return  # simple query: ReadyForQuery follows
         self._ops.popleft()
@@ -603,7 +593,7 @@ class Session:
                                                    [c.name for c in described])
                     if self._query_rows.notices:
                         out.extend(notice_frame(n) for n in self._query_rows.take_notices())
-            out.append(_client_description(frame, op.verdict))
+            out.append(frame.raw)
             return
         fields: tuple[FieldDescription, ...] = ()
         columns: tuple[ColumnDescriptor, ...] = ()
@@ -624,7 +614,7 @@ class Session:
                 portal.columns = columns
                 portal.rows_planned = False
         if not op.hidden:
-            out.append(_client_description(frame, self._described_verdict(op)))
+            out.append(frame.raw)
 
     def _described_verdict(self, op: _Op) -> StatementVerdict | None:
         """The verdict of the statement or portal a Describe `op` asked about."""
@@ -768,31 +758,6 @@ def _description(frame: Frame) -> _Description:
             _DESCRIPTIONS.clear()
         _DESCRIPTIONS[raw] = found
     return found
-
-
-def _client_description(frame: Frame, verdict: StatementVerdict | None) -> bytes:
-    """What the client gets for a RowDescription (or NoData): the server's, or for a
-    rewritten statement the description of what the client sent."""
-    if frame.type != b"T" or verdict is None or verdict.rewrite is None:
-        return frame.raw
-    return verdict.rewrite.client_description(frame.raw, _description(frame)[0])
-
-
-def _client_error(frame: Frame, rewrite: StatementRewrite) -> bytes:
-    """An error about a rewritten statement, its position ("P") moved to the client's text
-    (or dropped when it points into what the proxy added)."""
-    error = decode_backend(frame)
-    if not isinstance(error, ErrorResponse) or not any(k == "P" for k, _ in error.fields):
-        return frame.raw
-    fields = []
-    for key, value in error.fields:
-        if key == "P":
-            moved = rewrite.position(int(value)) if value.isdigit() else None
-            if moved is None:
-                continue
-            value = str(moved)
-        fields.append((key, value))
-    return ErrorResponse(tuple(fields)).encode()
 
 
 def _need(verdict: StatementVerdict | None) -> StatementVerdict:
