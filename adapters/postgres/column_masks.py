@@ -369,6 +369,12 @@ def _scrub_text(value: bytes) -> bytes:
     return value if scrubbed is text else _encode(scrubbed)
 
 
+def scrub_server_text(value: bytes) -> bytes:
+    """The backstop on a string the server sends outside result rows (a field of an error or
+    notice, a notification's payload): such text can quote a masked column's value."""
+    return _scrub_text(value)
+
+
 def _scrub_json(value: bytes) -> bytes | None:
     out = _scrub_text(value)
     if out is value:

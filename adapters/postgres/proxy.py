@@ -50,7 +50,7 @@ import logging
 import secrets
 import ssl
 import types
-from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -171,6 +171,9 @@ class ProxyConfig:
     session_started: SessionStartHook | None = None
     session_ended: SessionEndHook | None = None
     session_hook_timeout: float = 30.0
+    # applied to the strings of the server's errors, notices and notifications (the PAN
+    # backstop: they can quote values from masked columns)
+    scrub_server_text: Callable[[bytes], bytes] | None = None
 
 
 class _ClientGone(ConnectionError):
@@ -697,7 +700,8 @@ class PostgresProxy:
                      pid: int = 0) -> str:
         """Relay until either side ends; returns why the session ended."""
         client.decoder.max_message_size = self.config.max_message_size
-        session = Session(max_copy_record=self.config.max_message_size)
+        session = Session(max_copy_record=self.config.max_message_size,
+                          scrub_text=self.config.scrub_server_text)
         relay = _Relay(self, client, upstream, session, ctx, pid)
         try:
             side, error, terminated = await relay.run()

@@ -317,6 +317,35 @@ def test_the_pan_backstop_masks_unmasked_text(stack: Stack) -> None:
                                                 ).fetchone() == ("call **** **** **** 1111 asap",)
 
 
+def test_the_pan_backstop_masks_errors_notices_and_notifications(stack: Stack) -> None:
+    # The server quotes values in its errors (a failed cast), prints what a function raises
+    # and delivers notification payloads: none of it is a result row, all of it reaches the
+    # client.
+    with psycopg.connect(stack.direct, autocommit=True) as direct:
+        direct.execute("CREATE OR REPLACE FUNCTION shout(t text) RETURNS int LANGUAGE plpgsql "
+                       "AS $$BEGIN RAISE NOTICE 'got %', t USING DETAIL = t; RETURN 1; END$$")
+    notices: list[str] = []
+    payloads: list[str] = []
+    with stack.connect(notices=notices) as conn:
+        conn.add_notify_handler(lambda n: payloads.append(n.channel + " " + n.payload))
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute("SELECT pan::int FROM cards WHERE id = 1")
+        assert exc.value.sqlstate == "22003"
+        assert PAN1 not in str(exc.value) and MASKED1 in str(exc.value)
+        for prepare in (False, True):
+            with pytest.raises(psycopg.Error) as exc:
+                conn.execute("SELECT pan::date FROM cards WHERE id = %s", (1,),
+                             prepare=prepare)
+            assert PAN1 not in str(exc.value), exc.value
+        assert conn.execute("SELECT shout(notes) FROM cards WHERE id = 1").fetchone() == (1,)
+        conn.execute("LISTEN ch")
+        conn.execute(f"SELECT pg_notify('ch', 'paid with {PAN1}')")
+        conn.execute("SELECT 1")
+    assert "got call **** **** **** 1111 asap" in notices
+    assert payloads == [f"ch paid with {MASKED1}"]
+    assert not any(PAN1 in n or "4111 1111" in n for n in notices + payloads)
+
+
 def test_binary_results_of_masked_columns_are_null_with_a_notice(stack: Stack) -> None:
     notices: list[str] = []
     with stack.connect(notices=notices) as conn:
