@@ -218,6 +218,8 @@ def test_writes_and_copy_from_stdin_are_allowed(stack: Stack) -> None:
     ("SELEC pan FROM cards", "unparseable SQL is denied"),
     ("SELECT 1; CREATE TABLE x (y int)", "multi-statement strings that contain DDL"),
     ("COPY scratch TO PROGRAM 'cat'", "COPY ... PROGRAM runs shell commands"),
+    ("DO $$ BEGIN EXECUTE 'CREATE TABLE x (y int)'; END $$",
+     "DO blocks run code the policies cannot check"),
 ])
 def test_pci_pack_denials_reach_the_client_with_reasons_and_decision_id(
         stack: Stack, sql: str, reason: str) -> None:
