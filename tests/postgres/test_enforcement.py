@@ -985,6 +985,36 @@ def test_the_audit_trail_has_sessions_statements_and_verifies(stack: Stack) -> N
     assert verify.returncode == 0, verify.stderr
 
 
+
+def test_a_backend_terminated_mid_statement_reaches_the_client_as_its_fatal(
+        stack: Stack) -> None:
+    # The FATAL ends a recorded statement, so it waits for the record while the server hangs
+    # up right after it: the client must still get it, not a bare "connection closed".
+    sql = "SELECT pg_sleep(30) AS terminate_me"
+    with psycopg.connect(stack.direct, autocommit=True) as admin:
+        def running() -> bool:
+            return admin.execute("SELECT count(*) FROM pg_stat_activity WHERE query = %s",
+                                 (sql,)).fetchone() == (1,)
+
+        def terminate() -> None:
+            wait_until(running, "the statement to run")
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE query = %s", (sql,))
+
+        killer = threading.Thread(target=terminate)
+        conn = stack.connect()
+        killer.start()
+        try:
+            with pytest.raises(psycopg.OperationalError) as exc:
+                conn.execute(sql)
+        finally:
+            killer.join()
+            conn.close()
+    assert exc.value.sqlstate == "57P01", exc.value
+    assert "terminating connection due to administrator command" in str(exc.value)
+    wait_until(lambda: any(r.get("text") == sql and (r.get("error") or "").startswith("57P01")
+                           for r in stack.records("statement")), "the statement's record")
+
 if os.environ.get("ORDINANCE_ENFORCEMENT_DEBUG"):  # pragma: no cover
     import logging
 
