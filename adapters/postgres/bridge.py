@@ -44,6 +44,7 @@ from adapters.postgres.column_masks import (
     TransformCache,
     check_outputs,
     lineage_schema,
+    scrub_server_text,
     statement_relations,
     trace_statement,
 )
@@ -180,7 +181,7 @@ class PolicyBridge:
 
     def hooks(self) -> dict[str, Any]:
         return {"decide": self.decide, "session_started": self.session_started,
-                "session_ended": self.session_ended}
+                "session_ended": self.session_ended, "scrub_server_text": scrub_server_text}
 
     # -- sessions ---------------------------------------------------------------------------
 

@@ -80,11 +80,13 @@ class TypeInfo:
 
 @dataclass(frozen=True)
 class ViewColumn:
-    """Where one view column comes from: base (relation OID, column name) pairs, and whether
-    something it reads could not be traced (then `opaque`)."""
+    """Where one view column comes from: base (relation OID, column name) pairs, whether
+    something it reads could not be traced (then `opaque`), and whether it is one of them
+    passed through unchanged (`direct`; else it is computed from them)."""
 
     sources: tuple[tuple[int, str], ...]
     opaque: bool
+    direct: bool = False
 
 
 _RELATIONS_SQL = """
@@ -356,7 +358,7 @@ def source_columns(column: OutputColumn, relations: dict[str, Relation]) -> View
             opaque = True
             continue
         sources.append((relation.oid, name))
-    return ViewColumn(tuple(sources), opaque)
+    return ViewColumn(tuple(sources), opaque, column.direct)
 
 
 def _split_name(name: str) -> tuple[str | None, str]:

@@ -19,10 +19,13 @@ What a column gets (values in text format unless said otherwise):
 
 Computed columns (no table OID in the RowDescription) are masked by the rules of the columns
 they read, as traced from the statement; the strongest method wins
-(`null` > `redact` > `hash` > `pan` > `last4` > `email`). COPY data is text, so masked COPY
-columns always get the method's output; binary COPY columns with a mask become NULL, and in a
-binary COPY of a table its string columns are scanned by the backstop (their binary form is
-their text).
+(`null` > `redact` > `hash` > `pan` > `last4` > `email`). A value computed by an expression
+(not a column passed through a subquery, CTE or UNION) gets `redact` where that method would
+be `pan`, `last4` or `email`: those keep part of what the expression made of the value.
+
+COPY data is text, so masked COPY columns always get the method's output; binary COPY columns
+with a mask become NULL, and in a binary COPY of a table its string columns are scanned by the
+backstop (their binary form is their text).
 """
 
 from __future__ import annotations
@@ -68,6 +71,16 @@ from engine.masking import (
 log = logging.getLogger("ordinance.adapters.postgres.masks")
 
 STRENGTH = {"null": 6, "redact": 5, "hash": 4, "pan": 3, "last4": 2, "email": 1}
+# Methods that keep part of the value and its shape. On a value computed from a masked column
+# they would show what the expression made of it (`translate(pan, '0123456789', 'abcdefghij')`
+# has no digit for `pan` to hide, `repeat('x', substr(pan, 1, 1)::int)` a length), so such a
+# value gets `redact` instead.
+SHAPE_KEEPING = frozenset({"pan", "last4", "email"})
+
+
+def computed_method(method: str | None) -> str | None:
+    """The method for a value computed from columns whose strongest method is `method`."""
+    return "redact" if method in SHAPE_KEEPING else method
 JSON_TYPES = frozenset({114, 3802})
 BINARY_TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})  # binary form == UTF-8 text
 OPAQUE = "opaque"
@@ -172,7 +185,7 @@ class CatalogView:
                 opaque = True
                 continue
             method, hidden = self.column_method(rules, source, name, depth + 1)
-            methods.append(method)
+            methods.append(method if info.direct else computed_method(method))
             opaque = opaque or hidden
         return strongest(methods), opaque
 
@@ -307,7 +320,8 @@ def output_masks(query: TracedQuery, relations: dict[str, Relation], view: Catal
             method, hidden = view.column_method(rules, relation, name)
             methods.append(method)
             opaque = opaque or hidden
-        masks.append(OutputMask(strongest(methods), opaque))
+        method = strongest(methods)
+        masks.append(OutputMask(method if column.direct else computed_method(method), opaque))
     return masks
 
 
@@ -368,6 +382,12 @@ def _scrub_text(value: bytes) -> bytes:
     text = _decode(value)
     scrubbed = scrub_pans(text)
     return value if scrubbed is text else _encode(scrubbed)
+
+
+def scrub_server_text(value: bytes) -> bytes:
+    """The backstop on a string the server sends outside result rows (a field of an error or
+    notice, a notification's payload): such text can quote a masked column's value."""
+    return _scrub_text(value)
 
 
 def _scrub_json(value: bytes) -> bytes | None:

@@ -50,7 +50,7 @@ import logging
 import secrets
 import ssl
 import types
-from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -171,6 +171,9 @@ class ProxyConfig:
     session_started: SessionStartHook | None = None
     session_ended: SessionEndHook | None = None
     session_hook_timeout: float = 30.0
+    # applied to the strings of the server's errors, notices and notifications (the PAN
+    # backstop: they can quote values from masked columns)
+    scrub_server_text: Callable[[bytes], bytes] | None = None
 
 
 class _ClientGone(ConnectionError):
@@ -697,7 +700,8 @@ class PostgresProxy:
                      pid: int = 0) -> str:
         """Relay until either side ends; returns why the session ended."""
         client.decoder.max_message_size = self.config.max_message_size
-        session = Session(max_copy_record=self.config.max_message_size)
+        session = Session(max_copy_record=self.config.max_message_size,
+                          scrub_text=self.config.scrub_server_text)
         relay = _Relay(self, client, upstream, session, ctx, pid)
         try:
             side, error, terminated = await relay.run()
@@ -850,6 +854,7 @@ class _Relay:
         self.client_gone: asyncio.Future[BaseException | None] | None = None  # during a hold
         self.client_write_paused = False  # the client's transport is over its high-water mark
         self.server_write_paused = False
+        self.server_eof = False  # the server hung up while its side waited in a task
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -898,7 +903,16 @@ class _Relay:
             if not gone.done():
                 gone.set_result(exc)
             return
+        if side == "server" and exc is None and self.server_task is not None:
+            # What the server said last (a FATAL ending the running statement, say) may be
+            # held in that task until its record is written: the task relays it, then ends.
+            self.server_eof = True
+            return
         self.end(side, exc)
+
+    def _server_ended_meanwhile(self) -> None:
+        if self.server_eof and self.server_task is None:
+            self.end("server", None)
 
     def write_paused(self, side: str, paused: bool) -> None:
         if side == "client":
@@ -1151,12 +1165,14 @@ class _Relay:
         # (_server_frame is False when it waits again, in a task of its own)
         if self._server_frame(frame, out) and self._resumed("server"):
             self._server_process(out)  # and what arrived meanwhile
+            self._server_ended_meanwhile()
 
     async def _server_completed(self, rest: Awaitable[None], completion: Completion,
                                 held: list[bytes]) -> None:
         await rest
         if self._resumed("server"):
             self._server_process([*held, *completion.frames])  # and what arrived meanwhile
+            self._server_ended_meanwhile()
 
 
 async def _take_over(reader: asyncio.StreamReader, transport: asyncio.BaseTransport,

@@ -184,6 +184,10 @@ class Session:
 
     max_copy_record: int = 64 * 1024 * 1024
     clock: Callable[[], float] = time.monotonic
+    # The text backstop for what the server says outside result rows: every field of an
+    # ErrorResponse or NoticeResponse and a NotificationResponse's channel and payload (a
+    # cast error quotes the value, `RAISE NOTICE` and `pg_notify` print anything).
+    scrub_text: Callable[[bytes], bytes] | None = None
     poison_name: str = field(
         default_factory=lambda: f"ordinance.denied.{secrets.token_hex(16)}")
     transaction_status: str = "I"
@@ -443,7 +447,7 @@ class Session:
                     out.append(_frame(b"d", data))
             return None
         if kind in (b"N", b"A"):
-            out.append(frame.raw)
+            out.append(self._scrubbed(frame.raw))
             return None
         if kind == b"S":
             message = decode_backend(frame)
@@ -522,18 +526,40 @@ class Session:
         self._query_rows = None
         self._copy_in_open = False  # an error ends COPY FROM STDIN on the server
         if not self._ops:
-            out.append(frame.raw)  # e.g. FATAL on shutdown
+            out.append(self._scrubbed(frame.raw))  # e.g. FATAL on shutdown
             return
         op = self._ops[0]
         replace = op.deny is not None
         if replace:
             error = decode_backend(frame)
             replace = isinstance(error, ErrorResponse) and error.severity == "ERROR"
-        out.append(op.deny.encode() if replace and op.deny is not None else frame.raw)
+        if replace and op.deny is not None:
+            out.append(op.deny.encode())
+        else:
+            out.append(self._scrubbed(frame.raw))
         if op.kind in (QUERY, FUNCTION, SYNC):
             return  # simple query: ReadyForQuery follows
         self._ops.popleft()
         self._skip_until_sync = True
+
+    def _scrubbed(self, raw: bytes) -> bytes:
+        """An ErrorResponse / NoticeResponse / NotificationResponse with `scrub_text` applied
+        to each of its strings."""
+        if self.scrub_text is None:
+            return raw
+        kind, body = raw[:1], raw[5:]
+        if kind == b"A":
+            head, strings = body[:4], body[4:]
+        else:
+            head, strings = b"", body
+        parts = strings.split(b"\x00")
+        if kind == b"A":
+            new = [self.scrub_text(p) for p in parts]
+        else:  # each field is its one-byte code, then the text
+            new = [p[:1] + self.scrub_text(p[1:]) if len(p) > 1 else p for p in parts]
+        if new == parts:
+            return raw
+        return _frame(kind, head + b"\x00".join(new))
 
     def _on_ready(self, frame: Frame, out: list[bytes]) -> None:
         self._skip_until_sync = False

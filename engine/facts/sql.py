@@ -275,7 +275,7 @@ def _tables(tree: exp.Expr, ctes: set[str]) -> list[str]:
 def _targets(tree: exp.Expr, ctes: set[str]) -> list[str]:
     """Tables the statement writes or changes (the object of DML and DDL)."""
     target = tree.this if isinstance(tree, exp.Expression) else None
-    if isinstance(tree, exp.Insert | exp.Create) and isinstance(target, exp.Schema):
+    if isinstance(tree, exp.Insert | exp.Create | exp.Copy) and isinstance(target, exp.Schema):
         target = target.this
     if isinstance(tree, exp.TruncateTable | exp.Grant | exp.Revoke | exp.Drop):
         return [_table_name(t) for t in tree.find_all(exp.Table) if t.name]
@@ -297,7 +297,7 @@ def _columns(tree: exp.Expr) -> list[str]:
             name = "*"
         if name and name not in names:
             names.append(name)
-    if isinstance(tree, exp.Insert) and isinstance(tree.this, exp.Schema):
+    if isinstance(tree, exp.Insert | exp.Copy) and isinstance(tree.this, exp.Schema):
         for ident in tree.this.expressions:
             name = ident.name.lower()
             if name and name not in names:

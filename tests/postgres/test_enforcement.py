@@ -218,6 +218,8 @@ def test_writes_and_copy_from_stdin_are_allowed(stack: Stack) -> None:
     ("SELEC pan FROM cards", "unparseable SQL is denied"),
     ("SELECT 1; CREATE TABLE x (y int)", "multi-statement strings that contain DDL"),
     ("COPY scratch TO PROGRAM 'cat'", "COPY ... PROGRAM runs shell commands"),
+    ("DO $$ BEGIN EXECUTE 'CREATE TABLE x (y int)'; END $$",
+     "DO blocks run code the policies cannot check"),
 ])
 def test_pci_pack_denials_reach_the_client_with_reasons_and_decision_id(
         stack: Stack, sql: str, reason: str) -> None:
@@ -242,6 +244,7 @@ def test_psql_shows_the_denial_and_the_session_goes_on(stack: Stack) -> None:
 # Masks
 
 MASKED1, MASKED2 = "************1111", "************1112"
+REDACTED = "[REDACTED]"
 
 
 def test_pan_cvv_and_expiry_rules(stack: Stack) -> None:
@@ -264,16 +267,22 @@ def test_pan_cvv_and_expiry_rules(stack: Stack) -> None:
     ("SELECT * FROM cards WHERE id = 2", [(2, MASKED2, "[REDACTED]", None, 2, "nothing here")]),
     ("SELECT c.pan, h.name FROM cards c JOIN holders h ON h.id = c.holder_id WHERE c.id = 2",
      [(MASKED2, "Bob")]),
-    ("SELECT card, up, notes FROM v_cards WHERE id = 2", [(MASKED2, MASKED2, "nothing here")]),
+    ("SELECT card, up, notes FROM v_cards WHERE id = 2", [(MASKED2, REDACTED, "nothing here")]),
     ("WITH x AS (SELECT pan FROM cards WHERE id = 2) SELECT pan, upper(pan) FROM x LIMIT 5",
-     [(MASKED2, MASKED2)]),
+     [(MASKED2, REDACTED)]),
     ("SELECT p FROM (SELECT pan AS p FROM cards WHERE id = 2) s LIMIT 5", [(MASKED2,)]),
     ("SELECT substr(pan, 1, 6), pan || '', lower(pan) FROM cards WHERE id = 2",
-     [("******", MASKED2, MASKED2)]),
+     [(REDACTED, REDACTED, REDACTED)]),
+    # what an expression makes of a masked value is not the value: `pan` would keep the
+    # letters of the first, the length of the second (a digit of the card number each)
+    ("SELECT translate(pan, '0123456789', 'abcdefghij'), repeat('x', substr(pan, 2, 1)::int) "
+     "FROM cards WHERE id = 2", [(REDACTED, REDACTED)]),
+    ("SELECT d FROM (SELECT translate(pan, '0123456789', 'abcdefghij') AS d FROM cards "
+     "WHERE id = 2) s LIMIT 1", [(REDACTED,)]),
     ("SELECT pan FROM cards WHERE id = 2 UNION ALL SELECT name FROM holders WHERE id = 1",
      [(MASKED2,), ("Ann",)]),
     ("UPDATE cards SET notes = notes WHERE id = 2 RETURNING pan, lower(pan)",
-     [(MASKED2, MASKED2)]),
+     [(MASKED2, REDACTED)]),
 ])
 def test_masks_follow_the_column_through_the_query(stack: Stack, sql: str,
                                                    expected: list[tuple[Any, ...]]) -> None:
@@ -315,6 +324,35 @@ def test_the_pan_backstop_masks_unmasked_text(stack: Stack) -> None:
                             ).fetchone() == (f"paid with {MASKED1}", None)
         assert conn.cursor(binary=True).execute("SELECT notes FROM cards WHERE id = 1"
                                                 ).fetchone() == ("call **** **** **** 1111 asap",)
+
+
+def test_the_pan_backstop_masks_errors_notices_and_notifications(stack: Stack) -> None:
+    # The server quotes values in its errors (a failed cast), prints what a function raises
+    # and delivers notification payloads: none of it is a result row, all of it reaches the
+    # client.
+    with psycopg.connect(stack.direct, autocommit=True) as direct:
+        direct.execute("CREATE OR REPLACE FUNCTION shout(t text) RETURNS int LANGUAGE plpgsql "
+                       "AS $$BEGIN RAISE NOTICE 'got %', t USING DETAIL = t; RETURN 1; END$$")
+    notices: list[str] = []
+    payloads: list[str] = []
+    with stack.connect(notices=notices) as conn:
+        conn.add_notify_handler(lambda n: payloads.append(n.channel + " " + n.payload))
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute("SELECT pan::int FROM cards WHERE id = 1")
+        assert exc.value.sqlstate == "22003"
+        assert PAN1 not in str(exc.value) and MASKED1 in str(exc.value)
+        for prepare in (False, True):
+            with pytest.raises(psycopg.Error) as exc:
+                conn.execute("SELECT pan::date FROM cards WHERE id = %s", (1,),
+                             prepare=prepare)
+            assert PAN1 not in str(exc.value), exc.value
+        assert conn.execute("SELECT shout(notes) FROM cards WHERE id = 1").fetchone() == (1,)
+        conn.execute("LISTEN ch")
+        conn.execute(f"SELECT pg_notify('ch', 'paid with {PAN1}')")
+        conn.execute("SELECT 1")
+    assert "got call **** **** **** 1111 asap" in notices
+    assert payloads == [f"ch paid with {MASKED1}"]
+    assert not any(PAN1 in n or "4111 1111" in n for n in notices + payloads)
 
 
 def test_binary_results_of_masked_columns_are_null_with_a_notice(stack: Stack) -> None:
@@ -449,7 +487,7 @@ def test_ddl_invalidates_what_the_catalog_cache_knows(stack: Stack) -> None:
         conn.execute("CREATE TABLE wallet (id int, pan text)")
         conn.execute(f"INSERT INTO wallet VALUES (1, '{PAN2}')")
         assert conn.execute("SELECT pan, lower(pan) FROM wallet WHERE id = 1").fetchone() == (
-            MASKED2, MASKED2)
+            MASKED2, REDACTED)
 
 
 # ------------------------------------------------------------------------------------------
@@ -903,6 +941,36 @@ def test_the_audit_trail_has_sessions_statements_and_verifies(stack: Stack) -> N
     verify = stack.ordinance("audit", "verify", "--audit", stack.audit_url)
     assert verify.returncode == 0, verify.stderr
 
+
+
+def test_a_backend_terminated_mid_statement_reaches_the_client_as_its_fatal(
+        stack: Stack) -> None:
+    # The FATAL ends a recorded statement, so it waits for the record while the server hangs
+    # up right after it: the client must still get it, not a bare "connection closed".
+    sql = "SELECT pg_sleep(30) AS terminate_me"
+    with psycopg.connect(stack.direct, autocommit=True) as admin:
+        def running() -> bool:
+            return admin.execute("SELECT count(*) FROM pg_stat_activity WHERE query = %s",
+                                 (sql,)).fetchone() == (1,)
+
+        def terminate() -> None:
+            wait_until(running, "the statement to run")
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE query = %s", (sql,))
+
+        killer = threading.Thread(target=terminate)
+        conn = stack.connect()
+        killer.start()
+        try:
+            with pytest.raises(psycopg.OperationalError) as exc:
+                conn.execute(sql)
+        finally:
+            killer.join()
+            conn.close()
+    assert exc.value.sqlstate == "57P01", exc.value
+    assert "terminating connection due to administrator command" in str(exc.value)
+    wait_until(lambda: any(r.get("text") == sql and (r.get("error") or "").startswith("57P01")
+                           for r in stack.records("statement")), "the statement's record")
 
 if os.environ.get("ORDINANCE_ENFORCEMENT_DEBUG"):  # pragma: no cover
     import logging

@@ -105,8 +105,9 @@ def catalog_view() -> CatalogView:
     from adapters.postgres.catalog import ViewColumn
 
     view = CatalogView({1: CARDS, 2: VIEW})
-    view.views[2] = {"id": ViewColumn(((1, "id"),), False), "card": ViewColumn(((1, "pan"),),
-                                                                               False)}
+    view.views[2] = {"id": ViewColumn(((1, "id"),), False, direct=True),
+                     "card": ViewColumn(((1, "pan"),), False, direct=True),
+                     "up": ViewColumn(((1, "pan"),), False)}  # upper(pan)
     return view
 
 
@@ -125,6 +126,7 @@ def test_view_columns_get_the_mask_of_what_they_read() -> None:
     rules = MaskRules([("cards.pan", "pan")])
     view = catalog_view()
     assert view.column_method(rules, VIEW, "card") == ("pan", False)
+    assert view.column_method(rules, VIEW, "up") == ("redact", False)  # computed
     assert view.column_method(rules, VIEW, "id") == (None, False)
     assert view.column_method(rules, VIEW, "missing") == (None, True)
     assert view.could_mask(rules) and not view.could_mask(MaskRules([("cvv", "redact")]))
@@ -141,11 +143,16 @@ def outputs(sql: str) -> list[str | None] | None:
 
 
 def test_computed_columns_are_traced_by_position() -> None:
+    # a value computed from a masked column is redacted: `pan` would keep what the expression
+    # made of the digits (`translate(pan, '0123456789', 'abcdefghij')` has none left)
     assert outputs("SELECT id, substr(pan, 1, 6), notes || pan, lower(notes) FROM cards") == [
-        None, "pan", "pan", None]
-    assert outputs("SELECT *, lower(pan) FROM cards WHERE id = 7") == [None, "pan", None, "pan"]
+        None, "redact", "redact", None]
+    assert outputs("SELECT *, lower(pan) FROM cards WHERE id = 7") == [
+        None, "pan", None, "redact"]
     assert outputs("UPDATE cards SET notes = 'x' WHERE id = 1 RETURNING upper(pan), id") == [
-        "pan", None]
+        "redact", None]
+    assert outputs("SELECT p FROM (SELECT pan AS p FROM cards) s UNION SELECT notes FROM cards"
+                   ) == ["pan"]
     assert outputs("SELECT 1") == [None]
 
 
