@@ -443,7 +443,8 @@ def test_functions_and_operators_of_the_session_search_path_do_not_see_the_value
         stack: Stack, pocket_table: str) -> None:
     """A session may put a schema of its own before pg_catalog, with a `right` and a `||`
     that give back their text argument whole: the masked values still come out masked, in
-    the first statement of a shape and the next ones, also through those functions."""
+    the first statement of a shape and the next ones, and values computed through those
+    functions are redacted."""
     with psycopg.connect(stack.direct, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA IF NOT EXISTS trap")
         conn.execute("CREATE OR REPLACE FUNCTION trap.right(text, int) RETURNS text "
@@ -461,7 +462,7 @@ def test_functions_and_operators_of_the_session_search_path_do_not_see_the_value
             assert conn.execute(f"SELECT id, pan FROM pocket WHERE id = {n}").fetchall() == [
                 (n, masked)]
             assert conn.execute(f"SELECT right(pan, 4), '' || pan FROM pocket WHERE id = {n}"
-                                ).fetchall() == [(masked, masked)]
+                                ).fetchall() == [(REDACTED, REDACTED)]  # computed: redact
 
 
 def test_a_statement_run_in_text_then_in_binary_is_masked_for_each_format(
