@@ -197,6 +197,10 @@ def _add_kind_details(tree: exp.Expr, facts: dict[str, Any]) -> None:
             facts["copy_target"] = "file"
     elif isinstance(tree, exp.Create | exp.Drop | exp.Alter):
         facts["object_kind"] = str(tree.args.get("kind") or "").lower() or None
+    if isinstance(tree, exp.Insert | exp.Copy):
+        # the column list the statement writes, [] when it names none (all, in table order)
+        facts["target_columns"] = ([ident.name.lower() for ident in tree.this.expressions]
+                                   if isinstance(tree.this, exp.Schema) else [])
 
 
 def _hidden_statements(tree: exp.Expr, dialect: str | None) -> list[dict[str, Any]]:

@@ -42,6 +42,18 @@ deny contains msg if {
 	msg := sprintf("writing card verification codes (%s) is forbidden (PCI DSS 3.3.1)", [column])
 }
 
+# Req 3.3.1: that rule reads the columns a write names; a write to a cardholder table that
+# names none (INSERT INTO cards VALUES ..., COPY cards FROM STDIN) cannot be checked.
+deny contains msg if {
+	some s in input.command.statements
+	s.kind in {"insert", "copy"}
+	s.target_columns == []
+	not copy_out(s)
+	some table in s.targets
+	cardholder_table(table, pci.cardholder_tables)
+	msg := concat("", ["writes to cardholder table ", table, " must name their columns, so that CVV writes can be refused (PCI DSS 3.3.1)"])
+}
+
 copy_out(s) if {
 	s.kind == "copy"
 	s.direction == "to"
