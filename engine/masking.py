@@ -323,8 +323,20 @@ def scrub_pans(text: str) -> str:
     return "".join(parts)
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_digest(key: Any, value: Any) -> bool:
+    """A SHA-256 digest that we computed (`command_sha256`): a key ending in `_sha256` and 64
+    lowercase hex digits. A digit run in it is not a card number, and masking one would break
+    the digest's match with what it identifies."""
+    return (isinstance(key, str) and key.endswith("_sha256") and isinstance(value, str)
+            and _SHA256_HEX.fullmatch(value) is not None)
+
+
 def scrub_document(obj: Any) -> Any:
-    """Scrub card numbers from every string (dict keys and values) in nested dicts/lists/tuples.
+    """Scrub card numbers from every string (dict keys and values) in nested dicts/lists/tuples,
+    except SHA-256 digests under a key ending in `_sha256`.
 
     Integers are checked too (a PAN stored as a JSON number is still a PAN); one holding a card
     number becomes its masked string. Other values are returned unchanged.
@@ -332,7 +344,8 @@ def scrub_document(obj: Any) -> Any:
     if isinstance(obj, str):
         return scrub_pans(obj)
     if isinstance(obj, dict):
-        return {scrub_document(k): scrub_document(v) for k, v in obj.items()}
+        return {scrub_document(k): v if _is_digest(k, v) else scrub_document(v)
+                for k, v in obj.items()}
     if isinstance(obj, list):
         return [scrub_document(v) for v in obj]
     if isinstance(obj, tuple):

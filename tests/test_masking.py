@@ -189,6 +189,19 @@ def test_scrub_document() -> None:
     assert scrub_document(4111111111111112) == 4111111111111112
 
 
+def test_scrub_document_keeps_sha256_digests() -> None:
+    """A digest we computed (an approval's `command_sha256`) may hold a Luhn-valid digit run;
+    masking it would break its match with the command. Only 64 hex digits under a key ending
+    in `_sha256` are kept."""
+    digest = "ab" + VISA + "c" * 46
+    assert len(digest) == 64
+    doc = {"command_sha256": digest, "note": digest, "x_sha256": VISA, "y_sha256": [digest]}
+    assert scrub_document(doc) == {"command_sha256": digest,
+                                   "note": "ab************1111" + "c" * 46,
+                                   "x_sha256": "************1111",
+                                   "y_sha256": ["ab************1111" + "c" * 46]}
+
+
 # --- properties -------------------------------------------------------------------------------
 
 def _with_check_digit(body: str) -> str:
