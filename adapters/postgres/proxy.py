@@ -247,6 +247,18 @@ def _unread_bytes(reader: asyncio.StreamReader) -> int:
     return len(buffer)
 
 
+def _dropped_parameters_notice(startup: StartupMessage) -> bytes:
+    """A notice naming the start-up parameters the proxy did not forward (b"" if none), so a
+    client's `options=-c search_path=...` does not vanish silently."""
+    dropped = [name for name, _ in startup.params
+               if name not in ("user", "database", "replication", *FORWARDED_PARAMETERS)]
+    if not dropped:
+        return b""
+    return notice_frame(
+        f"the Ordinance proxy did not forward the start-up parameter(s) {', '.join(dropped)} "
+        "(they can change any setting, the role included): use SET after connecting")
+
+
 def _fatal(code: str, message: str, **extra: str | None) -> ErrorResponse:
     return ErrorResponse.build(code, message, severity="FATAL", **extra)
 
@@ -387,6 +399,7 @@ class PostgresProxy:
         reason = "client disconnected"
         try:
             client.writer.write(AuthenticationOk().encode() + b"".join(upstream.greeting)
+                                + _dropped_parameters_notice(startup)
                                 + BackendKeyData(pid, secret).encode()
                                 + ReadyForQuery("I").encode())
             await client.writer.drain()

@@ -74,6 +74,23 @@ def test_bad_password_or_unknown_user_fails_like_postgres(proxy: ProxyThread, db
     assert f'FATAL:  password authentication failed for user "{user}"' in out.stderr
 
 
+def test_start_up_options_are_not_forwarded_and_the_client_is_told(proxy: ProxyThread,
+                                                                    dbname: str) -> None:
+    """`options` could set any setting (`-c role=...`): it is dropped with a notice naming it,
+    and the session keeps the server's default; application_name is forwarded."""
+    env = {**psql_env(USERS["alice"][0]), "PGOPTIONS": "-c search_path=nowhere",
+           "PGAPPNAME": "opts-test"}
+    args = [PSQL, *PSQL_FLAGS, "-h", "127.0.0.1", "-p", str(proxy.port), "-U", "alice", "-d",
+            dbname, "-c", "SHOW search_path", "-c", "SHOW application_name"]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["search_path", '"$user", public',
+                                       "application_name", "opts-test"]
+    assert ("the Ordinance proxy did not forward the start-up parameter(s) options"
+            in out.stderr)
+    assert "did not forward" not in psql(proxy, dbname, "SELECT 1").stderr  # psql's defaults
+
+
 def test_wrong_database_is_refused(proxy: ProxyThread, dbname: str) -> None:
     with pytest.raises(psycopg.OperationalError, match='database "other" is not served'):
         psycopg.connect(proxy_dsn(proxy.port, "other"))
