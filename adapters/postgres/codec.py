@@ -611,10 +611,11 @@ class _Framer:
             return None
         (length,) = _U32.unpack_from(buf, pos)
         if length < 8:
-            raise self._fail(f"start-up packet: length {length} is less than 8")
+            raise self._fail(f"start-up packet: length {length} is less than 8"
+                             + _looks_like_text(buf[pos:pos + 4]))
         if length > limit:
             raise self._fail(f"start-up packet: length {length} exceeds the maximum "
-                             f"start-up packet size {limit}")
+                             f"start-up packet size {limit}" + _looks_like_text(buf[pos:pos + 4]))
         if len(buf) - pos < length:
             return None
         raw = bytes(buf[pos:pos + length])
@@ -624,6 +625,15 @@ class _Framer:
     def check(self) -> None:
         if self._error is not None:
             raise self._error
+
+
+def _looks_like_text(head: bytes | bytearray) -> str:
+    """A hint for a start-up packet that begins with text: an HTTP request (`GET /`) or
+    another protocol sent to the PostgreSQL port."""
+    if len(head) == 4 and all(32 <= b < 127 for b in head):
+        return (f" (it begins with the text {bytes(head).decode()!r}: not a PostgreSQL client;"
+                " an HTTP request?)")
+    return ""
 
 
 class FrontendDecoder:

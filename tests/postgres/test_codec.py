@@ -257,6 +257,8 @@ def test_frontend_errors_are_precise(raw: bytes, error: str) -> None:
     (struct.pack("!iii", 12, 80877102, 5), "CancelRequest: secret key has 0 bytes"),
     (struct.pack("!ii", 12, 80877103) + b"abcd", "SSLRequest: 4 unexpected trailing bytes"),
     (struct.pack("!i", 10001), "start-up packet: length 10001 exceeds the maximum"),
+    (b"GET / HTTP/1.1\r\n", r"exceeds the maximum start-up packet size 10000 \(it begins with "
+                              r"the text 'GET ': not a PostgreSQL client; an HTTP request\?\)"),
 ])
 def test_startup_errors_are_precise(raw: bytes, error: str) -> None:
     decoder = FrontendDecoder()
