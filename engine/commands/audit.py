@@ -276,9 +276,11 @@ def transcript_line(rec: AuditRecord) -> str:
         outcome.append(f"approval {approval['id']} {approval.get('status', '')}{by}".strip())
     reasons = p.get("reasons") or (p.get("decision") or {}).get("reasons")
     if isinstance(reasons, list):
-        msgs = [r.get("message", "") if isinstance(r, dict) else str(r) for r in reasons]
-        if any(msgs):
-            outcome.append("because " + "; ".join(m for m in msgs if m))
+        said = str(p.get("error") or "")
+        msgs = [m for m in (r.get("message", "") if isinstance(r, dict) else str(r)
+                            for r in reasons) if m and m not in said]  # a denial's error has them
+        if msgs:
+            outcome.append("because " + "; ".join(msgs))
     if outcome:
         parts.append("-> " + ", ".join(outcome))
     elif not text and not effect and p:

@@ -101,6 +101,25 @@ def test_export_session_transcript(store_url: str, capsys: pytest.CaptureFixture
     assert "session.end" in lines[4] and len(lines) == 5
 
 
+def test_transcript_names_a_reason_once() -> None:
+    """A denial's error already holds its reasons (the proxy's 42501 message): not repeated."""
+    from engine.audit import AuditRecord
+    from engine.commands.audit import transcript_line
+
+    def line(payload: dict[str, object]) -> str:
+        return transcript_line(AuditRecord(1, "r", "t", "statement", "alice", "s", "d", payload,
+                                           "", ""))
+
+    reasons = [{"message": "DROP is not allowed on production resources"}]
+    denied = line({"effect": "deny", "sql": "DROP TABLE t", "reasons": reasons,
+                   "error": "permission denied by policy: DROP is not allowed on production "
+                            "resources"})
+    assert denied.count("DROP is not allowed") == 1
+    assert "because" not in denied
+    reviewed = line({"effect": "review", "sql": "SELECT * FROM cards", "reasons": reasons})
+    assert reviewed.endswith("-> because DROP is not allowed on production resources")
+
+
 def test_prune_command(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     record_session(store_url)
     code, out, _ = run(capsys, "audit", "prune", "--audit", store_url, "--older-than", "365d")
