@@ -243,7 +243,8 @@ class PolicyBridge:
         assert masking is not None
         return StatementVerdict.allow(
             masking.masker, decision_id=statement.decision_id, copy_layout=layout,
-            on_complete=statement.completed, resolve_columns=masking.resolve_columns)
+            on_complete=statement.completed, resolve_columns=masking.resolve_columns,
+            withhold_error_values=masking.view.could_mask(masking.rules))
 
     def _rules(self, masks: tuple[Mask, ...]) -> MaskRules:
         """The MaskRules of a Decision's masks. Decisions from the engine's cache share their

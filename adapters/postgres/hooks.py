@@ -180,6 +180,10 @@ class StatementVerdict:
     format; without it the proxy refuses to deliver masked COPY text (fails closed).
     `on_complete` is awaited with the outcome of every execution before its end reaches the
     client (the audit record); `resolve_columns` before the masker sees a RowDescription.
+    `withhold_error_values` (the statement reads or writes masked columns): the values a
+    server error quotes are withheld from the client and the record (data exceptions, class
+    22: quoted text in the message and the DETAIL; integrity violations, class 23: the DETAIL,
+    which quotes keys and failing rows).
     """
 
     effect: Effect
@@ -192,13 +196,16 @@ class StatementVerdict:
     on_complete: CompletionHook | None = None
     resolve_columns: ColumnResolver | None = None
     sqlstate: str = "42501"
+    withhold_error_values: bool = False
 
     @classmethod
     def allow(cls, masker: ColumnMasker | None = None, *, decision_id: str = "",
               copy_layout: CopyLayout | None = None, on_complete: CompletionHook | None = None,
-              resolve_columns: ColumnResolver | None = None) -> StatementVerdict:
+              resolve_columns: ColumnResolver | None = None,
+              withhold_error_values: bool = False) -> StatementVerdict:
         return cls("allow", decision_id=decision_id, masker=masker, copy_layout=copy_layout,
-                   on_complete=on_complete, resolve_columns=resolve_columns)
+                   on_complete=on_complete, resolve_columns=resolve_columns,
+                   withhold_error_values=withhold_error_values)
 
     @classmethod
     def deny(cls, message: str, *, decision_id: str = "", detail: str = "") -> StatementVerdict:

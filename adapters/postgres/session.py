@@ -29,6 +29,7 @@ client (a column sent as NULL, and why) are put in `out` before the row that cau
 
 from __future__ import annotations
 
+import re
 import secrets
 import struct
 import time
@@ -127,6 +128,10 @@ def tag_rows(tag: str) -> int | None:
 def notice_frame(text: str) -> bytes:
     return NoticeResponse.build("01000", text).encode()
 
+
+_QUOTED = re.compile(r'"(?:[^"]|"")*"')
+WITHHELD_VALUE = "[REDACTED]"
+WITHHELD_DETAIL = "withheld by the Ordinance proxy: it may quote values of masked columns"
 
 FUNCTION_CALL_DENIED = StatementVerdict.deny(
     "the FunctionCall protocol message is not allowed through the proxy")
@@ -469,6 +474,8 @@ class Session:
                 raise SessionError("server asked for authentication in the middle of a session")
             out.append(frame.raw)  # a message type from the future: relay
             return None
+        if kind == b"E":
+            frame = self._error_values_withheld(frame)
         hook = self._completion_hook(kind) if kind in _ENDINGS else None
         if hook is None:
             handler(self, frame, out)
@@ -481,6 +488,11 @@ class Session:
     def _completion_hook(self, kind: bytes) -> CompletionHook | None:
         """The `on_complete` of the statement that a CommandComplete / EmptyQueryResponse /
         PortalSuspended / ErrorResponse arriving now ends, if any."""
+        verdict = self._ending_verdict(kind)
+        return verdict.on_complete if verdict is not None else None
+
+    def _ending_verdict(self, kind: bytes) -> StatementVerdict | None:
+        """The verdict of the allowed statement that a message ending it (`_ENDINGS`) ends."""
         if not self._ops:
             return None
         op = self._ops[0]
@@ -498,7 +510,25 @@ class Session:
         elif op.kind == BIND and kind == b"E":
             statement = self._statements.get(op.statement)
             verdict = statement.verdict if statement is not None else None
-        return verdict.on_complete if verdict is not None else None
+        return verdict
+
+    def _error_values_withheld(self, frame: Frame) -> Frame:
+        """The server's error with the values it quotes withheld, when the statement it ends
+        reads or writes masked columns (`StatementVerdict.withhold_error_values`)."""
+        verdict = self._ending_verdict(b"E")
+        if verdict is None or not verdict.withhold_error_values:
+            return frame
+        error = decode_backend(frame)
+        if not isinstance(error, ErrorResponse) or error.code[:2] not in ("22", "23"):
+            return frame
+        fields = []
+        for code, value in error.fields:
+            if code == "M" and error.code.startswith("22"):
+                value = _QUOTED.sub(f'"{WITHHELD_VALUE}"', value)
+            elif code == "D":
+                value = WITHHELD_DETAIL
+            fields.append((code, value))
+        return Frame(b"E", ErrorResponse(tuple(fields)).encode())
 
     def _outcome(self, frame: Frame) -> StatementOutcome:
         op = self._ops[0]

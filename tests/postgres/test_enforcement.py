@@ -7,6 +7,7 @@ not (only the mask rules hide it), so a test can tell the two mechanisms apart.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -340,7 +341,7 @@ def test_the_pan_backstop_masks_errors_notices_and_notifications(stack: Stack) -
         with pytest.raises(psycopg.Error) as exc:
             conn.execute("SELECT pan::int FROM cards WHERE id = 1")
         assert exc.value.sqlstate == "22003"
-        assert PAN1 not in str(exc.value) and MASKED1 in str(exc.value)
+        assert PAN1 not in str(exc.value) and '"[REDACTED]"' in str(exc.value)
         for prepare in (False, True):
             with pytest.raises(psycopg.Error) as exc:
                 conn.execute("SELECT pan::date FROM cards WHERE id = %s", (1,),
@@ -353,6 +354,34 @@ def test_the_pan_backstop_masks_errors_notices_and_notifications(stack: Stack) -
     assert "got call **** **** **** 1111 asap" in notices
     assert payloads == [f"ch paid with {MASKED1}"]
     assert not any(PAN1 in n or "4111 1111" in n for n in notices + payloads)
+
+
+def test_errors_of_statements_on_masked_tables_withhold_the_values_they_quote(
+        stack: Stack) -> None:
+    """A failed cast quotes the value (class 22), an integrity violation's DETAIL quotes the
+    key or the whole failing row (class 23): for a statement that reads or writes masked
+    columns neither reaches the client or the record; other statements' errors are whole."""
+    from adapters.postgres.session import WITHHELD_DETAIL
+
+    with stack.connect() as conn:
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute("SELECT cvv::date FROM cards WHERE id = 2")
+        assert exc.value.sqlstate == "22007"
+        assert exc.value.diag.message_primary == (
+            'invalid input syntax for type date: "[REDACTED]"')
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute("UPDATE cards SET id = NULL WHERE id = 2")
+        assert exc.value.sqlstate == "23502"  # DETAIL: Failing row contains (null, ..., 456, ...)
+        assert exc.value.diag.message_detail == WITHHELD_DETAIL
+        assert "456" not in str(exc.value)
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute("UPDATE scratch SET id = 'seven' WHERE id = 1")
+        assert exc.value.diag.message_primary == (
+            'invalid input syntax for type integer: "seven"')
+    records = [r for r in stack.records("statement") if "UPDATE cards SET id = NULL" in r["text"]
+               or "cvv::date" in r["text"]]
+    assert len(records) == 2 and all(r["error"] for r in records)
+    assert not any("456" in json.dumps(r) for r in records)
 
 
 def test_binary_results_of_masked_columns_are_null_with_a_notice(stack: Stack) -> None:
