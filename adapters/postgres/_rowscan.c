@@ -11,15 +11,17 @@
  *     (method, transform), `method` one of the METHOD_* codes below. `pan` and `last4` are done
  *     here for ASCII values, exactly as engine.masking does them; `null` needs no value; every
  *     other value goes through `transform(value: bytes) -> bytes | None`, whose exceptions
- *     propagate. A malformed row raises ValueError: the caller falls back to the reference
- *     path in results.py, which reports it precisely.
+ *     propagate. A `scan` value is copied when the PAN precheck finds nothing in it; when it
+ *     may hold a card number the answer is None. None and errors send the caller back to
+ *     the reference path in results.py (which scrubs, and reports a malformed row precisely):
+ *     a malformed row raises ValueError.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 
-enum { METHOD_CALL = 0, METHOD_PAN = 1, METHOD_LAST4 = 2, METHOD_NULL = 3 };
+enum { METHOD_CALL = 0, METHOD_PAN = 1, METHOD_LAST4 = 2, METHOD_NULL = 3, METHOD_SCAN = 4 };
 
 #define PAN_MIN_DIGITS 13
 #define KEEP_DIGITS 4
@@ -63,13 +65,7 @@ static PyObject *run_end(PyObject *self, PyObject *args) {
 static unsigned char byte_class[256]; /* CLASS_* of every byte, set at import */
 enum { CLASS_OTHER = 0, CLASS_DIGIT = 1, CLASS_SEPARATOR = 2 };
 
-static PyObject *may_hold_pan(PyObject *self, PyObject *arg) {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    const unsigned char *p = view.buf;
-    const Py_ssize_t n = view.len;
-    int found = 0;
+static int pan_shape(const unsigned char *p, Py_ssize_t n) {
     Py_ssize_t i = 0;
     while (i < n) {
         while (i < n && byte_class[p[i]] != CLASS_DIGIT)  /* most bytes: skip to a digit */
@@ -78,21 +74,26 @@ static PyObject *may_hold_pan(PyObject *self, PyObject *arg) {
         while (i < n) {  /* a run from this digit: digits, single separators between */
             unsigned char cls = byte_class[p[i]];
             if (cls == CLASS_DIGIT) {
-                if (++digits >= PAN_MIN_DIGITS) {
-                    found = 1;
-                    break;
-                }
+                if (++digits >= PAN_MIN_DIGITS)
+                    return 1;
                 i++;
-            } else if (cls == CLASS_SEPARATOR && i + 1 < n && byte_class[p[i + 1]] == CLASS_DIGIT) {
+            } else if (cls == CLASS_SEPARATOR && i + 1 < n &&
+                       byte_class[p[i + 1]] == CLASS_DIGIT) {
                 i++;
             } else {
                 break;
             }
         }
-        if (found)
-            break;
         i++;
     }
+    return 0;
+}
+
+static PyObject *may_hold_pan(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int found = pan_shape(view.buf, view.len);
     PyBuffer_Release(&view);
     return PyBool_FromLong(found);
 }
@@ -223,7 +224,7 @@ static PyObject *mask_rows(PyObject *self, PyObject *args) {
         long method = PyLong_AsLong(PyTuple_GET_ITEM(spec, 0));
         if (method == -1 && PyErr_Occurred())
             goto fail;
-        if (method < METHOD_CALL || method > METHOD_NULL) {
+        if (method < METHOD_CALL || method > METHOD_SCAN) {
             PyErr_Format(PyExc_ValueError, "unknown method code %ld", method);
             goto fail;
         }
@@ -269,7 +270,14 @@ static PyObject *mask_rows(PyObject *self, PyObject *args) {
             Py_ssize_t n = length > 0 ? length : 0;
             const unsigned char *v = run + p + 4;
             int method = methods[i];
-            if (method < 0 || length == -1) {
+            if (method == METHOD_SCAN && length > 0 && pan_shape(v, n)) {
+                PyMem_Free(out.data);  /* a card number may be in it: not for this loop */
+                PyMem_Free(methods);
+                PyMem_Free(transforms);
+                PyBuffer_Release(&view);
+                Py_RETURN_NONE;
+            }
+            if (method < 0 || method == METHOD_SCAN || length == -1) {
                 if (out_reserve(&out, 4 + n) < 0)
                     goto fail;
                 memcpy(out.data + out.len, run + p, (size_t)(4 + n));
@@ -346,7 +354,8 @@ PyMODINIT_FUNC PyInit__rowscan(void) {
     if (PyModule_AddIntConstant(m, "METHOD_CALL", METHOD_CALL) < 0 ||
         PyModule_AddIntConstant(m, "METHOD_PAN", METHOD_PAN) < 0 ||
         PyModule_AddIntConstant(m, "METHOD_LAST4", METHOD_LAST4) < 0 ||
-        PyModule_AddIntConstant(m, "METHOD_NULL", METHOD_NULL) < 0) {
+        PyModule_AddIntConstant(m, "METHOD_NULL", METHOD_NULL) < 0 ||
+        PyModule_AddIntConstant(m, "METHOD_SCAN", METHOD_SCAN) < 0) {
         Py_DECREF(m);
         return NULL;
     }

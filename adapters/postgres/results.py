@@ -141,29 +141,33 @@ _C_METHODS = {"pan": rowscan.METHOD_PAN, "last4": rowscan.METHOD_LAST4,
               "null": rowscan.METHOD_NULL}
 
 
-def _run_specs(transforms: Sequence[ValueTransform | None], nulls: Sequence[bool],
-               check: Callable[[bytes], bool] | None) -> tuple[object, ...] | None:
+def _run_specs(transforms: Sequence[ValueTransform | None], nulls: Sequence[bool]
+               ) -> tuple[object, ...] | None:
     """The `rowscan.mask_rows` specs of a result with masked columns, or None when it has
-    none or the C loop is not built. Scanned columns are copied: the caller runs `check` on
-    the output instead, which covers them."""
+    none or the C loop is not built. A scanned column is copied by the C loop while the PAN
+    precheck (`rowscan.may_hold_pan_bytes`, the one its scrubber uses) finds nothing in it."""
     if rowscan.mask_rows is None:
         return None
     specs: list[object] = []
+    masked = False
     for transform, nulled in zip(transforms, nulls, strict=True):
         if transform is None:
             specs.append(None)
-        elif nulled:
-            specs.append((rowscan.METHOD_NULL, transform))
-        elif isinstance(transform, ScrubTransform):
-            if transform.may_match is not check:
+            continue
+        if isinstance(transform, ScrubTransform) and not nulled:
+            if transform.may_match is not rowscan.may_hold_pan_bytes:
                 return None
-            specs.append(None)
+            specs.append((rowscan.METHOD_SCAN, None))
+            continue
+        masked = True
+        if nulled:
+            specs.append((rowscan.METHOD_NULL, transform))
         elif isinstance(transform, MaskTransform):
             specs.append((_C_METHODS.get(transform.method, rowscan.METHOD_CALL),
                           transform.function))
         else:
             specs.append((rowscan.METHOD_CALL, transform))
-    return tuple(specs) if any(spec is not None for spec in specs) else None
+    return tuple(specs) if masked else None
 
 
 class RowRewriter(_Notices):
@@ -191,24 +195,21 @@ class RowRewriter(_Notices):
         # what applies to a row in which `_check` finds nothing (None: nothing at all)
         self._unscanned = hard if any(t is not None for t in hard) else None
         self.precheck = self._check if self._unscanned is None else None
-        self._specs = _run_specs(self.transforms, self._null, self._check)
+        self._specs = _run_specs(self.transforms, self._null)
 
     def rewrite_run(self, run: bytes) -> bytes | None:
         """A whole run of DataRow messages rewritten at once by the C loop, or None when the
         row-by-row path (`rewrite`) must do it: the C loop is not built, nothing is masked,
         a row is malformed, a transform raised (`WithheldValue`: the notice is the row-by-row
-        path's), or the PAN detector's `precheck` may find something in the output (in a
-        scanned value, which the C loop copies). Equal to `rewrite` on every row otherwise."""
+        path's), or a scanned value may hold a card number (its scrubber must look). Equal to
+        `rewrite` on every row otherwise."""
         specs = self._specs
         if specs is None or rowscan.mask_rows is None:
             return None
         try:
-            new = rowscan.mask_rows(run, specs)
+            return rowscan.mask_rows(run, specs)
         except Exception:
             return None
-        if self._check is not None and self._check(new):
-            return None
-        return new
 
     def rewrite(self, body: bytes) -> bytes:
         """A new DataRow body (without the type and length header); `body` itself when no

@@ -31,8 +31,9 @@ def test_the_c_loops_are_built() -> None:
     assert rowscan.run_end is _rowscan.run_end
     assert rowscan.mask_rows is _rowscan.mask_rows
     assert (rowscan.METHOD_CALL, rowscan.METHOD_PAN, rowscan.METHOD_LAST4,
-            rowscan.METHOD_NULL) == (_rowscan.METHOD_CALL, _rowscan.METHOD_PAN,
-                                     _rowscan.METHOD_LAST4, _rowscan.METHOD_NULL)
+            rowscan.METHOD_NULL, rowscan.METHOD_SCAN) == (
+                _rowscan.METHOD_CALL, _rowscan.METHOD_PAN, _rowscan.METHOD_LAST4,
+                _rowscan.METHOD_NULL, _rowscan.METHOD_SCAN)
 
 
 def row(values: tuple[bytes | None, ...]) -> bytes:
@@ -164,3 +165,14 @@ def test_mask_rows_refuses_bad_specs_and_results() -> None:
         _rowscan.mask_rows(run, (None, None))
     with pytest.raises(WithheldValue):
         _rowscan.mask_rows(run, ((0, _withheld),))
+
+
+@needs_c
+def test_mask_rows_declines_a_scanned_value_that_may_hold_a_card_number() -> None:
+    scan = (rowscan.METHOD_SCAN, None)
+    pan = (rowscan.METHOD_PAN, mask_transform("pan").function)
+    clean = row((b"note 1", b"4111111111111111")) + row((None, b""))
+    assert _rowscan.mask_rows(clean, (scan, pan)) == (
+        row((b"note 1", b"************1111")) + row((None, b"")))
+    for note in (b"4111 1111 1111 1111", "\u0661".encode() * 7):  # other scripts: maybe
+        assert _rowscan.mask_rows(clean + row((note, b"1")), (scan, pan)) is None
