@@ -8,10 +8,10 @@
  *
  * mask_rows(run, specs): a run of complete DataRow messages with some columns masked, as one
  *     new bytes object. `specs` has one item per column: None (the value is copied) or a pair
- *     (method, transform), `method` one of the METHOD_* codes below. `pan` and `last4` are done
- *     here for ASCII values, exactly as engine.masking does them; `null` needs no value; every
- *     other value goes through `transform(value: bytes) -> bytes | None`, whose exceptions
- *     propagate. A `scan` value is copied when the PAN precheck finds nothing in it; when it
+ *     (method, transform), `method` one of the METHOD_* codes below. `pan`, `last4` and
+ *     `email` are done here for ASCII values, exactly as engine.masking does them; `null` and
+ *     a constant (`redact`: the spec holds its bytes) need no value; every other value goes
+ *     through `transform(value: bytes) -> bytes | None`, whose exceptions propagate. A `scan` value is copied when the PAN precheck finds nothing in it; when it
  *     may hold a card number the answer is None. None and errors send the caller back to
  *     the reference path in results.py (which scrubs, and reports a malformed row precisely):
  *     a malformed row raises ValueError.
@@ -21,7 +21,15 @@
 #include <stdint.h>
 #include <string.h>
 
-enum { METHOD_CALL = 0, METHOD_PAN = 1, METHOD_LAST4 = 2, METHOD_NULL = 3, METHOD_SCAN = 4 };
+enum {
+    METHOD_CALL = 0,  /* the transform, for every value */
+    METHOD_PAN = 1,   /* engine.masking.mask_pan on ASCII values, else the transform */
+    METHOD_LAST4 = 2, /* mask_last4 on ASCII values, else the transform */
+    METHOD_NULL = 3,  /* NULL */
+    METHOD_SCAN = 4,  /* copied while the PAN precheck finds nothing; else mask_rows -> None */
+    METHOD_CONST = 5, /* the spec's bytes for every non-NULL value (redact) */
+    METHOD_EMAIL = 6, /* mask_email on ASCII values, else the transform */
+};
 
 #define PAN_MIN_DIGITS 13
 #define KEEP_DIGITS 4
@@ -159,6 +167,39 @@ static void mask_last4_ascii(const unsigned char *v, Py_ssize_t n, unsigned char
     memcpy(dst + hidden, v + hidden, (size_t)(n - hidden));
 }
 
+/* Append a length and a value. */
+static int append_value(Out *out, const unsigned char *v, Py_ssize_t n) {
+    if (n > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "value too long");
+        return -1;
+    }
+    if (out_reserve(out, 4 + n) < 0)
+        return -1;
+    write_u32(out->data + out->len, (uint32_t)n);
+    memcpy(out->data + out->len + 4, v, (size_t)n);
+    out->len += 4 + n;
+    return 0;
+}
+
+/* mask_email on an ASCII value: `alice@example.com` -> `a***@example.com`, `***` without `@`. */
+static int append_email_ascii(Out *out, const unsigned char *v, Py_ssize_t n) {
+    Py_ssize_t at = n - 1;
+    while (at >= 0 && v[at] != '@')
+        at--;
+    if (at < 0)
+        return append_value(out, (const unsigned char *)"***", 3);
+    Py_ssize_t shown = at > 0 ? 1 : 0, domain = n - at - 1;
+    if (out_reserve(out, 4 + shown + 4 + domain) < 0)
+        return -1;
+    unsigned char *dst = out->data + out->len;
+    write_u32(dst, (uint32_t)(shown + 4 + domain));
+    memcpy(dst + 4, v, (size_t)shown);
+    memcpy(dst + 4 + shown, "***@", 4);
+    memcpy(dst + 8 + shown, v + at + 1, (size_t)domain);
+    out->len += 8 + shown + domain;
+    return 0;
+}
+
 /* Append the length and value that `transform(value)` gives. */
 static int call_transform(Out *out, PyObject *transform, const unsigned char *v,
                           Py_ssize_t n) {
@@ -224,12 +265,16 @@ static PyObject *mask_rows(PyObject *self, PyObject *args) {
         long method = PyLong_AsLong(PyTuple_GET_ITEM(spec, 0));
         if (method == -1 && PyErr_Occurred())
             goto fail;
-        if (method < METHOD_CALL || method > METHOD_SCAN) {
+        if (method < METHOD_CALL || method > METHOD_EMAIL) {
             PyErr_Format(PyExc_ValueError, "unknown method code %ld", method);
             goto fail;
         }
         methods[i] = (int)method;
         transforms[i] = PyTuple_GET_ITEM(spec, 1);  /* borrowed: specs holds it */
+        if (method == METHOD_CONST && !PyBytes_Check(transforms[i])) {
+            PyErr_SetString(PyExc_TypeError, "a METHOD_CONST spec holds bytes");
+            goto fail;
+        }
     }
     if (out_reserve(&out, size + size / 4 + 64) < 0)
         goto fail;
@@ -296,6 +341,14 @@ static PyObject *mask_rows(PyObject *self, PyObject *args) {
                 else
                     mask_last4_ascii(v, n, out.data + out.len + 4);
                 out.len += 4 + n;
+            } else if (method == METHOD_CONST) {
+                PyObject *constant = transforms[i];
+                if (append_value(&out, (const unsigned char *)PyBytes_AS_STRING(constant),
+                                 PyBytes_GET_SIZE(constant)) < 0)
+                    goto fail;
+            } else if (method == METHOD_EMAIL && is_ascii(v, n)) {
+                if (append_email_ascii(&out, v, n) < 0)
+                    goto fail;
             } else if (call_transform(&out, transforms[i], v, n) < 0) {
                 goto fail;
             }
@@ -355,7 +408,9 @@ PyMODINIT_FUNC PyInit__rowscan(void) {
         PyModule_AddIntConstant(m, "METHOD_PAN", METHOD_PAN) < 0 ||
         PyModule_AddIntConstant(m, "METHOD_LAST4", METHOD_LAST4) < 0 ||
         PyModule_AddIntConstant(m, "METHOD_NULL", METHOD_NULL) < 0 ||
-        PyModule_AddIntConstant(m, "METHOD_SCAN", METHOD_SCAN) < 0) {
+        PyModule_AddIntConstant(m, "METHOD_SCAN", METHOD_SCAN) < 0 ||
+        PyModule_AddIntConstant(m, "METHOD_CONST", METHOD_CONST) < 0 ||
+        PyModule_AddIntConstant(m, "METHOD_EMAIL", METHOD_EMAIL) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -138,7 +138,7 @@ def _nulls_binary(transform: ValueTransform | None) -> bool:
 
 
 _C_METHODS = {"pan": rowscan.METHOD_PAN, "last4": rowscan.METHOD_LAST4,
-              "null": rowscan.METHOD_NULL}
+              "null": rowscan.METHOD_NULL, "email": rowscan.METHOD_EMAIL}
 
 
 def _run_specs(transforms: Sequence[ValueTransform | None], nulls: Sequence[bool]
@@ -162,6 +162,8 @@ def _run_specs(transforms: Sequence[ValueTransform | None], nulls: Sequence[bool
         masked = True
         if nulled:
             specs.append((rowscan.METHOD_NULL, transform))
+        elif isinstance(transform, MaskTransform) and transform.method == "redact":
+            specs.append((rowscan.METHOD_CONST, transform.function(b"")))  # one placeholder
         elif isinstance(transform, MaskTransform):
             specs.append((_C_METHODS.get(transform.method, rowscan.METHOD_CALL),
                           transform.function))

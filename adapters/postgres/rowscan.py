@@ -72,3 +72,7 @@ METHOD_NULL = 3
 METHOD_SCAN = 4
 """The value is copied if `may_hold_pan_bytes` finds nothing in it (else the answer is None:
 the caller's scrubber must look); the transform is not called."""
+METHOD_CONST = 5
+"""Every non-NULL value becomes the bytes the spec holds instead of a transform (`redact`)."""
+METHOD_EMAIL = 6
+"""`email` in C for ASCII values, the transform for others."""

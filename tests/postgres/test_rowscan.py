@@ -30,10 +30,9 @@ def test_the_c_loops_are_built() -> None:
         pytest.skip(reason)
     assert rowscan.run_end is _rowscan.run_end
     assert rowscan.mask_rows is _rowscan.mask_rows
-    assert (rowscan.METHOD_CALL, rowscan.METHOD_PAN, rowscan.METHOD_LAST4,
-            rowscan.METHOD_NULL, rowscan.METHOD_SCAN) == (
-                _rowscan.METHOD_CALL, _rowscan.METHOD_PAN, _rowscan.METHOD_LAST4,
-                _rowscan.METHOD_NULL, _rowscan.METHOD_SCAN)
+    names = ("CALL", "PAN", "LAST4", "NULL", "SCAN", "CONST", "EMAIL")
+    assert [getattr(rowscan, f"METHOD_{n}") for n in names] == [
+        getattr(_rowscan, f"METHOD_{n}") for n in names]
 
 
 def row(values: tuple[bytes | None, ...]) -> bytes:
@@ -77,7 +76,8 @@ def test_may_hold_pan_examples() -> None:
 
 
 _PANS = st.sampled_from([b"4111111111111111", b"4111 1111 1111 1111", b"5500-0055-5555-5559",
-                         b"1234567890123", b"123", b"", b"***1111",
+                         b"1234567890123", b"123", b"", b"***1111", b"alice@example.com",
+                         b"@host", b"a@b@c", b"x@", "\u00e9@\u00e9.fr".encode(),
                          "4111\u0661\u0661\u0661\u06611111111".encode()])
 _VALUES = st.one_of(st.none(), st.binary(max_size=20), _PANS, st.text(max_size=12).map(
     lambda t: t.encode("utf-8", "surrogatepass")),
@@ -159,6 +159,8 @@ def test_mask_rows_refuses_bad_specs_and_results() -> None:
         _rowscan.mask_rows(run, ((1,),))
     with pytest.raises(ValueError, match="unknown method code 9"):
         _rowscan.mask_rows(run, ((9, None),))
+    with pytest.raises(TypeError, match="METHOD_CONST spec holds bytes"):
+        _rowscan.mask_rows(run, ((rowscan.METHOD_CONST, "x"),))
     with pytest.raises(TypeError, match="returned str"):
         _rowscan.mask_rows(run, ((0, lambda v: "x"),))
     with pytest.raises(ValueError, match="DataRow has 1 columns, its description has 2"):
