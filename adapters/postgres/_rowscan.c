@@ -11,10 +11,10 @@
  *     (method, transform), `method` one of the METHOD_* codes below. `pan`, `last4` and
  *     `email` are done here for ASCII values, exactly as engine.masking does them; `null` and
  *     a constant (`redact`: the spec holds its bytes) need no value; every other value goes
- *     through `transform(value: bytes) -> bytes | None`, whose exceptions propagate. A `scan` value is copied when the PAN precheck finds nothing in it; when it
- *     may hold a card number the answer is None. None and errors send the caller back to
- *     the reference path in results.py (which scrubs, and reports a malformed row precisely):
- *     a malformed row raises ValueError.
+ *     through `transform(value: bytes) -> bytes | None`, whose exceptions propagate. A `scan`
+ *     value is copied when the PAN precheck finds nothing in it, else it goes through its
+ *     transform (the scrubber). Errors send the caller back to the reference path in
+ *     results.py, which reports a malformed row (ValueError here) precisely.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -26,7 +26,7 @@ enum {
     METHOD_PAN = 1,   /* engine.masking.mask_pan on ASCII values, else the transform */
     METHOD_LAST4 = 2, /* mask_last4 on ASCII values, else the transform */
     METHOD_NULL = 3,  /* NULL */
-    METHOD_SCAN = 4,  /* copied while the PAN precheck finds nothing; else mask_rows -> None */
+    METHOD_SCAN = 4,  /* copied if the PAN precheck finds nothing in it, else the transform */
     METHOD_CONST = 5, /* the spec's bytes for every non-NULL value (redact) */
     METHOD_EMAIL = 6, /* mask_email on ASCII values, else the transform */
 };
@@ -315,14 +315,7 @@ static PyObject *mask_rows(PyObject *self, PyObject *args) {
             Py_ssize_t n = length > 0 ? length : 0;
             const unsigned char *v = run + p + 4;
             int method = methods[i];
-            if (method == METHOD_SCAN && length > 0 && pan_shape(v, n)) {
-                PyMem_Free(out.data);  /* a card number may be in it: not for this loop */
-                PyMem_Free(methods);
-                PyMem_Free(transforms);
-                PyBuffer_Release(&view);
-                Py_RETURN_NONE;
-            }
-            if (method < 0 || method == METHOD_SCAN || length == -1) {
+            if (method < 0 || length == -1 || (method == METHOD_SCAN && !pan_shape(v, n))) {
                 if (out_reserve(&out, 4 + n) < 0)
                     goto fail;
                 memcpy(out.data + out.len, run + p, (size_t)(4 + n));

@@ -143,25 +143,21 @@ _C_METHODS = {"pan": rowscan.METHOD_PAN, "last4": rowscan.METHOD_LAST4,
 
 def _run_specs(transforms: Sequence[ValueTransform | None], nulls: Sequence[bool]
                ) -> tuple[object, ...] | None:
-    """The `rowscan.mask_rows` specs of a result with masked columns, or None when it has
-    none or the C loop is not built. A scanned column is copied by the C loop while the PAN
-    precheck (`rowscan.may_hold_pan_bytes`, the one its scrubber uses) finds nothing in it."""
+    """The `rowscan.mask_rows` specs of a result, or None when no column has a transform or
+    the C loop is not built. A scanned column's values go to its scrubber only when the PAN
+    precheck (`rowscan.may_hold_pan_bytes`, the one the scrubber uses) finds something."""
     if rowscan.mask_rows is None:
         return None
     specs: list[object] = []
-    masked = False
     for transform, nulled in zip(transforms, nulls, strict=True):
         if transform is None:
             specs.append(None)
-            continue
-        if isinstance(transform, ScrubTransform) and not nulled:
+        elif nulled:
+            specs.append((rowscan.METHOD_NULL, transform))
+        elif isinstance(transform, ScrubTransform):
             if transform.may_match is not rowscan.may_hold_pan_bytes:
                 return None
-            specs.append((rowscan.METHOD_SCAN, None))
-            continue
-        masked = True
-        if nulled:
-            specs.append((rowscan.METHOD_NULL, transform))
+            specs.append((rowscan.METHOD_SCAN, transform.scrub))
         elif isinstance(transform, MaskTransform) and transform.method == "redact":
             specs.append((rowscan.METHOD_CONST, transform.function(b"")))  # one placeholder
         elif isinstance(transform, MaskTransform):
@@ -169,7 +165,7 @@ def _run_specs(transforms: Sequence[ValueTransform | None], nulls: Sequence[bool
                           transform.function))
         else:
             specs.append((rowscan.METHOD_CALL, transform))
-    return tuple(specs) if masked else None
+    return tuple(specs) if any(spec is not None for spec in specs) else None
 
 
 class RowRewriter(_Notices):
@@ -201,10 +197,9 @@ class RowRewriter(_Notices):
 
     def rewrite_run(self, run: bytes) -> bytes | None:
         """A whole run of DataRow messages rewritten at once by the C loop, or None when the
-        row-by-row path (`rewrite`) must do it: the C loop is not built, nothing is masked,
-        a row is malformed, a transform raised (`WithheldValue`: the notice is the row-by-row
-        path's), or a scanned value may hold a card number (its scrubber must look). Equal to
-        `rewrite` on every row otherwise."""
+        row-by-row path (`rewrite`) must do it: the C loop is not built, a row is malformed,
+        or a transform raised (`WithheldValue`: the notice is the row-by-row path's). Equal
+        to `rewrite` on every row otherwise."""
         specs = self._specs
         if specs is None or rowscan.mask_rows is None:
             return None

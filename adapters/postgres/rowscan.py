@@ -22,7 +22,7 @@ from engine import masking
 
 _U32 = struct.Struct("!I")
 
-MaskRows = Callable[[bytes, tuple[object, ...]], bytes | None]
+MaskRows = Callable[[bytes, tuple[object, ...]], bytes]
 
 try:
     from adapters.postgres import _rowscan
@@ -58,8 +58,8 @@ may_hold_pan_bytes: Callable[[bytes], bool] = (
 
 mask_rows: MaskRows | None = _rowscan.mask_rows if _rowscan is not None else None
 """mask_rows(run, specs): the DataRows of `run` with columns masked, one spec per column: None
-(copied) or (METHOD_*, transform); None when a METHOD_SCAN value may hold a card number.
-ValueError on a malformed row; a transform's exception propagates."""
+(copied) or (METHOD_*, transform). ValueError on a malformed row; a transform's exception
+propagates."""
 
 METHOD_CALL = 0
 """Every value goes through the transform."""
@@ -70,8 +70,8 @@ METHOD_LAST4 = 2
 METHOD_NULL = 3
 """Every value becomes NULL."""
 METHOD_SCAN = 4
-"""The value is copied if `may_hold_pan_bytes` finds nothing in it (else the answer is None:
-the caller's scrubber must look); the transform is not called."""
+"""The value is copied if `may_hold_pan_bytes` finds nothing in it, else it goes through the
+transform (a scrubber)."""
 METHOD_CONST = 5
 """Every non-NULL value becomes the bytes the spec holds instead of a transform (`redact`)."""
 METHOD_EMAIL = 6
