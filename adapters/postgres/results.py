@@ -17,6 +17,10 @@ When every transform of a result is a `ScrubTransform` with the same `may_match`
 masked, only scanned), `precheck` is that function: the caller may relay rows or COPY chunks
 that cannot match without rewriting them (`RowRewriter.rewrite` and `CopyOutRewriter.feed`
 apply it themselves too).
+
+`RowRewriter.rewrite_run` rewrites a whole run of DataRows in C (`rowscan.mask_rows`) when the
+extension is built; `rewrite`, one row at a time, is the reference it must equal and what
+runs when the C loop declines.
 """
 
 from __future__ import annotations
