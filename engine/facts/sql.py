@@ -121,12 +121,37 @@ def dialect_for(resource_type: str | None) -> str | None:
 _PG_PARAMETER = re.compile(r"\$([0-9]+)(?=[^\s])")
 
 
+# Transaction modes sqlglot cannot parse after BEGIN / START TRANSACTION (`READ ONLY`, which
+# pgjdbc sends for setReadOnly(true), Spring's @Transactional(readOnly = true); any mode after
+# START TRANSACTION). Only a whole statement made of PostgreSQL's modes is rewritten, to a bare
+# BEGIN (the facts of a BEGIN hold no modes).
+_PG_BEGIN_WITH_MODES = re.compile(
+    r"(^|;)(\s*)(?:BEGIN|START)(?:\s+(?:WORK|TRANSACTION))?"
+    r"(?:(?:\s*,\s*|\s+)(?:ISOLATION\s+LEVEL\s+(?:SERIALIZABLE|REPEATABLE\s+READ|"
+    r"READ\s+COMMITTED|READ\s+UNCOMMITTED)|READ\s+ONLY|READ\s+WRITE|(?:NOT\s+)?DEFERRABLE))+"
+    r"(?=\s*(?:;|$))",
+    re.IGNORECASE)
+# `COPY … TO STDOUT (FORMAT csv)`: PostgreSQL's WITH before the option list is optional, sqlglot
+# needs it. Only an option list that ends the statement.
+_PG_COPY_OPTIONS = re.compile(
+    r"^(\s*COPY\b.*\b(?:TO\s+STDOUT|FROM\s+STDIN))(\s*\((?:[^()]|\([^()]*\))*\)\s*;?\s*)$",
+    re.IGNORECASE | re.DOTALL)
+
+
 def sqlglot_text(raw: str, dialect: str | None) -> str:
-    """`raw` as sqlglot should read it in `dialect`: for postgres, a space after each `$n`
-    (see _PG_PARAMETER). Only for analysis: what runs is the text as sent."""
-    if dialect != "postgres" or "$" not in raw:
+    """`raw` as sqlglot should read it in `dialect`. For postgres: a space after each `$n`
+    (_PG_PARAMETER), BEGIN without its transaction modes, WITH before a COPY's option list.
+    Only for analysis: what runs is the text as sent."""
+    if dialect != "postgres":
         return raw
-    return _PG_PARAMETER.sub(r"$\1 ", raw)
+    if "$" in raw:
+        raw = _PG_PARAMETER.sub(r"$\1 ", raw)
+    head = raw.lstrip()[:5].lower()
+    if head.startswith("copy"):
+        raw = _PG_COPY_OPTIONS.sub(r"\1 WITH\2", raw, count=1)
+    else:
+        raw = _PG_BEGIN_WITH_MODES.sub(r"\1\2BEGIN", raw)
+    return raw
 
 
 def parse_sql(raw: str, dialect: str | None) -> dict[str, Any]:

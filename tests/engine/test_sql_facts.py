@@ -99,3 +99,32 @@ def test_a_statement_between_parameters_is_not_read_as_a_dollar_quoted_string() 
 def test_dollar_quoted_strings_that_hold_digits_still_parse(sql: str) -> None:
     facts = sql_facts(sql, "postgres")
     assert facts["parse_error"] is None and facts["kinds"] == ["select"], facts
+
+
+@pytest.mark.parametrize("sql", [
+    "BEGIN READ ONLY",  # pgjdbc setReadOnly(true), psycopg read_only
+    "START TRANSACTION READ ONLY",
+    "START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE",
+    "begin isolation level repeatable read read only;",
+])
+def test_transaction_modes_parse_as_begin(sql: str) -> None:
+    facts = sql_facts(sql, "postgres")
+    assert facts["parse_error"] is None and facts["kinds"] == ["begin"], facts
+
+
+def test_only_whole_transaction_mode_lists_are_rewritten() -> None:
+    assert sql_facts("BEGIN READ ONLY DROP TABLE x", "postgres")["parse_error"]
+    facts = sql_facts("BEGIN READ ONLY; DROP TABLE x", "postgres")
+    assert facts["kinds"] == ["begin", "drop"] and facts["tables"] == ["x"]
+
+
+@pytest.mark.parametrize(("sql", "tables"), [
+    ("COPY cards TO STDOUT (FORMAT csv)", ["cards"]),
+    ("COPY (SELECT id, pan FROM cards WHERE id = 1) TO STDOUT (FORMAT csv, HEADER, "
+     "FORCE_QUOTE (id))", ["cards"]),
+    ("copy scratch (id, note) from stdin (format csv);", ["scratch"]),
+])
+def test_copy_options_without_with_parse(sql: str, tables: list[str]) -> None:
+    facts = sql_facts(sql, "postgres")
+    assert facts["parse_error"] is None and "copy" in facts["kinds"], facts
+    assert facts["tables"] == tables

@@ -257,6 +257,26 @@ def test_parameters_sent_without_spaces_between_them_are_decided_and_masked(
         assert conn.execute("DELETE FROM scratch WHERE id IN (%s,%s)", (41, 42)).rowcount == 2
 
 
+def test_read_only_transactions_and_copy_options_without_with_are_allowed(
+        stack: Stack) -> None:
+    # psycopg's read_only and pgjdbc's setReadOnly(true) open transactions with BEGIN READ
+    # ONLY; `COPY … TO STDOUT (FORMAT csv)` is PostgreSQL's own example syntax. Both were
+    # denied as unparseable.
+    with psycopg.connect(stack.dsn(), row_factory=tuple_row) as conn:
+        conn.read_only = True
+        assert conn.execute("SELECT name FROM holders WHERE id = 1").fetchone() == ("Ann",)
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute("UPDATE holders SET name = name WHERE id = 1")
+        assert exc.value.sqlstate == "25006", exc.value
+    with stack.connect() as conn, conn.cursor() as cur:
+        with cur.copy("COPY scratch (id, note) FROM STDIN (FORMAT csv)") as copy:
+            copy.write(b"51,x\n")
+        with cur.copy("COPY (SELECT id, note FROM scratch WHERE id = 51) TO STDOUT "
+                      "(FORMAT csv, HEADER)") as copy:
+            assert b"".join(copy) == b"id,note\n51,x\n"
+        conn.execute("DELETE FROM scratch WHERE id = 51")
+
+
 def test_text_between_parameters_is_not_hidden_from_the_policies(stack: Stack) -> None:
     # PostgreSQL: `$1` is a parameter of PREPARE a, then COMMIT and DROP run; a dollar-quote
     # tag cannot begin with a digit. sqlglot read one string from `$1;…$` to `$1;…$` and the
