@@ -23,6 +23,8 @@ from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import Scope, build_scope
 
+from engine.facts.sql import sqlglot_text
+
 Schema = Mapping[str, Mapping[str, str]]  # table -> column -> type, columns in table order
 FrozenSchema = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
 
@@ -49,7 +51,8 @@ def trace_output_columns(sql: str, dialect: str | None,
 def _trace(sql: str, dialect: str | None, frozen: FrozenSchema) -> list[OutputColumn] | None:
     schema: dict[str, object] = {table: dict(cols) for table, cols in frozen}
     try:
-        trees = [t for t in sqlglot.parse(sql, dialect=dialect) if t is not None]
+        trees = [t for t in sqlglot.parse(sqlglot_text(sql, dialect), dialect=dialect)
+                 if t is not None]
         if len(trees) != 1 or not isinstance(trees[0], exp.Query):
             return None
         tree = qualify(trees[0], schema=schema or None, dialect=dialect,

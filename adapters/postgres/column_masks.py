@@ -57,6 +57,7 @@ from adapters.postgres.hooks import (
 )
 from adapters.postgres.rowscan import may_hold_pan_bytes
 from engine.facts.fingerprint import literal_fingerprint
+from engine.facts.sql import sqlglot_text
 from engine.lineage import OutputColumn, trace_output_columns
 from engine.masking import (
     MASK_CHAR,
@@ -233,7 +234,8 @@ def _trace_statement(sql: str, frozen: tuple[tuple[str, tuple[tuple[str, str], .
                      ) -> list[TracedQuery] | None:
     schema = {t: dict(c) for t, c in frozen}
     try:
-        trees = [t for t in sqlglot.parse(sql, dialect="postgres") if t is not None]
+        trees = [t for t in sqlglot.parse(sqlglot_text(sql, "postgres"), dialect="postgres")
+                 if t is not None]
     except (SqlglotError, ValueError, TypeError, RecursionError):
         return None
     out: list[TracedQuery] = []

@@ -109,10 +109,56 @@ def dialect_for(resource_type: str | None) -> str | None:
     return DIALECTS.get(resource_type.lower())
 
 
+# PostgreSQL reads `$` followed by an ASCII digit as a parameter (`$1`), never as the start of
+# a dollar-quoted string: a tag cannot begin with a digit. sqlglot's tokenizer takes everything
+# up to the next `$` as a tag unless it is all digits or holds white space, so `($1,$2)` fails
+# to tokenize (the way pgjdbc, node-postgres and psycopg send `(?,?)`, `($1,$2)`, `(%s,%s)`),
+# and `$1;DROP/**/TABLE/**/t;SELECT/**/$2 ... $1;DROP/**/TABLE/**/t;SELECT/**/$3` reads as one
+# string where PostgreSQL runs a DROP. A space after the parameter's digits makes sqlglot read
+# a parameter, and changes nothing PostgreSQL sees as structure: `$` + digit starts no
+# delimiter, so when it is not a parameter it is inside a literal, a comment or a quoted
+# body (`$ab$1$ab$`), where the space lands in the content.
+_PG_PARAMETER = re.compile(r"\$([0-9]+)(?=[^\s])")
+
+
+# Transaction modes sqlglot cannot parse after BEGIN / START TRANSACTION (`READ ONLY`, which
+# pgjdbc sends for setReadOnly(true), Spring's @Transactional(readOnly = true); any mode after
+# START TRANSACTION). Only a whole statement made of PostgreSQL's modes is rewritten, to a bare
+# BEGIN (the facts of a BEGIN hold no modes).
+_PG_BEGIN_WITH_MODES = re.compile(
+    r"(^|;)(\s*)(?:BEGIN|START)(?:\s+(?:WORK|TRANSACTION))?"
+    r"(?:(?:\s*,\s*|\s+)(?:ISOLATION\s+LEVEL\s+(?:SERIALIZABLE|REPEATABLE\s+READ|"
+    r"READ\s+COMMITTED|READ\s+UNCOMMITTED)|READ\s+ONLY|READ\s+WRITE|(?:NOT\s+)?DEFERRABLE))+"
+    r"(?=\s*(?:;|$))",
+    re.IGNORECASE)
+# `COPY … TO STDOUT (FORMAT csv)`: PostgreSQL's WITH before the option list is optional, sqlglot
+# needs it. Only an option list that ends the statement.
+_PG_COPY_OPTIONS = re.compile(
+    r"^(\s*COPY\b.*\b(?:TO\s+STDOUT|FROM\s+STDIN))(\s*\((?:[^()]|\([^()]*\))*\)\s*;?\s*)$",
+    re.IGNORECASE | re.DOTALL)
+
+
+def sqlglot_text(raw: str, dialect: str | None) -> str:
+    """`raw` as sqlglot should read it in `dialect`. For postgres: a space after each `$n`
+    (_PG_PARAMETER), BEGIN without its transaction modes, WITH before a COPY's option list.
+    Only for analysis: what runs is the text as sent."""
+    if dialect != "postgres":
+        return raw
+    if "$" in raw:
+        raw = _PG_PARAMETER.sub(r"$\1 ", raw)
+    head = raw.lstrip()[:5].lower()
+    if head.startswith("copy"):
+        raw = _PG_COPY_OPTIONS.sub(r"\1 WITH\2", raw, count=1)
+    else:
+        raw = _PG_BEGIN_WITH_MODES.sub(r"\1\2BEGIN", raw)
+    return raw
+
+
 def parse_sql(raw: str, dialect: str | None) -> dict[str, Any]:
     """Facts for one SQL string: `statements`, `kinds`, `tables`, `parse_error`."""
     try:
-        trees = [t for t in sqlglot.parse(raw, dialect=dialect) if t is not None]
+        trees = [t for t in sqlglot.parse(sqlglot_text(raw, dialect), dialect=dialect)
+                 if t is not None]
     except SqlglotError as err:
         return _unparseable(raw, _first_line(str(err)))
     except (RecursionError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:

@@ -55,3 +55,9 @@ def test_ambiguous_column_without_schema_is_opaque() -> None:
 @pytest.mark.parametrize("sql", ["DELETE FROM x", "SELECT 1; SELECT 2", "SELEC pan"])
 def test_not_a_single_query(sql: str) -> None:
     assert trace_output_columns(sql, "postgres", SCHEMA) is None
+
+
+def test_parameters_without_space_between_them_are_traced() -> None:
+    assert summary("SELECT cvv||$1,$2::text AS p, pan FROM cards WHERE id IN ($3,$4)") == [
+        ("_col_0", ["cards.cvv"], False, False), ("p", [], False, False),
+        ("pan", ["cards.pan"], True, False)]

@@ -73,3 +73,58 @@ def test_parser_never_raises(raw: str) -> None:
     facts = sql_facts(raw, "postgres")
     assert set(facts) == {"statements", "kinds", "tables", "parse_error"}
     assert all(s["kind"] in STATEMENT_KINDS for s in facts["statements"])
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO t (a, b) VALUES ($1,$2),($3,$4)",  # pgjdbc reWriteBatchedInserts, `(?,?)`
+    "SELECT id FROM cards WHERE id IN ($1,$2)",  # psycopg `(%s,%s)`, node-postgres
+    "SELECT $1::int,$2::int",
+    "SELECT $1,$2",
+])
+def test_parameters_without_space_between_them_parse(sql: str) -> None:
+    facts = sql_facts(sql, "postgres")
+    assert facts["parse_error"] is None, facts
+
+
+def test_a_statement_between_parameters_is_not_read_as_a_dollar_quoted_string() -> None:
+    # PostgreSQL: `$1` (a parameter of PREPARE a), then a DROP that runs. A tag cannot begin
+    # with a digit, so nothing here is dollar-quoted; sqlglot alone read one string.
+    tag = "1;COMMIT;DROP/**/TABLE/**/victim;COMMIT;PREPARE/**/b/**/AS/**/SELECT/**/"
+    facts = sql_facts(f"PREPARE a AS SELECT ${tag}$2;PREPARE c AS SELECT ${tag}$3", "postgres")
+    assert "drop" in facts["kinds"] and "victim" in facts["tables"], facts
+    assert len([s for s in facts["statements"] if not s["nested"]]) > 1
+
+
+@pytest.mark.parametrize("sql", ["SELECT $ab$1$ab$", "SELECT $$1,$$", "SELECT $_x$ $1,$ $_x$"])
+def test_dollar_quoted_strings_that_hold_digits_still_parse(sql: str) -> None:
+    facts = sql_facts(sql, "postgres")
+    assert facts["parse_error"] is None and facts["kinds"] == ["select"], facts
+
+
+@pytest.mark.parametrize("sql", [
+    "BEGIN READ ONLY",  # pgjdbc setReadOnly(true), psycopg read_only
+    "START TRANSACTION READ ONLY",
+    "START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE",
+    "begin isolation level repeatable read read only;",
+])
+def test_transaction_modes_parse_as_begin(sql: str) -> None:
+    facts = sql_facts(sql, "postgres")
+    assert facts["parse_error"] is None and facts["kinds"] == ["begin"], facts
+
+
+def test_only_whole_transaction_mode_lists_are_rewritten() -> None:
+    assert sql_facts("BEGIN READ ONLY DROP TABLE x", "postgres")["parse_error"]
+    facts = sql_facts("BEGIN READ ONLY; DROP TABLE x", "postgres")
+    assert facts["kinds"] == ["begin", "drop"] and facts["tables"] == ["x"]
+
+
+@pytest.mark.parametrize(("sql", "tables"), [
+    ("COPY cards TO STDOUT (FORMAT csv)", ["cards"]),
+    ("COPY (SELECT id, pan FROM cards WHERE id = 1) TO STDOUT (FORMAT csv, HEADER, "
+     "FORCE_QUOTE (id))", ["cards"]),
+    ("copy scratch (id, note) from stdin (format csv);", ["scratch"]),
+])
+def test_copy_options_without_with_parse(sql: str, tables: list[str]) -> None:
+    facts = sql_facts(sql, "postgres")
+    assert facts["parse_error"] is None and "copy" in facts["kinds"], facts
+    assert facts["tables"] == tables

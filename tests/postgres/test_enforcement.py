@@ -241,6 +241,64 @@ def test_psql_shows_the_denial_and_the_session_goes_on(stack: Stack) -> None:
     assert "still here" in out.stdout
 
 
+def test_parameters_sent_without_spaces_between_them_are_decided_and_masked(
+        stack: Stack) -> None:
+    # `(%s,%s)` reaches the server as `($1,$2)`, as pgjdbc's `(?,?)` and its rewritten batches
+    # (`VALUES ($1, $2),($3, $4)`) and node-postgres' `($1,$2)` do; they were denied as
+    # unparseable.
+    with stack.connect() as conn:
+        assert conn.execute("SELECT id, pan, cvv FROM cards WHERE id IN (%s,%s) ORDER BY id",
+                            (1, 2)).fetchall() == [(1, "************1111", "[REDACTED]"),
+                                                   (2, "************1112", "[REDACTED]")]
+        assert conn.execute("SELECT cvv||%s,%s::text FROM cards WHERE id = %s",
+                            ("x", "y", 1)).fetchone() == ("[REDACTED]", "y")
+        conn.execute("INSERT INTO scratch (id, note) VALUES (%s,%s),(%s,%s)",
+                     (41, "a", 42, "b"))
+        assert conn.execute("DELETE FROM scratch WHERE id IN (%s,%s)", (41, 42)).rowcount == 2
+
+
+def test_read_only_transactions_and_copy_options_without_with_are_allowed(
+        stack: Stack) -> None:
+    # psycopg's read_only and pgjdbc's setReadOnly(true) open transactions with BEGIN READ
+    # ONLY; `COPY … TO STDOUT (FORMAT csv)` is PostgreSQL's own example syntax. Both were
+    # denied as unparseable.
+    with psycopg.connect(stack.dsn(), row_factory=tuple_row) as conn:
+        conn.read_only = True
+        assert conn.execute("SELECT name FROM holders WHERE id = 1").fetchone() == ("Ann",)
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute("UPDATE holders SET name = name WHERE id = 1")
+        assert exc.value.sqlstate == "25006", exc.value
+    with stack.connect() as conn, conn.cursor() as cur:
+        with cur.copy("COPY scratch (id, note) FROM STDIN (FORMAT csv)") as copy:
+            copy.write(b"51,x\n")
+        with cur.copy("COPY (SELECT id, note FROM scratch WHERE id = 51) TO STDOUT "
+                      "(FORMAT csv, HEADER)") as copy:
+            assert b"".join(copy) == b"id,note\n51,x\n"
+        conn.execute("DELETE FROM scratch WHERE id = 51")
+
+
+def test_text_between_parameters_is_not_hidden_from_the_policies(stack: Stack) -> None:
+    # PostgreSQL: `$1` is a parameter of PREPARE a, then COMMIT and DROP run; a dollar-quote
+    # tag cannot begin with a digit. sqlglot read one string from `$1;…$` to `$1;…$` and the
+    # policies saw a lone PREPARE: the DROP ran, and a CVV came back unmasked.
+    with psycopg.connect(stack.direct, autocommit=True) as direct:
+        direct.execute("CREATE TABLE victim (id int)")
+    drop = "1;COMMIT;DROP/**/TABLE/**/victim;COMMIT;PREPARE/**/b/**/AS/**/SELECT/**/"
+    read = ("1;SELECT/**/id,cvv||'',translate(pan,'0123456789','abcdefghij')/**/FROM/**/"
+            "cards/**/WHERE/**/id=1;PREPARE/**/b/**/AS/**/SELECT/**/")
+    try:
+        for tag, reason in ((drop, "DROP is not allowed on production resources"),
+                            (read, "reads columns that policy masks")):
+            out = stack.psql(f"PREPARE a AS SELECT ${tag}$2;PREPARE c AS SELECT ${tag}$3")
+            assert reason in out.stderr, out
+            assert "123" not in out.stdout and "ebbbbbbbbbbbbbbb" not in out.stdout
+        with psycopg.connect(stack.direct) as direct:
+            assert direct.execute("SELECT to_regclass('victim')").fetchone() == ("victim",)
+    finally:
+        with psycopg.connect(stack.direct, autocommit=True) as direct:
+            direct.execute("DROP TABLE IF EXISTS victim")
+
+
 # ------------------------------------------------------------------------------------------
 # Masks
 
