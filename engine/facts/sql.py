@@ -18,6 +18,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from engine.facts.pg_statements import pg_statement_count
+
 # sqlglot warns (on the root logger of its own name) whenever it falls back to exp.Command.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
@@ -163,6 +165,11 @@ def parse_sql(raw: str, dialect: str | None) -> dict[str, Any]:
         return _unparseable(raw, _first_line(str(err)))
     except (RecursionError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
         return _unparseable(raw, f"{type(err).__name__}: {err}")
+    if dialect == "postgres":
+        expected = pg_statement_count(raw)
+        if expected is not None and expected != len(trees):
+            return _unparseable(raw, f"PostgreSQL reads {expected} statement(s) in this text, "
+                                     f"the SQL parser {len(trees)}: it cannot be checked")
     statements: list[dict[str, Any]] = []
     try:
         for tree in trees:
