@@ -370,7 +370,10 @@ def _has_where(tree: exp.Expr) -> bool:
         return bool(inner is not None and _has_where(inner))
     if isinstance(tree, exp.Merge):
         return tree.args.get("on") is not None
-    return tree.args.get("where") is not None
+    # A WHERE that reads no column (`WHERE true`, `WHERE 1 = 1`, `WHERE $1`) keeps every row
+    # or none: it filters nothing, and is no WHERE for the rules that ask for one.
+    where = tree.args.get("where")
+    return where is not None and where.find(exp.Column) is not None
 
 
 def _limit(tree: exp.Expr) -> tuple[bool, int | None]:
