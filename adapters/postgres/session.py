@@ -474,9 +474,10 @@ class Session:
                 raise SessionError("server asked for authentication in the middle of a session")
             out.append(frame.raw)  # a message type from the future: relay
             return None
-        if kind == b"E":
-            frame = self._error_values_withheld(frame)
-        hook = self._completion_hook(kind) if kind in _ENDINGS else None
+        verdict = self._ending_verdict(kind) if kind in _ENDINGS else None
+        if kind == b"E" and verdict is not None and verdict.withhold_error_values:
+            frame = _error_values_withheld(frame)
+        hook = verdict.on_complete if verdict is not None else None
         if hook is None:
             handler(self, frame, out)
             return None
@@ -485,14 +486,9 @@ class Session:
         handler(self, frame, held)
         return Completion(hook, outcome, held)
 
-    def _completion_hook(self, kind: bytes) -> CompletionHook | None:
-        """The `on_complete` of the statement that a CommandComplete / EmptyQueryResponse /
-        PortalSuspended / ErrorResponse arriving now ends, if any."""
-        verdict = self._ending_verdict(kind)
-        return verdict.on_complete if verdict is not None else None
-
     def _ending_verdict(self, kind: bytes) -> StatementVerdict | None:
-        """The verdict of the allowed statement that a message ending it (`_ENDINGS`) ends."""
+        """The verdict of the allowed statement that a CommandComplete / EmptyQueryResponse /
+        PortalSuspended / ErrorResponse arriving now ends (`_ENDINGS`), if any."""
         if not self._ops:
             return None
         op = self._ops[0]
@@ -511,24 +507,6 @@ class Session:
             statement = self._statements.get(op.statement)
             verdict = statement.verdict if statement is not None else None
         return verdict
-
-    def _error_values_withheld(self, frame: Frame) -> Frame:
-        """The server's error with the values it quotes withheld, when the statement it ends
-        reads or writes masked columns (`StatementVerdict.withhold_error_values`)."""
-        verdict = self._ending_verdict(b"E")
-        if verdict is None or not verdict.withhold_error_values:
-            return frame
-        error = decode_backend(frame)
-        if not isinstance(error, ErrorResponse) or error.code[:2] not in ("22", "23"):
-            return frame
-        fields = []
-        for code, value in error.fields:
-            if code == "M" and error.code.startswith("22"):
-                value = _QUOTED.sub(f'"{WITHHELD_VALUE}"', value)
-            elif code == "D":
-                value = WITHHELD_DETAIL
-            fields.append((code, value))
-        return Frame(b"E", ErrorResponse(tuple(fields)).encode())
 
     def _outcome(self, frame: Frame) -> StatementOutcome:
         op = self._ops[0]
@@ -824,6 +802,22 @@ def _need(verdict: StatementVerdict | None) -> StatementVerdict:
 
 def _frame(kind: bytes, body: bytes) -> bytes:
     return _HEADER.pack(kind, len(body) + 4) + body
+
+
+def _error_values_withheld(frame: Frame) -> Frame:
+    """The server's error with the values it quotes withheld (for a statement that reads
+    or writes masked columns: `StatementVerdict.withhold_error_values`)."""
+    error = decode_backend(frame)
+    if not isinstance(error, ErrorResponse) or error.code[:2] not in ("22", "23"):
+        return frame
+    fields = []
+    for code, value in error.fields:
+        if code == "M" and error.code.startswith("22"):
+            value = _QUOTED.sub(f'"{WITHHELD_VALUE}"', value)
+        elif code == "D":
+            value = WITHHELD_DETAIL
+        fields.append((code, value))
+    return Frame(b"E", ErrorResponse(tuple(fields)).encode())
 
 
 _ENDINGS = frozenset({b"C", b"I", b"s", b"E"})
