@@ -41,6 +41,7 @@ from adapters.postgres.codec import Frame, decode_backend
 from adapters.postgres.hooks import (
     ColumnDescriptor,
     CompletionHook,
+    RowLimit,
     StatementOutcome,
     StatementVerdict,
 )
@@ -156,6 +157,7 @@ class _Op:
     rows: RowRewriter | None = None
     rows_planned: bool = False
     sent: float = 0.0  # clock() when it went upstream
+    meter: RowLimit | None = None  # a Query's row budget
 
 
 @dataclass(eq=False, slots=True)
@@ -172,6 +174,7 @@ class _Portal:
     columns: tuple[ColumnDescriptor, ...] = ()  # the descriptors of `fields`
     rows: RowRewriter | None = None
     rows_planned: bool = False
+    meter: RowLimit | None = None  # the row budget of its executions
 
 
 @dataclass(eq=False, slots=True)
@@ -208,6 +211,8 @@ class Session:
     _seq: int = 0
     _copy_end_seqs: deque[int] = field(default_factory=lambda: deque(maxlen=1024))
     _copy_in_open: bool = False
+    _cutting: bool = False  # a statement ended by the proxy: drop what the server still sends
+    _cut_error: bytes | None = None  # its error, sent in place of its end
 
     @property
     def in_flight(self) -> bool:
@@ -310,7 +315,8 @@ class Session:
         self._sent_portals.pop("", None)
         if verdict.effect != "allow":
             return self._deny_as_query(verdict)
-        self._push(_Op(QUERY, verdict=verdict))
+        self._push(_Op(QUERY, verdict=verdict,
+                       meter=verdict.rows() if verdict.rows is not None else None))
         return [frame.raw]
 
     def _parse(self, frame: Frame, message: Parse, verdict: StatementVerdict) -> list[bytes]:
@@ -349,10 +355,62 @@ class Session:
     # ----------------------------------------------------------------------------------------
     # Server -> client
 
+    def row_limit(self) -> RowLimit | None:
+        """The row budget of the DataRows arriving now while it limits them (not released),
+        else None. The caller then relays at most `room()` of them with `relay_run`."""
+        if self._skip_until_sync or self._cutting or not self._ops:
+            return None
+        op = self._ops[0]
+        meter = op.meter
+        if op.kind == EXECUTE:
+            portal = self._portals.get(op.name)
+            meter = portal.meter if portal is not None else None
+        return meter if meter is not None and not meter.released else None
+
+    def relay_run(self, run: bytes, out: list[bytes]) -> None:
+        """Relay a run of DataRows (`BackendDecoder.next_counted_run`) as `server_frame` would
+        relay each of them: raw, or rewritten by the planned rewriter."""
+        rows = self._rows_for_data(out)
+        if rows is None or (rows.precheck is not None and not rows.precheck(run)):
+            out.append(run)
+        else:
+            self.rewrite_run(run, out)
+
+    def cut(self, error: ErrorResponse) -> None:
+        """End the statement whose results arrive now with `error`: what the server still
+        sends for it (and for the rest of its Query, or up to Sync) is dropped, its end
+        (CommandComplete, PortalSuspended, the server's error after a cancel) becomes `error`,
+        and the next ReadyForQuery goes to the client as usual."""
+        self._cutting = True
+        self._cut_error = error.encode()
+        self._query_rows = None
+        self._copy = None
+
+    @property
+    def cutting(self) -> bool:
+        return self._cutting
+
+    def _cut_frame(self, frame: Frame, out: list[bytes]) -> bool:
+        """During a cut: whether `frame` was consumed here (dropped, or its end replaced)."""
+        kind = frame.type
+        if kind in (b"N", b"A", b"S"):
+            return False
+        if kind in (b"Z", b"C", b"E", b"s", b"I") and self._cut_error is not None:
+            out.append(self._cut_error)
+            self._cut_error = None
+        if kind == b"Z":
+            self._cutting = False
+            return False
+        if kind == b"E":
+            error = decode_backend(frame)
+            if isinstance(error, ErrorResponse) and error.severity in ("FATAL", "PANIC"):
+                return False
+        return True
+
     def rows_pass_through(self) -> bool:
         """Whether DataRows arriving now go to the client unchanged, so the caller may relay a
         whole run of them raw (`BackendDecoder.next_run`) without calling `server_frame`."""
-        if self._skip_until_sync or not self._ops:
+        if self._skip_until_sync or self._cutting or not self._ops:
             return False
         op = self._ops[0]
         if op.kind == QUERY:
@@ -362,7 +420,7 @@ class Session:
     def rows_rewriter(self) -> RowRewriter | None:
         """The rewriter of the DataRows arriving now, when they are rewritten and it is planned
         (then the caller may hand whole runs of them to `rewrite_run`); else None."""
-        if self._skip_until_sync or not self._ops:
+        if self._skip_until_sync or self._cutting or not self._ops:
             return None
         op = self._ops[0]
         if op.kind == QUERY:
@@ -406,7 +464,7 @@ class Session:
 
     def copy_pass_through(self) -> bool:
         """Whether CopyData from the server goes to the client unchanged (no COPY rewriting)."""
-        return self._copy is None
+        return self._copy is None and not self._cutting
 
     def description_verdict(self) -> StatementVerdict | None:
         """The verdict whose masker will see the RowDescription arriving now, if any (so the
@@ -427,6 +485,8 @@ class Session:
         when the message ends a statement whose verdict wants to record the outcome, return
         it held in a `Completion` (see the module docstring)."""
         kind = frame.type
+        if self._cutting and self._cut_frame(frame, out):
+            return None
         if kind == b"D":
             rows = self._rows_for_data(out)
             if rows is None:
@@ -598,7 +658,10 @@ class Session:
         op = self._head("BindComplete", BIND)
         self._ops.popleft()
         assert op.bind is not None
-        self._portals[op.name] = _Portal(self._statements.get(op.statement), op.bind)
+        statement = self._statements.get(op.statement)
+        rows = statement.verdict.rows if statement is not None else None
+        self._portals[op.name] = _Portal(statement, op.bind,
+                                         meter=rows() if rows is not None else None)
         out.append(frame.raw)
 
     def _on_close_complete(self, frame: Frame, out: list[bytes]) -> None:
