@@ -269,8 +269,32 @@ class PolicyBridge:
         }
 
     async def decide(self, sql: str, ctx: SessionContext) -> StatementVerdict:
-        decision_id, decision = await self.client.adecide(self.input_document(sql, ctx))
-        statement = _Statement(self, ctx, sql, decision_id, decision)
+        document = self.input_document(sql, ctx)
+        decision_id, decision = await self.client.adecide(document)
+        decided = await self._prepared(_Statement(self, ctx, sql, decision_id, decision))
+        if isinstance(decided, StatementVerdict):
+            return decided
+        statement, layout = decided
+        through = _through_views(statement)
+        if through:
+            # A view is read as the tables under it: decided again with them in
+            # `command.view_tables` (what a row budget on those tables needs to see).
+            document["command"]["view_tables"] = through
+            decision_id, decision = await self.client.adecide(document)
+            decided = await self._prepared(_Statement(self, ctx, sql, decision_id, decision))
+            if isinstance(decided, StatementVerdict):
+                return decided
+            statement, layout = decided
+        rows = self._row_sources(statement)
+        if decision.effect == "review" and immediate_reviews(decision):
+            return await self._review(statement, layout)
+        return self._allow(statement, layout, rows)
+
+    async def _prepared(self, statement: _Statement
+                        ) -> StatementVerdict | tuple[_Statement, CopyLayout | None]:
+        """The denial of a decided statement, or it with its masking prepared (and the
+        layout of a COPY)."""
+        decision, ctx, sql = statement.decision, statement.ctx, statement.sql
         if statement.ddl:
             self.catalog.invalidate()
         if decision.effect == "deny":
@@ -287,10 +311,7 @@ class PolicyBridge:
             log.exception("session %s: masking could not be prepared", ctx.session_id)
             return await statement.denied("masks cannot be applied: internal error (see the "
                                           "proxy log)")
-        rows = self._row_sources(statement)
-        if decision.effect == "review" and immediate_reviews(decision):
-            return await self._review(statement, layout, rows)
-        return self._allow(statement, layout, rows)
+        return statement, layout
 
     def _allow(self, statement: _Statement, layout: CopyLayout | None,
                rows: Callable[[], RowLimit] | None = None) -> StatementVerdict:
@@ -524,10 +545,10 @@ class PolicyBridge:
 
     # -- review -----------------------------------------------------------------------------
 
-    async def _review(self, statement: _Statement, layout: CopyLayout | None,
-                      rows: Callable[[], RowLimit] | None) -> StatementVerdict:
+    async def _review(self, statement: _Statement, layout: CopyLayout | None
+                      ) -> StatementVerdict:
         """A hold before the statement runs. Its approval covers the statement's row budgets
-        too (`rows` is then not applied), and the cursors and prepared statements it makes."""
+        too (it runs unmetered), and the cursors and prepared statements it makes."""
         decision = statement.decision
         reasons = _messages(decision, "review") or ["approval required"]
         if self.approvals is None:
@@ -681,6 +702,19 @@ class _Claim:
             return None
         self.held = False
         return await self.gate.release(current or self.request, closing, reason)
+
+
+def _through_views(statement: _Statement) -> list[str]:
+    """The tables (`schema.name`) a statement reads only through the views it names, as the
+    catalog traced them for masking (nothing when no masking needed the catalog)."""
+    masking = statement.masking
+    relations = masking.view.relations.values() if masking is not None else ()
+    if not any(r.is_view for r in relations):
+        return []
+    named = {str(t).lower() for t in statement.decision.command.get("tables") or ()}
+    return sorted({f"{r.schema}.{r.name}" for r in relations if not r.is_view
+                   and r.name.lower() not in named
+                   and f"{r.schema}.{r.name}".lower() not in named})
 
 
 def _cancel_reason(cancel: asyncio.CancelledError) -> str:
