@@ -34,7 +34,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -76,7 +76,7 @@ from adapters.row_budget import (
     row_budgets,
 )
 from engine.approvals import ApprovalRequest
-from engine.decision import Decision, Mask
+from engine.decision import Decision, Mask, Reason
 from engine.facts.fingerprint import literal_fingerprint
 from engine.identity import Subject
 
@@ -420,6 +420,7 @@ class PolicyBridge:
 
         return await self._hold(
             statement, who, reasons, notify, approved, text=meter.sql, rows=meter.sent,
+            review=[b.reason for b in exceeded],
             held=f"statement held for approval after {meter.sent} rows ({rules})")
 
     def _rules(self, masks: tuple[Mask, ...]) -> MaskRules:
@@ -579,14 +580,17 @@ class PolicyBridge:
     async def _hold(self, statement: _Statement, who: Subject, reasons: list[str],
                     notify: Notify, approved: Callable[[], StatementVerdict], *,
                     text: str | None = None, rows: int | None = None,
+                    review: Sequence[Reason] | None = None,
                     held: str = "statement held for approval") -> StatementVerdict:
-        """File (or find) the approval request for `text` (the statement's own by default),
-        tell the client (`held`: ...), wait, and answer `approved()` or a recorded denial
-        (`rows`: what the client got before)."""
+        """File (or find) the approval request for `text` (the statement's own by default)
+        under the approvers and windows of `review` (its decision's review reasons by
+        default), tell the client (`held`: ...), wait, and answer `approved()` or a recorded
+        denial (`rows`: what the client got before)."""
         gate = self.approvals
         assert gate is not None
         text = statement.sql if text is None else text
-        review = [r for r in statement.decision.reasons if r.effect == "review"]
+        if review is None:
+            review = [r for r in statement.decision.reasons if r.effect == "review"]
         approvers = list(dict.fromkeys(a for r in review for a in r.approvers))
         windows = [w for w in (parse_window(r.window) for r in review) if w is not None]
         filing = asyncio.ensure_future(gate.request(
