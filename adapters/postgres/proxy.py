@@ -1192,6 +1192,9 @@ class _Relay:
             if not self._server_frame(frame, out):
                 return
         self._send_client(out)
+        if session.upstream:  # what the session has to say to the server (Session.cut)
+            self._send_server(session.upstream)
+            session.upstream.clear()
 
     def _server_frame(self, frame: Frame, out: list[bytes]) -> bool:
         """One server message through the session; False when the rest waits in a task."""

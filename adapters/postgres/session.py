@@ -213,6 +213,7 @@ class Session:
     _copy_in_open: bool = False
     _cutting: bool = False  # a statement ended by the proxy: drop what the server still sends
     _cut_error: bytes | None = None  # its error, sent in place of its end
+    upstream: list[bytes] = field(default_factory=list)  # for the server, from server_frame
 
     @property
     def in_flight(self) -> bool:
@@ -399,12 +400,28 @@ class Session:
             out.append(self._cut_error)
             self._cut_error = None
         if kind == b"Z":
+            if frame.raw[5:6] == b"T" and self._fail_block(frame):
+                return True
             self._cutting = False
             return False
         if kind == b"E":
             error = decode_backend(frame)
             if isinstance(error, ErrorResponse) and error.severity in ("FATAL", "PANIC"):
                 return False
+        return True
+
+    def _fail_block(self, ready: Frame) -> bool:
+        """A cut statement had finished on the server inside a transaction block, which the
+        client now believes failed: fail it on the server too (the poison and a Sync, sent
+        through `upstream`), and let that ReadyForQuery (`E`) be the client's. Only when
+        nothing else is pending upstream (else the client's later messages would run first)."""
+        ends = [i for i, op in enumerate(self._ops) if op.kind in (QUERY, FUNCTION, SYNC)]
+        if not ends or ends[0] != len(self._ops) - 1:
+            return False
+        self._on_ready(ready, [])
+        self._push(_Op(DESCRIBE, describe_kind="S", hidden=True))
+        self._push(_Op(SYNC))
+        self.upstream.extend((self._poison(), Sync().encode()))
         return True
 
     def rows_pass_through(self) -> bool:

@@ -346,3 +346,39 @@ def test_copy_of_the_table_is_held_before_any_data(stack: Stack) -> None:
     assert isinstance(reader.error, psycopg.Error) and reader.error.sqlstate == "42501"
     assert reader.rows == []
     reader.conn.close()
+
+
+def test_portal_executions_with_a_row_limit_add_up_and_a_denial_fails_the_block(
+        stack: Stack) -> None:
+    from adapters.postgres import messages as m
+    from tests.postgres.test_proxy_protocol import RawClient, shape
+
+    client = RawClient(stack.proxy.port, stack.dbname)
+    before = {r.id for r in stack.pending()}
+    try:
+        client.send(m.Query("BEGIN"))
+        client.until_ready()
+        client.send(m.Parse("", "SELECT id FROM cards WHERE id > 0 ORDER BY id"),
+                    m.Bind("po", ""), m.Execute("po", 60), m.Execute("po", 60), m.Sync())
+        got: list[m.BackendMessage] = []
+        while not (got and isinstance(got[-1], m.NoticeResponse)):
+            got.append(client.recv())
+        # 60 rows, PortalSuspended, the first 40 of the next execution, then the hold
+        assert shape(got) == ["ParseComplete", "BindComplete", *["DataRow"] * 60,
+                              "PortalSuspended", *["DataRow"] * 40]
+        assert "held for approval after 100 rows" in got[-1].message  # type: ignore[attr-defined]
+        wait_until(lambda: {r.id for r in stack.pending()} - before != set(), "the request")
+        [request] = [r for r in stack.pending() if r.id not in before]
+        stack.decide("deny", request.id)
+        rest = client.until_ready()
+        # the server had finished both executions: the proxy failed the block there too
+        assert shape(rest) == ["Error:42501", "Ready:E"]
+        client.send(m.Query("SELECT 1"))
+        assert shape(client.until_ready()) == ["Error:25P02", "Ready:E"]
+        client.send(m.Query("ROLLBACK"))
+        assert shape(client.until_ready())[-1] == "Ready:I"
+        client.send(m.Query("SELECT 1"))
+        assert shape(client.until_ready()) == ["RowDescription", "DataRow", "CommandComplete",
+                                               "Ready:I"]
+    finally:
+        client.close()
