@@ -177,9 +177,20 @@ class _Statement:
     def payload(self, **outcome: Any) -> dict[str, Any]:
         text = self.sql if len(self.sql) <= MAX_RECORDED_TEXT else (
             self.sql[:MAX_RECORDED_TEXT] + " …[truncated]")
+        decision = self.decision
+        effect, reasons = decision.effect, decision.reasons
+        budgets: tuple[RowBudget, ...] = ()
+        if (effect == "review" and self.held_after_rows is None and self.approval is None
+                and not immediate_reviews(decision)):
+            # ran within its row budgets: no review happened; the budgets are listed apart
+            budgets = row_budgets(decision)
+            effect = "allow"
+            reasons = tuple(r for r in reasons if r.rows is None or r.effect != "review")
         return {
-            "text": text, "effect": self.decision.effect,
-            "reasons": [r.to_dict() for r in self.decision.reasons],
+            "text": text, "effect": effect,
+            "reasons": [r.to_dict() for r in reasons],
+            **({"row_budgets": [{"rule": b.rule, "rows": b.rows} for b in budgets]}
+               if budgets else {}),
             "masked": sorted(self.masking.masked) if self.masking is not None else [],
             "approval": self.approval, "policy_revision": self.decision.policy_revision,
             "resource": self.bridge.resource.name, "database": self.ctx.database,
@@ -551,7 +562,8 @@ class PolicyBridge:
         """A hold before the statement runs. Its approval covers the statement's row budgets
         too (it runs unmetered), and the cursors and prepared statements it makes."""
         decision = statement.decision
-        reasons = _messages(decision, "review") or ["approval required"]
+        reasons = [r.message for r in immediate_reviews(decision) if r.message] or [
+            "approval required"]
         if self.approvals is None:
             return await statement.denied("; ".join(reasons) + " (no approval store is "
                                           "configured, so it cannot be approved)")
