@@ -32,6 +32,12 @@ Choices worth knowing:
   session's key cancels it, and the client gets 57014 as for a cancelled query); no decision
   timeout applies to it. A cancelled hold is awaited (boundedly), so what it records is done
   before the client hears of it or the session's end is recorded.
+- A verdict with a row budget (`rows`) is metered as its DataRows arrive: at most the room
+  left is relayed; at the next row the server side stops (relaying, then past
+  `BUSY_READ_LIMIT` reading: backpressure) and the client side stops sending, while the
+  budget's hold runs like a review's. Approved: the rest flows. Otherwise the statement is
+  cancelled upstream (unless its end is already buffered) and ended with the hold's error
+  (`Session.cut`); the session goes on.
 - The end of an allowed statement's result (CommandComplete, ErrorResponse, ...) is held until
   the verdict's `on_complete` has returned (the audit record is durable first); if it fails,
   the result is withheld and the session ends with SQLSTATE 58030. Up to `HOLD_BEFORE_END`

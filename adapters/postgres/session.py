@@ -19,6 +19,12 @@ Server state (prepared statements, portals) is mirrored from the *responses* (Pa
 BindComplete, ...), never from what was sent, so a failed Parse or Bind cannot make the proxy
 apply the wrong masks.
 
+How a statement is ended mid-result (a row budget's hold that was not approved). `cut` drops
+what the server still sends for it, and for the rest of its Query or batch, up to the next
+ReadyForQuery, and puts the hold's error where its end (or the server's error after the
+cancel) was. If the server had finished it inside a transaction block, the session fails the
+block on the server too (a hidden poison Describe and Sync, handed out in `upstream`).
+
 How an outcome is recorded. When the verdict of the statement a server message ends (a
 CommandComplete, EmptyQueryResponse, PortalSuspended or ErrorResponse of a Query, an Execute,
 or a failed Parse / Bind) has an `on_complete` hook, `server_frame` does not put that message
