@@ -77,7 +77,7 @@ from adapters.postgres.messages import (
     Terminate,
     UnknownBackendMessage,
 )
-from adapters.postgres.rowscan import run_end
+from adapters.postgres.rowscan import run_count, run_end
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -607,19 +607,12 @@ class _Framer:
 
     def take_counted_run(self, kind: bytes, max_count: int) -> tuple[bytes | None, int]:
         """Like `take_run`, but at most `max_count` messages, and how many it took."""
-        buf, start = self._buffer, self._pos
-        code, limit, end = kind[0], self.max_message_size, len(buf)
-        pos, count = start, 0
-        while count < max_count and pos <= end - 5 and buf[pos] == code:
-            following = pos + 1 + _U32.unpack_from(buf, pos + 1)[0]
-            if not pos + 5 <= following <= end or following - pos > limit:
-                break  # incomplete, or a bad length that the framer reports precisely
-            pos = following
-            count += 1
+        start = self._pos
+        pos, count = run_count(self._buffer, start, kind[0], self.max_message_size, max_count)
         if not count:
             return None, 0
         self._pos = pos
-        return bytes(buf[start:pos]), count
+        return bytes(self._buffer[start:pos]), count
 
     def buffered_types(self) -> set[bytes]:
         """The types of the complete messages buffered now (not consumed)."""
