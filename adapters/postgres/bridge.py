@@ -87,6 +87,11 @@ _STARTS_WITH_COPY = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*copy\b",
                                re.IGNORECASE | re.DOTALL)
 MAX_RECORDED_TEXT = 64 * 1024
 MAX_CACHED_PLANS = 4096
+MAX_SESSION_NAMES = 1024  # cursors and SQL-prepared statements tracked per session
+
+
+class _TooManyNames(Exception):
+    """A session defines more cursors / prepared statements than the proxy tracks."""
 
 
 @dataclass(frozen=True)
@@ -296,7 +301,10 @@ class PolicyBridge:
             if isinstance(decided, StatementVerdict):
                 return decided
             statement, layout = decided
-        rows = self._row_sources(statement)
+        try:
+            rows = self._row_sources(statement)
+        except _TooManyNames as exc:
+            return await statement.denied(str(exc))
         if decision.effect == "review" and immediate_reviews(decision):
             return await self._review(statement, layout)
         return self._allow(statement, layout, rows)
@@ -362,8 +370,14 @@ class PolicyBridge:
             elif action.action == "drop":
                 stats.names.pop((kinds[0], action.name), None)
             elif action.action == "define":
-                stats.names[(kinds[0], action.name)] = _Source(
-                    action.statement, budgets, kinds[0] == "cursor")
+                key = (kinds[0], action.name)
+                if key not in stats.names and len(stats.names) >= MAX_SESSION_NAMES:
+                    if budgets:  # forgetting another's budget would let its FETCHes free
+                        raise _TooManyNames(
+                            f"this session holds {MAX_SESSION_NAMES} cursors and prepared "
+                            "statements the proxy tracks; CLOSE or DEALLOCATE some first")
+                    continue  # no budget: an older name's is kept (stricter)
+                stats.names[key] = _Source(action.statement, budgets, kinds[0] == "cursor")
             else:
                 source = stats.names.get((kinds[0], action.name))
                 if source is not None and source.budgets and not source.approved:

@@ -7,6 +7,7 @@ an approval."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import uuid
@@ -27,8 +28,8 @@ from engine.client import InProcessDecisionClient
 from engine.engine import Engine
 from engine.identity.users import load_users
 from engine.policy import load_policy_set
-from tests.postgres.conftest import ProxyThread, upstream_url, wait_until
-from tests.postgres.test_enforcement import REPO, USERS_YAML, Stack
+from tests.postgres.conftest import PSQL, ProxyThread, psql_env, upstream_url, wait_until
+from tests.postgres.test_enforcement import PASSWORDS, REPO, USERS_YAML, Stack
 
 pytestmark = pytest.mark.postgres
 CARDS = 150
@@ -382,3 +383,43 @@ def test_portal_executions_with_a_row_limit_add_up_and_a_denial_fails_the_block(
                                                "Ready:I"]
     finally:
         client.close()
+
+
+def test_a_session_cannot_make_the_proxy_forget_a_cursor(stack: Stack,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapters.postgres import bridge
+
+    monkeypatch.setattr(bridge, "MAX_SESSION_NAMES", 2)
+    with stack.connect() as conn, conn.transaction():
+        conn.execute("DECLARE a CURSOR FOR SELECT id FROM cards WHERE id > 0")
+        conn.execute("DECLARE b CURSOR FOR SELECT 1")
+        conn.execute("DECLARE c CURSOR FOR SELECT 2")  # not tracked: it has no budget
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute("DECLARE d CURSOR FOR SELECT id FROM cards WHERE id > 0")
+        assert exc.value.sqlstate == "42501" and "CLOSE or DEALLOCATE" in str(exc.value)
+
+
+def test_psql_fetch_count_pages_through_a_cursor_and_stops_at_the_budget(
+        stack: Stack) -> None:
+    results: dict[str, Any] = {}
+    before = {r.id for r in stack.pending()}
+
+    def run() -> None:  # psql DECLAREs a cursor and FETCHes 25 rows at a time
+        args = [PSQL, "-X", "-A", "-q", "-P", "footer=off", "-v", "FETCH_COUNT=25", "-h",
+                "127.0.0.1", "-p", str(stack.proxy.port), "-U", "alice", "-d", stack.dbname,
+                "-c", "SELECT holder FROM cards WHERE id > 0 ORDER BY id"]
+        results["out"] = subprocess.run(args, env=psql_env(PASSWORDS["alice"]),
+                                        capture_output=True, text=True, timeout=60,
+                                        check=False)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_until(lambda: {r.id for r in stack.pending()} - before != set(), "the request")
+    request = next(r for r in stack.pending() if r.id not in before)
+    assert "_psql_cursor" in request.command_preview
+    stack.decide("deny", request.id)
+    thread.join(60)
+    out = results["out"]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("holder ")]
+    assert len(rows) == BUDGET and rows[-1] == "holder 100"
+    assert f"approval {request.id} was denied" in out.stderr
