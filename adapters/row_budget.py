@@ -34,6 +34,8 @@ class RowBudget:
 
 def row_budgets(decision: Decision) -> tuple[RowBudget, ...]:
     """The row budgets among a Decision's review reasons."""
+    if decision.effect != "review":
+        return ()
     return tuple(RowBudget(r.policy, r.rows, r) for r in decision.reasons
                  if r.effect == "review" and r.rows is not None)
 
