@@ -187,8 +187,7 @@ def sqlglot_text(raw: str, dialect: str | None) -> str:
 def parse_sql(raw: str, dialect: str | None) -> dict[str, Any]:
     """Facts for one SQL string: `statements`, `kinds`, `tables`, `parse_error`."""
     if dialect == "postgres" and _UNICODE_NAME.search(raw):
-        return _unparseable(raw, 'names written with Unicode escapes (U&"...") cannot be '
-                                 "checked")
+        return _unparseable(raw, "names written with Unicode escapes (U&) cannot be checked")
     try:
         trees = [t for t in sqlglot.parse(sqlglot_text(raw, dialect), dialect=dialect)
                  if t is not None]
@@ -354,7 +353,7 @@ def _command_facts(tree: exp.Command, dialect: str | None,
     elif keyword == "execute":
         m = _EXECUTE.match(text)
         if m is None:
-            raise _NotAStatement(f"EXECUTE that cannot be read: {text[:60]!r}")
+            raise _NotAStatement("an EXECUTE whose name or arguments cannot be read")
         facts["executed_name"] = sql_name(m.group("name"))
         calls_text = m.group("args")
     elif keyword == "call":
@@ -366,7 +365,7 @@ def _command_facts(tree: exp.Command, dialect: str | None,
         if keyword == "create" and facts["object_kind"] == "rule":
             action = _RULE_ACTION.search(text)
             if action is None:
-                raise _NotAStatement(f"CREATE RULE whose action cannot be read: {text[:60]!r}")
+                raise _NotAStatement("a CREATE RULE whose action cannot be read")
             if action.group("action").lower() != "nothing":
                 inner_text = action.group("action")
     elif keyword == "set":
@@ -399,7 +398,7 @@ def _command_facts(tree: exp.Command, dialect: str | None,
 def _matched_rest(prefix: re.Pattern[str], text: str, what: str) -> str:
     m = prefix.match(text)
     if m is None:
-        raise _NotAStatement(f"{what} that cannot be read: {text[:60]!r}")
+        raise _NotAStatement(f"a {what} whose statement cannot be read")
     return text[m.end():]
 
 
