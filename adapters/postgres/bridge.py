@@ -61,13 +61,14 @@ from adapters.postgres.hooks import (
 from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate, parse_window
 from engine.approvals import ApprovalRequest
-from engine.decision import Decision, Mask
+from engine.decision import Decision, Mask, Reason
 from engine.facts.fingerprint import literal_fingerprint
 from engine.identity import Subject
 
 log = logging.getLogger("ordinance.adapters.postgres.bridge")
 
 DDL_KINDS = frozenset({"create", "alter", "drop"})
+PROXY_POLICY = "ordinance.proxy"  # the `policy` of the reasons of the proxy's own denials
 _STARTS_WITH_COPY = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*copy\b",
                                re.IGNORECASE | re.DOTALL)
 MAX_RECORDED_TEXT = 64 * 1024
@@ -140,7 +141,7 @@ class _Statement:
     async def record(self, **outcome: Any) -> None:
         await self.bridge.recorder.append(
             "statement", self.payload(**outcome), subject=self.ctx.user,
-            session_id=self.ctx.session_id, decision_id=self.decision_id)
+            session_id=self.ctx.session_id, decision_id=self.decision_id or None)
         stats = self.bridge._sessions.get(self.ctx.session_id)
         if stats is not None:
             stats.statements += 1
@@ -181,7 +182,8 @@ class PolicyBridge:
 
     def hooks(self) -> dict[str, Any]:
         return {"decide": self.decide, "session_started": self.session_started,
-                "session_ended": self.session_ended, "scrub_server_text": scrub_server_text}
+                "session_ended": self.session_ended, "refused": self.refused,
+                "scrub_server_text": scrub_server_text}
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -214,6 +216,11 @@ class PolicyBridge:
             "session": {"id": ctx.session_id, "client_addr": ctx.client_addr, "tls": ctx.tls,
                         "application_name": ctx.application_name},
         }
+
+    async def refused(self, text: str, reason: str, ctx: SessionContext) -> StatementVerdict:
+        """A message the proxy denied itself (no policy was asked): recorded as a denial."""
+        decision = Decision("deny", (Reason(PROXY_POLICY, reason),))
+        return await _Statement(self, ctx, text, "", decision).denied(reason)
 
     async def decide(self, sql: str, ctx: SessionContext) -> StatementVerdict:
         decision_id, decision = await self.client.adecide(self.input_document(sql, ctx))

@@ -223,6 +223,11 @@ DecideHook = Callable[[str, SessionContext], Awaitable[StatementVerdict]]
 """`async def decide(sql, ctx) -> StatementVerdict`, called before any statement text reaches
 the server. Raising (or exceeding the configured timeout) denies the statement."""
 
+RefusalHook = Callable[[str, str, SessionContext], Awaitable[StatementVerdict]]
+"""`async def refused(text, reason, ctx) -> StatementVerdict`: a message the proxy denies
+itself (a FunctionCall, a Bind of a statement it never saw prepared, a decision that failed),
+awaited before the client is told; it records the denial and returns the deny verdict."""
+
 SessionStartHook = Callable[[SessionContext], Awaitable[None]]
 """Awaited once a client is authenticated and the upstream connection is up, before the client
 is told it is logged in; raising refuses the session (fail closed: e.g. no audit trail)."""

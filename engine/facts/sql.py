@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from itertools import pairwise
 from typing import Any
 
 import sqlglot
@@ -456,7 +457,7 @@ def _called_words(text: str, dialect: str | None) -> list[str]:
     except SqlglotError as err:
         raise _NotAStatement(f"text that cannot be read: {_first_line(str(err))}") from err
     names: list[str] = []
-    for before, token in zip(tokens, tokens[1:], strict=False):
+    for before, token in pairwise(tokens):
         if token.token_type != TokenType.L_PAREN:
             continue
         if before.token_type == TokenType.IDENTIFIER or before.text[:1].isalpha():

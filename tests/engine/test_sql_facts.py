@@ -15,8 +15,10 @@ from engine.facts.sql import STATEMENT_KINDS
 
 CASES = yaml.safe_load((Path(__file__).parent / "fixtures" / "sql_facts.yaml").read_text())
 PARSE_ERROR_EXPECTED = {
-    "SELEC FROM", "SELEC x", "PREPARE p AS SELEC 1", "EXPLAIN ANALYZE DELETE FROM cards USING WHERE",
-    "CREATE RULE r AS ON UPDATE TO t DO INSTEAD SELECC 1", "SELECT U&\"d\\0062link\"('a', 'b')",
+    "SELEC FROM", "SELEC x", "PREPARE p AS SELEC 1",
+    "EXPLAIN ANALYZE DELETE FROM cards USING WHERE",
+    "CREATE RULE r AS ON UPDATE TO t DO INSTEAD SELECC 1",
+    "SELECT U&\"d\\0062link\"('a', 'b')",
 }
 
 
