@@ -185,15 +185,25 @@ class _Portal:
     columns: tuple[ColumnDescriptor, ...] = ()  # the descriptors of `fields`
     rows: RowRewriter | None = None
     rows_planned: bool = False
+    decided: StatementVerdict | None = None  # this execution's own verdict (decided at Bind)
+
+    @property
+    def verdict(self) -> StatementVerdict | None:
+        if self.decided is not None:
+            return self.decided
+        return self.statement.verdict if self.statement is not None else None
 
 
 @dataclass(eq=False, slots=True)
 class _Sent:
-    """What the client side knows when it sends: used to inject Describe and refuse Binds of
-    statements that never went through the proxy."""
+    """What the client side knows when it sends: used to inject Describe, refuse Binds of
+    statements that never went through the proxy, and have each execution of a statement
+    whose verdict covers one (`single_execution`) decided again at its Bind."""
 
     verdict: StatementVerdict | None
     described: bool = False
+    sql: str = ""
+    executions: int = 0  # Binds of the statement so far
 
 
 @dataclass
@@ -238,13 +248,20 @@ class Session:
     # Client -> server
 
     def statement_text(self, message: FrontendMessage) -> str | None:
-        """The SQL the decide hook must judge before `message` may go upstream, else None."""
+        """The SQL the decide hook must judge before `message` may go upstream, else None: a
+        Query's, a Parse's, and the statement's for a Bind that executes again a statement
+        whose verdict covered one execution (an approval is for one execution)."""
         if self._discarding:
             return None
         if isinstance(message, Query):
             return message.sql
         if isinstance(message, Parse):
             return message.query
+        if isinstance(message, Bind):
+            sent = self._sent_statements.get(message.statement)
+            if (sent is not None and sent.executions and sent.verdict is not None
+                    and sent.verdict.single_execution):
+                return sent.sql
         return None
 
     def refusal(self, message: FrontendMessage, *,
@@ -352,7 +369,7 @@ class Session:
             if message.name == "":
                 self._sent_statements.pop("", None)
             return self._deny_in_batch(denial_error(verdict))
-        self._sent_statements[message.name] = _Sent(verdict)
+        self._sent_statements[message.name] = _Sent(verdict, sql=message.query)
         self._push(_Op(PARSE, name=message.name, verdict=verdict))
         return [frame.raw]
 
@@ -362,9 +379,13 @@ class Session:
         if sent is None:
             return self._deny_in_batch(denial_error(verdict or StatementVerdict.deny(
                 UNKNOWN_STATEMENT_DENIED.format(name=message.statement))))
-        self._sent_portals[message.portal] = _Sent(sent.verdict, described=sent.described)
+        if verdict is not None and verdict.effect != "allow":  # decided again, and denied
+            return self._deny_in_batch(denial_error(verdict))
+        sent.executions += 1
+        self._sent_portals[message.portal] = _Sent(verdict or sent.verdict,
+                                                   described=sent.described)
         self._push(_Op(BIND, name=message.portal, statement=message.statement,
-                             bind=message))
+                       bind=message, verdict=verdict))
         return [frame.raw]
 
     def _execute(self, frame: Frame, message: Execute) -> list[bytes]:
@@ -533,13 +554,13 @@ class Session:
             verdict = op.verdict
         elif op.kind == EXECUTE:
             portal = self._portals.get(op.name)
-            if portal is not None and portal.statement is not None:
-                verdict = portal.statement.verdict
+            if portal is not None:
+                verdict = portal.verdict
         elif op.kind == PARSE and kind == b"E":
             verdict = op.verdict
         elif op.kind == BIND and kind == b"E":
             statement = self._statements.get(op.statement)
-            verdict = statement.verdict if statement is not None else None
+            verdict = op.verdict or (statement.verdict if statement is not None else None)
         return verdict
 
     def _outcome(self, frame: Frame) -> StatementOutcome:
@@ -632,7 +653,8 @@ class Session:
         op = self._head("BindComplete", BIND)
         self._ops.popleft()
         assert op.bind is not None
-        self._portals[op.name] = _Portal(self._statements.get(op.statement), op.bind)
+        self._portals[op.name] = _Portal(self._statements.get(op.statement), op.bind,
+                                         decided=op.verdict)
         out.append(frame.raw)
 
     def _on_close_complete(self, frame: Frame, out: list[bytes]) -> None:
@@ -690,7 +712,7 @@ class Session:
             statement = self._statements.get(op.name)
             return statement.verdict if statement is not None else None
         portal = self._portals.get(op.name)
-        return portal.statement.verdict if portal is not None and portal.statement else None
+        return portal.verdict if portal is not None and portal.statement else None
 
     @staticmethod
     def describe(frame: Frame) -> tuple[ColumnDescriptor, ...]:
@@ -779,7 +801,7 @@ class Session:
         if portal.statement is None:
             raise SessionError(f"portal {name!r} was bound to a statement the proxy does not "
                                "know; its results cannot be checked for masking")
-        return portal.statement.verdict
+        return portal.verdict
 
     def _portal_rows(self, name: str) -> RowRewriter | None:
         verdict = self._portal_verdict(name)
