@@ -1,9 +1,10 @@
 """A child process that evaluates CEL rules through the engine, for tests that must survive a
 native abort: it reads JSON lines `{"when": EXPR, "doc": DOC}` and answers one JSON line each
-with the compile errors, or the reasons and the kind of value the expression gave. Run as `python -m tests.engine.cel_child ORDER`, where
-ORDER is the import order to set up first: `engine` (the engine's own: regopy, then CEL),
-`cel-first` (cel-expr-python before the engine) or `regopy-first` (a plugin that imports
-regopy before the engine)."""
+with the compile errors, or the reasons and the kind of value the expression gave.
+
+Run as `python -m tests.engine.cel_child ORDER`; ORDER is the import order to set up first:
+`engine` (the engine's own: regopy, then CEL), `cel-first` (cel-expr-python before the engine)
+or `regopy-first` (a plugin that imports regopy before the engine)."""
 
 from __future__ import annotations
 

@@ -154,7 +154,8 @@ def test_ordinance_test_runs_cel_cases_that_aborted(tmp_path: Path) -> None:
 
 # -- generated expressions over generated documents --------------------------------------------
 
-_TEXT = st.text(alphabet=st.sampled_from("aZ09 _-'\"\\\nåéίσοςπέντε日本🙂\t"), max_size=8)
+_TEXT = st.text(alphabet=st.sampled_from("aZ09 _-'\"\\\nåéίσοςπέντε日本🙂\t"),  # noqa: RUF001
+                max_size=8)
 _KEYS = st.sampled_from(["id", "name", "groups", "labels", "ίδ", "n", "ts", "missing"])
 
 
