@@ -238,3 +238,21 @@ def test_the_proxys_own_denials_are_recorded_and_counted(stack: Stack) -> None:
                                    "the proxy"}]
     [end] = [r for r in stack.records("session.end") if r["session_id"] == session]
     assert (end["statements"], end["denied"]) == (3, 3)
+
+
+def test_a_decision_that_fails_is_a_recorded_denial(stack: Stack,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(input_doc: Any) -> Any:
+        raise RuntimeError("the policy engine is gone")
+
+    with stack.connect() as conn:
+        monkeypatch.setattr(stack.engine, "decide", broken)
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute("SELECT 'decided by nobody'")
+        monkeypatch.undo()
+        assert exc.value.sqlstate == "42501"
+        assert "the policy decision failed" in str(exc.value)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    [record] = [r for r in stack.records("statement") if r["text"] == "SELECT 'decided by nobody'"]
+    assert record["effect"] == "deny" and record["decision_id"] is None
+    assert record["error"] == "42501: permission denied by policy: the policy decision failed"

@@ -3,6 +3,8 @@ how server messages are matched, rewritten or refused."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from adapters.postgres import messages as m
@@ -177,3 +179,34 @@ def test_session_ids_never_read_as_card_numbers(monkeypatch: pytest.MonkeyPatch)
     assert proxy.new_session_id() == "0123456789abcdef01234567"
     monkeypatch.undo()
     assert not any(may_hold_pan(proxy.new_session_id()) for _ in range(2000))
+
+
+def test_a_statement_approved_for_one_execution_is_decided_again_at_each_bind() -> None:
+    session = Session()
+    once = StatementVerdict.allow(decision_id="approved", single_execution=True)
+    send(session, m.Parse("s", "SELECT pan FROM cards"), once)
+    first, second = m.Bind("p1", "s"), m.Bind("p2", "s")
+    assert session.statement_text(first) is None  # the approval covers this one
+    send(session, first)
+    assert session.statement_text(second) == "SELECT pan FROM cards"
+
+    async def recorded(outcome: Any) -> None:
+        raise AssertionError("not awaited here")
+
+    again = StatementVerdict.allow(decision_id="approved-again", on_complete=recorded,
+                                   single_execution=True)
+    assert send(session, second, again) == [second.encode()]
+    send(session, m.Execute("p2"))
+    out: list[bytes] = []
+    for message in (m.ParseComplete(), m.BindComplete(), m.BindComplete()):
+        assert session.server_frame(frame(message), out) is None
+    completion = session.server_frame(frame(m.CommandComplete("SELECT 0")), out)
+    assert completion is not None and completion.hook is recorded  # this execution's own
+    third = m.Bind("p3", "s")
+    refused = StatementVerdict.deny("approval was denied", decision_id="again")
+    assert send(session, third, refused) == [m.Describe("S", session.poison_name).encode()]
+    assert send(session, m.Execute("p3")) == []  # dropped with the rest of the batch
+    plain = Session()
+    send(plain, m.Parse("s", "SELECT 1"))
+    send(plain, m.Bind("", "s"))
+    assert plain.statement_text(m.Bind("", "s")) is None  # an allowed statement is not
