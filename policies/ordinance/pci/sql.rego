@@ -105,6 +105,17 @@ review contains {"msg": msg, "approvers": ["dba-leads"], "rule": "bulk_rows", "r
 	msg := concat("", ["more than ", format_int(limit, 10), " rows of cardholder table ", table, " in one session need approval (PCI DSS 7.2.5, 12.3)"])
 }
 
+# A row budget counts rows, and one row can carry a whole table: an aggregate that folds the
+# rows of a cardholder table into one value is a bulk read, held before it runs.
+review contains {"msg": msg, "approvers": ["dba-leads"], "rule": "bulk_aggregate"} if {
+	some s in input.command.statements
+	some f in s.functions
+	f in pci.collection_aggregates
+	some table in s.tables
+	cardholder_table(table, pci.cardholder_tables)
+	msg := concat("", ["folding the rows of cardholder table ", table, " into one value is a bulk read and needs approval (PCI DSS 7.2.5, 12.3)"])
+}
+
 # The tables under the views a statement reads (the PostgreSQL proxy traces them in its
 # catalog and decides again with them) count as read.
 review contains {"msg": msg, "approvers": ["dba-leads"], "rule": "bulk_rows", "rows": limit} if {
