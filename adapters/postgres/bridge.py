@@ -194,7 +194,7 @@ class _Statement:
         self.approval_text = sql  # what an approval is for (an EXECUTE's: its PREPARE's text)
         # what runs needs an approval per execution (a review, or an EXECUTE of a statement
         # whose PREPARE was one): an extended-protocol statement is decided again at each Bind
-        self.once = decision.effect == "review"
+        self.once = bool(immediate_reviews(decision))  # (a row budget alone is no approval)
         self.prepares = [str(st["prepared_name"]) for st in decision.command.get(
             "statements") or () if st.get("prepared_name") is not None and not st["nested"]]
 
@@ -247,7 +247,7 @@ class _Statement:
             self.bridge.catalog.invalidate()  # the DDL has run now
         if outcome.tag == "PREPARE" and self.prepares:  # in the order they run
             stats = self.bridge._sessions.get(self.ctx.session_id)
-            reviewed = self.decision.effect == "review"
+            reviewed = bool(immediate_reviews(self.decision))
             if stats is not None:
                 stats.prepared[self.prepares.pop(0)] = _Prepared(self.sql, reviewed,
                                                                  free=int(reviewed))
