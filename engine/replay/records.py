@@ -56,6 +56,8 @@ class Item:
     """`command.raw` shows a card number the trail masked: the same decision only for policies
     that cannot see literals, and only when every mark sits inside a string literal."""
     recorded: Verdict | None = None
+    recorded_fields: tuple[Any, Any, Any] | None = None
+    """(effect, reasons, masks) as recorded, made a Verdict only when asked (`recorded_as`)."""
     recorded_revision: str = ""
     recorded_problem: str | None = None
     skip: str | None = None
@@ -129,6 +131,16 @@ class Sessions:
         return found
 
 
+def recorded_as(item: Item) -> Verdict | str:
+    """The decision recorded with the item, or why there is none to compare with."""
+    if item.recorded_fields is not None:
+        _recorded(item, *item.recorded_fields)
+        item.recorded_fields = None
+    if item.recorded_problem is not None:
+        return item.recorded_problem
+    return item.recorded if item.recorded is not None else "the record holds no decision"
+
+
 def _recorded(item: Item, effect: Any, reasons: Any, masks: Any) -> None:
     if masks is None:
         item.recorded_problem = "the record does not hold the decision's masks (written " \
@@ -158,7 +170,7 @@ def statement_item(rec: AuditRecord, sessions: Sessions) -> Item:
                 resource if isinstance(resource, str) else None, rec.session_id,
                 rec.decision_id, text if isinstance(text, str) else "")
     item.recorded_revision = str(p.get("policy_revision") or "")
-    _recorded(item, p.get("effect"), p.get("reasons"), p.get("masks"))
+    item.recorded_fields = (p.get("effect"), p.get("reasons"), p.get("masks"))
     if not isinstance(text, str):
         item.skip = "the record holds no statement text"
         return item
@@ -237,7 +249,8 @@ def decision_item(rec: AuditRecord) -> Item:
     else:
         result = p.get("result")
         if isinstance(result, dict):
-            _recorded(item, result.get("effect"), result.get("reasons"), result.get("masks"))
+            item.recorded_fields = (result.get("effect"), result.get("reasons"),
+                                    result.get("masks"))
         else:
             item.recorded_problem = "the record holds no result"
     if not isinstance(logged, dict):

@@ -18,7 +18,7 @@ from engine.errors import EvaluationError
 from engine.facts.fingerprint import literal_fingerprint
 from engine.policy import PolicySet
 from engine.replay.reads import ReadPaths
-from engine.replay.records import SCRUBBED, Item
+from engine.replay.records import SCRUBBED, Item, recorded_as
 from engine.replay.verdict import Verdict, decision_verdict, query_verdict
 
 CACHE_SIZE = 200_000
@@ -95,8 +95,5 @@ class RecordedSide:
         if self.revision is not None and item.recorded_revision != self.revision:
             return Unreplayable("recorded under another policy revision",
                                 f"revision {item.recorded_revision or '(none)'}")
-        if item.recorded_problem is not None:
-            return Unreplayable(item.recorded_problem)
-        if item.recorded is None:
-            return Unreplayable("the record holds no decision")
-        return item.recorded
+        recorded = recorded_as(item)
+        return Unreplayable(recorded) if isinstance(recorded, str) else recorded
