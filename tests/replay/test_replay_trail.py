@@ -1,0 +1,298 @@
+"""`ordinance replay` over trails written with the payloads the proxy and the service write:
+joins, what cannot be replayed and why, baselines, duplicates, exit codes, formats, the
+access record, and `--jobs` giving the single-process answer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+from engine.audit import open_audit_log
+from engine.replay.reads import cel_paths
+from tests.replay.trail import (
+    RESOURCE,
+    replay,
+    session_start,
+    statement,
+    write_policies,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+BASE = """package ordinance.t
+import rego.v1
+
+deny contains {"msg": "no DROP", "rule": "no_drop"} if {
+    some s in input.command.statements
+    s.kind == "drop"
+}
+
+mask contains {"column": "pan", "method": "pan"} if not "viewers" in input.subject.groups
+"""
+NO_DELETE = """package ordinance.p
+import rego.v1
+
+deny contains {"msg": "no DELETE", "rule": "no_delete"} if {
+    some s in input.command.statements
+    s.kind == "delete"
+}
+"""
+CLAIMS = """package ordinance.c
+import rego.v1
+
+deny contains "contractors may not write" if {
+    input.subject.claims.employment == "contractor"
+    some s in input.command.statements
+    s.kind != "select"
+}
+"""
+RAW = """package ordinance.r
+import rego.v1
+
+deny contains "secret" if contains(input.command.raw, "secret")
+"""
+PAN = "4111111111111111"
+
+
+@pytest.fixture
+def sets(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "base": write_policies(tmp_path / "base", {"base.rego": BASE}),
+        "proposed": write_policies(tmp_path / "proposed", {"base.rego": BASE,
+                                                           "p.rego": NO_DELETE}),
+        "claims": write_policies(tmp_path / "claims", {"base.rego": BASE, "c.rego": CLAIMS}),
+        "raw": write_policies(tmp_path / "raw", {"base.rego": BASE, "r.rego": RAW}),
+        "broken": write_policies(tmp_path / "broken", {"b.rego": "package ordinance.b\n"
+                                                                 "deny contains if {"}),
+    }
+
+
+@pytest.fixture
+def trail(tmp_path: Path) -> str:
+    """Two sessions: alice (dev, claims recorded) and an old-format session of bob (no claims
+    key), with statements of each kind of interest."""
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    with open_audit_log(url) as log:
+        session_start(log, "s1", "alice", ["dev"], claims={"employment": "staff"})
+        statement(log, "s1", "alice", "SELECT id FROM cards WHERE id = 1", "d1",
+                  masks=["pan:pan"])
+        statement(log, "s1", "alice", "DELETE FROM scratch WHERE id = 2", "d2",
+                  masks=["pan:pan"])
+        statement(log, "s1", "alice", "DELETE FROM scratch WHERE id = 3", "d3",
+                  masks=["pan:pan"])
+        session_start(log, "s2", "bob", ["viewers"])  # claims not recorded
+        statement(log, "s2", "bob", "DELETE FROM scratch WHERE id = 4", "d4", masks=[])
+        statement(log, "s2", "bob", f"SELECT id FROM cards WHERE pan = '{PAN}'", "d5",
+                  masks=[])
+        statement(log, "s2", "bob", f"SELECT id FROM cards WHERE id = {PAN}", "d6", masks=[])
+        statement(log, "s9", "eve", "SELECT 1", "d7")  # its session.start is not in the trail
+        statement(log, "s1", "alice", "SELECT " + "x" * (64 * 1024) + " …[truncated]", "d8",
+                  masks=["pan:pan"])
+    return url
+
+
+def test_statements_joined_with_their_sessions_and_each_difference_counted(
+        capsys: pytest.CaptureFixture[str], trail: str, sets: dict[str, Path]) -> None:
+    code, report, _ = replay(capsys, "--audit", trail, "--policies", str(sets["proposed"]),
+                             "--baseline", str(sets["base"]))
+    assert code == 1
+    assert (report["records"], report["replayed"], report["changed"], report["unchanged"],
+            report["not_replayed"]) == (8, 5, 3, 2, 3)
+    assert report["changes"] == {"allow->deny": 3}
+    [rule] = report["by_rule"]
+    assert (rule["rule"], rule["count"], rule["subjects"]) == ("ordinance.p.no_delete", 3, 2)
+    assert [(e["seq"], e["subject"], e["text"]) for e in rule["examples"]] == [
+        (3, "alice", "DELETE FROM scratch WHERE id = 2"),
+        (4, "alice", "DELETE FROM scratch WHERE id = 3"),
+        (6, "bob", "DELETE FROM scratch WHERE id = 4")]
+    assert rule["examples"][0]["after"]["reasons"] == [
+        {"policy": "ordinance.p.no_delete", "effect": "deny", "message": "no DELETE"}]
+    assert [(g["subject"], g["resource"], g["count"]) for g in report["by_subject"]] == [
+        ("alice", "payments", 2), ("bob", "payments", 1)]
+    reasons = {g["reason"]: g["count"] for g in report["not_replayed_reasons"]}
+    assert reasons == {
+        "the trail masked a card number in the text, and the baseline policies could see it": 1,
+        "its session.start record is not in the trail (pruned, or no session)": 1,
+        "the statement text was truncated when recorded (over 64 KiB)": 1}
+    scrubbed = next(g for g in report["not_replayed_reasons"] if "card number" in g["reason"])
+    assert scrubbed["examples"][0]["text"] == "SELECT id FROM cards WHERE id = ************1111"
+
+
+def test_a_field_the_record_lacks_is_reported_only_when_a_policy_reads_it(
+        capsys: pytest.CaptureFixture[str], trail: str, sets: dict[str, Path]) -> None:
+    code, report, _ = replay(capsys, "--audit", trail, "--policies", str(sets["claims"]),
+                             "--baseline", str(sets["base"]))
+    reasons = {g["reason"]: g for g in report["not_replayed_reasons"]}
+    lacking = reasons["the record lacks subject.claims, which the proposed policies read"]
+    # bob's session.start has no claims: his two statements the baseline could decide
+    assert lacking["count"] == 2
+    assert {e["subject"] for e in lacking["examples"]} == {"bob"}
+    # alice's claims say staff: the contractor rule changes nothing that was replayed
+    assert (report["replayed"], report["changed"], code) == (3, 0, 0)
+
+
+def test_a_card_number_inside_a_literal_is_replayed_unless_the_policies_read_the_text(
+        capsys: pytest.CaptureFixture[str], trail: str, sets: dict[str, Path]) -> None:
+    _, report, _ = replay(capsys, "--audit", trail, "--policies", str(sets["base"]),
+                          "--baseline", str(sets["base"]))
+    assert report["replayed"] == 5  # the literal one replays; `id = ****1111` does not
+    _, report, _ = replay(capsys, "--audit", trail, "--policies", str(sets["raw"]),
+                          "--baseline", str(sets["base"]))
+    reasons = {g["reason"]: g["count"] for g in report["not_replayed_reasons"]}
+    assert reasons["the trail masked a card number in the text, and the proposed policies "
+                   "could see it"] == 1
+    assert report["replayed"] == 4
+
+
+def test_against_the_recorded_decisions_and_a_recorded_revision(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, sets: dict[str, Path]) -> None:
+    url = f"sqlite:///{tmp_path / 'rec.db'}"
+    with open_audit_log(url) as log:
+        session_start(log, "s1", "alice", ["dev"], claims={})
+        statement(log, "s1", "alice", "SELECT pan FROM cards", "d1", masks=["pan:pan"])
+        statement(log, "s1", "alice", "SELECT pan FROM cards", "d2", masks=["pan:pan"],
+                  revision="rev0")
+        statement(log, "s1", "alice", "DROP TABLE cards", "d3", effect="deny", reasons=[
+            {"policy": "ordinance.t.no_drop", "effect": "deny", "message": "no DROP"}],
+            masks=["pan:pan"])
+        statement(log, "s1", "alice", "SELECT 2", "d4")  # before masks were recorded
+        statement(log, "s1", "alice", "SELECT 3", "d5", effect="deny", masks=[], reasons=[
+            {"policy": "ordinance.client", "effect": "deny",
+             "message": "decision service unavailable"}])
+    viewer = write_policies(tmp_path / "viewer", {"base.rego": BASE.replace(
+        'if not "viewers" in input.subject.groups', 'if {\n    not "viewers" in input.subject.'
+        'groups\n    not "dev" in input.subject.groups\n}')})
+    code, report, _ = replay(capsys, "--audit", url, "--policies", str(viewer))
+    assert (code, report["replayed"], report["changed"]) == (1, 3, 3)
+    assert report["changes"] == {"unmask pan": 3}
+    assert report["categories"] == {"unmask": 3}
+    reasons = {g["reason"]: g["count"] for g in report["not_replayed_reasons"]}
+    assert reasons == {
+        "the record does not hold the decision's masks (written before they were recorded)": 1,
+        "the recorded decision was made by Ordinance, not the policies: decision service "
+        "unavailable": 1}
+    code, report, _ = replay(capsys, "--audit", url, "--policies", str(viewer),
+                             "--baseline-revision", "rev0", "--fail-on", "deny,review")
+    assert (code, report["replayed"], report["changed"]) == (0, 1, 1)
+    other = next(g for g in report["not_replayed_reasons"]
+                 if g["reason"] == "recorded under another policy revision")
+    assert other["count"] == 4 and other["examples"][0]["detail"] == "revision rev1"
+
+
+def test_a_decision_recorded_by_the_proxy_and_the_service_is_replayed_once(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, sets: dict[str, Path]) -> None:
+    url = f"sqlite:///{tmp_path / 'dup.db'}"
+    doc = {"subject": {"id": "alice", "groups": ["dev"], "claims": {}}, "resource": RESOURCE,
+           "command": {"protocol": "postgres", "raw": "DELETE FROM t WHERE id = 1"},
+           "session": {"id": "s1", "client_addr": "127.0.0.1", "tls": False,
+                       "application_name": "psql"}}
+    with open_audit_log(url) as log:
+        session_start(log, "s1", "alice", ["dev"], claims={})
+        log.append("decision", {"decision_id": "d1", "kind": "decide", "transport": "grpc",
+                                "input": doc, "policy_revision": "r",
+                                "result": {"effect": "allow", "reasons": [],
+                                           "masks": [{"column": "pan", "method": "pan"}]}},
+                   subject="alice", decision_id="d1")
+        statement(log, "s1", "alice", "DELETE FROM t WHERE id = 1", "d1", masks=["pan:pan"])
+    code, report, _ = replay(capsys, "--audit", url, "--policies", str(sets["proposed"]),
+                             "--baseline", str(sets["base"]))
+    assert (report["records"], report["duplicates"], report["changed"]) == (2, 1, 1)
+    assert report["kinds"] == {"decision": 1, "statement": 1}
+    assert report["by_rule"][0]["examples"][0]["kind"] == "decision"
+    _, report, _ = replay(capsys, "--audit", url, "--policies", str(sets["proposed"]),
+                          "--kind", "statement")
+    assert (report["records"], report["duplicates"], report["changes"]) == (
+        1, 0, {"allow->deny": 1})
+
+
+def test_exit_codes_and_fail_on(capsys: pytest.CaptureFixture[str], trail: str,
+                                sets: dict[str, Path], tmp_path: Path) -> None:
+    args = ["--audit", trail, "--policies", str(sets["proposed"]), "--baseline",
+            str(sets["base"])]
+    assert replay(capsys, *args)[0] == 1
+    assert replay(capsys, *args, "--fail-on", "allow,unmask,review")[0] == 0
+    assert replay(capsys, *args, "--fail-on", "none")[0] == 0
+    assert replay(capsys, *args, "--fail-on", "deny")[0] == 1
+    code, report, _ = replay(capsys, "--audit", trail, "--policies", str(sets["base"]),
+                             "--baseline", str(sets["base"]), "--fail-on", "unreplayable")
+    assert (code, report["failures"]) == (1, {"unreplayable": 3})
+    code, _, err = replay(capsys, *args[:2], "--policies", str(sets["broken"]))
+    assert code == 2 and "proposed policy set" in err and "b.rego:2" in err
+    code, _, err = replay(capsys, "--audit", f"sqlite:///{tmp_path / 'none.db'}",
+                          "--policies", str(sets["base"]))
+    assert code == 2 and "none.db" in err
+    with pytest.raises(SystemExit) as exc:
+        replay(capsys, *args, "--fail-on", "sometimes")
+    assert exc.value.code == 2
+    assert "invalid --fail-on" in capsys.readouterr().err
+
+
+def test_formats_parse(trail: str, sets: dict[str, Path]) -> None:
+    def run(fmt: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "engine.cli", "replay", "--audit", trail,
+                               "--policies", str(sets["proposed"]), "--baseline",
+                               str(sets["base"]), "--format", fmt], cwd=REPO,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    junit = run("junit")
+    assert junit.returncode == 1, junit.stderr
+    suite = ElementTree.fromstring(junit.stdout.split("?>", 1)[1])
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert set(cases) == {"ordinance.p.no_delete", "records could not be replayed"}
+    failure = cases["ordinance.p.no_delete"].find("failure")
+    assert failure is not None and failure.get("message") == (
+        "3 records would change: allow->deny 3")
+    assert (suite.get("tests"), suite.get("failures")) == ("2", "1")
+    markdown = run("markdown")
+    assert markdown.stdout.startswith("### Ordinance replay: 3 of 5 replayed decisions would "
+                                      "change (❌ fails")
+    assert "| `ordinance.p.no_delete` | 3 | 2 | allow->deny 3 |" in markdown.stdout
+    text = run("text")
+    assert "8 records in scope: 5 replayed, 3 would change" in text.stdout
+    assert text.stdout.rstrip().endswith("FAILED: deny 3")
+    assert json.loads(run("json").stdout)["changed"] == 3
+
+
+def test_reading_the_trail_for_a_replay_is_recorded(
+        capsys: pytest.CaptureFixture[str], trail: str, sets: dict[str, Path]) -> None:
+    replay(capsys, "--audit", trail, "--policies", str(sets["base"]), "--since", "1d",
+           "--resource", "payments")
+    with open_audit_log(trail, create=False) as log:
+        [access] = list(log.iter_records(kind="audit.accessed"))
+    assert access.payload["action"] == "replay"
+    assert access.payload["records"] == 8
+    assert set(access.payload["filters"]) == {"since", "resource"}
+
+
+def test_parallel_jobs_give_the_single_process_report(
+        capsys: pytest.CaptureFixture[str], trail: str, sets: dict[str, Path]) -> None:
+    args = ["--audit", trail, "--policies", str(sets["proposed"]), "--baseline",
+            str(sets["base"])]
+    _, one, _ = replay(capsys, *args)
+    _, two, _ = replay(capsys, *args, "--jobs", "2")
+    assert one == two
+    code, _, err = replay(capsys, *args, "--jobs", "2", "--limit", "3")
+    assert code == 2 and "--limit" in err
+
+
+def test_limit_and_since(capsys: pytest.CaptureFixture[str], trail: str,
+                         sets: dict[str, Path]) -> None:
+    _, report, _ = replay(capsys, "--audit", trail, "--policies", str(sets["proposed"]),
+                          "--baseline", str(sets["base"]), "--limit", "2")
+    assert (report["records"], report["changed"]) == (2, 1)
+    _, report, _ = replay(capsys, "--audit", trail, "--policies", str(sets["proposed"]),
+                          "--baseline", str(sets["base"]), "--since", "2999-01-01")
+    assert report["records"] == 0
+
+
+def test_cel_read_paths() -> None:
+    names = frozenset({"subject", "session", "command"})
+    assert cel_paths('has(subject.groups) && "x" in subject.groups', names) == {
+        ("subject", "groups")}
+    assert cel_paths("size(subject) > 1 || session.tls", names) == {("subject",),
+                                                                    ("session", "tls")}
