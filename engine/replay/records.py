@@ -266,6 +266,9 @@ def decision_item(rec: AuditRecord) -> Item:
         except ValueError as exc:
             item.skip = f"its Envoy request cannot be rebuilt: {exc}"
             return item
+        raw = logged["command"].get("raw")
+        if item.query_path is None and isinstance(raw, str):
+            item.text = raw
     command = logged.get("command")
     sql = isinstance(command, dict) and str(command.get("protocol") or "").lower() in SQL_PROTOCOLS
     for where in scrubbed_paths(logged):
