@@ -32,8 +32,8 @@ def input_from_log(logged: dict[str, Any], max_body: int | None = None
     request = CheckRequest()
     try:
         ParseDict({"attributes": logged.get("attributes") or {}}, request)
-        kwargs = {} if max_body is None else {"max_body": max_body}
-        doc = check_request_to_input(request, **kwargs)
+        doc = (check_request_to_input(request) if max_body is None
+               else check_request_to_input(request, max_body=max_body))
     except (ParseError, RequestParseError, TypeError) as exc:
         raise ValueError(str(exc)) from exc
     doc["subject"] = logged.get("subject")

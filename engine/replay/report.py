@@ -115,7 +115,7 @@ class ReplayReport:
                      "changes": dict(sorted(g["changes"].items())),
                      "categories": dict(sorted(g["categories"].items())),
                      "examples": g["examples"]} for key, g in items]
-            return sorted(rows, key=lambda r: (-r["count"], str(list(r.values())[0])))
+            return sorted(rows, key=lambda r: (-r["count"], str(next(iter(r.values())))))
 
         failures = self.failures(fail_on)
         return {

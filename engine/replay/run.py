@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from engine.audit import AuditLog, AuditRecord, open_audit_log
+from engine.audit import AuditError, AuditLog, AuditRecord, open_audit_log
+from engine.audit.stores import driver_errors
 from engine.errors import PolicySetError
 from engine.policy import load_policy_set
 from engine.replay.records import Item, Sessions, decision_item, statement_item
@@ -60,8 +61,6 @@ def _load(root: str, label: str) -> Any:
 
 
 def open_trail(url: str) -> AuditLog:
-    from engine.audit import AuditError
-
     try:
         return open_audit_log(url, create=False)
     except AuditError as exc:
@@ -92,8 +91,7 @@ class _Window:
     def seen(self, decision_id: str, seq: int) -> bool:
         ids = self._ids
         while ids:
-            oldest, at = next(iter(ids.items()))
-            if at >= seq - DEDUPE_WINDOW:
+            if next(iter(ids.values())) >= seq - DEDUPE_WINDOW:
                 break
             ids.popitem(last=False)
         if decision_id in ids:
@@ -127,32 +125,39 @@ class Replayer:
         report = ReplayReport()
         log = open_trail(options.audit_url)
         try:
-            sessions = Sessions(log)
-            window = _Window()
-            if after > 0:
-                for rec in self._records(log, max(0, after - DEDUPE_WINDOW), after):
-                    if rec.decision_id and _in_scope(rec, options):
-                        window.seen(rec.decision_id, rec.seq)
-            taken = 0
-            for rec in self._records(log, after, through):
-                if rec.kind == "session.start":
-                    sessions.add(rec)
-                    continue
-                if not _in_scope(rec, options):
-                    continue
-                if options.limit is not None and taken >= options.limit:
-                    break
-                taken += 1
-                item = (statement_item(rec, sessions) if rec.kind == "statement"
-                        else decision_item(rec))
-                report.seen(item)
-                if rec.decision_id and window.seen(rec.decision_id, rec.seq):
-                    report.duplicate()
-                    continue
-                self._replay(item, report)
+            self._run(log, report, after, through)
+        except (AuditError, *driver_errors(log.store.dialect)) as exc:
+            raise ReplayError(f"the trail could not be read: {exc}") from exc
         finally:
             log.close()
         return report
+
+    def _run(self, log: AuditLog, report: ReplayReport, after: int, through: int | None
+             ) -> None:
+        options = self.options
+        sessions = Sessions(log)
+        window = _Window()
+        if after > 0:
+            for rec in self._records(log, max(0, after - DEDUPE_WINDOW), after):
+                if rec.decision_id and _in_scope(rec, options):
+                    window.seen(rec.decision_id, rec.seq)
+        taken = 0
+        for rec in self._records(log, after, through):
+            if rec.kind == "session.start":
+                sessions.add(rec)
+                continue
+            if not _in_scope(rec, options):
+                continue
+            if options.limit is not None and taken >= options.limit:
+                break
+            taken += 1
+            item = (statement_item(rec, sessions) if rec.kind == "statement"
+                    else decision_item(rec))
+            report.seen(item)
+            if rec.decision_id and window.seen(rec.decision_id, rec.seq):
+                report.duplicate()
+                continue
+            self._replay(item, report)
 
     def _replay(self, item: Item, report: ReplayReport) -> None:
         if item.skip is not None or item.input is None:

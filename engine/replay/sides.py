@@ -50,6 +50,9 @@ class PolicySide:
 
     def verdict(self, item: Item) -> Verdict | Unreplayable:
         assert item.input is not None
+        if not self.policy_set.cacheable:
+            return Unreplayable(f"the {self.label} policies call time, random or network "
+                                f"builtins, so a replay cannot give the decision of then")
         for path in item.missing:
             if self.reads.reads(path):
                 return Unreplayable(f"the record lacks {'.'.join(path)}, which the {self.label} "
@@ -78,7 +81,7 @@ class PolicySide:
 
         try:
             defined, value = self.engine.query(path, enriched_input(doc))
-        except EvaluationError as exc:
+        except (EvaluationError, TypeError, ValueError) as exc:
             return Verdict("error", result=json.dumps(f"evaluation error: {exc}"))
         return query_verdict(defined, value)
 

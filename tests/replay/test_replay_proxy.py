@@ -116,7 +116,8 @@ def test_replay_of_proxy_traffic_against_the_pack(recorded: str, proposed: Path)
     assert report["changes"] == {"unmask cvv": 5, "allow->deny": 1}
     rules = {g["rule"]: g for g in report["by_rule"]}
     assert set(rules) == {"ordinance.change.no_scratch_delete", "mask-cvv-and-expiry"}
-    assert (rules["mask-cvv-and-expiry"]["count"], rules["mask-cvv-and-expiry"]["subjects"]) == (5, 2)
+    cvv = rules["mask-cvv-and-expiry"]
+    assert (cvv["count"], cvv["subjects"]) == (5, 2)
     delete = rules["ordinance.change.no_scratch_delete"]
     assert delete["count"] == 1 and delete["changes"] == {"allow->deny": 1, "unmask cvv": 1}
     [example] = delete["examples"]
@@ -125,7 +126,7 @@ def test_replay_of_proxy_traffic_against_the_pack(recorded: str, proposed: Path)
     assert example["before"]["effect"] == "allow" and example["after"]["effect"] == "deny"
     assert "cvv:redact" in example["before"]["masks"]
     assert "cvv:redact" not in example["after"]["masks"]
-    assert [e["text"] for e in rules["mask-cvv-and-expiry"]["examples"]] == [t for _, t in TRAFFIC[:3]]
+    assert [e["text"] for e in cvv["examples"]] == [t for _, t in TRAFFIC[:3]]
     subjects = {(g["subject"], g["resource"]): g["count"] for g in report["by_subject"]}
     assert subjects == {("alice", "payments"): 4, ("pat", "payments"): 1}
     [skipped] = report["not_replayed_reasons"]

@@ -5,6 +5,7 @@ access record, and `--jobs` giving the single-process answer."""
 from __future__ import annotations
 
 import json
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -201,7 +202,7 @@ def test_a_decision_recorded_by_the_proxy_and_the_service_is_replayed_once(
         statement(log, "s1", "alice", "DELETE FROM t WHERE id = 1", "d1", masks=["pan:pan"])
     code, report, _ = replay(capsys, "--audit", url, "--policies", str(sets["proposed"]),
                              "--baseline", str(sets["base"]))
-    assert (report["records"], report["duplicates"], report["changed"]) == (2, 1, 1)
+    assert (code, report["records"], report["duplicates"], report["changed"]) == (1, 2, 1, 1)
     assert report["kinds"] == {"decision": 1, "statement": 1}
     assert report["by_rule"][0]["examples"][0]["kind"] == "decision"
     _, report, _ = replay(capsys, "--audit", url, "--policies", str(sets["proposed"]),
@@ -296,3 +297,78 @@ def test_cel_read_paths() -> None:
         ("subject", "groups")}
     assert cel_paths("size(subject) > 1 || session.tls", names) == {("subject",),
                                                                     ("session", "tls")}
+
+
+def test_a_session_started_before_since_is_looked_up(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, sets: dict[str, Path]) -> None:
+    url = f"sqlite:///{tmp_path / 'since.db'}"
+    with open_audit_log(url) as log:
+        session_start(log, "s1", "alice", ["dev"], claims={})
+        time.sleep(0.01)
+        statement(log, "s1", "alice", "DELETE FROM t WHERE id = 1", "d1", masks=["pan:pan"])
+        since = log.tail(1)[0].ts
+    _, report, _ = replay(capsys, "--audit", url, "--policies", str(sets["proposed"]),
+                          "--baseline", str(sets["base"]), "--since", since)
+    assert (report["records"], report["changed"], report["not_replayed"]) == (1, 1, 0)
+
+
+def test_policies_that_read_the_clock_are_not_replayed(
+        capsys: pytest.CaptureFixture[str], trail: str, sets: dict[str, Path],
+        tmp_path: Path) -> None:
+    clock = write_policies(tmp_path / "clock", {"base.rego": BASE, "h.rego": (
+        'package ordinance.h\nimport rego.v1\n\n'
+        'deny contains "after hours" if time.clock([time.now_ns(), "UTC"])[0] > 30\n')})
+    code, report, _ = replay(capsys, "--audit", trail, "--policies", str(clock),
+                             "--baseline", str(sets["base"]))
+    reasons = {g["reason"]: g["count"] for g in report["not_replayed_reasons"]}
+    assert reasons["the proposed policies call time, random or network builtins, so a "
+                   "replay cannot give the decision of then"] == 5
+    assert (code, report["replayed"]) == (0, 0)
+
+
+def test_damaged_records_and_an_unusable_trail(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, sets: dict[str, Path]) -> None:
+    url = f"sqlite:///{tmp_path / 'odd.db'}"
+    with open_audit_log(url) as log:
+        session_start(log, "s1", "alice", ["dev"], claims={}, resource="payments")
+        statement(log, "s1", "alice", "SELECT 1", "d1", masks=[])
+        log.append("statement", {"effect": "allow"}, subject="x", session_id="s1",
+                   decision_id="d2")
+        log.append("decision", {"kind": "decide", "input": ["not", "a", "document"]},
+                   decision_id="d3")
+        log.append("decision", {"kind": "rejected", "outcome": "unauthenticated"},
+                   decision_id="d4")
+    code, report, _ = replay(capsys, "--audit", url, "--policies", str(sets["base"]),
+                             "--baseline", str(sets["base"]))
+    assert {g["reason"]: g["count"] for g in report["not_replayed_reasons"]} == {
+        "its session.start record holds no resource": 1,
+        "the record holds no statement text": 1,
+        "the record holds no input document": 1,
+        "rejected before any decision (unauthenticated or malformed request)": 1}
+    assert code == 0
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    code, _, err = replay(capsys, "--audit", f"sqlite:///{garbage}", "--policies",
+                          str(sets["base"]))
+    assert code == 2 and "ordinance replay: error:" in err
+
+
+def test_an_envoy_record_rebuilt_with_what_it_lacks() -> None:
+    from adapters.envoy.replay import input_from_log
+    from adapters.envoy.translate import check_request_to_input, redact_for_log
+    from engine.identity import Subject
+    from tests.envoy.envoy_requests import envoy_check_request
+
+    request = envoy_check_request("POST", "/refunds?x=1", body='{"amount": 5}', headers={
+        "authorization": "Bearer t", "content-type": "application/json"})
+    original = check_request_to_input(request, subject=Subject("alice", ("dev",)))
+    rebuilt, missing = input_from_log(redact_for_log(original), 1 << 20)
+    assert rebuilt["parsed_body"] == {"amount": 5} and rebuilt["subject"] == original["subject"]
+    assert {k: v for k, v in rebuilt.items() if k not in ("attributes", "command")} == {
+        k: v for k, v in original.items() if k not in ("attributes", "command")}
+    assert rebuilt["command"] == {**original["command"], "headers": {
+        **original["command"]["headers"], "authorization": "[redacted]"}}
+    assert missing == [("command", "headers", "authorization"),
+                       ("attributes", "request", "http", "headers", "authorization")]
+    _, missing = input_from_log(redact_for_log(original), None)  # body limit not recorded
+    assert ("parsed_body",) in missing and ("truncated_body",) in missing
