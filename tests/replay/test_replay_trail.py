@@ -5,9 +5,9 @@ access record, and `--jobs` giving the single-process answer."""
 from __future__ import annotations
 
 import json
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 from xml.etree import ElementTree
 
