@@ -124,9 +124,11 @@ class Replayer:
         options = self.options
         report = ReplayReport()
         log = open_trail(options.audit_url)
+        unreadable: tuple[type[BaseException], ...] = (AuditError,
+                                                        *driver_errors(log.store.dialect))
         try:
             self._run(log, report, after, through)
-        except (AuditError, *driver_errors(log.store.dialect)) as exc:
+        except unreadable as exc:
             raise ReplayError(f"the trail could not be read: {exc}") from exc
         finally:
             log.close()
