@@ -11,6 +11,10 @@ from xml.etree import ElementTree
 Report = dict[str, Any]
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _changes(changes: dict[str, int]) -> str:
     return ", ".join(f"{label} {n}" for label, n in changes.items())
 
@@ -38,8 +42,8 @@ def text(r: Report) -> str:
         if rows:
             lines.append(f"{title}:")
         for g in rows:
-            lines.append(f"  {name(g)}: {g['count']} records, {g['subjects']} subjects "
-                         f"({_changes(g['changes'])})")
+            lines.append(f"  {name(g)}: {_n(g['count'], 'record')}, "
+                         f"{_n(g['subjects'], 'subject')} ({_changes(g['changes'])})")
             lines.extend(f"    {_example_line(e)}" for e in g["examples"])
     if r["not_replayed_reasons"]:
         lines.append("not replayed:")
@@ -98,7 +102,7 @@ def junit(r: Report) -> str:
         if fail_on & set(g["categories"]):
             failures += 1
             failure = ElementTree.SubElement(
-                case, "failure", message=f"{g['count']} records would change: "
+                case, "failure", message=f"{_n(g['count'], 'record')} would change: "
                                          f"{_changes(g['changes'])}")
             failure.text = detail
         else:

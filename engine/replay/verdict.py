@@ -8,7 +8,7 @@ scrubs them, so a re-decided verdict compares equal to the recorded one.
 Change categories (what `--fail-on` names): `deny`, `review`, `allow` (the effect became
 that), `unmask` (a column masked before is not masked now), `mask` (a column is masked now and
 was not, or with another method), `reason` (same effect, other reasons), `result` (a query's
-value changed and nothing above did).
+value changed and nothing above did). One label per category lists a record's columns.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ EFFECTS = ("allow", "deny", "review")
 ORDINANCE_MADE = ("ordinance.client", "ordinance.service")
 """Reason policies of denials Ordinance made without the policies (service unreachable, log
 unavailable): such a recorded decision says nothing about the policy set."""
+
+UNKNOWN_MASK_RULE = "(mask rule not recorded)"
+"""The rule of a recorded mask: records keep `column:method`, not the rule that set it."""
 
 ReasonKey = tuple[str, str, str, tuple[str, ...], str | None]
 
@@ -127,19 +130,24 @@ def compare(before: Verdict, after: Verdict) -> Change | None:
         categories.add(after.effect if after.effect in EFFECTS else "result")
         labels.append(f"{before.effect}->{after.effect}")
     old, new = before.mask_methods(), after.mask_methods()
+    unmasked: list[str] = []
+    masked: list[str] = []
     for column in sorted(old.keys() | new.keys()):
         if old.get(column) == new.get(column):
             continue
         if column not in new:
-            categories.add("unmask")
-            labels.append(f"unmask {column}")
-            mask = f"{column}:{old[column]}"
-            rules[before.mask_rules.get(mask, f"mask {column}")] = None
+            unmasked.append(column)
+            rules[before.mask_rules.get(f"{column}:{old[column]}", UNKNOWN_MASK_RULE)] = None
         else:
-            categories.add("mask")
-            labels.append(f"mask {column}" if column not in old
-                          else f"mask {column} {old[column]}->{new[column]}")
-            rules[after.mask_rules.get(f"{column}:{new[column]}", f"mask {column}")] = None
+            masked.append(column if column not in old
+                          else f"{column} {old[column]}->{new[column]}")
+            rules[after.mask_rules.get(f"{column}:{new[column]}", UNKNOWN_MASK_RULE)] = None
+    if unmasked:
+        categories.add("unmask")
+        labels.append("unmask " + ", ".join(unmasked))
+    if masked:
+        categories.add("mask")
+        labels.append("mask " + ", ".join(masked))
     changed_reasons = before.reasons ^ after.reasons
     for reason in sorted(changed_reasons, key=str):
         rules[reason[0]] = None
