@@ -36,6 +36,9 @@ TRUNCATED_MARK = " …[truncated]"
 TRUNCATED_AT = 64 * 1024
 """`adapters.postgres.bridge` records at most this much of a statement, then the mark."""
 
+PROXY_POLICY = "ordinance.proxy"
+"""The reasons of what the proxy refused itself, asking no policy (`PolicyBridge.refused`)."""
+_EXECUTE = re.compile(r"\bexecute\b", re.IGNORECASE)
 KINDS = ("statement", "decision")
 SESSION_CACHE = 50_000
 
@@ -170,9 +173,14 @@ def statement_item(rec: AuditRecord, sessions: Sessions) -> Item:
                 resource if isinstance(resource, str) else None, rec.session_id,
                 rec.decision_id, text if isinstance(text, str) else "")
     item.recorded_revision = str(p.get("policy_revision") or "")
-    item.recorded_fields = (p.get("effect"), p.get("reasons"), p.get("masks"))
+    reasons = p.get("reasons")
+    item.recorded_fields = (p.get("effect"), reasons, p.get("masks"))
     if not isinstance(text, str):
         item.skip = "the record holds no statement text"
+        return item
+    if not rec.decision_id and isinstance(reasons, list) and any(
+            isinstance(r, dict) and r.get("policy") == PROXY_POLICY for r in reasons):
+        item.skip = "the proxy refused it itself (no policy was asked)"
         return item
     if len(text) > TRUNCATED_AT and text.endswith(TRUNCATED_MARK):
         item.skip = "the statement text was truncated when recorded (over 64 KiB)"
@@ -189,7 +197,17 @@ def statement_item(rec: AuditRecord, sessions: Sessions) -> Item:
                   "session": session.session}
     item.missing = session.missing
     item.scrubbed = SCRUBBED.search(text) is not None
+    if _EXECUTE.search(text) and _executes_prepared(text, session.resource):
+        item.skip = ("it EXECUTEs a statement prepared in its session: the proxy decided it "
+                     "with the PREPARE's text too (that PREPARE is replayed)")
     return item
+
+
+def _executes_prepared(text: str, resource: dict[str, Any]) -> bool:
+    from engine.facts import enrich_command
+
+    facts = enrich_command({"protocol": "postgres", "raw": text}, resource)
+    return any(s.get("executed_name") is not None for s in facts.get("statements") or ())
 
 
 def scrubbed_paths(doc: Any, path: Path = ()) -> Iterator[Path]:

@@ -372,3 +372,23 @@ def test_an_envoy_record_rebuilt_with_what_it_lacks() -> None:
                        ("attributes", "request", "http", "headers", "authorization")]
     _, missing = input_from_log(redact_for_log(original), None)  # body limit not recorded
     assert ("parsed_body",) in missing and ("truncated_body",) in missing
+
+
+def test_what_the_proxy_decided_with_session_state_is_not_replayed(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, sets: dict[str, Path]) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    with open_audit_log(url) as log:
+        session_start(log, "s1", "alice", ["dev"], claims={})
+        statement(log, "s1", "alice", "PREPARE del AS DELETE FROM t WHERE id = $1", "d1",
+                  masks=["pan:pan"])
+        statement(log, "s1", "alice", "EXECUTE del(1)", "d2", masks=["pan:pan"])
+        statement(log, "s1", "alice", "SELECT 'execute me' AS x", "d3", masks=["pan:pan"])
+        statement(log, "s1", "alice", "\\x00", "", effect="deny", masks=[], reasons=[
+            {"policy": "ordinance.proxy", "effect": "deny", "message": "bad message"}])
+    _, report, _ = replay(capsys, "--audit", url, "--policies", str(sets["proposed"]),
+                          "--baseline", str(sets["base"]))
+    assert {g["reason"]: g["count"] for g in report["not_replayed_reasons"]} == {
+        "it EXECUTEs a statement prepared in its session: the proxy decided it with the "
+        "PREPARE's text too (that PREPARE is replayed)": 1,
+        "the proxy refused it itself (no policy was asked)": 1}
+    assert (report["replayed"], report["changes"]) == (2, {"allow->deny": 1})
