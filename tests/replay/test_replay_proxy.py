@@ -146,3 +146,29 @@ def test_recorded_decisions_match_the_proxy_policies(recorded: str, proposed: Pa
     code, report = replay("--audit", recorded, "--policies", str(proposed),
                           "--baseline-revision", "0000", "--fail-on", "deny")
     assert (code, report["replayed"], report["not_replayed"]) == (0, 0, 6)
+
+
+def test_a_proxy_asking_the_service_is_replayed_once_per_decision(
+        database: str, tmp_path: Path, proposed: Path) -> None:
+    """Proxy and service write one trail: each statement has a statement record and the
+    service's decision record, with one decision id."""
+    audit = f"sqlite:///{tmp_path / 'audit.db'}"
+    serve = Running(["serve", "--policies", str(REPO / "policies"), "--grpc", "127.0.0.1:0",
+                     "--http", "off", "--audit", audit], REPO)
+    try:
+        proxy = Running(proxy_args(tmp_path, database, "--decision-service",
+                                   serve.ready["grpc"]), REPO)
+        try:
+            port = int(proxy.ready["listen"].rsplit(":", 1)[1])
+            for user, sql in (TRAFFIC[0], TRAFFIC[2]):
+                assert psql(port, dbname_of(database), user, sql).returncode == 0
+        finally:
+            code, err = proxy.stop()
+        assert code == 0, err
+    finally:
+        serve.stop()
+    code, report = replay("--audit", audit, "--policies", str(proposed), "--baseline",
+                          str(REPO / "policies"))
+    assert (code, report["kinds"], report["duplicates"], report["replayed"]) == (
+        1, {"decision": 2, "statement": 2}, 2, 2)
+    assert report["changes"] == {"unmask cvv": 2, "allow->deny": 1}

@@ -392,3 +392,24 @@ def test_what_the_proxy_decided_with_session_state_is_not_replayed(
         "PREPARE's text too (that PREPARE is replayed)": 1,
         "the proxy refused it itself (no policy was asked)": 1}
     assert (report["replayed"], report["changes"]) == (2, {"allow->deny": 1})
+
+
+def test_the_ci_examples_use_options_replay_has() -> None:
+    import re
+
+    import yaml
+
+    from engine.cli import build_parser
+
+    workflow = yaml.safe_load((REPO / "docs" / "ci" / "policy-check.yml").read_text())
+    steps = workflow["jobs"]["policy-check"]["steps"]
+    scripts = [s["run"] for s in steps if "run" in s]
+    scripts.append((REPO / "docs" / "ci" / "policy-check.sh").read_text())
+    parser = build_parser()
+    replay_parser = parser._subparsers._group_actions[0].choices["replay"]  # type: ignore[union-attr]
+    known = {o for a in replay_parser._actions for o in a.option_strings}
+    used = {flag for script in scripts
+            for command in re.findall(r"ordinance replay[^\n]*(?:\\\n[^\n]*)*", script)
+            for flag in re.findall(r"(?<!\S)--[a-z-]+", command)}
+    assert used and used <= known, used - known
+    assert any("ordinance test policies" in s for s in scripts)
