@@ -65,6 +65,8 @@ class Item:
     recorded_problem: str | None = None
     skip: str | None = None
     query_path: str | None = None
+    query_enriched: bool = True
+    """The service enriches a query's `command` with facts (`enriched_input`); Envoy does not."""
 
     def example(self) -> dict[str, Any]:
         text = self.text if len(self.text) <= 500 else self.text[:497] + "..."
@@ -277,6 +279,7 @@ def decision_item(rec: AuditRecord) -> Item:
     missing: list[Path] = []
     transport = str(p.get("transport") or "")
     if transport.startswith("envoy-"):
+        item.query_enriched = False
         try:
             max_body = p.get("max_body")
             logged, missing = _envoy_input()(
@@ -285,7 +288,7 @@ def decision_item(rec: AuditRecord) -> Item:
             item.skip = f"its Envoy request cannot be rebuilt: {exc}"
             return item
         raw = logged["command"].get("raw")
-        if item.query_path is None and isinstance(raw, str):
+        if isinstance(raw, str):
             item.text = raw
     command = logged.get("command")
     sql = isinstance(command, dict) and str(command.get("protocol") or "").lower() in SQL_PROTOCOLS

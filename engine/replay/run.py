@@ -173,7 +173,7 @@ class Replayer:
         if isinstance(after, Unreplayable):
             report.skipped(item, after)
             return
-        change = compare(before, after)
+        change = compare(before, after, item.query_path)
         if change is None:
             report.unchanged()
         else:

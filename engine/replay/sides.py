@@ -62,7 +62,7 @@ class PolicySide:
             return Unreplayable(f"the trail masked a card number in the text, and the "
                                 f"{self.label} policies could see it")
         if item.query_path is not None:
-            return self._query(item.query_path, item.input)
+            return self._query(item.query_path, item.input, item.query_enriched)
         decision = self.engine.decide(item.input)
         key = (id(decision.reasons), id(decision.masks), decision.effect)
         entry = self._verdicts.get(key)
@@ -76,11 +76,11 @@ class PolicySide:
         self._verdicts[key] = (decision.reasons, decision.masks, verdict)
         return verdict
 
-    def _query(self, path: str, doc: dict[str, Any]) -> Verdict | Unreplayable:
+    def _query(self, path: str, doc: dict[str, Any], enrich: bool) -> Verdict | Unreplayable:
         from engine.service.runtime import enriched_input
 
         try:
-            defined, value = self.engine.query(path, enriched_input(doc))
+            defined, value = self.engine.query(path, enriched_input(doc) if enrich else doc)
         except (EvaluationError, TypeError, ValueError) as exc:
             return Verdict("error", result=json.dumps(f"evaluation error: {exc}"))
         return query_verdict(defined, value)

@@ -119,8 +119,9 @@ class Change:
     """The rules whose reasons or masks appeared or disappeared."""
 
 
-def compare(before: Verdict, after: Verdict) -> Change | None:
-    """The difference between two verdicts of one input, or None when they agree."""
+def compare(before: Verdict, after: Verdict, query: str | None = None) -> Change | None:
+    """The difference between two verdicts of one input, or None when they agree. A query's
+    change is put under its path (`query`) when no reason names a rule."""
     if before == after:
         return None
     categories: set[str] = set()
@@ -159,4 +160,4 @@ def compare(before: Verdict, after: Verdict) -> Change | None:
         labels.append("result")
     if not categories:  # only the rule attribution of masks differs: not a change
         return None
-    return Change(frozenset(categories), tuple(labels), tuple(rules) or ("(no rule)",))
+    return Change(frozenset(categories), tuple(labels), tuple(rules) or (query or "(no rule)",))
