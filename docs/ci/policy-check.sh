@@ -25,7 +25,7 @@ python3 -m venv .venv
 
 BASE=$(mktemp -d)
 trap 'git worktree remove --force "$BASE/main" >/dev/null 2>&1 || true; rm -rf "$BASE"' EXIT
-git worktree add --detach "$BASE/main" origin/main >/dev/null
+git worktree add --quiet --detach "$BASE/main" origin/main
 
 status=0
 .venv/bin/ordinance replay --audit "$ORDINANCE_REPLAY_TRAIL" --policies "$POLICIES" \
