@@ -7,7 +7,8 @@ rule, against the pack as baseline directory, in one process and with `--jobs`.
 
 The trail is kept at PATH (default var/replay-bench.db) and reused when it already holds N
 records. Statements differ by their literals (pgbench-like), as real traffic does, so the
-figure includes the literal-fingerprint cache the proxy uses. Prints one JSON line per run.
+figure includes the literal-fingerprint cache the proxy uses. Prints one JSON line per run
+(`max_rss_mb`: the largest resident set of this process or of a worker so far).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import tempfile
 import time
@@ -150,6 +152,11 @@ def main() -> None:
                 "records": report["records"], "jobs": jobs, "seconds": round(seconds, 1),
                 "records_per_second": round(report["records"] / seconds),
                 "main_cpu_seconds": round(after.user + after.system - cpu.user - cpu.system, 1),
+                "workers_cpu_seconds": round(after.children_user + after.children_system
+                                             - cpu.children_user - cpu.children_system, 1),
+                "max_rss_mb": round(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                                        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+                                    / 1024),
                 "changed": report["changed"], "changes": report["changes"],
                 "not_replayed": report["not_replayed"]}), flush=True)
     finally:
