@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.commands.audit import AUDIT_URL_ENV, parse_duration, parse_time, record_access
+from engine.replay.records import KINDS
 from engine.replay.render import render
 from engine.replay.run import ReplayError, ReplayOptions, open_trail, replay
 from engine.replay.verdict import CATEGORIES
@@ -81,7 +82,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--until", type=parse_when, metavar="AGE|ISO",
                         help="records before then")
     parser.add_argument("--resource", metavar="NAME", help="only this resource")
-    parser.add_argument("--kind", choices=("statement", "decision"),
+    parser.add_argument("--kind", choices=KINDS,
                         help="only proxy statements, or only service and Envoy decisions")
     parser.add_argument("--format", choices=("text", "json", "markdown", "junit"),
                         default="text")
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     options = ReplayOptions(
         audit_url=args.audit, policies=args.policies, baseline=args.baseline,
         baseline_revision=args.baseline_revision, since=args.since, until=args.until,
-        resource=args.resource, kinds=(args.kind,) if args.kind else ("statement", "decision"),
+        resource=args.resource, kinds=(args.kind,) if args.kind else KINDS,
         limit=args.limit, jobs=args.jobs)
     try:
         log = open_trail(options.audit_url)  # unusable: exit 2 before any policy is loaded

@@ -24,7 +24,7 @@ from engine.audit import AuditError, AuditLog, AuditRecord, open_audit_log
 from engine.audit.stores import driver_errors
 from engine.errors import PolicySetError
 from engine.policy import load_policy_set
-from engine.replay.records import Item, Sessions, decision_item, statement_item
+from engine.replay.records import KINDS, Item, Sessions, decision_item, statement_item
 from engine.replay.report import ReplayReport
 from engine.replay.sides import PolicySide, RecordedSide, Unreplayable
 from engine.replay.verdict import compare
@@ -47,7 +47,7 @@ class ReplayOptions:
     since: datetime | None = None
     until: datetime | None = None
     resource: str | None = None
-    kinds: tuple[str, ...] = ("statement", "decision")
+    kinds: tuple[str, ...] = KINDS
     limit: int | None = None
     jobs: int = 1
 

@@ -413,3 +413,23 @@ def test_the_ci_examples_use_options_replay_has() -> None:
             for flag in re.findall(r"(?<!\S)--[a-z-]+", command)}
     assert used and used <= known, used - known
     assert any("ordinance test policies" in s for s in scripts)
+
+
+@pytest.mark.parametrize("pan", ["4111111111111111", "4111 1111 1111 1111",
+                                 "4111-1111-1111-1111", "5500005555555559", "378282246310005",
+                                 "6011000990139424", "4222222222222"])
+def test_the_scrubbed_mark_is_recognised(pan: str) -> None:
+    from engine.masking import scrub_pans
+    from engine.replay.records import SCRUBBED
+
+    scrubbed = scrub_pans(f"SELECT 1 WHERE x = '{pan}'")
+    assert pan not in scrubbed and SCRUBBED.search(scrubbed)
+    assert not SCRUBBED.search("SELECT * FROM t WHERE a * 2 > 1234 AND b = '***1234'")
+
+
+def test_the_truncation_mark_is_the_proxys() -> None:
+    from adapters.postgres import bridge
+    from engine.replay.records import TRUNCATED_AT, TRUNCATED_MARK
+
+    assert bridge.MAX_RECORDED_TEXT == TRUNCATED_AT
+    assert f'+ "{TRUNCATED_MARK}")' in Path(bridge.__file__).read_text()
