@@ -27,6 +27,9 @@ BASE=$(mktemp -d)
 trap 'git worktree remove --force "$BASE/main" >/dev/null 2>&1 || true; rm -rf "$BASE"' EXIT
 git worktree add --quiet --detach "$BASE/main" origin/main
 
+# A trail edited to hide traffic would hide it from the replay too: check the copy's chain.
+.venv/bin/ordinance audit verify --audit "$ORDINANCE_REPLAY_TRAIL"
+
 status=0
 .venv/bin/ordinance replay --audit "$ORDINANCE_REPLAY_TRAIL" --policies "$POLICIES" \
     --baseline "$BASE/main/$POLICIES" --since 7d --fail-on "$FAIL_ON" --format markdown \
