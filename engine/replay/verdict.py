@@ -33,10 +33,6 @@ UNKNOWN_MASK_RULE = "(mask rule not recorded)"
 ReasonKey = tuple[str, str, str, tuple[str, ...], str | None]
 
 
-def _scrubbed(text: str) -> str:
-    return scrub_pans(text)
-
-
 @dataclass(frozen=True, slots=True)
 class Verdict:
     effect: str
@@ -76,7 +72,7 @@ def reason_key(reason: Mapping[str, Any]) -> ReasonKey:
     """A recorded reason (`Reason.to_dict()`) as compared."""
     approvers = reason.get("approvers") or ()
     return (str(reason.get("policy", "")), str(reason.get("effect", "deny")),
-            _scrubbed(str(reason.get("message", ""))),
+            scrub_pans(str(reason.get("message", ""))),
             tuple(str(a) for a in approvers) if isinstance(approvers, list) else (),
             str(reason["window"]) if reason.get("window") else None)
 
@@ -93,7 +89,7 @@ def recorded_verdict(effect: Any, reasons: Any, masks: Iterable[str]) -> Verdict
 def decision_verdict(decision: Decision) -> Verdict:
     return Verdict(
         decision.effect,
-        frozenset((r.policy, r.effect, _scrubbed(r.message), tuple(r.approvers), r.window)
+        frozenset((r.policy, r.effect, scrub_pans(r.message), tuple(r.approvers), r.window)
                   for r in decision.reasons),
         frozenset(f"{m.column}:{m.method}" for m in decision.masks),
         mask_rules={f"{m.column}:{m.method}": m.policy for m in decision.masks if m.policy})
