@@ -30,7 +30,7 @@ from typing import Any
 from cel_expr_python import cel
 
 from engine.decision import Mask, Reason
-from engine.policy.cel_source import map_key_problems
+from engine.policy.cel_source import static_problems
 
 CEL_VARIABLES = (
     "subject", "resource", "command", "session", "context", "input", "request",
@@ -40,8 +40,8 @@ EFFECTS = ("deny", "review", "mask")
 _RULE_KEYS = {"name", "effect", "when", "message", "mask", "approvers", "window", "description"}
 
 # cel-expr-python's libraries, by the names its environment config knows. Not available in
-# cel-expr-python 0.1.3: the network extension (`ip`, `cidr`), `transformMap`/
-# `transformMapEntry` (refused at load: the runtime lacks `cel.@mapInsert`).
+# cel-expr-python 0.1.3: the network extension (`ip`, `cidr`), `transformMap` and
+# `transformMapEntry` (refused at load, see cel_source.py).
 CEL_EXTENSIONS = ("strings", "math", "encoders", "optional", "bindings", "sets", "lists",
                   "two-var-comprehensions", "regex", "protos")
 _CONFIG = "extensions:\n" + "".join(f"  - name: {name}\n" for name in CEL_EXTENSIONS)
@@ -63,7 +63,7 @@ def cel_env() -> Any:
 
 def compile_expression(env: Any, expression: str, disable_check: bool = False) -> Any:
     """The compiled program, or RuntimeError with cel-expr-python's message or ours."""
-    problems = map_key_problems(expression)
+    problems = static_problems(expression)
     if problems:
         raise RuntimeError(problems[0])
     return env.compile(expression, disable_check=disable_check)

@@ -3,7 +3,9 @@
 cel-expr-python (cel-cpp) rejects a map literal with a repeated key of one type
 (`{1: 'a', 1: 'b'}`), but not keys that are equal across int and uint (`{0: 1, 0u: 2}`), where
 cel-spec wants "Failed with repeated key"; a lookup then answers with one of the two values.
-Such a literal is refused at load. It is a tokenizer, not a parser: it knows CEL's strings
+Such a literal is refused at load, as are the two-variable macros `transformMap` and
+`transformMapEntry`, which compile but fail on every evaluation (the runtime lacks
+`cel.@mapInsert`). It is a tokenizer, not a parser: it knows CEL's strings
 (quoted, triple-quoted, raw, bytes), numbers and brackets, which is all that question needs.
 """
 
@@ -29,6 +31,23 @@ _OPEN = {"(": ")", "[": "]", "{": "}"}
 def _tokens(expression: str) -> list[tuple[str, str]]:
     return [(m.lastgroup or "other", m.group()) for m in _TOKEN.finditer(expression)
             if m.lastgroup not in ("space", "comment")]
+
+
+# name -> why: functions that compile in cel-expr-python 0.1.3 but can never evaluate
+UNAVAILABLE = {
+    "transformMap": "transformMap is not available (cel-expr-python lacks cel.@mapInsert)",
+    "transformMapEntry": "transformMapEntry is not available "
+                         "(cel-expr-python lacks cel.@mapInsert)",
+}
+
+
+def static_problems(expression: str) -> list[str]:
+    """Why an expression is refused at load; empty when it is not."""
+    tokens = _tokens(expression)
+    problems = [UNAVAILABLE[text] for i, (kind, text) in enumerate(tokens)
+                if kind == "name" and text in UNAVAILABLE and 0 < i < len(tokens) - 1
+                and tokens[i - 1][1] == "." and tokens[i + 1][1] == "("]
+    return list(dict.fromkeys(problems + map_key_problems(expression)))
 
 
 def map_key_problems(expression: str) -> list[str]:

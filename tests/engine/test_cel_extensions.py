@@ -12,7 +12,7 @@ from engine.engine import Engine
 from engine.errors import PolicySetError
 from engine.policy import load_policy_set
 from engine.policy.cel import CEL_EXTENSIONS, cel_env, compile_expression
-from engine.policy.cel_source import map_key_problems
+from engine.policy.cel_source import map_key_problems, static_problems
 
 ERROR = object()
 
@@ -103,6 +103,14 @@ def test_map_keys_equal_across_int_and_uint_are_refused(expr: str) -> None:
 ])
 def test_ordinary_map_literals_are_not_refused(expr: str) -> None:
     assert map_key_problems(expr) == []
+
+
+@pytest.mark.parametrize("expr", ["{'a': 1}.transformMap(k, v, v + 1)['a'] == 2",
+                                  "{'a': 1}.transformMapEntry(k, v, {k: v}).size() == 1"])
+def test_map_transforms_that_cannot_evaluate_are_refused_at_load(expr: str) -> None:
+    with pytest.raises(RuntimeError, match="not available"):
+        compile_expression(cel_env(), expr)
+    assert static_problems("'transformMap' == subject.transformMap") == []
 
 
 def test_exact_repeated_key_raises_in_cel_expr_python() -> None:
