@@ -30,7 +30,9 @@ from engine.policy.rego_source import (
     FORBIDDEN,
     NONDETERMINISTIC,
     RegoModule,
+    blank_calls,
     blank_rules,
+    normalise_numbers,
     rewrite_calls,
 )
 
@@ -39,8 +41,19 @@ DECISION_SETS = ("deny", "review", "mask")
 INTERNAL_PACKAGE = "ordinance_internal"
 DECISION_ENTRYPOINT = f"{INTERNAL_PACKAGE}/decision"
 
-# Builtins regopy lacks that Ordinance provides in Rego (see policy/builtins/).
-PROVIDED_BUILTINS = {"net.cidr_contains": "data.ordinance_builtins.net.cidr_contains"}
+# Builtins regopy lacks (or gets wrong) that Ordinance provides in Rego (policy/builtins/).
+PROVIDED_BUILTINS = {
+    "net.cidr_contains": "data.ordinance_builtins.net.cidr_contains",
+    "net.cidr_contains_matches": "data.ordinance_builtins.net.cidr_contains_matches",
+    "net.cidr_intersects": "data.ordinance_builtins.net.cidr_intersects",
+    "net.cidr_expand": "data.ordinance_builtins.net.cidr_expand",
+    "net.cidr_is_valid": "data.ordinance_builtins.net.cidr_is_valid",
+    "strings.split_n": "data.ordinance_builtins.strings.split_n",
+    "to_number": "data.ordinance_builtins.num.to_number_normalised",
+}
+# Builtins with no effect on a decision, compiled as `true` (regopy has no print hook).
+NO_OP_BUILTINS = frozenset({"print"})
+BUILTIN_MODULES = ("net.rego", "num.rego", "strings.rego")
 
 _ERROR_NODE = 1800
 _ERROR_MSG_NODE = 1801
@@ -104,15 +117,22 @@ class RegoProgram:
         errors: list[str] = []
         if data:
             interp.add_data_json(json.dumps(data))
-        builtins_src = resources.files("engine.policy.builtins").joinpath("net.rego").read_text()
-        interp.add_module("ordinance_builtins/net.rego", builtins_src)
+        for name in BUILTIN_MODULES:
+            builtins_src = resources.files("engine.policy.builtins").joinpath(name).read_text()
+            interp.add_module(f"ordinance_builtins/{name}", builtins_src)
         sources: dict[str, str] = {}
         for module in self.modules:
             source = self.extra_sources.get(module.path, module.source)
             if not self.with_tests and module.test_rules:
                 source = blank_rules(source, module.spans, set(module.test_rules))
+            source, inexact = normalise_numbers(source)
+            errors.extend(f"{_display(module.path)}:{line}: {message}"
+                          for line, message in inexact)
+            source = blank_calls(source, module.calls, NO_OP_BUILTINS)
             source = rewrite_calls(source, module.calls, PROVIDED_BUILTINS)
             sources[module.path] = source
+            if inexact:
+                continue
             try:
                 interp.add_module(module.path, source)
             except rego_shared.RegoError as err:
@@ -333,7 +353,7 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
             if name in FORBIDDEN:
                 errors.append(f"{where}: {FORBIDDEN[name]}")
                 continue
-            if name in PROVIDED_BUILTINS:
+            if name in PROVIDED_BUILTINS or name in NO_OP_BUILTINS:
                 continue
             head, _, _ = name.partition(".")
             last = name.rsplit(".", 1)[-1]

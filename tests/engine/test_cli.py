@@ -89,11 +89,12 @@ def test_test_rule_over_a_function_does_not_crash(tmp_path: Path) -> None:
 
 
 def test_check_reports_every_error(tmp_path: Path) -> None:
-    (tmp_path / "a.rego").write_text(HEAD + 'deny contains "x" if strings.split_n("a", "b", 1)\n')
+    (tmp_path / "a.rego").write_text(HEAD + 'deny contains "x" if '
+                                     'strings.render_template("a", {})\n')
     (tmp_path / "r.yaml").write_text("rules:\n  - name: r\n    effect: deny\n    when: 'nope('\n")
     run = ordinance("check", str(tmp_path))
     assert run.returncode == 2
-    assert "a.rego:5: unknown builtin strings.split_n" in run.stderr
+    assert "a.rego:5: unknown builtin strings.render_template" in run.stderr
     assert "r.yaml:2:" in run.stderr
     ok = ordinance("check", "policies")
     assert ok.returncode == 0 and ok.stdout.startswith("ok:")
