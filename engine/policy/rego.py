@@ -32,6 +32,7 @@ from engine.policy.rego_source import (
     RegoModule,
     blank_calls,
     blank_rules,
+    literal_arguments,
     normalise_numbers,
     rewrite_calls,
 )
@@ -54,6 +55,27 @@ PROVIDED_BUILTINS = {
 # Builtins with no effect on a decision, compiled as `true` (regopy has no print hook).
 NO_OP_BUILTINS = frozenset({"print"})
 BUILTIN_MODULES = ("net.rego", "num.rego", "strings.rego")
+
+_STR, _NUM = frozenset({"string"}), frozenset({"number"})
+_COLL = frozenset({"array", "set"})
+# Argument types of common builtins, to refuse a literal of the wrong type at load, as OPA's
+# type checker does (regopy has none: `count(5)` would be an evaluation error, or undefined).
+ARGUMENT_TYPES: dict[str, tuple[frozenset[str] | None, ...]] = {
+    "count": (frozenset({"string", "array", "object", "set"}),),
+    **{name: (_COLL,) for name in ("sum", "product", "max", "min", "sort")},
+    **{name: (_STR,) for name in ("upper", "lower", "trim_space", "strings.reverse",
+                                  "base64.encode", "base64.decode", "json.unmarshal")},
+    **{name: (_STR, _STR) for name in ("split", "contains", "startswith", "endswith",
+                                       "indexof", "trim", "trim_left", "trim_right",
+                                       "trim_prefix", "trim_suffix", "regex.match")},
+    "concat": (_STR, _COLL), "replace": (_STR, _STR, _STR), "substring": (_STR, _NUM, _NUM),
+    **{name: (_NUM,) for name in ("abs", "round", "ceil", "floor")},
+    "format_int": (_NUM, _NUM), "numbers.range": (_NUM, _NUM),
+    "array.concat": (frozenset({"array"}), frozenset({"array"})),
+    "array.slice": (frozenset({"array"}), _NUM, _NUM), "sprintf": (_STR, frozenset({"array"})),
+    "object.get": (frozenset({"object"}), None, None), "object.keys": (frozenset({"object"}),),
+    "to_number": (frozenset({"null", "boolean", "number", "string"}),),
+}
 
 _ERROR_NODE = 1800
 _ERROR_MSG_NODE = 1801
@@ -79,13 +101,17 @@ class RegoProgram:
     """The compiled bundle of a policy set and the entrypoints it can answer."""
 
     def __init__(self, modules: list[RegoModule], data: dict[str, Any], *,
-                 with_tests: bool = False, extra_sources: dict[str, str] | None = None):
+                 with_tests: bool = False, extra_sources: dict[str, str] | None = None,
+                 call_renames: dict[str, str] | None = None):
         """`with_tests=False` (serving) leaves `test_*` rules out of the bundle: regopy aborts
         the process compiling `with input as` over rules that call functions, and a decision
-        never needs tests. `extra_sources` replace module sources by path (the test runner)."""
+        never needs tests. The test runner gives `extra_sources`, which replace module sources
+        by path (same offsets for every call), and `call_renames`, functions mocked by others
+        (`with f as g`)."""
         self.modules = modules
         self.with_tests = with_tests
         self.extra_sources = extra_sources or {}
+        self.call_renames = {**PROVIDED_BUILTINS, **(call_renames or {})}
         self.packages = _packages(modules, with_tests)
         self.decision_packages = [
             p for p in self.packages
@@ -129,7 +155,7 @@ class RegoProgram:
             errors.extend(f"{_display(module.path)}:{line}: {message}"
                           for line, message in inexact)
             source = blank_calls(source, module.calls, NO_OP_BUILTINS)
-            source = rewrite_calls(source, module.calls, PROVIDED_BUILTINS)
+            source = rewrite_calls(source, module.calls, self.call_renames)
             sources[module.path] = source
             if inexact:
                 continue
@@ -335,6 +361,17 @@ def _display(path: str) -> str:
     return os.path.relpath(path) if os.path.isabs(path) else path
 
 
+def _type_errors(module: RegoModule, call: Any) -> list[str]:
+    wanted = ARGUMENT_TYPES[call.name]
+    kinds = literal_arguments(module.source, call)
+    if len(kinds) != len(wanted):
+        return []  # a wrong argument count is regopy's compile error
+    return [f"type error: {call.name}: argument {i + 1} is a {have} literal, "
+            f"it must be {' or '.join(sorted(want))}"
+            for i, (have, want) in enumerate(zip(kinds, wanted, strict=True))
+            if have is not None and want is not None and have not in want]
+
+
 def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
     """`file:line: ...` for each call that is neither a builtin regopy implements, a provided
     builtin, nor a function the policy set defines; and for each forbidden builtin."""
@@ -350,6 +387,8 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
         for call in module.calls:
             name = call.name
             where = f"{_display(module.path)}:{call.line}"
+            if name in ARGUMENT_TYPES and name not in defined:
+                errors.extend(f"{where}: {problem}" for problem in _type_errors(module, call))
             if name in FORBIDDEN:
                 errors.append(f"{where}: {FORBIDDEN[name]}")
                 continue

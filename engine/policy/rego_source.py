@@ -342,3 +342,77 @@ def _call_end(source: str, open_at: int) -> int | None:
         elif kind not in ("space", "newline", "comment", "string", "raw") and depth == 0:
             return None
     return None
+
+
+_NUMBER_TEXT = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_STRING_TEXT = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`')
+
+
+def literal_arguments(source: str, call: Call) -> list[str | None]:
+    """The kind of each argument of a call that is a literal (`number`, `string`, `boolean`,
+    `null`, `array`, `object`, `set`), None for one that is not (a variable, an expression)."""
+    open_at = source.find("(", call.offset + len(call.name))
+    if open_at < 0:
+        return []
+    args: list[tuple[int, int]] = []
+    depth = 0
+    start = open_at + 1
+    for m in _TOKEN.finditer(source, open_at):
+        kind, text = m.lastgroup, m.group()
+        if kind == "open":
+            depth += 1
+        elif kind == "close":
+            depth -= 1
+            if depth == 0:
+                args.append((start, m.start()))
+                break
+        elif depth == 1 and text == ",":
+            args.append((start, m.start()))
+            start = m.end()
+    texts = [source[a:b].strip() for a, b in args]
+    if texts == [""]:
+        return []
+    return [_literal_kind(t) for t in texts]
+
+
+def _literal_kind(text: str) -> str | None:
+    if _NUMBER_TEXT.fullmatch(text):
+        return "number"
+    if _STRING_TEXT.fullmatch(text):
+        return "string"
+    if text in ("true", "false"):
+        return "boolean"
+    if text == "null":
+        return "null"
+    if text[:1] in "[{" and _closes_at_end(text):
+        if text[0] == "[":
+            return "array"
+        inner = text[1:-1].strip()
+        if not inner or _top_level_colon(inner):
+            return "object"
+        return None if "|" in inner else "set"
+    return None
+
+
+def _closes_at_end(text: str) -> bool:
+    depth = 0
+    for m in _TOKEN.finditer(text):
+        if m.lastgroup == "open":
+            depth += 1
+        elif m.lastgroup == "close":
+            depth -= 1
+            if depth == 0:
+                return m.end() == len(text)
+    return False
+
+
+def _top_level_colon(text: str) -> bool:
+    depth = 0
+    for m in _TOKEN.finditer(text):
+        if m.lastgroup == "open":
+            depth += 1
+        elif m.lastgroup == "close":
+            depth -= 1
+        elif depth == 0 and m.group() == ":":
+            return True
+    return False

@@ -46,7 +46,7 @@ def test_shipped_pci_pack_passes_its_own_tests() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     summary = run.stdout.strip().splitlines()[-1]
     passed = int(summary.split()[0])
-    assert summary.endswith("0 failed") and passed >= 25
+    assert summary.endswith("0 failed, 0 errored") and passed >= 25
 
 
 def test_test_command_exit_codes_and_junit(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_test_command_exit_codes_and_junit(tmp_path: Path) -> None:
         "    expect: {effect: allow}\n")
     run = ordinance("test", str(tmp_path))
     assert run.returncode == 1
-    assert run.stdout.strip().splitlines()[-1] == "2 passed, 2 failed"
+    assert run.stdout.strip().splitlines()[-1] == "2 passed, 2 failed, 0 errored"
     assert "FAIL: data.ordinance.t.test_wrong" in run.stdout
     assert "effect is deny, expected allow (no drops)" in run.stdout
     junit = ordinance("test", str(tmp_path), "--format", "junit")
