@@ -261,8 +261,9 @@ def normalise_numbers(source: str) -> tuple[str, list[tuple[int, str]]]:
 
     regopy keeps `-0` apart from `0` (`-0 == 0` is false, `-0 < 0` true, `{-0, 0}` has two
     members); OPA does not. regopy holds a number with a fraction or an exponent as a float64,
-    so `0.1234567890123456789 == 0.1234567890123456788` is true; OPA compares decimals
-    exactly. Such a literal is refused. Offsets and lines do not move.
+    so `0.1234567890123456789 == 0.1234567890123456788` is true and `1e30 + 1 == 1e30`;
+    OPA's decimals are exact. A literal float64 does not hold exactly, or one past 2^53
+    written with a fraction or an exponent, is refused. Offsets and lines do not move.
     """
     out = list(source)
     problems: list[tuple[int, str]] = []
@@ -300,6 +301,9 @@ def _minus_offset(source: str, number_start: int) -> int:
     return i
 
 
+_EXACT_FLOAT_LIMIT = 2 ** 53  # past it, float64 does not hold every integer
+
+
 def _inexact(text: str) -> str | None:
     if "." not in text and "e" not in text.lower():
         return None  # regopy integers are exact at any size
@@ -308,6 +312,9 @@ def _inexact(text: str) -> str | None:
             or Decimal(repr(value)) != Decimal(text):
         return (f"number {text} cannot be held exactly as a float64, as regopy holds it "
                 "(OPA compares decimals exactly); use at most 15 significant digits")
+    if abs(value) >= _EXACT_FLOAT_LIMIT:
+        return (f"number {text} is past 2^53, where regopy's float64 rounds arithmetic "
+                "(OPA's decimals do not); write it as an integer, which regopy keeps exact")
     return None
 
 

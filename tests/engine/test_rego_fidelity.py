@@ -152,7 +152,7 @@ def test_negative_zero_in_input_is_zero(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("literal", [
     "0.1234567890123456789", "100000000000000000000.5", "1e400", "1.00000000000000000001",
-    "2.5e-400",
+    "2.5e-400", "1e30", "9007199254740993.0", "-1e16",
 ])
 def test_number_literals_float64_cannot_hold_are_refused_with_file_and_line(
         tmp_path: Path, literal: str) -> None:
@@ -162,13 +162,15 @@ def test_number_literals_float64_cannot_hold_are_refused_with_file_and_line(
     with pytest.raises(PolicySetError) as info:
         load_policy_set(str(root))
     assert len(info.value.errors) == 1
-    assert "p.rego:6:" in info.value.errors[0] and literal in info.value.errors[0]
+    assert "p.rego:6:" in info.value.errors[0] and literal.lstrip("-") in info.value.errors[0]
 
 
 @pytest.mark.parametrize(("expr", "want"), [
     ("0.1 + 0.2 == 0.3", True),
     ("1e3 == 1000", True),
     ("1.5e3", 1500),
+    ("1e15 + 1", 1000000000000001),
+    ("1000000000000000000000000000000 + 1", 1000000000000000000000000000001),
     ("12345678901234567890 == 12345678901234567891", False),  # regopy integers are exact
     ("9007199254740993 == 9007199254740992", False),
     ('"0.1234567890123456789"', "0.1234567890123456789"),  # inside a string: not a number
