@@ -55,6 +55,7 @@ PROVIDED_BUILTINS = {
 # Builtins with no effect on a decision, compiled as `true` (regopy has no print hook).
 NO_OP_BUILTINS = frozenset({"print"})
 BUILTIN_MODULES = ("net.rego", "num.rego", "strings.rego")
+_PROVIDED_NAMES = frozenset(PROVIDED_BUILTINS) | NO_OP_BUILTINS
 
 _STR, _NUM = frozenset({"string"}), frozenset({"number"})
 _COLL = frozenset({"array", "set"})
@@ -379,6 +380,9 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
     refs = {r for m in modules for r in m.function_refs}
     errors = []
     for module in modules:
+        errors.extend(f"{_display(module.path)}:{module.package_line}: a function named {name} "
+                      "would shadow a builtin Ordinance provides; rename it"
+                      for name in sorted(module.function_refs & _PROVIDED_NAMES))
         called = {c.offset for c in module.calls}
         for mention in module.mentions:
             if mention.name in FORBIDDEN and mention.offset not in called:

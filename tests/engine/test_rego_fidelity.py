@@ -186,3 +186,21 @@ def test_big_input_numbers_are_float64_as_python_json_gives_them(tmp_path: Path)
                     {"a": 0.1234567890123456789, "b": 0.1234567890123456788}) is True
     assert value_of(tmp_path, "input.a == input.b",
                     {"a": 2 ** 64 + 1, "b": 2 ** 64}) is True
+
+
+@pytest.mark.parametrize("definition", ['print(x) := false', "to_number(x) := 0",
+                                        'strings.split_n(a, b, c) := ["x"]'])
+def test_a_function_shadowing_a_provided_builtin_is_refused(tmp_path: Path,
+                                                            definition: str) -> None:
+    """Otherwise `allow if print(x)` would be blanked to true, or a user's to_number renamed."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "p.rego").write_text(HEAD + f"{definition}\n\nallow if print(1)\n")
+    with pytest.raises(PolicySetError, match="would shadow a builtin"):
+        load_policy_set(str(root))
+
+
+def test_runtime_text_to_number_conversions_round_as_float64(tmp_path: Path) -> None:
+    """Pinned (documented): only literals are checked; text converted at run time rounds."""
+    assert value_of(tmp_path, 'to_number("0.1234567890123456789") == '
+                              'to_number("0.1234567890123456788")') is True
