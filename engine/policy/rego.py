@@ -378,7 +378,7 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
     builtin, nor a function the policy set defines; and for each forbidden builtin."""
     defined = {f for m in modules for f in m.functions}
     refs = {r for m in modules for r in m.function_refs}
-    errors = []
+    errors: list[str] = []
     for module in modules:
         errors.extend(f"{_display(module.path)}:{module.package_line}: a function named {name} "
                       "would shadow a builtin Ordinance provides; rename it"
