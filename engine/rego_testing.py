@@ -200,10 +200,10 @@ class _Suite:
         except EvaluationError as err:
             return "error", f"a mocked value is an error: {err}"
         for target, function in test.functions.items():
-            problem = self._mockable_function(target)
+            names, problem = self._call_names(target)
             if problem:
                 return "error", problem
-            renames[target] = function
+            renames.update(dict.fromkeys(names, function))
         for target in sorted(test.mocks, key=lambda t: (t != "input", t)):
             value = values[target]
             if target == "input":
@@ -219,8 +219,8 @@ class _Suite:
                 if not rule_mocked:
                     data = _patched(data, target.split(".")[1:], value)
             else:
-                problem = self._mockable_function(target) or self._mock_function(
-                    target, value, renames, mock_functions)
+                names, problem = self._call_names(target)
+                problem = problem or self._mock_function(names, value, renames, mock_functions)
                 if problem:
                     return "error", problem
         program = shared
@@ -271,24 +271,31 @@ class _Suite:
                 mocked = True
         return "", mocked
 
-    def _mockable_function(self, target: str) -> str:
+    def _call_names(self, target: str) -> tuple[list[str], str]:
+        """(the names calls to a mocked function use, problem): `data.p.f` is also called `f`
+        inside package `p`."""
         local = target.rsplit(".", 1)[-1]
-        if target in self.functions or self.is_builtin(target) or target in PROVIDED_BUILTINS \
-                or (target.startswith("data.") and local in self.functions):
-            return ""
-        return f"cannot mock {target}: it is neither input, data, a function nor a builtin"
+        if target in self.functions or self.is_builtin(target) or target in PROVIDED_BUILTINS:
+            return [target], ""
+        if target.startswith("data.") and local in self.functions:
+            package = target[5:].rsplit(".", 1)[0]
+            owners = {m.package for m in self.modules if local in m.functions}
+            if owners != {package}:
+                return [], f"cannot mock {target}: {local} is defined in {len(owners)} packages"
+            return [target, local], ""
+        return [], f"cannot mock {target}: it is neither input, data, a function nor a builtin"
 
-    def _mock_function(self, target: str, value: Any, renames: dict[str, str],
+    def _mock_function(self, names: list[str], value: Any, renames: dict[str, str],
                        mock_functions: list[str]) -> str:
-        """Calls to `target` call a generated function returning `value`."""
+        """Calls by any of `names` call a generated function returning `value`."""
         name = f"m{len(mock_functions)}"
         arities = sorted({_arity(m.source, c.offset + len(c.name)) for m in self.modules
-                          for c in m.calls if c.name == target})
+                          for c in m.calls if c.name in names})
         if len(arities) > 1:
-            return f"cannot mock {target}: it is called with different argument counts"
+            return f"cannot mock {names[0]}: it is called with different argument counts"
         arity = arities[0] if arities else 0
         mock_functions.append(f"{name}({', '.join(['_'] * arity)}) := {json.dumps(value)}")
-        renames[target] = f"data.{MOCK_PACKAGE}.{name}"
+        renames.update(dict.fromkeys(names, f"data.{MOCK_PACKAGE}.{name}"))
         return ""
 
     def _function(self, value: str) -> str | None:

@@ -91,12 +91,23 @@ test_function_value if {
 \tnot "foreign" in deny with input as {"user": "a", "ip": "8.8.8.8"} with internal as true
 }
 
+test_function_by_data_path if {
+\tnot "foreign" in deny with input as {"user": "a", "ip": "8.8.8.8"}
+\t\twith data.ordinance.t.internal as always_internal
+}
+
+test_function_by_data_path_value if {
+\tnot "foreign" in deny with input as {"user": "a", "ip": "8.8.8.8"}
+\t\twith data.ordinance.t.internal as true
+}
+
 test_real_function if {
 \t"foreign" in deny with input as {"user": "a", "ip": "8.8.8.8"}
 }
 ''')
     assert got == {name: ("pass", "") for name in (
         "test_clock_mocked", "test_function_replaced", "test_function_value",
+        "test_function_by_data_path", "test_function_by_data_path_value",
         "test_real_function")}, got
 
 
