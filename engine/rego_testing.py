@@ -13,6 +13,10 @@ and VALUE becomes a rule of its own (`__mock_<test>_<n>`), evaluated first. Then
 A test's mocks apply to the whole test rule (OPA scopes them to one expression); a test that
 mocks one target with two values is an error, to be split. Outcomes are PASS (true), FAIL
 (false or undefined) and ERROR (an evaluation error, or a mock that cannot be applied).
+
+`print` is a no-op in every bundle (`rego.NO_OP_BUILTINS`). What a `print` at the top of a
+test's body prints is shown all the same: a rule `__print_<test>_<n>` holds the body up to that
+call and collects its arguments, evaluated with the test's mocks.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import regopy
 from engine.errors import EvaluationError, PolicySetError
 from engine.policy import PolicySet
 from engine.policy.rego import PROVIDED_BUILTINS, RegoProgram
-from engine.policy.rego_source import _TOKEN, RegoModule
+from engine.policy.rego_source import _TOKEN, RegoModule, read_module
 
 MOCK_PACKAGE = "ordinance_mocks"
 
@@ -41,6 +45,7 @@ class TestResult:
     status: str  # "pass", "fail" or "error"
     message: str = ""
     seconds: float = 0.0
+    output: list[str] = field(default_factory=list)  # what its `print` calls print
 
     @property
     def passed(self) -> bool:
@@ -61,6 +66,7 @@ class _RegoTest:
     rule: str
     mocks: dict[str, str] = field(default_factory=dict)  # target -> aux rule holding the value
     functions: dict[str, str] = field(default_factory=dict)  # target -> function replacing it
+    prints: list[str] = field(default_factory=list)  # rules holding what each print prints
     problem: str = ""  # why the mocks cannot be applied (an ERROR)
 
 
@@ -111,7 +117,6 @@ class _Suite:
         self.is_builtin = regopy.Interpreter().is_builtin
         self.tests: list[_RegoTest] = []
         self.sources: dict[str, str] = {}
-        self._aux: dict[str, set[str]] = {}
         for module in self.modules:
             self._rewrite(module)
 
@@ -147,12 +152,33 @@ class _Suite:
                     aux = f"__mock_{name}_{len(test.mocks)}"
                     test.mocks[target] = aux
                     appended.append(f"\n{aux} := {value}\n")
-                    self._aux.setdefault(module.path, set()).add(aux)
+            appended.extend(self._print_rules(module, test, text, start))
             if name not in {t.rule for t in self.tests if t.module is module}:
                 self.tests.append(test)
         if appended:
             source = source.rstrip("\n") + "\n" + "".join(appended)
         self.sources[module.path] = source
+
+    def _print_rules(self, module: RegoModule, test: _RegoTest, text: str, start: int
+                     ) -> list[str]:
+        """Rules collecting the arguments of each `print` at the top of the test's body, each
+        holding the body up to that print, so that `ordinance test -v` can show them."""
+        rules = []
+        body = _body_open(text)
+        for call in module.calls:
+            offset = call.offset - start
+            if call.name != "print" or body is None or not body < offset < len(text) \
+                    or _depth(text, body, offset) != 1:
+                continue
+            close = _close_of(text, offset + len(call.name))
+            if close is None:
+                continue
+            args = text[text.index("(", offset) + 1:close - 1]
+            rule = f"__print_{test.rule}_{len(test.prints)}"
+            test.prints.append(rule)
+            rules.append(f"\n{rule} contains __args if {{{text[body + 1:offset]}\n"
+                         f"\t__args := [{args}]\n}}\n")
+        return rules
 
     def program(self, data: dict[str, Any], replaced: dict[str, dict[str, Any]] | None = None,
                 renames: dict[str, str] | None = None, extra_module: str = "") -> RegoProgram:
@@ -169,27 +195,34 @@ class _Suite:
                         text = _blank(text, start, end)
                 sources[module.path] = text.rstrip("\n") + "\n" + "".join(
                     f"\n{rule} := {json.dumps(value)}\n" for rule, value in rules.items())
-        modules = list(self.modules)
+        # read again, so that the rules and calls appended (mocks, prints) are seen too
+        modules = [read_module(m.path, sources.get(m.path, m.source)) for m in self.modules]
         if extra_module:
-            from engine.policy.rego_source import read_module
-
             modules.append(read_module("ordinance_mocks.rego", extra_module))
-        saved = {id(m): set(m.rules) for m in self.modules}
-        for m in self.modules:
-            m.rules.update(self._aux.get(m.path, ()))
-        try:
-            return RegoProgram(modules, data, with_tests=True, extra_sources=sources,
-                               call_renames=renames)
-        finally:
-            for m in self.modules:
-                m.rules = saved[id(m)]
+        return RegoProgram(modules, data, with_tests=True, call_renames=renames)
 
     # -- one test -----------------------------------------------------------------------------
 
-    def run(self, shared: RegoProgram, test: _RegoTest) -> tuple[str, str]:
+    def run(self, shared: RegoProgram, test: _RegoTest) -> tuple[str, str, list[str]]:
+        status, message, program, input_doc = self._run(shared, test)
+        output = []
+        if program is not None:
+            for rule in test.prints:
+                try:
+                    defined, rows = program.query(f"{_base(test)}/{rule}", input_doc)
+                except EvaluationError:
+                    continue
+                for row in rows if defined else []:
+                    output.append(" ".join(v if isinstance(v, str) else json.dumps(v)
+                                           for v in row))
+        return status, message, output
+
+    def _run(self, shared: RegoProgram, test: _RegoTest
+             ) -> tuple[str, str, RegoProgram | None, Any]:
+        """(status, message, the program and input the test ran with)."""
         if test.problem:
-            return "error", test.problem
-        base = test.module.package.replace(".", "/")
+            return "error", test.problem, None, None
+        base = _base(test)
         input_doc: Any = {}
         data = self.policy_set.data
         replaced: dict[str, dict[str, Any]] = {}
@@ -198,11 +231,11 @@ class _Suite:
         try:
             values = {t: self._value(shared, base, aux) for t, aux in test.mocks.items()}
         except EvaluationError as err:
-            return "error", f"a mocked value is an error: {err}"
+            return "error", f"a mocked value is an error: {err}", None, None
         for target, function in test.functions.items():
             names, problem = self._call_names(target)
             if problem:
-                return "error", problem
+                return "error", problem, None, None
             renames.update(dict.fromkeys(names, function))
         for target in sorted(test.mocks, key=lambda t: (t != "input", t)):
             value = values[target]
@@ -210,35 +243,37 @@ class _Suite:
                 input_doc = value
             elif target.startswith("input."):
                 if not isinstance(input_doc, dict):
-                    return "error", f"cannot mock {target}: the input is not an object"
+                    why = f"cannot mock {target}: the input is not an object"
+                    return "error", why, None, None
                 input_doc = _patched(input_doc, target.split(".")[1:], value)
             elif target.startswith("data.") and not self._names_function(target):
                 problem, rule_mocked = self._mock_rule(target, value, replaced)
                 if problem:
-                    return "error", problem
+                    return "error", problem, None, None
                 if not rule_mocked:
                     data = _patched(data, target.split(".")[1:], value)
             else:
                 names, problem = self._call_names(target)
                 problem = problem or self._mock_function(names, value, renames, mock_functions)
                 if problem:
-                    return "error", problem
+                    return "error", problem, None, None
         program = shared
         if replaced or renames or data is not self.policy_set.data:
             try:
                 program = self.program(data, replaced, renames,
                                        _mock_module(mock_functions) if mock_functions else "")
             except PolicySetError as err:
-                return "error", "the mocked test does not compile: " + "; ".join(err.errors)
+                why = "the mocked test does not compile: " + "; ".join(err.errors)
+                return "error", why, None, None
         try:
             defined, result = program.query(f"{base}/{test.rule}", input_doc)
         except EvaluationError as err:
-            return "error", str(err)
+            return "error", str(err), program, input_doc
         if not defined:
-            return "fail", "undefined (a condition in the test did not hold)"
+            return "fail", "undefined (a condition in the test did not hold)", program, input_doc
         if result is not True:
-            return "fail", f"result is {result!r}, not true"
-        return "pass", ""
+            return "fail", f"result is {result!r}, not true", program, input_doc
+        return "pass", "", program, input_doc
 
     def _value(self, shared: RegoProgram, base: str, aux: str) -> Any:
         defined, value = shared.query(f"{base}/{aux}", {})
@@ -311,6 +346,43 @@ class _Suite:
         return None
 
 
+def _base(test: _RegoTest) -> str:
+    return test.module.package.replace(".", "/")
+
+
+def _body_open(text: str) -> int | None:
+    """The offset of the `{` opening a rule's body (`test_x if {`), or None."""
+    for m in _TOKEN.finditer(text):
+        if m.group() == "{":
+            return m.start()
+        if m.lastgroup in ("open", "close", "string", "raw") or m.group() == "=":
+            return None
+    return None
+
+
+def _depth(text: str, start: int, end: int) -> int:
+    depth = 0
+    for m in _TOKEN.finditer(text[:end], start):
+        if m.lastgroup == "open":
+            depth += 1
+        elif m.lastgroup == "close":
+            depth -= 1
+    return depth
+
+
+def _close_of(text: str, at: int) -> int | None:
+    """The offset just past the `)` closing the `(` at or after `at`."""
+    depth = 0
+    for m in _TOKEN.finditer(text, at):
+        if m.lastgroup == "open":
+            depth += 1
+        elif m.lastgroup == "close":
+            depth -= 1
+            if depth == 0:
+                return m.end()
+    return None
+
+
 def _mock_module(functions: list[str]) -> str:
     return f"package {MOCK_PACKAGE}\n\nimport rego.v1\n\n" + "\n\n".join(functions) + "\n"
 
@@ -362,8 +434,9 @@ def run_rego_tests(policy_set: PolicySet) -> list[TestResult]:
     results = []
     for test in suite.tests:
         started = time.perf_counter()
-        status, message = suite.run(shared, test)
+        status, message, output = suite.run(shared, test)
         results.append(TestResult(
             name=f"data.{test.module.package}.{test.rule}", source=test.module.path,
-            status=status, message=message, seconds=time.perf_counter() - started))
+            status=status, message=message, seconds=time.perf_counter() - started,
+            output=output))
     return results

@@ -89,8 +89,8 @@ def _compare(expect: dict[str, Any], got: dict[str, Any]) -> list[str]:
 # -- reports -----------------------------------------------------------------------------------
 
 def format_text(results: list[TestResult], verbose: bool) -> str:
-    """One line per failing or erroring test (every test with `verbose`), then
-    `N passed, N failed, N errored`."""
+    """One line per failing or erroring test (every test with `verbose`), with what its
+    `print` calls printed, then `N passed, N failed, N errored`."""
     lines = []
     for r in results:
         if r.passed and not verbose:
@@ -98,6 +98,7 @@ def format_text(results: list[TestResult], verbose: bool) -> str:
         line = f"{r.status.upper()}: {r.name} ({r.source})"
         if r.message:
             line += f"\n    {r.message}"
+        line += "".join(f"\n    print: {printed}" for printed in r.output)
         lines.append(line)
     counts = {status: sum(r.status == status for r in results)
               for status in ("pass", "fail", "error")}

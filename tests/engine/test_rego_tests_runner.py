@@ -193,3 +193,34 @@ def test_with_clauses_are_found_with_their_values() -> None:
             '\tf(1) with time.now_ns as 5; true\n}')
     clauses = [(c.target, c.value) for c in with_clauses(text)]
     assert clauses == [("input", '{"a": [1,\n 2]}'), ("data.x.y", '"v"'), ("time.now_ns", "5")]
+
+
+def test_verbose_shows_what_print_prints(tmp_path: Path) -> None:
+    (tmp_path / "p.rego").write_text(POLICY)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "data.json").write_text('{"blocked": ["mallory"], "cutoff": 0}')
+    (tmp_path / "p_test.rego").write_text(HEAD + """\
+test_prints if {
+\tr := deny with input as {"user": "mallory", "ip": "10.0.0.1"}
+\tprint("reasons:", count(r), r)
+\tsome i in [1, 2]
+\tprint("i", i)
+\tprint("missing", input.nothing)
+\tcount(r) == 2
+}
+
+test_quiet if {
+\tprint(net.cidr_contains("10.0.0.0/8", "10.1.1.1"))
+\tfalse
+}
+""")
+    run = ordinance("test", str(tmp_path), "-v")
+    assert run.returncode == 1, run.stdout + run.stderr
+    out = run.stdout
+    assert 'PASS: data.ordinance.t.test_prints' in out
+    assert '    print: reasons: 2 ["blocked user", "late"]' in out
+    assert "    print: i 1" in out and "    print: i 2" in out
+    assert "missing" not in out  # an undefined argument: nothing is shown
+    assert "FAIL: data.ordinance.t.test_quiet" in out and "    print: true" in out
+    quiet = ordinance("test", str(tmp_path))
+    assert "print: reasons" not in quiet.stdout and "print: true" in quiet.stdout
