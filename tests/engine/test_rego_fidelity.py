@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.engine import Engine
 from engine.errors import EvaluationError, PolicySetError
 from engine.policy import load_policy_set
+from engine.policy.rego_source import blank_calls, normalise_numbers, read_module
 
 HEAD = "package ordinance.t\n\nimport rego.v1\n\n"
 UNDEFINED = object()
@@ -204,3 +207,29 @@ def test_runtime_text_to_number_conversions_round_as_float64(tmp_path: Path) -> 
     """Pinned (documented): only literals are checked; text converted at run time rounds."""
     assert value_of(tmp_path, 'to_number("0.1234567890123456789") == '
                               'to_number("0.1234567890123456788")') is True
+
+
+# -- the source rewrites keep every offset --------------------------------------------------------
+
+_PIECES = st.sampled_from([
+    "-0", "- 0", "-0.0", "0", "3 -0", "x", "[", "]", "(", ")", "{", "}", ",", "\n", " ", "\t",
+    '"-0"', "`-0`", "# -0\n", "print(", "1.5", "1e3", "-", "+", ":=", "if", "in", "to_number(",
+    "0.1234567890123456789", "input.a[0].b", "abs(-0)",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, max_size=40))
+def test_source_rewrites_keep_offsets_and_lines(pieces: list[str]) -> None:
+    """Every rewrite the compiler applies leaves each character where it was, so errors keep
+    their `file:line` and the recorded call offsets stay valid."""
+    source = "".join(pieces)
+    normalised, problems = normalise_numbers(source)
+    assert len(normalised) == len(source)
+    assert [i for i, c in enumerate(normalised) if c == "\n"] == \
+        [i for i, c in enumerate(source) if c == "\n"]
+    assert all(1 <= line <= source.count("\n") + 1 for line, _ in problems)
+    assert all(a == b or (a == "-" and b == " ") for a, b in zip(source, normalised, strict=True))
+    module = read_module("p.rego", source)
+    blanked = blank_calls(source, module.calls, frozenset({"print"}))
+    assert len(blanked) == len(source) and blanked.count("\n") == source.count("\n")
