@@ -201,20 +201,9 @@ class _Statement:
     def payload(self, **outcome: Any) -> dict[str, Any]:
         text = self.sql if len(self.sql) <= MAX_RECORDED_TEXT else (
             self.sql[:MAX_RECORDED_TEXT] + " …[truncated]")
-        decision = self.decision
-        effect, reasons = decision.effect, decision.reasons
-        budgets: tuple[RowBudget, ...] = ()
-        if (effect == "review" and self.held_after_rows is None and self.approval is None
-                and not immediate_reviews(decision)):
-            # ran within its row budgets: no review happened; the budgets are listed apart
-            budgets = row_budgets(decision)
-            effect = "allow"
-            reasons = tuple(r for r in reasons if r.rows is None or r.effect != "review")
         return {
-            "text": text, "effect": effect,
-            "reasons": [r.to_dict() for r in reasons],
-            **({"row_budgets": [{"rule": b.rule, "rows": b.rows} for b in budgets]}
-               if budgets else {}),
+            "text": text, "effect": self.decision.effect,
+            "reasons": [r.to_dict() for r in self.decision.reasons],
             "masked": sorted(self.masking.masked) if self.masking is not None else [],
             "masks": [f"{m.column}:{m.method}" for m in self.decision.masks],
             "approval": self.approval, "policy_revision": self.decision.policy_revision,

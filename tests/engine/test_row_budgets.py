@@ -72,3 +72,10 @@ def test_the_budget_crosses_the_wire_and_its_absence_too() -> None:
     _, back = decision_from_proto(decision_to_proto(decision, "id1"))
     assert [r.rows for r in back.reasons] == [100, None, 0]
     assert back.reasons[0] == decision.reasons[0]
+
+
+def test_the_shipped_pack_keeps_deciding_by_literal_fingerprint() -> None:
+    # a rule that read input.command whole (object.get(input.command, ...)) would key every
+    # decision by the statement's full text: pgbench -S would be decided afresh each time
+    policies = load_policy_set(str(Path(__file__).resolve().parents[2] / "policies"))
+    assert policies.literal_insensitive and policies.cacheable
