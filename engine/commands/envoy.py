@@ -92,6 +92,9 @@ def register(subparsers: Any) -> None:
                                         "(HTTP) accepted (default 4MiB)")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often the policy directory is checked for changes")
+    p.add_argument("--reload-settle", type=float, default=1.0, metavar="SECONDS",
+                   help="a changed plain policy directory (no .manifest) is loaded once it has "
+                        "been quiet this long (default 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run)
 
@@ -120,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             audit_url=args.audit, decision_log_path=args.decision_log, tls=tls,
             token_file=args.token_file, insecure_listen=args.insecure_listen,
             max_message_bytes=args.max_message_bytes, reload_interval=args.reload_interval,
+            reload_settle=args.reload_settle,
             extensions=(options,))
         config.check_security()
         if http is not None:

@@ -79,6 +79,9 @@ def register(subparsers: Any) -> None:
                    metavar="SIZE", help="largest request accepted (default 4MiB)")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often the policy directory is checked for changes")
+    p.add_argument("--reload-settle", type=float, default=1.0, metavar="SECONDS",
+                   help="a changed plain policy directory (no .manifest) is loaded once it has "
+                        "been quiet this long (default 1)")
     from engine.commands.envoy import add_envoy_arguments
 
     add_envoy_arguments(p)
@@ -112,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             audit_url=args.audit, decision_log_path=args.decision_log, workers=args.workers,
             tls=tls, token_file=args.token_file, insecure_listen=args.insecure_listen,
             max_message_bytes=args.max_message_bytes, reload_interval=args.reload_interval,
+            reload_settle=args.reload_settle,
             extensions=tuple(extensions))
         if not config.addresses():
             raise ValueError("both --grpc and --http are off: nothing to serve")

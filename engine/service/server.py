@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.policy.snapshot import DEFAULT_SETTLE_SECONDS
 from engine.service.decision_log import DecisionLog, open_sink
 from engine.service.grpc_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcService, start_grpc_server
 from engine.service.http_api import HttpService, start_http_server
@@ -57,6 +58,8 @@ class ServiceConfig:
     insecure_listen: bool = False
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     reload_interval: float = 1.0
+    reload_settle: float = DEFAULT_SETTLE_SECONDS
+    """A plain directory without a `.manifest` is loaded once quiet this long."""
     reuse_port: bool = False
     extensions: tuple[Any, ...] = ()
     """More services for each process, e.g. `adapters.envoy.service.EnvoyOptions` (Envoy
@@ -138,7 +141,8 @@ class Service:
                         reuse_port=config.reuse_port, routes=http_routes)
             self.watcher = PolicyWatcher(config.policies, on_loaded=runtime.activate,
                                          on_rejected=runtime.reject,
-                                         interval=config.reload_interval)
+                                         interval=config.reload_interval,
+                                         settle=config.reload_settle)
             self.watcher.load_now()
             self.watcher.start()
         except BaseException:
