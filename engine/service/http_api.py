@@ -200,12 +200,13 @@ class DataAPI:
         url = urlsplit(request.target)
         params = parse_qs(url.query, keep_blank_values=True)
         is_data = url.path == "/v1/data" or url.path.startswith("/v1/data/")
-        if request.method == "GET" and url.path == "/health":
+        read = request.method in ("GET", "HEAD")  # HEAD: the same answer, without its body
+        if read and url.path == "/health":
             return self._health(params)
         if not self._authorized(request):
             self.runtime.metrics.rejected.labels("http", "unauthenticated").inc()
             return _json(401, _error("unauthorized", "missing or invalid bearer token"))
-        if request.method == "GET":
+        if read:
             if is_data:
                 return self._data(url.path, params, None)
             if url.path == "/metrics":

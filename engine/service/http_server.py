@@ -33,6 +33,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Protocol
 
 import h11
@@ -96,16 +97,18 @@ class HttpApp(Protocol):
         ...
 
 
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 def raw_error(status: int, code: str, message: str) -> bytes:
     """A complete `connection: close` JSON error answer, written without h11: used where the
     protocol state is broken (malformed request, timeout) or never started (connection limit)."""
     body = json.dumps({"code": code, "message": message}).encode()
-    return (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: application/json\r\n"
+    return (f"HTTP/1.1 {status} {_reason(status).decode()}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
@@ -249,7 +252,7 @@ class _Connection:
                                         b'{"code":"internal_error","message":"handler failed"}')
             if request.truncated:
                 response.close = True  # the rest of the body is still on the wire
-            await self._send(response)
+            await self._send(response, body=request.method != "HEAD")
             if response.close or self.h11.our_state is h11.MUST_CLOSE:
                 return
             try:
@@ -327,20 +330,22 @@ class _Connection:
                            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers],
                            b"".join(chunks), truncated, self.peer, self.local, f"HTTP/{version}")
 
-    async def _send(self, response: HttpResponse) -> None:
+    async def _send(self, response: HttpResponse, body: bool = True) -> None:
+        """Write the answer (its head only for HEAD: `body=False`), `body_timeout` to drain."""
         headers = [(k, v) for k, v in response.headers
                    if k.lower() not in ("content-length", "connection", "transfer-encoding")]
         headers.append(("Content-Length", str(len(response.body))))
         if response.close:
             headers.append(("Connection", "close"))
         try:
-            head = self.h11.send(h11.Response(status_code=response.status, headers=headers))
+            head = self.h11.send(h11.Response(status_code=response.status, headers=headers,
+                                              reason=_reason(response.status)))
         except h11.LocalProtocolError as exc:  # a header h11 will not write, say
             log.warning("cannot send the answer (%s); closing", exc)
             await self._write_raw(raw_error(500, "internal_error", "unrepresentable answer"))
             raise _Closed from None
-        data = (head or b"") + (self.h11.send(h11.Data(data=response.body)) or b"") \
-            + (self.h11.send(h11.EndOfMessage()) or b"")
+        payload = self.h11.send(h11.Data(data=response.body)) if body and response.body else b""
+        data = (head or b"") + (payload or b"") + (self.h11.send(h11.EndOfMessage()) or b"")
         self.writer.write(data)
         try:
             await asyncio.wait_for(self.writer.drain(), self.limits.body_timeout)

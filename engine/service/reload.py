@@ -37,6 +37,8 @@ from engine.policy.snapshot import (
 log = logging.getLogger(__name__)
 
 Fingerprint = tuple[Any, ...]
+WAITING_WARNING_S = 30.0
+"""A change that has not settled for this long is logged as a warning (then again as often)."""
 
 
 def fingerprint(path: Path) -> Fingerprint:
@@ -96,6 +98,7 @@ class PolicyWatcher:
         self._compiler = compiler
         self._seen: Fingerprint | None = None
         self._waiting_since: float | None = None
+        self._warned_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_unchecked = False
@@ -125,10 +128,15 @@ class PolicyWatcher:
         try:
             snapshot, source = read_source(str(self.directory), settle=self.settle)
         except NotSettled as exc:
+            now = time.monotonic()
             if self._waiting_since is None:
-                self._waiting_since = time.monotonic()
+                self._waiting_since = self._warned_at = now
                 log.info("policy change not settled yet (%s); the current set keeps serving",
                          exc)
+            elif now - self._warned_at >= WAITING_WARNING_S:
+                self._warned_at = now
+                log.warning("policy change still not settled after %.0f s (%s); the current "
+                            "set keeps serving", now - self._waiting_since, exc)
             return None
         except ManifestMismatch as exc:
             return self._reject(seen, exc.errors)

@@ -284,3 +284,18 @@ def test_envoy_standalone_server_holds_idle_clients_too(tmp_path: Path) -> None:
             s.settimeout(10)
             assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
     assert os.path.exists(tmp_path / "decisions.jsonl")
+
+
+def test_pipelined_requests_and_head(service: Service) -> None:
+    assert service.http_port
+    body = json.dumps(DENY_BAD).encode()
+    with socket.create_connection(("127.0.0.1", service.http_port)) as s:
+        s.sendall(b"POST /v1/data/ordinance/test/deny HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                  + b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                  + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = read_all(s)
+    first, second, third = answer.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert b'"result":["x"]' in first
+    assert second.endswith(b"\r\n\r\n")  # HEAD: the head only
+    assert third.endswith(b"\r\n\r\n{}")
