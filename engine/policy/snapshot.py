@@ -123,7 +123,7 @@ def _open_for_writing(fd: int) -> bool | None:
 
 def _read_stable(path: str, expected: FileState) -> tuple[bytes, bool | None]:
     """The file's content, read while it did not change; (content, open_for_writing)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or _state(st) != expected:
@@ -222,7 +222,7 @@ def take_snapshot(path: str, *, settle: float = DEFAULT_SETTLE_SECONDS,
         except NotSettled:
             raise
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ELOOP):
+            if exc.errno == errno.ENOENT:
                 raise NotSettled(f"{full} vanished while being read") from exc
             files.append((rel, exc))
             continue

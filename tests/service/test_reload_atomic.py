@@ -333,3 +333,12 @@ def test_a_malformed_manifest_is_a_clear_error(pack_dir: Path) -> None:
     (pack_dir / ".manifest").write_text('{"files": ["pack.rego"]}')
     with pytest.raises(ManifestMismatch, match="must map"):
         take_snapshot(str(pack_dir), settle=0)
+
+
+def test_a_symlinked_policy_file_is_read_through_its_link(tmp_path: Path) -> None:
+    (tmp_path / "shared.rego").write_text(OLD)
+    directory = tmp_path / "set"
+    directory.mkdir()
+    (directory / "pack.rego").symlink_to(tmp_path / "shared.rego")
+    snapshot = take_snapshot(str(directory), settle=0)
+    assert dict(snapshot.files) == {"pack.rego": OLD.encode()}
