@@ -262,11 +262,9 @@ class _Connection:
 
     async def _receive(self, deadline: float, event: str) -> None:
         """Feed h11 the next bytes, or raise _Timeout(event) (`_Closed` when idle)."""
-        remaining = deadline - self.loop.time()
         try:
-            if remaining <= 0:
-                raise TimeoutError
-            data = await asyncio.wait_for(self.reader.read(_READ_SIZE), remaining)
+            async with asyncio.timeout_at(deadline):  # a timer, not a task per read
+                data = await self.reader.read(_READ_SIZE)
         except TimeoutError:
             if not event:
                 raise _Closed from None  # an idle keep-alive connection: just close it
@@ -347,8 +345,11 @@ class _Connection:
         payload = self.h11.send(h11.Data(data=response.body)) if body and response.body else b""
         data = (head or b"") + (payload or b"") + (self.h11.send(h11.EndOfMessage()) or b"")
         self.writer.write(data)
+        if not self.writer.transport.get_write_buffer_size():
+            return  # all of it went to the socket at once: nothing to wait for
         try:
-            await asyncio.wait_for(self.writer.drain(), self.limits.body_timeout)
+            async with asyncio.timeout(self.limits.body_timeout):
+                await self.writer.drain()
         except TimeoutError:
             self.server._on_event("write_timeout")
             raise _Closed from None
