@@ -13,6 +13,8 @@ the limits (`HttpLimits`):
 - a body must arrive whole within `body_timeout` (408, then closed); it is read up to the
   application's `body_limit`, and a longer one is cut there (`HttpRequest.truncated`) and the
   connection closed after the answer;
+- at most `max_body_bytes_in_flight` body bytes are held at once over all connections (503
+  beyond), so many slow bodies cannot add up to unbounded memory;
 - an idle keep-alive connection is closed after `idle_timeout`; an answer the client does not
   read is abandoned after `body_timeout`.
 
@@ -56,6 +58,9 @@ class HttpLimits:
     idle_timeout: float = 60.0
     max_header_bytes: int = 64 * 1024
     handler_threads: int = 16
+    max_body_bytes_in_flight: int = 256 * 1024 * 1024
+    """Request body bytes held by all connections at once (being received or answered);
+    a body that would go beyond is answered 503 and its connection closed."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,10 @@ class _Closed(Exception):
     """The client went away."""
 
 
+class _Busy(Exception):
+    """Accepting this body would exceed `max_body_bytes_in_flight`."""
+
+
 class HttpServer:
     """A listener: bound when constructed (so the port is known and errors surface at once),
     served by `start()` on its own event-loop thread, `stop()`ped from any thread."""
@@ -142,6 +151,8 @@ class HttpServer:
                                         daemon=True)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self.body_bytes_in_flight = 0
+        """Only touched on the loop thread."""
 
     @property
     def open_connections(self) -> int:
@@ -225,11 +236,35 @@ class _Connection:
                                   max_incomplete_event_size=server.limits.max_header_bytes)
         self.peer = _address(writer.get_extra_info("peername"))
         self.local = _address(writer.get_extra_info("sockname"))
+        self.held = 0
+        """Body bytes of the current request counted in `body_bytes_in_flight`."""
 
     async def serve(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self.server.body_bytes_in_flight -= self.held
+        self.held = 0
+
+    def _hold(self, size: int) -> None:
+        self.held += size
+        self.server.body_bytes_in_flight += size
+        if self.server.body_bytes_in_flight > self.limits.max_body_bytes_in_flight:
+            raise _Busy
+
+    async def _serve(self) -> None:
         while True:
+            self._release()
             try:
                 request = await self._read_request()
+            except _Busy:
+                self.server._on_event("body_memory")
+                await self._write_raw(raw_error(503, "unavailable", "server busy: too many "
+                                                "request bodies in flight, retry later"))
+                return
             except _Timeout as exc:
                 self.server._on_event(str(exc))
                 await self._write_raw(raw_error(408, "invalid_parameter",
@@ -316,9 +351,11 @@ class _Connection:
                 room = limit - size
                 if len(body_event.data) > room:
                     chunks.append(bytes(body_event.data[:max(room, 0)]))
+                    self._hold(max(room, 0))
                     truncated = True
                     break
                 chunks.append(bytes(body_event.data))
+                self._hold(len(body_event.data))
                 size += len(body_event.data)
             elif isinstance(body_event, h11.EndOfMessage):
                 break

@@ -299,3 +299,26 @@ def test_pipelined_requests_and_head(service: Service) -> None:
     assert b'"result":["x"]' in first
     assert second.endswith(b"\r\n\r\n")  # HEAD: the head only
     assert third.endswith(b"\r\n\r\n{}")
+
+
+def test_body_bytes_in_flight_are_bounded(policy_dir: Path,
+                                          service_factory: Callable[..., Service]) -> None:
+    """Many slow bodies cannot add up without bound: past the budget, 503 and closed."""
+    svc = service_factory(policy_dir, http_limits=HttpLimits(max_body_bytes_in_flight=1000))
+    assert svc.http_port and svc.http is not None
+    head = (b"POST /v1/data/ordinance/test/deny HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 900\r\n\r\n")
+    with sockets(svc.http_port, 2) as (first, second):
+        first.sendall(head + b"x" * 600)  # held: 600 of the 1000
+        time.sleep(0.3)
+        second.sendall(head + b"y" * 600)  # would make 1200
+        answer = read_all(second)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"server busy" in answer
+        first.sendall(b" " * 300)  # the first body completes (it is not valid JSON: 400)
+        first.settimeout(10)
+        assert first.recv(65536).startswith(b"HTTP/1.1 400 ")
+    deadline = time.monotonic() + 5
+    while svc.http.server.body_bytes_in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert svc.http.server.body_bytes_in_flight == 0
+    assert post_raw(svc.http_port, json.dumps(DENY_BAD).encode(), {})[0] == 200
