@@ -337,11 +337,16 @@ class VerifyResult:
     checkpoint_seq: int | None = None
     damage: Damage | None = None
     head_sealed: bool = False
+    """The head's seal was checked and matches."""
+    head_seal_unchecked: bool = False
+    """The head is sealed but no key was given to check it."""
 
     def describe(self) -> str:
         if self.ok:
             start = f" from checkpoint at seq {self.checkpoint_seq}" if self.checkpoint_seq else ""
-            sealed = ", head seal valid" if self.head_sealed else ""
+            sealed = (", head seal valid" if self.head_sealed else
+                      ", head sealed (set ORDINANCE_AUDIT_KEY to check its seal)"
+                      if self.head_seal_unchecked else "")
             return f"audit trail intact: {self.count} records verified{start}{sealed}"
         where = f" at record {self.first_bad_seq}" if self.first_bad_seq is not None else ""
         return f"audit trail BROKEN{where}: {self.problem}"
@@ -484,4 +489,5 @@ def verify_chain(
                                                 f"the record the anchor names")
         if anchor.seq == 0 and cp_seq == 0 and anchor.hash != GENESIS_HASH:
             return broken(0, "anchor", "the anchor names no record of this trail")
-    return VerifyResult(True, count, None, None, cp_seq or None, None, sealed)
+    unchecked = head is not None and head.seal is not None and not key
+    return VerifyResult(True, count, None, None, cp_seq or None, None, sealed, unchecked)

@@ -43,6 +43,10 @@ def test_every_commit_seals_the_head(sealed: AuditLog, raw_sql: RawSql) -> None:
     result = sealed.verify()
     assert result.ok and result.head_sealed
     assert "head seal valid" in result.describe()
+    with open_audit_log(sealed.store.url) as keyless:
+        unchecked = keyless.verify()
+    assert unchecked.ok and unchecked.head_seal_unchecked and not unchecked.head_sealed
+    assert "set ORDINANCE_AUDIT_KEY to check its seal" in unchecked.describe()
 
 
 def test_cut_tail_with_rewritten_head_is_detected_with_the_key(sealed: AuditLog,
