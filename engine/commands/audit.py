@@ -159,7 +159,7 @@ def _anchor(args: argparse.Namespace) -> int:
     if log is None:
         return 2
     with log:
-        _record_access(log, "anchor", {"output": args.output})  # the anchor covers this record
+        record_access(log, "anchor", {"output": args.output})  # the anchor covers this record
         try:
             result = log.verify()
             anchor = log.anchor()
@@ -191,7 +191,7 @@ def _seal(args: argparse.Namespace) -> int:
         except AuditError as exc:
             _error(str(exc))
             return 2
-        _record_access(log, "seal", {"ok": result.ok, "damage": result.damage})
+        record_access(log, "seal", {"ok": result.ok, "damage": result.damage})
     print(result.describe(), file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1
 
