@@ -323,8 +323,9 @@ def output_masks(query: TracedQuery, relations: dict[str, Relation], view: Catal
             method, hidden = view.column_method(rules, relation, name)
             methods.append(method)
             opaque = opaque or hidden
-        method = strongest(methods)
-        masks.append(OutputMask(method if column.direct else computed_method(method), opaque))
+        # A computed column was computed from masked values (`mask_rewrite` replaced every
+        # masked column it reads), so only a column passed through unchanged is masked here.
+        masks.append(OutputMask(strongest(methods) if column.direct else None, opaque))
     return masks
 
 

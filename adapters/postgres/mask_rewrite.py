@@ -103,11 +103,13 @@ def rewrite_statement(sql: str, schema: MaskedSchema, *, client: bool = True) ->
     word = head.group("word").lower() if head else ""
     if word in ("declare", "prepare"):
         pattern = DECLARE_QUERY if word == "declare" else PREPARE_QUERY
-        match = pattern.search(sql, head.end() if head else 0)
+        rest = head.end() if head else 0
+        match = pattern.search(sql[rest:])
         if match is None:
             raise MaskUseDenied(f"the query of this {word.upper()} cannot be found, and it "
                                 "reads a relation with masked columns")
-        trees = _parse(sql[match.start("query"):], match.start("query"))
+        start = rest + match.start("query")
+        trees = _parse(sql[start:], start)
         if len(trees) != 1 or (word == "declare" and not isinstance(trees[0][0], exp.Query)):
             raise MaskUseDenied(f"the query of this {word.upper()} cannot be read with "
                                 "certainty, and it reads a relation with masked columns")
