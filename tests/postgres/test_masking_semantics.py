@@ -87,9 +87,13 @@ class Setup:
                               text=True, timeout=60, check=False)
 
     def trail(self) -> str:
+        """The audit trail as text, without the statements' own text (which holds what the
+        client typed, guessed card numbers included)."""
         with sqlite3.connect(self.audit_url[len("sqlite:///"):]) as db:
             rows = db.execute("SELECT payload FROM ordinance_audit ORDER BY seq").fetchall()
-        return "\n".join(r[0] for r in rows)
+        payloads = [json.loads(r[0]) for r in rows]
+        return "\n".join(json.dumps({k: v for k, v in p.items() if k != "text"})
+                         for p in payloads)
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +175,7 @@ def test_substr_oracle_answers_on_the_masked_value(setup: Setup) -> None:
                 assert got == (0,)
 
 
+GUESS = f"SELECT g.v FROM (VALUES ('{PANS[1]}')) AS g(v) WHERE g.v IS NOT NULL"
 ORACLES = [
     f"SELECT count(*) FROM cards WHERE pan = '{PANS[1]}'",
     "SELECT count(*) FROM cards WHERE id > 0 AND pan LIKE '3000%'",
@@ -192,17 +197,19 @@ ORACLES = [
     "SELECT substr(pan, 1, 1) AS f, count(*) FROM cards WHERE id > 0 GROUP BY 1 ORDER BY 1",
     "SELECT count(*) FROM cards WHERE id > 0 GROUP BY substr(pan, 1, 2) HAVING "
     "min(pan) LIKE '4%'",
-    "SELECT count(*) FROM (SELECT DISTINCT pan FROM cards WHERE id > 0) d",
-    "SELECT count(*) FROM (SELECT pan FROM cards WHERE id = 1 UNION "
-    f"SELECT '{PANS[1]}') u",
-    f"SELECT count(*) FROM (SELECT pan FROM cards WHERE id = 1 INTERSECT SELECT '{PANS[1]}') u",
-    f"SELECT count(*) FROM (SELECT pan FROM cards WHERE id = 1 EXCEPT SELECT '{PANS[1]}') u",
+    "SELECT DISTINCT pan FROM cards WHERE id > 0 ORDER BY 1",
+    "SELECT DISTINCT substr(pan, 1, 4) FROM cards WHERE id > 0",
+    f"SELECT pan FROM cards WHERE id = 1 UNION {GUESS} ORDER BY 1",
+    f"SELECT pan FROM cards WHERE id = 1 INTERSECT {GUESS}",
+    f"SELECT pan FROM cards WHERE id = 1 EXCEPT {GUESS}",
+    f"SELECT reverse(pan) FROM cards WHERE id = 1 UNION ALL {GUESS}",
     "SELECT count(*) FROM cards a JOIN cards b ON substr(a.pan, 1, 1) = '3' AND b.id = a.id "
     "WHERE a.id > 0",
     "SELECT count(*) FROM cards c WHERE c.id > 0 AND EXISTS (SELECT 1 FROM loot "
     "WHERE c.pan LIKE '3%')",
     "SELECT count(*) FROM cards WHERE id > 0 AND pan IN (SELECT '3000000000000002')",
-    "SELECT (SELECT count(*) FROM cards WHERE id = 1 AND pan LIKE '3%')",
+    "SELECT id FROM cards WHERE id = (SELECT min(id) FROM cards WHERE id > 0 AND "
+    "pan LIKE '3%')",
     "WITH w AS (SELECT id, pan FROM cards WHERE id > 0) SELECT count(*) FROM w "
     "WHERE pan LIKE '3%'",
     "WITH w AS (SELECT id, pan AS p FROM cards WHERE id > 0) SELECT count(*) FROM w "
@@ -270,7 +277,7 @@ def test_set_config_keeps_the_masked_value(setup: Setup) -> None:
         assert conn.execute("SELECT current_setting('x.y')").fetchone() == (SEEN[2],)
         conn.execute("SELECT set_config('x.z', md5(pan), false) FROM cards WHERE id = 2")
         (got,) = conn.execute("SELECT current_setting('x.z')").fetchone()
-        conn.execute("SELECT set_config('x.w', (SELECT cvv FROM cards WHERE id = 1), false)")
+        conn.execute("SELECT set_config('x.w', cvv, false) FROM cards WHERE id = 1")
         assert conn.execute("SELECT current_setting('x.w')").fetchone() == ("[REDACTED]",)
     assert got == setup.seen("SELECT md5(pan) FROM cards WHERE id = 2")[0][0]
     out = setup.psql("SELECT set_config('x.y', translate(pan, '0123456789', 'abcdefghij'), "
@@ -324,47 +331,48 @@ def test_errors_quoting_computed_values_withhold_them_whatever_their_class(
 
 def test_copies_hold_the_masked_values(setup: Setup) -> None:
     with setup.connect() as conn:
-        conn.execute("CREATE TEMP TABLE t AS SELECT id, pan AS x, cvv AS y FROM cards "
-                     "WHERE id = 1")
-        assert conn.execute("SELECT x, y FROM t").fetchall() == [(SEEN[1], "[REDACTED]")]
-        conn.execute("SELECT * INTO TEMP t2 FROM cards WHERE id > 0")
-        assert conn.execute("SELECT id, holder, pan || '' AS p FROM t2 ORDER BY id"
-                            ).fetchall()[0][:2] == (1, "holder 1")
+        conn.execute("CREATE TEMP TABLE t AS SELECT id, pan AS x FROM cards WHERE id = 1")
+        assert conn.execute("SELECT x FROM t").fetchall() == [(SEEN[1],)]
+        conn.execute("SELECT id, holder, pan INTO TEMP t2 FROM cards WHERE id > 0")
+        assert conn.execute("SELECT translate(pan, '*', '-') FROM t2 ORDER BY id").fetchall(
+            ) == [(SEEN[1].replace("*", "-"),), (SEEN[2].replace("*", "-"),)]
         conn.execute("CREATE TABLE copy_ctas AS SELECT id, pan AS x FROM cards WHERE id = 1")
-        conn.execute("SELECT * INTO copy_into FROM cards WHERE id > 0")
-        conn.execute("CREATE TABLE copy_star AS SELECT c.*, 1 AS one FROM cards c WHERE id = 2")
+        conn.execute("SELECT id, holder, pan INTO copy_into FROM cards WHERE id > 0")
         conn.execute("INSERT INTO loot(note) SELECT reverse(pan) FROM cards WHERE id = 1")
         conn.execute("INSERT INTO loot(note) SELECT pan FROM cards WHERE id = 2 "
-                     "UNION ALL SELECT cvv FROM cards WHERE id = 2")
+                     "UNION ALL SELECT holder FROM cards WHERE id = 2")
         got = conn.execute(
             "UPDATE loot SET note = (SELECT translate(pan, '0123456789', 'abcdefghij') "
             "FROM cards WHERE id = 1) WHERE id = 1 RETURNING note").fetchall()
         assert got == [("************aaac",)]
         conn.execute("WITH s AS (SELECT pan FROM cards WHERE id = 2) "
                      "INSERT INTO loot(note) SELECT 'w:' || pan FROM s")
+        conn.execute("INSERT INTO loot(note) SELECT s.pan || s.holder FROM (SELECT * FROM cards "
+                     "WHERE id = 1) s WHERE s.id = 1")
         conn.execute("CREATE VIEW copy_view AS SELECT id, pan || '' AS p FROM cards "
                      "WHERE pan LIKE '3%'")
+        conn.execute("SELECT * INTO TEMP t3 FROM cards WHERE id > 0")  # * expanded, masked
+        assert conn.execute("SELECT translate(cvv || pan, 'RE', 're') FROM t3 ORDER BY id"
+                            ).fetchall() == [("[reDACTeD]" + SEEN[1],), ("[reDACTeD]" + SEEN[2],)]
+        conn.execute("CREATE TABLE copy_star AS SELECT c.*, 1 AS one FROM cards c WHERE id = 2")
     direct = setup.clear
     assert direct("SELECT id, x FROM copy_ctas") == [(1, SEEN[1])]
-    assert direct("SELECT id, holder, pan, cvv FROM copy_into ORDER BY id") == [
-        (1, "holder 1", SEEN[1], "[REDACTED]"), (2, "holder 2", SEEN[2], "[REDACTED]")]
-    assert direct("SELECT id, holder, pan, cvv, one FROM copy_star") == [
-        (2, "holder 2", SEEN[2], "[REDACTED]", 1)]
+    assert direct("SELECT id, holder, pan FROM copy_into ORDER BY id") == [
+        (1, "holder 1", SEEN[1]), (2, "holder 2", SEEN[2])]
     assert direct("SELECT note FROM loot ORDER BY id") == [
-        ("************aaac",), (SEEN[2],), ("[REDACTED]",), ("w:" + SEEN[2],)]
+        ("************aaac",), (SEEN[2],), ("holder 2",), ("w:" + SEEN[2],),
+        (SEEN[1] + "holder 1",)]
     assert direct("SELECT count(*) FROM copy_view") == [(0,)]  # its WHERE is on the mask
+    assert direct("SELECT * FROM copy_star") == [(2, "holder 2", SEEN[2], "[REDACTED]", 1)]
 
 
-def test_copy_to_stdout_of_a_query_filters_on_the_masked_value(setup: Setup) -> None:
-    with setup.connect() as conn:
-        with conn.cursor().copy("COPY (SELECT id, pan FROM cards WHERE id > 0 AND "
-                                "pan LIKE '3%') TO STDOUT") as copy:
-            assert b"".join(bytes(b) for b in copy) == b""
-        with conn.cursor().copy("COPY (SELECT id, reverse(pan), pan FROM cards WHERE id = 1)"
-                                " TO STDOUT") as copy:
-            data = b"".join(bytes(b) for b in copy)
-    assert PANS[1].encode() not in data and PANS[1][::-1].encode() not in data
-    assert SEEN[1].encode() in data
+def test_copy_to_stdout_of_cards_waits_for_approval(setup: Setup) -> None:
+    """The pack holds a COPY of a cardholder table for approval (none can be given here); the
+    rewrite of its query is shown in tests/postgres/test_mask_rewrite.py."""
+    with setup.connect() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with conn.cursor().copy("COPY (SELECT id FROM cards WHERE id > 0 AND pan LIKE '3%') "
+                                "TO STDOUT") as copy:
+            list(copy)
 
 
 # ------------------------------------------------------------------------------------------
@@ -383,7 +391,8 @@ def test_copy_to_stdout_of_a_query_filters_on_the_masked_value(setup: Setup) -> 
      "cards.id > 0", "USING (pan)"),
     ("EXPLAIN ANALYZE SELECT * FROM cards WHERE id > 0 AND pan LIKE '3%'", "EXPLAIN"),
     ("CREATE INDEX ON cards ((1 / (ascii(pan) - 51)))", "masked column pan"),
-    ("ALTER TABLE cards ADD CONSTRAINT probe CHECK (pan NOT LIKE '3%')", "masked column pan"),
+    (f"INSERT INTO cards (id, holder, pan) VALUES (9, 'x', '{PANS[1]}') ON CONFLICT (pan) "
+     "DO NOTHING", "ON CONFLICT"),
 ])
 def test_uses_that_cannot_be_rewritten_are_denied(setup: Setup, sql: str, reason: str) -> None:
     with setup.connect() as conn, pytest.raises(psycopg.Error) as exc:
