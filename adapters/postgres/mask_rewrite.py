@@ -227,6 +227,9 @@ class _Statement:
             self._walk(tree)
         elif isinstance(tree, exp.Create) and isinstance(tree.expression, exp.Query):
             self._forbid(tree, skip=tree.expression, where="this CREATE statement")
+            if str(tree.args.get("kind") or "").upper() == "VIEW":
+                # a view's plain columns are traced to what they read when it is read
+                self._plain_results(tree.expression, client=True)
             self._walk(tree.expression)
         else:
             self._forbid(tree, skip=None, where=f"a {type(tree).__name__.upper()} statement")
@@ -276,7 +279,7 @@ class _Statement:
             return
         if query.args.get("distinct") is not None or query.args.get("group") is not None:
             return
-        positions: set[int] = set()
+        ordinals: set[int] = set()
         names: set[str] = set()
         order = query.args.get("order")
         for item in order.expressions if order is not None else ():
@@ -284,13 +287,44 @@ class _Statement:
             if isinstance(body, exp.Literal) and not body.is_string:
                 self.edits.literal_dependent = True
                 if body.name.isdigit():
-                    positions.add(int(body.name) - 1)
-            elif isinstance(body, exp.Column) and not body.table:
-                names.add(body.name.lower())
-        for index, item in enumerate(query.expressions):
-            if index in positions or item.alias_or_name.lower() in names:
+                    ordinals.add(int(body.name))
+            elif isinstance(body, exp.Column) and not body.table and (
+                    body.name.lower() not in self.schema.columns):
+                names.add(body.name.lower())  # (a masked name is rewritten where it stands)
+        position: int | None = 0  # result columns before this item; None: not known
+        for item in query.expressions:
+            masked = self._result_masks(query, item)
+            first = position
+            position = None if position is None or masked is None else position + len(masked)
+            if ordinals and (first is None or masked is None):
+                continue  # which result column an ordinal names is not known
+            if first is not None and any(masked[k - first - 1] for k in ordinals
+                                         if masked is not None and first < k <= first + len(
+                                             masked)):
+                continue
+            if item.alias_or_name.lower() in names:
                 continue
             self._exempt(item)
+
+    def _result_masks(self, query: exp.Select, item: exp.Expr) -> list[bool] | None:
+        """Whether each result column of a select-list item is a masked column passed
+        through; None when the columns a `*` gives are not known."""
+        body = item.this if isinstance(item, exp.Alias) else item
+        star = body if isinstance(body, exp.Star) or (
+            isinstance(body, exp.Column) and isinstance(body.this, exp.Star)) else None
+        if star is None:
+            return [isinstance(body, exp.Column) and body.name.lower() in self.schema.columns]
+        items = self._from_items(query)
+        if isinstance(star, exp.Column):
+            items = [i for i in items if i[0] == star.table.lower()]
+        out: list[bool] = []
+        for _, node in items:
+            found = {s.columns for s in self._relations(node)} if isinstance(
+                node, exp.Table) else set()
+            if len(found) != 1:
+                return None
+            out.extend(m is not None for _, m in found.pop())
+        return out
 
     def _exempt(self, item: exp.Expr) -> None:
         body = item.this if isinstance(item, exp.Alias) else item

@@ -51,6 +51,7 @@ SCHEMA = [
     "CREATE TABLE cards_seen (id int PRIMARY KEY, holder text, pan text, cvv text)",
     "CREATE TABLE loot (id serial PRIMARY KEY, note text)",
     "CREATE SEQUENCE seq_ok",
+    "CREATE TABLE wallet (id int PRIMARY KEY, pan text)",
 ]
 
 
@@ -113,6 +114,7 @@ def setup(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Set
                          (i, f"holder {i}", PANS[i], CVV[i]))
             conn.execute("INSERT INTO cards_seen VALUES (%s, %s, %s, '[REDACTED]')",
                          (i, f"holder {i}", SEEN[i]))
+            conn.execute("INSERT INTO wallet VALUES (%s, %s)", (i, PANS[i]))
     tmp = tmp_path_factory.mktemp("masking")
     (tmp / "users.yaml").write_text(USERS_YAML)
     audit_url = f"sqlite:///{tmp / 'audit.db'}"
@@ -366,13 +368,20 @@ def test_copies_hold_the_masked_values(setup: Setup) -> None:
     assert direct("SELECT * FROM copy_star") == [(2, "holder 2", SEEN[2], "[REDACTED]", 1)]
 
 
-def test_copy_to_stdout_of_cards_waits_for_approval(setup: Setup) -> None:
-    """The pack holds a COPY of a cardholder table for approval (none can be given here); the
-    rewrite of its query is shown in tests/postgres/test_mask_rewrite.py."""
-    with setup.connect() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
-        with conn.cursor().copy("COPY (SELECT id FROM cards WHERE id > 0 AND pan LIKE '3%') "
-                                "TO STDOUT") as copy:
+def test_copy_of_a_query_filters_and_computes_on_the_masked_value(setup: Setup) -> None:
+    """(`wallet` is no cardholder table, so the pack lets its COPY run; a COPY of `cards` is
+    held for approval.)"""
+    with setup.connect() as conn:
+        with conn.cursor().copy("COPY (SELECT id FROM wallet WHERE pan LIKE '3%') TO STDOUT"
+                                ) as copy:
+            assert b"".join(bytes(b) for b in copy) == b""
+        with conn.cursor().copy("COPY (SELECT id, reverse(pan), pan FROM wallet WHERE id = 1) "
+                                "TO STDOUT (FORMAT csv)") as copy:
+            data = b"".join(bytes(b) for b in copy).decode()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.cursor().copy(
+                "COPY (SELECT id FROM cards WHERE id > 0 AND pan LIKE '3%') TO STDOUT") as copy:
             list(copy)
+    assert data == f"1,{SEEN[1][::-1]},{SEEN[1]}\n"
 
 
 # ------------------------------------------------------------------------------------------
