@@ -11,7 +11,9 @@ Owns: the input document of a statement (`{subject, resource, command, session}`
   the text (a rule's `window`) is used at once. A request nobody waits for any more is closed:
   withdrawn when the client cancels (57014) or leaves, expired when the hold times out;
 - masks: a `ResultMasking` for the statement's results (`column_masks`), after the checks that
-  deny what cannot be masked with certainty; the card-number backstop runs on every result;
+  deny what cannot be masked with certainty, and the statement's text with its other uses of
+  masked columns replaced by their masked values (`mask_rewrite`); the card-number backstop
+  runs on every result;
 - recording: `session.start` / `session.end` and one `statement` record per result (text, decision
   id, effect, reasons, approval, duration, rows, error), durable before the client sees the end
   of the result (the proxy awaits `on_complete`); denials are recorded before the error is sent.
@@ -140,6 +142,7 @@ class _Statement:
             "masked": sorted(self.masking.masked) if self.masking is not None else [],
             "approval": self.approval, "policy_revision": self.decision.policy_revision,
             "resource": self.bridge.resource.name, "database": self.ctx.database,
+            **({"rewritten": True} if self.rewritten is not None else {}),
             **outcome,
         }
 
