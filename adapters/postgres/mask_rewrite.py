@@ -42,6 +42,11 @@ PREPARE_QUERY = re.compile(r"^\s*\w+\s*(?:\([^)]*\))?\s+as\s+(?P<query>.*)$",
 _HEAD = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?P<word>[A-Za-z]+)\b",
                    re.DOTALL)
 _PARAMETER = re.compile(r"\$[0-9]+(?=[^\s])")  # as engine.facts.sql.sqlglot_text spaces them
+_UNICODE_IDENTIFIER = re.compile(r'[uU]&"')  # sqlglot reads U&"p\0061n" as `U & "p\0061n"`
+# Statements sqlglot does not parse that evaluate no expression over a relation's rows: let
+# through unless their text names a masked column or has a `*`.
+_INERT_COMMANDS = frozenset({"LOCK", "VACUUM", "ANALYZE", "REINDEX", "CLUSTER", "COMMENT",
+                             "GRANT", "REVOKE", "REFRESH", "DISCARD", "RESET", "SHOW"})
 
 
 class MaskUseDenied(Exception):
@@ -98,6 +103,10 @@ def rewrite_statement(sql: str, schema: MaskedSchema, *, client: bool = True) ->
     so their plain result columns are left to the proxy."""
     if not schema.columns:
         return Rewrite(None)
+    if _UNICODE_IDENTIFIER.search(sql):
+        raise MaskUseDenied("the statement reads a relation with masked columns and writes an "
+                            'identifier with Unicode escapes (U&"…"), which could name one '
+                            "unseen")
     edits = _Edits(sql)
     head = _HEAD.match(sql)
     word = head.group("word").lower() if head else ""
@@ -212,6 +221,7 @@ class _Statement:
         self.edits = edits
         self.exempt: set[int] = set()  # ids of plain result columns (masked by the proxy)
         self.targets: set[int] = set()  # ids of assignment targets (not reads)
+        self.handled: set[int] = set()  # ids of the column references seen by `_column`
 
     # -- where the statement may be rewritten -----------------------------------------------
 
@@ -243,6 +253,10 @@ class _Statement:
             raise MaskUseDenied("EXPLAIN of a statement that reads a relation with masked "
                                 "columns is denied (its row counts would answer predicates on "
                                 "them)")
+        if what not in _INERT_COMMANDS:
+            raise MaskUseDenied(f"a {what or 'statement'} statement that reads a relation with "
+                                "masked columns cannot be rewritten with certainty (a DECLARE "
+                                "or PREPARE must be sent on its own)")
         words = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_$]*", text)}
         named = sorted(words & self.schema.columns.keys())
         if named or "*" in text:
@@ -367,8 +381,26 @@ class _Statement:
                     self._column(node, aliases)
             elif isinstance(node, exp.Star) and not isinstance(node.parent, exp.Column):
                 self._star(node, None)
+        self._unseen(root)
+
+    def _unseen(self, root: exp.Expr) -> None:
+        """Deny a masked column's name where the walk did not see a column reference (a
+        construct it does not know), unless it only names something (an alias, a column of
+        a column list or definition, a relation)."""
+        for node in root.find_all(exp.Identifier, exp.Var):
+            if node.name.lower() not in self.schema.columns:
+                continue
+            parent = node.parent
+            if isinstance(parent, exp.Column) and id(parent) in self.handled:
+                continue
+            if isinstance(node, exp.Identifier) and isinstance(
+                    parent, exp.Alias | exp.TableAlias | exp.Schema | exp.ColumnDef | exp.Table):
+                continue
+            raise MaskUseDenied(f"masked column {node.name} is used where it cannot be "
+                                "rewritten with certainty")
 
     def _column(self, column: exp.Column, aliases: set[str]) -> None:
+        self.handled.add(id(column))
         name = column.name.lower()
         if id(column) in self.targets or (column.table.lower() == "excluded" and isinstance(
                 self.tree, exp.Insert)):
@@ -388,7 +420,8 @@ class _Statement:
             raise MaskUseDenied(f"masked column {column.name} is used outside the result "
                                 f"columns and its {exc}") from None
         parent = column.parent
-        if isinstance(parent, exp.Select) and any(e is column for e in parent.expressions):
+        if isinstance(parent, exp.Select | exp.Returning) and any(
+                e is column for e in parent.expressions):
             value += f" AS {_output_name(column.this)}"  # keep the result column's name
         self.edits.add(start, end, value)
         self.edits.columns.add(name)

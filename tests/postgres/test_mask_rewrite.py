@@ -84,6 +84,12 @@ def test_plain_result_columns_run_as_sent(sql: str) -> None:
      "PREPARE p (text) AS SELECT id FROM cards WHERE {pan} = $1"),
     ("SELECT 1; SELECT pan FROM cards WHERE pan > '3'",
      "SELECT 1; SELECT pan FROM cards WHERE {pan} > '3'"),
+    ("WITH d AS (DELETE FROM cards WHERE id = 1 RETURNING pan) SELECT pan FROM d",
+     'WITH d AS (DELETE FROM cards WHERE id = 1 RETURNING {pan} AS "pan") SELECT pan FROM d'),
+    ("SELECT 1 FROM cards WHERE (now() AT TIME ZONE pan) IS NULL",
+     "SELECT 1 FROM cards WHERE (now() AT TIME ZONE {pan}) IS NULL"),
+    ("SELECT id FROM cards WHERE id=1 AND pan/*x*/LIKE '3%'",
+     "SELECT id FROM cards WHERE id=1 AND {pan}/*x*/LIKE '3%'"),
     ("WITH x AS (SELECT pan FROM cards) SELECT pan FROM x",
      'WITH x AS (SELECT {pan} AS "pan" FROM cards) SELECT pan FROM x'),
     ("CREATE VIEW v AS SELECT pan FROM cards WHERE pan LIKE '4%'",
@@ -151,6 +157,9 @@ def test_the_query_of_a_copy_is_rewritten_in_place() -> None:
      "masked column pan"),
     ("DECLARE c CURSOR FOR SELECT 1; SELECT pan FROM cards", "cannot be read with certainty"),
     ("SELECT 1 FROM cards WHERE pan = ", "cannot be parsed"),
+    ('SELECT 1 FROM cards WHERE U&"p\\0061n" LIKE \'4%\'', "Unicode escapes"),
+    ("SELECT 1; PREPARE x AS SELECT 1 FROM cards c WHERE c::text LIKE '%4%'", "on its own"),
+    ("DO $$BEGIN PERFORM 1 FROM cards; END$$", "DO statement"),
     ("CREATE TABLE t AS TABLE cards", "position"),
 ])
 def test_what_cannot_be_rewritten_with_certainty_is_denied(sql: str, reason: str) -> None:

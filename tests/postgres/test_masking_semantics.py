@@ -188,6 +188,12 @@ ORACLES = [
     "SELECT count(*) FROM cards WHERE id > 0 AND ascii(pan) = 51",
     "SELECT count(*) FROM cards WHERE id > 0 AND cvv = '123'",
     "SELECT count(*) FROM cards c WHERE c.id > 0 AND (c.id, c.pan) > (1, '3')",
+    'SELECT count(*) FROM cards WHERE id > 0 AND "cards" . "pan" LIKE \'3%\'',
+    "SELECT count(*) FROM public.cards WHERE id > 0 AND public.cards.pan/**/LIKE $$3%$$",
+    "SELECT count(*) FROM cards WHERE id > 0 AND pan COLLATE \"C\" > '35'",
+    "SELECT count(*) FROM cards WHERE id > 0 AND CASE WHEN pan LIKE '3%' THEN true END",
+    "SELECT id FROM cards WHERE id > 0 AND now() AT TIME ZONE 'UTC' > now() - "
+    "(length(split_part(pan, '0', 1)) || ' days')::interval ORDER BY id",
     "SELECT id FROM cards WHERE id > 0 ORDER BY pan",
     "SELECT id FROM cards WHERE id > 0 ORDER BY pan DESC",
     "SELECT id, pan FROM cards WHERE id > 0 ORDER BY 2",
@@ -399,6 +405,10 @@ def test_copy_of_a_query_filters_and_computes_on_the_masked_value(setup: Setup) 
     ("SELECT count(*) FROM cards JOIN loot ON true JOIN cards_seen USING (pan) WHERE "
      "cards.id > 0", "USING (pan)"),
     ("EXPLAIN ANALYZE SELECT * FROM cards WHERE id > 0 AND pan LIKE '3%'", "EXPLAIN"),
+    ("SELECT count(*) FROM cards WHERE id > 0 AND U&\"p\\0061n\" LIKE '3%'", "Unicode escapes"),
+    ("SELECT count(*) FROM cards c WHERE c.id > 0 AND pan(c) LIKE '3%'", "whole-row"),
+    ("SELECT count(*) FROM cards c WHERE c.id > 0 AND to_jsonb(c.*) ->> 'pan' LIKE '3%'",
+     "inside an expression"),
     ("CREATE INDEX ON cards ((1 / (ascii(pan) - 51)))", "masked column pan"),
     (f"INSERT INTO cards (id, holder, pan) VALUES (9, 'x', '{PANS[1]}') ON CONFLICT (pan) "
      "DO NOTHING", "ON CONFLICT"),
@@ -414,13 +424,19 @@ def test_uses_that_cannot_be_rewritten_are_denied(setup: Setup, sql: str, reason
 
 def test_plain_result_columns_run_as_sent(setup: Setup) -> None:
     """A read whose masked columns are only plain result columns is not rewritten (the proxy
-    masks them), so its text, plan and cost are what the client sent."""
+    masks them), so its text, plan and cost are what the client sent; the record of one that
+    was rewritten says so, and keeps the client's text."""
     sql = "SELECT id, pan, current_query() FROM cards WHERE id = 1 ORDER BY id"
+    rewritten = "SELECT current_query() AS q7 FROM cards WHERE id = 1 AND pan LIKE '%'"
     with setup.connect() as conn:
         assert conn.execute(sql).fetchall() == [(1, SEEN[1], sql)]
-        rewritten = "SELECT current_query() FROM cards WHERE id = 1 AND pan LIKE '%'"
         (ran,) = conn.execute(rewritten).fetchone()
     assert ran != rewritten and "pg_catalog" in ran
+    with sqlite3.connect(setup.audit_url[len("sqlite:///"):]) as db:
+        records = [json.loads(p) for (p,) in db.execute(
+            "SELECT payload FROM ordinance_audit WHERE kind = 'statement'")]
+    by_text = {r["text"]: r for r in records}
+    assert by_text[rewritten]["rewritten"] is True and "rewritten" not in by_text[sql]
 
 
 # ------------------------------------------------------------------------------------------
