@@ -17,11 +17,13 @@ What a column gets (values in text format unless said otherwise):
 - not masked, other type: NULL with a notice when it holds a card number;
 - not masked, binary format: string types scanned as text, other types passed unread.
 
-Computed columns (no table OID in the RowDescription) are masked by the rules of the columns
-they read, as traced from the statement; the strongest method wins
-(`null` > `redact` > `hash` > `pan` > `last4` > `email`). A value computed by an expression
-(not a column passed through a subquery, CTE or UNION) gets `redact` where that method would
-be `pan`, `last4` or `email`: those keep part of what the expression made of the value.
+Computed columns (no table OID in the RowDescription) that pass a masked column through (a
+subquery, CTE or UNION output) are masked by its rule, as traced from the statement; the
+strongest method wins (`null` > `redact` > `hash` > `pan` > `last4` > `email`). A value an
+expression computes needs no mask of its own: the statement was rewritten to compute it from
+masked values (`mask_rewrite`, `masked_schema` here says what it masks). A view's computed
+column (its body is not rewritten) gets `redact` where the method would be `pan`, `last4` or
+`email`: those keep part of what the expression made of the value.
 
 COPY data is text, so masked COPY columns always get the method's output; binary COPY columns
 with a mask become NULL, and in a binary COPY of a table its string columns are scanned by the
@@ -82,7 +84,7 @@ STRENGTH = {"null": 6, "redact": 5, "hash": 4, "pan": 3, "last4": 2, "email": 1}
 # they would show what the expression made of it (`translate(pan, '0123456789', 'abcdefghij')`
 # has no digit for `pan` to hide, `repeat('x', substr(pan, 1, 1)::int)` a length), so such a
 # value gets `redact` instead.
-SHAPE_KEEPING = frozenset({"pan", "last4", "email"})
+SHAPE_KEEPING = frozenset({"pan", "last4", "email"})  # (for the computed columns of views)
 
 
 def computed_method(method: str | None) -> str | None:
