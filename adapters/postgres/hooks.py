@@ -187,6 +187,9 @@ class StatementVerdict:
     DETAIL).
     `rewritten`: the text sent upstream instead of the client's (masked columns used outside
     the plain result columns replaced by their masked values); None sends it as it is.
+    `single_execution`: the verdict covers one execution (it was approved for one), so every
+    further execution of an extended-protocol prepared statement it was given for is decided
+    again, at its Bind.
     """
 
     effect: Effect
@@ -201,16 +204,19 @@ class StatementVerdict:
     sqlstate: str = "42501"
     withhold_error_values: bool = False
     rewritten: str | None = None
+    single_execution: bool = False
 
     @classmethod
     def allow(cls, masker: ColumnMasker | None = None, *, decision_id: str = "",
               copy_layout: CopyLayout | None = None, on_complete: CompletionHook | None = None,
               resolve_columns: ColumnResolver | None = None,
               withhold_error_values: bool = False,
-              rewritten: str | None = None) -> StatementVerdict:
+              rewritten: str | None = None,
+              single_execution: bool = False) -> StatementVerdict:
         return cls("allow", decision_id=decision_id, masker=masker, copy_layout=copy_layout,
                    on_complete=on_complete, resolve_columns=resolve_columns,
-                   withhold_error_values=withhold_error_values, rewritten=rewritten)
+                   withhold_error_values=withhold_error_values, rewritten=rewritten,
+                   single_execution=single_execution)
 
     @classmethod
     def deny(cls, message: str, *, decision_id: str = "", detail: str = "") -> StatementVerdict:
@@ -227,6 +233,11 @@ class StatementVerdict:
 DecideHook = Callable[[str, SessionContext], Awaitable[StatementVerdict]]
 """`async def decide(sql, ctx) -> StatementVerdict`, called before any statement text reaches
 the server. Raising (or exceeding the configured timeout) denies the statement."""
+
+RefusalHook = Callable[[str, str, SessionContext], Awaitable[StatementVerdict]]
+"""`async def refused(text, reason, ctx) -> StatementVerdict`: a message the proxy denies
+itself (a FunctionCall, a Bind of a statement it never saw prepared, a decision that failed),
+awaited before the client is told; it records the denial and returns the deny verdict."""
 
 SessionStartHook = Callable[[SessionContext], Awaitable[None]]
 """Awaited once a client is authenticated and the upstream connection is up, before the client

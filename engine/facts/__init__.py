@@ -35,7 +35,7 @@ def sql_facts(raw: str, dialect: str | None) -> dict[str, Any]:
     if len(raw) > MAX_RAW_BYTES:
         return {"statements": [{"kind": "other", "tables": [], "targets": [], "columns": [],
                                 "has_where": False, "has_limit": False, "limit": None,
-                                "nested": False}],
+                                "nested": False, "functions": [], "settings": []}],
                 "kinds": ["other"], "tables": [],
                 "parse_error": f"statement too large to analyse ({len(raw)} characters, "
                                f"limit {MAX_RAW_BYTES})"}
