@@ -61,7 +61,12 @@ from adapters.postgres.hooks import (
     StatementOutcome,
     StatementVerdict,
 )
-from adapters.postgres.mask_rewrite import MaskedSchema, MaskUseDenied, rewrite_statement
+from adapters.postgres.mask_rewrite import (
+    MaskedSchema,
+    MaskUseDenied,
+    copies_prepared_statement,
+    rewrite_statement,
+)
 from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate, parse_window
 from engine.approvals import ApprovalRequest
@@ -366,6 +371,10 @@ class PolicyBridge:
                          if plan.rewrites is not None else None)
                 return ResultMasking(catalog, rules, plan.view, computed=plan.computed,
                                      transforms=plan.transforms), None, again
+            if rules and copies_prepared_statement(sql):
+                raise MaskUseDenied("CREATE TABLE … AS EXECUTE would store a prepared "
+                                    "statement's rows with their masked columns unmasked; "
+                                    "use CREATE TABLE … AS SELECT")
         generation = catalog.generation
         seen: list[float] = []
         names = [str(t) for t in command.get("tables") or ()]

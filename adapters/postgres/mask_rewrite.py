@@ -129,6 +129,20 @@ def rewrite_statement(sql: str, schema: MaskedSchema, *, client: bool = True) ->
     return edits.result()
 
 
+def copies_prepared_statement(sql: str) -> bool:
+    """Whether `sql` is a `CREATE TABLE … AS EXECUTE`: it stores the rows of a prepared
+    statement, whose plain result columns are masked only on their way to a client."""
+    lowered = sql.lower()
+    if "execute" not in lowered or "create" not in lowered:
+        return False
+    try:
+        trees = sqlglot.parse(sql, dialect="postgres")
+    except (SqlglotError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            RecursionError):
+        return True  # (cannot tell: say it may)
+    return any(t is not None and t.find(exp.ExecuteAsProperty) is not None for t in trees)
+
+
 @dataclass
 class _Edits:
     sql: str

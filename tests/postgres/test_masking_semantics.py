@@ -394,6 +394,17 @@ def test_copy_of_a_query_filters_and_computes_on_the_masked_value(setup: Setup) 
 # What cannot be rewritten with certainty is denied, naming why
 
 
+def test_a_table_made_from_a_prepared_statement_is_denied(setup: Setup) -> None:
+    with setup.connect() as conn:
+        conn.execute("PREPARE plain_pan AS SELECT id, pan FROM cards WHERE id = $1")
+        assert conn.execute("EXECUTE plain_pan(1)").fetchall() == [(1, SEEN[1])]
+        for sql in ("CREATE TEMP TABLE t9 (i, x) AS EXECUTE plain_pan(1)",
+                    "create table t9 as/**/execute plain_pan(1)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+                conn.execute(sql)
+            assert "AS EXECUTE" in str(exc.value)
+
+
 @pytest.mark.parametrize(("sql", "reason"), [
     ("SELECT count(*) FROM cards c WHERE c.id > 0 AND c::text LIKE '%3000%'", "whole-row"),
     ("SELECT count(*) FROM cards c WHERE c.id > 0 AND row_to_json(c)::text LIKE '%3000%'",
