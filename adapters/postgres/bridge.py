@@ -66,6 +66,7 @@ from adapters.postgres.mask_rewrite import (
     MaskUseDenied,
     copies_prepared_statement,
     rewrite_statement,
+    unparsed_words,
 )
 from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate, parse_window
@@ -371,10 +372,8 @@ class PolicyBridge:
                          if plan.rewrites is not None else None)
                 return ResultMasking(catalog, rules, plan.view, computed=plan.computed,
                                      transforms=plan.transforms), None, again
-            if rules and copies_prepared_statement(sql):
-                raise MaskUseDenied("CREATE TABLE … AS EXECUTE would store a prepared "
-                                    "statement's rows with their masked columns unmasked; "
-                                    "use CREATE TABLE … AS SELECT")
+            if rules:
+                await self._check_unseen_reads(sql, rules)
         generation = catalog.generation
         seen: list[float] = []
         names = [str(t) for t in command.get("tables") or ()]
@@ -422,6 +421,29 @@ class PolicyBridge:
         masking = ResultMasking(catalog, rules, view, computed=computed,
                                 copy_methods=copy_methods, copy_types=copy_types)
         return masking, layout, rewritten
+
+    async def _check_unseen_reads(self, sql: str, rules: MaskRules) -> None:
+        """Deny what would read masked columns where the rewrite cannot see it: a CREATE TABLE
+        … AS EXECUTE (a prepared statement's plain result columns, unmasked), a statement
+        sqlglot does not parse that names a masked column or a relation that has one."""
+        if copies_prepared_statement(sql):
+            raise MaskUseDenied("CREATE TABLE … AS EXECUTE would store a prepared statement's "
+                                "rows with their masked columns unmasked; use CREATE TABLE … "
+                                "AS SELECT")
+        words = unparsed_words(sql)
+        if words is None:
+            return
+        named = sorted(words & rules.columns)
+        if named:
+            raise MaskUseDenied(f"masked column {named[0]} is used in a statement that cannot "
+                                "be parsed with certainty, so it cannot be rewritten to use "
+                                "its masked value")
+        _, view = await statement_relations(self.catalog, words)
+        read = sorted(r.name for r in view.relations.values() if rules.covers(r))
+        if read:
+            raise MaskUseDenied(f"relation {read[0]} has masked columns and is named in a "
+                                "statement that cannot be parsed with certainty, so their "
+                                "uses cannot be rewritten to their masked values")
 
     @staticmethod
     def _copy_rewrite(sql: str, copy: CopyStatement, masked: MaskedSchema) -> str | None:

@@ -129,6 +129,22 @@ def rewrite_statement(sql: str, schema: MaskedSchema, *, client: bool = True) ->
     return edits.result()
 
 
+def unparsed_words(sql: str) -> frozenset[str] | None:
+    """The words (lower case) of `sql` when a statement of it is one sqlglot does not parse
+    (other than DECLARE, PREPARE and EXPLAIN, whose queries the facts and the rewrite read):
+    `CREATE POLICY … USING (…)` evaluates what the policies never see. None otherwise."""
+    try:
+        trees = sqlglot.parse(sql, dialect="postgres")
+    except (SqlglotError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            RecursionError):
+        return None  # (the facts report a parse error, which the policies judge)
+    if not any(isinstance(t, exp.Command) and str(t.this or "").upper() not in (
+            "DECLARE", "PREPARE", "EXPLAIN") for t in trees):
+        return None
+    return frozenset(w.lower() for w in re.findall(r'[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+"',
+                                                    sql) for w in [w.strip('"')])
+
+
 def copies_prepared_statement(sql: str) -> bool:
     """Whether `sql` is a `CREATE TABLE … AS EXECUTE`: it stores the rows of a prepared
     statement, whose plain result columns are masked only on their way to a client."""

@@ -416,6 +416,11 @@ def test_a_table_made_from_a_prepared_statement_is_denied(setup: Setup) -> None:
     ("SELECT count(*) FROM cards JOIN loot ON true JOIN cards_seen USING (pan) WHERE "
      "cards.id > 0", "USING (pan)"),
     ("EXPLAIN ANALYZE SELECT * FROM cards WHERE id > 0 AND pan LIKE '3%'", "EXPLAIN"),
+    ("CREATE POLICY probe ON loot USING (EXISTS (SELECT 1 FROM cards WHERE pan LIKE '3%'))",
+     "masked column pan"),
+    ("CREATE POLICY probe ON loot USING (EXISTS (SELECT 1 FROM cards c WHERE "
+     "c::text LIKE '%3000%'))", "relation cards has masked columns"),
+    ("CREATE STATISTICS probe ON pan, cvv FROM cards", "masked column cvv"),
     ("SELECT count(*) FROM cards WHERE id > 0 AND U&\"p\\0061n\" LIKE '3%'", "Unicode escapes"),
     ("SELECT count(*) FROM cards c WHERE c.id > 0 AND pan(c) LIKE '3%'", "whole-row"),
     ("SELECT count(*) FROM cards c WHERE c.id > 0 AND to_jsonb(c.*) ->> 'pan' LIKE '3%'",
