@@ -259,7 +259,7 @@ class _Statement:
         tree = self.tree
         if isinstance(tree, exp.Command):
             self._command(tree)
-        if isinstance(tree, exp.Query):
+        elif isinstance(tree, exp.Query):
             self._plain_results(tree, client=self.client and tree.args.get("into") is None)
             self._walk(tree)
         elif isinstance(tree, exp.Insert | exp.Update | exp.Delete):
