@@ -82,6 +82,9 @@ PROXY_POLICY = "ordinance.proxy"  # the `policy` of the reasons of the proxy's o
 _STARTS_WITH_COPY = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*copy\b",
                                re.IGNORECASE | re.DOTALL)
 MAX_RECORDED_TEXT = 64 * 1024
+# Words without which a statement sqlglot does not parse evaluates no expression over rows
+_EVALUATING_WORDS = frozenset({"select", "where", "using", "check", "when", "values", "with",
+                               "returning", "default", "execute", "do", "generated"})
 MAX_CACHED_PLANS = 4096
 
 
@@ -438,6 +441,8 @@ class PolicyBridge:
             raise MaskUseDenied(f"masked column {named[0]} is used in a statement that cannot "
                                 "be parsed with certainty, so it cannot be rewritten to use "
                                 "its masked value")
+        if not words & _EVALUATING_WORDS:
+            return  # (`ALTER TABLE cards DISABLE ROW LEVEL SECURITY`, `LOCK TABLE cards`)
         _, view = await statement_relations(self.catalog, words)
         read = sorted(r.name for r in view.relations.values() if rules.covers(r))
         if read:
