@@ -245,6 +245,17 @@ def test_predicates_compute_on_the_masked_value(setup: Setup, sql: str) -> None:
         for row in expected]
 
 
+def test_statements_of_one_shape_with_other_ordinals_are_rewritten_each(setup: Setup) -> None:
+    """`ORDER BY 1` and `ORDER BY 2` share a literal fingerprint (so a masking plan); which
+    result column the ordinal names decides whether the statement is rewritten."""
+    sql = "SELECT id, pan FROM cards WHERE id > 0 ORDER BY {}"
+    with setup.connect() as conn:
+        for _ in range(2):
+            assert conn.execute(sql.format(1)).fetchall() == [(1, SEEN[1]), (2, SEEN[2])]
+            assert conn.execute(sql.format(2)).fetchall() == setup.seen(sql.format(2)) == [
+                (2, SEEN[2]), (1, SEEN[1])]
+
+
 def test_the_error_oracle_does_not_answer(setup: Setup) -> None:
     """`1/(ascii(substr(pan,1,1))-51)` divides by zero on the clear value '3…', not on '*'."""
     with psycopg.connect(setup.direct) as direct, pytest.raises(psycopg.errors.DivisionByZero):
