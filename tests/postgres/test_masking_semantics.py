@@ -508,6 +508,9 @@ def statements(draw: st.DrawFn) -> tuple[str, list[str]]:
         "WITH w AS (SELECT c.id, {e1} AS v FROM cards c WHERE c.id > 0) "
         "SELECT count(*) FROM w WHERE v IN (SELECT {e2} FROM cards c WHERE c.id > 0)",
         "SELECT {e1}::int FROM cards c WHERE c.id = 1",
+        "SELECT count(*) FROM cards c JOIN cards d ON d.id = c.id AND {p} WHERE c.id > 0",
+        "SELECT {e1} AS v, count(*) FROM cards c WHERE c.id > 0 GROUP BY 1 ORDER BY 1",
+        "SELECT DISTINCT {e1} FROM cards c WHERE c.id > 0 AND NOT ({p})",
     ]))
     return shape.format(e1=e1, e2=e2, p=predicate), [e1, e2]
 
