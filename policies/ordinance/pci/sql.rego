@@ -79,20 +79,6 @@ review contains {"msg": msg, "approvers": ["dba-leads"], "rule": "bulk_export"} 
 	msg := sprintf("bulk read of cardholder table %s needs approval (PCI DSS 7.2.5, 12.3)", [table])
 }
 
-# The row budget counts rows that reach the client; rows copied into another relation
-# (CREATE TABLE ... AS, INSERT ... SELECT, UPDATE ... FROM / subquery, MERGE) leave without
-# being counted and could then be read from there: they need approval first. (A view, also a
-# materialized one, copies nothing the budget misses: its reads count the tables under it.)
-review contains {"msg": msg, "approvers": ["dba-leads"], "rule": "bulk_copy"} if {
-	some s in input.command.statements
-	s.kind in {"create", "insert", "update", "merge"}
-	not s.object_kind == "view"
-	some table in s.tables
-	not table in s.targets
-	cardholder_table(table, pci.cardholder_tables)
-	msg := concat("", ["copying rows of cardholder table ", table, " into another relation needs approval (PCI DSS 7.2.5, 12.3)"])
-}
-
 # (read by path: a module that reads input.command whole would key the decision cache by the
 # statement's full text, not its literal fingerprint)
 default view_tables := []
