@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from adapters.postgres.recorder import AuditRecorder
+from engine.audit.recorder import AuditRecorder
 from engine.audit import AuditLog, open_audit_log, prepare_event
 
 STATEMENT: dict[str, Any] = {

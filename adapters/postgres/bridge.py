@@ -58,7 +58,7 @@ from adapters.postgres.hooks import (
     StatementOutcome,
     StatementVerdict,
 )
-from adapters.postgres.recorder import AuditRecorder
+from engine.audit.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate, parse_window
 from engine.approvals import ApprovalRequest
 from engine.decision import Decision, Mask

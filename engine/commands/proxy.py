@@ -152,7 +152,7 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
     from adapters.postgres.bridge import PolicyBridge, Resource
     from adapters.postgres.catalog import Catalog
     from adapters.postgres.proxy import ProxyConfig, UpstreamTarget
-    from adapters.postgres.recorder import AuditRecorder
+    from engine.audit.recorder import AuditRecorder
     from adapters.postgres.review import ApprovalGate
     from engine.approvals import ApprovalStoreError, open_approval_store
     from engine.audit import AuditError, open_audit_log

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.decision import Decision, Reason
-from engine.service.decision_log import DecisionLog, new_decision_id
+from engine.service.decision_log import DecisionLogger, new_decision_id
 from engine.service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def _default_engine_factory(policy_set: Any) -> Any:
 class ServiceRuntime:
     """Shared by the gRPC and HTTP servers of one process."""
 
-    def __init__(self, *, decision_log: DecisionLog | None,
+    def __init__(self, *, decision_log: DecisionLogger | None,
                  metrics: ServiceMetrics | None = None,
                  engine_factory: Callable[[Any], Any] = _default_engine_factory) -> None:
         self.metrics = metrics or ServiceMetrics()

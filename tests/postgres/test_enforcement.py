@@ -27,7 +27,7 @@ from psycopg.rows import tuple_row
 from adapters.postgres.bridge import PolicyBridge, Resource
 from adapters.postgres.catalog import Catalog
 from adapters.postgres.proxy import ProxyConfig
-from adapters.postgres.recorder import AuditRecorder
+from engine.audit.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate
 from engine.approvals import ApprovalStore, open_approval_store
 from engine.approvals.store import SqliteApprovalStore

@@ -1,19 +1,22 @@
-"""Durable audit records for the PostgreSQL proxy, with group commit.
+"""Durable audit records with group commit, for any adapter or service.
 
-Owns `AuditRecorder`: one writer thread that appends the events of every session to the audit
-trail. Each caller awaits its own event's durability (`await recorder.append(...)` returns once
-`AuditLog.append_many` committed it, or raises `AuditWriteError`); events that arrive while a
-commit is running are committed together in the next one, so concurrent sessions share fsyncs
-instead of queueing for them. Must not: decide anything, or acknowledge an event before the
-trail has committed it.
+Owns `AuditRecorder`: one writer thread that appends the events of every caller to a trail
+(`AuditLog`, or anything with its `append_many(list[PreparedEvent])`, e.g. the decision
+service's JSON-lines file). Each caller waits for its own event's durability: coroutines
+`await recorder.append(...)` (the PostgreSQL proxy), threads call `recorder.append_blocking(...)`
+(the decision service's gRPC and HTTP handlers); both return once `append_many` committed the
+event, or raise `AuditWriteError`. Events that arrive while a commit is running are committed
+together in the next one, so concurrent callers share fsyncs instead of queueing for them.
+Must not: decide anything, or acknowledge an event before the trail has committed it.
 
 Costs, per event: validation, scrubbing and encoding (`prepare_event`) run in `append`, on the
-caller's event loop, so an invalid event is refused at once and the writer thread holds the GIL
+caller's event loop (or thread), so an invalid event is refused at once and the writer thread holds the GIL
 only to chain and insert. A loop hands its new events to the writer once per pass (a
 `call_soon` scheduled by the first), so the writer wakes once for all the records of the
 callbacks that were ready together, instead of waking on the first and waiting for the GIL
 while the loop produces the others. Per commit, one `call_soon_threadsafe` per event loop
-settles every future of the batch (one wake-up of that loop, not one per event).
+settles every future of the batch (one wake-up of that loop, not one per event); a blocked
+thread is released by its own lock.
 """
 
 from __future__ import annotations
@@ -24,21 +27,35 @@ import logging
 import queue
 import sys
 import threading
-from typing import Any
+from typing import Any, Protocol
 
-from engine.audit import AuditLog, AuditWriteError, InvalidAuditEvent, PreparedEvent, prepare_event
+from engine.audit.base import AuditWriteError, InvalidAuditEvent, PreparedEvent, prepare_event
 
-log = logging.getLogger("ordinance.adapters.postgres.recorder")
+log = logging.getLogger("ordinance.audit.recorder")
 
 MAX_BATCH = 256
+DEFAULT_WAIT = 60.0
+"""How long `append_blocking` waits for its commit before it gives up (and the caller fails
+closed): longer than SQLite's busy timeout and PostgreSQL's connect timeout together."""
+
+
+class Trail(Protocol):
+    """Where the recorder commits: all of `events` durable when it returns, or it raises."""
+
+    def append_many(self, events: list[PreparedEvent]) -> Any: ...
 
 
 class AuditRecorder:
-    """`start()`, then `await append(...)` from any event loop; `close()` drains and stops."""
+    """`start()`, then `await append(...)` from any event loop or `append_blocking(...)` from
+    any thread; `close()` drains and stops. `broken` is the last commit's error (None once a
+    commit succeeds again)."""
 
-    def __init__(self, audit: AuditLog, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, audit: Trail, *, max_batch: int = MAX_BATCH,
+                 thread_name: str = "audit-recorder") -> None:
         self.audit = audit
         self.max_batch = max_batch
+        self.thread_name = thread_name
+        self.broken: str | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         self._lock = threading.Lock()  # _closed, _pending and what reaches the queue
@@ -47,8 +64,13 @@ class AuditRecorder:
         self.commits = 0
         self.events = 0
 
+    @property
+    def backlog(self) -> int:
+        """Events handed to the writer and not yet committed (approximate)."""
+        return self._queue.qsize()
+
     def start(self) -> AuditRecorder:
-        self._thread = threading.Thread(target=self._run, name="audit-recorder", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
         return self
 
@@ -71,6 +93,22 @@ class AuditRecorder:
             pending.append((event, loop, future))
         await future
 
+    def append_blocking(self, kind: str, payload: dict[str, Any], *,
+                        subject: str | None = None, session_id: str | None = None,
+                        decision_id: str | None = None, timeout: float = DEFAULT_WAIT) -> None:
+        """`append` for threads: returns once the event is durable; raises `AuditWriteError`
+        (or `InvalidAuditEvent`) when it is not, or not within `timeout` seconds."""
+        event = prepare_event(kind, payload, subject, session_id, decision_id)
+        waiter = _Waiter()
+        with self._lock:
+            if self._closed or self._thread is None:
+                raise AuditWriteError("the audit recorder is not running")
+            self._queue.put((event, None, waiter))
+        if not waiter.lock.acquire(timeout=timeout):
+            raise AuditWriteError(f"the audit trail did not commit within {timeout:g} s")
+        if waiter.error is not None:
+            raise waiter.error
+
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """On `loop`, once the callbacks that were ready when the first of them was appended
         have run: queue the events it appended since its last hand-over (the writer wakes
@@ -82,7 +120,7 @@ class AuditRecorder:
                     self._queue.put(item)
                 return
         for _, _, future in items:
-            if not future.done():
+            if isinstance(future, asyncio.Future) and not future.done():
                 future.set_exception(AuditWriteError("the audit recorder is closed"))
 
     def close(self, timeout: float = 10.0) -> None:
@@ -100,7 +138,7 @@ class AuditRecorder:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        _name_os_thread("audit-recorder")
+        _name_os_thread(self.thread_name)
         while True:
             item = self._queue.get()
             if item is None:
@@ -127,15 +165,21 @@ class AuditRecorder:
             results: list[BaseException | None] = [None] * len(batch)
             self.commits += 1
             self.events += len(batch)
+            self.broken = None
         except InvalidAuditEvent:
             results = [self._one(event) for event in events]  # isolate the bad one
         except Exception as exc:
             log.error("audit append of %d event(s) failed: %s", len(batch), exc)
             error = exc if isinstance(exc, AuditWriteError) else AuditWriteError(str(exc))
+            self.broken = f"{type(exc).__name__}: {exc}"
             results = [error] * len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[_Settlement]] = {}
-        for (_, loop, future), result in zip(batch, results, strict=True):
-            by_loop.setdefault(loop, []).append((future, result))
+        for (_, loop, waiter), result in zip(batch, results, strict=True):
+            if isinstance(waiter, _Waiter):
+                waiter.error = result
+                waiter.lock.release()
+            elif loop is not None:
+                by_loop.setdefault(loop, []).append((waiter, result))
         for loop, settlements in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle, settlements)
@@ -161,7 +205,18 @@ def _name_os_thread(name: str) -> None:
         ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
 
 
-_Item = tuple[PreparedEvent, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+class _Waiter:
+    """A thread blocked in `append_blocking`: its lock is released once its commit settled."""
+
+    __slots__ = ("error", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.error: BaseException | None = None
+
+
+_Item = tuple[PreparedEvent, "asyncio.AbstractEventLoop | None", "asyncio.Future[None] | _Waiter"]
 _Settlement = tuple["asyncio.Future[None]", BaseException | None]
 
 
