@@ -58,9 +58,9 @@ from adapters.postgres.hooks import (
     StatementOutcome,
     StatementVerdict,
 )
-from engine.audit.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate, parse_window
 from engine.approvals import ApprovalRequest
+from engine.audit.recorder import AuditRecorder
 from engine.decision import Decision, Mask
 from engine.facts.fingerprint import literal_fingerprint
 from engine.identity import Subject

@@ -10,8 +10,8 @@ together in the next one, so concurrent callers share fsyncs instead of queueing
 Must not: decide anything, or acknowledge an event before the trail has committed it.
 
 Costs, per event: validation, scrubbing and encoding (`prepare_event`) run in `append`, on the
-caller's event loop (or thread), so an invalid event is refused at once and the writer thread holds the GIL
-only to chain and insert. A loop hands its new events to the writer once per pass (a
+caller's event loop (or thread), so an invalid event is refused at once and the writer thread
+holds the GIL only to chain and insert. A loop hands its new events to the writer once per pass (a
 `call_soon` scheduled by the first), so the writer wakes once for all the records of the
 callbacks that were ready together, instead of waking on the first and waiting for the GIL
 while the loop produces the others. Per commit, one `call_soon_threadsafe` per event loop

@@ -152,10 +152,10 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
     from adapters.postgres.bridge import PolicyBridge, Resource
     from adapters.postgres.catalog import Catalog
     from adapters.postgres.proxy import ProxyConfig, UpstreamTarget
-    from engine.audit.recorder import AuditRecorder
     from adapters.postgres.review import ApprovalGate
     from engine.approvals import ApprovalStoreError, open_approval_store
     from engine.audit import AuditError, open_audit_log
+    from engine.audit.recorder import AuditRecorder
     from engine.audit.stores import parse_store_url
     from engine.service.server import split_host_port
     from engine.service.tls import InsecureListenError, check_listen_address, tls_config
