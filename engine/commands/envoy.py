@@ -18,7 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.commands.serve import add_decision_log_arguments, parse_size
+from engine.commands.serve import (
+    add_decision_log_arguments,
+    add_statement_limit_argument,
+    parse_size,
+)
 
 OFF = ("", "off", "none")
 
@@ -76,6 +80,7 @@ def register(subparsers: Any) -> None:
                    help="audit store (sqlite:///…, postgresql://…) for the decision log and "
                         "the approval requests of `review` decisions")
     add_decision_log_arguments(p)
+    add_statement_limit_argument(p)
     p.add_argument("--tls-cert", metavar="PEM", help="server certificate (enables TLS)")
     p.add_argument("--tls-key", metavar="PEM", help="server private key")
     p.add_argument("--tls-client-ca", metavar="PEM",
@@ -118,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
             audit_url=args.audit, decision_log_path=args.decision_log_file,
             decision_log_mode=args.decision_log, tls=tls,
             token_file=args.token_file, insecure_listen=args.insecure_listen,
-            max_message_bytes=args.max_message_bytes, reload_interval=args.reload_interval,
+            max_message_bytes=args.max_message_bytes,
+            max_statement_bytes=args.max_statement_bytes, reload_interval=args.reload_interval,
             extensions=(options,))
         config.check_security()
         if http is not None:

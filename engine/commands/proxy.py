@@ -110,6 +110,9 @@ def register(subparsers: Any) -> None:
                                              "e.g. env=prod")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often --policies is checked for changes (default 1)")
+    from engine.commands.serve import add_statement_limit_argument
+
+    add_statement_limit_argument(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run)
 
@@ -264,7 +267,7 @@ def _decision_client(args: argparse.Namespace, audit: Any,
 
     def loaded(policy_set: Any) -> None:
         if not engines:
-            engines.append(Engine(policy_set))
+            engines.append(Engine(policy_set, max_statement_bytes=args.max_statement_bytes))
             return
         if policy_set.revision == engines[0].policy_set.revision:
             return

@@ -51,6 +51,14 @@ def _log_mode(text: str) -> str:
     raise argparse.ArgumentTypeError(f"must be 'durable' or 'async', not {text!r}{hint}")
 
 
+def add_statement_limit_argument(p: argparse.ArgumentParser) -> None:
+    """`--max-statement-bytes SIZE` (serve, envoy and the PostgreSQL proxy)."""
+    p.add_argument("--max-statement-bytes", type=parse_size, default=256 * 1024,
+                   metavar="SIZE", help="a command text (SQL statement, shell line) over this "
+                                        "is not parsed: it gets parse_error, which the PCI "
+                                        "pack denies (default 256KiB)")
+
+
 def add_decision_log_arguments(p: argparse.ArgumentParser) -> None:
     """`--decision-log durable|async` and `--decision-log-file FILE` (serve and envoy)."""
     p.add_argument("--decision-log", type=_log_mode, default="durable", metavar="MODE",
@@ -80,6 +88,7 @@ def register(subparsers: Any) -> None:
                         "postgresql://…) instead of a file, and serve the approvals store "
                         "in the same database as ordinance.v1.ApprovalService")
     add_decision_log_arguments(p)
+    add_statement_limit_argument(p)
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="server processes sharing the ports (SO_REUSEPORT)")
     p.add_argument("--tls-cert", metavar="PEM", help="server certificate (enables TLS)")
@@ -130,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
             audit_url=args.audit, decision_log_path=args.decision_log_file,
             decision_log_mode=args.decision_log, workers=args.workers,
             tls=tls, token_file=args.token_file, insecure_listen=args.insecure_listen,
-            max_message_bytes=args.max_message_bytes, reload_interval=args.reload_interval,
+            max_message_bytes=args.max_message_bytes,
+            max_statement_bytes=args.max_statement_bytes, reload_interval=args.reload_interval,
             extensions=tuple(extensions))
         if not config.addresses():
             raise ValueError("both --grpc and --http are off: nothing to serve")

@@ -33,11 +33,16 @@ _COUNT_KEYWORDS = frozenset({"limit", "offset", "first", "next", "top"})
 MAX_FINGERPRINT_INPUT = 64 << 10
 
 
-@lru_cache(maxsize=4096)
 def literal_fingerprint(raw: str) -> str | None:
-    """The text with string and number literals replaced by `?`; None when unsure."""
+    """The text with string and number literals replaced by `?`; None when unsure or when
+    the text is over `MAX_FINGERPRINT_INPUT` (such a text is not kept in the cache either)."""
     if len(raw) > MAX_FINGERPRINT_INPUT:
         return None
+    return _fingerprint(raw)
+
+
+@lru_cache(maxsize=4096)
+def _fingerprint(raw: str) -> str | None:
     if ("'" in raw or "$" in raw or "--" in raw or "/*" in raw) and _UNSAFE.search(raw):
         return None  # (each of _UNSAFE's patterns needs one of these)
     lowered = raw.lower()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.decision import Decision, Reason
+from engine.facts import DEFAULT_MAX_STATEMENT_BYTES
 from engine.service.decision_log import DecisionLogger, new_decision_id
 from engine.service.metrics import ServiceMetrics
 
@@ -50,7 +51,7 @@ def deny(message: str, revision: str = "", command: dict[str, Any] | None = None
                     policy_revision=revision, command=command or {})
 
 
-def enriched_input(input_doc: Any) -> Any:
+def enriched_input(input_doc: Any, max_statement_bytes: int) -> Any:
     """The input as `Engine.decide` evaluates it: command facts parsed by the engine.
 
     OPA-style queries must see the same facts as decisions, and a caller must not be able to
@@ -62,15 +63,10 @@ def enriched_input(input_doc: Any) -> Any:
         from engine.facts import enrich_command
 
         doc = dict(input_doc)
-        doc["command"] = enrich_command(input_doc["command"], input_doc.get("resource"))
+        doc["command"] = enrich_command(input_doc["command"], input_doc.get("resource"),
+                                        max_statement_bytes=max_statement_bytes)
         return doc
     return input_doc
-
-
-def _default_engine_factory(policy_set: Any) -> Any:
-    from engine.engine import Engine
-
-    return Engine(policy_set)
 
 
 class ServiceRuntime:
@@ -78,12 +74,12 @@ class ServiceRuntime:
 
     def __init__(self, *, decision_log: DecisionLogger | None,
                  metrics: ServiceMetrics | None = None,
-                 engine_factory: Callable[[Any], Any] = _default_engine_factory) -> None:
+                 max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES) -> None:
         self.metrics = metrics or ServiceMetrics()
         self.decision_log = decision_log
         self.engine: Any = None
         self.status = ReloadStatus()
-        self._engine_factory = engine_factory
+        self.max_statement_bytes = max_statement_bytes
         self._lock = threading.Lock()
         self._listeners: list[Callable[[bool], None]] = []
         self._pid = os.getpid()
@@ -108,7 +104,9 @@ class ServiceRuntime:
                 return
             first = self.engine is None
             if first:
-                self.engine = self._engine_factory(policy_set)
+                from engine.engine import Engine
+
+                self.engine = Engine(policy_set, max_statement_bytes=self.max_statement_bytes)
             else:
                 self.engine.swap(policy_set)
             self.status.revision = revision
@@ -176,7 +174,8 @@ class ServiceRuntime:
             raise NotReady("no policy set loaded")
         decision_id = new_decision_id()
         started = time.perf_counter_ns()
-        defined, value = engine.query(path, enriched_input(input_doc))
+        defined, value = engine.query(path, enriched_input(input_doc,
+                                                           self.max_statement_bytes))
         record: dict[str, Any] = {
             "decision_id": decision_id, "timestamp": time.time(), "kind": "query",
             "transport": transport, "pid": self._pid, "path": path, "input": input_doc,

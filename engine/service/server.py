@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.facts import DEFAULT_MAX_STATEMENT_BYTES
 from engine.service.decision_log import DecisionLogger, LogMode, open_decision_log
 from engine.service.grpc_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcService, start_grpc_server
 from engine.service.http_api import HttpService, start_http_server
@@ -59,6 +60,8 @@ class ServiceConfig:
     token_file: Path | None = None
     insecure_listen: bool = False
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES
+    """A command text over this is not parsed (`parse_error`) and never cached."""
     reload_interval: float = 1.0
     reuse_port: bool = False
     extensions: tuple[Any, ...] = ()
@@ -118,8 +121,9 @@ class Service:
 
         self.decision_log = open_decision_log(config.audit_url, config.decision_log_path,
                                               config.decision_log_mode, on_batch=count_batch)
-        runtime = self.runtime = ServiceRuntime(decision_log=self.decision_log,
-                                                metrics=metrics)
+        runtime = self.runtime = ServiceRuntime(
+            decision_log=self.decision_log, metrics=metrics,
+            max_statement_bytes=config.max_statement_bytes)
         try:
             for extension in config.extensions:
                 self.extensions.append(extension.start(runtime, tls=config.tls, token=token))
