@@ -30,6 +30,7 @@ from cel_expr_python import cel
 from cel_expr_python.ext.ext_strings import ExtStrings
 
 from engine.decision import Mask, Reason
+from engine.native import allocator_problem
 
 CEL_VARIABLES = (
     "subject", "resource", "command", "session", "context", "input", "request",
@@ -71,6 +72,9 @@ class CelOutcome:
 def compile_rules(path: str, document: Any, lines: dict[int, int],
                   mask_methods: set[str]) -> tuple[list[CelRule], list[str]]:
     """Rules of one file and `file:line: message` errors. `lines` maps rule index -> line."""
+    problem = allocator_problem()
+    if problem:
+        return [], [f"{path}:1: CEL cannot run safely in this process: {problem}"]
     errors: list[str] = []
     rules: list[CelRule] = []
     raw_rules = document.get("rules")

@@ -67,3 +67,11 @@ class ServiceMetrics:
             multiprocess.MultiProcessCollector(registry, path=directory)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+def worker_restarts_counter() -> Counter:
+    """`ordinance_worker_restarts_total`, counted by a worker that replaces a dead one. It
+    lives in the workers' multiprocess directory, so every worker's `/metrics` reports it."""
+    return Counter("ordinance_worker_restarts",
+                   "Worker processes that died and were restarted, by how they ended.",
+                   ["ended"], registry=CollectorRegistry())

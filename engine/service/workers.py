@@ -10,8 +10,10 @@ loads and watches the policy directory itself. The supervisor:
 - gives the workers one Prometheus multiprocess directory, so a scrape of any worker reports
   the whole service;
 - waits for every worker to report ready, prints one ready line, restarts a worker that dies
-  (at most once per `RESTART_BACKOFF` seconds per worker), and forwards SIGTERM/SIGINT to all
-  workers on shutdown (SIGKILL after a grace period).
+  (at most once per `RESTART_BACKOFF` seconds per worker; a JSON `worker.restarted` line on
+  stderr once the new worker serves, and `ordinance_worker_restarts_total{ended=...}`, counted
+  by the new worker, in `/metrics`), and forwards
+  SIGTERM/SIGINT to all workers on shutdown (SIGKILL after a grace period).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ STOP_GRACE = 15.0
 RESTART_BACKOFF = 2.0
 
 
-def _worker_main(config: ServiceConfig, conn: Connection, verbose: bool) -> None:
+def _worker_main(config: ServiceConfig, conn: Connection, verbose: bool,
+                 replaces: str | None = None) -> None:
+    """One worker. `replaces` says how the worker it replaces ended (`SIGKILL`, `exit 1`)."""
     from engine.service.server import configure_logging, run_service
 
     configure_logging(verbose)
@@ -48,6 +52,10 @@ def _worker_main(config: ServiceConfig, conn: Connection, verbose: bool) -> None
     def report(ready: dict[str, Any]) -> None:
         conn.send(ready)
         conn.close()
+        if replaces is not None:
+            from engine.service.metrics import worker_restarts_counter
+
+            worker_restarts_counter().labels(ended=replaces).inc()
 
     try:
         run_service(config, on_ready=report)
@@ -94,9 +102,11 @@ class Supervisor:
         return replace(config, grpc_address=grpc_address, http_address=http_address,
                        workers=1, reuse_port=True)
 
-    def _spawn(self, index: int, config: ServiceConfig) -> Connection:
+    def _spawn(self, index: int, config: ServiceConfig, replaces: str | None = None
+               ) -> Connection:
         parent_conn, child_conn = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=_worker_main, args=(config, child_conn, self.verbose),
+        proc = self.ctx.Process(target=_worker_main,
+                                args=(config, child_conn, self.verbose, replaces),
                                 name=f"ordinance-worker-{index}", daemon=False)
         proc.start()
         child_conn.close()
@@ -147,17 +157,41 @@ class Supervisor:
     def _supervise(self, worker_config: ServiceConfig) -> None:
         from prometheus_client import multiprocess
 
+        starting: dict[int, tuple[Connection, int | None, str]] = {}  # restarted, not ready
         while not self.stop_event.wait(0.5):
+            for index, (conn, old_pid, ended) in list(starting.items()):
+                self._restart_reported(index, conn, old_pid, ended, starting)
             for index, proc in list(self.procs.items()):
-                if proc.is_alive():
+                if proc.is_alive() or index in starting:
                     continue
-                log.error("worker %s (pid %s) exited with %s", index, proc.pid, proc.exitcode)
+                ended = _how_it_ended(proc.exitcode)
                 if proc.pid is not None:
                     multiprocess.mark_process_dead(proc.pid)
                 if time.monotonic() - self.started_at[index] < RESTART_BACKOFF:
                     time.sleep(RESTART_BACKOFF)
-                if not self.stop_event.is_set():
-                    self._spawn(index, worker_config).close()
+                if self.stop_event.is_set():
+                    continue
+                starting[index] = (self._spawn(index, worker_config, ended), proc.pid, ended)
+        for index, (conn, old_pid, ended) in list(starting.items()):  # reported, not yet logged
+            self._restart_reported(index, conn, old_pid, ended, starting)
+
+    def _restart_reported(self, index: int, conn: Connection, old_pid: int | None, ended: str,
+                          starting: dict[int, tuple[Connection, int | None, str]]) -> None:
+        """Log a restarted worker's outcome once it reports (or dies before it could)."""
+        new = self.procs[index]
+        try:
+            message = conn.recv() if conn.poll() else None
+        except EOFError:
+            message = {"event": "failed", "error": f"exited with {new.exitcode}"}
+        if message is None:
+            return
+        del starting[index]
+        conn.close()
+        event = "worker.restarted" if message.get("event") == "serving" else "worker.failed"
+        log.error("%s", json.dumps({"event": event, "worker": index, "pid": old_pid,
+                                    "ended": ended, "new_pid": new.pid,
+                                    **({"error": message["error"]} if "error" in message
+                                       else {})}))
 
     def _stop_all(self) -> None:
         for proc in self.procs.values():
@@ -170,6 +204,14 @@ class Supervisor:
                 log.error("worker pid %s ignored SIGTERM; killing it", proc.pid)
                 proc.kill()
                 proc.join(5)
+
+
+def _how_it_ended(exitcode: int | None) -> str:
+    """`exit 1`, or the signal's name (`SIGKILL`, `SIGABRT`) for a worker killed by one."""
+    if exitcode is not None and exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return signal.Signals(-exitcode).name
+    return f"exit {exitcode}"
 
 
 def run_workers(config: ServiceConfig, workers: int, verbose: bool = False) -> int:

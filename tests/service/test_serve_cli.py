@@ -73,3 +73,35 @@ def test_serve_workers_share_ports_and_stop_on_sigterm(policy_dir: Path, tmp_pat
     for pid in workers:
         wait_for(lambda pid=pid: not _pid_alive(pid), what=f"worker {pid} gone")
     assert json.loads(log_path.read_text().splitlines()[0])["kind"] == "decide"
+
+
+def test_a_worker_that_dies_is_restarted_with_a_log_line_and_a_metric(policy_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    server = start_serve(["--policies", str(policy_dir), "--grpc", "127.0.0.1:0",
+                          "--http", "127.0.0.1:0", "--workers", "2",
+                          "--decision-log", str(tmp_path / "decisions.jsonl")], tmp_path)
+    victim, survivor = server.ready["workers"]
+    port = int(server.ready["http"].rsplit(":", 1)[1])
+    try:
+        os.kill(victim, signal.SIGKILL)
+
+        def restarted() -> bool:
+            try:  # a connection queued on the killed worker's socket is reset
+                text = call(port, "GET", "/metrics")[1]
+            except OSError:
+                return False
+            return 'ordinance_worker_restarts_total{ended="SIGKILL"} 1.0' in text
+
+        wait_for(restarted, timeout=60, what="the restart counted in /metrics")
+        assert _pid_alive(survivor)
+        # the service answers throughout, whichever worker takes the connection
+        decisions = [_decide_on_fresh_connection(server.grpc_target, "bad") for _ in range(10)]
+        assert {d.effect for d in decisions} == {decision_pb2.EFFECT_DENY}
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
+    assert server.proc.stderr is not None
+    events = [json.loads(line[line.index("{"):]) for line in server.proc.stderr.read().splitlines()
+              if '"worker.restarted"' in line]
+    assert [(e["pid"], e["ended"]) for e in events] == [(victim, "SIGKILL")]
+    assert events[0]["new_pid"] not in (victim, survivor)
