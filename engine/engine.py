@@ -42,13 +42,18 @@ from engine.policy import PolicySet
 
 ENGINE_POLICY = "ordinance.engine"
 DEFAULT_CACHE_SIZE = 10_000
+DEFAULT_CACHE_KEY_CHARS = 64 << 20
 
 
 class DecisionCache:
-    """A bounded, thread-safe LRU of Decisions for one policy set."""
+    """A bounded, thread-safe LRU of Decisions for one policy set: at most `size` entries and
+    `max_key_chars` characters of keys (ASCII JSON of the inputs, so long statements cannot
+    make it hold gigabytes)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, max_key_chars: int = DEFAULT_CACHE_KEY_CHARS):
         self.size = size
+        self.max_key_chars = max_key_chars
+        self._chars = 0
         self._items: OrderedDict[str, Decision] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -60,11 +65,16 @@ class DecisionCache:
             return decision
 
     def put(self, key: str, decision: Decision) -> None:
+        if len(key) > self.max_key_chars:
+            return
         with self._lock:
+            if key not in self._items:
+                self._chars += len(key)
             self._items[key] = decision
             self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            while len(self._items) > self.size or self._chars > self.max_key_chars:
+                old, _ = self._items.popitem(last=False)
+                self._chars -= len(old)
 
     def __len__(self) -> int:
         return len(self._items)

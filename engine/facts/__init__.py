@@ -23,6 +23,10 @@ from engine.facts.sql import dialect_for, parse_sql, unparseable
 SQL_PROTOCOLS = frozenset({"postgres", "postgresql", "mysql", "mariadb", "sql", "sqlite"})
 DEFAULT_MAX_STATEMENT_BYTES = 256 * 1024
 FACTS_CACHE_SIZE = 4096
+CACHED_TEXT_CHARS = 8 * 1024
+"""Longer texts are parsed each time rather than kept in the LRU, which so holds at most
+FACTS_CACHE_SIZE such texts (~32 MiB of them) and their facts. (A repeated long statement is
+still answered from the engine's decision cache without being parsed.)"""
 
 
 def statement_too_large(raw: str, limit: int) -> bool:
@@ -54,6 +58,8 @@ def sql_facts(raw: str, dialect: str | None,
     """Parsed SQL facts. They are shared with the cache: read them, never change them."""
     if statement_too_large(raw, max_statement_bytes):
         return unparseable(_too_large(raw, max_statement_bytes))
+    if len(raw) > CACHED_TEXT_CHARS:
+        return parse_sql(raw, dialect)
     return _cached_sql(raw, dialect)
 
 
@@ -64,6 +70,8 @@ def shell_command_facts(raw: str,
     if statement_too_large(raw, max_statement_bytes):
         return {"argv": [], "program": None, "programs": [],
                 "parse_error": _too_large(raw, max_statement_bytes)}
+    if len(raw) > CACHED_TEXT_CHARS:
+        return shell_facts(raw)
     return _cached_shell(raw)
 
 

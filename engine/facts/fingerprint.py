@@ -31,6 +31,8 @@ _LITERAL = re.compile(  # _TOKEN's literals and quoted names; the lookahead is f
 _UNSAFE = re.compile(r"--|/\*|\$[A-Za-z_]*\$|(?<![\w'])[eEbBxXuUnN]&?'", re.ASCII)
 _COUNT_KEYWORDS = frozenset({"limit", "offset", "first", "next", "top"})
 MAX_FINGERPRINT_INPUT = 64 << 10
+CACHED_FINGERPRINT_INPUT = 8 << 10
+"""Longer texts are fingerprinted each time (linear regular expressions), not kept in the LRU."""
 
 
 def literal_fingerprint(raw: str) -> str | None:
@@ -38,6 +40,8 @@ def literal_fingerprint(raw: str) -> str | None:
     the text is over `MAX_FINGERPRINT_INPUT` (such a text is not kept in the cache either)."""
     if len(raw) > MAX_FINGERPRINT_INPUT:
         return None
+    if len(raw) > CACHED_FINGERPRINT_INPUT:
+        return _fingerprint.__wrapped__(raw)
     return _fingerprint(raw)
 
 

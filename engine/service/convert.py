@@ -73,20 +73,23 @@ def dict_to_struct(doc: dict[str, Any], into: struct_pb2.Struct | None = None) -
 
 
 class _CommandStructs:
-    """Serialised `Struct`s of recent command-fact dicts, keyed by identity.
+    """Serialised `Struct`s of recent command-fact dicts of cached decisions, keyed by identity.
 
     A decision served from the engine's cache carries the very same `command` dict each time
     (facts are shared, read-only); converting it to a `Struct` again would cost more than the
     rest of the response. Entries hold a reference to their dict, so an id is never reused
-    while cached.
+    while cached. Only decisions from the engine's cache are kept (another decision's dict is
+    never seen again), and no encoding over `max_bytes`, so the cache stays small.
     """
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = 4096, max_bytes: int = 16 * 1024) -> None:
         self.size = size
+        self.max_bytes = max_bytes
         self._items: OrderedDict[int, tuple[dict[str, Any], bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, command: dict[str, Any]) -> bytes:
+    def get(self, command: dict[str, Any], keep: bool) -> bytes:
+        """The encoding of `command`; `keep`: the dict is a cached decision's."""
         key = id(command)
         with self._lock:
             hit = self._items.get(key)
@@ -95,6 +98,8 @@ class _CommandStructs:
         data = struct_pb2.Struct()
         data.update(command)
         encoded = data.SerializeToString()
+        if not keep or len(encoded) > self.max_bytes:
+            return encoded
         with self._lock:
             self._items[key] = (command, encoded)
             while len(self._items) > self.size:
@@ -122,7 +127,8 @@ def decision_to_proto(decision: Decision, decision_id: str,
     out.cached = decision.cached
     if decision.command:
         try:
-            out.command.ParseFromString(_command_structs.get(decision.command))
+            out.command.ParseFromString(_command_structs.get(decision.command,
+                                                             decision.cached))
         except (ValueError, TypeError, AttributeError):
             # Facts the wire cannot carry are dropped from the envelope, never the decision.
             out.ClearField("command")

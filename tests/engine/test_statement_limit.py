@@ -78,3 +78,22 @@ def test_a_configured_limit_applies_to_sql_and_shell() -> None:
     assert shell["argv"] == [] and "too large" in shell["parse_error"]
     with pytest.raises(ValueError):
         Engine(load_policy_set(str(PACK)), max_statement_bytes=0)
+
+
+def test_caches_are_bounded_by_the_size_of_what_they_hold() -> None:
+    from engine.decision import Decision
+    from engine.engine import DecisionCache
+    from engine.facts import CACHED_TEXT_CHARS, sql_facts
+
+    cache = DecisionCache(100, max_key_chars=1000)
+    decision = Decision(effect="allow", reasons=())
+    for i in range(10):
+        cache.put(f"{i:03d}" + "k" * 297, decision)  # 300 characters each
+    assert len(cache) == 3  # 900 characters: the oldest went first
+    assert cache.get("009" + "k" * 297) is decision and cache.get("000" + "k" * 297) is None
+    cache.put("x" * 1001, decision)  # a key over the whole budget is not kept at all
+    assert len(cache) == 3 and cache.get("x" * 1001) is None
+    before = _cached_sql.cache_info().currsize
+    long_text = "SELECT id FROM orders WHERE id = 1 -- " + "y" * CACHED_TEXT_CHARS
+    assert sql_facts(long_text, "postgres")["parse_error"] is None  # parsed, not kept
+    assert _cached_sql.cache_info().currsize == before
