@@ -1,13 +1,21 @@
 """Durable audit records with group commit, for any adapter or service.
 
-Owns `AuditRecorder`: one writer thread that appends the events of every caller to a trail
-(`AuditLog`, or anything with its `append_many(list[PreparedEvent])`, e.g. the decision
-service's JSON-lines file). Each caller waits for its own event's durability: coroutines
-`await recorder.append(...)` (the PostgreSQL proxy), threads call `recorder.append_blocking(...)`
-(the decision service's gRPC and HTTP handlers); both return once `append_many` committed the
-event, or raise `AuditWriteError`. Events that arrive while a commit is running are committed
-together in the next one, so concurrent callers share fsyncs instead of queueing for them.
-Must not: decide anything, or acknowledge an event before the trail has committed it.
+Owns `AuditRecorder`, which appends the events of every caller to a trail (`AuditLog`, or
+anything with its `append_many(events)`, e.g. the decision service's JSON-lines file) with
+group commit: events that arrive while a commit is running are committed together in the next
+one, so concurrent callers share fsyncs instead of queueing for them. Each caller waits for its
+own event's durability and gets `AuditWriteError` when it did not become durable:
+
+- coroutines `await recorder.append(...)` (the PostgreSQL proxy); one writer thread commits
+  for them, so no event loop ever blocks on the trail;
+- threads call `recorder.append_blocking(...)` (the decision service's gRPC and HTTP
+  handlers); the first of them to find no commit running commits everything waiting, its own
+  event included, in its own thread (leader/follower: a lone caller pays no hand-over to
+  another thread, only the commit), and those arriving meanwhile wait and are committed
+  together by the next one.
+
+One lock orders all commits, so both kinds of caller may share a recorder. Must not: decide
+anything, or acknowledge an event before the trail has committed it.
 
 Costs, per event: validation, scrubbing and encoding (`prepare_event`) run in `append`, on the
 caller's event loop (or thread), so an invalid event is refused at once and the writer thread
@@ -15,8 +23,7 @@ holds the GIL only to chain and insert. A loop hands its new events to the write
 `call_soon` scheduled by the first), so the writer wakes once for all the records of the
 callbacks that were ready together, instead of waking on the first and waiting for the GIL
 while the loop produces the others. Per commit, one `call_soon_threadsafe` per event loop
-settles every future of the batch (one wake-up of that loop, not one per event); a blocked
-thread is released by its own lock.
+settles every future of the batch (one wake-up of that loop, not one per event).
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ import logging
 import queue
 import sys
 import threading
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from engine.audit.base import AuditWriteError, InvalidAuditEvent, PreparedEvent, prepare_event
+from engine.audit.base import AuditWriteError, InvalidAuditEvent, prepare_event
 
 log = logging.getLogger("ordinance.audit.recorder")
 
@@ -42,7 +51,12 @@ closed): longer than SQLite's busy timeout and PostgreSQL's connect timeout toge
 class Trail(Protocol):
     """Where the recorder commits: all of `events` durable when it returns, or it raises."""
 
-    def append_many(self, events: list[PreparedEvent]) -> Any: ...
+    def append_many(self, events: list[Any]) -> Any: ...
+
+
+Prepare = Callable[[str, dict[str, Any], str | None, str | None, str | None], Any]
+"""Validates and encodes one event for the trail, in the caller's thread; `prepare_event` for
+an `AuditLog`."""
 
 
 class AuditRecorder:
@@ -51,14 +65,17 @@ class AuditRecorder:
     commit succeeds again)."""
 
     def __init__(self, audit: Trail, *, max_batch: int = MAX_BATCH,
-                 thread_name: str = "audit-recorder") -> None:
+                 thread_name: str = "audit-recorder", prepare: Prepare = prepare_event) -> None:
         self.audit = audit
         self.max_batch = max_batch
         self.thread_name = thread_name
         self.broken: str | None = None
+        self._prepare = prepare
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
-        self._lock = threading.Lock()  # _closed, _pending and what reaches the queue
+        self._waiting: list[_Item] = []  # events of blocked threads, not yet committed
+        self._lock = threading.Lock()  # _closed, _pending, _waiting and what reaches the queue
+        self._commit_lock = threading.Lock()  # one commit at a time, whoever runs it
         self._thread: threading.Thread | None = None
         self._closed = False
         self.commits = 0
@@ -66,8 +83,8 @@ class AuditRecorder:
 
     @property
     def backlog(self) -> int:
-        """Events handed to the writer and not yet committed (approximate)."""
-        return self._queue.qsize()
+        """Events waiting for a commit (approximate)."""
+        return self._queue.qsize() + len(self._waiting)
 
     def start(self) -> AuditRecorder:
         self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
@@ -80,7 +97,7 @@ class AuditRecorder:
         `InvalidAuditEvent`) when it is not."""
         if self._closed or self._thread is None:
             raise AuditWriteError("the audit recorder is not running")
-        event = prepare_event(kind, payload, subject, session_id, decision_id)
+        event = self._prepare(kind, payload, subject, session_id, decision_id)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
@@ -98,16 +115,32 @@ class AuditRecorder:
                         decision_id: str | None = None, timeout: float = DEFAULT_WAIT) -> None:
         """`append` for threads: returns once the event is durable; raises `AuditWriteError`
         (or `InvalidAuditEvent`) when it is not, or not within `timeout` seconds."""
-        event = prepare_event(kind, payload, subject, session_id, decision_id)
+        event = self._prepare(kind, payload, subject, session_id, decision_id)
         waiter = _Waiter()
+        deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed or self._thread is None:
                 raise AuditWriteError("the audit recorder is not running")
-            self._queue.put((event, None, waiter))
-        if not waiter.lock.acquire(timeout=timeout):
-            raise AuditWriteError(f"the audit trail did not commit within {timeout:g} s")
+            self._waiting.append((event, None, waiter))
+        while not waiter.done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._commit_lock.acquire(timeout=remaining):
+                raise AuditWriteError(f"the audit trail did not commit within {timeout:g} s")
+            try:
+                if not waiter.done:  # nobody committed it meanwhile: lead the next commit
+                    self._commit_waiting()
+            finally:
+                self._commit_lock.release()
         if waiter.error is not None:
             raise waiter.error
+
+    def _commit_waiting(self) -> None:
+        """Under the commit lock: commit (up to max_batch of) the blocked threads' events."""
+        with self._lock:
+            batch = self._waiting[:self.max_batch]
+            del self._waiting[:self.max_batch]
+        if batch:
+            self._commit(batch)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """On `loop`, once the callbacks that were ready when the first of them was appended
@@ -136,6 +169,12 @@ class AuditRecorder:
                 self._queue.put(None)
         if running and self._thread is not None:
             self._thread.join(timeout)
+            if self._commit_lock.acquire(timeout=timeout):  # blocked threads still waiting
+                try:
+                    while self._waiting:
+                        self._commit_waiting()
+                finally:
+                    self._commit_lock.release()
 
     def _run(self) -> None:
         _name_os_thread(self.thread_name)
@@ -154,7 +193,8 @@ class AuditRecorder:
                     stop = True
                     break
                 batch.append(more)
-            self._commit(batch)
+            with self._commit_lock:
+                self._commit(batch)
             if stop:
                 return
 
@@ -177,14 +217,14 @@ class AuditRecorder:
         for (_, loop, waiter), result in zip(batch, results, strict=True):
             if isinstance(waiter, _Waiter):
                 waiter.error = result
-                waiter.lock.release()
+                waiter.done = True
             elif loop is not None:
                 by_loop.setdefault(loop, []).append((waiter, result))
         for loop, settlements in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle, settlements)
 
-    def _one(self, event: PreparedEvent) -> BaseException | None:
+    def _one(self, event: Any) -> BaseException | None:
         try:
             self.audit.append_many([event])
             self.commits += 1
@@ -206,17 +246,17 @@ def _name_os_thread(name: str) -> None:
 
 
 class _Waiter:
-    """A thread blocked in `append_blocking`: its lock is released once its commit settled."""
+    """A thread blocked in `append_blocking`: `done` once its commit settled (under the commit
+    lock, which the thread takes next)."""
 
-    __slots__ = ("error", "lock")
+    __slots__ = ("done", "error")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
+        self.done = False
         self.error: BaseException | None = None
 
 
-_Item = tuple[PreparedEvent, "asyncio.AbstractEventLoop | None", "asyncio.Future[None] | _Waiter"]
+_Item = tuple[Any, "asyncio.AbstractEventLoop | None", "asyncio.Future[None] | _Waiter"]
 _Settlement = tuple["asyncio.Future[None]", BaseException | None]
 
 

@@ -73,49 +73,89 @@ def dict_to_struct(doc: dict[str, Any], into: struct_pb2.Struct | None = None) -
 
 
 class _CommandStructs:
-    """Serialised `Struct`s of recent command-fact dicts of cached decisions, keyed by identity.
+    """Serialised `Struct`s of command-fact dicts, built from cached entries.
 
-    A decision served from the engine's cache carries the very same `command` dict each time
-    (facts are shared, read-only); converting it to a `Struct` again would cost more than the
-    rest of the response. Entries hold a reference to their dict, so an id is never reused
-    while cached. Only decisions from the engine's cache are kept (another decision's dict is
-    never seen again), and no encoding over `max_bytes`, so the cache stays small.
+    A serialised `Struct` is the concatenation of its map entries, so the command is encoded
+    field by field: a list or dict value (the parsed facts: `statements`, `kinds`, `tables`,
+    ...) is encoded once and kept, keyed by the value's identity, because the engine shares
+    those values between decisions (its facts and decision caches hand out the same objects);
+    scalars (`raw`, `protocol`, `parse_error`) are encoded each time, so a decision answered
+    from the cache with another statement text costs one small `Struct` rather than a full
+    conversion. Entries hold a reference to their value, so an id is never reused while
+    cached; an encoding over `max_bytes` is not kept, so the cache stays small.
     """
 
     def __init__(self, size: int = 4096, max_bytes: int = 16 * 1024) -> None:
         self.size = size
         self.max_bytes = max_bytes
-        self._items: OrderedDict[int, tuple[dict[str, Any], bytes]] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int], tuple[Any, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, command: dict[str, Any], keep: bool) -> bytes:
-        """The encoding of `command`; `keep`: the dict is a cached decision's."""
-        key = id(command)
+    def get(self, command: dict[str, Any]) -> bytes:
+        """The serialised `Struct` of `command`; raises like `Struct.update`."""
+        parts: list[bytes] = []
+        scalars: dict[str, Any] = {}
+        for name, value in command.items():
+            if isinstance(value, dict | list):
+                parts.append(self._entry(name, value))
+            else:
+                scalars[name] = value
+        if scalars:
+            data = struct_pb2.Struct()
+            data.update(scalars)
+            parts.append(data.SerializeToString())
+        return b"".join(parts)
+
+    def _entry(self, name: str, value: Any) -> bytes:
+        key = (name, id(value))
         with self._lock:
             hit = self._items.get(key)
-            if hit is not None and hit[0] is command:
+            if hit is not None and hit[0] is value:
+                self._items.move_to_end(key)
                 return hit[1]
         data = struct_pb2.Struct()
-        data.update(command)
+        data.update({name: value})
         encoded = data.SerializeToString()
-        if not keep or len(encoded) > self.max_bytes:
-            return encoded
-        with self._lock:
-            self._items[key] = (command, encoded)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+        if len(encoded) <= self.max_bytes:
+            with self._lock:
+                self._items[key] = (value, encoded)
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
         return encoded
 
 
 _command_structs = _CommandStructs()
 
 
-def decision_to_proto(decision: Decision, decision_id: str,
-                      into: decision_pb2.Decision | None = None) -> decision_pb2.Decision:
-    """The engine's Decision as the wire envelope."""
-    out = decision_pb2.Decision() if into is None else into
-    out.decision_id = decision_id
-    out.effect = EFFECT_TO_PROTO.get(decision.effect, decision_pb2.EFFECT_DENY)  # type: ignore[assignment]
+class _FixedParts:
+    """The serialised reasons, masks and policy revision of a Decision, for decisions from
+    the engine's cache: those share one `reasons` and one `masks` tuple, and the PCI pack's
+    fourteen masks cost more to build field by field than the rest of the answer. Keyed by the
+    tuples' identity (entries hold them, so an id is never reused while cached)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[int, int, str], tuple[Any, Any, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, decision: Decision) -> bytes:
+        key = (id(decision.reasons), id(decision.masks), decision.policy_revision)
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and hit[0] is decision.reasons and hit[1] is decision.masks:
+                self._items.move_to_end(key)
+                return hit[2]
+        encoded = _fixed_parts(decision).SerializeToString()
+        if decision.cached:  # another decision's tuples are never seen again
+            with self._lock:
+                self._items[key] = (decision.reasons, decision.masks, encoded)
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        return encoded
+
+
+def _fixed_parts(decision: Decision) -> decision_pb2.Decision:
+    out = decision_pb2.Decision()
     for r in decision.reasons:
         out.reasons.add(policy=r.policy, message=r.message,
                         effect=EFFECT_TO_PROTO.get(r.effect, decision_pb2.EFFECT_DENY),  # type: ignore[arg-type]
@@ -123,12 +163,25 @@ def decision_to_proto(decision: Decision, decision_id: str,
     for m in decision.masks:
         out.masks.add(column=m.column, method=m.method, policy=m.policy)
     out.policy_revision = decision.policy_revision
+    return out
+
+
+_fixed = _FixedParts()
+
+
+def decision_to_proto(decision: Decision, decision_id: str,
+                      into: decision_pb2.Decision | None = None) -> decision_pb2.Decision:
+    """The engine's Decision as the wire envelope."""
+    out = decision_pb2.Decision() if into is None else into
+    out.Clear()
+    out.MergeFromString(_fixed.get(decision))  # reasons, masks, policy revision
+    out.decision_id = decision_id
+    out.effect = EFFECT_TO_PROTO.get(decision.effect, decision_pb2.EFFECT_DENY)  # type: ignore[assignment]
     out.eval_time.FromNanoseconds(decision.eval_ns)
     out.cached = decision.cached
     if decision.command:
         try:
-            out.command.ParseFromString(_command_structs.get(decision.command,
-                                                             decision.cached))
+            out.command.ParseFromString(_command_structs.get(decision.command))
         except (ValueError, TypeError, AttributeError):
             # Facts the wire cannot carry are dropped from the envelope, never the decision.
             out.ClearField("command")

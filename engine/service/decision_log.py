@@ -202,16 +202,37 @@ def render_record(record: dict[str, Any],
 
 class JsonLinesTrail:
     """The JSON-lines file as a trail for the group-commit recorder: one `write` and one
-    `fdatasync` per commit, each event's scrubbed canonical payload on a line."""
+    `fdatasync` per commit. Its events are the lines themselves (`prepare`): no hash chain,
+    so none of the audit store's encoding."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._file = JsonLinesSink(path)
 
-    def append_many(self, events: list[Any]) -> None:
-        self._file.write_text("".join(event.payload_json + "\n" for event in events))
+    @staticmethod
+    def prepare(kind: str, payload: dict[str, Any], subject: str | None,
+                session_id: str | None, decision_id: str | None) -> str:
+        """The record as one JSON line, card numbers masked; InvalidAuditEvent when it is not
+        JSON (NaN, a cycle)."""
+        from engine.audit import InvalidAuditEvent
+        from engine.masking import may_hold_pan, scrub_document
+
+        try:
+            text = _LINE.encode(payload)
+            if may_hold_pan(text):
+                text = _LINE.encode(scrub_document(payload))
+        except (ValueError, RecursionError) as exc:
+            raise InvalidAuditEvent(f"record is not JSON: {exc}") from exc
+        return text
+
+    def append_many(self, lines: list[str]) -> None:
+        self._file.write_text("\n".join(lines) + "\n")
 
     def close(self) -> None:
         self._file.close()
+
+
+_LINE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                         default=str)
 
 
 def open_sink(audit_url: str | None, path: str | os.PathLike[str] | None) -> DecisionSink:
@@ -332,13 +353,17 @@ class DurableDecisionLog:
     """`submit()` blocks until the record is committed to `trail` (group commit with the
     other callers of this process), so the answer it belongs to can leave."""
 
-    def __init__(self, trail: Any, *,
+    def __init__(self, trail: Any, *, prepare: Callable[..., Any] | None = None,
                  on_batch: Callable[[int, bool], None] | None = None) -> None:
+        """`prepare`: how the recorder encodes a record for `trail` (default: the audit
+        store's `prepare_event`)."""
+        from engine.audit import prepare_event
         from engine.audit.recorder import AuditRecorder
 
         self._trail = trail
         self._on_batch = on_batch
-        self._recorder = AuditRecorder(trail, thread_name="decision-log").start()
+        self._recorder = AuditRecorder(trail, thread_name="decision-log",
+                                       prepare=prepare or prepare_event).start()
 
     @property
     def broken(self) -> str | None:
@@ -394,5 +419,5 @@ def open_decision_log(audit_url: str | None, path: str | os.PathLike[str] | None
         from engine.audit import open_audit_log
 
         return DurableDecisionLog(open_audit_log(audit_url), on_batch=on_batch)
-    return DurableDecisionLog(JsonLinesTrail(path or Path("var") / "decisions.jsonl"),
-                              on_batch=on_batch)
+    trail = JsonLinesTrail(path or Path("var") / "decisions.jsonl")
+    return DurableDecisionLog(trail, prepare=trail.prepare, on_batch=on_batch)

@@ -79,7 +79,7 @@ def test_a_worker_that_dies_is_restarted_with_a_log_line_and_a_metric(policy_dir
                                                                       tmp_path: Path) -> None:
     server = start_serve(["--policies", str(policy_dir), "--grpc", "127.0.0.1:0",
                           "--http", "127.0.0.1:0", "--workers", "2",
-                          "--decision-log", str(tmp_path / "decisions.jsonl")], tmp_path)
+                          "--decision-log-file", str(tmp_path / "decisions.jsonl")], tmp_path)
     victim, survivor = server.ready["workers"]
     port = int(server.ready["http"].rsplit(":", 1)[1])
     try:
