@@ -12,7 +12,10 @@ a GIL. In one run it measures:
    per call (the same policy input: session ids are not read by the pack). Reports median,
    p99 and the ratio of medians to the empty call of the same server. In the same loop it
    times one `write` + `fdatasync` of a decision-sized line to a file beside the decision
-   logs: the durable log's budget is the async log's latency plus that.
+   logs: the durable log's budget is the async log's latency plus that. The servers and the
+   probe take turns in blocks of `BLOCK` rounds with a pause between, so that no server's
+   log writer (the async one syncs its file a few milliseconds after a decision) shares the
+   disk's journal commits with another's measured call.
 2. Throughput at `--concurrency` callers (default 16), for `--workers 1` and `--workers 2`
    and both log modes, over gRPC `Decide` and HTTP `POST /v1/data/ordinance/pci`, every call
    a unique input.
@@ -51,6 +54,8 @@ HTTP_PATH = "/v1/data/ordinance/pci"
 # -- the server ---------------------------------------------------------------------------
 
 MODES = ("async", "durable")
+BLOCK = 50
+PAUSE_S = 0.03
 
 
 @contextlib.contextmanager
@@ -124,19 +129,24 @@ def latency(targets: dict[str, str], rounds: int, log_dir: str
     fd = os.open(Path(log_dir) / "fdatasync-probe", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
                  0o600)
     try:
-        for i in range(rounds):
+        for first in range(0, rounds, BLOCK):
+            block = range(first, min(rounds, first + BLOCK))
             for label, (health, decide) in methods.items():
-                for name, payload, method in (("empty_call", empty, health),
-                                              ("decide_cached", repeated[i % len(repeated)],
-                                               decide),
-                                              ("decide_unique", unique[i], decide)):
-                    started = time.perf_counter()
-                    method(payload, timeout=10)
-                    samples[label][name].append((time.perf_counter() - started) * 1e6)
-            started = time.perf_counter()
-            os.write(fd, line + b"\n")
-            os.fdatasync(fd)
-            syncs.append((time.perf_counter() - started) * 1e6)
+                time.sleep(PAUSE_S)
+                for i in block:
+                    for name, payload, method in (("empty_call", empty, health),
+                                                  ("decide_cached",
+                                                   repeated[i % len(repeated)], decide),
+                                                  ("decide_unique", unique[i], decide)):
+                        started = time.perf_counter()
+                        method(payload, timeout=10)
+                        samples[label][name].append((time.perf_counter() - started) * 1e6)
+            time.sleep(PAUSE_S)
+            for _ in block:
+                started = time.perf_counter()
+                os.write(fd, line + b"\n")
+                os.fdatasync(fd)
+                syncs.append((time.perf_counter() - started) * 1e6)
     finally:
         os.close(fd)
         for ch in channels.values():

@@ -8,14 +8,14 @@ double; `struct_to_dict` turns integral doubles back into `int` so a policy sees
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
+from functools import partial
 from typing import Any
 
 from google.protobuf import struct_pb2
 
 from engine.api import decision_pb2
 from engine.decision import Decision, Effect, Mask, Reason
+from engine.service.identity_lru import IdentityLRU
 
 EFFECT_TO_PROTO: dict[str, int] = {
     "allow": decision_pb2.EFFECT_ALLOW,
@@ -72,89 +72,48 @@ def dict_to_struct(doc: dict[str, Any], into: struct_pb2.Struct | None = None) -
     return struct
 
 
-class _CommandStructs:
-    """Serialised `Struct`s of command-fact dicts, built from cached entries.
+_ENTRY_CACHE_MAX_BYTES = 4 * 1024
+_entries = IdentityLRU(2048)  # (name, facts value) -> its Struct entry, serialised
+_fixed = IdentityLRU()  # (reasons, masks) of a cached decision -> their Decision fields
+
+
+def command_struct_bytes(command: dict[str, Any]) -> bytes:
+    """The serialised `Struct` of a command-facts dict; raises like `Struct.update`.
 
     A serialised `Struct` is the concatenation of its map entries, so the command is encoded
     field by field: a list or dict value (the parsed facts: `statements`, `kinds`, `tables`,
-    ...) is encoded once and kept, keyed by the value's identity, because the engine shares
-    those values between decisions (its facts and decision caches hand out the same objects);
-    scalars (`raw`, `protocol`, `parse_error`) are encoded each time, so a decision answered
-    from the cache with another statement text costs one small `Struct` rather than a full
-    conversion. Entries hold a reference to their value, so an id is never reused while
-    cached; an encoding over `max_bytes` is not kept, so the cache stays small.
+    ...) once, then from the cache, because the engine shares those values between decisions
+    (its facts and decision caches hand out the same objects); scalars (`raw`, `protocol`,
+    `parse_error`) each time, so a decision answered from the cache for another statement
+    text costs one small `Struct` rather than a full conversion. An entry over 4 KiB is not
+    kept (the cache holds at most 8 MiB).
     """
-
-    def __init__(self, size: int = 4096, max_bytes: int = 16 * 1024) -> None:
-        self.size = size
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, int], tuple[Any, bytes]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, command: dict[str, Any]) -> bytes:
-        """The serialised `Struct` of `command`; raises like `Struct.update`."""
-        parts: list[bytes] = []
-        scalars: dict[str, Any] = {}
-        for name, value in command.items():
-            if isinstance(value, dict | list):
-                parts.append(self._entry(name, value))
-            else:
-                scalars[name] = value
-        if scalars:
-            data = struct_pb2.Struct()
-            data.update(scalars)
-            parts.append(data.SerializeToString())
-        return b"".join(parts)
-
-    def _entry(self, name: str, value: Any) -> bytes:
-        key = (name, id(value))
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None and hit[0] is value:
-                self._items.move_to_end(key)
-                return hit[1]
-        data = struct_pb2.Struct()
-        data.update({name: value})
-        encoded = data.SerializeToString()
-        if len(encoded) <= self.max_bytes:
-            with self._lock:
-                self._items[key] = (value, encoded)
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
-        return encoded
+    parts: list[bytes] = []
+    scalars: dict[str, Any] = {}
+    for name, value in command.items():
+        if isinstance(value, dict | list):
+            parts.append(_entries.get((name, value), partial(_struct_bytes, {name: value}),
+                                      keep=_small))
+        else:
+            scalars[name] = value
+    if scalars:
+        parts.append(_struct_bytes(scalars))
+    return b"".join(parts)
 
 
-_command_structs = _CommandStructs()
+def _small(encoded: bytes) -> bool:
+    return len(encoded) <= _ENTRY_CACHE_MAX_BYTES
 
 
-class _FixedParts:
-    """The serialised reasons, masks and policy revision of a Decision, for decisions from
-    the engine's cache: those share one `reasons` and one `masks` tuple, and the PCI pack's
-    fourteen masks cost more to build field by field than the rest of the answer. Keyed by the
-    tuples' identity (entries hold them, so an id is never reused while cached)."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._items: OrderedDict[tuple[int, int, str], tuple[Any, Any, bytes]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, decision: Decision) -> bytes:
-        key = (id(decision.reasons), id(decision.masks), decision.policy_revision)
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None and hit[0] is decision.reasons and hit[1] is decision.masks:
-                self._items.move_to_end(key)
-                return hit[2]
-        encoded = _fixed_parts(decision).SerializeToString()
-        if decision.cached:  # another decision's tuples are never seen again
-            with self._lock:
-                self._items[key] = (decision.reasons, decision.masks, encoded)
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
-        return encoded
+def _struct_bytes(doc: dict[str, Any]) -> bytes:
+    data = struct_pb2.Struct()
+    data.update(doc)
+    return data.SerializeToString()
 
 
-def _fixed_parts(decision: Decision) -> decision_pb2.Decision:
+def _fixed_parts(decision: Decision) -> bytes:
+    """The reasons, masks and policy revision of `decision` as serialised Decision fields
+    (the PCI pack's fourteen masks cost more to build than the rest of the answer)."""
     out = decision_pb2.Decision()
     for r in decision.reasons:
         out.reasons.add(policy=r.policy, message=r.message,
@@ -163,10 +122,7 @@ def _fixed_parts(decision: Decision) -> decision_pb2.Decision:
     for m in decision.masks:
         out.masks.add(column=m.column, method=m.method, policy=m.policy)
     out.policy_revision = decision.policy_revision
-    return out
-
-
-_fixed = _FixedParts()
+    return out.SerializeToString()
 
 
 def decision_to_proto(decision: Decision, decision_id: str,
@@ -174,14 +130,17 @@ def decision_to_proto(decision: Decision, decision_id: str,
     """The engine's Decision as the wire envelope."""
     out = decision_pb2.Decision() if into is None else into
     out.Clear()
-    out.MergeFromString(_fixed.get(decision))  # reasons, masks, policy revision
+    # A cached decision's reasons and masks are shared tuples: encoded once. Another
+    # decision's tuples are never seen again, so they are not kept.
+    out.MergeFromString(_fixed.get((decision.reasons, decision.masks, decision.policy_revision),
+                                   lambda: _fixed_parts(decision), keep=decision.cached))
     out.decision_id = decision_id
     out.effect = EFFECT_TO_PROTO.get(decision.effect, decision_pb2.EFFECT_DENY)  # type: ignore[assignment]
     out.eval_time.FromNanoseconds(decision.eval_ns)
     out.cached = decision.cached
     if decision.command:
         try:
-            out.command.ParseFromString(_command_structs.get(decision.command))
+            out.command.ParseFromString(command_struct_bytes(decision.command))
         except (ValueError, TypeError, AttributeError):
             # Facts the wire cannot carry are dropped from the envelope, never the decision.
             out.ClearField("command")

@@ -34,8 +34,11 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+from engine.service.identity_lru import IdentityLRU
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +189,10 @@ def render_record(record: dict[str, Any],
     out["timestamp"] = datetime.fromtimestamp(record["timestamp"], UTC).isoformat()
     decision = out.pop("decision", None)
     if decision is not None:
-        out["result"] = {"effect": decision.effect,
-                         "reasons": [r.to_dict() for r in decision.reasons],
-                         "masks": [m.to_dict() for m in decision.masks]}
+        # A cached decision's reasons and masks are shared tuples: rendered once (the
+        # result is shared too, and read-only like them).
+        out["result"] = _results.get((decision.effect, decision.reasons, decision.masks),
+                                     partial(_result, decision), keep=decision.cached)
         out["policy_revision"] = decision.policy_revision
         out["eval_ns"] = decision.eval_ns
         out["cached"] = decision.cached
@@ -198,6 +202,14 @@ def render_record(record: dict[str, Any],
         if "result" in out:
             out["result"] = scrub(out["result"])
     return out
+
+
+_results = IdentityLRU(1024)
+
+
+def _result(decision: Any) -> dict[str, Any]:
+    return {"effect": decision.effect, "reasons": [r.to_dict() for r in decision.reasons],
+            "masks": [m.to_dict() for m in decision.masks]}
 
 
 class JsonLinesTrail:
