@@ -153,7 +153,7 @@ class ServiceRuntime:
         record = {
             "decision_id": decision_id, "timestamp": time.time(), "kind": "decide",
             "transport": transport, "pid": self._pid, "input": input_doc,
-            "decision": decision,  # rendered by the log's writer thread, off the hot path
+            "decision": decision,  # rendered by the decision log (async: off the request path)
         }
         if not self._record(record):
             decision = replace(
