@@ -12,10 +12,11 @@ a GIL. In one run it measures:
    per call (the same policy input: session ids are not read by the pack). Reports median,
    p99 and the ratio of medians to the empty call of the same server. In the same loop it
    times one `write` + `fdatasync` of a decision-sized line to a file beside the decision
-   logs: the durable log's budget is the async log's latency plus that. The servers and the
-   probe take turns in blocks of `BLOCK` rounds with a pause between, so that no server's
-   log writer (the async one syncs its file a few milliseconds after a decision) shares the
-   disk's journal commits with another's measured call.
+   logs, between the durable server's calls (as its own syncs are): the durable log's budget
+   is the async log's latency plus that. The servers take turns in blocks of `BLOCK` rounds
+   with a pause between, so that the async server's log writer (it syncs its file a few
+   milliseconds after a decision) never shares the disk's journal commits with a measured
+   durable call or the probe.
 2. Throughput at `--concurrency` callers (default 16), for `--workers 1` and `--workers 2`
    and both log modes, over gRPC `Decide` and HTTP `POST /v1/data/ordinance/pci`, every call
    a unique input.
@@ -99,10 +100,11 @@ def unique_doc(i: int, tag: str) -> dict[str, Any]:
     return doc
 
 
-def latency(targets: dict[str, str], rounds: int, log_dir: str
+def latency(targets: dict[str, str], rounds: int, log_dir: str, probe_with: str
             ) -> dict[str, dict[str, dict[str, float]]]:
     """For each server in `targets` (label -> gRPC address), interleaved: the empty call and
-    both Decides; and one `write` + `fdatasync` per round on a file in `log_dir`."""
+    both Decides; and one `write` + `fdatasync` on a file in `log_dir` after each round of
+    the `probe_with` server."""
     import grpc
     from grpc_health.v1 import health_pb2
 
@@ -141,12 +143,11 @@ def latency(targets: dict[str, str], rounds: int, log_dir: str
                         started = time.perf_counter()
                         method(payload, timeout=10)
                         samples[label][name].append((time.perf_counter() - started) * 1e6)
-            time.sleep(PAUSE_S)
-            for _ in block:
-                started = time.perf_counter()
-                os.write(fd, line + b"\n")
-                os.fdatasync(fd)
-                syncs.append((time.perf_counter() - started) * 1e6)
+                    if label == probe_with:  # between its calls, as its own syncs are
+                        started = time.perf_counter()
+                        os.write(fd, line + b"\n")
+                        os.fdatasync(fd)
+                        syncs.append((time.perf_counter() - started) * 1e6)
     finally:
         os.close(fd)
         for ch in channels.values():
@@ -221,7 +222,8 @@ def run(policies: str, rounds: int, duration: float, concurrency: int, procs: in
     with tempfile.TemporaryDirectory(prefix="ordinance-bench-logs-") as log_dir:
         with serve(policies, 1, "async", log_dir) as fast, \
                 serve(policies, 1, "durable", log_dir) as safe:
-            lat = latency({"async": fast["grpc"], "durable": safe["grpc"]}, rounds, log_dir)
+            lat = latency({"async": fast["grpc"], "durable": safe["grpc"]}, rounds, log_dir,
+                          probe_with="durable")
         sync = lat.pop("fdatasync")["write_fdatasync"]
         report["latency"] = lat
         report["fdatasync"] = sync

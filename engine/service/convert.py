@@ -73,7 +73,7 @@ def dict_to_struct(doc: dict[str, Any], into: struct_pb2.Struct | None = None) -
 
 
 _ENTRY_CACHE_MAX_BYTES = 4 * 1024
-_entries = IdentityLRU(2048)  # (name, facts value) -> its Struct entry, serialised
+_entries = IdentityLRU(2048)  # (names, facts values) -> their Struct entries, serialised
 _fixed = IdentityLRU()  # (reasons, masks) of a cached decision -> their Decision fields
 
 
@@ -81,24 +81,42 @@ def command_struct_bytes(command: dict[str, Any]) -> bytes:
     """The serialised `Struct` of a command-facts dict; raises like `Struct.update`.
 
     A serialised `Struct` is the concatenation of its map entries, so the command is encoded
-    field by field: a list or dict value (the parsed facts: `statements`, `kinds`, `tables`,
-    ...) once, then from the cache, because the engine shares those values between decisions
-    (its facts and decision caches hand out the same objects); scalars (`raw`, `protocol`,
-    `parse_error`) each time, so a decision answered from the cache for another statement
-    text costs one small `Struct` rather than a full conversion. An entry over 4 KiB is not
-    kept (the cache holds at most 8 MiB).
+    in two parts: its list and dict values (the parsed facts: `statements`, `kinds`,
+    `tables`, ...) once, then from the cache keyed by their identity, because the engine
+    shares those values between decisions (its facts and decision caches hand out the same
+    objects); its scalars (`raw`, `protocol`, `parse_error`) each time, so a decision
+    answered from the cache for another statement text costs one small `Struct` rather than
+    a full conversion. Encodings over 4 KiB are not kept (the cache holds at most 8 MiB).
     """
-    parts: list[bytes] = []
+    shared: dict[str, Any] = {}
     scalars: dict[str, Any] = {}
     for name, value in command.items():
         if isinstance(value, dict | list):
-            parts.append(_entries.get((name, value), partial(_struct_bytes, {name: value}),
-                                      keep=_small))
+            shared[name] = value
         else:
             scalars[name] = value
-    if scalars:
-        parts.append(_struct_bytes(scalars))
-    return b"".join(parts)
+    encoded = _entries.get((*shared, *shared.values()), partial(_struct_bytes, shared),
+                           keep=_small) if shared else b""
+    return encoded + _scalar_struct_bytes(scalars) if scalars else encoded
+
+
+def _scalar_struct_bytes(scalars: dict[str, Any]) -> bytes:
+    """`_struct_bytes` for strings, numbers, booleans and None, set field by field (a third
+    of `Struct.update`'s time)."""
+    data = struct_pb2.Struct()
+    fields = data.fields
+    for name, value in scalars.items():
+        if isinstance(value, str):
+            fields[name].string_value = value
+        elif value is None:
+            fields[name].null_value = struct_pb2.NULL_VALUE
+        elif isinstance(value, bool):
+            fields[name].bool_value = value
+        elif isinstance(value, int | float):
+            fields[name].number_value = value
+        else:
+            data.update({name: value})
+    return data.SerializeToString()
 
 
 def _small(encoded: bytes) -> bool:
@@ -136,7 +154,7 @@ def decision_to_proto(decision: Decision, decision_id: str,
                                    lambda: _fixed_parts(decision), keep=decision.cached))
     out.decision_id = decision_id
     out.effect = EFFECT_TO_PROTO.get(decision.effect, decision_pb2.EFFECT_DENY)  # type: ignore[assignment]
-    out.eval_time.FromNanoseconds(decision.eval_ns)
+    out.eval_time.seconds, out.eval_time.nanos = divmod(decision.eval_ns, 1_000_000_000)
     out.cached = decision.cached
     if decision.command:
         try:
