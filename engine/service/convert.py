@@ -8,6 +8,8 @@ double; `struct_to_dict` turns integral doubles back into `int` so a policy sees
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from functools import partial
 from typing import Any
 
@@ -58,6 +60,54 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     """A `Struct` as a plain dict (integral numbers as `int`); InputError for NaN/infinity."""
     fields = struct.fields
     return {k: _value_to_python(fields[k]) for k in fields}
+
+
+class _Subdocuments:
+    """Decoded sub-documents of recent inputs, keyed by their serialised bytes.
+
+    Callers send the same `subject`, `resource` and `command` again and again; decoding them
+    value by value is most of a cached Decide's own cost. Equal bytes decode to equal values,
+    so a sub-document of at most `max_bytes` seen recently is handed out again: shared, so
+    whoever receives it must not change it (the engine and the decision log do not).
+    """
+
+    def __init__(self, size: int = 1024, max_bytes: int = 2048) -> None:
+        self.size = size
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[bytes, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, value: struct_pb2.Value) -> Any:
+        encoded = value.SerializeToString()
+        if len(encoded) > self.max_bytes:
+            return _value_to_python(value)
+        with self._lock:
+            if encoded in self._items:
+                self._items.move_to_end(encoded)
+                return self._items[encoded]
+        decoded = _value_to_python(value)  # InputError for what cannot be decoded
+        with self._lock:
+            self._items[encoded] = decoded
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return decoded
+
+
+_subdocuments = _Subdocuments()
+
+
+def input_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """`struct_to_dict` for a request's input document, whose object and list members may
+    be shared with earlier requests' (`_Subdocuments`): read them, never change them."""
+    fields = struct.fields
+    out: dict[str, Any] = {}
+    for name in fields:
+        value = fields[name]
+        if value.WhichOneof("kind") in ("struct_value", "list_value"):
+            out[name] = _subdocuments.get(value)
+        else:
+            out[name] = _value_to_python(value)
+    return out
 
 
 def dict_to_struct(doc: dict[str, Any], into: struct_pb2.Struct | None = None) -> struct_pb2.Struct:

@@ -83,6 +83,7 @@ class ServiceRuntime:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[bool], None]] = []
         self._pid = os.getpid()
+        self._counters: dict[tuple[str, str], Any] = {}
 
     # -- policy lifecycle (called from the watcher thread) --------------------------------
 
@@ -161,8 +162,17 @@ class ServiceRuntime:
                 reasons=(*decision.reasons, Reason(
                     policy=SERVICE_POLICY,
                     message="decision log unavailable; denying (fail closed)")))
-        self.metrics.decisions.labels(decision.effect, transport).inc()
+        self._count(decision.effect, transport)
         return decision_id, decision
+
+    def _count(self, outcome: str, transport: str) -> None:
+        """`ordinance_decisions_total{outcome, transport}` += 1, the labelled child looked up
+        once per pair."""
+        counter = self._counters.get((outcome, transport))
+        if counter is None:
+            counter = self._counters.setdefault(
+                (outcome, transport), self.metrics.decisions.labels(outcome, transport))
+        counter.inc()
 
     def query(self, path: str, input_doc: Any, transport: str) -> tuple[str, bool, Any]:
         """OPA-style `data` query: `(decision_id, defined, value)`.
@@ -186,5 +196,5 @@ class ServiceRuntime:
             record["result"] = value
         if not self._record(record):
             raise DecisionNotRecorded("decision log unavailable; refusing to answer (fail closed)")
-        self.metrics.decisions.labels("query", transport).inc()
+        self._count("query", transport)
         return decision_id, defined, value
