@@ -61,13 +61,14 @@ from adapters.postgres.hooks import (
 from adapters.postgres.review import ApprovalGate, parse_window
 from engine.approvals import ApprovalRequest
 from engine.audit.recorder import AuditRecorder
-from engine.decision import Decision, Mask
+from engine.decision import Decision, Mask, Reason
 from engine.facts.fingerprint import literal_fingerprint
 from engine.identity import Subject
 
 log = logging.getLogger("ordinance.adapters.postgres.bridge")
 
 DDL_KINDS = frozenset({"create", "alter", "drop"})
+PROXY_POLICY = "ordinance.proxy"  # the `policy` of the reasons of the proxy's own denials
 _STARTS_WITH_COPY = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*copy\b",
                                re.IGNORECASE | re.DOTALL)
 MAX_RECORDED_TEXT = 64 * 1024
@@ -87,10 +88,22 @@ class Resource:
 
 
 @dataclass
+class _Prepared:
+    """An SQL-PREPAREd statement of a session: the text that prepared it, and whether that
+    text needed approval (then each EXECUTE needs one: `free` executions are covered by the
+    approval the PREPARE itself got)."""
+
+    text: str
+    reviewed: bool
+    free: int = 0
+
+
+@dataclass
 class _SessionStats:
     started: float
     statements: int = 0
     denied: int = 0
+    prepared: dict[str, _Prepared] = field(default_factory=dict)  # by name, once prepared
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,12 @@ class _Statement:
         self.masking: ResultMasking | None = None
         self.approval: dict[str, Any] | None = None
         self.ddl = bool(DDL_KINDS & set(decision.command.get("kinds") or ()))
+        self.approval_text = sql  # what an approval is for (an EXECUTE's: its PREPARE's text)
+        # what runs needs an approval per execution (a review, or an EXECUTE of a statement
+        # whose PREPARE was one): an extended-protocol statement is decided again at each Bind
+        self.once = decision.effect == "review"
+        self.prepares = [str(st["prepared_name"]) for st in decision.command.get(
+            "statements") or () if st.get("prepared_name") is not None and not st["nested"]]
 
     def payload(self, **outcome: Any) -> dict[str, Any]:
         text = self.sql if len(self.sql) <= MAX_RECORDED_TEXT else (
@@ -134,13 +153,14 @@ class _Statement:
             "masked": sorted(self.masking.masked) if self.masking is not None else [],
             "approval": self.approval, "policy_revision": self.decision.policy_revision,
             "resource": self.bridge.resource.name, "database": self.ctx.database,
+            **({"prepared": self.approval_text} if self.approval_text != self.sql else {}),
             **outcome,
         }
 
     async def record(self, **outcome: Any) -> None:
         await self.bridge.recorder.append(
             "statement", self.payload(**outcome), subject=self.ctx.user,
-            session_id=self.ctx.session_id, decision_id=self.decision_id)
+            session_id=self.ctx.session_id, decision_id=self.decision_id or None)
         stats = self.bridge._sessions.get(self.ctx.session_id)
         if stats is not None:
             stats.statements += 1
@@ -157,6 +177,12 @@ class _Statement:
     async def completed(self, outcome: StatementOutcome) -> None:
         if self.ddl:
             self.bridge.catalog.invalidate()  # the DDL has run now
+        if outcome.tag == "PREPARE" and self.prepares:  # in the order they run
+            stats = self.bridge._sessions.get(self.ctx.session_id)
+            reviewed = self.decision.effect == "review"
+            if stats is not None:
+                stats.prepared[self.prepares.pop(0)] = _Prepared(self.sql, reviewed,
+                                                                 free=int(reviewed))
         error = (f"{outcome.error_code}: {outcome.error_message}" if outcome.error_code
                  else None)
         await self.record(tag=outcome.tag, rows=outcome.rows, error=error,
@@ -181,7 +207,8 @@ class PolicyBridge:
 
     def hooks(self) -> dict[str, Any]:
         return {"decide": self.decide, "session_started": self.session_started,
-                "session_ended": self.session_ended, "scrub_server_text": scrub_server_text}
+                "session_ended": self.session_ended, "refused": self.refused,
+                "scrub_server_text": scrub_server_text}
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -215,11 +242,23 @@ class PolicyBridge:
                         "application_name": ctx.application_name},
         }
 
+    async def refused(self, text: str, reason: str, ctx: SessionContext) -> StatementVerdict:
+        """A message the proxy denied itself (no policy was asked): recorded as a denial."""
+        decision = Decision("deny", (Reason(PROXY_POLICY, reason),))
+        return await _Statement(self, ctx, text, "", decision).denied(reason)
+
     async def decide(self, sql: str, ctx: SessionContext) -> StatementVerdict:
         decision_id, decision = await self.client.adecide(self.input_document(sql, ctx))
         statement = _Statement(self, ctx, sql, decision_id, decision)
         if statement.ddl:
             self.catalog.invalidate()
+        executed = [str(st["executed_name"]) for st in decision.command.get("statements") or ()
+                    if st.get("executed_name") is not None]
+        if executed and decision.effect != "deny":
+            refusal = await self._executes(statement, executed)
+            if refusal is not None:
+                return await statement.denied(refusal)
+            decision = statement.decision
         if decision.effect == "deny":
             return await statement.denied("; ".join(_messages(decision, "deny"))
                                           or "denied by policy")
@@ -238,13 +277,49 @@ class PolicyBridge:
             return await self._review(statement, layout)
         return self._allow(statement, layout)
 
+    async def _executes(self, statement: _Statement, names: list[str]) -> str | None:
+        """An EXECUTE of SQL-prepared statements: each must have been prepared in this
+        session; one whose PREPARE needed approval needs one for each execution (the first
+        is covered by the PREPARE's own), asked for its PREPARE's text, decided anew. Makes
+        `statement` a review for that text when so; returns why it is denied, or None."""
+        stats = self._sessions.get(statement.ctx.session_id)
+        prepared = [stats.prepared.get(name) if stats is not None else None for name in names]
+        for name, entry in zip(names, prepared, strict=True):
+            if entry is None:
+                return (f"prepared statement {name!r} was not prepared through this proxy "
+                        "session")
+        asking = [entry for entry in prepared if entry is not None and entry.reviewed]
+        if not asking:
+            return None
+        if len(asking) > 1 or len([s for s in statement.decision.command.get("statements")
+                                   or () if not s["nested"]]) > 1:
+            return ("a prepared statement that needs approval must be executed once, in a "
+                    "statement of its own")
+        entry = asking[0]
+        statement.once = True
+        if entry.free:
+            entry.free -= 1
+            return None
+        _, again = await self.client.adecide(self.input_document(entry.text,
+                                                                 statement.ctx))
+        if again.effect == "deny":
+            return "; ".join(_messages(again, "deny")) or "denied by policy"
+        if again.effect == "review":
+            own = statement.decision
+            statement.decision = Decision(
+                "review", own.reasons + tuple(r for r in again.reasons if r.effect == "review"),
+                own.masks, own.policy_revision, own.command)
+            statement.approval_text = entry.text
+        return None
+
     def _allow(self, statement: _Statement, layout: CopyLayout | None) -> StatementVerdict:
         masking = statement.masking
         assert masking is not None
         return StatementVerdict.allow(
             masking.masker, decision_id=statement.decision_id, copy_layout=layout,
             on_complete=statement.completed, resolve_columns=masking.resolve_columns,
-            withhold_error_values=masking.view.could_mask(masking.rules))
+            withhold_error_values=masking.view.could_mask(masking.rules),
+            single_execution=statement.once)
 
     def _rules(self, masks: tuple[Mask, ...]) -> MaskRules:
         """The MaskRules of a Decision's masks. Decisions from the engine's cache share their
@@ -378,7 +453,7 @@ class PolicyBridge:
                                           "configured, so it cannot be approved)")
         who = Subject(statement.ctx.user, tuple(statement.ctx.groups))
         try:
-            standing = await self.approvals.use_standing(who, statement.sql)
+            standing = await self.approvals.use_standing(who, statement.approval_text)
         except Exception as exc:
             log.error("approvals store failed: %s", exc)
             return await statement.denied("; ".join(reasons) + " (the approvals store is "
@@ -402,7 +477,7 @@ class PolicyBridge:
         approvers = list(dict.fromkeys(a for r in review for a in r.approvers))
         windows = [w for w in (parse_window(r.window) for r in review) if w is not None]
         filing = asyncio.ensure_future(gate.request(
-            who, self.resource.to_input(), statement.sql, reasons, approvers,
+            who, self.resource.to_input(), statement.approval_text, reasons, approvers,
             min(windows) if windows else None, statement.ctx.session_id))
         try:
             request = await asyncio.shield(filing)
@@ -431,7 +506,7 @@ class PolicyBridge:
                 await claim.release(None, "", final)
             statement.approval = {"id": final.id, "status": status,
                                   "approver": final.decided_by, "comment": final.comment}
-            used = status == "approved" and await gate.consume(who, statement.sql)
+            used = status == "approved" and await gate.consume(who, statement.approval_text)
         except asyncio.CancelledError as exc:
             await asyncio.shield(self._abandon(statement, claim, exc))
             raise

@@ -159,6 +159,15 @@ class Catalog:
             except psycopg.Error as exc:
                 raise CatalogError(f"catalog query failed: {_first_line(exc)}") from exc
 
+    async def upstream_role(self) -> tuple[str, bool]:
+        """The role this connection (the proxy's upstream login) is, and whether it is a
+        superuser."""
+        rows = await self._query("SELECT current_user::text, rolsuper FROM pg_catalog.pg_roles "
+                                 "WHERE rolname = current_user")
+        if not rows:
+            raise CatalogError("the upstream role is not in pg_roles")
+        return str(rows[0][0]), bool(rows[0][1])
+
     async def close(self) -> None:
         if self._conn is not None:
             try:

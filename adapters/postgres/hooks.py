@@ -184,6 +184,9 @@ class StatementVerdict:
     server error quotes are withheld from the client and the record (data exceptions, class
     22: quoted text in the message and the DETAIL; integrity violations, class 23: the DETAIL,
     which quotes keys and failing rows).
+    `single_execution`: the verdict covers one execution (it was approved for one), so every
+    further execution of an extended-protocol prepared statement it was given for is decided
+    again, at its Bind.
     """
 
     effect: Effect
@@ -197,15 +200,18 @@ class StatementVerdict:
     resolve_columns: ColumnResolver | None = None
     sqlstate: str = "42501"
     withhold_error_values: bool = False
+    single_execution: bool = False
 
     @classmethod
     def allow(cls, masker: ColumnMasker | None = None, *, decision_id: str = "",
               copy_layout: CopyLayout | None = None, on_complete: CompletionHook | None = None,
               resolve_columns: ColumnResolver | None = None,
-              withhold_error_values: bool = False) -> StatementVerdict:
+              withhold_error_values: bool = False,
+              single_execution: bool = False) -> StatementVerdict:
         return cls("allow", decision_id=decision_id, masker=masker, copy_layout=copy_layout,
                    on_complete=on_complete, resolve_columns=resolve_columns,
-                   withhold_error_values=withhold_error_values)
+                   withhold_error_values=withhold_error_values,
+                   single_execution=single_execution)
 
     @classmethod
     def deny(cls, message: str, *, decision_id: str = "", detail: str = "") -> StatementVerdict:
@@ -222,6 +228,11 @@ class StatementVerdict:
 DecideHook = Callable[[str, SessionContext], Awaitable[StatementVerdict]]
 """`async def decide(sql, ctx) -> StatementVerdict`, called before any statement text reaches
 the server. Raising (or exceeding the configured timeout) denies the statement."""
+
+RefusalHook = Callable[[str, str, SessionContext], Awaitable[StatementVerdict]]
+"""`async def refused(text, reason, ctx) -> StatementVerdict`: a message the proxy denies
+itself (a FunctionCall, a Bind of a statement it never saw prepared, a decision that failed),
+awaited before the client is told; it records the denial and returns the deny verdict."""
 
 SessionStartHook = Callable[[SessionContext], Awaitable[None]]
 """Awaited once a client is authenticated and the upstream connection is up, before the client

@@ -78,6 +78,7 @@ from adapters.postgres.hooks import (
     HOLD_CLIENT_GONE,
     ColumnDescriptor,
     DecideHook,
+    RefusalHook,
     SessionContext,
     SessionEndHook,
     SessionStartHook,
@@ -108,6 +109,7 @@ from adapters.postgres.results import RewriteError
 from adapters.postgres.session import (
     SUPPORTED_CLIENT_ENCODINGS,
     Completion,
+    Refusal,
     Session,
     SessionError,
     notice_frame,
@@ -170,6 +172,7 @@ class ProxyConfig:
     decide_timeout: float = 30.0
     session_started: SessionStartHook | None = None
     session_ended: SessionEndHook | None = None
+    refused: RefusalHook | None = None  # records the proxy's own denials
     session_hook_timeout: float = 30.0
     # applied to the strings of the server's errors, notices and notifications (the PAN
     # backstop: they can quote values from masked columns)
@@ -778,12 +781,12 @@ class PostgresProxy:
             done, value = _run_eagerly(self.config.decide(sql, ctx))
         except Exception:
             log.exception("session %s: decision hook failed; denying", ctx.session_id)
-            return StatementVerdict.deny("the policy decision failed")
+            return self._refuse_now(Refusal(sql, "the policy decision failed"), ctx)
         if done:
             return _checked_verdict(value, ctx)
-        return self._decide(value, ctx, deadline)
+        return self._decide(value, sql, ctx, deadline)
 
-    async def _decide(self, pending: Awaitable[Any], ctx: SessionContext,
+    async def _decide(self, pending: Awaitable[Any], sql: str, ctx: SessionContext,
                       deadline: float) -> StatementVerdict:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation
         # that ends the session when the hook finishes at the same moment, leaving it hanging.
@@ -792,11 +795,42 @@ class PostgresProxy:
                 verdict = await pending
         except TimeoutError:
             log.warning("session %s: decision timed out; denying", ctx.session_id)
-            return StatementVerdict.deny("the policy decision timed out")
+            return await _verdict(self._refuse_now(
+                Refusal(sql, "the policy decision timed out"), ctx))
         except Exception:
             log.exception("session %s: decision hook failed; denying", ctx.session_id)
-            return StatementVerdict.deny("the policy decision failed")
+            return await _verdict(self._refuse_now(
+                Refusal(sql, "the policy decision failed"), ctx))
         return _checked_verdict(verdict, ctx)
+
+    def _refuse_now(self, refusal: Refusal, ctx: SessionContext
+                    ) -> StatementVerdict | Awaitable[StatementVerdict]:
+        """The denial of a message the proxy refuses itself (or could not have decided),
+        after the `refused` hook has recorded it (bounded by `session_hook_timeout`); a hook
+        that fails is logged, and the message is denied all the same."""
+        hook = self.config.refused
+        if hook is None:
+            return StatementVerdict.deny(refusal.reason)
+        try:
+            done, value = _run_eagerly(hook(refusal.text, refusal.reason, ctx))
+        except Exception:
+            log.exception("session %s: denial not recorded", ctx.session_id)
+            return StatementVerdict.deny(refusal.reason)
+        if done:
+            return value if isinstance(value, StatementVerdict) else StatementVerdict.deny(
+                refusal.reason)
+        return self._refused(value, refusal, ctx)
+
+    async def _refused(self, pending: Awaitable[Any], refusal: Refusal,
+                       ctx: SessionContext) -> StatementVerdict:
+        try:
+            async with asyncio.timeout(self.config.session_hook_timeout):
+                verdict = await pending
+        except Exception:
+            log.exception("session %s: denial not recorded", ctx.session_id)
+            return StatementVerdict.deny(refusal.reason)
+        return verdict if isinstance(verdict, StatementVerdict) else StatementVerdict.deny(
+            refusal.reason)
 
 
 _Ending = tuple[str, BaseException | None, bool]
@@ -1005,8 +1039,13 @@ class _Relay:
                 return
             sql = session.statement_text(message)
             verdict = None
+            decided: StatementVerdict | Awaitable[StatementVerdict] | None = None
             if sql is not None:
                 decided = self.proxy._decide_now(sql, self.ctx)
+            elif (refused := session.refusal(
+                    message, allow_function_call=self.allow_function_call)) is not None:
+                decided = self.proxy._refuse_now(refused, self.ctx)
+            if decided is not None:
                 if not isinstance(decided, StatementVerdict):
                     self._send_server(out)  # do not hold earlier messages back while deciding
                     self._wait("client", self._client_decided(decided, frame, message))
@@ -1257,6 +1296,11 @@ def _resume(coro: Coroutine[Any, Any, _T], yielded: Any) -> Generator[Any, Any, 
                 yielded = coro.send(sent)
             except StopIteration as stop:
                 return stop.value
+
+
+async def _verdict(decided: StatementVerdict | Awaitable[StatementVerdict]
+                   ) -> StatementVerdict:
+    return decided if isinstance(decided, StatementVerdict) else await decided
 
 
 async def _resolve_columns(verdict: StatementVerdict,

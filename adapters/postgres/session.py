@@ -7,13 +7,18 @@ rewriting knows which statement a DataRow belongs to and a denial appears exactl
 server would have put an error. Must not: do I/O, call the decide hook (the proxy loop does
 and hands the verdict in), or contain policy.
 
-How a denial works. The denied message is replaced by a *poison* message, `Describe` of a
-statement name nobody can know, which makes the server fail at that exact point of the
-stream; the server's error is then replaced by the 42501 denial. So the server itself keeps
-the protocol consistent: in the extended protocol it discards everything up to Sync, a
-transaction block becomes failed (`E`) exactly as after PostgreSQL's own "permission denied",
-and pipelined responses stay in order. The proxy also drops the client's messages after a
-denied Parse/Bind until Sync, so nothing of the denied batch ever reaches the server.
+How a denial works. The denied message is replaced by a *poison* message of the same kind
+that fails at that exact point of the stream: `Describe` of a statement name nobody can know
+for a Parse or Bind, `EXECUTE` of that name for a simple Query, a call of function OID 0 for a
+FunctionCall. The server's error is then replaced by the 42501 denial. So the server itself
+keeps the protocol consistent: in the extended protocol it discards everything up to Sync (a
+Query or FunctionCall that arrives while it does is ignored, and gets no ReadyForQuery of its
+own, as without the proxy), a transaction block becomes failed (`E`) exactly as after
+PostgreSQL's own "permission denied", and pipelined responses stay in order. The proxy also
+drops the client's messages after a denied Parse/Bind until Sync, so nothing of the denied
+batch ever reaches the server. The denials the proxy makes itself (a FunctionCall, a Bind of a
+statement it never saw prepared) are `refusal`s: the caller has them recorded like a policy's
+and hands the verdict in.
 
 Server state (prepared statements, portals) is mirrored from the *responses* (ParseComplete,
 BindComplete, ...), never from what was sent, so a failed Parse or Bind cannot make the proxy
@@ -133,9 +138,17 @@ _QUOTED = re.compile(r'"(?:[^"]|"")*"')
 WITHHELD_VALUE = "[REDACTED]"
 WITHHELD_DETAIL = "withheld by the Ordinance proxy: it may quote values of masked columns"
 
-FUNCTION_CALL_DENIED = StatementVerdict.deny(
-    "the FunctionCall protocol message is not allowed through the proxy")
+FUNCTION_CALL_DENIED = "the FunctionCall protocol message is not allowed through the proxy"
 UNKNOWN_STATEMENT_DENIED = "statement {name!r} was not prepared through this proxy session"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A client message the proxy denies itself (no policy is asked): `text` says what it was
+    (for the statement record), `reason` why."""
+
+    text: str
+    reason: str
 
 # Operation kinds: one per client message the server answers.
 QUERY, FUNCTION, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC = range(8)
@@ -172,15 +185,25 @@ class _Portal:
     columns: tuple[ColumnDescriptor, ...] = ()  # the descriptors of `fields`
     rows: RowRewriter | None = None
     rows_planned: bool = False
+    decided: StatementVerdict | None = None  # this execution's own verdict (decided at Bind)
+
+    @property
+    def verdict(self) -> StatementVerdict | None:
+        if self.decided is not None:
+            return self.decided
+        return self.statement.verdict if self.statement is not None else None
 
 
 @dataclass(eq=False, slots=True)
 class _Sent:
-    """What the client side knows when it sends: used to inject Describe and refuse Binds of
-    statements that never went through the proxy."""
+    """What the client side knows when it sends: used to inject Describe, refuse Binds of
+    statements that never went through the proxy, and have each execution of a statement
+    whose verdict covers one (`single_execution`) decided again at its Bind."""
 
     verdict: StatementVerdict | None
     described: bool = False
+    sql: str = ""
+    executions: int = 0  # Binds of the statement so far
 
 
 @dataclass
@@ -225,13 +248,34 @@ class Session:
     # Client -> server
 
     def statement_text(self, message: FrontendMessage) -> str | None:
-        """The SQL the decide hook must judge before `message` may go upstream, else None."""
+        """The SQL the decide hook must judge before `message` may go upstream, else None: a
+        Query's, a Parse's, and the statement's for a Bind that executes again a statement
+        whose verdict covered one execution (an approval is for one execution)."""
         if self._discarding:
             return None
         if isinstance(message, Query):
             return message.sql
         if isinstance(message, Parse):
             return message.query
+        if isinstance(message, Bind):
+            sent = self._sent_statements.get(message.statement)
+            if (sent is not None and sent.executions and sent.verdict is not None
+                    and sent.verdict.single_execution):
+                return sent.sql
+        return None
+
+    def refusal(self, message: FrontendMessage, *,
+                allow_function_call: bool = False) -> Refusal | None:
+        """The proxy's own denial of `message`, if it has one: the caller records it and hands
+        the denial's verdict to `client_message`."""
+        if self._discarding:
+            return None
+        if isinstance(message, FunctionCall) and not allow_function_call:
+            return Refusal(f"FunctionCall of function OID {message.function_oid}",
+                           FUNCTION_CALL_DENIED)
+        if isinstance(message, Bind) and message.statement not in self._sent_statements:
+            return Refusal(f"Bind of prepared statement {message.statement!r}",
+                           UNKNOWN_STATEMENT_DENIED.format(name=message.statement))
         return None
 
     def client_message(self, frame: Frame, message: FrontendMessage,
@@ -250,7 +294,7 @@ class Session:
         if isinstance(message, Parse):
             return self._parse(frame, message, _need(verdict))
         if isinstance(message, Bind):
-            return self._bind(frame, message)
+            return self._bind(frame, message, verdict)
         if isinstance(message, Execute):
             return self._execute(frame, message)
         if isinstance(message, Describe):
@@ -270,7 +314,8 @@ class Session:
             return [frame.raw]
         if isinstance(message, FunctionCall):
             if not allow_function_call:
-                return self._deny_as_query(FUNCTION_CALL_DENIED)
+                return self._deny_as_query(verdict or StatementVerdict.deny(
+                    FUNCTION_CALL_DENIED), function_call=True)
             self._push(_Op(FUNCTION))
             return [frame.raw]
         if isinstance(message, CopyDone | CopyFail):
@@ -292,11 +337,17 @@ class Session:
     def _poison(self) -> bytes:
         return Describe("S", self.poison_name).encode()
 
-    def _deny_as_query(self, verdict: StatementVerdict) -> list[bytes]:
-        """A denied simple Query (or FunctionCall): the server answers error + ReadyForQuery."""
-        self._push(_Op(DESCRIBE, describe_kind="S", deny=denial_error(verdict)))
-        self._push(_Op(SYNC))
-        return [self._poison(), Sync().encode()]
+    def _deny_as_query(self, verdict: StatementVerdict, *,
+                       function_call: bool = False) -> list[bytes]:
+        """A denied simple Query or FunctionCall: a poison one of the same kind, which the
+        server answers with an error and ReadyForQuery (or ignores, with the rest of a failed
+        extended-protocol batch)."""
+        error = denial_error(verdict)
+        if function_call:
+            self._push(_Op(FUNCTION, deny=error))
+            return [FunctionCall(0).encode()]  # "function with OID 0 does not exist"
+        self._push(_Op(QUERY, deny=error))
+        return [Query(f'EXECUTE "{self.poison_name}"').encode()]
 
     def _deny_in_batch(self, error: ErrorResponse) -> list[bytes]:
         """A denied Parse/Bind: error at this point of the batch, then discard until Sync."""
@@ -318,19 +369,23 @@ class Session:
             if message.name == "":
                 self._sent_statements.pop("", None)
             return self._deny_in_batch(denial_error(verdict))
-        self._sent_statements[message.name] = _Sent(verdict)
+        self._sent_statements[message.name] = _Sent(verdict, sql=message.query)
         self._push(_Op(PARSE, name=message.name, verdict=verdict))
         return [frame.raw]
 
-    def _bind(self, frame: Frame, message: Bind) -> list[bytes]:
+    def _bind(self, frame: Frame, message: Bind,
+              verdict: StatementVerdict | None) -> list[bytes]:
         sent = self._sent_statements.get(message.statement)
         if sent is None:
-            return self._deny_in_batch(ErrorResponse.build(
-                "42501", "permission denied by policy: "
-                + UNKNOWN_STATEMENT_DENIED.format(name=message.statement)))
-        self._sent_portals[message.portal] = _Sent(sent.verdict, described=sent.described)
+            return self._deny_in_batch(denial_error(verdict or StatementVerdict.deny(
+                UNKNOWN_STATEMENT_DENIED.format(name=message.statement))))
+        if verdict is not None and verdict.effect != "allow":  # decided again, and denied
+            return self._deny_in_batch(denial_error(verdict))
+        sent.executions += 1
+        self._sent_portals[message.portal] = _Sent(verdict or sent.verdict,
+                                                   described=sent.described)
         self._push(_Op(BIND, name=message.portal, statement=message.statement,
-                             bind=message))
+                       bind=message, verdict=verdict))
         return [frame.raw]
 
     def _execute(self, frame: Frame, message: Execute) -> list[bytes]:
@@ -499,13 +554,13 @@ class Session:
             verdict = op.verdict
         elif op.kind == EXECUTE:
             portal = self._portals.get(op.name)
-            if portal is not None and portal.statement is not None:
-                verdict = portal.statement.verdict
+            if portal is not None:
+                verdict = portal.verdict
         elif op.kind == PARSE and kind == b"E":
             verdict = op.verdict
         elif op.kind == BIND and kind == b"E":
             statement = self._statements.get(op.statement)
-            verdict = statement.verdict if statement is not None else None
+            verdict = op.verdict or (statement.verdict if statement is not None else None)
         return verdict
 
     def _outcome(self, frame: Frame) -> StatementOutcome:
@@ -598,7 +653,8 @@ class Session:
         op = self._head("BindComplete", BIND)
         self._ops.popleft()
         assert op.bind is not None
-        self._portals[op.name] = _Portal(self._statements.get(op.statement), op.bind)
+        self._portals[op.name] = _Portal(self._statements.get(op.statement), op.bind,
+                                         decided=op.verdict)
         out.append(frame.raw)
 
     def _on_close_complete(self, frame: Frame, out: list[bytes]) -> None:
@@ -656,7 +712,7 @@ class Session:
             statement = self._statements.get(op.name)
             return statement.verdict if statement is not None else None
         portal = self._portals.get(op.name)
-        return portal.statement.verdict if portal is not None and portal.statement else None
+        return portal.verdict if portal is not None and portal.statement else None
 
     @staticmethod
     def describe(frame: Frame) -> tuple[ColumnDescriptor, ...]:
@@ -745,7 +801,7 @@ class Session:
         if portal.statement is None:
             raise SessionError(f"portal {name!r} was bound to a statement the proxy does not "
                                "know; its results cannot be checked for masking")
-        return portal.statement.verdict
+        return portal.verdict
 
     def _portal_rows(self, name: str) -> RowRewriter | None:
         verdict = self._portal_verdict(name)

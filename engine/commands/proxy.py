@@ -11,7 +11,9 @@ masked, and recorded in the audit trail (`--audit`) before its result reaches th
 
 Wiring only: the proxy is `adapters.postgres.proxy`, the decision bridge
 `adapters.postgres.bridge`. Prints one JSON line on stdout when listening
-(`{"event": "listening", "listen": "host:port", ...}`); logs go to stderr; SIGTERM or SIGINT
+(`{"event": "listening", "listen": "host:port", ...}`), then one naming its upstream role
+(`{"event": "upstream_role", "role": ..., "superuser": ...}`, with a `warning` when it is a
+superuser); logs go to stderr; SIGTERM or SIGINT
 closes every session (each gets its `session.end` record) and exits 0. Exit 2 for a bad
 configuration (flags, policies, users file, audit or approvals store), 1 when it cannot listen.
 """
@@ -308,7 +310,9 @@ async def _serve(config: Any, catalog: Any, client: Any, ready: dict[str, Any]) 
     try:
         ready["listen"] = f"{config.host}:{proxy.port}"
         print(json.dumps(ready), flush=True)
+        checked = asyncio.ensure_future(_check_upstream_role(catalog))
         await stop.wait()
+        checked.cancel()
         log.info("shutting down: closing %d session(s)", proxy.active_sessions)
     finally:
         await proxy.close()
@@ -317,3 +321,23 @@ async def _serve(config: Any, catalog: Any, client: Any, ready: dict[str, Any]) 
         if aclose is not None:
             await aclose()
     return 0
+
+
+async def _check_upstream_role(catalog: Any) -> None:
+    """Print the role the proxy logs in upstream as (a JSON line, as the ready line), with a
+    warning when it is a superuser: every session then runs as one, and whatever the policies
+    let through or cannot see (the code of existing functions) can do anything on the server."""
+    from adapters.postgres.catalog import CatalogError
+
+    try:
+        role, superuser = await catalog.upstream_role()
+    except CatalogError as exc:
+        log.warning("could not check the upstream role: %s", exc)
+        return
+    line: dict[str, Any] = {"event": "upstream_role", "proxy": "postgres", "role": role,
+                            "superuser": superuser}
+    if superuser:
+        line["warning"] = (f"the upstream role {role} is a superuser: every session through "
+                           "the proxy runs as one; give the proxy a role with only what its "
+                           "users need (docs/postgres-proxy.md, The upstream role)")
+    print(json.dumps(line), flush=True)

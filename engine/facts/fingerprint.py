@@ -2,7 +2,8 @@
 fingerprint, so a decision taken for one can answer the other.
 
 That is safe only when nothing a policy reads depends on the literals. Parsed facts carry no
-literal values except `limit`, so LIMIT/OFFSET/FETCH counts are kept; the Engine uses the
+literal values except `limit` and the setting a `set_config` call names, so LIMIT/OFFSET/FETCH
+counts are kept and a text that mentions `set_config` gets no fingerprint; the Engine uses the
 fingerprint only for policy sets that never read `command.raw` (see PolicySet). Text the
 normalizer cannot read with certainty (comments, dollar quoting, E'' strings) gets no
 fingerprint, and is decided in full.
@@ -50,6 +51,8 @@ def _fingerprint(raw: str) -> str | None:
     if ("'" in raw or "$" in raw or "--" in raw or "/*" in raw) and _UNSAFE.search(raw):
         return None  # (each of _UNSAFE's patterns needs one of these)
     lowered = raw.lower()
+    if "set_config" in lowered:
+        return None  # its first literal is a fact: the setting it changes (`role`?)
     if not ("limit" in lowered or "offset" in lowered or "first" in lowered
             or "next" in lowered or "top" in lowered):  # _COUNT_KEYWORDS
         # No count keyword anywhere: every string and number literal becomes `?`. Searching

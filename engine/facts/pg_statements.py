@@ -17,6 +17,8 @@ import re
 
 _ID_START = r"A-Za-z_\x80-\U0010ffff"
 _ID_CONT = r"A-Za-z0-9_$\x80-\U0010ffff"
+# Quoted tokens use possessive repeats (`*+`): a doubled quote is always an escaped quote, as in
+# PostgreSQL's lexer, never a close followed by a new string (`E'''\'` is unterminated).
 # One match per token that matters, and one for each run of tokens that cannot end a
 # statement or open a quote (identifiers, numbers, operators, white space), so a statement
 # costs a few matches, not one per character.
@@ -30,16 +32,16 @@ _TOKEN = re.compile(
       | (?P<semicolon>;)
       | (?P<line_comment>--[^\n\r]*)
       | (?P<block_comment>/\*)
-      | (?P<escape_string>[eE]'(?:[^'\\]|\\.|'')*')
-      | (?P<string>(?:[bBxXnN]|[uU]&)?'(?:[^']|'')*')
-      | (?P<identifier>(?:[uU]&)?"(?:[^"]|"")*")
+      | (?P<escape_string>[eE]'(?:[^'\\]|\\.|'')*+')
+      | (?P<string>(?:[bBxXnN]|[uU]&)?'(?:[^']|'')*+')
+      | (?P<identifier>(?:[uU]&)?"(?:[^"]|"")*+")
       | (?P<parameter>\$[0-9]+)
       | (?P<dollar_tag>\$(?:[{_ID_START}][{_ID_START}0-9]*)?\$)
       | (?P<other>.)""",
     re.VERBOSE | re.DOTALL)
 # With standard_conforming_strings off, a backslash escapes the next character in every
 # string constant.
-_LEGACY_STRING = re.compile(r"(?:[bBxXnN]|[uU]&)?'(?:[^'\\]|\\.|'')*'", re.DOTALL)
+_LEGACY_STRING = re.compile(r"(?:[bBxXnN]|[uU]&)?'(?:[^'\\]|\\.|'')*+'", re.DOTALL)
 _COMMENT_MARK = re.compile(r"/\*|\*/")
 
 
@@ -67,12 +69,12 @@ def pg_statement_count(sql: str, *, standard_conforming_strings: bool = True) ->
             end = closed
         elif kind == "plain":
             content = content or not m.group().isspace()
-        elif kind == "string" and not standard_conforming_strings:
-            legacy = _LEGACY_STRING.match(sql, pos)
-            if legacy is None:
-                return None
-            end = legacy.end()
+        elif kind in ("string", "other") and not standard_conforming_strings and (
+                legacy := _LEGACY_STRING.match(sql, pos)) is not None:
+            end = legacy.end()  # a backslash escapes a quote here: `'\''` is one string
             content = True
+        elif kind == "string" and not standard_conforming_strings:
+            return None  # not terminated once backslashes escape
         elif kind == "dollar_tag":
             close = sql.find(m.group(), end)
             if close < 0:

@@ -2,9 +2,10 @@
 
 One direction only: raw text in, a list of plain dicts out (the `statements` of the input
 document). Statements hidden inside others (DML in CTEs, `EXPLAIN ANALYZE <stmt>`,
-`PREPARE name AS <stmt>`, `DECLARE name CURSOR FOR <query>`, `CREATE TABLE ... AS SELECT`)
-become entries of their own with `nested: true`, so a policy that walks `statements` sees
-every statement that will run.
+`PREPARE name AS <stmt>`, `DECLARE name CURSOR FOR <query>`, `CREATE TABLE ... AS SELECT`,
+the actions of `MERGE` and of `CREATE RULE`) become entries of their own with `nested: true`,
+so a policy that walks `statements` sees every statement that will run. A statement inside
+another that cannot be read makes the whole text unparseable.
 This module never raises on bad SQL: the fact `parse_error` carries the message instead.
 """
 
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import re
+from itertools import pairwise
 from typing import Any
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
+from sqlglot.tokens import TokenType
 
 from engine.facts.pg_statements import pg_statement_count
 
@@ -86,21 +89,47 @@ _OTHER_STATEMENTS = frozenset({
 
 
 class _NotAStatement(Exception):
-    """Text that parsed as an expression but is no statement (`SELEC x`)."""
+    """Text that parsed as an expression but is no statement (`SELEC x`), or a statement
+    whose parts (the query of a PREPARE, the arguments of an EXECUTE) cannot be read."""
 
 
 _DML = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
+_NAME = r'(?:[A-Za-z_][\w$]*|"(?:[^"]|"")*")'  # an SQL name, unquoted or quoted
+_S = r"(?:\s|--[^\n]*(?:\n|$)|/\*(?:[^*]|\*(?!/))*\*/)"  # white space, or a comment
 _EXPLAIN_PREFIX = re.compile(
-    r"^\s*explain\s+(?:\((?P<opts>[^)]*)\)\s*|(?P<words>(?:(?:analyze|analyse|verbose|"
-    r"costs|buffers|settings|wal|timing|summary|format\s+\w+)\s+)*))",
+    rf"^{_S}*explain(?:{_S}+|(?=\())(?:\((?P<opts>[^)]*)\){_S}*|(?P<words>(?:(?:analyze|"
+    rf"analyse|verbose|costs|buffers|settings|wal|timing|summary|format{_S}+\w+){_S}+)*))",
     re.IGNORECASE,
 )
-_PREPARE_PREFIX = re.compile(r"^\s*prepare\s+\w+\s*(?:\([^)]*\))?\s+as\s+", re.IGNORECASE)
+_PREPARE_PREFIX = re.compile(
+    rf"^{_S}*prepare{_S}+(?P<name>{_NAME}){_S}*(?:\((?:[^()]|\([^()]*\))*\){_S}*)?"
+    rf"(?<=[\s\")/])as{_S}+", re.IGNORECASE)
+_EXECUTE = re.compile(rf"^{_S}*execute{_S}+(?P<name>{_NAME}){_S}*(?P<args>\(.*\))?{_S}*;?\s*$",
+                      re.IGNORECASE | re.DOTALL)
+_CALL = re.compile(r"^\s*call\s+(?P<call>.*?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
+# CREATE [OR REPLACE] [modifiers] <object>; the object kinds of more than one word first
+_OBJECT_KIND = re.compile(
+    r"^\s*(?:create|alter|drop)\s+(?:or\s+replace\s+)?(?:(?:temp|temporary|unlogged|trusted|"
+    r"procedural|constraint|default|unique|recursive|global|local)\s+)*"
+    r"(?P<kind>event\s+trigger|materialized\s+view|foreign\s+(?:table|data\s+wrapper)|"
+    r"text\s+search\s+\w+|user\s+mapping|access\s+method|operator\s+(?:class|family)|[a-z_]+)",
+    re.IGNORECASE)
+_RULE_ACTION = re.compile(r"\bdo\s+(?:also\s+|instead\s+)?(?P<action>.*?)\s*;?\s*$",
+                          re.IGNORECASE | re.DOTALL)
+_SESSION_AUTHORIZATION = re.compile(
+    r"^\s*set\s+(?:(?:session|local)\s+)?session\s+authorization\b", re.IGNORECASE)
+_SET_NAME = re.compile(rf"^\s*set\s+(?:(?:session|local)\s+)?(?P<name>time\s+zone\b|{_NAME})",
+                       re.IGNORECASE)
+# In `settings`, a setting whose name the statement computes (`set_config(lower('ROLE'), ...)`,
+# `UPDATE pg_settings SET setting = ...`): it could be any.
+UNKNOWN_SETTING = "*"
 # DECLARE name [BINARY] [ASENSITIVE | INSENSITIVE] [[NO] SCROLL] CURSOR [WITH[OUT] HOLD] FOR query
 _DECLARE_PREFIX = re.compile(
-    r'^\s*declare\s+(?:\w+|"(?:[^"]|"")*")\s+(?:(?:binary|asensitive|insensitive|no|scroll)\s+)*'
-    r"cursor\s+(?:with(?:out)?\s+hold\s+)?for\s+", re.IGNORECASE)
+    rf"^{_S}*declare{_S}+{_NAME}{_S}+(?:(?:binary|asensitive|insensitive|no|scroll){_S}+)*"
+    rf"cursor{_S}+(?:with(?:out)?{_S}+hold{_S}+)?for{_S}+", re.IGNORECASE)
 _FIRST_WORD = re.compile(r"^\s*([A-Za-z_]+)")
+# PostgreSQL's U&"d\0062link" is the name dblink; sqlglot keeps the escapes as they are.
+_UNICODE_NAME = re.compile(r'u&"', re.IGNORECASE)
 _COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 
 
@@ -158,6 +187,8 @@ def sqlglot_text(raw: str, dialect: str | None) -> str:
 
 def parse_sql(raw: str, dialect: str | None) -> dict[str, Any]:
     """Facts for one SQL string: `statements`, `kinds`, `tables`, `parse_error`."""
+    if dialect == "postgres" and _UNICODE_NAME.search(raw):
+        return _unparseable(raw, "names written with Unicode escapes (U&) cannot be checked")
     try:
         trees = [t for t in sqlglot.parse(sqlglot_text(raw, dialect), dialect=dialect)
                  if t is not None]
@@ -205,7 +236,8 @@ def _first_line(message: str) -> str:
 
 def _blank(kind: str, nested: bool) -> dict[str, Any]:
     return {"kind": kind, "tables": [], "targets": [], "columns": [], "has_where": False,
-            "has_limit": False, "limit": None, "nested": nested}
+            "has_limit": False, "limit": None, "nested": nested, "functions": [],
+            "settings": []}
 
 
 def _statement_facts(tree: exp.Expr, dialect: str | None,
@@ -227,8 +259,11 @@ def _statement_facts(tree: exp.Expr, dialect: str | None,
     facts["columns"] = _columns(tree)
     facts["has_where"] = _has_where(tree)
     facts["has_limit"], facts["limit"] = _limit(tree)
+    facts["functions"], facts["settings"] = _calls(tree)
     _add_kind_details(tree, facts)
     out = [facts]
+    if isinstance(tree, exp.Merge):
+        out.extend(_merge_actions(tree, facts))
     out.extend(_hidden_statements(tree, dialect))
     return out
 
@@ -252,6 +287,18 @@ def _add_kind_details(tree: exp.Expr, facts: dict[str, Any]) -> None:
             facts["copy_target"] = "file"
     elif isinstance(tree, exp.Create | exp.Drop | exp.Alter):
         facts["object_kind"] = str(tree.args.get("kind") or "").lower() or None
+        executed = tree.find(exp.ExecuteAsProperty)  # CREATE TABLE t AS EXECUTE name
+        if isinstance(tree, exp.Create) and executed is not None:
+            facts["executed_name"] = _node_name(executed.this)
+    elif isinstance(tree, exp.Set):
+        for item in tree.expressions:
+            target = item.this.this if isinstance(item.this, exp.EQ) else None
+            name = target.name.lower() if isinstance(target, exp.Column | exp.Identifier |
+                                                      exp.Var) else UNKNOWN_SETTING
+            facts["settings"].append(name)
+    elif isinstance(tree, exp.Update) and any(
+            t.rpartition(".")[2] == "pg_settings" for t in facts["targets"]):
+        facts["settings"].append(UNKNOWN_SETTING)  # UPDATE pg_settings is SET
     if isinstance(tree, exp.Insert | exp.Copy):
         # the column list the statement writes, [] when it names none (all, in table order)
         facts["target_columns"] = ([ident.name.lower() for ident in tree.this.expressions]
@@ -284,33 +331,181 @@ def _has_select_ancestor(node: exp.Expr, root: exp.Expr) -> bool:
 
 def _command_facts(tree: exp.Command, dialect: str | None,
                    nested: bool) -> list[dict[str, Any]]:
+    """Facts of a statement sqlglot has no type for, read from its text: the statement it
+    holds (EXPLAIN, PREPARE, DECLARE, CREATE RULE), the name of what it prepares or executes,
+    the object a CREATE / ALTER / DROP is about, the setting a SET changes, and its calls."""
     keyword = str(tree.this or "").lower()
     text = tree.sql(dialect=dialect)
     kind = _KIND_BY_KEYWORD.get(keyword, "other")
     facts = _blank(kind, nested)
     inner_text: str | None = None
+    calls_text: str | None = None  # an expression list whose calls are the statement's
     if keyword == "explain":
         m = _EXPLAIN_PREFIX.match(text)
         opts = ((m.group("opts") or "") + " " + (m.group("words") or "")) if m else ""
         facts["analyze"] = bool(re.search(r"\banaly[sz]e\b(?!\s+(?:false|off|0)\b)",
                                           opts, re.IGNORECASE))
-        inner_text = text[m.end():] if m else None
+        inner_text = _matched_rest(_EXPLAIN_PREFIX, text, "EXPLAIN")
     elif keyword == "prepare":
+        inner_text = _matched_rest(_PREPARE_PREFIX, text, "PREPARE")
         m = _PREPARE_PREFIX.match(text)
-        inner_text = text[m.end():] if m else None
+        assert m is not None
+        facts["prepared_name"] = sql_name(m.group("name"))
     elif keyword == "declare":  # a cursor: its query runs when rows are FETCHed
-        m = _DECLARE_PREFIX.match(text)
-        inner_text = text[m.end():] if m else None
+        inner_text = _matched_rest(_DECLARE_PREFIX, text, "DECLARE ... CURSOR")
+    elif keyword == "execute":
+        m = _EXECUTE.match(text)
+        if m is None:
+            raise _NotAStatement("an EXECUTE whose name or arguments cannot be read")
+        facts["executed_name"] = sql_name(m.group("name"))
+        calls_text = m.group("args")
+    elif keyword == "call":
+        m = _CALL.match(text)
+        calls_text = m.group("call") if m else text
+    elif keyword in ("create", "alter", "drop"):
+        m = _OBJECT_KIND.match(text)
+        facts["object_kind"] = " ".join(m.group("kind").lower().split()) if m else None
+        if keyword == "create" and facts["object_kind"] == "rule":
+            action = _RULE_ACTION.search(text)
+            if action is None:
+                raise _NotAStatement("a CREATE RULE whose action cannot be read")
+            if action.group("action").lower() != "nothing":
+                inner_text = action.group("action")
+    elif keyword == "set":
+        if _SESSION_AUTHORIZATION.match(text):
+            facts["settings"] = ["session_authorization"]
+        else:
+            m = _SET_NAME.match(text)
+            name = sql_name(m.group("name")).lower() if m else UNKNOWN_SETTING
+            facts["settings"] = ["timezone" if name.split() == ["time", "zone"] else name]
     out = [facts]
     if inner_text:
         inner = parse_sql(inner_text, dialect)
-        if inner["parse_error"] is None:
-            for st in inner["statements"]:
-                st["nested"] = True
-                out.append(st)
-            facts["tables"] = list(inner["tables"])
-            facts["columns"] = sorted({c for st in inner["statements"] for c in st["columns"]})
+        if inner["parse_error"] is not None:
+            raise _NotAStatement(f"the statement inside {keyword.upper()} cannot be read: "
+                                 f"{inner['parse_error']}")
+        for st in inner["statements"]:
+            st["nested"] = True
+            out.append(st)
+        facts["tables"] = list(inner["tables"])
+        facts["columns"] = sorted({c for st in inner["statements"] for c in st["columns"]})
+        facts["functions"] = sorted({f for st in inner["statements"] for f in st["functions"]})
+        facts["settings"] = sorted({n for st in inner["statements"] for n in st["settings"]})
+    elif calls_text is not None:
+        facts["functions"], facts["settings"] = _expression_calls(calls_text, dialect)
+    elif keyword not in ("set", "reset"):
+        facts["functions"] = _called_words(text, dialect)
     return out
+
+
+def _matched_rest(prefix: re.Pattern[str], text: str, what: str) -> str:
+    m = prefix.match(text)
+    if m is None:
+        raise _NotAStatement(f"a {what} whose statement cannot be read")
+    return text[m.end():]
+
+
+def sql_name(text: str) -> str:
+    """An SQL name as PostgreSQL reads it: unquoted folds to lower case, quoted is exact."""
+    if text.startswith('"') and text.endswith('"') and len(text) >= 2:
+        return text[1:-1].replace('""', '"')
+    return text.lower()
+
+
+def _node_name(node: exp.Expr | None) -> str:
+    if isinstance(node, exp.Anonymous):
+        node = node.this if isinstance(node.this, exp.Identifier) else exp.to_identifier(
+            str(node.this))
+    if isinstance(node, exp.Identifier):
+        return node.name if node.quoted else node.name.lower()
+    return str(node.name if node is not None else "").lower()
+
+
+def _calls(tree: exp.Expr) -> tuple[list[str], list[str]]:
+    """The lower-case names of the functions `tree` calls anywhere (subqueries, CTEs, DEFAULTs
+    and table functions included; a function sqlglot knows under its sqlglot name, such as
+    `substring` for `substr`), and the settings its `set_config` calls change; both sorted."""
+    functions: list[str] = []
+    settings: list[str] = []
+    for node in tree.find_all(exp.Func):
+        name = node.name.lower() if isinstance(node, exp.Anonymous) else node.sql_name().lower()
+        if name and name not in functions:
+            functions.append(name)
+        if name == "set_config" and isinstance(node, exp.Anonymous):
+            first = node.expressions[0] if node.expressions else None
+            setting = (first.this.lower() if isinstance(first, exp.Literal) and first.is_string
+                       else UNKNOWN_SETTING)
+            if setting not in settings:
+                settings.append(setting)
+    return sorted(functions), sorted(settings)
+
+
+def _expression_calls(text: str, dialect: str | None) -> tuple[list[str], list[str]]:
+    """`_calls` of an expression list written in a statement sqlglot does not parse (the
+    arguments of EXECUTE, a CALL)."""
+    try:
+        tree = sqlglot.parse_one(f"SELECT {text}", dialect=dialect)
+    except SqlglotError as err:
+        raise _NotAStatement(f"arguments that cannot be read: {_first_line(str(err))}") \
+            from err
+    return _calls(tree)
+
+
+def _called_words(text: str, dialect: str | None) -> list[str]:
+    """Every name followed by `(` in a statement sqlglot does not parse: all it may call (and
+    some names that are no function, such as a table before its column list)."""
+    try:
+        tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(text)
+    except SqlglotError as err:
+        raise _NotAStatement(f"text that cannot be read: {_first_line(str(err))}") from err
+    names: list[str] = []
+    for before, token in pairwise(tokens):
+        if token.token_type != TokenType.L_PAREN:
+            continue
+        if before.token_type == TokenType.IDENTIFIER or before.text[:1].isalpha():
+            name = before.text.lower()
+            if name not in names:
+                names.append(name)
+    return sorted(names)
+
+
+def _merge_actions(tree: exp.Merge, merge: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each WHEN action of a MERGE as the statement it is (`delete`, `update`, `insert`, on the
+    MERGE's target): its WHERE is the ON condition and the WHEN's own one."""
+    actions: list[dict[str, Any]] = []
+    whens = tree.args.get("whens")
+    for when in (whens.expressions if whens is not None else ()):
+        then = when.args.get("then")
+        if isinstance(then, exp.Var) and then.name.upper() == "DELETE":
+            action = _blank("delete", nested=True)
+        elif isinstance(then, exp.Update):
+            action = _blank("update", nested=True)
+        elif isinstance(then, exp.Insert):
+            action = _blank("insert", nested=True)
+            action["target_columns"] = ([c.name.lower() for c in then.this.expressions]
+                                        if isinstance(then.this, exp.Tuple) else [])
+        else:
+            continue  # DO NOTHING
+        action["tables"] = list(merge["targets"])
+        action["targets"] = list(merge["targets"])
+        if isinstance(then, exp.Expression) and not isinstance(then, exp.Var):
+            action["columns"] = _columns(then)
+            action["functions"], action["settings"] = _calls(then)
+        action["has_where"] = action["kind"] != "insert" and (
+            merge["has_where"] or _filters_target(tree, when.args.get("condition")))
+        actions.append(action)
+    return actions
+
+
+def _filters_target(tree: exp.Merge, condition: exp.Expr | None) -> bool:
+    """Whether a MERGE condition reads a column of the target, qualified by its name or alias
+    (an unqualified column may be the source's, which filters no target row)."""
+    if condition is None:
+        return False
+    target = tree.this
+    names = {target.name.lower(), target.alias_or_name.lower()} if isinstance(
+        target, exp.Table) else set()
+    return any(column.table.lower() in names for column in condition.find_all(exp.Column))
 
 
 def _table_name(table: exp.Table) -> str:
@@ -371,7 +566,7 @@ def _has_where(tree: exp.Expr) -> bool:
         inner = tree.this.this if isinstance(tree.this, exp.Subquery) else None
         return bool(inner is not None and _has_where(inner))
     if isinstance(tree, exp.Merge):
-        return tree.args.get("on") is not None
+        return _filters_target(tree, tree.args.get("on"))
     # A WHERE that reads no column (`WHERE true`, `WHERE 1 = 1`, `WHERE $1`) keeps every row
     # or none: it filters nothing, and is no WHERE for the rules that ask for one.
     where = tree.args.get("where")

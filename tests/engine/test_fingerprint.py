@@ -17,6 +17,7 @@ from engine.facts.fingerprint import literal_fingerprint
     ("select /* c */ 1", None),
     ("SELECT $$a$$", None),
     ("select E'\\n'", None),
+    ("SELECT set_config('role', 'postgres', false)", None),  # its literal name is a fact
 ])
 def test_fingerprint(raw: str, fingerprint: str | None) -> None:
     assert literal_fingerprint(raw) == fingerprint

@@ -172,3 +172,10 @@ def test_parse_sql_never_gives_facts_for_another_split(sql: str) -> None:
     if facts["parse_error"] is None:
         assert expected is None or len(
             [s for s in facts["statements"] if not s["nested"]]) == expected, (sql, facts)
+
+
+def test_a_doubled_quote_is_never_read_as_a_close_and_a_new_string() -> None:
+    """Found by the reference test: `E''` + `'\\'` is not how PostgreSQL reads `E'''\\'`."""
+    assert pg_statement_count("E'''\\'") is None
+    assert pg_statement_count("'''\\'", standard_conforming_strings=False) is None
+    assert pg_statement_count("SELECT E'''\\''; SELECT 1") == 2

@@ -234,6 +234,45 @@ def test_function_call_is_denied_and_session_goes_on(client: RawClient) -> None:
     assert shape(client.until_ready()) == ["EmptyQueryResponse", "Ready:I"]
 
 
+@pytest.mark.parametrize(("steps", "ready"), [
+    (["call", "sync"], 2),  # PostgreSQL answers a FunctionCall, then the Sync
+    (["fail", "call", "sync"], 1),  # skipped with the failed batch
+    (["fail", "query", "sync"], 1),
+    (["ok", "call", "sync"], 2),
+    (["ok", "query", "sync"], 2),
+    (["begin", "call", "query", "rollback"], 4),
+])
+def test_denied_function_calls_and_queries_are_answered_as_postgresql_answers_errors(
+        client: RawClient, upstream_db: str, steps: list[str], ready: int) -> None:
+    """The proxy's denials against the same exchange sent straight to PostgreSQL, with a
+    FunctionCall and a Query that fail there: the same messages, as many ReadyForQuery."""
+    def exchange(target: RawClient, denied: bool) -> list[str]:
+        messages: list[m.FrontendMessage] = []
+        for step in steps:
+            messages += {
+                "call": [m.FunctionCall(1598 if denied else 0)],
+                "query": [m.Query("SELECT 'forbidden'" if denied else "SELECT 1/0")],
+                "fail": [m.Parse("", "SELECT 1/0"), m.Bind("", ""), m.Execute("")],
+                "ok": [m.Parse("", "SELECT 1"), m.Bind("", ""), m.Execute("")],
+                "sync": [m.Sync()], "begin": [m.Query("BEGIN")],
+                "rollback": [m.Query("ROLLBACK")],
+            }[step]
+        target.send(*messages)
+        got: list[m.BackendMessage] = []
+        for _ in range(ready):
+            got += target.until_ready()
+        target.send(m.Query(""))  # nothing is left over: the next answer is this one's
+        assert shape(target.until_ready()) == ["EmptyQueryResponse", "Ready:I"]
+        return [x.split(":")[0] if x.startswith("Error") else x for x in shape(got)]
+
+    direct = RawClient.direct(upstream_db)
+    try:
+        expected = exchange(direct, denied=False)
+    finally:
+        direct.close()
+    assert exchange(client, denied=True) == expected
+
+
 def test_copy_in_through_extended_protocol(client: RawClient) -> None:
     client.send(m.Query("CREATE TEMP TABLE cin (a int)"))
     client.until_ready()

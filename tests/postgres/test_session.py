@@ -3,6 +3,8 @@ how server messages are matched, rewritten or refused."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from adapters.postgres import messages as m
@@ -41,11 +43,11 @@ def receive(session: Session, *messages: m.BackendMessage) -> list[m.BackendMess
     return list(decoder)
 
 
-def test_denied_query_becomes_a_poison_describe_and_sync() -> None:
+def test_denied_query_becomes_a_poison_query() -> None:
     session = Session()
     deny = StatementVerdict.deny("no", decision_id="d1")
     sent = send(session, m.Query("DROP TABLE x"), deny)
-    assert sent == [m.Describe("S", session.poison_name).encode(), m.Sync().encode()]
+    assert sent == [m.Query(f'EXECUTE "{session.poison_name}"').encode()]
     server_error = m.ErrorResponse.build("26000", "prepared statement does not exist")
     assert receive(session, server_error, m.ReadyForQuery("I")) == [
         denial_error(deny), m.ReadyForQuery("I")]
@@ -128,10 +130,43 @@ def test_start_up_messages_are_not_relayed_mid_session_and_encoding_is_checked()
 def test_function_call_is_denied_unless_allowed() -> None:
     session = Session()
     call = m.FunctionCall(1598)
-    assert session.client_message(frame(call), call)[1] == m.Sync().encode()
+    refusal = session.refusal(call)
+    assert refusal is not None and refusal.text == "FunctionCall of function OID 1598"
+    verdict = StatementVerdict.deny(refusal.reason, decision_id="")
+    assert session.client_message(frame(call), call, verdict) == [m.FunctionCall(0).encode()]
+    server_error = m.ErrorResponse.build("42883", "function with OID 0 does not exist")
+    assert receive(session, server_error, m.ReadyForQuery("I")) == [
+        denial_error(verdict), m.ReadyForQuery("I")]
     allowed = Session()
+    assert allowed.refusal(call, allow_function_call=True) is None
     assert allowed.client_message(frame(call), call, allow_function_call=True) == [
         call.encode()]
+
+
+def test_a_denied_query_in_a_failed_batch_is_ignored_with_it() -> None:
+    # The server skips to Sync after the Execute's error: the poison Query gets no answer,
+    # and the client gets one ReadyForQuery, for its Sync (as from PostgreSQL).
+    session = Session()
+    for message in (m.Parse("", "SELECT 1/0"), m.Bind("", ""), m.Execute("")):
+        send(session, message)
+    send(session, m.Query("DROP TABLE x"), StatementVerdict.deny("no"))
+    send(session, m.Sync())
+    got = receive(session, m.ParseComplete(), m.BindComplete(),
+                  m.ErrorResponse.build("22012", "division by zero"), m.ReadyForQuery("I"))
+    assert [type(x).__name__ for x in got] == ["ParseComplete", "BindComplete",
+                                                "ErrorResponse", "ReadyForQuery"]
+    assert not session.in_flight
+
+
+def test_a_bind_of_an_unknown_statement_is_a_refusal() -> None:
+    session = Session()
+    bind = m.Bind("", "never")
+    refusal = session.refusal(bind)
+    assert refusal is not None and "'never' was not prepared" in refusal.reason
+    assert session.statement_text(bind) is None
+    assert session.refusal(m.Bind("", "")) is not None  # the unnamed one was not prepared
+    send(session, m.Parse("", "SELECT 1"))
+    assert session.refusal(m.Bind("", "")) is None
 
 
 def test_session_ids_never_read_as_card_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,3 +179,34 @@ def test_session_ids_never_read_as_card_numbers(monkeypatch: pytest.MonkeyPatch)
     assert proxy.new_session_id() == "0123456789abcdef01234567"
     monkeypatch.undo()
     assert not any(may_hold_pan(proxy.new_session_id()) for _ in range(2000))
+
+
+def test_a_statement_approved_for_one_execution_is_decided_again_at_each_bind() -> None:
+    session = Session()
+    once = StatementVerdict.allow(decision_id="approved", single_execution=True)
+    send(session, m.Parse("s", "SELECT pan FROM cards"), once)
+    first, second = m.Bind("p1", "s"), m.Bind("p2", "s")
+    assert session.statement_text(first) is None  # the approval covers this one
+    send(session, first)
+    assert session.statement_text(second) == "SELECT pan FROM cards"
+
+    async def recorded(outcome: Any) -> None:
+        raise AssertionError("not awaited here")
+
+    again = StatementVerdict.allow(decision_id="approved-again", on_complete=recorded,
+                                   single_execution=True)
+    assert send(session, second, again) == [second.encode()]
+    send(session, m.Execute("p2"))
+    out: list[bytes] = []
+    for message in (m.ParseComplete(), m.BindComplete(), m.BindComplete()):
+        assert session.server_frame(frame(message), out) is None
+    completion = session.server_frame(frame(m.CommandComplete("SELECT 0")), out)
+    assert completion is not None and completion.hook is recorded  # this execution's own
+    third = m.Bind("p3", "s")
+    refused = StatementVerdict.deny("approval was denied", decision_id="again")
+    assert send(session, third, refused) == [m.Describe("S", session.poison_name).encode()]
+    assert send(session, m.Execute("p3")) == []  # dropped with the rest of the batch
+    plain = Session()
+    send(plain, m.Parse("s", "SELECT 1"))
+    send(plain, m.Bind("", "s"))
+    assert plain.statement_text(m.Bind("", "s")) is None  # an allowed statement is not
