@@ -188,7 +188,7 @@ def sqlglot_text(raw: str, dialect: str | None) -> str:
 def parse_sql(raw: str, dialect: str | None) -> dict[str, Any]:
     """Facts for one SQL string: `statements`, `kinds`, `tables`, `parse_error`."""
     if dialect == "postgres" and _UNICODE_NAME.search(raw):
-        return _unparseable(raw, "names written with Unicode escapes (U&) cannot be checked")
+        return unparseable("names written with Unicode escapes (U&) cannot be checked")
     try:
         trees = [t for t in sqlglot.parse(sqlglot_text(raw, dialect), dialect=dialect)
                  if t is not None]
