@@ -32,6 +32,7 @@ import grpc  # type: ignore[import-untyped]
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc  # type: ignore[import-untyped]
 
 from adapters.envoy.translate import (
+    DEFAULT_MAX_BODY,
     CheckRequest,
     CheckResponse,
     RequestParseError,
@@ -158,7 +159,9 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         started = time.perf_counter()
         decision_id = decision_id or new_decision_id()
         record: dict[str, Any] = {"decision_id": decision_id, "timestamp": time.time(),
-                                  "transport": self.transport, "pid": self._pid}
+                                  "transport": self.transport, "pid": self._pid,
+                                  "max_body": DEFAULT_MAX_BODY if self.max_body is None
+                                  else self.max_body}
         response = self._answer(request, decision_id, record)
         outcome = record.get("outcome", "allow" if is_allowed_response(response) else "deny")
         if self.record is not None:

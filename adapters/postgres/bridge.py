@@ -151,6 +151,7 @@ class _Statement:
             "text": text, "effect": self.decision.effect,
             "reasons": [r.to_dict() for r in self.decision.reasons],
             "masked": sorted(self.masking.masked) if self.masking is not None else [],
+            "masks": [f"{m.column}:{m.method}" for m in self.decision.masks],
             "approval": self.approval, "policy_revision": self.decision.policy_revision,
             "resource": self.bridge.resource.name, "database": self.ctx.database,
             **({"prepared": self.approval_text} if self.approval_text != self.sql else {}),
@@ -216,7 +217,8 @@ class PolicyBridge:
         await self.recorder.append("session.start", {
             "protocol": "postgres", "resource": self.resource.to_input(),
             "database": ctx.database, "user": ctx.user, "requested_user": ctx.requested_user,
-            "groups": list(ctx.groups), "auth_method": ctx.auth_method, "tls": ctx.tls,
+            "groups": list(ctx.groups), "claims": dict(ctx.claims),
+            "auth_method": ctx.auth_method, "tls": ctx.tls,
             "client_addr": ctx.client_addr, "application_name": ctx.application_name,
         }, subject=ctx.user, session_id=ctx.session_id)
         self._sessions[ctx.session_id] = _SessionStats(time.monotonic())

@@ -150,6 +150,7 @@ class Refusal:
     text: str
     reason: str
 
+
 # Operation kinds: one per client message the server answers.
 QUERY, FUNCTION, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC = range(8)
 _NAMES = ["Query", "FunctionCall", "Parse", "Bind", "Describe", "Execute", "Close", "Sync"]

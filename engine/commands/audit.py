@@ -93,7 +93,9 @@ def _error(message: str) -> None:
     print(f"ordinance audit: error: {message}", file=sys.stderr)
 
 
-def _record_access(log: AuditLog, action: str, details: dict[str, Any]) -> None:
+def record_access(log: AuditLog, action: str, details: dict[str, Any], *,
+                  prog: str = "ordinance audit") -> None:
+    """Record a read of the trail (`audit.accessed`), warning when it cannot be recorded."""
     try:
         user = getpass.getuser()
     except Exception:  # no login name (e.g. a container without passwd entry)
@@ -101,7 +103,7 @@ def _record_access(log: AuditLog, action: str, details: dict[str, Any]) -> None:
     try:
         log.append("audit.accessed", {"action": action, **details}, subject=user)
     except AuditError as exc:
-        print(f"ordinance audit: warning: this access was not recorded: {exc}",
+        print(f"{prog}: warning: this access was not recorded: {exc}",
               file=sys.stderr)
 
 
@@ -115,7 +117,7 @@ def _verify(args: argparse.Namespace) -> int:
         except AuditError as exc:
             _error(str(exc))
             return 2
-        _record_access(log, "verify", {"ok": result.ok, "count": result.count,
+        record_access(log, "verify", {"ok": result.ok, "count": result.count,
                                        "first_bad_seq": result.first_bad_seq,
                                        "problem": result.problem})
     print(result.describe(), file=sys.stdout if result.ok else sys.stderr)
@@ -148,7 +150,7 @@ def _export(args: argparse.Namespace) -> int:
         filters = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in (
             ("since", args.since), ("until", args.until), ("subject", args.subject),
             ("session_id", args.session), ("kind", args.kind)) if v is not None}
-        _record_access(log, "export", {"format": args.format, "filters": filters,
+        record_access(log, "export", {"format": args.format, "filters": filters,
                                        "records": counted.count})
     return 0
 
@@ -171,7 +173,7 @@ def _tail(args: argparse.Namespace) -> int:
     if log is None:
         return 2
     with log:
-        _record_access(log, "tail", {"n": args.n})
+        record_access(log, "tail", {"n": args.n})
         last = log.last_seq()
         for rec in log.tail(args.n):
             _print_line(rec)

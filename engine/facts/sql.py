@@ -207,6 +207,8 @@ def parse_sql(raw: str, dialect: str | None) -> dict[str, Any]:
             statements.extend(_statement_facts(tree, dialect, nested=False))
     except _NotAStatement as err:
         return unparseable(str(err))
+    except (RecursionError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
+        return unparseable(f"{type(err).__name__}: {err}")  # sqlglot, on odd trees
     return _summarise(statements, parse_error=None)
 
 

@@ -51,7 +51,8 @@ def deny(message: str, revision: str = "", command: dict[str, Any] | None = None
                     policy_revision=revision, command=command or {})
 
 
-def enriched_input(input_doc: Any, max_statement_bytes: int) -> Any:
+def enriched_input(input_doc: Any,
+                   max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES) -> Any:
     """The input as `Engine.decide` evaluates it: command facts parsed by the engine.
 
     OPA-style queries must see the same facts as decisions, and a caller must not be able to

@@ -50,6 +50,12 @@ def test_adapter_supplied_facts_are_overwritten() -> None:
     assert cmd["kinds"] == ["drop"]
 
 
+@pytest.mark.parametrize("raw", ["$x'';", "$B'';"])
+def test_text_sqlglot_cannot_write_back_is_a_parse_error(raw: str) -> None:
+    # (found by hypothesis: sqlglot raised ValueError writing an empty hex / bit string)
+    assert sql_facts(raw, "postgres")["parse_error"]
+
+
 def test_non_string_raw_is_a_parse_error() -> None:
     cmd = enrich_command({"protocol": "postgres", "raw": 42}, {})
     assert cmd["parse_error"] == "command.raw must be a string"
