@@ -259,15 +259,18 @@ def _worker_main() -> None:
 
 
 class Worker:
-    def __init__(self, timeout: float):
+    """A child process running `python -m MODULE --worker`: one JSON line in, one out."""
+
+    def __init__(self, timeout: float, module: str = "benchmarks.rego_conformance"):
         self.timeout = timeout
+        self.module = module
         self.proc: subprocess.Popen[bytes] | None = None
         self.buffer = b""
 
     def _start(self) -> subprocess.Popen[bytes]:
         if self.proc is None or self.proc.poll() is not None:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.rego_conformance", "--worker"],
+                [sys.executable, "-m", self.module, "--worker"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 cwd=Path(__file__).resolve().parent.parent)
             self.buffer = b""

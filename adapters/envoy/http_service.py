@@ -19,23 +19,19 @@ policies see the same input document and give the same answers:
   `request_headers_to_remove` in `x-envoy-auth-headers-to-remove`. Query-parameter changes
   cannot be expressed in this mode: such a result is refused (`UnrepresentableResponse`)
   and the caller denies, rather than letting the request through unchanged.
-* `HttpCheckEndpoint`: reads one request from a `BaseHTTPRequestHandler` and writes the answer;
-  `start_http_check_server` serves it on its own port (`ordinance envoy --http`), where every
-  path is a check. With a service token, Envoy must send `x-ordinance-authorization: Bearer
+* `HttpCheckEndpoint`: one request (`engine.service.http_server.HttpRequest`) in, the answer
+  out; `start_http_check_server` serves it on its own port (`ordinance envoy --http`), where
+  every path is a check. With a service token, Envoy must send `x-ordinance-authorization: Bearer
   <token>` (`authorization_request.headers_to_add`); the client's own `Authorization` header
   is the policy's business and travels untouched. The token header is never shown to policies.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from envoy.service.auth.v3 import external_auth_pb2  # type: ignore[import-untyped]
@@ -49,7 +45,7 @@ from adapters.envoy.translate import (
     CheckResponse,
     error_response,
 )
-from engine.service.http_server import TLSThreadingHTTPServer
+from engine.service.http_server import HttpLimits, HttpRequest, HttpResponse, HttpServer
 from engine.service.tls import BearerToken, TLSConfig
 
 log = logging.getLogger(__name__)
@@ -160,12 +156,9 @@ def check_response_to_http(response: CheckResponse) -> tuple[int, list[tuple[str
 # the endpoint
 
 
-class _BodyError(ValueError):
-    pass
-
-
 class HttpCheckEndpoint:
-    """Answers one forwarded request on a `BaseHTTPRequestHandler` with a decision."""
+    """Answers one forwarded request (`HttpRequest`, its body cut at `max_body_bytes` by the
+    server) with a decision."""
 
     def __init__(self, servicer: AuthorizationServicer, *, path_prefix: str = "",
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -175,61 +168,23 @@ class HttpCheckEndpoint:
         self.max_body_bytes = max_body_bytes
         self.token = token
 
-    def _read_body(self, handler: BaseHTTPRequestHandler) -> tuple[bytes, bool]:
-        """(body, partial): at most `max_body_bytes`; partial when there was more."""
-        limit = self.max_body_bytes
-        if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
-            parts: list[bytes] = []
-            total = 0
-            while True:
-                line = handler.rfile.readline(1026)
-                try:
-                    size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-                except ValueError:
-                    raise _BodyError("bad chunk size") from None
-                if size == 0:
-                    while handler.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(parts), False
-                if total + size > limit:
-                    parts.append(handler.rfile.read(limit - total))
-                    return b"".join(parts), True
-                parts.append(handler.rfile.read(size))
-                total += size
-                handler.rfile.readline(3)
-        length_header = handler.headers.get("Content-Length")
-        if not length_header:
-            return b"", False
-        try:
-            length = int(length_header)
-        except ValueError:
-            raise _BodyError("bad Content-Length") from None
-        if length < 0:
-            raise _BodyError("negative Content-Length")
-        if length > limit:
-            return handler.rfile.read(limit), True
-        return handler.rfile.read(length), False
+    def body_limit(self, target: str) -> int:
+        return self.max_body_bytes
 
-    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.handle(request)
+
+    def handle(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
-        if self.token is not None and not self.token.check_header(
-                handler.headers.get(TOKEN_HEADER)):
-            _write(handler, 401, [("content-type", "application/json")],
-                   b'{"error":"unauthorized","message":"missing or invalid service token"}')
-            return
-        try:
-            body, partial = self._read_body(handler)
-        except (_BodyError, OSError) as exc:
-            _write(handler, 400, [("content-type", "application/json")],
-                   b'{"error":"bad request","message":"cannot read body"}', close=True)
-            log.info("ext_authz HTTP: %s", exc)
-            return
-        peer = handler.client_address if isinstance(handler.client_address, tuple) else None
-        request = http_to_check_request(
-            handler.command, handler.path, handler.headers.items(), body,
-            path_prefix=self.path_prefix, partial=partial, peer=peer,
-            local=_local_address(handler), protocol=handler.request_version)
-        response = self.servicer.check(request)
+        if self.token is not None and not self.token.check_header(request.header(TOKEN_HEADER)):
+            return HttpResponse(401, [("content-type", "application/json")],
+                                b'{"error":"unauthorized","message":"missing or invalid '
+                                b'service token"}')
+        check = http_to_check_request(
+            request.method, request.target, request.headers, request.body,
+            path_prefix=self.path_prefix, partial=request.truncated, peer=request.peer,
+            local=request.local, protocol=request.http_version)
+        response = self.servicer.check(check)
         try:
             status, headers, out = check_response_to_http(response)
         except UnrepresentableResponse as exc:
@@ -237,90 +192,32 @@ class HttpCheckEndpoint:
             log.warning("decision %s: %s; denying", decision_id, exc)
             status, headers, out = check_response_to_http(error_response(str(exc),
                                                                          decision_id))
-        # A body we did not read to its end cannot leave the connection reusable.
-        _write(handler, status, headers, out, close=partial)
-        log.debug("ext_authz HTTP %s %s -> %d in %.1f ms", handler.command, handler.path,
+        log.debug("ext_authz HTTP %s %s -> %d in %.1f ms", request.method, request.target,
                   status, (time.perf_counter() - started) * 1e3)
-
-
-def _local_address(handler: BaseHTTPRequestHandler) -> tuple[str, int] | None:
-    with contextlib.suppress(OSError, AttributeError, ValueError):
-        name = handler.connection.getsockname()
-        return str(name[0]), int(name[1])
-    return None
-
-
-def _write(handler: BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]],
-           body: bytes, close: bool = False) -> None:
-    reason = handler.responses.get(status, ("",))[0]
-    head = [f"HTTP/1.1 {status} {reason}"]
-    head.extend(f"{name}: {value}" for name, value in headers
-                if name.lower() not in ("content-length", "connection"))
-    head.append(f"Content-Length: {len(body)}")
-    if close:
-        head.append("Connection: close")
-        handler.close_connection = True
-    handler.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + body)
-    handler.log_request(status, len(body))
+        # A body not read to its end leaves the connection unusable: the server closes it.
+        return HttpResponse(status, headers, out, close=request.truncated)
 
 
 # ---------------------------------------------------------------------------------------------
-# a server of its own (`ordinance envoy --http`)
-
-
-class _CheckHandler(BaseHTTPRequestHandler):
-    """Every method on every path is a check."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = "ordinance-ext-authz"
-    sys_version = ""
-    timeout = 60
-    server: _CheckServer
-
-    def setup(self) -> None:
-        super().setup()
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("do_") and _TOKEN.match(name[3:]):
-            return self._check
-        raise AttributeError(name)
-
-    def _check(self) -> None:
-        self.server.endpoint.handle(self)
-
-
-class _CheckServer(TLSThreadingHTTPServer):
-    def __init__(self, host: str, port: int, endpoint: HttpCheckEndpoint, *,
-                 tls: TLSConfig | None = None) -> None:
-        self.endpoint = endpoint
-        super().__init__(host, port, _CheckHandler, tls=tls)
+# a server of its own (`ordinance envoy --http`), where every method on every path is a check
 
 
 class HttpCheckServer:
     """A running ext_authz HTTP service; `port` is the bound port."""
 
-    def __init__(self, server: _CheckServer) -> None:
-        self.server = server
-        self.port: int = server.server_address[1]
-        self._thread = threading.Thread(target=server.serve_forever,
-                                        kwargs={"poll_interval": 0.25},
-                                        name="ext-authz-http", daemon=True)
-        self._thread.start()
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server.start()
+        self.port: int = server.port
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
+        self.server.stop()
 
 
 def start_http_check_server(endpoint: HttpCheckEndpoint, host: str, port: int, *,
-                            tls: TLSConfig | None = None) -> HttpCheckServer:
-    running = HttpCheckServer(_CheckServer(host, port, endpoint, tls=tls))
+                            tls: TLSConfig | None = None,
+                            limits: HttpLimits | None = None) -> HttpCheckServer:
+    running = HttpCheckServer(HttpServer(host, port, endpoint, limits=limits or HttpLimits(),
+                                         tls=tls, name="ext-authz-http"))
     log.info("ext_authz HTTP service listening on %s:%d (tls=%s)", host, running.port,
              tls is not None)
     return running

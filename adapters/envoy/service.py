@@ -23,6 +23,7 @@ from adapters.envoy.http_service import (
     start_http_check_server,
 )
 from adapters.envoy.translate import DEFAULT_MAX_BODY
+from engine.service.http_server import HttpLimits
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class EnvoyOptions:
     http_prefix: str | None = None
     """Mount the HTTP-service mode under this path on the service's HTTP API."""
     http_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    http_limits: HttpLimits | None = None
+    """Connections and timeouts of the listener of its own (default `HttpLimits()`)."""
 
     def check(self) -> None:
         """Raise ValueError for an inconsistent configuration (before anything starts)."""
@@ -154,7 +157,8 @@ class EnvoyExtension:
             own = HttpCheckEndpoint(self.http_servicer, max_body_bytes=options.http_max_body_bytes,
                                     token=token)
             try:
-                self.http = start_http_check_server(own, host, port, tls=tls)
+                self.http = start_http_check_server(own, host, port, tls=tls,
+                                                    limits=options.http_limits)
             except BaseException:
                 self.stop()
                 raise

@@ -75,7 +75,9 @@ PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 RESOURCE_LABEL_PREFIX = "label."
 """Context extensions `label.<name>: <value>` become `resource.labels[<name>]`."""
 
-_VALID_STATUS = frozenset(v for v in http_status_pb2.StatusCode.values() if v != 0)
+_STATUS_RANGE = range(100, 600)
+"""Every HTTP status a policy may return: proto3 enums are open, so a code the `StatusCode`
+enum does not name (418, 599) passes through to Envoy, as with opa-envoy-plugin."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -364,8 +366,8 @@ def _http_status(result: Mapping[str, Any]) -> int:
     value = result["http_status"]
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
         raise ResultError(f"expected http_status to be an integer, got {value!r}")
-    if int(value) not in _VALID_STATUS:
-        raise ResultError(f"invalid HTTP status code {value}")
+    if int(value) not in _STATUS_RANGE:
+        raise ResultError(f"invalid HTTP status code {value} (must be 100-599)")
     return int(value)
 
 

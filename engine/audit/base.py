@@ -25,6 +25,8 @@ from typing import Any
 
 from engine.audit.chain import (
     GENESIS_HASH,
+    HEAD_SEAL_ALG,
+    Anchor,
     AuditRecord,
     Checkpoint,
     EncodedEvent,
@@ -32,11 +34,13 @@ from engine.audit.chain import (
     VerifyResult,
     canonical_json,
     format_ts,
+    head_seal_problem,
     json_or_null,
     json_string,
     new_ulid,
     parse_ts,
     seal_checkpoint,
+    seal_head,
     verify_chain,
 )
 from engine.audit.stores import SqlConnection, StoreUnavailable, StoreURL, driver_errors
@@ -285,7 +289,10 @@ class AuditLog:
 
     dialect: str = ""
     _DDL: tuple[str, ...] = ()
-    _LOCK_HEAD = "SELECT seq, hash, last_id, last_ts FROM ordinance_audit_head WHERE one = 1"
+    _ADD_HEAD_SEAL = "ALTER TABLE ordinance_audit_head ADD COLUMN seal TEXT"
+    """Trails made before heads were sealed get the column on first open."""
+    _LOCK_HEAD = ("SELECT seq, hash, last_id, last_ts, {seal} FROM ordinance_audit_head "
+                  "WHERE one = 1")
     POLL_INTERVAL_S = 0.2
 
     def __init__(self, store: StoreURL, *, create: bool = True,
@@ -306,8 +313,11 @@ class AuditLog:
         try:
             if create:
                 self._create_schema()
+                self._head_seal_column = True
             elif not self._schema_exists():
                 raise AuditStoreUnavailable(f"no audit trail at {store.redacted()}")
+            else:
+                self._head_seal_column = self._ensure_head_seal_column()
         except self._errors as exc:
             self._conn.close()
             raise AuditStoreUnavailable(f"cannot use audit store {store.redacted()}: "
@@ -323,8 +333,28 @@ class AuditLog:
             self._schema_lock(tx)
             for stmt in self._DDL:
                 tx.run(stmt)
-            tx.run("INSERT INTO ordinance_audit_head (one, seq, hash) VALUES (1, 0, ?) "
-                   "ON CONFLICT DO NOTHING", (GENESIS_HASH,))
+            if not self._has_head_seal_column():
+                tx.run(self._ADD_HEAD_SEAL)
+            seal = seal_head(0, GENESIS_HASH, self.hmac_key) if self.hmac_key else None
+            tx.run("INSERT INTO ordinance_audit_head (one, seq, hash, seal) VALUES (1, 0, ?, ?) "
+                   "ON CONFLICT DO NOTHING", (GENESIS_HASH, seal))
+
+    def _ensure_head_seal_column(self) -> bool:
+        """Whether the head row has its `seal` column, adding it to an older trail. False only
+        when it is missing and cannot be added (read-only credentials): heads stay unsealed."""
+        if self._has_head_seal_column():
+            return True
+        try:
+            with self._conn.write() as tx:
+                self._schema_lock(tx)
+                if not self._has_head_seal_column():
+                    tx.run(self._ADD_HEAD_SEAL)
+        except self._errors:
+            return False
+        return True
+
+    def _has_head_seal_column(self) -> bool:
+        raise NotImplementedError
 
     def _schema_lock(self, tx: SqlConnection) -> None:
         """Serialize schema creation between processes (SQLite's write lock already does)."""
@@ -371,17 +401,38 @@ class AuditLog:
         self._after_commit(records[-1])
         return records
 
-    def _lock_head(self, tx: SqlConnection) -> tuple[Any, ...]:
-        head = tx.one(self._LOCK_HEAD)
+    def _lock_head(self, tx: SqlConnection, *, trusted: bool = True) -> tuple[Any, ...]:
+        """The head row, locked for this transaction; unless `trusted=False`, only a head this
+        writer may extend (`head_seal_problem`), else AuditWriteError."""
+        head = tx.one(self._LOCK_HEAD.format(seal="seal" if self._head_seal_column else "NULL"))
         if head is None:
             raise AuditWriteError("the audit trail's head row is missing (trail damaged)")
+        problem = head_seal_problem(int(head[0]), head[1], head[4], self.hmac_key)
+        if trusted and problem:
+            raise AuditWriteError(f"{problem}; nothing recorded")
         return head
+
+    def seal(self) -> VerifyResult:
+        """Adopt a trail written without the key: verify it (under the write lock, so nothing
+        moves meanwhile) and, when nothing but the missing seal is wrong, seal its head."""
+        if not self.hmac_key:
+            raise AuditConfigError("sealing the head needs the audit key (ORDINANCE_AUDIT_KEY)")
+        try:
+            with self._conn.write() as tx:
+                seq, digest = self._lock_head(tx, trusted=False)[:2]
+                result = self.verify()
+                if result.ok or result.damage == "head_unsealed":
+                    tx.run("UPDATE ordinance_audit_head SET seal = ? WHERE one = 1",
+                           (seal_head(int(seq), digest, self.hmac_key),))
+        except self._errors as exc:
+            raise AuditWriteError(f"sealing the head failed: {exc}") from exc
+        return result if not result.ok and result.damage != "head_unsealed" else self.verify()
 
     def _append_locked(self, tx: SqlConnection, head: tuple[Any, ...],
                        events: list[PreparedEvent]) -> list[AuditRecord]:
         """Chain `events` after `head` (read under the write lock): insert them, move the head,
         notify. Issues no read, so on PostgreSQL it all travels in one pipelined round trip."""
-        last_seq, last_hash, last_id, last_ts = head
+        last_seq, last_hash, last_id, last_ts = head[:4]
         now = datetime.now(UTC)
         ts = format_ts(now)
         if last_ts and ts < last_ts:
@@ -403,8 +454,13 @@ class AuditLog:
         for start in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[start:start + _ROWS_PER_INSERT]
             tx.run(_insert_sql(len(chunk)), [value for row in chunk for value in row])
-        tx.run("UPDATE ordinance_audit_head SET seq = ?, hash = ?, last_id = ?, last_ts = ? "
-               "WHERE one = 1", (last_seq, last_hash, last_id, ts))
+        if self._head_seal_column:
+            seal = seal_head(last_seq, last_hash, self.hmac_key) if self.hmac_key else None
+            tx.run("UPDATE ordinance_audit_head SET seq = ?, hash = ?, last_id = ?, "
+                   "last_ts = ?, seal = ? WHERE one = 1", (last_seq, last_hash, last_id, ts, seal))
+        else:
+            tx.run("UPDATE ordinance_audit_head SET seq = ?, hash = ?, last_id = ?, "
+                   "last_ts = ? WHERE one = 1", (last_seq, last_hash, last_id, ts))
         self._notify(tx, last_seq)
         return records
 
@@ -501,20 +557,36 @@ class AuditLog:
 
     # -- verification -----------------------------------------------------------------------
 
-    def verify(self) -> VerifyResult:
+    def _head_sql(self) -> str:
+        seal = "seal" if self._head_seal_column else "NULL"
+        return f"SELECT seq, hash, {seal}, last_id, last_ts FROM ordinance_audit_head WHERE one = 1"
+
+    def anchor(self) -> Anchor:
+        """The head as it is now, for write-once storage: its record's seq and hash, sealed
+        with the key when one is configured (`verify(anchor=...)` checks a trail against it)."""
+        row = self._conn.one(self._head_sql())
+        if row is None:
+            raise AuditStoreUnavailable("the audit trail's head row is missing (trail damaged)")
+        seq, digest = int(row[0]), str(row[1])
+        seal = seal_head(seq, digest, self.hmac_key) if self.hmac_key else None
+        return Anchor(seq, digest, row[3], row[4], format_ts(datetime.now(UTC)),
+                      HEAD_SEAL_ALG if seal else "none", seal)
+
+    def verify(self, anchor: Anchor | None = None) -> VerifyResult:
         """Walk the whole trail from the latest checkpoint (or the first record) and report
-        the first break. Reads one consistent snapshot on its own connection, so appends
-        continue meanwhile and a concurrent prune cannot cause a false alarm."""
+        the first break; with `anchor`, the trail must still hold the anchored record. Reads
+        one consistent snapshot on its own connection, so appends continue meanwhile and a
+        concurrent prune cannot cause a false alarm."""
         reader = SqlConnection(self.store, create=False)
         try:
             with reader.snapshot() as snap:
-                head_row = snap.one("SELECT seq, hash FROM ordinance_audit_head WHERE one = 1")
+                head_row = snap.one(self._head_sql())
                 cp_row = snap.one("SELECT through_seq, through_hash, pruned_count, created_at, "
                                   "seal_alg, seal FROM ordinance_audit_checkpoints "
                                   "ORDER BY through_seq DESC LIMIT 1")
                 checkpoint = (Checkpoint(int(cp_row[0]), cp_row[1], int(cp_row[2]), cp_row[3],
                                          cp_row[4], cp_row[5]) if cp_row else None)
-                head = Head(int(head_row[0]), head_row[1]) if head_row else None
+                head = Head(int(head_row[0]), head_row[1], head_row[2]) if head_row else None
 
                 def records() -> Iterator[AuditRecord]:
                     after = -(1 << 62)
@@ -532,10 +604,16 @@ class AuditLog:
                                    "ORDER BY seq LIMIT 1", (digest,))
                     return int(row[0]) if row else None
 
+                def seq_of_id(rid: str) -> int | None:
+                    row = snap.one("SELECT seq FROM ordinance_audit WHERE id = ? "
+                                   "ORDER BY seq LIMIT 1", (rid,))
+                    return int(row[0]) if row else None
+
                 if head is None:
                     return VerifyResult(False, 0, None, "the trail's head row is missing")
                 return verify_chain(records(), checkpoint=checkpoint, head=head,
-                                    key=self.hmac_key, seq_of_hash=seq_of_hash)
+                                    key=self.hmac_key, anchor=anchor, seq_of_hash=seq_of_hash,
+                                    seq_of_id=seq_of_id)
         finally:
             reader.close()
 

@@ -222,33 +222,134 @@ def checkpoint_problem(cp: Checkpoint, key: bytes | None) -> str | None:
     return None
 
 
+# --- the sealed head and anchors ------------------------------------------------------------
+
+HEAD_SEAL_ALG = "hmac-sha256"
+
+
+def seal_head(seq: int, digest: str, key: bytes) -> str:
+    """HMAC-SHA256 over the head's (seq, hash): what every commit writes with a key configured.
+
+    The sealed text names what it seals, so a checkpoint's seal can never pass for a head's."""
+    data = canonical_json({"sealed": "ordinance.audit.head", "seq": seq, "hash": digest})
+    return hmac.new(key, data.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def head_seal_problem(seq: int, digest: str, seal: str | None, key: bytes | None) -> str | None:
+    """Why a writer must not extend this head, or None. A writer extends only a head it can
+    trust: with the key, a sealed head whose seal matches (or the empty trail's); without the
+    key, an unsealed head (it could not reseal a sealed one, which would hide the next cut)."""
+    if key and seal is not None and not hmac.compare_digest(seal_head(seq, digest, key), seal):
+        return ("the trail's head seal does not match: the head was rewritten (records cut "
+                "from the tail?) or the key changed; refusing to extend it (run `ordinance "
+                "audit verify`)")
+    if key and seal is None and seq > 0:
+        return ("the trail's head is not sealed although this writer has the audit key: "
+                "refusing to extend it (a trail written without the key is adopted once with "
+                "`ordinance audit seal`, which verifies it first)")
+    if not key and seal is not None:
+        return ("the trail's head is sealed but this writer has no audit key "
+                "(ORDINANCE_AUDIT_KEY): every writer of a sealed trail needs it")
+    return None
+
+
+@dataclass(frozen=True)
+class Head:
+    """The trail's own note of its last record, updated in the same transaction as each append.
+
+    `seal` is `seal_head` of (seq, hash) when the last writer had the key, else None."""
+
+    seq: int
+    hash: str
+    seal: str | None = None
+
+
+ANCHOR_FORMAT = "ordinance-audit-anchor/1"
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A head exported for write-once storage (`ordinance audit anchor`).
+
+    `seal` is the head's HMAC seal (`seal_alg` "hmac-sha256") or None ("none") without a key;
+    `verify --anchor` checks that the trail still holds record `seq` with this `hash`."""
+
+    seq: int
+    hash: str
+    record_id: str | None
+    record_ts: str | None
+    exported_at: str
+    seal_alg: str
+    seal: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": ANCHOR_FORMAT, "seq": self.seq, "hash": self.hash,
+                "record_id": self.record_id, "record_ts": self.record_ts,
+                "exported_at": self.exported_at, "seal_alg": self.seal_alg, "seal": self.seal}
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Anchor:
+        """Raise ValueError naming what is wrong with an anchor document."""
+        if not isinstance(doc, dict) or doc.get("format") != ANCHOR_FORMAT:
+            raise ValueError(f"not an audit anchor (expected \"format\": \"{ANCHOR_FORMAT}\")")
+        seq, digest, alg, seal = doc.get("seq"), doc.get("hash"), doc.get("seal_alg"), \
+            doc.get("seal")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise ValueError("anchor `seq` must be a non-negative integer")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError("anchor `hash` must be 64 lowercase hex digits")
+        if alg not in (HEAD_SEAL_ALG, "none") or (alg == "none") != (seal is None) \
+                or (seal is not None and not isinstance(seal, str)):
+            raise ValueError("anchor `seal_alg`/`seal` must be \"hmac-sha256\" with a seal or "
+                             "\"none\" with null")
+        return cls(seq, digest, doc.get("record_id"), doc.get("record_ts"),
+                   str(doc.get("exported_at", "")), alg, seal)
+
+
+def anchor_problem(anchor: Anchor, key: bytes | None) -> str | None:
+    """Why an anchor's own seal cannot be trusted, or None."""
+    if anchor.seal_alg == "none":
+        return None
+    if not key:
+        return "the anchor is HMAC-sealed: configure the audit key to verify it"
+    if not hmac.compare_digest(seal_head(anchor.seq, anchor.hash, key), anchor.seal or ""):
+        return "the anchor's seal does not match (anchor edited, or made with another key)"
+    return None
+
+
 # --- verification ----------------------------------------------------------------------------
+
+Damage = str
+"""What `verify_chain` found: "deleted", "edited", "inserted", "duplicated", "reordered",
+"broken_link", "tail_cut", "added_outside", "head_rewritten", "head_unsealed", "checkpoint",
+"anchor"."""
 
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """Outcome of walking the chain. `first_bad_seq` names the record that is wrong."""
+    """Outcome of walking the chain. `first_bad_seq` names the record that is wrong, `damage`
+    the kind of damage."""
 
     ok: bool
     count: int
     first_bad_seq: int | None = None
     problem: str | None = None
     checkpoint_seq: int | None = None
+    damage: Damage | None = None
+    head_sealed: bool = False
+    """The head's seal was checked and matches."""
+    head_seal_unchecked: bool = False
+    """The head is sealed but no key was given to check it."""
 
     def describe(self) -> str:
         if self.ok:
             start = f" from checkpoint at seq {self.checkpoint_seq}" if self.checkpoint_seq else ""
-            return f"audit trail intact: {self.count} records verified{start}"
-        where = f"record {self.first_bad_seq}" if self.first_bad_seq is not None else "trail"
-        return f"audit trail BROKEN at {where}: {self.problem}"
-
-
-@dataclass(frozen=True)
-class Head:
-    """The trail's own note of its last record, updated in the same transaction as each append."""
-
-    seq: int
-    hash: str
+            sealed = (", head seal valid" if self.head_sealed else
+                      ", head sealed (set ORDINANCE_AUDIT_KEY to check its seal)"
+                      if self.head_seal_unchecked else "")
+            return f"audit trail intact: {self.count} records verified{start}{sealed}"
+        where = f" at record {self.first_bad_seq}" if self.first_bad_seq is not None else ""
+        return f"audit trail BROKEN{where}: {self.problem}"
 
 
 def verify_chain(
@@ -257,66 +358,136 @@ def verify_chain(
     checkpoint: Checkpoint | None = None,
     head: Head | None = None,
     key: bytes | None = None,
+    anchor: Anchor | None = None,
     seq_of_hash: Callable[[str], int | None] = lambda _h: None,
+    seq_of_id: Callable[[str], int | None] = lambda _i: None,
 ) -> VerifyResult:
-    """Walk `records` (ascending seq) and report the first break.
+    """Walk `records` (ascending seq) and report the first break, naming its kind.
 
-    Checks, in order, for each record: its seq follows the previous one (else records were
-    deleted); its `prev_hash` is the previous record's hash (else one was inserted, reordered or
-    edited and re-hashed); its own hash matches its content (else it was edited). At the end the
-    last record must be the one the head names (else the tail was cut or a record was added
-    outside the log). `seq_of_hash` finds which stored record has a given hash; it is consulted
-    only after a break, to say what happened.
+    For each record: its seq follows the previous one (else records were deleted); its
+    `prev_hash` is the previous record's hash and its own hash matches its content. When one of
+    those fails, the record is examined before blaming an edit: a copy of an earlier record
+    (same hash or id) is *duplicated*; a record the next one skips over (the next links to the
+    one before) is *inserted*. At the end the last record must be the one the head names (else
+    the tail was cut or a record was added outside the log) and, with a key, the head's seal
+    must match (else the head was rewritten, e.g. after cutting the tail). An `anchor` (an
+    exported head) must still be in the trail. `seq_of_hash`/`seq_of_id` find which stored
+    record has a given hash or id; they are consulted only after a break, to say what happened.
     """
     cp_seq = checkpoint.through_seq if checkpoint else 0
     if checkpoint is not None:
         problem = checkpoint_problem(checkpoint, key)
         if problem:
-            return VerifyResult(False, 0, checkpoint.through_seq, problem, cp_seq)
+            return VerifyResult(False, 0, checkpoint.through_seq, problem, cp_seq, "checkpoint")
+    if anchor is not None:
+        problem = anchor_problem(anchor, key)
+        if problem:
+            return VerifyResult(False, 0, None, problem, cp_seq or None, "anchor")
     prev_seq = cp_seq
     prev_hash = checkpoint.through_hash if checkpoint else GENESIS_HASH
     count = 0
 
-    def broken(seq: int, problem: str) -> VerifyResult:
-        return VerifyResult(False, count, seq, problem, cp_seq or None)
+    def broken(seq: int | None, damage: Damage, problem: str) -> VerifyResult:
+        return VerifyResult(False, count, seq, problem, cp_seq or None, damage)
 
-    for rec in records:
-        if rec.seq != prev_seq + 1:
-            if rec.seq > prev_seq + 1:
-                missing = (f"record {prev_seq + 1}" if rec.seq == prev_seq + 2
-                           else f"records {prev_seq + 1}-{rec.seq - 1}")
-                return broken(prev_seq + 1,
-                              f"sequence gap (record deleted): {missing} missing "
-                              f"before record {rec.seq}")
-            return broken(rec.seq, f"sequence out of order: record {rec.seq} "
-                                   f"follows record {prev_seq}")
+    def copy_of(rec: AuditRecord) -> int | None:
+        """The earlier record `rec` is a copy of (same hash, or same id), if any."""
+        for found in (seq_of_hash(rec.hash), seq_of_id(rec.id)):
+            if found is not None and found < rec.seq:
+                return found
+        return None
+
+    walk = iter(records)
+    rec = next(walk, None)
+    while rec is not None:
+        nxt = next(walk, None)
+        if rec.seq <= prev_seq:
+            if rec.hash == prev_hash:
+                return broken(rec.seq, "duplicated", f"record duplicated: record {prev_seq} "
+                                                     f"appears again as record {rec.seq}")
+            return broken(rec.seq, "reordered", f"sequence out of order: record {rec.seq} "
+                                                 f"follows record {prev_seq}")
+        if rec.seq > prev_seq + 1:
+            missing = (f"record {prev_seq + 1}" if rec.seq == prev_seq + 2
+                       else f"records {prev_seq + 1}-{rec.seq - 1}")
+            return broken(prev_seq + 1, "deleted", f"sequence gap (record deleted): {missing} "
+                                                   f"missing before record {rec.seq}")
         own_ok = hmac.compare_digest(compute_hash(rec), rec.hash)
+        linked = seq_of_hash(rec.prev_hash) if rec.prev_hash != prev_hash else prev_seq
+        if rec.prev_hash != prev_hash or not own_ok or (head is not None and rec.seq > head.seq):
+            original = copy_of(rec)
+            if original is not None:
+                return broken(rec.seq, "duplicated", f"record duplicated: record {rec.seq} is a "
+                                                     f"copy of record {original}")
+            if linked is not None and linked > prev_seq:
+                return broken(rec.seq, "reordered", f"records reordered: record {rec.seq} was "
+                                                    f"chained after record {linked}")
+            if nxt is not None and nxt.prev_hash == prev_hash:
+                return broken(rec.seq, "inserted", f"record inserted: record {nxt.seq} is "
+                                                   f"chained to record {prev_seq}, so record "
+                                                   f"{rec.seq} does not belong")
         if rec.prev_hash != prev_hash:
-            linked = seq_of_hash(rec.prev_hash)
             if linked is not None and linked == prev_seq - 1:
-                return broken(prev_seq, f"record inserted: record {rec.seq}'s prev_hash names "
-                                        f"record {linked}, so record {prev_seq} does not belong")
+                return broken(prev_seq, "inserted", f"record inserted: record {rec.seq}'s "
+                                                    f"prev_hash names record {linked}, so "
+                                                    f"record {prev_seq} does not belong")
             if linked is not None and linked != prev_seq:
-                return broken(rec.seq, f"records reordered: record {rec.seq} was chained after "
-                                       f"record {linked}, not record {prev_seq}")
+                return broken(rec.seq, "reordered", f"records reordered: record {rec.seq} was "
+                                                    f"chained after record {linked}, not record "
+                                                    f"{prev_seq}")
             if own_ok and prev_seq > 0:
-                return broken(prev_seq, f"prev_hash does not match previous record: record "
-                                        f"{rec.seq} was chained to a different record "
-                                        f"{prev_seq} (record {prev_seq} edited and re-hashed "
-                                        f"or replaced)")
-            return broken(rec.seq, "prev_hash does not match previous record")
+                return broken(prev_seq, "edited", f"prev_hash does not match previous record: "
+                                                  f"record {rec.seq} was chained to a "
+                                                  f"different record {prev_seq} (record "
+                                                  f"{prev_seq} edited and re-hashed or "
+                                                  f"replaced)")
+            return broken(rec.seq, "broken_link", "prev_hash does not match previous record "
+                                                  "(broken link)")
         if not own_ok:
-            return broken(rec.seq, "hash mismatch (record edited)")
+            return broken(rec.seq, "edited", "hash mismatch (record edited)")
+        if anchor is not None and rec.seq == anchor.seq and rec.hash != anchor.hash:
+            return broken(rec.seq, "anchor", f"record {rec.seq} is not the record the anchor "
+                                             f"names (trail rewritten since it was anchored)")
         prev_seq, prev_hash = rec.seq, rec.hash
         count += 1
+        rec = nxt
 
-    if head is not None and (head.seq, head.hash) != (prev_seq, prev_hash):
-        if head.seq > prev_seq:
-            return broken(prev_seq + 1, f"tail truncated (record deleted): records "
-                                        f"{prev_seq + 1}-{head.seq} missing at the end")
-        if head.seq < prev_seq:
-            return broken(head.seq + 1, f"record {head.seq + 1} was added outside the log "
-                                        f"(the trail's head names record {head.seq})")
-        return broken(prev_seq, "hash mismatch (record edited): the last record differs from "
-                                "the one the trail's head names")
-    return VerifyResult(True, count, None, None, cp_seq or None)
+    sealed = False
+    if head is not None:
+        if key and head.seal is None:
+            return broken(None, "head_unsealed",
+                          f"the trail's head (record {head.seq}) is not sealed although a key "
+                          f"is configured: its seal was removed, or a writer ran without "
+                          f"the audit key")
+        if key and head.seal is not None:
+            if not hmac.compare_digest(seal_head(head.seq, head.hash, key), head.seal):
+                return broken(None, "head_rewritten",
+                              f"the trail's head was rewritten: its seal does not match (it "
+                              f"names record {head.seq}; records after the true head may have "
+                              f"been deleted)")
+            sealed = True
+        if (head.seq, head.hash) != (prev_seq, prev_hash):
+            if head.seq > prev_seq:
+                return broken(prev_seq + 1, "tail_cut",
+                              f"tail truncated (record deleted): records {prev_seq + 1}-"
+                              f"{head.seq} missing at the end")
+            if head.seq < prev_seq:
+                return broken(head.seq + 1, "added_outside",
+                              f"record {head.seq + 1} was added outside the log (the trail's "
+                              f"head names record {head.seq})")
+            return broken(prev_seq, "edited", "hash mismatch (record edited): the last record "
+                                              "differs from the one the trail's head names")
+    if anchor is not None:
+        if anchor.seq > prev_seq:
+            return broken(prev_seq + 1, "anchor",
+                          f"the trail ends at record {prev_seq} but the anchor names record "
+                          f"{anchor.seq}: the tail was cut and the head rewritten (or rolled "
+                          f"back) since the anchor was taken")
+        if anchor.seq == cp_seq and checkpoint is not None and \
+                anchor.hash != checkpoint.through_hash:
+            return broken(anchor.seq, "anchor", f"the checkpoint at record {anchor.seq} is not "
+                                                f"the record the anchor names")
+        if anchor.seq == 0 and cp_seq == 0 and anchor.hash != GENESIS_HASH:
+            return broken(0, "anchor", "the anchor names no record of this trail")
+    unchecked = head is not None and head.seal is not None and not key
+    return VerifyResult(True, count, None, None, cp_seq or None, None, sealed, unchecked)

@@ -34,7 +34,7 @@ class PostgresAuditLog(AuditLog):
         "CREATE INDEX IF NOT EXISTS ordinance_audit_subject ON ordinance_audit (subject)",
         "CREATE TABLE IF NOT EXISTS ordinance_audit_head ("
         " one INTEGER PRIMARY KEY CHECK (one = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL,"
-        " last_id TEXT, last_ts TEXT)",
+        " last_id TEXT, last_ts TEXT, seal TEXT)",
         "CREATE TABLE IF NOT EXISTS ordinance_audit_checkpoints ("
         " through_seq BIGINT PRIMARY KEY, through_hash TEXT NOT NULL,"
         " pruned_count BIGINT NOT NULL, created_at TEXT NOT NULL, seal_alg TEXT NOT NULL,"
@@ -48,6 +48,12 @@ class PostgresAuditLog(AuditLog):
 
     def _schema_lock(self, tx: SqlConnection) -> None:
         tx.one(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
+
+    def _has_head_seal_column(self) -> bool:
+        row = self._conn.one("SELECT count(*) FROM information_schema.columns WHERE table_name "
+                             "= 'ordinance_audit_head' AND column_name = 'seal' AND "
+                             "table_schema = current_schema()")
+        return bool(row and row[0])
 
     def _schema_exists(self) -> bool:
         row = self._conn.one("SELECT to_regclass('ordinance_audit') IS NOT NULL AND "

@@ -34,12 +34,16 @@ class SqliteAuditLog(AuditLog):
         "CREATE INDEX IF NOT EXISTS ordinance_audit_subject ON ordinance_audit (subject)",
         "CREATE TABLE IF NOT EXISTS ordinance_audit_head ("
         " one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL,"
-        " last_id TEXT, last_ts TEXT)",
+        " last_id TEXT, last_ts TEXT, seal TEXT)",
         "CREATE TABLE IF NOT EXISTS ordinance_audit_checkpoints ("
         " through_seq INTEGER PRIMARY KEY, through_hash TEXT NOT NULL,"
         " pruned_count INTEGER NOT NULL, created_at TEXT NOT NULL, seal_alg TEXT NOT NULL,"
         " seal TEXT NOT NULL)",
     )
+
+    def _has_head_seal_column(self) -> bool:
+        return any(row[1] == "seal" for row in
+                   self._conn.all("PRAGMA table_info(ordinance_audit_head)"))
 
     def _schema_exists(self) -> bool:
         row = self._conn.one("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name "

@@ -1,4 +1,4 @@
-"""`ordinance audit verify|export|tail|prune`: the auditor's view of the trail.
+"""`ordinance audit verify|anchor|seal|export|tail|prune`: the auditor's view of the trail.
 
 Owns the command-line surface over `engine.audit`: argument parsing, output formats (JSON
 lines, CSV, a readable text transcript) and exit codes — 0 intact / done, 1 the trail is broken,
@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from engine.audit import DEFAULT_RETENTION, AuditError, AuditLog, AuditRecord, open_audit_log
+from engine.audit.chain import Anchor
 
 AUDIT_URL_ENV = "ORDINANCE_AUDIT_URL"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
@@ -62,7 +63,19 @@ def register(subparsers: Any) -> None:
         sub.set_defaults(func=handler)
         return sub
 
-    add("verify", "check the hash chain; exit 1 naming the first broken record", _verify)
+    verify = add("verify", "check the hash chain and the head's seal; exit 1 naming the first "
+                           "broken record and the kind of damage", _verify)
+    verify.add_argument("--anchor", metavar="FILE",
+                        help="an anchor from `ordinance audit anchor`: the trail must still "
+                             "hold the record it names")
+
+    anchor = add("anchor", "print the trail's head (seq, hash, HMAC seal with "
+                           "ORDINANCE_AUDIT_KEY) as JSON for write-once storage", _anchor)
+    anchor.add_argument("--output", metavar="FILE",
+                        help="also write it to FILE (which must not exist yet)")
+
+    add("seal", "adopt a trail written without ORDINANCE_AUDIT_KEY: verify it, then seal its "
+                "head", _seal)
 
     export = add("export", "write records as JSON lines, CSV or a readable transcript", _export)
     export.add_argument("--format", choices=("jsonl", "csv", "text"), default="jsonl")
@@ -107,19 +120,78 @@ def record_access(log: AuditLog, action: str, details: dict[str, Any], *,
               file=sys.stderr)
 
 
+def _read_anchor(path: str) -> Anchor | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return Anchor.from_dict(json.load(f))
+    except OSError as exc:
+        _error(f"cannot read anchor {path}: {exc.strerror}")
+    except ValueError as exc:
+        _error(f"{path}: {exc}")
+    return None
+
+
 def _verify(args: argparse.Namespace) -> int:
+    anchor = None
+    if args.anchor is not None:
+        anchor = _read_anchor(args.anchor)
+        if anchor is None:
+            return 2
     log = _open(args)
     if log is None:
         return 2
     with log:
         try:
-            result = log.verify()
+            result = log.verify(anchor=anchor)
         except AuditError as exc:
             _error(str(exc))
             return 2
         record_access(log, "verify", {"ok": result.ok, "count": result.count,
                                        "first_bad_seq": result.first_bad_seq,
-                                       "problem": result.problem})
+                                       "damage": result.damage, "problem": result.problem,
+                                       "anchor_seq": anchor.seq if anchor else None})
+    print(result.describe(), file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
+
+
+def _anchor(args: argparse.Namespace) -> int:
+    log = _open(args)
+    if log is None:
+        return 2
+    with log:
+        record_access(log, "anchor", {"output": args.output})  # the anchor covers this record
+        try:
+            result = log.verify()
+            anchor = log.anchor()
+        except AuditError as exc:
+            _error(str(exc))
+            return 2
+    if not result.ok:
+        _error(f"not anchoring a damaged trail: {result.describe()}")
+        return 1
+    text = json.dumps(anchor.to_dict(), sort_keys=True) + "\n"
+    if args.output:
+        try:
+            with open(args.output, "x", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            _error(f"cannot write anchor {args.output}: {exc.strerror}")
+            return 2
+    sys.stdout.write(text)
+    return 0
+
+
+def _seal(args: argparse.Namespace) -> int:
+    log = _open(args)
+    if log is None:
+        return 2
+    with log:
+        try:
+            result = log.seal()
+        except AuditError as exc:
+            _error(str(exc))
+            return 2
+        record_access(log, "seal", {"ok": result.ok, "damage": result.damage})
     print(result.describe(), file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1
 

@@ -20,7 +20,9 @@ from typing import Any
 
 from engine.commands.serve import (
     add_decision_log_arguments,
+    add_http_limit_arguments,
     add_statement_limit_argument,
+    http_limits,
     parse_size,
 )
 
@@ -95,6 +97,10 @@ def register(subparsers: Any) -> None:
                                         "(HTTP) accepted (default 4MiB)")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often the policy directory is checked for changes")
+    add_http_limit_arguments(p)
+    p.add_argument("--reload-settle", type=float, default=1.0, metavar="SECONDS",
+                   help="a changed plain policy directory (no .manifest) is loaded once it has "
+                        "been quiet this long (default 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run)
 
@@ -117,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         if grpc is None and http is None:
             raise ValueError("both --grpc and --http are off: nothing to serve")
         options = envoy_options(args, http_address=http,
-                                http_max_body_bytes=args.max_message_bytes)
+                                http_max_body_bytes=args.max_message_bytes,
+                                http_limits=http_limits(args))
         config = ServiceConfig(
             policies=Path(args.policies), grpc_address=grpc, http_address=None,
             audit_url=args.audit, decision_log_path=args.decision_log_file,
@@ -125,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             token_file=args.token_file, insecure_listen=args.insecure_listen,
             max_message_bytes=args.max_message_bytes,
             max_statement_bytes=args.max_statement_bytes, reload_interval=args.reload_interval,
+            reload_settle=args.reload_settle, http_limits=http_limits(args),
             extensions=(options,))
         config.check_security()
         if http is not None:

@@ -112,6 +112,9 @@ def register(subparsers: Any) -> None:
                                              "e.g. env=prod")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often --policies is checked for changes (default 1)")
+    p.add_argument("--reload-settle", type=float, default=1.0, metavar="SECONDS",
+                   help="a changed plain policy directory (no .manifest) is loaded once it has "
+                        "been quiet this long (default 1)")
     from engine.commands.serve import add_statement_limit_argument
 
     add_statement_limit_argument(p)
@@ -283,7 +286,7 @@ def _decision_client(args: argparse.Namespace, audit: Any,
                                    "errors": errors, "rejected": True})
 
     watcher = PolicyWatcher(args.policies, on_loaded=loaded, on_rejected=rejected,
-                            interval=args.reload_interval)
+                            interval=args.reload_interval, settle=args.reload_settle)
     if not watcher.load_now():
         raise _Setup(f"the policies in {args.policies} do not compile (errors above)")
     watcher.start()

@@ -71,6 +71,40 @@ def add_decision_log_arguments(p: argparse.ArgumentParser) -> None:
                         "(default ./var/decisions.jsonl)")
 
 
+def add_http_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--http-max-connections`, `--http-header-timeout`, `--http-body-timeout`,
+    `--http-idle-timeout` (see `engine.service.http_server.HttpLimits`)."""
+    from engine.service.http_server import HttpLimits
+
+    d = HttpLimits()
+    parser.add_argument("--http-max-connections", type=int, default=d.max_connections,
+                        metavar="N", help="open HTTP connections at most; more get 503 "
+                                          "(default %(default)s)")
+    parser.add_argument("--http-header-timeout", type=float, default=d.header_timeout,
+                        metavar="SECONDS", help="a request head must arrive within this "
+                                                "(default %(default)s)")
+    parser.add_argument("--http-body-timeout", type=float, default=d.body_timeout,
+                        metavar="SECONDS", help="a request body must arrive within this "
+                                                "(default %(default)s)")
+    parser.add_argument("--http-idle-timeout", type=float, default=d.idle_timeout,
+                        metavar="SECONDS", help="idle keep-alive connections are closed after "
+                                                "this (default %(default)s)")
+
+
+def http_limits(args: argparse.Namespace) -> Any:
+    """The `HttpLimits` of `add_http_limit_arguments`' flags (ValueError when not positive)."""
+    from engine.service.http_server import HttpLimits
+
+    values = (args.http_max_connections, args.http_header_timeout, args.http_body_timeout,
+              args.http_idle_timeout)
+    if any(v <= 0 for v in values):
+        raise ValueError("--http-max-connections and the --http-*-timeout values must be "
+                         "positive")
+    return HttpLimits(max_connections=args.http_max_connections,
+                      header_timeout=args.http_header_timeout,
+                      body_timeout=args.http_body_timeout, idle_timeout=args.http_idle_timeout)
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "serve", help="run the decision service (gRPC and OPA-compatible HTTP)",
@@ -106,6 +140,10 @@ def register(subparsers: Any) -> None:
                    metavar="SIZE", help="largest request accepted (default 4MiB)")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often the policy directory is checked for changes")
+    add_http_limit_arguments(p)
+    p.add_argument("--reload-settle", type=float, default=1.0, metavar="SECONDS",
+                   help="a changed plain policy directory (no .manifest) is loaded once it has "
+                        "been quiet this long (default 1)")
     from engine.commands.envoy import add_envoy_arguments
 
     add_envoy_arguments(p)
@@ -141,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
             tls=tls, token_file=args.token_file, insecure_listen=args.insecure_listen,
             max_message_bytes=args.max_message_bytes,
             max_statement_bytes=args.max_statement_bytes, reload_interval=args.reload_interval,
+            reload_settle=args.reload_settle, http_limits=http_limits(args),
             extensions=tuple(extensions))
         if not config.addresses():
             raise ValueError("both --grpc and --http are off: nothing to serve")

@@ -21,7 +21,7 @@ from engine.policy import cel
 from engine.policy.loader import PolicySource, TestFile, mask_method_names, read_policy_dir
 from engine.policy.rego import INTERNAL_PACKAGE, RegoProgram, check_calls
 
-__all__ = ["PolicySet", "PolicySetError", "load_policy_set"]
+__all__ = ["PolicySet", "PolicySetError", "compile_policy_source", "load_policy_set"]
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,11 @@ class PolicySet:
 
 def load_policy_set(root: str) -> PolicySet:
     """Read, validate and compile a policy directory or bundle; all-or-nothing."""
-    source: PolicySource = read_policy_dir(root)
+    return compile_policy_source(read_policy_dir(root), root)
+
+
+def compile_policy_source(source: PolicySource, root: str) -> PolicySet:
+    """Validate and compile what was read from `root`; all-or-nothing."""
     errors = list(source.errors)
     methods = frozenset(mask_method_names())
     rules: list[cel.CelRule] = []

@@ -12,10 +12,11 @@ A rule file is YAML with a top-level `rules:` list:
         when: 'has(resource.labels.pci) && resource.labels.pci == "true"'
         mask: [{column: pan, method: pan}]
 
-One CEL environment (Google's CEL via cel-expr-python, with the strings extension) is built
-once. Its variables are the top-level keys of the input document, each of type `dyn`:
-`subject`, `resource`, `command`, `session`, `context`, plus `input` for the whole document
-and the opa-envoy-plugin keys (`attributes`, `parsed_path`, `parsed_query`, `parsed_body`).
+One CEL environment (Google's CEL via cel-expr-python, with the extensions in
+`CEL_EXTENSIONS`) is built once. Its variables are the top-level keys of the input document,
+each of type `dyn`: `subject`, `resource`, `command`, `session`, `context`, plus `input` for
+the whole document and the opa-envoy-plugin keys (`attributes`, `parsed_path`, `parsed_query`,
+`parsed_body`).
 A missing key is an error value in CEL (`has()` tests for presence); an error value is a deny
 with the error as reason, never a skipped rule.
 """
@@ -27,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cel_expr_python import cel
-from cel_expr_python.ext.ext_strings import ExtStrings
 
 from engine.decision import Mask, Reason
 from engine.native import allocator_problem
+from engine.policy.cel_source import static_problems
 
 CEL_VARIABLES = (
     "subject", "resource", "command", "session", "context", "input", "request",
@@ -39,13 +40,34 @@ CEL_VARIABLES = (
 EFFECTS = ("deny", "review", "mask")
 _RULE_KEYS = {"name", "effect", "when", "message", "mask", "approvers", "window", "description"}
 
-_ENV = cel.NewEnv(variables={name: cel.Type.DYN for name in CEL_VARIABLES},
-                  extensions=[ExtStrings()])
+# cel-expr-python's libraries, by the names its environment config knows. Not available in
+# cel-expr-python 0.1.3: the network extension (`ip`, `cidr`), `transformMap` and
+# `transformMapEntry` (refused at load, see cel_source.py).
+CEL_EXTENSIONS = ("strings", "math", "encoders", "optional", "bindings", "sets", "lists",
+                  "two-var-comprehensions", "regex", "protos")
+_CONFIG = "extensions:\n" + "".join(f"  - name: {name}\n" for name in CEL_EXTENSIONS)
+
+
+def new_env(variables: dict[str, Any], container: str | None = None) -> Any:
+    """A CEL environment with Ordinance's extensions and the given variables (name -> Type)."""
+    return cel.NewEnv(config=cel.NewEnvConfigFromYaml(_CONFIG), variables=variables,
+                      container=container or None)
+
+
+_ENV = new_env({name: cel.Type.DYN for name in CEL_VARIABLES})
 
 
 def cel_env() -> Any:
     """The one CEL environment every rule is compiled in."""
     return _ENV
+
+
+def compile_expression(env: Any, expression: str, disable_check: bool = False) -> Any:
+    """The compiled program, or RuntimeError with cel-expr-python's message or ours."""
+    problems = static_problems(expression)
+    if problems:
+        raise RuntimeError(problems[0])
+    return env.compile(expression, disable_check=disable_check)
 
 
 @dataclass
@@ -105,7 +127,7 @@ def compile_rules(path: str, document: Any, lines: dict[int, int],
             errors.append(f"{where}: rule {name!r} needs a `when` expression")
             continue
         try:
-            program = _ENV.compile(when)
+            program = compile_expression(_ENV, when)
         except RuntimeError as err:
             errors.append(f"{where}: rule {name!r}: {_cel_message(err)}")
             continue
@@ -180,14 +202,19 @@ def evaluate(rules: list[CelRule], doc: dict[str, Any]) -> CelOutcome:
     names = frozenset().union(*(rule.variables for rule in rules))
     activation = _ENV.Activation(activation_data(doc, names))
     for rule in rules:
-        value = rule.program.eval(activation)
-        kind = value.type()
+        try:
+            # cel-expr-python raises for some evaluation errors (a repeated map key built at
+            # run time, a result it cannot convert) instead of returning an error value
+            value = rule.program.eval(activation)
+            kind = value.type()
+            result = value.value()
+        except RuntimeError as err:
+            kind, result = cel.Type.ERROR, _cel_message(err)
         if kind == cel.Type.ERROR:
             outcome.reasons.append(Reason(
                 policy=rule.policy,
-                message=f"CEL rule {rule.name!r} failed: {value.value()}", effect="deny"))
+                message=f"CEL rule {rule.name!r} failed: {result}", effect="deny"))
             continue
-        result = value.value()
         if kind != cel.Type.BOOL:
             outcome.reasons.append(Reason(
                 policy=rule.policy,

@@ -50,36 +50,71 @@ def mask_method_names() -> set[str]:
     return set(MASK_METHODS)
 
 
-def read_policy_dir(root: str) -> PolicySource:
-    source = PolicySource()
-    if os.path.isfile(root) and root.endswith((".tar.gz", ".tgz")):
-        _read_bundle(root, source)
-        return source
-    if not os.path.isdir(root):
-        source.errors.append(f"{root}: no such policy directory")
-        return source
+POLICY_SUFFIXES = (".rego", ".yaml", ".yml", ".json")
+BUNDLE_SUFFIXES = (".tar.gz", ".tgz")
+
+
+def is_bundle(path: str) -> bool:
+    return path.endswith(BUNDLE_SUFFIXES)
+
+
+def policy_file_names(root: str) -> list[str]:
+    """The files of a policy directory the loader reads, relative to `root`, in load order
+    (which the revision depends on): hidden names and other suffixes are skipped."""
+    names: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if name.startswith("."):
+            if name.startswith(".") or not name.endswith(POLICY_SUFFIXES + BUNDLE_SUFFIXES):
                 continue
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, root)
-            if name.endswith((".tar.gz", ".tgz")):
-                _read_bundle(path, source)
+            names.append(os.path.relpath(os.path.join(dirpath, name), root))
+    return names
+
+
+def read_policy_dir(root: str) -> PolicySource:
+    """Read a policy directory or bundle from disk as it is now (see `engine.policy.snapshot`
+    for reading one that may be changing)."""
+    if os.path.isfile(root) and is_bundle(root):
+        try:
+            with open(root, "rb") as f:
+                content = f.read()
+        except OSError as err:
+            return PolicySource(errors=[f"{root}: {err.strerror}"])
+        return read_policy_files(root, [("", content)])
+    if not os.path.isdir(root):
+        return PolicySource(errors=[f"{root}: no such policy directory"])
+    files: list[tuple[str, bytes | OSError]] = []
+    for rel in policy_file_names(root):
+        path = os.path.join(root, rel)
+        try:
+            if os.path.getsize(path) > MAX_POLICY_FILE_BYTES:
+                files.append((rel, OSError(0, f"larger than {MAX_POLICY_FILE_BYTES} bytes")))
                 continue
-            if not name.endswith((".rego", ".yaml", ".yml", ".json")):
-                continue
-            try:
-                if os.path.getsize(path) > MAX_POLICY_FILE_BYTES:
-                    source.errors.append(f"{path}: larger than {MAX_POLICY_FILE_BYTES} bytes")
-                    continue
-                with open(path, "rb") as f:
-                    content = f.read()
-            except OSError as err:
-                source.errors.append(f"{path}: {err.strerror}")
-                continue
-            _add_file(source, path, os.path.dirname(rel), name, content)
+            with open(path, "rb") as f:
+                files.append((rel, f.read()))
+        except OSError as err:
+            files.append((rel, err))
+    return read_policy_files(root, files)
+
+
+def read_policy_files(root: str, files: list[tuple[str, bytes | OSError]]) -> PolicySource:
+    """Parse files already read: (path relative to `root`, content or the error reading it).
+
+    A single entry with the relative path "" is `root` itself, a bundle archive."""
+    source = PolicySource()
+    for rel, content in files:
+        path = os.path.join(root, rel) if rel else root
+        if isinstance(content, OSError):
+            source.errors.append(f"{path}: {content.strerror}")
+            continue
+        name = os.path.basename(rel or root)
+        if is_bundle(name):
+            _read_bundle(path, content, source)
+            continue
+        if len(content) > MAX_POLICY_FILE_BYTES:
+            source.errors.append(f"{path}: larger than {MAX_POLICY_FILE_BYTES} bytes")
+            continue
+        _add_file(source, path, os.path.dirname(rel), name, content)
     return source
 
 
@@ -150,10 +185,10 @@ def _item_lines(node: Any) -> dict[str, dict[int, int]]:
     return out
 
 
-def _read_bundle(path: str, source: PolicySource) -> None:
+def _read_bundle(path: str, content: bytes, source: PolicySource) -> None:
     """An OPA bundle: `.rego` files, `data.json`/`data.yaml` documents, a `.manifest`."""
     try:
-        with tarfile.open(path, "r:gz") as tar:
+        with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as tar:
             members = [m for m in tar.getmembers() if m.isfile()]
             names = {m.name.lstrip("./").lstrip("/") for m in members}
             if ".manifest" not in names and not any(n.endswith(".rego") for n in names):

@@ -30,7 +30,10 @@ from engine.policy.rego_source import (
     FORBIDDEN,
     NONDETERMINISTIC,
     RegoModule,
+    blank_calls,
     blank_rules,
+    literal_arguments,
+    normalise_numbers,
     rewrite_calls,
 )
 
@@ -39,8 +42,41 @@ DECISION_SETS = ("deny", "review", "mask")
 INTERNAL_PACKAGE = "ordinance_internal"
 DECISION_ENTRYPOINT = f"{INTERNAL_PACKAGE}/decision"
 
-# Builtins regopy lacks that Ordinance provides in Rego (see policy/builtins/).
-PROVIDED_BUILTINS = {"net.cidr_contains": "data.ordinance_builtins.net.cidr_contains"}
+# Builtins regopy lacks (or gets wrong) that Ordinance provides in Rego (policy/builtins/).
+PROVIDED_BUILTINS = {
+    "net.cidr_contains": "data.ordinance_builtins.net.cidr_contains",
+    "net.cidr_contains_matches": "data.ordinance_builtins.net.cidr_contains_matches",
+    "net.cidr_intersects": "data.ordinance_builtins.net.cidr_intersects",
+    "net.cidr_expand": "data.ordinance_builtins.net.cidr_expand",
+    "net.cidr_is_valid": "data.ordinance_builtins.net.cidr_is_valid",
+    "strings.split_n": "data.ordinance_builtins.strings.split_n",
+    "to_number": "data.ordinance_builtins.num.to_number_normalised",
+}
+# Builtins with no effect on a decision, compiled as `true` (regopy has no print hook).
+NO_OP_BUILTINS = frozenset({"print"})
+BUILTIN_MODULES = ("net.rego", "num.rego", "strings.rego")
+_PROVIDED_NAMES = frozenset(PROVIDED_BUILTINS) | NO_OP_BUILTINS
+
+_STR, _NUM = frozenset({"string"}), frozenset({"number"})
+_COLL = frozenset({"array", "set"})
+# Argument types of common builtins, to refuse a literal of the wrong type at load, as OPA's
+# type checker does (regopy has none: `count(5)` would be an evaluation error, or undefined).
+ARGUMENT_TYPES: dict[str, tuple[frozenset[str] | None, ...]] = {
+    "count": (frozenset({"string", "array", "object", "set"}),),
+    **{name: (_COLL,) for name in ("sum", "product", "max", "min", "sort")},
+    **{name: (_STR,) for name in ("upper", "lower", "trim_space", "strings.reverse",
+                                  "base64.encode", "base64.decode", "json.unmarshal")},
+    **{name: (_STR, _STR) for name in ("split", "contains", "startswith", "endswith",
+                                       "indexof", "trim", "trim_left", "trim_right",
+                                       "trim_prefix", "trim_suffix", "regex.match")},
+    "concat": (_STR, _COLL), "replace": (_STR, _STR, _STR), "substring": (_STR, _NUM, _NUM),
+    **{name: (_NUM,) for name in ("abs", "round", "ceil", "floor")},
+    "format_int": (_NUM, _NUM), "numbers.range": (_NUM, _NUM),
+    "array.concat": (frozenset({"array"}), frozenset({"array"})),
+    "array.slice": (frozenset({"array"}), _NUM, _NUM), "sprintf": (_STR, frozenset({"array"})),
+    "object.get": (frozenset({"object"}), None, None), "object.keys": (frozenset({"object"}),),
+    "to_number": (frozenset({"null", "boolean", "number", "string"}),),
+}
 
 _ERROR_NODE = 1800
 _ERROR_MSG_NODE = 1801
@@ -66,13 +102,17 @@ class RegoProgram:
     """The compiled bundle of a policy set and the entrypoints it can answer."""
 
     def __init__(self, modules: list[RegoModule], data: dict[str, Any], *,
-                 with_tests: bool = False, extra_sources: dict[str, str] | None = None):
+                 with_tests: bool = False, extra_sources: dict[str, str] | None = None,
+                 call_renames: dict[str, str] | None = None):
         """`with_tests=False` (serving) leaves `test_*` rules out of the bundle: regopy aborts
         the process compiling `with input as` over rules that call functions, and a decision
-        never needs tests. `extra_sources` replace module sources by path (the test runner)."""
+        never needs tests. The test runner gives `extra_sources`, which replace module sources
+        by path (same offsets for every call), and `call_renames`, functions mocked by others
+        (`with f as g`)."""
         self.modules = modules
         self.with_tests = with_tests
         self.extra_sources = extra_sources or {}
+        self.call_renames = {**PROVIDED_BUILTINS, **(call_renames or {})}
         self.packages = _packages(modules, with_tests)
         self.decision_packages = [
             p for p in self.packages
@@ -104,15 +144,22 @@ class RegoProgram:
         errors: list[str] = []
         if data:
             interp.add_data_json(json.dumps(data))
-        builtins_src = resources.files("engine.policy.builtins").joinpath("net.rego").read_text()
-        interp.add_module("ordinance_builtins/net.rego", builtins_src)
+        for name in BUILTIN_MODULES:
+            builtins_src = resources.files("engine.policy.builtins").joinpath(name).read_text()
+            interp.add_module(f"ordinance_builtins/{name}", builtins_src)
         sources: dict[str, str] = {}
         for module in self.modules:
             source = self.extra_sources.get(module.path, module.source)
             if not self.with_tests and module.test_rules:
                 source = blank_rules(source, module.spans, set(module.test_rules))
-            source = rewrite_calls(source, module.calls, PROVIDED_BUILTINS)
+            source, inexact = normalise_numbers(source)
+            errors.extend(f"{_display(module.path)}:{line}: {message}"
+                          for line, message in inexact)
+            source = blank_calls(source, module.calls, NO_OP_BUILTINS)
+            source = rewrite_calls(source, module.calls, self.call_renames)
             sources[module.path] = source
+            if inexact:
+                continue
             try:
                 interp.add_module(module.path, source)
             except rego_shared.RegoError as err:
@@ -315,13 +362,27 @@ def _display(path: str) -> str:
     return os.path.relpath(path) if os.path.isabs(path) else path
 
 
+def _type_errors(module: RegoModule, call: Any) -> list[str]:
+    wanted = ARGUMENT_TYPES[call.name]
+    kinds = literal_arguments(module.source, call)
+    if len(kinds) != len(wanted):
+        return []  # a wrong argument count is regopy's compile error
+    return [f"type error: {call.name}: argument {i + 1} is a {have} literal, "
+            f"it must be {' or '.join(sorted(want))}"
+            for i, (have, want) in enumerate(zip(kinds, wanted, strict=True))
+            if have is not None and want is not None and have not in want]
+
+
 def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
     """`file:line: ...` for each call that is neither a builtin regopy implements, a provided
     builtin, nor a function the policy set defines; and for each forbidden builtin."""
     defined = {f for m in modules for f in m.functions}
     refs = {r for m in modules for r in m.function_refs}
-    errors = []
+    errors: list[str] = []
     for module in modules:
+        errors.extend(f"{_display(module.path)}:{module.package_line}: a function named {name} "
+                      "would shadow a builtin Ordinance provides; rename it"
+                      for name in sorted(module.function_refs & _PROVIDED_NAMES))
         called = {c.offset for c in module.calls}
         for mention in module.mentions:
             if mention.name in FORBIDDEN and mention.offset not in called:
@@ -330,10 +391,12 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
         for call in module.calls:
             name = call.name
             where = f"{_display(module.path)}:{call.line}"
+            if name in ARGUMENT_TYPES and name not in defined:
+                errors.extend(f"{where}: {problem}" for problem in _type_errors(module, call))
             if name in FORBIDDEN:
                 errors.append(f"{where}: {FORBIDDEN[name]}")
                 continue
-            if name in PROVIDED_BUILTINS:
+            if name in PROVIDED_BUILTINS or name in NO_OP_BUILTINS:
                 continue
             head, _, _ = name.partition(".")
             last = name.rsplit(".", 1)[-1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 _TOKEN = re.compile(
     r"""(?P<comment>\#[^\n]*)
@@ -232,10 +233,193 @@ def rewrite_calls(source: str, calls: list[Call], replacements: dict[str, str]) 
     cursor = 0
     for call in sorted(calls, key=lambda c: c.offset):
         target = replacements.get(call.name)
-        if target is None:
-            continue
+        if target is None or not source.startswith(call.name, call.offset):
+            continue  # not provided, or inside a blanked call
         out.append(source[cursor:call.offset])
         out.append(target)
         cursor = call.offset + len(call.name)
     out.append(source[cursor:])
     return "".join(out)
+
+
+_NUMBER_SCAN = re.compile(
+    r"""(?P<comment>\#[^\n]*)
+      |(?P<string>"(?:[^"\\\n]|\\.)*")
+      |(?P<raw>`[^`]*`)
+      |(?P<name>[A-Za-z_][A-Za-z0-9_]*)
+      |(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+      |(?P<space>\s+)
+      |(?P<other>.)""",
+    re.VERBOSE | re.DOTALL,
+)
+_OPERAND_CLOSERS = frozenset(")]}")
+
+
+def normalise_numbers(source: str) -> tuple[str, list[tuple[int, str]]]:
+    """The source with each negative zero literal (`-0`, `-0.0`) written as zero, and
+    `(line, message)` for each number literal float64 cannot hold exactly.
+
+    regopy keeps `-0` apart from `0` (`-0 == 0` is false, `-0 < 0` true, `{-0, 0}` has two
+    members); OPA does not. regopy holds a number with a fraction or an exponent as a float64,
+    so `0.1234567890123456789 == 0.1234567890123456788` is true and `1e30 + 1 == 1e30`;
+    OPA's decimals are exact. A literal float64 does not hold exactly, or one past 2^53
+    written with a fraction or an exponent, is refused. Offsets and lines do not move.
+    """
+    out = list(source)
+    problems: list[tuple[int, str]] = []
+    previous: tuple[str, str] | None = None  # the last significant token
+    before: tuple[str, str] | None = None  # the one before it
+    for m in _NUMBER_SCAN.finditer(source):
+        kind = m.lastgroup or "other"
+        if kind in ("space", "comment"):
+            continue
+        text = m.group()
+        if kind == "number":
+            if previous == ("other", "-") and not _is_operand(before) and float(text) == 0:
+                out[_minus_offset(source, m.start())] = " "
+            problem = _inexact(text)
+            if problem:
+                problems.append((source.count("\n", 0, m.start()) + 1, problem))
+        before, previous = previous, (kind, text)
+    return "".join(out), problems
+
+
+def _is_operand(token: tuple[str, str] | None) -> bool:
+    """True when a `-` after this token is a binary minus."""
+    if token is None:
+        return False
+    kind, text = token
+    if kind == "name":
+        return text not in KEYWORDS or text in ("true", "false", "null")
+    return kind in ("number", "string", "raw") or text in _OPERAND_CLOSERS
+
+
+def _minus_offset(source: str, number_start: int) -> int:
+    i = number_start - 1
+    while source[i] != "-":
+        i -= 1
+    return i
+
+
+_EXACT_FLOAT_LIMIT = 2 ** 53  # past it, float64 does not hold every integer
+
+
+def _inexact(text: str) -> str | None:
+    if "." not in text and "e" not in text.lower():
+        return None  # regopy integers are exact at any size
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")) \
+            or Decimal(repr(value)) != Decimal(text):
+        return (f"number {text} cannot be held exactly as a float64, as regopy holds it "
+                "(OPA compares decimals exactly); use at most 15 significant digits")
+    if abs(value) >= _EXACT_FLOAT_LIMIT:
+        return (f"number {text} is past 2^53, where regopy's float64 rounds arithmetic "
+                "(OPA's decimals do not); write it as an integer, which regopy keeps exact")
+    return None
+
+
+def blank_calls(source: str, calls: list[Call], names: frozenset[str]) -> str:
+    """The source with each call to one of `names` (and its arguments) replaced by `true`:
+    how `print(...)` becomes a no-op that never fails its body, as in OPA. Lines stay put."""
+    out = list(source)
+    for call in calls:
+        if call.name not in names:
+            continue
+        end = _call_end(source, call.offset + len(call.name))
+        if end is None:
+            continue
+        for i in range(call.offset, end):
+            if out[i] != "\n":
+                out[i] = " "
+        out[call.offset:call.offset + 4] = list("true")
+    return "".join(out)
+
+
+def _call_end(source: str, open_at: int) -> int | None:
+    """The offset just past the `)` that closes the `(` at or after `open_at`."""
+    depth = 0
+    for m in _TOKEN.finditer(source, open_at):
+        kind = m.lastgroup
+        if kind == "open":
+            depth += 1
+        elif kind == "close":
+            depth -= 1
+            if depth == 0:
+                return m.end()
+        elif kind not in ("space", "newline", "comment", "string", "raw") and depth == 0:
+            return None
+    return None
+
+
+_NUMBER_TEXT = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_STRING_TEXT = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`')
+
+
+def literal_arguments(source: str, call: Call) -> list[str | None]:
+    """The kind of each argument of a call that is a literal (`number`, `string`, `boolean`,
+    `null`, `array`, `object`, `set`), None for one that is not (a variable, an expression)."""
+    open_at = source.find("(", call.offset + len(call.name))
+    if open_at < 0:
+        return []
+    args: list[tuple[int, int]] = []
+    depth = 0
+    start = open_at + 1
+    for m in _TOKEN.finditer(source, open_at):
+        kind, text = m.lastgroup, m.group()
+        if kind == "open":
+            depth += 1
+        elif kind == "close":
+            depth -= 1
+            if depth == 0:
+                args.append((start, m.start()))
+                break
+        elif depth == 1 and text == ",":
+            args.append((start, m.start()))
+            start = m.end()
+    texts = [source[a:b].strip() for a, b in args]
+    if texts == [""]:
+        return []
+    return [_literal_kind(t) for t in texts]
+
+
+def _literal_kind(text: str) -> str | None:
+    if _NUMBER_TEXT.fullmatch(text):
+        return "number"
+    if _STRING_TEXT.fullmatch(text):
+        return "string"
+    if text in ("true", "false"):
+        return "boolean"
+    if text == "null":
+        return "null"
+    if text[:1] in "[{" and _closes_at_end(text):
+        if text[0] == "[":
+            return "array"
+        inner = text[1:-1].strip()
+        if not inner or _top_level_colon(inner):
+            return "object"
+        return None if "|" in inner else "set"
+    return None
+
+
+def _closes_at_end(text: str) -> bool:
+    depth = 0
+    for m in _TOKEN.finditer(text):
+        if m.lastgroup == "open":
+            depth += 1
+        elif m.lastgroup == "close":
+            depth -= 1
+            if depth == 0:
+                return m.end() == len(text)
+    return False
+
+
+def _top_level_colon(text: str) -> bool:
+    depth = 0
+    for m in _TOKEN.finditer(text):
+        if m.lastgroup == "open":
+            depth += 1
+        elif m.lastgroup == "close":
+            depth -= 1
+        elif depth == 0 and m.group() == ":":
+            return True
+    return False

@@ -18,24 +18,29 @@ Endpoints (OPA semantics, so OPA clients and sidecars work unchanged):
 Mounted routes (`routes`: path prefix -> endpoint, e.g. Envoy's ext_authz HTTP-service mode
 under `/envoy`) take every method on their prefix and answer (and authenticate) themselves.
 
+Request bodies are read as OPA reads them: JSON whatever the Content-Type, YAML with
+`Content-Type: application/x-yaml` (or `application/yaml`), `Content-Encoding: gzip`
+decompressed up to the body limit (413 beyond), any other encoding 415. `NaN`, `Infinity` and
+numbers too large for a double are refused (400), as the gRPC transport refuses them.
+
 With `--token-file`, everything but `GET /health` needs `Authorization: Bearer <token>`.
-TLS handshakes run in the connection's thread, never in the accept loop. This module
-translates; it decides nothing.
+Connections, timeouts and TLS belong to `engine.service.http_server`. This module translates;
+it decides nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import socket
-import threading
+import math
 import time
-from http.server import BaseHTTPRequestHandler
+import zlib
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from engine.service.http_server import TLSThreadingHTTPServer
+import yaml
+
+from engine.service.http_server import HttpLimits, HttpRequest, HttpResponse, HttpServer
 from engine.service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.service.runtime import DecisionNotRecorded, NotReady, ServiceRuntime
 from engine.service.tls import BearerToken, TLSConfig
@@ -44,10 +49,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 JSON_TYPE = "application/json"
+YAML_TYPES = ("application/x-yaml", "application/yaml")
+MAX_YAML_NODES = 1_000_000
+"""A YAML document expanding (through aliases) to more values than this is refused."""
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BadInput(ValueError):
+    """The request's input document cannot be used; the message says why."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _json_default(value: Any) -> Any:
@@ -69,161 +81,182 @@ def _error(code: str, message: str, errors: list[dict[str, Any]] | None = None
     return body
 
 
-class DataAPIHandler(BaseHTTPRequestHandler):
-    """One connection; HTTP/1.1 keep-alive."""
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range for a double")
+    return value
 
-    protocol_version = "HTTP/1.1"
-    server_version = "ordinance"
-    sys_version = ""
-    timeout = 60  # idle keep-alive connections are closed after this many seconds
-    server: DecisionHTTPServer
 
-    def setup(self) -> None:
-        super().setup()
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
 
-    # -- responses ------------------------------------------------------------------------
+def parse_json(text: str | bytes) -> Any:
+    """JSON as the gRPC transport accepts it: no NaN, no Infinity, no number beyond a double."""
+    return json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
 
-    def _send(self, status: int, body: bytes, content_type: str = JSON_TYPE,
-              close: bool = False) -> None:
-        head = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}",
-                f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
-        if close:
-            head.append("Connection: close")
-            self.close_connection = True
-        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-        self.log_request(status, len(body))
 
-    def _send_json(self, status: int, doc: Any, pretty: bool = False, close: bool = False
-                   ) -> None:
-        if pretty:
-            text = json.dumps(doc, indent=2, default=_json_default)
+def parse_yaml(text: bytes) -> Any:
+    """A YAML document as JSON values: finite numbers, string keys, no cycles, bounded size
+    after alias expansion (a "billion laughs" document is refused, not expanded)."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(" ".join(str(exc).split())[:300]) from None
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any) -> int:
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ValueError(f"{node} is not a JSON number")
+        if isinstance(node, bool | int | float | str) or node is None:
+            return 1
+        if not isinstance(node, dict | list):
+            raise ValueError(f"YAML value of type {type(node).__name__} has no JSON form")
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ValueError("the YAML document refers to itself")
+        active.add(key)
+        if isinstance(node, dict):
+            if not all(isinstance(k, str) for k in node):
+                raise ValueError("YAML mapping keys must be strings")
+            total = 1 + sum(size(v) for v in node.values())
         else:
-            text = json.dumps(doc, separators=(",", ":"), default=_json_default)
-        self._send(status, text.encode(), close=close)
+            total = 1 + sum(size(v) for v in node)
+        active.discard(key)
+        if total > MAX_YAML_NODES:
+            raise ValueError(f"the YAML document expands to more than {MAX_YAML_NODES} values")
+        sizes[key] = total
+        return total
 
-    # -- request plumbing -----------------------------------------------------------------
+    size(document)
+    return document
 
-    def _authorized(self) -> bool:
-        token = self.server.token
-        if token is None or token.check_header(self.headers.get("Authorization")):
-            return True
-        self.server.runtime.metrics.rejected.labels("http", "unauthenticated").inc()
-        self._send_json(401, _error("unauthorized", "missing or invalid bearer token"))
-        return False
 
-    def _read_body(self) -> bytes:
-        limit = self.server.max_body_bytes
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked(limit)
-        length_header = self.headers.get("Content-Length")
-        if not length_header:
-            return b""
-        length = int(length_header)
-        if length < 0:
-            raise ValueError("negative Content-Length")
-        if length > limit:
-            raise _BodyTooLarge
-        return self.rfile.read(length)
+def decode_body(request: HttpRequest, limit: int) -> bytes:
+    """The body after `Content-Encoding` (gzip, at most `limit` bytes once inflated)."""
+    encoding = (request.header("content-encoding") or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return request.body
+    if encoding not in ("gzip", "x-gzip"):
+        raise BadInput(f"unsupported Content-Encoding {encoding!r} (gzip or none)", 415)
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(request.body, limit + 1)
+    except zlib.error as exc:
+        raise BadInput(f"body is not valid gzip: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise BadInput("request body too large", 413)
+    if not inflater.eof:
+        raise BadInput("body is not valid gzip: the stream is cut short")
+    return out
 
-    def _read_chunked(self, limit: int) -> bytes:
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(1026)
-            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass
-                return b"".join(parts)
-            total += size
-            if total > limit:
-                raise _BodyTooLarge
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(3)
 
-    # -- routes ---------------------------------------------------------------------------
+def parse_input_body(request: HttpRequest, body: bytes) -> Any:
+    """The request document: YAML for a YAML Content-Type, else JSON (as OPA does)."""
+    content_type = (request.header("content-type") or "").split(";", 1)[0].strip().lower()
+    if content_type in YAML_TYPES:
+        return parse_yaml(body)
+    return parse_json(body)
 
-    def _mounted(self) -> bool:
-        """Hand the request to a mounted route if its prefix matches; True when handled."""
-        for prefix, endpoint in self.server.routes.items():
-            if self.path == prefix or self.path.startswith((prefix + "/", prefix + "?")):
-                endpoint.handle(self)
-                return True
-        return False
 
-    def __getattr__(self, name: str) -> Any:
-        """`do_PUT`, `do_DELETE`, … exist only for mounted routes (else 501 as before)."""
-        if name.startswith("do_") and name[3:].isalpha() and self.server.routes:
-            def dispatch() -> None:
-                if not self._mounted():
-                    self._not_found(urlsplit(self.path).path)
-            return dispatch
-        raise AttributeError(name)
+def _json(status: int, doc: Any, pretty: bool = False, close: bool = False) -> HttpResponse:
+    if pretty:
+        text = json.dumps(doc, indent=2, default=_json_default)
+    else:
+        text = json.dumps(doc, separators=(",", ":"), default=_json_default)
+    return HttpResponse(status, [("Content-Type", JSON_TYPE)], text.encode(), close=close)
 
-    def do_GET(self) -> None:
-        if self.server.routes and self._mounted():
-            return
-        url = urlsplit(self.path)
+
+class DataAPI:
+    """The application behind the HTTP port: routes, authentication, OPA semantics."""
+
+    def __init__(self, runtime: ServiceRuntime, *, token: BearerToken | None = None,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 routes: dict[str, Any] | None = None) -> None:
+        self.runtime = runtime
+        self.token = token
+        self.max_body_bytes = max_body_bytes
+        self.routes = dict(routes or {})
+
+    def _route(self, target: str) -> Any:
+        """The mounted endpoint whose prefix `target` is under, or None."""
+        for prefix, endpoint in self.routes.items():
+            if target == prefix or target.startswith((prefix + "/", prefix + "?")):
+                return endpoint
+        return None
+
+    def body_limit(self, target: str) -> int:
+        endpoint = self._route(target)
+        return int(endpoint.max_body_bytes) if endpoint is not None else self.max_body_bytes
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        endpoint = self._route(request.target)
+        if endpoint is not None:
+            return endpoint.handle(request)  # it answers and authenticates itself
+        url = urlsplit(request.target)
         params = parse_qs(url.query, keep_blank_values=True)
-        if url.path == "/health":
-            self._health(params)
-        elif not self._authorized():
-            return
-        elif url.path == "/v1/data" or url.path.startswith("/v1/data/"):
-            self._data(url.path, params, body=None)
-        elif url.path == "/metrics":
-            self._send(200, self.server.runtime.metrics.render(), METRICS_CONTENT_TYPE)
-        elif url.path == "/v1/status":
-            self._status()
-        else:
-            self._not_found(url.path)
+        is_data = url.path == "/v1/data" or url.path.startswith("/v1/data/")
+        read = request.method in ("GET", "HEAD")  # HEAD: the same answer, without its body
+        if read and url.path == "/health":
+            return self._health(params)
+        if not self._authorized(request):
+            self.runtime.metrics.rejected.labels("http", "unauthenticated").inc()
+            return _json(401, _error("unauthorized", "missing or invalid bearer token"))
+        if read:
+            if is_data:
+                return self._data(url.path, params, None)
+            if url.path == "/metrics":
+                return HttpResponse(200, [("Content-Type", METRICS_CONTENT_TYPE)],
+                                    self.runtime.metrics.render())
+            if url.path == "/v1/status":
+                return self._status()
+            return self._not_found(url.path)
+        if request.method == "POST" and is_data:
+            return self._post_data(request, url.path, params)
+        if is_data or url.path in ("/health", "/metrics", "/v1/status"):
+            return _json(405, _error("invalid_parameter",
+                                     f"method {request.method} not allowed on {url.path}"))
+        return self._not_found(url.path)
 
-    def do_POST(self) -> None:
-        if self.server.routes and self._mounted():
-            return
-        url = urlsplit(self.path)
-        if not self._authorized():
-            return
-        if not (url.path == "/v1/data" or url.path.startswith("/v1/data/")):
-            self._not_found(url.path)
-            return
+    def _authorized(self, request: HttpRequest) -> bool:
+        return self.token is None or self.token.check_header(request.header("authorization"))
+
+    def _post_data(self, request: HttpRequest, path: str, params: dict[str, list[str]]
+                   ) -> HttpResponse:
         try:
-            body = self._read_body()
-        except _BodyTooLarge:
-            self.server.runtime.metrics.rejected.labels("http", "too_large").inc()
-            self._send_json(413, _error("invalid_parameter", "request body too large"),
-                            close=True)
-            return
-        except (ValueError, OSError) as exc:
-            self._send_json(400, _error("invalid_parameter", f"cannot read body: {exc}"),
-                            close=True)
-            return
-        self._data(url.path, parse_qs(url.query, keep_blank_values=True), body)
+            if request.truncated:
+                raise BadInput("request body too large", 413)
+            body = decode_body(request, self.max_body_bytes)
+        except BadInput as exc:
+            reason = {413: "too_large", 415: "unsupported_encoding"}.get(exc.status,
+                                                                          "invalid_argument")
+            self.runtime.metrics.rejected.labels("http", reason).inc()
+            return _json(exc.status, _error("invalid_parameter", str(exc)),
+                         close=exc.status == 413)
+        return self._data(path, params, body, request)
 
-    def _not_found(self, path: str) -> None:
-        self._send_json(404, _error("resource_not_found", f"no route for {path}"))
+    def _not_found(self, path: str) -> HttpResponse:
+        return _json(404, _error("resource_not_found", f"no route for {path}"))
 
-    def _health(self, params: dict[str, list[str]]) -> None:
-        runtime = self.server.runtime
+    def _health(self, params: dict[str, list[str]]) -> HttpResponse:
+        runtime = self.runtime
         if ("bundles" in params or "bundle" in params) and not runtime.ready:
-            self._send_json(500, {"error": "policy set not loaded yet"})
-        elif ("plugins" in params and runtime.decision_log is not None
-              and runtime.decision_log.broken):
-            self._send_json(500, {"error": f"decision log unavailable: "
-                                           f"{runtime.decision_log.broken}"})
-        else:
-            self._send_json(200, {})
+            return _json(500, {"error": "policy set not loaded yet"})
+        if ("plugins" in params and runtime.decision_log is not None
+                and runtime.decision_log.broken):
+            return _json(500, {"error": f"decision log unavailable: "
+                                        f"{runtime.decision_log.broken}"})
+        return _json(200, {})
 
-    def _status(self) -> None:
-        runtime = self.server.runtime
+    def _status(self) -> HttpResponse:
+        runtime = self.runtime
         s = runtime.status
         broken = runtime.decision_log.broken if runtime.decision_log is not None else None
-        self._send_json(200, {"result": {
+        return _json(200, {"result": {
             "policy": {"revision": s.revision, "active": runtime.ready,
                        "last_activation": s.last_activation, "reloads": s.reloads,
                        "reload_failures": s.failures, "last_reload_errors": s.last_errors,
@@ -231,22 +264,23 @@ class DataAPIHandler(BaseHTTPRequestHandler):
             "decision_log": {"healthy": broken is None, "error": broken},
         }})
 
-    def _data(self, path: str, params: dict[str, list[str]], body: bytes | None) -> None:
+    def _data(self, path: str, params: dict[str, list[str]], body: bytes | None,
+              request: HttpRequest | None = None) -> HttpResponse:
         started = time.perf_counter()
-        runtime = self.server.runtime
+        runtime = self.runtime
         pretty = "pretty" in params and params["pretty"][-1].lower() not in ("false", "0")
         doc_path = "/".join(unquote(p) for p in path[len("/v1/data"):].split("/") if p)
         warning = None
         input_doc: Any = None
         try:
-            if body is not None:
+            if body is not None and request is not None:
                 if body.strip():
-                    request = json.loads(body)
-                    if not isinstance(request, dict):
+                    document = parse_input_body(request, body)
+                    if not isinstance(document, dict):
                         raise ValueError(f"request must be a JSON object, not "
-                                         f"{type(request).__name__}")
-                    if "input" in request:
-                        input_doc = request["input"]
+                                         f"{type(document).__name__}")
+                    if "input" in document:
+                        input_doc = document["input"]
                     else:
                         warning = {"code": "api_usage_warning",
                                    "message": "'input' key missing from the request"}
@@ -255,80 +289,60 @@ class DataAPIHandler(BaseHTTPRequestHandler):
                                "message": "'input' key missing from the request"}
             elif "input" in params:
                 try:
-                    input_doc = json.loads(params["input"][-1])
+                    input_doc = parse_json(params["input"][-1])
                 except ValueError as exc:
                     runtime.metrics.rejected.labels("http", "invalid_argument").inc()
-                    self._send_json(400, _error(
+                    return _json(400, _error(
                         "invalid_parameter", f"parameter contains malformed input document: "
                                              f"{exc}"))
-                    return
         except (ValueError, RecursionError) as exc:
             runtime.metrics.rejected.labels("http", "invalid_argument").inc()
-            self._send_json(400, _error("invalid_parameter",
-                                        f"body contains malformed input document: {exc}"))
-            return
+            return _json(400, _error("invalid_parameter",
+                                     f"body contains malformed input document: {exc}"))
         try:
             decision_id, defined, value = runtime.query(doc_path, input_doc, "http")
         except NotReady as exc:
-            self._send_json(503, _error("internal_error", str(exc)))
-            return
+            return _json(503, _error("internal_error", str(exc)))
         except DecisionNotRecorded as exc:
-            self._send_json(500, _error("internal_error", str(exc)))
-            return
+            return _json(500, _error("internal_error", str(exc)))
         except Exception as exc:  # EvaluationError or worse: an error, never a result
-            self._send_json(500, _error(
+            return _json(500, _error(
                 "internal_error", "error(s) occurred while evaluating query",
                 [{"code": "eval_error", "message": str(exc)}]))
-            return
         response: dict[str, Any] = {"decision_id": decision_id}
         if defined:
             response["result"] = value
         if warning:
             response["warning"] = warning
-        self._send_json(200, response, pretty=pretty)
+        answer = _json(200, response, pretty=pretty)
         runtime.metrics.decision_latency.labels("http").observe(time.perf_counter() - started)
-
-
-class DecisionHTTPServer(TLSThreadingHTTPServer):
-    """The Data API's server: the runtime, routes and limits its handler reads."""
-
-    def __init__(self, host: str, port: int, runtime: ServiceRuntime, *,
-                 tls: TLSConfig | None = None, token: BearerToken | None = None,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, reuse_port: bool = False,
-                 routes: dict[str, Any] | None = None) -> None:
-        self.runtime = runtime
-        self.routes = dict(routes or {})
-        self.token = token
-        self.max_body_bytes = max_body_bytes
-        rejected = runtime.metrics.rejected.labels("http", "tls_handshake")
-        super().__init__(host, port, DataAPIHandler, tls=tls, reuse_port=reuse_port,
-                         on_tls_failure=rejected.inc)
+        return answer
 
 
 class HttpService:
     """A running HTTP server; `port` is the bound port."""
 
-    def __init__(self, server: DecisionHTTPServer) -> None:
-        self.server = server
-        self.port: int = server.server_address[1]
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={
-            "poll_interval": 0.25}, name="http-accept", daemon=True)
-        self._thread.start()
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server.start()
+        self.port: int = server.port
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
+        self.server.stop()
 
 
 def start_http_server(runtime: ServiceRuntime, host: str, port: int, *,
                       tls: TLSConfig | None = None, token: BearerToken | None = None,
                       max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                       reuse_port: bool = False,
-                      routes: dict[str, Any] | None = None) -> HttpService:
-    server = DecisionHTTPServer(host, port, runtime, tls=tls, token=token,
-                                max_body_bytes=max_body_bytes, reuse_port=reuse_port,
-                                routes=routes)
-    service = HttpService(server)
+                      routes: dict[str, Any] | None = None,
+                      limits: HttpLimits | None = None) -> HttpService:
+    app = DataAPI(runtime, token=token, max_body_bytes=max_body_bytes, routes=routes)
+    rejected = runtime.metrics.rejected
+
+    def count(reason: str) -> None:
+        rejected.labels("http", reason).inc()
+
+    service = HttpService(HttpServer(host, port, app, limits=limits or HttpLimits(), tls=tls,
+                                     reuse_port=reuse_port, on_event=count, name="http"))
     log.info("HTTP listening on %s:%d (tls=%s)", host, service.port, tls is not None)
     return service

@@ -15,14 +15,16 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.facts import DEFAULT_MAX_STATEMENT_BYTES
+from engine.policy.snapshot import DEFAULT_SETTLE_SECONDS
 from engine.service.decision_log import DecisionLogger, LogMode, open_decision_log
 from engine.service.grpc_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcService, start_grpc_server
 from engine.service.http_api import HttpService, start_http_server
+from engine.service.http_server import HttpLimits
 from engine.service.metrics import ServiceMetrics
 from engine.service.reload import PolicyWatcher
 from engine.service.runtime import ServiceRuntime
@@ -63,12 +65,17 @@ class ServiceConfig:
     max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES
     """A command text over this is not parsed (`parse_error`) and never cached."""
     reload_interval: float = 1.0
+    reload_settle: float = DEFAULT_SETTLE_SECONDS
+    """A plain directory without a `.manifest` is loaded once quiet this long."""
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    """Connections and timeouts of every HTTP listener of the process."""
     reuse_port: bool = False
     extensions: tuple[Any, ...] = ()
     """More services for each process, e.g. `adapters.envoy.service.EnvoyOptions` (Envoy
     ext_authz). Each is picklable configuration (`--workers` spawns processes with it) whose
     `start(runtime, tls=, token=)` returns an object with `grpc_handlers` ((service name,
-    generic handler) pairs), `http_routes` (path prefix -> endpoint with `handle(handler)`),
+    generic handler) pairs), `http_routes` (path prefix -> endpoint with `max_body_bytes` and
+    `handle(HttpRequest) -> HttpResponse`),
     `describe()` and `stop()`, and optionally `grpc_self_authenticated` (names of its services
     that authenticate every call themselves, so the service token is not demanded of them),
     e.g. `engine.service.approvals.ApprovalServiceOptions`."""
@@ -142,10 +149,12 @@ class Service:
                     self.http = start_http_server(
                         runtime, host, port, tls=config.tls, token=token,
                         max_body_bytes=config.max_message_bytes,
-                        reuse_port=config.reuse_port, routes=http_routes)
+                        reuse_port=config.reuse_port, routes=http_routes,
+                        limits=config.http_limits)
             self.watcher = PolicyWatcher(config.policies, on_loaded=runtime.activate,
                                          on_rejected=runtime.reject,
-                                         interval=config.reload_interval)
+                                         interval=config.reload_interval,
+                                         settle=config.reload_settle)
             self.watcher.load_now()
             self.watcher.start()
         except BaseException:

@@ -385,7 +385,7 @@ def test_conflicting_partial_object_values_are_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("body", "error"), [
-    ('deny contains "s" if strings.split_n("a.b", ".", 1)\n', "unknown builtin strings.split_n"),
+    ('deny contains "s" if net.cidr_merge(["10.0.0.0/8"])\n', "unknown builtin net.cidr_merge"),
     ('deny contains "r" if opa.runtime().env\n', "opa.runtime is not allowed"),
 ])
 def test_load_rejects_missing_and_forbidden_builtins(tmp_path: Path, body: str,

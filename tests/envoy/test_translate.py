@@ -27,6 +27,7 @@ from adapters.envoy.translate import (
     decision_to_check_response,
     parse_path,
     parse_query,
+    response_http_status,
     result_to_check_response,
     unauthenticated_response,
 )
@@ -377,6 +378,9 @@ def test_denied_object_result() -> None:
     ({"allowed": True, "dynamic_metadata": []}, "dynamic_metadata to be an object"),
     ({"allowed": False, "http_status": 999}, "invalid HTTP status code 999"),
     ({"allowed": False, "http_status": 0}, "invalid HTTP status code 0"),
+    ({"allowed": False, "http_status": 99}, "invalid HTTP status code 99"),
+    ({"allowed": False, "http_status": 600}, "invalid HTTP status code 600"),
+    ({"allowed": False, "http_status": -404}, "invalid HTTP status code -404"),
     ({"allowed": False, "http_status": "401"}, "http_status to be an integer"),
     ({"allowed": False, "http_status": True}, "http_status to be an integer"),
     ({"allowed": False, "http_status": 401.5}, "http_status to be an integer"),
@@ -385,6 +389,14 @@ def test_denied_object_result() -> None:
 def test_malformed_results(result: Any, message: str) -> None:
     with pytest.raises(ResultError, match=message):
         result_to_check_response(result, "d")
+
+
+@pytest.mark.parametrize("code", [100, 103, 226, 299, 418, 425, 451, 499, 530, 599])
+def test_every_status_from_100_to_599_passes_through(code: int) -> None:
+    """opa-envoy-plugin passes any status (proto3 enums are open), named in `StatusCode` or not."""
+    response = result_to_check_response({"allowed": False, "http_status": code}, "d")
+    assert response.denied_response.status.code == code
+    assert response_http_status(response) == code
 
 
 def test_integral_float_status_is_accepted() -> None:

@@ -19,6 +19,69 @@ cidr_contains(cidr, addr) := result if {
 
 _contains_same_family(outer, inner) := false if outer.family != inner.family
 
+# net.cidr_intersects(a, b): true when the two networks share an address. Two prefixes either
+# nest or are disjoint, so they intersect when either contains the other.
+cidr_intersects(a, b) := true if {
+	cidr_contains(a, b)
+} else := cidr_contains(b, a)
+
+# net.cidr_is_valid(s): true for a well-formed IPv4 or IPv6 CIDR (an address alone is not one).
+cidr_is_valid(s) := true if {
+	is_string(s)
+	contains(s, "/")
+	_parse_cidr(s)
+} else := false
+
+# net.cidr_contains_matches(cidrs, cidrs_or_ips): the set of [key1, key2] where the network at
+# key1 of the first argument contains the network or address at key2 of the second. Each
+# argument is a string (its key is itself), an array (keys are indices), a set (keys are the
+# members) or an object; a member may be an array whose first element is the CIDR or address.
+cidr_contains_matches(cidrs, addrs) := {pair |
+	some [k1, c] in _keyed(cidrs)
+	some [k2, a] in _keyed(addrs)
+	cidr_contains(c, a)
+	pair := [k1, k2]
+}
+
+_keyed(x) := {pair | pair := [x, x]} if is_string(x)
+
+_keyed(x) := s if {
+	not is_string(x)
+	not is_set(x)
+	s := {pair | v := x[k]; pair := [k, _address(v)]}
+}
+
+_keyed(x) := s if {
+	is_set(x)
+	s := {pair | some v in x; pair := [v, _address(v)]}
+}
+
+_address(v) := v if is_string(v)
+
+_address(v) := v[0] if is_array(v)
+
+# net.cidr_expand(cidr): the set of every address in an IPv4 network (IPv6 is refused with an
+# evaluation error: even a /64 has 2^64 members).
+cidr_expand(cidr) := {_dotted(n) |
+	net := _parse_v4_strict(cidr)
+	base := bits.and(_v4_int(net.words), _v4_mask(net.bits))
+	some n in numbers.range(base, base + bits.lsh(1, 32 - net.bits) - 1)
+}
+
+_parse_v4_strict(s) := r if {
+	r := _parse_cidr(s)
+	r.family == "ipv4"
+} else := to_number(concat("", ["net.cidr_expand: not an IPv4 CIDR: ", sprintf("%v", [s])]))
+
+_v4_int(w) := (((w[0] * 256) + w[1]) * 256 + w[2]) * 256 + w[3]
+
+_v4_mask(prefix) := 4294967295 - (bits.lsh(1, 32 - prefix) - 1)
+
+_dotted(n) := concat(".", [format_int(bits.and(bits.rsh(n, 24), 255), 10),
+	format_int(bits.and(bits.rsh(n, 16), 255), 10),
+	format_int(bits.and(bits.rsh(n, 8), 255), 10),
+	format_int(bits.and(n, 255), 10)])
+
 _contains_same_family(outer, inner) := result if {
 	outer.family == inner.family
 	result := _contains(outer, inner)
