@@ -11,7 +11,9 @@ Owns: the input document of a statement (`{subject, resource, command, session}`
   the text (a rule's `window`) is used at once. A request nobody waits for any more is closed:
   withdrawn when the client cancels (57014) or leaves, expired when the hold times out;
 - masks: a `ResultMasking` for the statement's results (`column_masks`), after the checks that
-  deny what cannot be masked with certainty; the card-number backstop runs on every result;
+  deny what cannot be masked with certainty, and the statement's text with its other uses of
+  masked columns replaced by their masked values (`mask_rewrite`); the card-number backstop
+  runs on every result;
 - recording: `session.start` / `session.end` and one `statement` record per result (text, decision
   id, effect, reasons, approval, duration, rows, error), durable before the client sees the end
   of the result (the proxy awaits `on_complete`); denials are recorded before the error is sent.
@@ -44,6 +46,7 @@ from adapters.postgres.column_masks import (
     TransformCache,
     check_outputs,
     lineage_schema,
+    masked_schema,
     scrub_server_text,
     statement_relations,
     trace_statement,
@@ -58,11 +61,19 @@ from adapters.postgres.hooks import (
     StatementOutcome,
     StatementVerdict,
 )
+from adapters.postgres.mask_rewrite import (
+    MaskedSchema,
+    MaskUseDenied,
+    copies_prepared_statement,
+    rewrite_statement,
+    unparsed_words,
+)
 from adapters.postgres.review import ApprovalGate, parse_window
 from engine.approvals import ApprovalRequest
 from engine.audit.recorder import AuditRecorder
 from engine.decision import Decision, Mask, Reason
 from engine.facts.fingerprint import literal_fingerprint
+from engine.facts.sql import called_names
 from engine.identity import Subject
 
 log = logging.getLogger("ordinance.adapters.postgres.bridge")
@@ -72,6 +83,9 @@ PROXY_POLICY = "ordinance.proxy"  # the `policy` of the reasons of the proxy's o
 _STARTS_WITH_COPY = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*copy\b",
                                re.IGNORECASE | re.DOTALL)
 MAX_RECORDED_TEXT = 64 * 1024
+# Words without which a statement sqlglot does not parse evaluates no expression over rows
+_EVALUATING_WORDS = frozenset({"select", "where", "using", "check", "when", "values", "with",
+                               "returning", "default", "execute", "do", "generated"})
 MAX_CACHED_PLANS = 4096
 
 
@@ -118,6 +132,9 @@ class _MaskingPlan:
     generation: int
     fresh_until: float
     transforms: TransformCache  # what ResultMasking chose per column, shared
+    # the masks of the statement's relations, when its text is rewritten (each text anew: the
+    # edits are at its own positions) or another text of the shape may be (ORDER BY ordinals)
+    rewrites: MaskedSchema | None = None
 
 
 def _messages(decision: Decision, effect: str) -> list[str]:
@@ -135,6 +152,7 @@ class _Statement:
         self.decision_id = decision_id
         self.decision = decision
         self.masking: ResultMasking | None = None
+        self.rewritten: str | None = None  # what is sent instead of `sql` (mask_rewrite)
         self.approval: dict[str, Any] | None = None
         self.ddl = bool(DDL_KINDS & set(decision.command.get("kinds") or ()))
         self.approval_text = sql  # what an approval is for (an EXECUTE's: its PREPARE's text)
@@ -154,6 +172,7 @@ class _Statement:
             "masks": [f"{m.column}:{m.method}" for m in self.decision.masks],
             "approval": self.approval, "policy_revision": self.decision.policy_revision,
             "resource": self.bridge.resource.name, "database": self.ctx.database,
+            **({"rewritten": True} if self.rewritten is not None else {}),
             **({"prepared": self.approval_text} if self.approval_text != self.sql else {}),
             **outcome,
         }
@@ -265,8 +284,8 @@ class PolicyBridge:
             return await statement.denied("; ".join(_messages(decision, "deny"))
                                           or "denied by policy")
         try:
-            statement.masking, layout = await self._masking(sql, decision)
-        except MaskingDenied as exc:
+            statement.masking, layout, statement.rewritten = await self._masking(sql, decision)
+        except (MaskingDenied, MaskUseDenied) as exc:
             return await statement.denied(str(exc))
         except CatalogError as exc:
             log.error("session %s: catalog unavailable: %s", ctx.session_id, exc)
@@ -321,7 +340,7 @@ class PolicyBridge:
             masking.masker, decision_id=statement.decision_id, copy_layout=layout,
             on_complete=statement.completed, resolve_columns=masking.resolve_columns,
             withhold_error_values=masking.view.could_mask(masking.rules),
-            single_execution=statement.once)
+            rewritten=statement.rewritten, single_execution=statement.once)
 
     def _rules(self, masks: tuple[Mask, ...]) -> MaskRules:
         """The MaskRules of a Decision's masks. Decisions from the engine's cache share their
@@ -336,14 +355,16 @@ class PolicyBridge:
         return rules
 
     async def _masking(self, sql: str, decision: Decision
-                       ) -> tuple[ResultMasking, CopyLayout | None]:
+                       ) -> tuple[ResultMasking, CopyLayout | None, str | None]:
+        """The statement's result masking, COPY layout, and the text to send instead of
+        `sql` when masked columns are used outside its plain result columns."""
         command = decision.command or {}
         rules = self._rules(decision.masks)
         copy = self._copy(sql, command)
         layout = copy.layout if copy is not None else None
         binary_table_copy = copy is not None and copy.binary and copy.table is not None
         if not rules and not binary_table_copy:
-            return ResultMasking(self.catalog, rules, CatalogView()), layout
+            return ResultMasking(self.catalog, rules, CatalogView()), layout, None
         catalog = self.catalog
         key: tuple[Any, ...] | None = None
         if copy is None:  # (a COPY's layout is in its literals)
@@ -353,8 +374,12 @@ class PolicyBridge:
             plan = self._plans.get(key)
             if plan is not None and plan.generation == catalog.generation \
                     and catalog.still_fresh(plan.fresh_until):
+                again = (rewrite_statement(sql, plan.rewrites).text
+                         if plan.rewrites is not None else None)
                 return ResultMasking(catalog, rules, plan.view, computed=plan.computed,
-                                     transforms=plan.transforms), None
+                                     transforms=plan.transforms), None, again
+            if rules:
+                await self._check_unseen_reads(sql, rules)
         generation = catalog.generation
         seen: list[float] = []
         names = [str(t) for t in command.get("tables") or ()]
@@ -368,31 +393,99 @@ class PolicyBridge:
                     {"protocol": "postgres", "raw": copy.query}, {"type": "postgres"}
                 ).get("tables") or ())
         relations, view = await statement_relations(catalog, names, seen)
+        if rules:
+            await self._check_defined_functions(sql, view)
         computed = None
         copy_methods: list[str | None] | None = None
+        rewrites: MaskedSchema | None = None
+        rewritten: str | None = None
         if view.could_mask(rules):
+            await catalog.types(c.type_oid for r in view.relations.values() for c in r.columns)
+            masked = masked_schema(view, rules, catalog)
             schema = lineage_schema(relations)
             if copy is not None and copy.direction == "to":
                 if copy.query is not None:
+                    rewritten = self._copy_rewrite(sql, copy, masked)
                     masks = check_outputs(trace_statement(copy.query, schema), relations,
                                           view, rules)
                     copy_methods = [m.method for m in masks] if masks is not None else None
                 elif copy.table is not None:
                     copy_methods = self._copy_table_methods(copy, relations, view, rules)
             elif copy is None:
+                rewrite = rewrite_statement(sql, masked)
+                rewritten = rewrite.text
+                if rewritten is not None or rewrite.literal_dependent:
+                    rewrites = masked
                 computed = check_outputs(trace_statement(sql, schema), relations, view, rules)
         copy_types = self._copy_table_types(copy, relations) if binary_table_copy else None
         if key is not None:
             if len(self._plans) >= MAX_CACHED_PLANS:
                 self._plans.clear()
             plan = _MaskingPlan(view, computed, generation, catalog.fresh_until(seen),
-                                TransformCache())
+                                TransformCache(), rewrites)
             self._plans[key] = plan
             return ResultMasking(catalog, rules, view, computed=computed,
-                                 transforms=plan.transforms), layout
+                                 transforms=plan.transforms), layout, rewritten
         masking = ResultMasking(catalog, rules, view, computed=computed,
                                 copy_methods=copy_methods, copy_types=copy_types)
-        return masking, layout
+        return masking, layout, rewritten
+
+    async def _check_unseen_reads(self, sql: str, rules: MaskRules) -> None:
+        """Deny what would read masked columns where the rewrite cannot see it: a CREATE TABLE
+        … AS EXECUTE (a prepared statement's plain result columns, unmasked), a statement
+        sqlglot does not parse that names a masked column or a relation that has one."""
+        if copies_prepared_statement(sql):
+            raise MaskUseDenied("CREATE TABLE … AS EXECUTE would store a prepared statement's "
+                                "rows with their masked columns unmasked; use CREATE TABLE … "
+                                "AS SELECT")
+        words = unparsed_words(sql)
+        if words is None:
+            return
+        named = sorted(words & rules.columns)
+        if named:
+            raise MaskUseDenied(f"masked column {named[0]} is used in a statement that cannot "
+                                "be parsed with certainty, so it cannot be rewritten to use "
+                                "its masked value")
+        if not words & _EVALUATING_WORDS:
+            return  # (`ALTER TABLE cards DISABLE ROW LEVEL SECURITY`, `LOCK TABLE cards`)
+        _, view = await statement_relations(self.catalog, words)
+        read = sorted(r.name for r in view.relations.values() if rules.covers(r))
+        if read:
+            raise MaskUseDenied(f"relation {read[0]} has masked columns and is named in a "
+                                "statement that cannot be parsed with certainty, so their "
+                                "uses cannot be rewritten to their masked values")
+
+    async def _check_defined_functions(self, sql: str, view: CatalogView) -> None:
+        """Deny a call, in the statement or in a view it reads, of a function defined in the
+        database: its body reads tables where no rewrite reaches, so `WHERE get_pan(id) LIKE
+        '4111%'` would answer on the clear value (built-in functions only see what the
+        rewritten statement passes them)."""
+        defined = await self.catalog.user_functions()
+        if not defined:
+            return
+        called = called_names(sql)
+        if called is None:
+            raise MaskUseDenied("the statement cannot be read to find the functions it calls")
+        for oid in view.views:
+            called |= self.catalog.view_calls(oid)
+        hit = sorted(called & defined)
+        if hit:
+            raise MaskUseDenied(f"function {hit[0]} is defined in the database, not built in: "
+                                "its body may read masked columns unmasked, where the proxy "
+                                "cannot rewrite them")
+
+    @staticmethod
+    def _copy_rewrite(sql: str, copy: CopyStatement, masked: MaskedSchema) -> str | None:
+        """The COPY with its query rewritten (`mask_rewrite`); rows copied to STDOUT are
+        masked by the proxy, to a file or program they are not, so none of them is plain."""
+        assert copy.query is not None
+        start = copy.query_start
+        if sql[start:start + len(copy.query)] != copy.query:
+            raise MaskUseDenied("the query of this COPY cannot be located in its text")
+        inner = rewrite_statement(copy.query, masked, client=copy.target == "stdout").text
+        if inner is None:
+            return None
+        return sql[:start] + inner + sql[start + len(copy.query):]
 
     @staticmethod
     def _copy_relation(copy: CopyStatement, relations: dict[str, Any]) -> Any:

@@ -17,11 +17,13 @@ What a column gets (values in text format unless said otherwise):
 - not masked, other type: NULL with a notice when it holds a card number;
 - not masked, binary format: string types scanned as text, other types passed unread.
 
-Computed columns (no table OID in the RowDescription) are masked by the rules of the columns
-they read, as traced from the statement; the strongest method wins
-(`null` > `redact` > `hash` > `pan` > `last4` > `email`). A value computed by an expression
-(not a column passed through a subquery, CTE or UNION) gets `redact` where that method would
-be `pan`, `last4` or `email`: those keep part of what the expression made of the value.
+Computed columns (no table OID in the RowDescription) that pass a masked column through (a
+subquery, CTE or UNION output) are masked by its rule, as traced from the statement; the
+strongest method wins (`null` > `redact` > `hash` > `pan` > `last4` > `email`). A value an
+expression computes needs no mask of its own: the statement was rewritten to compute it from
+masked values (`mask_rewrite`, `masked_schema` here says what it masks). A view's computed
+column (its body is not rewritten) gets `redact` where the method would be `pan`, `last4` or
+`email`: those keep part of what the expression made of the value.
 
 COPY data is text, so masked COPY columns always get the method's output; binary COPY columns
 with a mask become NULL, and in a binary COPY of a table its string columns are scanned by the
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -55,6 +56,13 @@ from adapters.postgres.hooks import (
     ValueTransform,
     WithheldValue,
 )
+from adapters.postgres.mask_rewrite import (
+    DECLARE_QUERY,
+    PREPARE_QUERY,
+    MaskedColumn,
+    MaskedSchema,
+    SourceTable,
+)
 from adapters.postgres.rowscan import may_hold_pan_bytes
 from engine.facts.fingerprint import literal_fingerprint
 from engine.facts.sql import sqlglot_text
@@ -76,7 +84,7 @@ STRENGTH = {"null": 6, "redact": 5, "hash": 4, "pan": 3, "last4": 2, "email": 1}
 # they would show what the expression made of it (`translate(pan, '0123456789', 'abcdefghij')`
 # has no digit for `pan` to hide, `repeat('x', substr(pan, 1, 1)::int)` a length), so such a
 # value gets `redact` instead.
-SHAPE_KEEPING = frozenset({"pan", "last4", "email"})
+SHAPE_KEEPING = frozenset({"pan", "last4", "email"})  # (for the computed columns of views)
 
 
 def computed_method(method: str | None) -> str | None:
@@ -211,11 +219,6 @@ class TracedQuery:
     set_operation: bool  # UNION / INTERSECT / EXCEPT anywhere (no table OIDs come back)
 
 
-_DECLARE = re.compile(r"\bcursor\b.*?\bfor\s+(?P<query>.*)$", re.IGNORECASE | re.DOTALL)
-_PREPARE = re.compile(r"^\s*\w+\s*(?:\([^)]*\))?\s+as\s+(?P<query>.*)$",
-                      re.IGNORECASE | re.DOTALL)
-
-
 def trace_statement(sql: str, schema: dict[str, dict[str, str]]) -> list[TracedQuery] | None:
     """The row-returning queries of `sql` (SELECT, RETURNING clauses, the queries of DECLARE
     and PREPARE), traced; None when `sql` cannot be parsed. Cached by literal fingerprint:
@@ -291,7 +294,7 @@ def _row_query(tree: exp.Expr) -> tuple[exp.Expr | str | None, bool]:
     if isinstance(tree, exp.Command):
         keyword = str(tree.this or "").lower()
         text = tree.expression.name if isinstance(tree.expression, exp.Literal) else ""
-        pattern = {"declare": _DECLARE, "prepare": _PREPARE}.get(keyword)
+        pattern = {"declare": DECLARE_QUERY, "prepare": PREPARE_QUERY}.get(keyword)
         if pattern is not None:
             match = pattern.search(text)
             return (match.group("query") if match else ""), False
@@ -322,8 +325,9 @@ def output_masks(query: TracedQuery, relations: dict[str, Relation], view: Catal
             method, hidden = view.column_method(rules, relation, name)
             methods.append(method)
             opaque = opaque or hidden
-        method = strongest(methods)
-        masks.append(OutputMask(method if column.direct else computed_method(method), opaque))
+        # A computed column was computed from masked values (`mask_rewrite` replaced every
+        # masked column it reads), so only a column passed through unchanged is masked here.
+        masks.append(OutputMask(strongest(methods) if column.direct else None, opaque))
     return masks
 
 
@@ -331,8 +335,7 @@ def check_outputs(traced: list[TracedQuery] | None, relations: dict[str, Relatio
                   view: CatalogView, rules: MaskRules) -> list[OutputMask] | None:
     """Deny (raise `MaskingDenied`) what cannot be masked with certainty, for a statement
     that reads masked columns; returns the output masks of its one direct query when the
-    proxy must map computed columns by position, else None (computed columns then carry no
-    masked data)."""
+    proxy must map computed columns by position, else None."""
     if traced is None:
         raise MaskingDenied("the statement reads columns that policy masks and its result "
                             "columns cannot be traced")
@@ -350,19 +353,10 @@ def check_outputs(traced: list[TracedQuery] | None, relations: dict[str, Relatio
                     "(a whole-row reference or an untraceable expression) and the statement "
                     "reads columns that policy masks: denied rather than risk leaking them")
         per_query.append(masks)
+    # Elsewhere (a string of several statements, DECLARE, PREPARE) computed columns cannot be
+    # mapped by position; the statement's rewrite (`mask_rewrite`) computed them from masked
+    # values already, and plain ones are masked by their table OIDs.
     positional = len(traced) == 1 and traced[0].direct
-    for query, masks in zip(traced, per_query, strict=True):
-        if positional:
-            continue
-        for index, mask in enumerate(masks):
-            assert query.outputs is not None
-            plain = query.outputs[index].direct and not query.set_operation
-            if mask.method is not None and not plain:
-                what = ("a PREPARE or DECLARE" if not query.direct
-                        else "a string of several statements")
-                raise MaskingDenied(
-                    f"result column {index + 1} ({query.outputs[index].name}) is computed "
-                    f"from masked columns inside {what}; run that query on its own")
     return per_query[0] if positional else None
 
 
@@ -631,6 +625,37 @@ async def statement_relations(catalog: Catalog, names: Iterable[str],
     everything = [r for found in named.values() for r in found]
     view.add(catalog, await catalog.expand(everything, seen))
     return choose_relations(named), view
+
+
+def masked_schema(view: CatalogView, rules: MaskRules, catalog: Catalog) -> MaskedSchema:
+    """What `mask_rewrite` needs of the relations one statement reads (`view`): each column's
+    mask (a view column by what it reads; one whose origin cannot be traced gets `null`), its
+    type (text or not: `Catalog.types` must have been loaded for them)."""
+    columns: dict[str, MaskedColumn] = {}
+    tables: dict[str, list[SourceTable]] = {}
+    names: set[str] = set()
+    for relation in view.relations.values():
+        entries: list[tuple[str, MaskedColumn | None]] = []
+        for column in relation.columns:
+            name = column.name.lower()
+            names.add(name)
+            method, opaque = view.column_method(rules, relation, column.name)
+            if opaque:
+                method = "null"
+            masked = None
+            if method is not None:
+                info = catalog.type_info(column.type_oid)
+                masked = MaskedColumn(method, info is not None and info.category == "S")
+                known = columns.get(name)
+                if known is not None:
+                    masked = MaskedColumn(strongest((known.method, method)) or method,
+                                          known.text and masked.text)
+                columns[name] = masked
+            entries.append((name, masked))
+        table = SourceTable(tuple(entries))
+        for key in {relation.name.lower(), f"{relation.schema.lower()}.{relation.name.lower()}"}:
+            tables.setdefault(key, []).append(table)
+    return MaskedSchema(columns, {k: tuple(v) for k, v in tables.items()}, frozenset(names))
 
 
 def lineage_schema(relations: dict[str, Relation]) -> dict[str, dict[str, str]]:

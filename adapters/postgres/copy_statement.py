@@ -30,6 +30,7 @@ class CopyStatement:
     query: str | None  # the text of `COPY (query) TO`
     binary: bool
     layout: CopyLayout | None  # None for binary
+    query_start: int = 0  # where `query` starts in the statement's text
 
 
 _TOKEN = re.compile(
@@ -178,10 +179,12 @@ def parse_copy(sql: str) -> CopyStatement | None:
         return None
     binary = p.word("binary")  # COPY BINARY table (pre-7.4 form)
     table = query = None
+    query_start = 0
     columns: tuple[str, ...] | None = None
     if p.punct("("):
         start, end = p.parenthesised()
         query = sql[start:end].strip()
+        query_start = start + len(sql[start:end]) - len(sql[start:end].lstrip())
     else:
         parts = [p.name()]
         while p.punct("."):
@@ -223,13 +226,13 @@ def parse_copy(sql: str) -> CopyStatement | None:
             "utf8", "unicode"):
         raise CopySyntaxError(f"COPY ENCODING {encoding!r}: only UTF8 is supported")
     if fmt == "binary":
-        return CopyStatement(direction, target, table, columns, query, True, None)
+        return CopyStatement(direction, target, table, columns, query, True, None, query_start)
     layout = CopyLayout(
         format="csv" if fmt == "csv" else "text",
         delimiter=_byte(options, "delimiter"), null=_bytes(options, "null"),
         quote=_byte(options, "quote") or b'"', escape=_byte(options, "escape"),
         header=_truthy(options.get("header", "false")))
-    return CopyStatement(direction, target, table, columns, query, False, layout)
+    return CopyStatement(direction, target, table, columns, query, False, layout, query_start)
 
 
 def _options(p: _Parser) -> dict[str, str]:

@@ -183,7 +183,10 @@ class StatementVerdict:
     `withhold_error_values` (the statement reads or writes masked columns): the values a
     server error quotes are withheld from the client and the record (data exceptions, class
     22: quoted text in the message and the DETAIL; integrity violations, class 23: the DETAIL,
-    which quotes keys and failing rows).
+    which quotes keys and failing rows; other classes: quoted text in the message and the
+    DETAIL).
+    `rewritten`: the text sent upstream instead of the client's (masked columns used outside
+    the plain result columns replaced by their masked values); None sends it as it is.
     `single_execution`: the verdict covers one execution (it was approved for one), so every
     further execution of an extended-protocol prepared statement it was given for is decided
     again, at its Bind.
@@ -200,6 +203,7 @@ class StatementVerdict:
     resolve_columns: ColumnResolver | None = None
     sqlstate: str = "42501"
     withhold_error_values: bool = False
+    rewritten: str | None = None
     single_execution: bool = False
 
     @classmethod
@@ -207,10 +211,11 @@ class StatementVerdict:
               copy_layout: CopyLayout | None = None, on_complete: CompletionHook | None = None,
               resolve_columns: ColumnResolver | None = None,
               withhold_error_values: bool = False,
+              rewritten: str | None = None,
               single_execution: bool = False) -> StatementVerdict:
         return cls("allow", decision_id=decision_id, masker=masker, copy_layout=copy_layout,
                    on_complete=on_complete, resolve_columns=resolve_columns,
-                   withhold_error_values=withhold_error_values,
+                   withhold_error_values=withhold_error_values, rewritten=rewritten,
                    single_execution=single_execution)
 
     @classmethod

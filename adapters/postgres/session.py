@@ -363,6 +363,8 @@ class Session:
         if verdict.effect != "allow":
             return self._deny_as_query(verdict)
         self._push(_Op(QUERY, verdict=verdict))
+        if verdict.rewritten is not None:
+            return [Query(verdict.rewritten).encode()]
         return [frame.raw]
 
     def _parse(self, frame: Frame, message: Parse, verdict: StatementVerdict) -> list[bytes]:
@@ -372,6 +374,8 @@ class Session:
             return self._deny_in_batch(denial_error(verdict))
         self._sent_statements[message.name] = _Sent(verdict, sql=message.query)
         self._push(_Op(PARSE, name=message.name, verdict=verdict))
+        if verdict.rewritten is not None:
+            return [Parse(message.name, verdict.rewritten, message.param_types).encode()]
         return [frame.raw]
 
     def _bind(self, frame: Frame, message: Bind,
@@ -863,13 +867,15 @@ def _frame(kind: bytes, body: bytes) -> bytes:
 
 def _error_values_withheld(frame: Frame) -> Frame:
     """The server's error with the values it quotes withheld (for a statement that reads
-    or writes masked columns: `StatementVerdict.withhold_error_values`)."""
+    or writes masked columns: `StatementVerdict.withhold_error_values`): the DETAIL, and the
+    quoted text of the message and of the CONTEXT, except in the message of an integrity
+    violation (class 23), which names only constraints, columns and tables."""
     error = decode_backend(frame)
-    if not isinstance(error, ErrorResponse) or error.code[:2] not in ("22", "23"):
+    if not isinstance(error, ErrorResponse):
         return frame
     fields = []
     for code, value in error.fields:
-        if code == "M" and error.code.startswith("22"):
+        if code == "W" or (code == "M" and not error.code.startswith("23")):
             value = _QUOTED.sub(f'"{WITHHELD_VALUE}"', value)
         elif code == "D":
             value = WITHHELD_DETAIL

@@ -131,7 +131,7 @@ def test_decisions_from_ordinance_serve_over_grpc(database: str, tmp_path: Path)
             name = dbname_of(database)
             out = psql(port, name, "SELECT upper(pan), cvv FROM cards WHERE id = 1")
             assert out.returncode == 0, out.stderr
-            assert out.stdout.strip() == "[REDACTED]|[REDACTED]"  # upper(pan): computed
+            assert out.stdout.strip() == "************1112|[REDACTED]"  # upper() of the mask
             out = psql(port, name, "TRUNCATE cards")
             assert "TRUNCATE is not allowed on production resources" in out.stderr
         finally:

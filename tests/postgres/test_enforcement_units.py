@@ -143,14 +143,14 @@ def outputs(sql: str) -> list[str | None] | None:
 
 
 def test_computed_columns_are_traced_by_position() -> None:
-    # a value computed from a masked column is redacted: `pan` would keep what the expression
-    # made of the digits (`translate(pan, '0123456789', 'abcdefghij')` has none left)
-    assert outputs("SELECT id, substr(pan, 1, 6), notes || pan, lower(notes) FROM cards") == [
-        None, "redact", "redact", None]
+    # a value computed from a masked column is computed from its masked value (the statement
+    # is rewritten, `mask_rewrite`): only columns passed through are masked by the proxy
+    assert outputs("SELECT id, substr(pan, 1, 6), notes || pan, lower(notes), pan FROM cards"
+                   ) == [None, None, None, None, "pan"]
     assert outputs("SELECT *, lower(pan) FROM cards WHERE id = 7") == [
-        None, "pan", None, "redact"]
+        None, "pan", None, None]
     assert outputs("UPDATE cards SET notes = 'x' WHERE id = 1 RETURNING upper(pan), id") == [
-        "redact", None]
+        None, None]
     assert outputs("SELECT p FROM (SELECT pan AS p FROM cards) s UNION SELECT notes FROM cards"
                    ) == ["pan"]
     assert outputs("SELECT 1") == [None]
@@ -159,14 +159,21 @@ def test_computed_columns_are_traced_by_position() -> None:
 @pytest.mark.parametrize("sql", [
     "SELECT row_to_json(c) FROM cards c", "SELECT c::text FROM cards c",
     "SELECT (SELECT pan FROM cards LIMIT 1)", "SELECT nosuch.x FROM cards JOIN nosuch ON true",
-    "DECLARE c CURSOR FOR SELECT lower(pan) FROM cards",
-    "PREPARE p AS SELECT pan FROM cards UNION SELECT notes FROM cards",
-    "SELECT 1; SELECT upper(pan) FROM cards",
     "SELEC pan FROM cards",
 ])
 def test_what_cannot_be_masked_with_certainty_is_denied(sql: str) -> None:
     with pytest.raises(MaskingDenied):
         outputs(sql)
+
+
+@pytest.mark.parametrize("sql", [
+    "DECLARE c CURSOR FOR SELECT lower(pan) FROM cards",
+    "PREPARE p AS SELECT pan FROM cards UNION SELECT notes FROM cards",
+    "SELECT 1; SELECT upper(pan) FROM cards",
+])
+def test_computed_columns_without_positions_need_no_mask_of_their_own(sql: str) -> None:
+    # (their statements are rewritten to compute them from masked values)
+    assert outputs(sql) is None
 
 
 def test_direct_columns_in_cursors_and_batches_are_left_to_their_table_oids() -> None:
@@ -365,6 +372,7 @@ def test_masking_plans_are_reused_only_while_the_catalog_entries_are_fresh() -> 
     catalog._names["cards"] = (now[0], (7,))
     catalog._types.update({23: TypeInfo(23, "N"), 25: TypeInfo(25, "S")})
     catalog._types_loaded = True
+    catalog._user_functions = (1e12, frozenset())  # fresh at every clock reading below
     bridge = PolicyBridge(_Decisions(), resource=Resource("db"), catalog=catalog,
                           recorder=_NoRecorder())  # type: ignore[arg-type]
     ctx = SessionContext("s1", "alice", ("dev",), "db", "psql", "127.0.0.1", False, "scram")
