@@ -480,7 +480,7 @@ def serve_variant(mode: str, users: str) -> int:
 
     upstream = os.environ["ORDINANCE_UPSTREAM_URL"]
 
-    from adapters.postgres.recorder import AuditRecorder
+    from engine.audit.recorder import AuditRecorder
 
     class NoRecorder:
         async def append(self, *args: Any, **kwargs: Any) -> None:

@@ -75,7 +75,6 @@ from adapters.postgres.mask_rewrite import (
     rewrite_statement,
     unparsed_words,
 )
-from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate, parse_window
 from adapters.postgres.sql_names import name_actions
 from adapters.row_budget import (
@@ -86,6 +85,7 @@ from adapters.row_budget import (
     row_budgets,
 )
 from engine.approvals import ApprovalRequest
+from engine.audit.recorder import AuditRecorder
 from engine.decision import Decision, Mask, Reason
 from engine.facts.fingerprint import literal_fingerprint
 from engine.facts.sql import called_names

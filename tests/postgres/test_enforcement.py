@@ -27,11 +27,11 @@ from psycopg.rows import tuple_row
 from adapters.postgres.bridge import PolicyBridge, Resource
 from adapters.postgres.catalog import Catalog
 from adapters.postgres.proxy import ProxyConfig
-from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate
 from engine.approvals import ApprovalStore, open_approval_store
 from engine.approvals.store import SqliteApprovalStore
 from engine.audit import AuditLog, open_audit_log
+from engine.audit.recorder import AuditRecorder
 from engine.client import InProcessDecisionClient
 from engine.engine import Engine
 from engine.identity.users import load_users

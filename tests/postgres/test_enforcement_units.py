@@ -30,10 +30,10 @@ from adapters.postgres.hooks import (
     StatementVerdict,
     WithheldValue,
 )
-from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.results import CopyOutRewriter, RowRewriter
 from adapters.postgres.session import Completion, Session, tag_rows
 from engine.audit import AuditWriteError, InvalidAuditEvent
+from engine.audit.recorder import AuditRecorder
 from engine.decision import Decision, Mask
 from tests.postgres.test_session import frame, send
 

@@ -30,8 +30,8 @@ from psycopg.rows import tuple_row
 from adapters.postgres.bridge import PolicyBridge, Resource
 from adapters.postgres.catalog import Catalog
 from adapters.postgres.proxy import ProxyConfig
-from adapters.postgres.recorder import AuditRecorder
 from engine.audit import open_audit_log
+from engine.audit.recorder import AuditRecorder
 from engine.client import InProcessDecisionClient
 from engine.engine import Engine
 from engine.identity.users import load_users
