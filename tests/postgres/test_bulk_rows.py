@@ -20,10 +20,10 @@ import pytest
 from adapters.postgres.bridge import PolicyBridge, Resource
 from adapters.postgres.catalog import Catalog
 from adapters.postgres.proxy import ProxyConfig
-from engine.audit.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate
 from engine.approvals import open_approval_store
 from engine.audit import open_audit_log
+from engine.audit.recorder import AuditRecorder
 from engine.client import InProcessDecisionClient
 from engine.engine import Engine
 from engine.identity.users import load_users
