@@ -70,6 +70,7 @@ class _Def:
     else_lines: tuple[int, int] | None = None
     prefix_markers: dict[int, int] = field(default_factory=dict)  # i -> marker (rules)
     else_marker: int | None = None  # holds when the first body is false (rules)
+    head_mentions: set[RuleKey] = field(default_factory=set)  # read when the body holds
 
 
 @dataclass
@@ -178,7 +179,9 @@ class RegoCoverage:
                 path=module.path, key=(module.package, name), text=text,
                 head_lines=(line(start), line(head_end - 1)), exprs=exprs,
                 is_function=is_function, is_test=name in module.test_rules, params=params,
-                else_lines=else_lines))
+                else_lines=else_lines,
+                head_mentions=self._mentions(module, text[start:head_end])
+                - {(module.package, name)}))
 
     def _mentions(self, module: RegoModule, text: str) -> set[RuleKey]:
         found: set[RuleKey] = set()
@@ -287,11 +290,12 @@ class RegoCoverage:
             for i, d in enumerate(self.defs):
                 for j in self._evaluated(d, held, reached, mocked):
                     covered.add((i, j))
-                    if j < len(d.exprs):
-                        new = d.exprs[j].mentions - reached - mocked
-                        if new:
-                            reached |= new
-                            changed = True
+                    read = d.exprs[j].mentions if 0 <= j < len(d.exprs) else \
+                        d.head_mentions if j == len(d.exprs) else set()
+                    new = read - reached - mocked
+                    if new:
+                        reached |= new
+                        changed = True
 
     def _evaluated(self, d: _Def, held: set[int], reached: set[RuleKey], mocked: set[RuleKey]
                    ) -> list[int]:
