@@ -405,6 +405,11 @@ def measure(policy_set: PolicySet) -> CoverageReport:
     Raises PolicySetError when the instrumented policies do not compile."""
     report = CoverageReport()
     modules = policy_set.rego.modules
+    reserved = [f"{m.path}:{m.package_line}: the rule name {rule} is reserved for coverage "
+                "markers" for m in modules for rule in sorted(m.rules)
+                if rule.startswith((MARKER_RULE, COPY_PREFIX))]
+    if reserved:  # a policy defining them could mark anything covered
+        raise PolicySetError(["coverage cannot be measured", *reserved])
     suite = RegoSuite(policy_set)
     rego = RegoCoverage(modules, suite.sources)
     for module in modules:
@@ -425,6 +430,8 @@ def measure(policy_set: PolicySet) -> CoverageReport:
     fired: set[str] = set()
     for test_file in policy_set.tests:
         for case in test_file.document.get("cases", []):
+            if not isinstance(case, dict) or not isinstance(case.get("input"), dict):
+                continue  # reported by validate_case_file
             doc = dict(case["input"])
             try:
                 doc["command"] = enrich_command(doc.get("command"), doc.get("resource"))

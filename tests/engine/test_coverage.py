@@ -29,7 +29,8 @@ def measured(tmp_path: Path, files: dict[str, str]) -> tuple[CoverageReport, dic
 
 
 def rows(entry: dict, key: str) -> set[int]:
-    return {row for r in entry.get(key, []) for row in range(r["start"]["row"], r["end"]["row"] + 1)}
+    return {row for r in entry.get(key, [])
+            for row in range(r["start"]["row"], r["end"]["row"] + 1)}
 
 
 POLICY = """
@@ -128,8 +129,10 @@ def test_a_mocked_rule_is_not_covered(tmp_path: Path) -> None:
 
             import rego.v1
 
+            never := {"command": {"raw": "NEVER"}}
+
             test_never if {
-            \t"never" in deny with input as {"command": {"raw": "NEVER"}} with data.ordinance.demo.helper as true
+            \t"never" in deny with input as never with data.ordinance.demo.helper as true
             }
         """})
     entry = doc["files"][str(tmp_path / "demo.rego")]
@@ -352,3 +355,19 @@ def test_the_pci_pack_is_fully_covered() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "total: 100.00%" in run.stdout
     assert "rules: 30/30 covered" in run.stdout
+
+
+def test_a_policy_cannot_define_the_markers_to_fake_coverage(tmp_path: Path) -> None:
+    write(tmp_path, {"demo.rego": POLICY + """
+        __ordinance_cov contains n if some n in numbers.range(0, 100)
+    """, "demo_test.yaml": """
+        cases:
+          - name: nothing
+            input: {resource: {env: dev}, command: {raw: SELECT}}
+            expect: {effect: allow}
+    """})
+    run = ordinance("test", str(tmp_path), "--threshold", "1")
+    assert run.returncode == 2
+    assert "__ordinance_cov is reserved for coverage markers" in run.stderr
+    # without coverage, the same set still runs its tests
+    assert ordinance("test", str(tmp_path)).returncode == 0
