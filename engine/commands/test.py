@@ -72,10 +72,9 @@ def run(args: argparse.Namespace) -> int:
     for test_file in policy_set.tests:
         results.extend(run_case_file(engine, test_file))
     coverage = None
-    if args.coverage or args.threshold is not None:
+    measured = args.coverage or args.threshold is not None
+    if measured:
         coverage = _measure(policy_set)
-        if coverage is None:
-            return 2
     if args.format == "junit":
         print(format_junit(results))
     elif args.format == "json" and coverage is not None:
@@ -84,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_text(results, args.verbose))
         if args.coverage and coverage is not None:
             print(format_coverage_text(coverage))
+    if measured and coverage is None:
+        return 2
     if not results:
         print("ordinance test: no tests found", file=sys.stderr)
         return 1

@@ -371,3 +371,49 @@ def test_a_policy_cannot_define_the_markers_to_fake_coverage(tmp_path: Path) -> 
     assert "__ordinance_cov is reserved for coverage markers" in run.stderr
     # without coverage, the same set still runs its tests
     assert ordinance("test", str(tmp_path)).returncode == 0
+
+
+def test_a_body_written_out_of_order_is_under_reported_never_over(tmp_path: Path) -> None:
+    _, doc = measured(tmp_path, {
+        "o.rego": """
+            package ordinance.o
+
+            import rego.v1
+
+            deny contains "x" if {
+            \tx > 1
+            \tx = input.a
+            }
+        """,
+        "o_test.yaml": """
+            cases:
+              - name: a is 2
+                input: {a: 2}
+                expect: {effect: deny}
+        """})
+    entry = doc["files"][str(tmp_path / "o.rego")]
+    assert rows(entry, "covered") == {5, 6}  # the head: the whole body held
+    assert rows(entry, "not_covered") == {7}  # the prefix `x > 1` alone is unsafe
+
+
+def test_the_ci_examples_run_the_coverage_gate() -> None:
+    import re
+    import shlex
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    workflow = yaml.safe_load((repo / "docs" / "ci" / "policy-check.yml").read_text())
+    scripts = [s["run"] for s in workflow["jobs"]["policy-check"]["steps"] if "run" in s]
+    scripts.append((repo / "docs" / "ci" / "policy-check.sh").read_text())
+    commands = {re.sub(r"\s*>>?.*$", "", c).strip()
+                for script in scripts
+                for c in re.findall(r"ordinance test [^\n]*--threshold[^\n]*",
+                                    script.replace("\\\n", " "))}
+    assert len(commands) == 2, commands
+    for command in commands:
+        argv = shlex.split(command.replace('"$POLICIES"', "policies")
+                           .replace('"$COVERAGE_THRESHOLD"', "100"))[1:]
+        run = ordinance(*argv)
+        assert run.returncode == 0, (argv, run.stdout, run.stderr)
+        assert "total: 100.00%" in run.stdout
