@@ -237,8 +237,9 @@ class RegoCoverage:
             module = module_of[caller.path]
             for call in module.calls:
                 for index, e in enumerate(caller.exprs):
-                    if not e.start <= call.offset < e.end:
-                        continue
+                    if not e.start <= call.offset < e.end \
+                            or not caller.text.startswith(call.name, call.offset):
+                        continue  # elsewhere, or in a `with` value the test runner blanked
                     key = next(iter(self._mentions(module, call.name)), None)
                     if key is None or key not in functions \
                             or _nesting(caller.text, e.start, call.offset) != 0:
