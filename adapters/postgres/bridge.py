@@ -73,6 +73,7 @@ from adapters.postgres.review import ApprovalGate, parse_window
 from engine.approvals import ApprovalRequest
 from engine.decision import Decision, Mask, Reason
 from engine.facts.fingerprint import literal_fingerprint
+from engine.facts.sql import called_names
 from engine.identity import Subject
 
 log = logging.getLogger("ordinance.adapters.postgres.bridge")
@@ -392,6 +393,8 @@ class PolicyBridge:
                     {"protocol": "postgres", "raw": copy.query}, {"type": "postgres"}
                 ).get("tables") or ())
         relations, view = await statement_relations(catalog, names, seen)
+        if rules:
+            await self._check_defined_functions(sql, view)
         computed = None
         copy_methods: list[str | None] | None = None
         rewrites: MaskedSchema | None = None
@@ -451,6 +454,25 @@ class PolicyBridge:
             raise MaskUseDenied(f"relation {read[0]} has masked columns and is named in a "
                                 "statement that cannot be parsed with certainty, so their "
                                 "uses cannot be rewritten to their masked values")
+
+    async def _check_defined_functions(self, sql: str, view: CatalogView) -> None:
+        """Deny a call, in the statement or in a view it reads, of a function defined in the
+        database: its body reads tables where no rewrite reaches, so `WHERE get_pan(id) LIKE
+        '4111%'` would answer on the clear value (built-in functions only see what the
+        rewritten statement passes them)."""
+        defined = await self.catalog.user_functions()
+        if not defined:
+            return
+        called = called_names(sql)
+        if called is None:
+            raise MaskUseDenied("the statement cannot be read to find the functions it calls")
+        for oid in view.views:
+            called |= self.catalog.view_calls(oid)
+        hit = sorted(called & defined)
+        if hit:
+            raise MaskUseDenied(f"function {hit[0]} is defined in the database, not built in: "
+                                "its body may read masked columns unmasked, where the proxy "
+                                "cannot rewrite them")
 
     @staticmethod
     def _copy_rewrite(sql: str, copy: CopyStatement, masked: MaskedSchema) -> str | None:

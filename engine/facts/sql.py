@@ -451,6 +451,15 @@ def _expression_calls(text: str, dialect: str | None) -> tuple[list[str], list[s
     return _calls(tree)
 
 
+def called_names(text: str, dialect: str | None = "postgres") -> frozenset[str] | None:
+    """Every name followed by `(` in `text`, lower case (a superset of the functions it calls,
+    whatever sqlglot would name them), or None when the text cannot be tokenized."""
+    try:
+        return frozenset(_called_words(text, dialect))
+    except _NotAStatement:
+        return None
+
+
 def _called_words(text: str, dialect: str | None) -> list[str]:
     """Every name followed by `(` in a statement sqlglot does not parse: all it may call (and
     some names that are no function, such as a table before its column list)."""

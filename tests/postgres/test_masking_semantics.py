@@ -52,6 +52,10 @@ SCHEMA = [
     "CREATE TABLE loot (id serial PRIMARY KEY, note text)",
     "CREATE SEQUENCE seq_ok",
     "CREATE TABLE wallet (id int PRIMARY KEY, pan text)",
+    # made by a DBA before alice came: their bodies read cards where no rewrite reaches
+    "CREATE FUNCTION get_pan(int) RETURNS text LANGUAGE sql AS "
+    "'SELECT pan FROM cards WHERE id = $1'",
+    "CREATE VIEW pans_by_function AS SELECT id, get_pan(id) AS g FROM cards",
 ]
 
 
@@ -447,6 +451,22 @@ def test_uses_that_cannot_be_rewritten_are_denied(setup: Setup, sql: str, reason
     assert reason in str(exc.value), exc.value
     out = setup.psql(sql)
     assert "permission denied by policy" in out.stderr and reason in out.stderr
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT get_pan(1)",
+    "SELECT count(*) FROM cards WHERE id = 1 AND get_pan(id) LIKE '3000%'",
+    "SELECT count(*) FROM cards WHERE id = 1 AND public.\"get_pan\"(id) LIKE '3%'",
+    "SELECT count(*) FROM loot WHERE GET_PAN(1) LIKE '3%'",
+    "SELECT g FROM pans_by_function WHERE id = 1",
+    "SELECT count(*) FROM pans_by_function WHERE id = 1 AND g LIKE '3%'",
+])
+def test_functions_defined_in_the_database_are_denied(setup: Setup, sql: str) -> None:
+    """A function's body reads tables where no rewrite reaches (`get_pan(id)` answers on the
+    clear value), called directly or through a view."""
+    with setup.connect() as conn, pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match="function get_pan is defined in the"):
+        conn.execute(sql)
 
 
 def test_plain_result_columns_run_as_sent(setup: Setup) -> None:
