@@ -102,9 +102,8 @@ class CoverageReport:
 
     @property
     def percent(self) -> float:
-        total = sum(len(v) for v in self.lines.values())
-        covered = sum(len(self.covered[p] & v) for p, v in self.lines.items())
-        return round(100.0 * covered / total, 2) if total else 100.0
+        """The total, as in the JSON report (0 when nothing can be covered, as in OPA)."""
+        return float(to_opa_json(self)["coverage"])
 
 
 class RegoCoverage:
@@ -143,25 +142,22 @@ class RegoCoverage:
             last_end = significant[-1][3]
             is_function = name in module.functions and _head_call(significant)
             params = ""
-            if is_function:
-                close = _matching(tokens, next(i for i, t in enumerate(tokens) if t[1] == "("))
-                params = text[tokens[next(i for i, t in enumerate(tokens) if t[1] == "(")][3]:
-                              tokens[close][2]]
+            if is_function:  # the head is `name(params)`: tokens 1 and its match
+                params = text[tokens[1][3]:tokens[_matching(tokens, 1)][2]]
             body_at = _depth0_index(tokens, "if")
             exprs: list[_Expr] = []
             head_end = last_end
             else_lines = None
             if body_at is not None:
                 head_end = tokens[body_at][3]
-                rest = [i for i in range(body_at + 1, len(tokens)) if tokens[i][0] != "newline"]
-                if rest and tokens[rest[0]][1] == "{":
-                    close = _matching(tokens, rest[0])
-                    exprs = _split(tokens[rest[0] + 1:close])
+                first = body_at + 1
+                while first < len(tokens) and tokens[first][0] == "newline":
+                    first += 1
+                if first < len(tokens) and tokens[first][1] == "{":
+                    close = _matching(tokens, first)
+                    exprs = _split(tokens[first + 1:close])
                     after = close + 1
-                else:
-                    first = body_at + 1
-                    while first < len(tokens) and tokens[first][0] == "newline":
-                        first += 1
+                else:  # `if` and one expression, up to the end of its line
                     after, depth = first, 0
                     while after < len(tokens) and not (tokens[after][0] == "newline"
                                                        and depth == 0):
