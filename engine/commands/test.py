@@ -77,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
         coverage = _measure(policy_set)
     if args.format == "junit":
         print(format_junit(results))
-    elif args.format == "json" and coverage is not None:
-        print(json.dumps(to_opa_json(coverage), indent=2))
+    elif args.format == "json":
+        if coverage is not None:
+            print(json.dumps(to_opa_json(coverage), indent=2))
     else:
         print(format_text(results, args.verbose))
         if args.coverage and coverage is not None:
