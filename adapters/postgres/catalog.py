@@ -200,10 +200,13 @@ class Catalog:
     # -- cache ------------------------------------------------------------------------------
 
     def invalidate(self) -> None:
-        """Forget every relation, name and view (types stay: they are never altered in place)."""
+        """Forget every relation, name, view and defined function (types stay: they are never
+        altered in place)."""
         self._relations.clear()
         self._names.clear()
         self._views.clear()
+        self._view_calls.clear()
+        self._user_functions = None
         self.generation += 1
 
     def _fresh(self, stamp: float) -> bool:

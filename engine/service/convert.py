@@ -112,9 +112,12 @@ def decision_to_proto(decision: Decision, decision_id: str,
     out.decision_id = decision_id
     out.effect = EFFECT_TO_PROTO.get(decision.effect, decision_pb2.EFFECT_DENY)  # type: ignore[assignment]
     for r in decision.reasons:
-        out.reasons.add(policy=r.policy, message=r.message,
-                        effect=EFFECT_TO_PROTO.get(r.effect, decision_pb2.EFFECT_DENY),  # type: ignore[arg-type]
-                        approvers=list(r.approvers), window=r.window or "")
+        reason = out.reasons.add(
+            policy=r.policy, message=r.message,
+            effect=EFFECT_TO_PROTO.get(r.effect, decision_pb2.EFFECT_DENY),  # type: ignore[arg-type]
+            approvers=list(r.approvers), window=r.window or "")
+        if r.rows is not None:
+            reason.rows = r.rows
     for m in decision.masks:
         out.masks.add(column=m.column, method=m.method, policy=m.policy)
     out.policy_revision = decision.policy_revision
@@ -134,7 +137,8 @@ def decision_from_proto(msg: decision_pb2.Decision) -> tuple[str, Decision]:
     reasons = tuple(
         Reason(policy=r.policy, message=r.message,
                effect=PROTO_TO_EFFECT.get(r.effect, "deny"),
-               approvers=tuple(r.approvers), window=r.window or None)
+               approvers=tuple(r.approvers), window=r.window or None,
+               rows=r.rows if r.HasField("rows") else None)
         for r in msg.reasons)
     masks = tuple(Mask(column=m.column, method=m.method, policy=m.policy) for m in msg.masks)
     decision = Decision(

@@ -4,6 +4,7 @@ rules, CEL rule coverage, the `opa test --coverage` JSON shape, exit codes."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -354,7 +355,7 @@ def test_the_pci_pack_is_fully_covered() -> None:
     run = ordinance("test", "policies", "--coverage", "--threshold", "100")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "total: 100.00%" in run.stdout
-    assert "rules: 30/30 covered" in run.stdout
+    assert re.search(r"rules: (\d+)/\1 covered", run.stdout), run.stdout
 
 
 def test_a_policy_cannot_define_the_markers_to_fake_coverage(tmp_path: Path) -> None:
@@ -397,7 +398,6 @@ def test_a_body_written_out_of_order_is_under_reported_never_over(tmp_path: Path
 
 
 def test_the_ci_examples_run_the_coverage_gate() -> None:
-    import re
     import shlex
 
     import yaml
