@@ -61,7 +61,7 @@ class WithClause:
 
 
 @dataclass
-class _RegoTest:
+class RegoTest:
     module: RegoModule
     rule: str
     mocks: dict[str, str] = field(default_factory=dict)  # target -> aux rule holding the value
@@ -107,7 +107,7 @@ def _blank(text: str, start: int, end: int) -> str:
     return text[:start] + re.sub(r"[^\n]", " ", text[start:end]) + text[end:]
 
 
-class _Suite:
+class RegoSuite:
     """The test rules of a policy set, rewritten, and the shared program that runs them."""
 
     def __init__(self, policy_set: PolicySet):
@@ -115,7 +115,7 @@ class _Suite:
         self.modules = policy_set.rego.modules
         self.functions = {f for m in self.modules for f in m.functions}
         self.is_builtin = regopy.Interpreter().is_builtin
-        self.tests: list[_RegoTest] = []
+        self.tests: list[RegoTest] = []
         self.sources: dict[str, str] = {}
         for module in self.modules:
             self._rewrite(module)
@@ -128,7 +128,7 @@ class _Suite:
         for name, start, end in module.spans:
             if name not in module.test_rules:
                 continue
-            test = _RegoTest(module, name)
+            test = RegoTest(module, name)
             text = source[start:end]
             clauses = with_clauses(text)
             values: dict[str, set[str]] = {}
@@ -159,7 +159,7 @@ class _Suite:
             source = source.rstrip("\n") + "\n" + "".join(appended)
         self.sources[module.path] = source
 
-    def _print_rules(self, module: RegoModule, test: _RegoTest, text: str, start: int
+    def _print_rules(self, module: RegoModule, test: RegoTest, text: str, start: int
                      ) -> list[str]:
         """Rules collecting the arguments of each `print` at the top of the test's body, each
         holding the body up to that print, so that `ordinance test -v` can show them."""
@@ -203,8 +203,8 @@ class _Suite:
 
     # -- one test -----------------------------------------------------------------------------
 
-    def run(self, shared: RegoProgram, test: _RegoTest) -> tuple[str, str, list[str]]:
-        status, message, program, input_doc = self._run(shared, test)
+    def run(self, shared: RegoProgram, test: RegoTest) -> tuple[str, str, list[str]]:
+        status, message, program, input_doc = self.execute(shared, test)
         output = []
         if program is not None:
             for rule in test.prints:
@@ -217,7 +217,7 @@ class _Suite:
                                            for v in row))
         return status, message, output
 
-    def _run(self, shared: RegoProgram, test: _RegoTest
+    def execute(self, shared: RegoProgram, test: RegoTest
              ) -> tuple[str, str, RegoProgram | None, Any]:
         """(status, message, the program and input the test ran with)."""
         if test.problem:
@@ -346,7 +346,7 @@ class _Suite:
         return None
 
 
-def _base(test: _RegoTest) -> str:
+def _base(test: RegoTest) -> str:
     return test.module.package.replace(".", "/")
 
 
@@ -425,7 +425,7 @@ def _patched(doc: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]
 def run_rego_tests(policy_set: PolicySet) -> list[TestResult]:
     if not any(m.test_rules for m in policy_set.rego.modules):
         return []
-    suite = _Suite(policy_set)
+    suite = RegoSuite(policy_set)
     try:
         shared = suite.program(policy_set.data)
     except PolicySetError as err:
