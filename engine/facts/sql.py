@@ -289,6 +289,10 @@ def _add_kind_details(tree: exp.Expr, facts: dict[str, Any]) -> None:
             facts["copy_target"] = "file"
     elif isinstance(tree, exp.Create | exp.Drop | exp.Alter):
         facts["object_kind"] = str(tree.args.get("kind") or "").lower() or None
+        properties = tree.args.get("properties")
+        if facts["object_kind"] == "view" and properties is not None and any(
+                isinstance(p, exp.MaterializedProperty) for p in properties.expressions):
+            facts["object_kind"] = "materialized view"  # it stores rows, a view does not
         executed = tree.find(exp.ExecuteAsProperty)  # CREATE TABLE t AS EXECUTE name
         if isinstance(tree, exp.Create) and executed is not None:
             facts["executed_name"] = _node_name(executed.this)
@@ -539,6 +543,9 @@ def _tables(tree: exp.Expr, ctes: set[str]) -> list[str]:
 
 def _targets(tree: exp.Expr, ctes: set[str]) -> list[str]:
     """Tables the statement writes or changes (the object of DML and DDL)."""
+    into = tree.args.get("into") if isinstance(tree, exp.Select) else None
+    if isinstance(into, exp.Into) and isinstance(into.this, exp.Table) and into.this.name:
+        return [_table_name(into.this)]  # SELECT ... INTO t creates and fills t
     target = tree.this if isinstance(tree, exp.Expression) else None
     if isinstance(tree, exp.Insert | exp.Create | exp.Copy) and isinstance(target, exp.Schema):
         target = target.this

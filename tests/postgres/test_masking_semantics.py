@@ -103,7 +103,8 @@ class Setup:
 
 def without_row_budget(tmp: Path) -> str:
     """The shipped policies with the PCI pack's per-session row budget raised past what these
-    tests read (masking is tested here; the budget in test_bulk_rows.py)."""
+    tests read, and copies not held (masking is tested here; the budget and the copy hold in
+    test_bulk_rows.py and the pack's decision tests)."""
     import shutil
 
     target = tmp / "policies"
@@ -112,6 +113,9 @@ def without_row_budget(tmp: Path) -> str:
     # (7777777: the number shows in reasons, and no digit of it is a PAN's)
     text, found = re.subn(r"^bulk_row_limit:.*$", "bulk_row_limit: 7777777",
                           data.read_text(), flags=re.MULTILINE)
+    assert found == 1
+    text, found = re.subn(r"^hold_bulk_copies:.*$", "hold_bulk_copies: false", text,
+                          flags=re.MULTILINE)  # copies are masked: that is what is tested here
     assert found == 1
     data.write_text(text)
     return str(target)

@@ -98,6 +98,36 @@ review contains {"msg": msg, "approvers": ["dba-leads"], "rule": "bulk_rows", "r
 	msg := concat("", ["more than ", format_int(limit, 10), " rows of cardholder table ", table, " in one session need approval (PCI DSS 7.2.5, 12.3)"])
 }
 
+# Req 12.3 / 7.2.5: a copy of a cardholder table into another relation streams none of its
+# rows to the client, so no row budget counts them: held before it runs, unless every query of
+# a cardholder table in it asks for at most bulk_row_limit rows.
+review contains {"msg": msg, "approvers": ["dba-leads"], "rule": "bulk_copy"} if {
+	pci.hold_bulk_copies == true
+	unbounded_cardholder_query
+	some s in input.command.statements
+	not plain_view(s) # (a view stores no rows; reads through it are counted)
+	some target in s.targets
+	some table in array.concat(s.tables, view_tables)
+	table != target
+	cardholder_table(table, pci.cardholder_tables)
+	msg := concat("", ["copying rows of cardholder table ", table, " into ", target, " needs approval (PCI DSS 7.2.5, 12.3)"])
+}
+
+unbounded_cardholder_query if {
+	some s in input.command.statements
+	s.kind == "select"
+	some table in array.concat(s.tables, view_tables)
+	cardholder_table(table, pci.cardholder_tables)
+	not within_limit(s, pci.bulk_row_limit)
+}
+
+plain_view(s) if s.object_kind == "view"
+
+within_limit(s, limit) if {
+	is_number(s.limit)
+	s.limit <= limit
+}
+
 # A row budget counts rows, and one row can carry a whole table: an aggregate that folds the
 # rows of a cardholder table into one value is a bulk read, held before it runs.
 review contains {"msg": msg, "approvers": ["dba-leads"], "rule": "bulk_aggregate"} if {
