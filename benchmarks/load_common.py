@@ -3,7 +3,9 @@ caller loop, and running driver processes against a server for one measurement w
 
 A driver is a module-level function `driver(threads, duration, tag, start_at, out, *args)`
 run in a spawned process; it starts `threads` callers, each on its own connection, that wait
-for `start_at`, call for `duration` seconds, and it puts `(calls, errors)` on `out`.
+for `start_at`, call for `duration` seconds, and it puts `(calls, errors)` on `out`, or
+`(calls, errors, latencies_ms)` when its callers time their calls (the window then reports
+their median and p99).
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ def cpu_seconds(pids: Sequence[int]) -> float:
 
 
 def grpc_calls(address: str, method: str, payloads: Sequence[bytes], start_at: float,
-               duration: float) -> tuple[int, int]:
+               duration: float, latencies: list[float] | None = None) -> tuple[int, int]:
     """One caller on its own channel: warm up, wait for `start_at`, then call `method` with
-    the payloads in turn for `duration` seconds. Returns (calls, errors)."""
+    the payloads in turn for `duration` seconds. Returns (calls, errors); appends each
+    successful call's milliseconds to `latencies` when given."""
     import grpc
 
     channel = grpc.insecure_channel(address, [("grpc.use_local_subchannel_pool", 1)])
@@ -46,9 +49,12 @@ def grpc_calls(address: str, method: str, payloads: Sequence[bytes], start_at: f
     end = start_at + duration
     calls = errors = i = 0
     while time.time() < end:
+        started = time.perf_counter()
         try:
             call(payloads[i % len(payloads)], timeout=30)
             calls += 1
+            if latencies is not None:
+                latencies.append((time.perf_counter() - started) * 1e3)
         except grpc.RpcError:
             errors += 1
         i += 1
@@ -80,16 +86,22 @@ def throughput(driver: Callable[..., None], args: tuple[Any, ...], pids: Sequenc
     for d in drivers:
         d.join(30)
     calls = sum(r[0] for r in results)
-    return {"calls_per_s": calls / duration, "errors": sum(r[1] for r in results),
-            "server_cpu_us_per_call": (cpu_after - cpu_before) * 1e6 / max(1, calls),
-            "server_cores_used": (cpu_after - cpu_before) / duration}
+    report = {"calls_per_s": calls / duration, "errors": sum(r[1] for r in results),
+              "server_cpu_us_per_call": (cpu_after - cpu_before) * 1e6 / max(1, calls),
+              "server_cores_used": (cpu_after - cpu_before) / duration}
+    latencies = [ms for r in results if len(r) > 2 for ms in r[2]]
+    if latencies:
+        report["p50_ms"] = percentile(latencies, 0.5)
+        report["p99_ms"] = percentile(latencies, 0.99)
+    return report
 
 
-def run_callers(caller: Callable[[int], tuple[int, int]], threads: int, out: Any) -> None:
-    """Run `caller(t)` on `threads` threads and put the summed (calls, errors) on `out`."""
+def run_callers(caller: Callable[[int], tuple[Any, ...]], threads: int, out: Any) -> None:
+    """Run `caller(t)` on `threads` threads and put the summed (calls, errors) on `out`, and
+    all latencies when the callers return `(calls, errors, latencies_ms)`."""
     import threading
 
-    results: list[tuple[int, int]] = [(0, 0)] * threads
+    results: list[tuple[Any, ...]] = [(0, 0)] * threads
 
     def run(t: int) -> None:
         results[t] = caller(t)
@@ -99,4 +111,8 @@ def run_callers(caller: Callable[[int], tuple[int, int]], threads: int, out: Any
         w.start()
     for w in workers:
         w.join()
-    out.put((sum(r[0] for r in results), sum(r[1] for r in results)))
+    summed = (sum(r[0] for r in results), sum(r[1] for r in results))
+    if any(len(r) > 2 for r in results):
+        out.put((*summed, [ms for r in results if len(r) > 2 for ms in r[2]]))
+    else:
+        out.put(summed)

@@ -89,7 +89,7 @@ def sidecar(policies: Path) -> Iterator[dict[str, Any]]:
     """`ordinance envoy` on an ephemeral port; yields its ready line."""
     with tempfile.TemporaryDirectory(prefix="ordinance-envoy-bench-") as tmp:
         cmd = [sys.executable, "-m", "engine.cli", "envoy", "--policies",
-               str(policies.resolve()), "--grpc", "127.0.0.1:0", "--decision-log",
+               str(policies.resolve()), "--grpc", "127.0.0.1:0", "--decision-log-file",
                str(Path(tmp) / "decisions.jsonl")]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 text=True, cwd=tmp,

@@ -5,12 +5,21 @@
 Everything runs against real `ordinance serve` subprocesses, so client and server never share
 a GIL. In one run it measures:
 
-1. Latency, on one channel, with the calls interleaved so machine noise hits them alike:
+1. Latency, for each decision-log mode (`--decision-log async` and `durable`, one server
+   each, one channel each), with the calls interleaved so machine noise hits them alike:
    `Health.Check` (an empty call: the floor of a gRPC round trip here), `Decide` with the PCI
    pack on a repeated input (answered from the decision cache) and with a unique session id
-   per call (full Rego + CEL evaluation). Reports median, p99 and the ratio of medians.
-2. Throughput at `--concurrency` callers (default 16), for `--workers 1` and `--workers 2`,
-   over gRPC `Decide` and HTTP `POST /v1/data/ordinance/pci`, every call a unique input.
+   per call (the same policy input: session ids are not read by the pack). Reports median,
+   p99 and the ratio of medians to the empty call of the same server. In the same loop it
+   times one `write` + `fdatasync` of a decision-sized line to a file beside the decision
+   logs, between the durable server's calls (as its own syncs are): the durable log's budget
+   is the async log's latency plus that. The servers take turns in blocks of `BLOCK` rounds
+   with a pause between, so that the async server's log writer (it syncs its file a few
+   milliseconds after a decision) never shares the disk's journal commits with a measured
+   durable call or the probe.
+2. Throughput at `--concurrency` callers (default 16), for `--workers 1` and `--workers 2`
+   and both log modes, over gRPC `Decide` and HTTP `POST /v1/data/ordinance/pci`, every call
+   a unique input.
    The load driver is `--driver-procs` processes of threads, each caller with its own
    connection (so SO_REUSEPORT can spread them), sending pre-serialised requests to keep
    the client's cost per call low. On a 2-core machine the driver still competes with the
@@ -45,14 +54,20 @@ HTTP_PATH = "/v1/data/ordinance/pci"
 
 # -- the server ---------------------------------------------------------------------------
 
+MODES = ("async", "durable")
+BLOCK = 50
+PAUSE_S = 0.03
+
+
 @contextlib.contextmanager
-def serve(policies: str, workers: int) -> Iterator[dict[str, Any]]:
-    """`ordinance serve` on ephemeral ports; yields its ready line."""
+def serve(policies: str, workers: int, mode: str, log_dir: str) -> Iterator[dict[str, Any]]:
+    """`ordinance serve` on ephemeral ports, its JSON-lines decision log in `log_dir`;
+    yields its ready line."""
     with tempfile.TemporaryDirectory(prefix="ordinance-bench-") as tmp:
         cmd = [sys.executable, "-m", "engine.cli", "serve", "--policies",
                str(Path(policies).resolve()), "--grpc", "127.0.0.1:0", "--http",
-               "127.0.0.1:0", "--workers", str(workers), "--decision-log",
-               str(Path(tmp) / "decisions.jsonl")]
+               "127.0.0.1:0", "--workers", str(workers), "--decision-log", mode,
+               "--decision-log-file", str(Path(log_dir) / f"decisions-{mode}-{workers}.jsonl")]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 text=True, cwd=tmp)
         assert proc.stdout is not None
@@ -85,32 +100,64 @@ def unique_doc(i: int, tag: str) -> dict[str, Any]:
     return doc
 
 
-def latency(target: str, rounds: int) -> dict[str, dict[str, float]]:
+def latency(targets: dict[str, str], rounds: int, log_dir: str, probe_with: str
+            ) -> dict[str, dict[str, dict[str, float]]]:
+    """For each server in `targets` (label -> gRPC address), interleaved: the empty call and
+    both Decides; and one `write` + `fdatasync` on a file in `log_dir` after each round of
+    the `probe_with` server."""
     import grpc
     from grpc_health.v1 import health_pb2
 
-    channel = grpc.insecure_channel(target)
-    health = channel.unary_unary(HEALTH, request_serializer=None, response_deserializer=None)
-    decide = channel.unary_unary(DECIDE, request_serializer=None, response_deserializer=None)
+    channels = {label: grpc.insecure_channel(target) for label, target in targets.items()}
+    methods = {label: (ch.unary_unary(HEALTH, request_serializer=None,
+                                      response_deserializer=None),
+                       ch.unary_unary(DECIDE, request_serializer=None,
+                                      response_deserializer=None))
+               for label, ch in channels.items()}
     empty = health_pb2.HealthCheckRequest().SerializeToString()
     repeated = [decide_bytes(input_for(raw)) for raw in COMMANDS]
     unique = [decide_bytes(unique_doc(i, "lat")) for i in range(rounds)]
-    for i in range(300):  # warm up: connection, decision cache, facts cache
-        health(empty)
-        decide(repeated[i % len(repeated)])
-        decide(decide_bytes(unique_doc(i, "warm")))
-    samples: dict[str, list[float]] = {"empty_call": [], "decide_cached": [],
-                                       "decide_unique": []}
-    for i in range(rounds):
-        for name, payload, method in (("empty_call", empty, health),
-                                      ("decide_cached", repeated[i % len(repeated)], decide),
-                                      ("decide_unique", unique[i], decide)):
-            started = time.perf_counter()
-            method(payload, timeout=10)
-            samples[name].append((time.perf_counter() - started) * 1e6)
-    channel.close()
-    return {name: {"median_us": statistics.median(s), "p99_us": percentile(s, 0.99)}
-            for name, s in samples.items()}
+    for health, decide in methods.values():
+        for i in range(300):  # warm up: connection, decision cache, facts cache
+            health(empty)
+            decide(repeated[i % len(repeated)])
+            decide(decide_bytes(unique_doc(i, "warm")))
+    samples: dict[str, dict[str, list[float]]] = {
+        label: {"empty_call": [], "decide_cached": [], "decide_unique": []}
+        for label in targets}
+    syncs: list[float] = []
+    line = json.dumps({"decision_id": "0" * 26, "input": input_for(COMMANDS[0]),
+                       "result": {"effect": "allow", "masks": ["x" * 40] * 14}}).encode()
+    fd = os.open(Path(log_dir) / "fdatasync-probe", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                 0o600)
+    try:
+        for first in range(0, rounds, BLOCK):
+            block = range(first, min(rounds, first + BLOCK))
+            for label, (health, decide) in methods.items():
+                time.sleep(PAUSE_S)
+                for i in block:
+                    for name, payload, method in (("empty_call", empty, health),
+                                                  ("decide_cached",
+                                                   repeated[i % len(repeated)], decide),
+                                                  ("decide_unique", unique[i], decide)):
+                        started = time.perf_counter()
+                        method(payload, timeout=10)
+                        samples[label][name].append((time.perf_counter() - started) * 1e6)
+                    if label == probe_with:  # between its calls, as its own syncs are
+                        started = time.perf_counter()
+                        os.write(fd, line + b"\n")
+                        os.fdatasync(fd)
+                        syncs.append((time.perf_counter() - started) * 1e6)
+    finally:
+        os.close(fd)
+        for ch in channels.values():
+            ch.close()
+    out = {label: {name: {"median_us": statistics.median(s), "p99_us": percentile(s, 0.99)}
+                   for name, s in by_name.items()}
+           for label, by_name in samples.items()}
+    out["fdatasync"] = {"write_fdatasync": {"median_us": statistics.median(syncs),
+                                            "p99_us": percentile(syncs, 0.99)}}
+    return out
 
 
 # -- throughput ---------------------------------------------------------------------------
@@ -126,7 +173,7 @@ def _driver(threads: int, duration: float, tag: str, start_at: float, out: Any,
         else:
             payloads.append([json.dumps({"input": d}).encode() for d in docs])
 
-    def http_caller(t: int) -> tuple[int, int]:
+    def http_caller(t: int) -> tuple[int, int, list[float]]:
         host, port = address.rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         headers = {"Content-Type": "application/json"}
@@ -136,20 +183,26 @@ def _driver(threads: int, duration: float, tag: str, start_at: float, out: Any,
             time.sleep(0.001)
         end = start_at + duration
         calls = errors = i = 0
+        latencies: list[float] = []
         while time.time() < end:
+            started = time.perf_counter()
             conn.request("POST", HTTP_PATH, payloads[t][i % 4000], headers)
             response = conn.getresponse()
             response.read()
             if response.status == 200:
                 calls += 1
+                latencies.append((time.perf_counter() - started) * 1e3)
             else:
                 errors += 1
             i += 1
         conn.close()
-        return calls, errors
+        return calls, errors, latencies
 
-    def grpc_caller(t: int) -> tuple[int, int]:
-        return grpc_calls(address, DECIDE, payloads[t], start_at, duration)
+    def grpc_caller(t: int) -> tuple[int, int, list[float]]:
+        latencies: list[float] = []
+        calls, errors = grpc_calls(address, DECIDE, payloads[t], start_at, duration,
+                                   latencies)
+        return calls, errors, latencies
 
     run_callers(grpc_caller if kind == "grpc" else http_caller, threads, out)
 
@@ -166,23 +219,34 @@ def run(policies: str, rounds: int, duration: float, concurrency: int, procs: in
         repeats: int = 3) -> dict[str, Any]:
     report: dict[str, Any] = {"cpus": os.cpu_count(), "concurrency": concurrency,
                               "driver_procs": procs, "repeats": repeats}
-    with serve(policies, 1) as ready:
-        lat = latency(ready["grpc"], rounds)
-    base = lat["empty_call"]["median_us"]
-    report["latency"] = lat
-    report["latency_ratio"] = {name: lat[name]["median_us"] / base
-                               for name in ("decide_cached", "decide_unique")}
-    # Both servers run side by side and the measurement windows alternate (w1, w2, w1, ...),
-    # so a burst of other load on the machine hits both configurations alike; each figure
-    # is the median window.
-    windows: dict[str, list[dict[str, float]]] = {}
-    with serve(policies, 1) as one, serve(policies, 2) as two:
-        for repeat in range(repeats):
-            for kind in ("grpc", "http"):
-                for workers, ready in ((1, one), (2, two)):
-                    windows.setdefault(f"{kind}_workers{workers}", []).append(throughput(
-                        kind, ready[kind], ready["pids"], concurrency, procs, duration,
-                        f"{kind}{workers}r{repeat}"))
+    with tempfile.TemporaryDirectory(prefix="ordinance-bench-logs-") as log_dir:
+        with serve(policies, 1, "async", log_dir) as fast, \
+                serve(policies, 1, "durable", log_dir) as safe:
+            lat = latency({"async": fast["grpc"], "durable": safe["grpc"]}, rounds, log_dir,
+                          probe_with="durable")
+        sync = lat.pop("fdatasync")["write_fdatasync"]
+        report["latency"] = lat
+        report["fdatasync"] = sync
+        report["latency_ratio"] = {
+            mode: {name: lat[mode][name]["median_us"] / lat[mode]["empty_call"]["median_us"]
+                   for name in ("decide_cached", "decide_unique")} for mode in MODES}
+        report["durable_minus_async_us"] = {
+            name: lat["durable"][name]["median_us"] - lat["async"][name]["median_us"]
+            for name in ("decide_cached", "decide_unique")}
+        # The servers run side by side and the measurement windows alternate, so a burst of
+        # other load on the machine hits every configuration alike; each figure is the
+        # median window.
+        windows: dict[str, list[dict[str, float]]] = {}
+        with contextlib.ExitStack() as stack:
+            servers = {(mode, workers): stack.enter_context(serve(policies, workers, mode,
+                                                                  log_dir))
+                       for mode in MODES for workers in (1, 2)}
+            for repeat in range(repeats):
+                for kind in ("grpc", "http"):
+                    for (mode, workers), ready in servers.items():
+                        windows.setdefault(f"{kind}_{mode}_workers{workers}", []).append(
+                            throughput(kind, ready[kind], ready["pids"], concurrency, procs,
+                                       duration, f"{kind}{mode}{workers}r{repeat}"))
     report["throughput"] = {
         name: sorted(results, key=lambda r: r["calls_per_s"])[len(results) // 2]
         for name, results in windows.items()}
@@ -190,25 +254,35 @@ def run(policies: str, rounds: int, duration: float, concurrency: int, procs: in
                                     for name, results in windows.items()}
     tp = report["throughput"]
     report["scaling_workers2_over_1"] = {
-        kind: tp[f"{kind}_workers2"]["calls_per_s"] / tp[f"{kind}_workers1"]["calls_per_s"]
-        for kind in ("grpc", "http")}
+        f"{kind}_{mode}": tp[f"{kind}_{mode}_workers2"]["calls_per_s"]
+        / tp[f"{kind}_{mode}_workers1"]["calls_per_s"]
+        for kind in ("grpc", "http") for mode in MODES}
     return report
 
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"cpus={report['cpus']} concurrency={report['concurrency']} "
              f"driver_procs={report['driver_procs']}"]
-    for name, v in report["latency"].items():
-        ratio = report["latency_ratio"].get(name)
-        extra = f"  ratio {ratio:.2f}x empty call" if ratio else ""
-        lines.append(f"{name:14s} median {v['median_us']:8.1f} us  p99 {v['p99_us']:8.1f} us"
-                     f"{extra}")
+    for mode, by_name in report["latency"].items():
+        for name, v in by_name.items():
+            ratio = report["latency_ratio"][mode].get(name)
+            extra = f"  ratio {ratio:.2f}x empty call" if ratio else ""
+            lines.append(f"{mode:8s} {name:14s} median {v['median_us']:8.1f} us  "
+                         f"p99 {v['p99_us']:8.1f} us{extra}")
+    sync = report["fdatasync"]
+    lines.append(f"write+fdatasync         median {sync['median_us']:8.1f} us  "
+                 f"p99 {sync['p99_us']:8.1f} us")
+    for name, extra in report["durable_minus_async_us"].items():
+        lines.append(f"durable - async {name}: {extra:+.1f} us "
+                     f"({extra / sync['median_us']:.2f} fdatasyncs)")
     for name, v in report["throughput"].items():
-        lines.append(f"{name:14s} {v['calls_per_s']:8.0f} calls/s  server "
+        lines.append(f"{name:22s} {v['calls_per_s']:8.0f} calls/s  server "
                      f"{v['server_cpu_us_per_call']:6.0f} cpu-us/call  "
-                     f"{v['server_cores_used']:.2f} cores  errors {v['errors']}")
+                     f"{v['server_cores_used']:.2f} cores  errors {v['errors']}  "
+                     f"p50 {v.get('p50_ms', float('nan')):.1f} ms  "
+                     f"p99 {v.get('p99_ms', float('nan')):.1f} ms")
     for name, values in report["throughput_windows"].items():
-        lines.append(f"{name:14s} windows (calls/s): {values}")
+        lines.append(f"{name:22s} windows (calls/s): {values}")
     for kind, ratio in report["scaling_workers2_over_1"].items():
         lines.append(f"scaling {kind}: workers 2 / workers 1 = {ratio:.2f}x")
     return "\n".join(lines)

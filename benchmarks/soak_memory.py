@@ -100,7 +100,7 @@ def serve_soaks(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]
     results = []
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--policies", str(POLICIES),
            "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
-           "--decision-log", str(workdir / "decisions.jsonl")]
+           "--decision-log-file", str(workdir / "decisions.jsonl")]
     with running(cmd) as ready:
         pid = int(ready["pid"])
         if "grpc" in args.only:

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from adapters.postgres.recorder import AuditRecorder
 from engine.audit import AuditLog, open_audit_log, prepare_event
+from engine.audit.recorder import AuditRecorder
 
 STATEMENT: dict[str, Any] = {
     "text": "SELECT abalance FROM pgbench_accounts WHERE aid = 734521;", "effect": "allow",

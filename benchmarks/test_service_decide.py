@@ -3,7 +3,8 @@
 The server is a real `ordinance serve` subprocess with the shipped PCI pack; the calls go
 over one gRPC channel (or one keep-alive HTTP connection). Compare `decide_*` with
 `empty_call` (Health.Check on the same channel): the difference is what the service and
-the engine add to a gRPC round trip. `python -m benchmarks.load_service` prints the same
+the engine add to a gRPC round trip. Every test runs against both decision-log modes
+(`durable`, the default, and `async`). `python -m benchmarks.load_service` prints the same
 comparison as ratios, plus throughput for `--workers 1` and `--workers 2`.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,9 +25,10 @@ from benchmarks.commands import COMMANDS, input_for
 from benchmarks.load_service import DECIDE, HEALTH, HTTP_PATH, decide_bytes, serve, unique_doc
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[dict[str, Any]]:
-    with serve("policies", 1) as ready:
+@pytest.fixture(scope="module", params=["durable", "async"])
+def server(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="ordinance-bench-") as log_dir, \
+            serve("policies", 1, request.param, log_dir) as ready:
         yield ready
 
 

@@ -2,6 +2,12 @@
 
 `effect` is `deny` if any deny rule fired, else `review` if any review rule fired, else `allow`.
 This module is the model only; it evaluates nothing.
+
+A review reason with `rows` is a *row budget*: the statement needs approval only once its
+results would bring a session past `rows` rows counted under the rule (its `policy`). An
+enforcement point that counts result rows (the PostgreSQL proxy) may run such a statement and
+hold it at that row; any other treats it as the review it is (fail closed). See
+`adapters/row_budget.py`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ class Reason:
     effect: Effect = "deny"
     approvers: tuple[str, ...] = ()
     window: str | None = None
+    rows: int | None = None  # a review's row budget (see the module docstring)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"policy": self.policy, "message": self.message,
@@ -30,6 +37,8 @@ class Reason:
             out["approvers"] = list(self.approvers)
         if self.window:
             out["window"] = self.window
+        if self.rows is not None:
+            out["rows"] = self.rows
         return out
 
 

@@ -15,6 +15,9 @@ text, so `WHERE id = 1` and `WHERE id = 2` share one evaluation. OPA-style queri
 the same way, keyed by the path and the part of the input the Rego modules can read (exactly
 what regopy is given), so requests that differ only in fields no policy mentions (an Envoy
 request id, a timestamp) share one evaluation.
+
+A command text over `max_statement_bytes` (default 256 KiB) is not parsed (`parse_error`, see
+`engine.facts`) and bypasses both caches, so no cache ever holds such a text or its facts.
 """
 
 from __future__ import annotations
@@ -28,19 +31,29 @@ from typing import Any
 
 from engine.decision import Decision, Reason, combine_effect
 from engine.errors import EvaluationError
-from engine.facts import SQL_PROTOCOLS, enrich_command
+from engine.facts import (
+    DEFAULT_MAX_STATEMENT_BYTES,
+    SQL_PROTOCOLS,
+    enrich_command,
+    statement_too_large,
+)
 from engine.facts.fingerprint import literal_fingerprint
 from engine.policy import PolicySet
 
 ENGINE_POLICY = "ordinance.engine"
 DEFAULT_CACHE_SIZE = 10_000
+DEFAULT_CACHE_KEY_CHARS = 64 << 20
 
 
 class DecisionCache:
-    """A bounded, thread-safe LRU of Decisions for one policy set."""
+    """A bounded, thread-safe LRU of Decisions for one policy set: at most `size` entries and
+    `max_key_chars` characters of keys (ASCII JSON of the inputs, so long statements cannot
+    make it hold gigabytes)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, max_key_chars: int = DEFAULT_CACHE_KEY_CHARS):
         self.size = size
+        self.max_key_chars = max_key_chars
+        self._chars = 0
         self._items: OrderedDict[str, Decision] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -52,11 +65,16 @@ class DecisionCache:
             return decision
 
     def put(self, key: str, decision: Decision) -> None:
+        if len(key) > self.max_key_chars:
+            return
         with self._lock:
+            if key not in self._items:
+                self._chars += len(key)
             self._items[key] = decision
             self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            while len(self._items) > self.size or self._chars > self.max_key_chars:
+                old, _ = self._items.popitem(last=False)
+                self._chars -= len(old)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -73,7 +91,11 @@ class QueryCache(DecisionCache):
 
 
 class Engine:
-    def __init__(self, policy_set: PolicySet, *, cache_size: int = DEFAULT_CACHE_SIZE):
+    def __init__(self, policy_set: PolicySet, *, cache_size: int = DEFAULT_CACHE_SIZE,
+                 max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES):
+        if max_statement_bytes < 1:
+            raise ValueError("max_statement_bytes must be positive")
+        self.max_statement_bytes = max_statement_bytes
         self._cache_size = cache_size
         self._state = (policy_set, DecisionCache(cache_size))
         self._queries = (policy_set, QueryCache(cache_size))
@@ -94,7 +116,7 @@ class Engine:
             return _deny(f"input must be a JSON object, not {type(input_doc).__name__}",
                          policy_set.revision, {}, started)
         key = None
-        if policy_set.cacheable and cache.size > 0:
+        if policy_set.cacheable and cache.size > 0 and not self.oversized(input_doc):
             raw, cache_doc = _cache_document(input_doc, policy_set)
             try:
                 key = canonical_json(cache_doc)
@@ -107,7 +129,8 @@ class Engine:
                 return Decision(effect=hit.effect, reasons=hit.reasons, masks=hit.masks,
                                 policy_revision=hit.policy_revision, command=command,
                                 eval_ns=time.perf_counter_ns() - started, cached=True)
-        command = enrich_command(input_doc.get("command"), input_doc.get("resource"))
+        command = enrich_command(input_doc.get("command"), input_doc.get("resource"),
+                                 max_statement_bytes=self.max_statement_bytes)
         doc = dict(input_doc)
         doc["command"] = command
         try:
@@ -127,6 +150,13 @@ class Engine:
             cache.put(key, decision)
         return decision
 
+    def oversized(self, input_doc: Any) -> bool:
+        """Whether the input's `command.raw` is over `max_statement_bytes` (not parsed, not
+        cached)."""
+        command = input_doc.get("command") if isinstance(input_doc, dict) else None
+        raw = command.get("raw") if isinstance(command, dict) else None
+        return isinstance(raw, str) and statement_too_large(raw, self.max_statement_bytes)
+
     def defines(self, path: str) -> bool:
         """Whether the active policy set has a package, rule or data document on `path`."""
         return self._queries[0].defines(path)
@@ -135,7 +165,7 @@ class Engine:
         """OPA-style data query: (defined, value). Raises EvaluationError on a policy error
         (errors are never cached). A cached value is shared: callers must not change it."""
         policy_set, cache = self._queries
-        if not policy_set.cacheable or cache.size <= 0:
+        if not policy_set.cacheable or cache.size <= 0 or self.oversized(input_doc):
             return policy_set.query(path, input_doc)
         readable = policy_set.rego.prune(input_doc)
         try:

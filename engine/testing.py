@@ -78,8 +78,11 @@ def _compare(expect: dict[str, Any], got: dict[str, Any]) -> list[str]:
         problems.append(f"effect is {got['effect']}, expected {expect['effect']} ({reasons})")
     for wanted in expect.get("reasons") or []:
         text = wanted if isinstance(wanted, str) else wanted.get("message", "")
-        if not any(text in r["message"] or text == r["policy"] for r in got["reasons"]):
-            problems.append(f"no reason contains {text!r}")
+        fields = {} if isinstance(wanted, str) else {
+            k: v for k, v in wanted.items() if k != "message"}  # e.g. rows: 100
+        if not any((text in r["message"] or text == r["policy"])
+                   and all(r.get(k) == v for k, v in fields.items()) for r in got["reasons"]):
+            problems.append(f"no reason matches {wanted!r}")
     for wanted in expect.get("masks") or []:
         if not any(all(m.get(k) == v for k, v in wanted.items()) for m in got["masks"]):
             problems.append(f"no mask matches {wanted!r}")

@@ -4,6 +4,9 @@
  *     starts at `pos` ends (`pos` itself when there is none). Stops before an incomplete
  *     message or one whose length is below 4 or above `limit`: the Python framer reports those.
  *
+ * run_count(buffer, pos, code, limit, max_count): (end, count) of that run cut at max_count
+ *     messages (a row budget's room: the proxy counts DataRows with it).
+ *
  * may_hold_pan(data): engine.masking.may_hold_pan_bytes, one pass over the bytes.
  *
  * mask_rows(run, specs): a run of complete DataRow messages with some columns masked, as one
@@ -65,6 +68,27 @@ static PyObject *run_end(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&view);
     return PyLong_FromSsize_t(pos);
+}
+
+static PyObject *run_count(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t pos, limit, max_count, count = 0;
+    int code;
+    if (!PyArg_ParseTuple(args, "y*ninn", &view, &pos, &code, &limit, &max_count))
+        return NULL;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t end = view.len;
+    if (pos < 0)
+        pos = end;
+    while (count < max_count && pos <= end - 5 && buf[pos] == code) {
+        uint32_t length = read_u32(buf + pos + 1);
+        if (length < 4 || (Py_ssize_t)length > end - pos - 1 || (Py_ssize_t)length + 1 > limit)
+            break;
+        pos += 1 + (Py_ssize_t)length;
+        count++;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("nn", pos, count);
 }
 
 /* engine.masking.may_hold_pan_bytes: is there a run of 13 digit bytes (ASCII digits, or any
@@ -376,6 +400,9 @@ fail:
 static PyMethodDef methods[] = {
     {"run_end", run_end, METH_VARARGS,
      "run_end(buffer, pos, code, limit) -> end of the run of complete messages of type code"},
+    {"run_count", run_count, METH_VARARGS,
+     "run_count(buffer, pos, code, limit, max_count) -> (end, count): run_end of at most "
+     "max_count messages"},
     {"may_hold_pan", may_hold_pan, METH_O,
      "may_hold_pan(data) -> engine.masking.may_hold_pan_bytes(data), in C"},
     {"mask_rows", mask_rows, METH_VARARGS,

@@ -14,6 +14,12 @@ Owns: the input document of a statement (`{subject, resource, command, session}`
   deny what cannot be masked with certainty, and the statement's text with its other uses of
   masked columns replaced by their masked values (`mask_rewrite`); the card-number backstop
   runs on every result;
+- row budgets (review reasons with `rows`, `adapters.row_budget`): when they are the only
+  review reasons the statement runs with a `RowLimit` per result source, charged to the
+  session's allowance; the proxy holds it at the first row past it, and the hold files an
+  approval request like a review (same NOTICE, timeout, withdrawal) for the text that made the
+  rows (a FETCH's cursor's DECLARE, an EXECUTE's PREPARE: `sql_names`), whose approval lets
+  the rest of that source through;
 - recording: `session.start` / `session.end` and one `statement` record per result (text, decision
   id, effect, reasons, approval, duration, rows, error), durable before the client sees the end
   of the result (the proxy awaits `on_complete`); denials are recorded before the error is sent.
@@ -30,7 +36,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -57,6 +63,7 @@ from adapters.postgres.hooks import (
     HOLD_CANCELLED,
     CopyLayout,
     Notify,
+    RowLimit,
     SessionContext,
     StatementOutcome,
     StatementVerdict,
@@ -68,11 +75,20 @@ from adapters.postgres.mask_rewrite import (
     rewrite_statement,
     unparsed_words,
 )
-from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate, parse_window
+from adapters.postgres.sql_names import name_actions
+from adapters.row_budget import (
+    RowBudget,
+    RowMeter,
+    SessionRows,
+    immediate_reviews,
+    row_budgets,
+)
 from engine.approvals import ApprovalRequest
+from engine.audit.recorder import AuditRecorder
 from engine.decision import Decision, Mask, Reason
 from engine.facts.fingerprint import literal_fingerprint
+from engine.facts.sql import called_names
 from engine.identity import Subject
 
 log = logging.getLogger("ordinance.adapters.postgres.bridge")
@@ -86,6 +102,11 @@ MAX_RECORDED_TEXT = 64 * 1024
 _EVALUATING_WORDS = frozenset({"select", "where", "using", "check", "when", "values", "with",
                                "returning", "default", "execute", "do", "generated"})
 MAX_CACHED_PLANS = 4096
+MAX_SESSION_NAMES = 1024  # cursors and SQL-prepared statements tracked per session
+
+
+class _TooManyNames(Exception):
+    """A session defines more cursors / prepared statements than the proxy tracks."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +138,39 @@ class _SessionStats:
     statements: int = 0
     denied: int = 0
     prepared: dict[str, _Prepared] = field(default_factory=dict)  # by name, once prepared
+    rows: SessionRows = field(default_factory=SessionRows)  # the row budgets' allowance
+    # cursors and SQL-prepared statements -> what made them: (kind, name) -> _Source
+    names: dict[tuple[str, str], _Source] = field(default_factory=dict)
+
+
+class _Source:
+    """What a cursor or SQL-prepared statement was made by: its text (what a row hold asks
+    approval for) and its row budgets; a cursor keeps one meter over all its FETCHes."""
+
+    def __init__(self, sql: str, budgets: tuple[RowBudget, ...], cursor: bool) -> None:
+        self.sql = sql
+        self.budgets = budgets
+        self.cursor = cursor
+        self.meter: _HeldRows | None = None
+        self.approved = False  # its statement was approved before it ran
+
+
+class _HeldRows(RowMeter):
+    """A `RowMeter` whose hold asks for approval (`hooks.RowLimit`). `statement` is the one
+    whose results it meters now (a cursor's meter moves from FETCH to FETCH); `sql` is the
+    text approval is asked for."""
+
+    __slots__ = ("bridge", "sql", "statement")
+
+    def __init__(self, bridge: PolicyBridge, statement: _Statement, sql: str,
+                 budgets: tuple[RowBudget, ...], allowance: SessionRows) -> None:
+        super().__init__(budgets, allowance)
+        self.bridge = bridge
+        self.statement = statement
+        self.sql = sql
+
+    async def hold(self, notify: Notify) -> StatementVerdict:
+        return await self.bridge._hold_rows(self, notify)
 
 
 @dataclass(frozen=True)
@@ -153,11 +207,12 @@ class _Statement:
         self.masking: ResultMasking | None = None
         self.rewritten: str | None = None  # what is sent instead of `sql` (mask_rewrite)
         self.approval: dict[str, Any] | None = None
+        self.held_after_rows: int | None = None  # where a row budget held its results
         self.ddl = bool(DDL_KINDS & set(decision.command.get("kinds") or ()))
         self.approval_text = sql  # what an approval is for (an EXECUTE's: its PREPARE's text)
         # what runs needs an approval per execution (a review, or an EXECUTE of a statement
         # whose PREPARE was one): an extended-protocol statement is decided again at each Bind
-        self.once = decision.effect == "review"
+        self.once = bool(immediate_reviews(decision))  # (a row budget alone is no approval)
         self.prepares = [str(st["prepared_name"]) for st in decision.command.get(
             "statements") or () if st.get("prepared_name") is not None and not st["nested"]]
 
@@ -171,6 +226,8 @@ class _Statement:
             "masks": [f"{m.column}:{m.method}" for m in self.decision.masks],
             "approval": self.approval, "policy_revision": self.decision.policy_revision,
             "resource": self.bridge.resource.name, "database": self.ctx.database,
+            **({"held_after_rows": self.held_after_rows}
+               if self.held_after_rows is not None else {}),
             **({"rewritten": True} if self.rewritten is not None else {}),
             **({"prepared": self.approval_text} if self.approval_text != self.sql else {}),
             **outcome,
@@ -184,9 +241,10 @@ class _Statement:
         if stats is not None:
             stats.statements += 1
 
-    async def denied(self, message: str) -> StatementVerdict:
-        """Record the denial, then answer it (so the record is durable first)."""
-        await self.record(error=f"42501: permission denied by policy: {message}", rows=None,
+    async def denied(self, message: str, rows: int | None = None) -> StatementVerdict:
+        """Record the denial, then answer it (so the record is durable first); `rows` the
+        rows the client got before (a row budget's hold)."""
+        await self.record(error=f"42501: permission denied by policy: {message}", rows=rows,
                           duration_ms=None, tag="")
         stats = self.bridge._sessions.get(self.ctx.session_id)
         if stats is not None:
@@ -198,7 +256,7 @@ class _Statement:
             self.bridge.catalog.invalidate()  # the DDL has run now
         if outcome.tag == "PREPARE" and self.prepares:  # in the order they run
             stats = self.bridge._sessions.get(self.ctx.session_id)
-            reviewed = self.decision.effect == "review"
+            reviewed = bool(immediate_reviews(self.decision))
             if stats is not None:
                 stats.prepared[self.prepares.pop(0)] = _Prepared(self.sql, reviewed,
                                                                  free=int(reviewed))
@@ -207,6 +265,7 @@ class _Statement:
         await self.record(tag=outcome.tag, rows=outcome.rows, error=error,
                           duration_ms=round(outcome.duration * 1000, 3),
                           suspended=outcome.suspended or None)
+        self.held_after_rows = None
 
 
 class PolicyBridge:
@@ -268,8 +327,36 @@ class PolicyBridge:
         return await _Statement(self, ctx, text, "", decision).denied(reason)
 
     async def decide(self, sql: str, ctx: SessionContext) -> StatementVerdict:
-        decision_id, decision = await self.client.adecide(self.input_document(sql, ctx))
-        statement = _Statement(self, ctx, sql, decision_id, decision)
+        document = self.input_document(sql, ctx)
+        decision_id, decision = await self.client.adecide(document)
+        decided = await self._prepared(_Statement(self, ctx, sql, decision_id, decision))
+        if isinstance(decided, StatementVerdict):
+            return decided
+        statement, layout = decided
+        through = _through_views(statement)
+        if through:
+            # A view is read as the tables under it: decided again with them in
+            # `command.view_tables` (what a row budget on those tables needs to see).
+            document["command"]["view_tables"] = through
+            decision_id, decision = await self.client.adecide(document)
+            decided = await self._prepared(_Statement(self, ctx, sql, decision_id, decision))
+            if isinstance(decided, StatementVerdict):
+                return decided
+            statement, layout = decided
+        try:
+            rows = self._row_sources(statement)
+        except _TooManyNames as exc:
+            return await statement.denied(str(exc))
+        decision = statement.decision  # (an EXECUTE may have become a review: _executes)
+        if decision.effect == "review" and immediate_reviews(decision):
+            return await self._review(statement, layout)
+        return self._allow(statement, layout, rows)
+
+    async def _prepared(self, statement: _Statement
+                        ) -> StatementVerdict | tuple[_Statement, CopyLayout | None]:
+        """The denial of a decided statement, or it with its masking prepared (and the
+        layout of a COPY)."""
+        decision, ctx, sql = statement.decision, statement.ctx, statement.sql
         if statement.ddl:
             self.catalog.invalidate()
         executed = [str(st["executed_name"]) for st in decision.command.get("statements") or ()
@@ -293,9 +380,7 @@ class PolicyBridge:
             log.exception("session %s: masking could not be prepared", ctx.session_id)
             return await statement.denied("masks cannot be applied: internal error (see the "
                                           "proxy log)")
-        if decision.effect == "review":
-            return await self._review(statement, layout)
-        return self._allow(statement, layout)
+        return statement, layout
 
     async def _executes(self, statement: _Statement, names: list[str]) -> str | None:
         """An EXECUTE of SQL-prepared statements: each must have been prepared in this
@@ -332,14 +417,122 @@ class PolicyBridge:
             statement.approval_text = entry.text
         return None
 
-    def _allow(self, statement: _Statement, layout: CopyLayout | None) -> StatementVerdict:
+    def _allow(self, statement: _Statement, layout: CopyLayout | None,
+               rows: Callable[[], RowLimit] | None = None) -> StatementVerdict:
         masking = statement.masking
         assert masking is not None
         return StatementVerdict.allow(
             masking.masker, decision_id=statement.decision_id, copy_layout=layout,
             on_complete=statement.completed, resolve_columns=masking.resolve_columns,
             withhold_error_values=masking.view.could_mask(masking.rules),
-            rewritten=statement.rewritten, single_execution=statement.once)
+            rewritten=statement.rewritten, single_execution=statement.once, rows=rows)
+
+    # -- row budgets ------------------------------------------------------------------------
+
+    def _stats(self, ctx: SessionContext) -> _SessionStats:
+        stats = self._sessions.get(ctx.session_id)
+        if stats is None:  # no session_started (a bare bridge in tests): count all the same
+            stats = self._sessions[ctx.session_id] = _SessionStats(time.monotonic())
+        return stats
+
+    def _row_sources(self, statement: _Statement) -> Callable[[], RowLimit] | None:
+        """The meter factory of a statement's results: its own row budgets and those of the
+        cursors it FETCHes / statements it EXECUTEs. Also notes the cursors and prepared
+        statements it defines (and forgets those it drops), with its budgets."""
+        sql = statement.sql
+        budgets = row_budgets(statement.decision)
+        actions = name_actions(sql)
+        if not budgets and not actions:
+            return None
+        stats = self._stats(statement.ctx)
+        cursor: _Source | None = None
+        inherited: list[RowBudget] = []
+        origin = sql  # what a hold asks approval for: the text that made the rows
+        for action in actions:
+            kinds = ("cursor", "statement") if action.kind is None else (action.kind,)
+            if action.action == "drop_all":
+                for key in [k for k in stats.names if k[0] in kinds]:
+                    del stats.names[key]
+            elif action.action == "drop":
+                stats.names.pop((kinds[0], action.name), None)
+            elif action.action == "define":
+                key = (kinds[0], action.name)
+                if key not in stats.names and len(stats.names) >= MAX_SESSION_NAMES:
+                    if budgets:  # forgetting another's budget would let its FETCHes free
+                        raise _TooManyNames(
+                            f"this session holds {MAX_SESSION_NAMES} cursors and prepared "
+                            "statements the proxy tracks; CLOSE or DEALLOCATE some first")
+                    continue  # no budget: an older name's is kept (stricter)
+                stats.names[key] = _Source(action.statement, budgets, kinds[0] == "cursor")
+            else:
+                source = stats.names.get((kinds[0], action.name))
+                if source is not None and source.budgets and not source.approved:
+                    if not inherited:
+                        origin = source.sql
+                    inherited.extend(source.budgets)
+                    if source.cursor and len(actions) == 1:
+                        cursor = source  # one FETCH: the cursor's own meter goes on
+        if cursor is not None and not budgets:
+            return lambda: self._cursor_meter(cursor, statement, stats.rows)
+        every = tuple(dict.fromkeys((*budgets, *inherited)))
+        if not every:
+            return None
+        return lambda: _HeldRows(self, statement, origin if not budgets else sql, every,
+                                 stats.rows)
+
+    def _cursor_meter(self, cursor: _Source, statement: _Statement,
+                      allowance: SessionRows) -> RowLimit:
+        if cursor.meter is None:
+            cursor.meter = _HeldRows(self, statement, cursor.sql, cursor.budgets, allowance)
+        cursor.meter.statement = statement
+        return cursor.meter
+
+    def _approved_sources(self, statement: _Statement) -> None:
+        """A statement approved before it ran: the cursors and prepared statements it
+        defines are covered by that approval (their FETCHes / EXECUTEs are not metered)."""
+        stats = self._sessions.get(statement.ctx.session_id)
+        if stats is None:
+            return
+        for action in name_actions(statement.sql):
+            if action.action == "define" and action.kind is not None:
+                source = stats.names.get((action.kind, action.name))
+                if source is not None:
+                    source.approved = True
+
+    async def _hold_rows(self, meter: _HeldRows, notify: Notify) -> StatementVerdict:
+        """The hold of a row budget (`RowLimit.hold`): an approval already given for the
+        text is used at once; else a request is filed and awaited as for a review."""
+        statement = meter.statement
+        statement.held_after_rows = meter.sent
+        meter.held_at = meter.sent
+        exceeded = meter.exceeded() or meter.budgets
+        reasons = list(dict.fromkeys(b.reason.message for b in exceeded)) or [
+            "row budget exceeded"]
+        rules = ", ".join(f"{b.rows} rows per session under {b.rule}" for b in exceeded)
+        if self.approvals is None:
+            return await statement.denied("; ".join(reasons) + " (no approval store is "
+                                          "configured, so it cannot be approved)", meter.sent)
+        who = Subject(statement.ctx.user, tuple(statement.ctx.groups))
+        try:
+            standing = await self.approvals.use_standing(who, meter.sql)
+        except Exception as exc:
+            log.error("approvals store failed: %s", exc)
+            return await statement.denied("; ".join(reasons) + " (the approvals store is "
+                                          "unavailable)", meter.sent)
+        if standing is not None:
+            statement.approval = {"id": standing.id, "approver": standing.decided_by,
+                                  "status": "approved", "standing": True}
+            meter.release()
+            return StatementVerdict.allow(decision_id=statement.decision_id)
+
+        def approved() -> StatementVerdict:
+            meter.release()
+            return StatementVerdict.allow(decision_id=statement.decision_id)
+
+        return await self._hold(
+            statement, who, reasons, notify, approved, text=meter.sql, rows=meter.sent,
+            review=[b.reason for b in exceeded],
+            held=f"statement held for approval after {meter.sent} rows ({rules})")
 
     def _rules(self, masks: tuple[Mask, ...]) -> MaskRules:
         """The MaskRules of a Decision's masks. Decisions from the engine's cache share their
@@ -392,6 +585,8 @@ class PolicyBridge:
                     {"protocol": "postgres", "raw": copy.query}, {"type": "postgres"}
                 ).get("tables") or ())
         relations, view = await statement_relations(catalog, names, seen)
+        if rules:
+            await self._check_defined_functions(sql, view)
         computed = None
         copy_methods: list[str | None] | None = None
         rewrites: MaskedSchema | None = None
@@ -451,6 +646,25 @@ class PolicyBridge:
             raise MaskUseDenied(f"relation {read[0]} has masked columns and is named in a "
                                 "statement that cannot be parsed with certainty, so their "
                                 "uses cannot be rewritten to their masked values")
+
+    async def _check_defined_functions(self, sql: str, view: CatalogView) -> None:
+        """Deny a call, in the statement or in a view it reads, of a function defined in the
+        database: its body reads tables where no rewrite reaches, so `WHERE get_pan(id) LIKE
+        '4111%'` would answer on the clear value (built-in functions only see what the
+        rewritten statement passes them)."""
+        defined = await self.catalog.user_functions()
+        if not defined:
+            return
+        called = called_names(sql)
+        if called is None:
+            raise MaskUseDenied("the statement cannot be read to find the functions it calls")
+        for oid in view.views:
+            called |= self.catalog.view_calls(oid)
+        hit = sorted(called & defined)
+        if hit:
+            raise MaskUseDenied(f"function {hit[0]} is defined in the database, not built in: "
+                                "its body may read masked columns unmasked, where the proxy "
+                                "cannot rewrite them")
 
     @staticmethod
     def _copy_rewrite(sql: str, copy: CopyStatement, masked: MaskedSchema) -> str | None:
@@ -519,8 +733,11 @@ class PolicyBridge:
 
     async def _review(self, statement: _Statement, layout: CopyLayout | None
                       ) -> StatementVerdict:
+        """A hold before the statement runs. Its approval covers the statement's row budgets
+        too (it runs unmetered), and the cursors and prepared statements it makes."""
         decision = statement.decision
-        reasons = _messages(decision, "review") or ["approval required"]
+        reasons = [r.message for r in immediate_reviews(decision) if r.message] or [
+            "approval required"]
         if self.approvals is None:
             return await statement.denied("; ".join(reasons) + " (no approval store is "
                                           "configured, so it cannot be approved)")
@@ -531,26 +748,39 @@ class PolicyBridge:
             log.error("approvals store failed: %s", exc)
             return await statement.denied("; ".join(reasons) + " (the approvals store is "
                                           "unavailable)")
+        def approved() -> StatementVerdict:
+            self._approved_sources(statement)
+            return self._allow(statement, layout)
+
         if standing is not None:
             statement.approval = {"id": standing.id, "approver": standing.decided_by,
                                   "status": "approved", "standing": True}
-            return self._allow(statement, layout)
+            return approved()
 
         async def hold(notify: Notify) -> StatementVerdict:
-            return await self._hold(statement, layout, who, reasons, notify)
+            return await self._hold(statement, who, reasons, notify, approved)
 
         return StatementVerdict("review", message="; ".join(reasons),
                                 decision_id=statement.decision_id, hold=hold)
 
-    async def _hold(self, statement: _Statement, layout: CopyLayout | None, who: Subject,
-                    reasons: list[str], notify: Notify) -> StatementVerdict:
+    async def _hold(self, statement: _Statement, who: Subject, reasons: list[str],
+                    notify: Notify, approved: Callable[[], StatementVerdict], *,
+                    text: str | None = None, rows: int | None = None,
+                    review: Sequence[Reason] | None = None,
+                    held: str = "statement held for approval") -> StatementVerdict:
+        """File (or find) the approval request for `text` (the statement's own by default)
+        under the approvers and windows of `review` (its decision's review reasons by
+        default), tell the client (`held`: ...), wait, and answer `approved()` or a recorded
+        denial (`rows`: what the client got before)."""
         gate = self.approvals
         assert gate is not None
-        review = [r for r in statement.decision.reasons if r.effect == "review"]
+        text = statement.approval_text if text is None else text
+        if review is None:
+            review = [r for r in statement.decision.reasons if r.effect == "review"]
         approvers = list(dict.fromkeys(a for r in review for a in r.approvers))
         windows = [w for w in (parse_window(r.window) for r in review) if w is not None]
         filing = asyncio.ensure_future(gate.request(
-            who, self.resource.to_input(), statement.approval_text, reasons, approvers,
+            who, self.resource.to_input(), text, reasons, approvers,
             min(windows) if windows else None, statement.ctx.session_id))
         try:
             request = await asyncio.shield(filing)
@@ -561,12 +791,12 @@ class PolicyBridge:
             log.error("session %s: approval request not filed: %s", statement.ctx.session_id,
                       exc)
             return await statement.denied("; ".join(reasons) + f" (the approval request "
-                                          f"could not be filed: {exc})")
+                                          f"could not be filed: {exc})", rows)
         statement.approval = {"id": request.id, "status": "pending"}
         claim = _Claim(gate, request)
         try:
             await notify(
-                f"statement held for approval: {'; '.join(reasons)}. Approval request "
+                f"{held}: {'; '.join(reasons)}. Approval request "
                 f"{request.id} (approvers: {', '.join(request.approver_groups)}). To release "
                 f"it: {gate.hint(request.id)} -- waiting up to {_seconds(gate.timeout)}.")
             final = await gate.wait(request.id)
@@ -579,7 +809,7 @@ class PolicyBridge:
                 await claim.release(None, "", final)
             statement.approval = {"id": final.id, "status": status,
                                   "approver": final.decided_by, "comment": final.comment}
-            used = status == "approved" and await gate.consume(who, statement.approval_text)
+            used = status == "approved" and await gate.consume(who, text)
         except asyncio.CancelledError as exc:
             await asyncio.shield(self._abandon(statement, claim, exc))
             raise
@@ -588,20 +818,21 @@ class PolicyBridge:
                       statement.ctx.session_id, request.id, exc)
             with contextlib.suppress(Exception):
                 await claim.release("withdrawn", f"the hold failed: {exc}")
-            return await statement.denied(f"approval {request.id} could not be awaited: {exc}")
+            return await statement.denied(f"approval {request.id} could not be awaited: {exc}",
+                                          rows)
         if used:
-            return self._allow(statement, layout)
+            return approved()
         if status == "approved":
-            return await statement.denied(f"approval {final.id} could not be used")
+            return await statement.denied(f"approval {final.id} could not be used", rows)
         if status == "denied":
             comment = f": {final.comment}" if final.comment else ""
             return await statement.denied(f"approval {final.id} was denied by "
-                                          f"{final.decided_by}{comment}")
+                                          f"{final.decided_by}{comment}", rows)
         if status == "withdrawn":  # by a hold elsewhere that shared the request
             return await statement.denied(f"approval {final.id} was withdrawn before a verdict "
-                                          f"({final.comment or 'no reason given'})")
+                                          f"({final.comment or 'no reason given'})", rows)
         return await statement.denied(f"approval {final.id} was not given within "
-                                      f"{_seconds(gate.timeout)}")
+                                      f"{_seconds(gate.timeout)}", rows)
 
     async def _abandon_filing(self, statement: _Statement,
                               filing: asyncio.Future[ApprovalRequest],
@@ -661,6 +892,19 @@ class _Claim:
             return None
         self.held = False
         return await self.gate.release(current or self.request, closing, reason)
+
+
+def _through_views(statement: _Statement) -> list[str]:
+    """The tables (`schema.name`) a statement reads only through the views it names, as the
+    catalog traced them for masking (nothing when no masking needed the catalog)."""
+    masking = statement.masking
+    relations = masking.view.relations.values() if masking is not None else ()
+    if not any(r.is_view for r in relations):
+        return []
+    named = {str(t).lower() for t in statement.decision.command.get("tables") or ()}
+    return sorted({f"{r.schema}.{r.name}" for r in relations if not r.is_view
+                   and r.name.lower() not in named
+                   and f"{r.schema}.{r.name}".lower() not in named})
 
 
 def _cancel_reason(cancel: asyncio.CancelledError) -> str:

@@ -129,6 +129,8 @@ class Catalog:
         self._views: dict[int, dict[str, ViewColumn]] = {}
         self._types: dict[int, TypeInfo] = {}
         self._types_loaded = False
+        self._user_functions: tuple[float, frozenset[str]] | None = None
+        self._view_calls: dict[int, frozenset[str]] = {}
         self.generation = 0
         self.queries = 0  # catalog round trips, for tests and the curious
 
@@ -168,6 +170,25 @@ class Catalog:
             raise CatalogError("the upstream role is not in pg_roles")
         return str(rows[0][0]), bool(rows[0][1])
 
+    async def user_functions(self) -> frozenset[str]:
+        """Names (lower case) of the functions and procedures defined in the database, outside
+        `pg_catalog` and `information_schema`: their bodies run SQL no policy sees. Cached for
+        the catalog's ttl."""
+        now = self._clock()
+        if self._user_functions is not None and now - self._user_functions[0] < self.ttl:
+            return self._user_functions[1]
+        rows = await self._query(
+            "SELECT DISTINCT lower(p.proname) FROM pg_catalog.pg_proc p "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')")
+        names = frozenset(str(row[0]) for row in rows)
+        self._user_functions = (now, names)
+        return names
+
+    def view_calls(self, oid: int) -> frozenset[str]:
+        """The names a traced view's definition calls (`called_names`), empty if unknown."""
+        return self._view_calls.get(oid, frozenset())
+
     async def close(self) -> None:
         if self._conn is not None:
             try:
@@ -179,10 +200,13 @@ class Catalog:
     # -- cache ------------------------------------------------------------------------------
 
     def invalidate(self) -> None:
-        """Forget every relation, name and view (types stay: they are never altered in place)."""
+        """Forget every relation, name, view and defined function (types stay: they are never
+        altered in place)."""
         self._relations.clear()
         self._names.clear()
         self._views.clear()
+        self._view_calls.clear()
+        self._user_functions = None
         self.generation += 1
 
     def _fresh(self, stamp: float) -> bool:
@@ -320,10 +344,12 @@ class Catalog:
                           ) -> list[Relation]:
         """Trace a view's columns through its definition; returns the relations it reads."""
         from engine.facts import enrich_command
+        from engine.facts.sql import called_names
 
         definition = (view.definition or "").strip().rstrip(";")
         facts = enrich_command({"protocol": "postgres", "raw": definition},
                                {"type": "postgres"})
+        self._view_calls[view.oid] = called_names(definition) or frozenset()
         names = [str(t) for t in facts.get("tables") or []]
         named = await self.relations_named(names, seen)
         read = [r for found in named.values() for r in found]

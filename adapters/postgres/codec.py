@@ -77,7 +77,7 @@ from adapters.postgres.messages import (
     Terminate,
     UnknownBackendMessage,
 )
-from adapters.postgres.rowscan import run_end
+from adapters.postgres.rowscan import run_count, run_end
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -605,6 +605,27 @@ class _Framer:
         self._pos = pos
         return bytes(self._buffer[start:pos])
 
+    def take_counted_run(self, kind: bytes, max_count: int) -> tuple[bytes | None, int]:
+        """Like `take_run`, but at most `max_count` messages, and how many it took."""
+        start = self._pos
+        pos, count = run_count(self._buffer, start, kind[0], self.max_message_size, max_count)
+        if not count:
+            return None, 0
+        self._pos = pos
+        return bytes(self._buffer[start:pos]), count
+
+    def buffered_types(self) -> set[bytes]:
+        """The types of the complete messages buffered now (not consumed)."""
+        buf, pos, end = self._buffer, self._pos, len(self._buffer)
+        found: set[bytes] = set()
+        while pos <= end - 5:
+            following = pos + 1 + _U32.unpack_from(buf, pos + 1)[0]
+            if not pos + 5 <= following <= end:
+                break
+            found.add(_BYTES[buf[pos]])
+            pos = following
+        return found
+
     def _untyped_frame(self, limit: int) -> Frame | None:
         buf, pos = self._buffer, self._pos
         if len(buf) - pos < 4:
@@ -734,6 +755,22 @@ class BackendDecoder:
         of the buffer (None if there is none). Messages are framed but not decoded."""
         self._framer.check()
         return self._framer.take_run(kind)
+
+    def next_counted_run(self, kind: bytes, max_count: int) -> tuple[bytes | None, int]:
+        """`next_run` of at most `max_count` messages, and how many it holds (0: none)."""
+        self._framer.check()
+        return self._framer.take_counted_run(kind, max_count)
+
+    def has_complete(self, kind: bytes) -> bool:
+        """Whether a complete `kind` message is at the head of the buffer."""
+        framer = self._framer
+        framer.check()
+        pos = framer._pos
+        return run_end(framer._buffer, pos, kind[0], framer.max_message_size) > pos
+
+    def buffered_types(self) -> set[bytes]:
+        """The types of the complete messages received but not yet returned."""
+        return self._framer.buffered_types()
 
     def decode(self, frame: Frame) -> BackendMessage:
         try:

@@ -1,11 +1,11 @@
 """The seams between the PostgreSQL proxy and whoever decides: types only, no behaviour.
 
 Owns: `SessionContext` (who is connected, handed to every decision), `StatementVerdict` (what
-the decide hook answers), `ColumnDescriptor` / `ValueTransform` / `ColumnMasker` (how a verdict
-rewrites result values), `MaskTransform` (a named masking method), `ScrubTransform` and
-`WithheldValue` (content scrubbing and NULL with a notice), `StatementOutcome` (how an
-allowed statement ended, for the recording hook) and `CopyLayout`, plus the `DecideHook` and
-session hook signatures. Must not: contain policy, call
+the decide hook answers), `RowLimit` (a row budget's meter and hold), `ColumnDescriptor` /
+`ValueTransform` / `ColumnMasker` (how a verdict rewrites result values), `MaskTransform` (a
+named masking method), `ScrubTransform` and `WithheldValue` (content scrubbing and NULL with a
+notice), `StatementOutcome` (how an allowed statement ended, for the recording hook) and
+`CopyLayout`, plus the `DecideHook` and session hook signatures. Must not: contain policy, call
 the engine, or import anything from `engine/`; the bridge from a `Decision` to a
 `StatementVerdict` is `adapters.postgres.bridge`.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 Effect = Literal["allow", "deny", "review"]
 
@@ -161,6 +161,23 @@ ColumnResolver = Callable[[Sequence[ColumnDescriptor]], Awaitable[None]]
 the masker can look up what it needs (table OIDs in the catalog); raising ends the session."""
 
 
+class RowLimit(Protocol):
+    """Meters the result rows of one source (a Query, a portal, a cursor) against a row
+    budget (`adapters.row_budget.RowMeter` plus the hold). The proxy relays at most `room()`
+    rows, charging them with `admit`; when one more row has arrived it stops relaying and
+    reading upstream and awaits `hold(notify)`: an allow verdict means approved (`released`
+    is then true and the rest flows), any other ends the statement with that verdict's error
+    (the proxy cancels it upstream and drops what the server still sends for it)."""
+
+    released: bool
+
+    def room(self) -> int: ...
+
+    def admit(self, rows: int) -> int: ...
+
+    def hold(self, notify: Notify) -> Awaitable[StatementVerdict]: ...
+
+
 @dataclass(frozen=True)
 class StatementVerdict:
     """What the decide hook answers for one statement text.
@@ -190,6 +207,8 @@ class StatementVerdict:
     `single_execution`: the verdict covers one execution (it was approved for one), so every
     further execution of an extended-protocol prepared statement it was given for is decided
     again, at its Bind.
+    `rows` (a row budget) gives the `RowLimit` of each result source: called once per Query
+    and per portal bound to the statement.
     """
 
     effect: Effect
@@ -205,6 +224,7 @@ class StatementVerdict:
     withhold_error_values: bool = False
     rewritten: str | None = None
     single_execution: bool = False
+    rows: Callable[[], RowLimit] | None = None
 
     @classmethod
     def allow(cls, masker: ColumnMasker | None = None, *, decision_id: str = "",
@@ -212,11 +232,12 @@ class StatementVerdict:
               resolve_columns: ColumnResolver | None = None,
               withhold_error_values: bool = False,
               rewritten: str | None = None,
-              single_execution: bool = False) -> StatementVerdict:
+              single_execution: bool = False,
+              rows: Callable[[], RowLimit] | None = None) -> StatementVerdict:
         return cls("allow", decision_id=decision_id, masker=masker, copy_layout=copy_layout,
                    on_complete=on_complete, resolve_columns=resolve_columns,
                    withhold_error_values=withhold_error_values, rewritten=rewritten,
-                   single_execution=single_execution)
+                   single_execution=single_execution, rows=rows)
 
     @classmethod
     def deny(cls, message: str, *, decision_id: str = "", detail: str = "") -> StatementVerdict:

@@ -32,6 +32,12 @@ Choices worth knowing:
   session's key cancels it, and the client gets 57014 as for a cancelled query); no decision
   timeout applies to it. A cancelled hold is awaited (boundedly), so what it records is done
   before the client hears of it or the session's end is recorded.
+- A verdict with a row budget (`rows`) is metered as its DataRows arrive: at most the room
+  left is relayed; at the next row the server side stops (relaying, then past
+  `BUSY_READ_LIMIT` reading: backpressure) and the client side stops sending, while the
+  budget's hold runs like a review's. Approved: the rest flows. Otherwise the statement is
+  cancelled upstream (unless its end is already buffered) and ended with the hold's error
+  (`Session.cut`); the session goes on.
 - The end of an allowed statement's result (CommandComplete, ErrorResponse, ...) is held until
   the verdict's `on_complete` has returned (the audit record is durable first); if it fails,
   the result is withheld and the session ends with SQLSTATE 58030. Up to `HOLD_BEFORE_END`
@@ -78,7 +84,9 @@ from adapters.postgres.hooks import (
     HOLD_CLIENT_GONE,
     ColumnDescriptor,
     DecideHook,
+    HoldHook,
     RefusalHook,
+    RowLimit,
     SessionContext,
     SessionEndHook,
     SessionStartHook,
@@ -112,6 +120,7 @@ from adapters.postgres.session import (
     Refusal,
     Session,
     SessionError,
+    denial_error,
     notice_frame,
 )
 from adapters.postgres.upstream_tls import UpstreamTLS, UpstreamTLSError, describe_failure
@@ -123,6 +132,7 @@ _T = TypeVar("_T")
 READ_SIZE = 256 * 1024
 BUSY_READ_LIMIT = 128 * 1024  # what a side waiting for a hook buffers before it stops reading
 HOLD_BEFORE_END = 4 * 1024  # result bytes held back to go out with the end of a statement
+_STATEMENT_ENDS = frozenset({b"C", b"E", b"s", b"I", b"Z"})
 AUTH_MESSAGE_LIMIT = 64 * 1024  # bounds what an unauthenticated client can make us buffer
 FORWARDED_PARAMETERS = ("application_name", "client_encoding", "DateStyle", "TimeZone",
                         "IntervalStyle", "extra_float_digits")
@@ -1016,7 +1026,7 @@ class _Relay:
         try:
             if data:
                 self.client.decoder.feed(data)
-            if self.client_task is None:
+            if self.client_task is None and not self.holding:
                 self._client_process()
             else:
                 self._update_reading()
@@ -1063,7 +1073,7 @@ class _Relay:
                               frame: Frame, message: FrontendMessage) -> None:
         verdict = decided if isinstance(decided, StatementVerdict) else await decided
         if verdict.hold is not None:
-            verdict = await self._hold(verdict)
+            verdict = await self._hold(verdict.hold, verdict.decision_id)
         if self.ended.done():
             return  # the session ended meanwhile: nothing more goes upstream
         self._send_server(self.session.client_message(
@@ -1071,11 +1081,11 @@ class _Relay:
         if self._resumed("client"):
             self._client_process()  # what arrived meanwhile
 
-    async def _hold(self, verdict: StatementVerdict) -> StatementVerdict:
-        """Await `verdict.hold` while the client may go on sending (buffered) or hang up (the
-        session ends, once the hold has recorded why it was abandoned); returns the final
-        verdict. A cancel request answers 57014."""
-        assert verdict.hold is not None
+    async def _hold(self, hold_hook: HoldHook, decision_id: str) -> StatementVerdict:
+        """Await `hold_hook` (a review's or a row budget's hold) while the client may go on
+        sending (buffered, not processed) or hang up (the session ends, once the hold has
+        recorded why it was abandoned); returns the final verdict. A cancel request answers
+        57014."""
         ctx = self.ctx
         writer = self.client.writer
 
@@ -1083,7 +1093,7 @@ class _Relay:
             writer.write(notice_frame(text))
             await writer.drain()
 
-        hold = asyncio.ensure_future(verdict.hold(notify))
+        hold = asyncio.ensure_future(hold_hook(notify))
         proxy = self.proxy
         if self.pid:
             proxy._holds[self.pid] = hold
@@ -1104,12 +1114,12 @@ class _Relay:
             except asyncio.CancelledError:
                 log.info("session %s: held statement cancelled by the client", ctx.session_id)
                 return StatementVerdict.cancelled(
-                    decision_id=verdict.decision_id,
+                    decision_id=decision_id,
                     detail="the statement was cancelled while it awaited approval")
             except Exception:
                 log.exception("session %s: hold failed; denying", ctx.session_id)
                 return StatementVerdict.deny("the approval could not be obtained",
-                                             decision_id=verdict.decision_id)
+                                             decision_id=decision_id)
         finally:
             self.holding = False
             self.client_gone = None
@@ -1125,8 +1135,28 @@ class _Relay:
                 or final.hold is not None:
             log.error("session %s: hold returned %r; denying", ctx.session_id, final)
             return StatementVerdict.deny("the approval could not be obtained",
-                                         decision_id=verdict.decision_id)
+                                         decision_id=decision_id)
         return final
+
+    async def _rows_held(self, limit: RowLimit) -> None:
+        """A row past a row budget has arrived: nothing more of the server's is relayed (and
+        past `BUSY_READ_LIMIT` nothing read: the server blocks), nor anything of the client's
+        sent, until the hold ends. Approved: the rest flows. Otherwise the statement is ended
+        with the hold's error: cancelled upstream unless its end is already here, and what
+        the server still sends for it dropped (`Session.cut`)."""
+        verdict = await self._hold(limit.hold, "")
+        if self.ended.done():
+            return
+        if verdict.effect != "allow" or not limit.released:
+            self.session.cut(denial_error(verdict))
+            ended = self.upstream.decoder.buffered_types() & _STATEMENT_ENDS
+            if not ended and self.upstream.key is not None:
+                await self.proxy._send_cancel(self.upstream.key)
+        if self._resumed("server"):
+            self._server_process([])  # the rest of the rows, or the end of the cut statement
+            self._server_ended_meanwhile()
+        if not self.ended.done() and self.client_task is None:
+            self.client_data(b"")  # what the client sent during the hold
 
     # -- server -> client ---------------------------------------------------------------------
 
@@ -1152,6 +1182,21 @@ class _Relay:
         session = self.session
         while (kind := decoder.peek()) is not None:
             if kind == b"D":
+                limit = session.row_limit()
+                if limit is not None:  # a row budget: relay up to its room, then hold
+                    room = limit.room()
+                    if room > 0:
+                        run, count = decoder.next_counted_run(b"D", room)
+                        if run is None:
+                            break  # an incomplete row: wait for the rest
+                        limit.admit(count)
+                        session.relay_run(run, out)
+                        continue
+                    if not decoder.has_complete(b"D"):
+                        break
+                    self._send_client(out)
+                    self._wait("server", self._rows_held(limit))
+                    return
                 # Fast path: runs of unmasked DataRows are relayed raw, undecoded.
                 if session.rows_pass_through():
                     run = decoder.next_run(b"D")
@@ -1192,6 +1237,9 @@ class _Relay:
             if not self._server_frame(frame, out):
                 return
         self._send_client(out)
+        if session.upstream:  # what the session has to say to the server (Session.cut)
+            self._send_server(session.upstream)
+            session.upstream.clear()
 
     def _server_frame(self, frame: Frame, out: list[bytes]) -> bool:
         """One server message through the session; False when the rest waits in a task."""

@@ -1,6 +1,7 @@
 """The result path's hot loops, in C when the optional extension `_rowscan` was built.
 
-Owns: `run_end` (where a run of complete messages of one type ends: the framer's loop),
+Owns: `run_end` (where a run of complete messages of one type ends: the framer's loop) and
+`run_count` (the same, cut at a number of messages, with the count: a row budget's meter),
 `may_hold_pan_bytes` (engine.masking's PAN precheck over a whole run) and `mask_rows` (a whole
 run of DataRows masked at once), with the method codes of `mask_rows` specs. Must not: decide
 what to mask (`RowRewriter` builds the specs from its transforms) or handle what the C loop
@@ -43,6 +44,22 @@ def python_run_end(buf: bytes | bytearray, pos: int, code: int, limit: int) -> i
     return pos
 
 
+def python_run_count(buf: bytes | bytearray, pos: int, code: int, limit: int,
+                     max_count: int) -> tuple[int, int]:
+    """`run_count` in Python (the reference of the C loop)."""
+    end = len(buf)
+    last = end - 5
+    unpack = _U32.unpack_from
+    count = 0
+    while count < max_count and pos <= last and buf[pos] == code:
+        following = pos + 1 + unpack(buf, pos + 1)[0]
+        if not pos + 5 <= following <= end or following - pos > limit:
+            break
+        pos = following
+        count += 1
+    return pos, count
+
+
 ACCELERATED = _rowscan is not None
 """Whether the C extension is in use."""
 
@@ -51,6 +68,11 @@ run_end: Callable[[bytes | bytearray, int, int, int], int] = (
 """run_end(buffer, pos, code, limit): the end of the run of complete messages of type `code`
 that starts at `pos` (`pos` when there is none); it stops before an incomplete message and
 before one whose length is below 4 or whose size exceeds `limit`."""
+
+run_count: Callable[[bytes | bytearray, int, int, int, int], tuple[int, int]] = (
+    _rowscan.run_count if _rowscan is not None else python_run_count)
+"""run_count(buffer, pos, code, limit, max_count): `run_end` of at most `max_count` messages,
+and how many: `(end, count)` (a row budget's room; see `BackendDecoder.next_counted_run`)."""
 
 may_hold_pan_bytes: Callable[[bytes], bool] = (
     _rowscan.may_hold_pan if _rowscan is not None else masking.may_hold_pan_bytes)

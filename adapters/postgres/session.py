@@ -24,6 +24,12 @@ Server state (prepared statements, portals) is mirrored from the *responses* (Pa
 BindComplete, ...), never from what was sent, so a failed Parse or Bind cannot make the proxy
 apply the wrong masks.
 
+How a statement is ended mid-result (a row budget's hold that was not approved). `cut` drops
+what the server still sends for it, and for the rest of its Query or batch, up to the next
+ReadyForQuery, and puts the hold's error where its end (or the server's error after the
+cancel) was. If the server had finished it inside a transaction block, the session fails the
+block on the server too (a hidden poison Describe and Sync, handed out in `upstream`).
+
 How an outcome is recorded. When the verdict of the statement a server message ends (a
 CommandComplete, EmptyQueryResponse, PortalSuspended or ErrorResponse of a Query, an Execute,
 or a failed Parse / Bind) has an `on_complete` hook, `server_frame` does not put that message
@@ -46,6 +52,7 @@ from adapters.postgres.codec import Frame, decode_backend
 from adapters.postgres.hooks import (
     ColumnDescriptor,
     CompletionHook,
+    RowLimit,
     StatementOutcome,
     StatementVerdict,
 )
@@ -170,6 +177,7 @@ class _Op:
     rows: RowRewriter | None = None
     rows_planned: bool = False
     sent: float = 0.0  # clock() when it went upstream
+    meter: RowLimit | None = None  # a Query's row budget
 
 
 @dataclass(eq=False, slots=True)
@@ -187,6 +195,7 @@ class _Portal:
     rows: RowRewriter | None = None
     rows_planned: bool = False
     decided: StatementVerdict | None = None  # this execution's own verdict (decided at Bind)
+    meter: RowLimit | None = None  # the row budget of its executions
 
     @property
     def verdict(self) -> StatementVerdict | None:
@@ -232,6 +241,9 @@ class Session:
     _seq: int = 0
     _copy_end_seqs: deque[int] = field(default_factory=lambda: deque(maxlen=1024))
     _copy_in_open: bool = False
+    _cutting: bool = False  # a statement ended by the proxy: drop what the server still sends
+    _cut_error: bytes | None = None  # its error, sent in place of its end
+    upstream: list[bytes] = field(default_factory=list)  # for the server, from server_frame
 
     @property
     def in_flight(self) -> bool:
@@ -362,7 +374,8 @@ class Session:
         self._sent_portals.pop("", None)
         if verdict.effect != "allow":
             return self._deny_as_query(verdict)
-        self._push(_Op(QUERY, verdict=verdict))
+        self._push(_Op(QUERY, verdict=verdict,
+                       meter=verdict.rows() if verdict.rows is not None else None))
         if verdict.rewritten is not None:
             return [Query(verdict.rewritten).encode()]
         return [frame.raw]
@@ -409,10 +422,78 @@ class Session:
     # ----------------------------------------------------------------------------------------
     # Server -> client
 
+    def row_limit(self) -> RowLimit | None:
+        """The row budget of the DataRows arriving now while it limits them (not released),
+        else None. The caller then relays at most `room()` of them with `relay_run`."""
+        if self._skip_until_sync or self._cutting or not self._ops:
+            return None
+        op = self._ops[0]
+        meter = op.meter
+        if op.kind == EXECUTE:
+            portal = self._portals.get(op.name)
+            meter = portal.meter if portal is not None else None
+        return meter if meter is not None and not meter.released else None
+
+    def relay_run(self, run: bytes, out: list[bytes]) -> None:
+        """Relay a run of DataRows (`BackendDecoder.next_counted_run`) as `server_frame` would
+        relay each of them: raw, or rewritten by the planned rewriter."""
+        rows = self._rows_for_data(out)
+        if rows is None or (rows.precheck is not None and not rows.precheck(run)):
+            out.append(run)
+        else:
+            self.rewrite_run(run, out)
+
+    def cut(self, error: ErrorResponse) -> None:
+        """End the statement whose results arrive now with `error`: what the server still
+        sends for it (and for the rest of its Query, or up to Sync) is dropped, its end
+        (CommandComplete, PortalSuspended, the server's error after a cancel) becomes `error`,
+        and the next ReadyForQuery goes to the client as usual."""
+        self._cutting = True
+        self._cut_error = error.encode()
+        self._query_rows = None
+        self._copy = None
+
+    @property
+    def cutting(self) -> bool:
+        return self._cutting
+
+    def _cut_frame(self, frame: Frame, out: list[bytes]) -> bool:
+        """During a cut: whether `frame` was consumed here (dropped, or its end replaced)."""
+        kind = frame.type
+        if kind in (b"N", b"A", b"S"):
+            return False
+        if kind in (b"Z", b"C", b"E", b"s", b"I") and self._cut_error is not None:
+            out.append(self._cut_error)
+            self._cut_error = None
+        if kind == b"Z":
+            if frame.raw[5:6] == b"T" and self._fail_block(frame):
+                return True
+            self._cutting = False
+            return False
+        if kind == b"E":
+            error = decode_backend(frame)
+            if isinstance(error, ErrorResponse) and error.severity in ("FATAL", "PANIC"):
+                return False
+        return True
+
+    def _fail_block(self, ready: Frame) -> bool:
+        """A cut statement had finished on the server inside a transaction block, which the
+        client now believes failed: fail it on the server too (the poison and a Sync, sent
+        through `upstream`), and let that ReadyForQuery (`E`) be the client's. Only when
+        nothing else is pending upstream (else the client's later messages would run first)."""
+        ends = [i for i, op in enumerate(self._ops) if op.kind in (QUERY, FUNCTION, SYNC)]
+        if not ends or ends[0] != len(self._ops) - 1:
+            return False
+        self._on_ready(ready, [])
+        self._push(_Op(DESCRIBE, describe_kind="S", hidden=True))
+        self._push(_Op(SYNC))
+        self.upstream.extend((self._poison(), Sync().encode()))
+        return True
+
     def rows_pass_through(self) -> bool:
         """Whether DataRows arriving now go to the client unchanged, so the caller may relay a
         whole run of them raw (`BackendDecoder.next_run`) without calling `server_frame`."""
-        if self._skip_until_sync or not self._ops:
+        if self._skip_until_sync or self._cutting or not self._ops:
             return False
         op = self._ops[0]
         if op.kind == QUERY:
@@ -422,7 +503,7 @@ class Session:
     def rows_rewriter(self) -> RowRewriter | None:
         """The rewriter of the DataRows arriving now, when they are rewritten and it is planned
         (then the caller may hand whole runs of them to `rewrite_run`); else None."""
-        if self._skip_until_sync or not self._ops:
+        if self._skip_until_sync or self._cutting or not self._ops:
             return None
         op = self._ops[0]
         if op.kind == QUERY:
@@ -466,7 +547,7 @@ class Session:
 
     def copy_pass_through(self) -> bool:
         """Whether CopyData from the server goes to the client unchanged (no COPY rewriting)."""
-        return self._copy is None
+        return self._copy is None and not self._cutting
 
     def description_verdict(self) -> StatementVerdict | None:
         """The verdict whose masker will see the RowDescription arriving now, if any (so the
@@ -487,6 +568,8 @@ class Session:
         when the message ends a statement whose verdict wants to record the outcome, return
         it held in a `Completion` (see the module docstring)."""
         kind = frame.type
+        if self._cutting and self._cut_frame(frame, out):
+            return None
         if kind == b"D":
             rows = self._rows_for_data(out)
             if rows is None:
@@ -658,8 +741,11 @@ class Session:
         op = self._head("BindComplete", BIND)
         self._ops.popleft()
         assert op.bind is not None
-        self._portals[op.name] = _Portal(self._statements.get(op.statement), op.bind,
-                                         decided=op.verdict)
+        portal = _Portal(self._statements.get(op.statement), op.bind, decided=op.verdict)
+        verdict = portal.verdict
+        portal.meter = verdict.rows() if verdict is not None and verdict.rows is not None \
+            else None
+        self._portals[op.name] = portal
         out.append(frame.raw)
 
     def _on_close_complete(self, frame: Frame, out: list[bytes]) -> None:

@@ -26,15 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bordinance/v1/decision.proto\x12\x0cordinance.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"7\n\rDecideRequest\x12&\n\x05input\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\":\n\x0e\x44\x65\x63ideResponse\x12(\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x16.ordinance.v1.Decision\"U\n\x13\x44\x65\x63ideStreamRequest\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8a\x01\n\x14\x44\x65\x63ideStreamResponse\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\t\x12*\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x16.ordinance.v1.DecisionH\x00\x12$\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.ordinance.v1.ErrorH\x00\x42\x08\n\x06result\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"r\n\x06Reason\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12$\n\x06\x65\x66\x66\x65\x63t\x18\x03 \x01(\x0e\x32\x14.ordinance.v1.Effect\x12\x11\n\tapprovers\x18\x04 \x03(\t\x12\x0e\n\x06window\x18\x05 \x01(\t\"6\n\x04Mask\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\"\x90\x02\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12$\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\x0e\x32\x14.ordinance.v1.Effect\x12%\n\x07reasons\x18\x03 \x03(\x0b\x32\x14.ordinance.v1.Reason\x12!\n\x05masks\x18\x04 \x03(\x0b\x32\x12.ordinance.v1.Mask\x12\x17\n\x0fpolicy_revision\x18\x05 \x01(\t\x12,\n\teval_time\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x07\x63ommand\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x63\x61\x63hed\x18\x08 \x01(\x08\"\x12\n\x10GetStatusRequest\"\xa7\x01\n\rServiceStatus\x12\x17\n\x0fpolicy_revision\x18\x01 \x01(\t\x12\x17\n\x0flast_activation\x18\x02 \x01(\x01\x12\x1a\n\x12last_reload_errors\x18\x03 \x03(\t\x12\x1e\n\x16last_reload_error_time\x18\x04 \x01(\x01\x12\x0f\n\x07reloads\x18\x05 \x01(\x04\x12\x17\n\x0freload_failures\x18\x06 \x01(\x04*V\n\x06\x45\x66\x66\x65\x63t\x12\x16\n\x12\x45\x46\x46\x45\x43T_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45\x46\x46\x45\x43T_ALLOW\x10\x01\x12\x0f\n\x0b\x45\x46\x46\x45\x43T_DENY\x10\x02\x12\x11\n\rEFFECT_REVIEW\x10\x03\x32\xfb\x01\n\x0f\x44\x65\x63isionService\x12\x43\n\x06\x44\x65\x63ide\x12\x1b.ordinance.v1.DecideRequest\x1a\x1c.ordinance.v1.DecideResponse\x12Y\n\x0c\x44\x65\x63ideStream\x12!.ordinance.v1.DecideStreamRequest\x1a\".ordinance.v1.DecideStreamResponse(\x01\x30\x01\x12H\n\tGetStatus\x12\x1e.ordinance.v1.GetStatusRequest\x1a\x1b.ordinance.v1.ServiceStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bordinance/v1/decision.proto\x12\x0cordinance.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"7\n\rDecideRequest\x12&\n\x05input\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\":\n\x0e\x44\x65\x63ideResponse\x12(\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x16.ordinance.v1.Decision\"U\n\x13\x44\x65\x63ideStreamRequest\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8a\x01\n\x14\x44\x65\x63ideStreamResponse\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\t\x12*\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x16.ordinance.v1.DecisionH\x00\x12$\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.ordinance.v1.ErrorH\x00\x42\x08\n\x06result\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8e\x01\n\x06Reason\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12$\n\x06\x65\x66\x66\x65\x63t\x18\x03 \x01(\x0e\x32\x14.ordinance.v1.Effect\x12\x11\n\tapprovers\x18\x04 \x03(\t\x12\x0e\n\x06window\x18\x05 \x01(\t\x12\x11\n\x04rows\x18\x06 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_rows\"6\n\x04Mask\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\"\x90\x02\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12$\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\x0e\x32\x14.ordinance.v1.Effect\x12%\n\x07reasons\x18\x03 \x03(\x0b\x32\x14.ordinance.v1.Reason\x12!\n\x05masks\x18\x04 \x03(\x0b\x32\x12.ordinance.v1.Mask\x12\x17\n\x0fpolicy_revision\x18\x05 \x01(\t\x12,\n\teval_time\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x07\x63ommand\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x63\x61\x63hed\x18\x08 \x01(\x08\"\x12\n\x10GetStatusRequest\"\xa7\x01\n\rServiceStatus\x12\x17\n\x0fpolicy_revision\x18\x01 \x01(\t\x12\x17\n\x0flast_activation\x18\x02 \x01(\x01\x12\x1a\n\x12last_reload_errors\x18\x03 \x03(\t\x12\x1e\n\x16last_reload_error_time\x18\x04 \x01(\x01\x12\x0f\n\x07reloads\x18\x05 \x01(\x04\x12\x17\n\x0freload_failures\x18\x06 \x01(\x04*V\n\x06\x45\x66\x66\x65\x63t\x12\x16\n\x12\x45\x46\x46\x45\x43T_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45\x46\x46\x45\x43T_ALLOW\x10\x01\x12\x0f\n\x0b\x45\x46\x46\x45\x43T_DENY\x10\x02\x12\x11\n\rEFFECT_REVIEW\x10\x03\x32\xfb\x01\n\x0f\x44\x65\x63isionService\x12\x43\n\x06\x44\x65\x63ide\x12\x1b.ordinance.v1.DecideRequest\x1a\x1c.ordinance.v1.DecideResponse\x12Y\n\x0c\x44\x65\x63ideStream\x12!.ordinance.v1.DecideStreamRequest\x1a\".ordinance.v1.DecideStreamResponse(\x01\x30\x01\x12H\n\tGetStatus\x12\x1e.ordinance.v1.GetStatusRequest\x1a\x1b.ordinance.v1.ServiceStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ordinance.v1.decision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EFFECT']._serialized_start=1129
-  _globals['_EFFECT']._serialized_end=1215
+  _globals['_EFFECT']._serialized_start=1158
+  _globals['_EFFECT']._serialized_end=1244
   _globals['_DECIDEREQUEST']._serialized_start=107
   _globals['_DECIDEREQUEST']._serialized_end=162
   _globals['_DECIDERESPONSE']._serialized_start=164
@@ -45,16 +45,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECIDESTREAMRESPONSE']._serialized_end=450
   _globals['_ERROR']._serialized_start=452
   _globals['_ERROR']._serialized_end=490
-  _globals['_REASON']._serialized_start=492
-  _globals['_REASON']._serialized_end=606
-  _globals['_MASK']._serialized_start=608
-  _globals['_MASK']._serialized_end=662
-  _globals['_DECISION']._serialized_start=665
-  _globals['_DECISION']._serialized_end=937
-  _globals['_GETSTATUSREQUEST']._serialized_start=939
-  _globals['_GETSTATUSREQUEST']._serialized_end=957
-  _globals['_SERVICESTATUS']._serialized_start=960
-  _globals['_SERVICESTATUS']._serialized_end=1127
-  _globals['_DECISIONSERVICE']._serialized_start=1218
-  _globals['_DECISIONSERVICE']._serialized_end=1469
+  _globals['_REASON']._serialized_start=493
+  _globals['_REASON']._serialized_end=635
+  _globals['_MASK']._serialized_start=637
+  _globals['_MASK']._serialized_end=691
+  _globals['_DECISION']._serialized_start=694
+  _globals['_DECISION']._serialized_end=966
+  _globals['_GETSTATUSREQUEST']._serialized_start=968
+  _globals['_GETSTATUSREQUEST']._serialized_end=986
+  _globals['_SERVICESTATUS']._serialized_start=989
+  _globals['_SERVICESTATUS']._serialized_end=1156
+  _globals['_DECISIONSERVICE']._serialized_start=1247
+  _globals['_DECISIONSERVICE']._serialized_end=1498
 # @@protoc_insertion_point(module_scope)

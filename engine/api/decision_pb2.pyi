@@ -61,18 +61,20 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Reason(_message.Message):
-    __slots__ = ("policy", "message", "effect", "approvers", "window")
+    __slots__ = ("policy", "message", "effect", "approvers", "window", "rows")
     POLICY_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     EFFECT_FIELD_NUMBER: _ClassVar[int]
     APPROVERS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
     policy: str
     message: str
     effect: Effect
     approvers: _containers.RepeatedScalarFieldContainer[str]
     window: str
-    def __init__(self, policy: _Optional[str] = ..., message: _Optional[str] = ..., effect: _Optional[_Union[Effect, str]] = ..., approvers: _Optional[_Iterable[str]] = ..., window: _Optional[str] = ...) -> None: ...
+    rows: int
+    def __init__(self, policy: _Optional[str] = ..., message: _Optional[str] = ..., effect: _Optional[_Union[Effect, str]] = ..., approvers: _Optional[_Iterable[str]] = ..., window: _Optional[str] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class Mask(_message.Message):
     __slots__ = ("column", "method", "policy")

@@ -18,7 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.commands.serve import add_http_limit_arguments, http_limits, parse_size
+from engine.commands.serve import (
+    add_decision_log_arguments,
+    add_http_limit_arguments,
+    add_statement_limit_argument,
+    http_limits,
+    parse_size,
+)
 
 OFF = ("", "off", "none")
 
@@ -75,9 +81,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--audit", metavar="URL",
                    help="audit store (sqlite:///…, postgresql://…) for the decision log and "
                         "the approval requests of `review` decisions")
-    p.add_argument("--decision-log", metavar="FILE", type=Path,
-                   help="JSON-lines decision log when there is no --audit "
-                        "(default ./var/decisions.jsonl)")
+    add_decision_log_arguments(p)
+    add_statement_limit_argument(p)
     p.add_argument("--tls-cert", metavar="PEM", help="server certificate (enables TLS)")
     p.add_argument("--tls-key", metavar="PEM", help="server private key")
     p.add_argument("--tls-client-ca", metavar="PEM",
@@ -122,9 +127,11 @@ def run(args: argparse.Namespace) -> int:
                                 http_limits=http_limits(args))
         config = ServiceConfig(
             policies=Path(args.policies), grpc_address=grpc, http_address=None,
-            audit_url=args.audit, decision_log_path=args.decision_log, tls=tls,
+            audit_url=args.audit, decision_log_path=args.decision_log_file,
+            decision_log_mode=args.decision_log, tls=tls,
             token_file=args.token_file, insecure_listen=args.insecure_listen,
-            max_message_bytes=args.max_message_bytes, reload_interval=args.reload_interval,
+            max_message_bytes=args.max_message_bytes,
+            max_statement_bytes=args.max_statement_bytes, reload_interval=args.reload_interval,
             reload_settle=args.reload_settle, http_limits=http_limits(args),
             extensions=(options,))
         config.check_security()

@@ -115,6 +115,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--reload-settle", type=float, default=1.0, metavar="SECONDS",
                    help="a changed plain policy directory (no .manifest) is loaded once it has "
                         "been quiet this long (default 1)")
+    from engine.commands.serve import add_statement_limit_argument
+
+    add_statement_limit_argument(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run)
 
@@ -157,10 +160,10 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
     from adapters.postgres.bridge import PolicyBridge, Resource
     from adapters.postgres.catalog import Catalog
     from adapters.postgres.proxy import ProxyConfig, UpstreamTarget
-    from adapters.postgres.recorder import AuditRecorder
     from adapters.postgres.review import ApprovalGate
     from engine.approvals import ApprovalStoreError, open_approval_store
     from engine.audit import AuditError, open_audit_log
+    from engine.audit.recorder import AuditRecorder
     from engine.audit.stores import parse_store_url
     from engine.service.server import split_host_port
     from engine.service.tls import InsecureListenError, check_listen_address, tls_config
@@ -269,7 +272,7 @@ def _decision_client(args: argparse.Namespace, audit: Any,
 
     def loaded(policy_set: Any) -> None:
         if not engines:
-            engines.append(Engine(policy_set))
+            engines.append(Engine(policy_set, max_statement_bytes=args.max_statement_bytes))
             return
         if policy_set.revision == engines[0].policy_set.revision:
             return

@@ -44,6 +44,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _log_mode(text: str) -> str:
+    if text in ("durable", "async"):
+        return text
+    hint = " (the file is --decision-log-file FILE)" if "/" in text or "." in text else ""
+    raise argparse.ArgumentTypeError(f"must be 'durable' or 'async', not {text!r}{hint}")
+
+
+def add_statement_limit_argument(p: argparse.ArgumentParser) -> None:
+    """`--max-statement-bytes SIZE` (serve, envoy and the PostgreSQL proxy)."""
+    p.add_argument("--max-statement-bytes", type=parse_size, default=256 * 1024,
+                   metavar="SIZE", help="a command text (SQL statement, shell line) over this "
+                                        "is not parsed: it gets parse_error, which the PCI "
+                                        "pack denies (default 256KiB)")
+
+
+def add_decision_log_arguments(p: argparse.ArgumentParser) -> None:
+    """`--decision-log durable|async` and `--decision-log-file FILE` (serve and envoy)."""
+    p.add_argument("--decision-log", type=_log_mode, default="durable", metavar="MODE",
+                   help="'durable' (default): a decision is answered only once its record is "
+                        "committed (group commit across concurrent callers); 'async': "
+                        "records are written just after the answer, and a crash loses the "
+                        "ones not yet written (up to a few milliseconds of traffic)")
+    p.add_argument("--decision-log-file", metavar="FILE", type=Path,
+                   help="JSON-lines decision log when there is no --audit "
+                        "(default ./var/decisions.jsonl)")
+
+
 def add_http_limit_arguments(parser: argparse.ArgumentParser) -> None:
     """`--http-max-connections`, `--http-header-timeout`, `--http-body-timeout`,
     `--http-idle-timeout` (see `engine.service.http_server.HttpLimits`)."""
@@ -94,8 +121,8 @@ def register(subparsers: Any) -> None:
                    help="write the decision log to this audit store (sqlite:///…, "
                         "postgresql://…) instead of a file, and serve the approvals store "
                         "in the same database as ordinance.v1.ApprovalService")
-    p.add_argument("--decision-log", metavar="FILE", type=Path,
-                   help="JSON-lines decision log (default ./var/decisions.jsonl)")
+    add_decision_log_arguments(p)
+    add_statement_limit_argument(p)
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="server processes sharing the ports (SO_REUSEPORT)")
     p.add_argument("--tls-cert", metavar="PEM", help="server certificate (enables TLS)")
@@ -147,9 +174,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--users is for the approval service, which needs --audit URL")
         config = ServiceConfig(
             policies=Path(args.policies), grpc_address=args.grpc, http_address=args.http,
-            audit_url=args.audit, decision_log_path=args.decision_log, workers=args.workers,
+            audit_url=args.audit, decision_log_path=args.decision_log_file,
+            decision_log_mode=args.decision_log, workers=args.workers,
             tls=tls, token_file=args.token_file, insecure_listen=args.insecure_listen,
-            max_message_bytes=args.max_message_bytes, reload_interval=args.reload_interval,
+            max_message_bytes=args.max_message_bytes,
+            max_statement_bytes=args.max_statement_bytes, reload_interval=args.reload_interval,
             reload_settle=args.reload_settle, http_limits=http_limits(args),
             extensions=tuple(extensions))
         if not config.addresses():

@@ -4,6 +4,11 @@ A pipeline in one direction (raw text -> parsed statements -> plain facts) for e
 SQL (sqlglot, in the resource's dialect), shell (shlex) and HTTP. Facts are cached by
 (protocol, dialect, raw text) in a bounded LRU, so a hot loop never parses the same text twice.
 The functions here never raise on bad input; they report it in `parse_error`.
+
+A text over `max_statement_bytes` (UTF-8; default `DEFAULT_MAX_STATEMENT_BYTES`, 256 KiB) is
+not parsed at all: its facts say `parse_error` ("statement too large to analyse"), which the
+PCI pack denies, in time that does not grow with the text, and it never enters a cache (the
+facts made for it are fresh each time).
 """
 
 from __future__ import annotations
@@ -13,11 +18,29 @@ from typing import Any
 
 from engine.facts.http import http_facts
 from engine.facts.shell import shell_facts
-from engine.facts.sql import dialect_for, parse_sql
+from engine.facts.sql import dialect_for, parse_sql, unparseable
 
 SQL_PROTOCOLS = frozenset({"postgres", "postgresql", "mysql", "mariadb", "sql", "sqlite"})
-MAX_RAW_BYTES = 1 << 20
+DEFAULT_MAX_STATEMENT_BYTES = 256 * 1024
 FACTS_CACHE_SIZE = 4096
+CACHED_TEXT_CHARS = 8 * 1024
+"""Longer texts are parsed each time rather than kept in the LRU, which so holds at most
+FACTS_CACHE_SIZE such texts (~32 MiB of them) and their facts. (A repeated long statement is
+still answered from the engine's decision cache without being parsed.)"""
+
+
+def statement_too_large(raw: str, limit: int) -> bool:
+    """Whether `raw` is over `limit` bytes in UTF-8; the usual text is not encoded to tell."""
+    if len(raw) > limit:
+        return True
+    if 4 * len(raw) <= limit:
+        return False
+    return len(raw.encode("utf-8", "surrogatepass")) > limit
+
+
+def _too_large(raw: str, limit: int) -> str:
+    return (f"statement too large to analyse ({len(raw.encode('utf-8', 'surrogatepass'))} "
+            f"bytes, limit {limit})")
 
 
 @lru_cache(maxsize=FACTS_CACHE_SIZE)
@@ -30,20 +53,30 @@ def _cached_shell(raw: str) -> dict[str, Any]:
     return shell_facts(raw)
 
 
-def sql_facts(raw: str, dialect: str | None) -> dict[str, Any]:
+def sql_facts(raw: str, dialect: str | None,
+              max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES) -> dict[str, Any]:
     """Parsed SQL facts. They are shared with the cache: read them, never change them."""
-    if len(raw) > MAX_RAW_BYTES:
-        return {"statements": [{"kind": "other", "tables": [], "targets": [], "columns": [],
-                                "has_where": False, "has_limit": False, "limit": None,
-                                "nested": False, "functions": [], "settings": []}],
-                "kinds": ["other"], "tables": [],
-                "parse_error": f"statement too large to analyse ({len(raw)} characters, "
-                               f"limit {MAX_RAW_BYTES})"}
+    if statement_too_large(raw, max_statement_bytes):
+        return unparseable(_too_large(raw, max_statement_bytes))
+    if len(raw) > CACHED_TEXT_CHARS:
+        return parse_sql(raw, dialect)
     return _cached_sql(raw, dialect)
 
 
-def enrich_command(command: dict[str, Any] | None,
-                   resource: dict[str, Any] | None) -> dict[str, Any]:
+def shell_command_facts(raw: str,
+                        max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES
+                        ) -> dict[str, Any]:
+    """Parsed shell facts (shared with the cache: read-only), with the same size limit."""
+    if statement_too_large(raw, max_statement_bytes):
+        return {"argv": [], "program": None, "programs": [],
+                "parse_error": _too_large(raw, max_statement_bytes)}
+    if len(raw) > CACHED_TEXT_CHARS:
+        return shell_facts(raw)
+    return _cached_shell(raw)
+
+
+def enrich_command(command: dict[str, Any] | None, resource: dict[str, Any] | None, *,
+                   max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES) -> dict[str, Any]:
     """The command with its facts added; the caller's dict is not modified.
 
     Nested values are shared with the facts cache and must be treated as read-only.
@@ -69,10 +102,10 @@ def enrich_command(command: dict[str, Any] | None,
             command.setdefault("tables", [])
         return command
     if protocol == "shell":
-        command.update(_cached_shell(raw))
+        command.update(shell_command_facts(raw, max_statement_bytes))
         return command
     dialect = dialect_for(str(resource.get("type") or protocol))
-    command.update(sql_facts(raw, dialect))
+    command.update(sql_facts(raw, dialect, max_statement_bytes))
     return command
 
 

@@ -32,13 +32,22 @@ _LITERAL = re.compile(  # _TOKEN's literals and quoted names; the lookahead is f
 _UNSAFE = re.compile(r"--|/\*|\$[A-Za-z_]*\$|(?<![\w'])[eEbBxXuUnN]&?'", re.ASCII)
 _COUNT_KEYWORDS = frozenset({"limit", "offset", "first", "next", "top"})
 MAX_FINGERPRINT_INPUT = 64 << 10
+CACHED_FINGERPRINT_INPUT = 8 << 10
+"""Longer texts are fingerprinted each time (linear regular expressions), not kept in the LRU."""
+
+
+def literal_fingerprint(raw: str) -> str | None:
+    """The text with string and number literals replaced by `?`; None when unsure or when
+    the text is over `MAX_FINGERPRINT_INPUT` (such a text is not kept in the cache either)."""
+    if len(raw) > MAX_FINGERPRINT_INPUT:
+        return None
+    if len(raw) > CACHED_FINGERPRINT_INPUT:
+        return _fingerprint.__wrapped__(raw)
+    return _fingerprint(raw)
 
 
 @lru_cache(maxsize=4096)
-def literal_fingerprint(raw: str) -> str | None:
-    """The text with string and number literals replaced by `?`; None when unsure."""
-    if len(raw) > MAX_FINGERPRINT_INPUT:
-        return None
+def _fingerprint(raw: str) -> str | None:
     if ("'" in raw or "$" in raw or "--" in raw or "/*" in raw) and _UNSAFE.search(raw):
         return None  # (each of _UNSAFE's patterns needs one of these)
     lowered = raw.lower()

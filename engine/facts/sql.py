@@ -208,31 +208,33 @@ def sqlglot_text(raw: str, dialect: str | None) -> str:
 def parse_sql(raw: str, dialect: str | None) -> dict[str, Any]:
     """Facts for one SQL string: `statements`, `kinds`, `tables`, `parse_error`."""
     if dialect == "postgres" and _UNICODE_NAME.search(raw):
-        return _unparseable(raw, "names written with Unicode escapes (U&) cannot be checked")
+        return unparseable("names written with Unicode escapes (U&) cannot be checked")
     try:
         trees = [t for t in sqlglot.parse(sqlglot_text(raw, dialect), dialect=dialect)
                  if t is not None]
     except SqlglotError as err:
-        return _unparseable(raw, _first_line(str(err)))
+        return unparseable(_first_line(str(err)))
     except (RecursionError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
-        return _unparseable(raw, f"{type(err).__name__}: {err}")
+        return unparseable(f"{type(err).__name__}: {err}")
     if dialect == "postgres":
         expected = pg_statement_count(raw)
         if expected is not None and expected != len(trees):
-            return _unparseable(raw, f"PostgreSQL reads {expected} statement(s) in this text, "
-                                     f"the SQL parser {len(trees)}: it cannot be checked")
+            return unparseable(f"PostgreSQL reads {expected} statement(s) in this text, "
+                               f"the SQL parser {len(trees)}: it cannot be checked")
     statements: list[dict[str, Any]] = []
     try:
         for tree in trees:
             statements.extend(_statement_facts(tree, dialect, nested=False))
     except _NotAStatement as err:
-        return _unparseable(raw, str(err))
+        return unparseable(str(err))
     except (RecursionError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
-        return _unparseable(raw, f"{type(err).__name__}: {err}")  # sqlglot, on odd trees
+        return unparseable(f"{type(err).__name__}: {err}")  # sqlglot, on odd trees
     return _summarise(statements, parse_error=None)
 
 
-def _unparseable(raw: str, message: str) -> dict[str, Any]:
+def unparseable(message: str) -> dict[str, Any]:
+    """The facts of a text that was not (or could not be) parsed: one `other` statement and
+    `parse_error`."""
     return _summarise([_blank("other", nested=False)], parse_error=message or "unparseable SQL")
 
 
@@ -469,6 +471,15 @@ def _expression_calls(text: str, dialect: str | None) -> tuple[list[str], list[s
         raise _NotAStatement(f"arguments that cannot be read: {_first_line(str(err))}") \
             from err
     return _calls(tree)
+
+
+def called_names(text: str, dialect: str | None = "postgres") -> frozenset[str] | None:
+    """Every name followed by `(` in `text`, lower case (a superset of the functions it calls,
+    whatever sqlglot would name them), or None when the text cannot be tokenized."""
+    try:
+        return frozenset(_called_words(text, dialect))
+    except _NotAStatement:
+        return None
 
 
 def _called_words(text: str, dialect: str | None) -> list[str]:

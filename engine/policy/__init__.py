@@ -211,8 +211,19 @@ def _reason(package: str, effect: str, item: Any) -> Reason:
             effect=effect,  # type: ignore[arg-type]
             approvers=tuple(str(a) for a in approvers if isinstance(a, str | int)),
             window=str(item["window"]) if item.get("window") else None,
+            rows=_row_budget(item.get("rows")) if effect == "review" else None,
         )
     return Reason(policy=f"{package}.{effect}", message=json.dumps(item), effect=effect)  # type: ignore[arg-type]
+
+
+def _row_budget(value: Any) -> int | None:
+    """A review item's `rows`: a whole number >= 0, else None (a plain review: what cannot be
+    read as a budget holds the statement before any row, failing closed)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if value != value or value < 0 or value > 2**53 or value != int(value):
+        return None
+    return int(value)
 
 
 def _mask(package: str, item: Any,

@@ -7,6 +7,11 @@ A rule file is YAML with a top-level `rules:` list:
         effect: deny            # deny | review | mask
         when: 'command.kinds.exists(k, k == "truncate")'
         message: "TRUNCATE is not allowed"
+      - name: bulk-read
+        effect: review          # with `rows`: only past that many result rows (a row budget)
+        when: '"cards" in command.tables'
+        approvers: [dba-leads]
+        rows: 100
       - name: mask-pan
         effect: mask
         when: 'has(resource.labels.pci) && resource.labels.pci == "true"'
@@ -38,7 +43,8 @@ CEL_VARIABLES = (
     "attributes", "parsed_path", "parsed_query", "parsed_body", "truncated_body", "version",
 )
 EFFECTS = ("deny", "review", "mask")
-_RULE_KEYS = {"name", "effect", "when", "message", "mask", "approvers", "window", "description"}
+_RULE_KEYS = {"name", "effect", "when", "message", "mask", "approvers", "window", "rows",
+              "description"}
 
 # cel-expr-python's libraries, by the names its environment config knows. Not available in
 # cel-expr-python 0.1.3: the network extension (`ip`, `cidr`), `transformMap` and
@@ -83,6 +89,7 @@ class CelRule:
     approvers: tuple[str, ...] = ()
     window: str | None = None
     masks: tuple[Mask, ...] = field(default_factory=tuple)
+    rows: int | None = None
 
 
 @dataclass
@@ -142,12 +149,19 @@ def compile_rules(path: str, document: Any, lines: dict[int, int],
         if not isinstance(approvers, list) or not all(isinstance(a, str) for a in approvers):
             errors.append(f"{where}: rule {name!r}: approvers must be a list of group names")
             approvers = []
+        rows = raw.get("rows")
+        if rows is not None and (effect != "review" or isinstance(rows, bool)
+                                 or not isinstance(rows, int) or rows < 0):
+            errors.append(f"{where}: rule {name!r}: rows must be a whole number >= 0, on a "
+                          "review rule")
+            rows = None
         message = raw.get("message") or raw.get("description") or name
         rules.append(CelRule(
             name=name, effect=effect, when=when, source=where, program=program,
             policy=f"{path}#{name}", variables=_mentioned_variables(when),
             message=str(message), approvers=tuple(approvers),
             window=str(raw["window"]) if raw.get("window") else None, masks=masks,
+            rows=rows,
         ))
     return rules, errors
 
@@ -228,5 +242,6 @@ def evaluate(rules: list[CelRule], doc: dict[str, Any]) -> CelOutcome:
         else:
             outcome.reasons.append(Reason(
                 policy=rule.policy, message=rule.message,
-                effect=rule.effect, approvers=rule.approvers, window=rule.window))  # type: ignore[arg-type]
+                effect=rule.effect, approvers=rule.approvers, window=rule.window,  # type: ignore[arg-type]
+                rows=rule.rows))
     return outcome

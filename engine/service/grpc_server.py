@@ -28,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.api import decision_pb2
-from engine.service.convert import InputError, decision_to_proto, struct_to_dict
+from engine.service.convert import InputError, decision_to_proto, input_to_dict
 from engine.service.runtime import ServiceRuntime
 from engine.service.tls import BearerToken, TLSConfig
 
@@ -44,7 +44,7 @@ def _decode_input(request: decision_pb2.DecideRequest | decision_pb2.DecideStrea
                   ) -> dict[str, Any]:
     if not request.HasField("input"):
         raise InputError("request has no input document")
-    return struct_to_dict(request.input)
+    return input_to_dict(request.input)
 
 
 class DecisionServicer:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.decision import Decision, Reason
-from engine.service.decision_log import DecisionLog, new_decision_id
+from engine.facts import DEFAULT_MAX_STATEMENT_BYTES
+from engine.service.decision_log import DecisionLogger, new_decision_id
 from engine.service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ def deny(message: str, revision: str = "", command: dict[str, Any] | None = None
                     policy_revision=revision, command=command or {})
 
 
-def enriched_input(input_doc: Any) -> Any:
+def enriched_input(input_doc: Any,
+                   max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES) -> Any:
     """The input as `Engine.decide` evaluates it: command facts parsed by the engine.
 
     OPA-style queries must see the same facts as decisions, and a caller must not be able to
@@ -62,31 +64,27 @@ def enriched_input(input_doc: Any) -> Any:
         from engine.facts import enrich_command
 
         doc = dict(input_doc)
-        doc["command"] = enrich_command(input_doc["command"], input_doc.get("resource"))
+        doc["command"] = enrich_command(input_doc["command"], input_doc.get("resource"),
+                                        max_statement_bytes=max_statement_bytes)
         return doc
     return input_doc
-
-
-def _default_engine_factory(policy_set: Any) -> Any:
-    from engine.engine import Engine
-
-    return Engine(policy_set)
 
 
 class ServiceRuntime:
     """Shared by the gRPC and HTTP servers of one process."""
 
-    def __init__(self, *, decision_log: DecisionLog | None,
+    def __init__(self, *, decision_log: DecisionLogger | None,
                  metrics: ServiceMetrics | None = None,
-                 engine_factory: Callable[[Any], Any] = _default_engine_factory) -> None:
+                 max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES) -> None:
         self.metrics = metrics or ServiceMetrics()
         self.decision_log = decision_log
         self.engine: Any = None
         self.status = ReloadStatus()
-        self._engine_factory = engine_factory
+        self.max_statement_bytes = max_statement_bytes
         self._lock = threading.Lock()
         self._listeners: list[Callable[[bool], None]] = []
         self._pid = os.getpid()
+        self._counters: dict[tuple[str, str], Any] = {}
 
     # -- policy lifecycle (called from the watcher thread) --------------------------------
 
@@ -108,7 +106,9 @@ class ServiceRuntime:
                 return
             first = self.engine is None
             if first:
-                self.engine = self._engine_factory(policy_set)
+                from engine.engine import Engine
+
+                self.engine = Engine(policy_set, max_statement_bytes=self.max_statement_bytes)
             else:
                 self.engine.swap(policy_set)
             self.status.revision = revision
@@ -155,7 +155,7 @@ class ServiceRuntime:
         record = {
             "decision_id": decision_id, "timestamp": time.time(), "kind": "decide",
             "transport": transport, "pid": self._pid, "input": input_doc,
-            "decision": decision,  # rendered by the log's writer thread, off the hot path
+            "decision": decision,  # rendered by the decision log (async: off the request path)
         }
         if not self._record(record):
             decision = replace(
@@ -163,8 +163,17 @@ class ServiceRuntime:
                 reasons=(*decision.reasons, Reason(
                     policy=SERVICE_POLICY,
                     message="decision log unavailable; denying (fail closed)")))
-        self.metrics.decisions.labels(decision.effect, transport).inc()
+        self._count(decision.effect, transport)
         return decision_id, decision
+
+    def _count(self, outcome: str, transport: str) -> None:
+        """`ordinance_decisions_total{outcome, transport}` += 1, the labelled child looked up
+        once per pair."""
+        counter = self._counters.get((outcome, transport))
+        if counter is None:
+            counter = self._counters.setdefault(
+                (outcome, transport), self.metrics.decisions.labels(outcome, transport))
+        counter.inc()
 
     def query(self, path: str, input_doc: Any, transport: str) -> tuple[str, bool, Any]:
         """OPA-style `data` query: `(decision_id, defined, value)`.
@@ -176,7 +185,8 @@ class ServiceRuntime:
             raise NotReady("no policy set loaded")
         decision_id = new_decision_id()
         started = time.perf_counter_ns()
-        defined, value = engine.query(path, enriched_input(input_doc))
+        defined, value = engine.query(path, enriched_input(input_doc,
+                                                           self.max_statement_bytes))
         record: dict[str, Any] = {
             "decision_id": decision_id, "timestamp": time.time(), "kind": "query",
             "transport": transport, "pid": self._pid, "path": path, "input": input_doc,
@@ -187,5 +197,5 @@ class ServiceRuntime:
             record["result"] = value
         if not self._record(record):
             raise DecisionNotRecorded("decision log unavailable; refusing to answer (fail closed)")
-        self.metrics.decisions.labels("query", transport).inc()
+        self._count("query", transport)
         return decision_id, defined, value

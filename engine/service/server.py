@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.facts import DEFAULT_MAX_STATEMENT_BYTES
 from engine.policy.snapshot import DEFAULT_SETTLE_SECONDS
-from engine.service.decision_log import DecisionLog, open_sink
+from engine.service.decision_log import DecisionLogger, LogMode, open_decision_log
 from engine.service.grpc_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcService, start_grpc_server
 from engine.service.http_api import HttpService, start_http_server
 from engine.service.http_server import HttpLimits
@@ -53,11 +54,16 @@ class ServiceConfig:
     http_address: str | None = "127.0.0.1:8181"
     audit_url: str | None = None
     decision_log_path: Path | None = None
+    decision_log_mode: LogMode = "durable"
+    """`durable`: an answer leaves once its record is committed; `async`: records are written
+    after the answer (a crash loses the ones not yet written)."""
     workers: int = 1
     tls: TLSConfig | None = None
     token_file: Path | None = None
     insecure_listen: bool = False
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES
+    """A command text over this is not parsed (`parse_error`) and never cached."""
     reload_interval: float = 1.0
     reload_settle: float = DEFAULT_SETTLE_SECONDS
     """A plain directory without a `.manifest` is loaded once quiet this long."""
@@ -100,7 +106,7 @@ class Service:
         self.watcher: PolicyWatcher | None = None
         self.grpc: GrpcService | None = None
         self.http: HttpService | None = None
-        self.decision_log: DecisionLog | None = None
+        self.decision_log: DecisionLogger | None = None
         self.extensions: list[Any] = []
 
     @property
@@ -120,10 +126,11 @@ class Service:
         def count_batch(size: int, ok: bool) -> None:
             metrics.decision_log_records.labels("written" if ok else "failed").inc(size)
 
-        self.decision_log = DecisionLog(open_sink(config.audit_url, config.decision_log_path),
-                                        on_batch=count_batch)
-        runtime = self.runtime = ServiceRuntime(decision_log=self.decision_log,
-                                                metrics=metrics)
+        self.decision_log = open_decision_log(config.audit_url, config.decision_log_path,
+                                              config.decision_log_mode, on_batch=count_batch)
+        runtime = self.runtime = ServiceRuntime(
+            decision_log=self.decision_log, metrics=metrics,
+            max_statement_bytes=config.max_statement_bytes)
         try:
             for extension in config.extensions:
                 self.extensions.append(extension.start(runtime, tls=config.tls, token=token))

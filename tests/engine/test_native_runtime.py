@@ -226,3 +226,72 @@ def test_generated_cel_never_aborts_and_an_error_value_is_a_deny(
             assert len(reasons) == 1, (when, answer)
             assert ("failed:" if answer["kind"] == "error" else "not bool") in \
                 reasons[0]["message"] or "returned" in reasons[0]["message"], (when, answer)
+
+
+# -- through the long-running entry points ----------------------------------------------------
+
+ABORTING_RULES = (
+    "rules:\n"
+    "  - {name: level, effect: deny, when: 'subject.clearance < 3', message: low clearance}\n"
+    "  - {name: greek, effect: deny, when: \"subject.name.matches('^Ἀλ')\", message: greek}\n"
+    "  - {name: stamp, effect: deny, when: \"timestamp(subject.id) > timestamp(0)\"}\n")
+
+
+def test_serve_workers_answer_every_class_with_a_deny_and_stay_up(tmp_path: Path) -> None:
+    import grpc
+
+    from engine.api import decision_pb2, decision_pb2_grpc
+    from tests.service.conftest import start_serve
+    from tests.service.test_http_api import call
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "rules.yaml").write_text(ABORTING_RULES)
+    server = start_serve(["--policies", str(policies), "--grpc", "127.0.0.1:0", "--http",
+                          "127.0.0.1:0", "--workers", "2", "--decision-log", "async",
+                          "--decision-log-file", str(tmp_path / "decisions.jsonl")], tmp_path)
+    try:
+        for i in range(20):  # fresh connections: both workers answer
+            with grpc.insecure_channel(server.grpc_target) as channel:
+                request = decision_pb2.DecideRequest()
+                request.input.update({"subject": {"id": f"u{i}", "name": "Ἀλίκη"},
+                                      "command": {"protocol": "shell", "raw": "ls"}})
+                decision = decision_pb2_grpc.DecisionServiceStub(channel).Decide(
+                    request, timeout=30).decision
+            assert decision.effect == decision_pb2.EFFECT_DENY
+            messages = " ".join(r.message for r in decision.reasons)
+            assert "Key not found" in messages and "greek" in messages
+            assert "Timestamp" in messages
+        port = int(server.ready["http"].rsplit(":", 1)[1])
+        assert "ordinance_worker_restarts_total{" not in call(port, "GET", "/metrics")[1]
+        assert server.proc.poll() is None
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.postgres
+def test_the_postgres_proxy_denies_each_statement_and_the_session_goes_on(
+        pg_database: str, tmp_path: Path) -> None:
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from tests.postgres.test_enforcement_cli import Running, proxy_args
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "rules.yaml").write_text(ABORTING_RULES)
+    running = Running(proxy_args(tmp_path, pg_database, "--policies", str(policies)), REPO)
+    try:
+        port = int(running.ready["listen"].rsplit(":", 1)[1])
+        dbname = conninfo_to_dict(pg_database)["dbname"]
+        with psycopg.connect(f"host=127.0.0.1 port={port} dbname={dbname} user=alice "
+                             "password=alice-secret sslmode=disable", autocommit=True) as conn:
+            for sql in ("SELECT 1", "SELECT 'ίσος'", "SELECT now()"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                                   match="Key not found in map"):
+                    conn.execute(sql)
+            assert not conn.closed
+        assert running.process.poll() is None  # alive for the next session
+    finally:
+        code, err = running.stop()
+    assert code == 0, err

@@ -67,7 +67,7 @@ def http_client(clients: list[Any], address: str, prefix: str = "") -> EnvoyHttp
 def sidecar(tmp_path: Path, run_ordinance: Any) -> Process:
     policies = write_policies(tmp_path / "policies", {"policy.rego": TUTORIAL_STANDALONE})
     return run_ordinance("envoy", "--policies", str(policies), "--grpc", "127.0.0.1:0",
-                         "--http", "127.0.0.1:0", "--decision-log",
+                         "--http", "127.0.0.1:0", "--decision-log-file",
                          str(tmp_path / "decisions.jsonl"))
 
 
@@ -364,7 +364,7 @@ def test_sidecar_service_token(tmp_path: Path, run_ordinance: Any, clients: list
     (tmp_path / "token").write_text("s3cret-token-for-envoy\n")
     sidecar = run_ordinance("envoy", "--policies", str(policies), "--grpc", "127.0.0.1:0",
                             "--http", "127.0.0.1:0", "--token-file", str(tmp_path / "token"),
-                            "--decision-log", str(tmp_path / "d.jsonl"))
+                            "--decision-log-file", str(tmp_path / "d.jsonl"))
     anonymous = grpc_client(clients, sidecar.ready["grpc"])
     assert anonymous.serving()  # health needs no token
     with pytest.raises(grpc.RpcError) as refused:

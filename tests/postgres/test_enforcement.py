@@ -27,11 +27,11 @@ from psycopg.rows import tuple_row
 from adapters.postgres.bridge import PolicyBridge, Resource
 from adapters.postgres.catalog import Catalog
 from adapters.postgres.proxy import ProxyConfig
-from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.review import ApprovalGate
 from engine.approvals import ApprovalStore, open_approval_store
 from engine.approvals.store import SqliteApprovalStore
 from engine.audit import AuditLog, open_audit_log
+from engine.audit.recorder import AuditRecorder
 from engine.client import InProcessDecisionClient
 from engine.engine import Engine
 from engine.identity.users import load_users
@@ -604,7 +604,8 @@ def start_held(stack: Stack, sql: str) -> tuple[threading.Thread, dict[str, Any]
 
 
 def test_an_approval_from_another_process_releases_the_held_statement(stack: Stack) -> None:
-    thread, results, request = start_held(stack, "SELECT id, pan FROM cards ORDER BY id")
+    thread, results, request = start_held(stack, "SELECT id, pan FROM cards ORDER BY id "
+                                          "LIMIT 1000")  # more than the row budget
     assert request.requester_id == "alice" and request.approver_groups == ("dba-leads",)
     # other sessions keep working while this one is held
     with stack.connect() as other:
@@ -627,7 +628,7 @@ def test_an_approval_from_another_process_releases_the_held_statement(stack: Sta
 
 
 def test_a_denied_approval_errors_the_held_statement(stack: Stack) -> None:
-    thread, results, request = start_held(stack, "SELECT pan FROM cards")
+    thread, results, request = start_held(stack, "SELECT pan FROM cards LIMIT 1000")
     stack.decide("deny", request.id)
     thread.join(60)
     error = results.get("error")
@@ -640,7 +641,7 @@ def test_an_approval_timeout_errors_the_held_statement(stack: Stack,
     monkeypatch.setattr(stack.gate, "timeout", 1.0)
     before = {r.id for r in stack.store.list()}
     with stack.connect() as conn, pytest.raises(psycopg.Error) as exc:
-        conn.execute("SELECT cvv FROM cards")
+        conn.execute("SELECT cvv FROM cards LIMIT 1000")
     assert "was not given within 1s" in denial(exc)
     [request] = [r for r in stack.store.list() if r.id not in before]
     assert request.stored_status == "expired"  # closed, not left pending
@@ -681,7 +682,7 @@ def test_a_cancelled_held_statement_is_57014_and_its_request_withdrawn(stack: St
 
     def run() -> None:
         try:
-            conn.execute("SELECT expiry FROM cards")
+            conn.execute("SELECT expiry FROM cards LIMIT 1000")
         except psycopg.Error as exc:
             results["error"] = exc
 
@@ -710,7 +711,7 @@ def test_psql_cancelling_a_held_statement_sees_what_postgresql_says(stack: Stack
 
     before = {r.id for r in stack.pending()}
     args = [PSQL, "-X", "-h", "127.0.0.1", "-p", str(stack.proxy.port), "-U", "alice", "-d",
-            stack.dbname, "-c", "SELECT cvv FROM cards"]
+            stack.dbname, "-c", "SELECT cvv FROM cards LIMIT 1000"]
     process = subprocess.Popen(args, env=psql_env(PASSWORDS["alice"]), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -728,7 +729,7 @@ def test_psql_cancelling_a_held_statement_sees_what_postgresql_says(stack: Stack
 def test_a_client_hanging_up_on_a_held_statement_withdraws_its_request(stack: Stack) -> None:
     before = {r.id for r in stack.pending()}
     args = [PSQL, "-X", "-h", "127.0.0.1", "-p", str(stack.proxy.port), "-U", "alice", "-d",
-            stack.dbname, "-c", "SELECT id, expiry FROM cards"]
+            stack.dbname, "-c", "SELECT id, expiry FROM cards LIMIT 1000"]
     process = subprocess.Popen(args, env=psql_env(PASSWORDS["alice"]),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -750,7 +751,7 @@ def test_a_client_hanging_up_on_a_held_statement_withdraws_its_request(stack: St
 
 
 def test_a_request_shared_by_two_holds_stays_open_while_one_waits(stack: Stack) -> None:
-    sql = "SELECT id, cvv FROM cards ORDER BY id"
+    sql = "SELECT id, cvv FROM cards ORDER BY id LIMIT 1000"
     before = {r.id for r in stack.pending()}
     outcomes: list[dict[str, Any]] = [{"notices": []}, {"notices": []}]
     conns = [stack.connect(notices=o["notices"]) for o in outcomes]
@@ -810,7 +811,7 @@ def test_a_proxy_shutdown_withdraws_what_its_sessions_held(stack: Stack) -> None
     proxy, catalog = side_proxy(stack, stack.gate)
     before = {r.id for r in stack.pending()}
     results: dict[str, Any] = {}
-    thread = run_held(stack, proxy.port, "SELECT holder_id, cvv FROM cards", results)
+    thread = run_held(stack, proxy.port, "SELECT holder_id, cvv FROM cards LIMIT 1000", results)
     wait_until(lambda: {r.id for r in stack.pending()} - before != set(), "the review request")
     request = next(r for r in stack.pending() if r.id not in before)
     proxy.run(catalog.close())
@@ -847,7 +848,8 @@ def test_a_request_filed_as_its_statement_is_cancelled_is_withdrawn(stack: Stack
     before = {r.id for r in stack.store.list()}
     results: dict[str, Any] = {}
     try:
-        thread = run_held(stack, proxy.port, "SELECT id, holder_id, cvv FROM cards", results)
+        thread = run_held(stack, proxy.port,
+                          "SELECT id, holder_id, cvv FROM cards LIMIT 1000", results)
         assert store.entered.wait(20)
         results["conn"].cancel_safe()  # while the request is being filed
         time.sleep(0.2)

@@ -121,7 +121,7 @@ def test_in_process_policies_ready_line_psql_and_clean_shutdown(
 
 def test_decisions_from_ordinance_serve_over_grpc(database: str, tmp_path: Path) -> None:
     serve = Running(["serve", "--policies", str(REPO / "policies"), "--grpc", "127.0.0.1:0",
-                     "--http", "off", "--decision-log", str(tmp_path / "decisions.jsonl")],
+                     "--http", "off", "--decision-log-file", str(tmp_path / "decisions.jsonl")],
                     REPO)
     try:
         proxy = Running(proxy_args(tmp_path, database, "--decision-service",

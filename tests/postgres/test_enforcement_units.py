@@ -30,10 +30,10 @@ from adapters.postgres.hooks import (
     StatementVerdict,
     WithheldValue,
 )
-from adapters.postgres.recorder import AuditRecorder
 from adapters.postgres.results import CopyOutRewriter, RowRewriter
 from adapters.postgres.session import Completion, Session, tag_rows
 from engine.audit import AuditWriteError, InvalidAuditEvent
+from engine.audit.recorder import AuditRecorder
 from engine.decision import Decision, Mask
 from tests.postgres.test_session import frame, send
 
@@ -372,6 +372,7 @@ def test_masking_plans_are_reused_only_while_the_catalog_entries_are_fresh() -> 
     catalog._names["cards"] = (now[0], (7,))
     catalog._types.update({23: TypeInfo(23, "N"), 25: TypeInfo(25, "S")})
     catalog._types_loaded = True
+    catalog._user_functions = (1e12, frozenset())  # fresh at every clock reading below
     bridge = PolicyBridge(_Decisions(), resource=Resource("db"), catalog=catalog,
                           recorder=_NoRecorder())  # type: ignore[arg-type]
     ctx = SessionContext("s1", "alice", ("dev",), "db", "psql", "127.0.0.1", False, "scram")

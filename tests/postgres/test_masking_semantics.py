@@ -30,8 +30,8 @@ from psycopg.rows import tuple_row
 from adapters.postgres.bridge import PolicyBridge, Resource
 from adapters.postgres.catalog import Catalog
 from adapters.postgres.proxy import ProxyConfig
-from adapters.postgres.recorder import AuditRecorder
 from engine.audit import open_audit_log
+from engine.audit.recorder import AuditRecorder
 from engine.client import InProcessDecisionClient
 from engine.engine import Engine
 from engine.identity.users import load_users
@@ -52,6 +52,10 @@ SCHEMA = [
     "CREATE TABLE loot (id serial PRIMARY KEY, note text)",
     "CREATE SEQUENCE seq_ok",
     "CREATE TABLE wallet (id int PRIMARY KEY, pan text)",
+    # made by a DBA before alice came: their bodies read cards where no rewrite reaches
+    "CREATE FUNCTION get_pan(int) RETURNS text LANGUAGE sql AS "
+    "'SELECT pan FROM cards WHERE id = $1'",
+    "CREATE VIEW pans_by_function AS SELECT id, get_pan(id) AS g FROM cards",
 ]
 
 
@@ -97,6 +101,22 @@ class Setup:
                          for p in payloads)
 
 
+def without_row_budget(tmp: Path) -> str:
+    """The shipped policies with the PCI pack's per-session row budget raised past what these
+    tests read (masking is tested here; the budget in test_bulk_rows.py)."""
+    import shutil
+
+    target = tmp / "policies"
+    shutil.copytree(REPO / "policies", target)
+    data = target / "settings" / "pci" / "data.yaml"
+    # (7777777: the number shows in reasons, and no digit of it is a PAN's)
+    text, found = re.subn(r"^bulk_row_limit:.*$", "bulk_row_limit: 7777777",
+                          data.read_text(), flags=re.MULTILINE)
+    assert found == 1
+    data.write_text(text)
+    return str(target)
+
+
 @pytest.fixture(scope="module")
 def setup(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     assert not any(luhn_valid(p) for p in PANS.values())  # only the rewrite can hide them
@@ -121,8 +141,8 @@ def setup(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Set
     audit = open_audit_log(audit_url)
     recorder = AuditRecorder(audit).start()
     catalog = Catalog(direct)
-    bridge = PolicyBridge(
-        InProcessDecisionClient(Engine(load_policy_set(str(REPO / "policies")))),
+    bridge = PolicyBridge(  # the pack, its row budget out of the way of 160-query oracles
+        InProcessDecisionClient(Engine(load_policy_set(without_row_budget(tmp)))),
         resource=Resource("payments", {"env": "prod"}), catalog=catalog, recorder=recorder)
     proxy = ProxyThread(ProxyConfig(upstream_url=upstream_url(direct),
                                     directory=load_users(tmp / "users.yaml"), **bridge.hooks()))
@@ -447,6 +467,22 @@ def test_uses_that_cannot_be_rewritten_are_denied(setup: Setup, sql: str, reason
     assert reason in str(exc.value), exc.value
     out = setup.psql(sql)
     assert "permission denied by policy" in out.stderr and reason in out.stderr
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT get_pan(1)",
+    "SELECT count(*) FROM cards WHERE id = 1 AND get_pan(id) LIKE '3000%'",
+    "SELECT count(*) FROM cards WHERE id = 1 AND public.\"get_pan\"(id) LIKE '3%'",
+    "SELECT count(*) FROM loot WHERE GET_PAN(1) LIKE '3%'",
+    "SELECT g FROM pans_by_function WHERE id = 1",
+    "SELECT count(*) FROM pans_by_function WHERE id = 1 AND g LIKE '3%'",
+])
+def test_functions_defined_in_the_database_are_denied(setup: Setup, sql: str) -> None:
+    """A function's body reads tables where no rewrite reaches (`get_pan(id)` answers on the
+    clear value), called directly or through a view."""
+    with setup.connect() as conn, pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match="function get_pan is defined in the"):
+        conn.execute(sql)
 
 
 def test_plain_result_columns_run_as_sent(setup: Setup) -> None:

@@ -126,7 +126,7 @@ def in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]
 
 
 def test_each_execute_of_a_prepared_statement_asks_again(stack: Stack) -> None:
-    sql = "SELECT id, pan FROM cards ORDER BY id"
+    sql = "SELECT id, pan FROM cards ORDER BY id LIMIT 1000"  # over the row budget
     conn = stack.connect()
     outcomes: list[Any] = []
 
@@ -159,7 +159,7 @@ def test_each_execute_of_a_prepared_statement_asks_again(stack: Stack) -> None:
 
 
 def test_each_sql_execute_of_a_reviewed_prepare_asks_again(stack: Stack) -> None:
-    prepare = "PREPARE bulk AS SELECT id, pan FROM cards ORDER BY id"
+    prepare = "PREPARE bulk AS SELECT id, pan FROM cards ORDER BY id LIMIT 1000"
     conn = stack.connect()
 
     def work() -> list[Any]:
@@ -186,7 +186,8 @@ def test_each_sql_execute_of_a_reviewed_prepare_asks_again(stack: Stack) -> None
 
 def test_psql_prepare_and_execute_each_wait_for_an_approval(stack: Stack) -> None:
     thread, result = in_thread(lambda: stack.psql(
-        "PREPARE pq AS SELECT id, pan FROM cards ORDER BY id", "EXECUTE pq", "EXECUTE pq"))
+        "PREPARE pq AS SELECT id, pan FROM cards ORDER BY id LIMIT 1000", "EXECUTE pq",
+        "EXECUTE pq"))
     approve_each(stack, lambda: not thread.is_alive(), ["approve", "approve"])
     thread.join(60)
     out = result["value"]

@@ -29,6 +29,7 @@ def test_the_c_loops_are_built() -> None:
             pytest.fail(reason)
         pytest.skip(reason)
     assert rowscan.run_end is _rowscan.run_end
+    assert rowscan.run_count is _rowscan.run_count
     assert rowscan.mask_rows is _rowscan.mask_rows
     names = ("CALL", "PAN", "LAST4", "NULL", "SCAN", "CONST", "EMAIL")
     assert [getattr(rowscan, f"METHOD_{n}") for n in names] == [
@@ -52,6 +53,20 @@ def test_run_end_equals_the_python_loop(buffer: bytes, pos: int, code: int, limi
     expected = rowscan.python_run_end(buffer, pos, code, limit)
     assert _rowscan.run_end(buffer, pos, code, limit) == expected
     assert _rowscan.run_end(bytearray(buffer), pos, code, limit) == expected
+
+
+@needs_c
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_MESSAGE, st.binary(max_size=9)), max_size=8).map(b"".join),
+       st.integers(0, 40), st.sampled_from([ord("D"), ord("d"), 0]), st.integers(0, 30),
+       st.integers(0, 9))
+def test_run_count_equals_the_python_loop(buffer: bytes, pos: int, code: int, limit: int,
+                                          count: int) -> None:
+    assume(pos <= len(buffer))
+    expected = rowscan.python_run_count(buffer, pos, code, limit, count)
+    assert _rowscan.run_count(buffer, pos, code, limit, count) == expected
+    assert rowscan.python_run_count(buffer, pos, code, limit, 10**9)[0] == \
+        rowscan.python_run_end(buffer, pos, code, limit)  # uncut, it is run_end
 
 
 _PAN_BYTES = st.lists(st.sampled_from([b"4", b"1", b"0", b" ", b"-", b"x", b"\x00", b"\xc3",

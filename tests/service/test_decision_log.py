@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from engine.api import decision_pb2, decision_pb2_grpc
 from engine.service.decision_log import DecisionLog, JsonLinesSink, new_decision_id
@@ -32,11 +33,15 @@ def _decide(port: int | None, raw: str = "ls") -> decision_pb2.Decision:
                                                                       ).decision
 
 
-def test_broken_log_fails_closed(policy_dir: Path,
-                                 service_factory: Callable[..., Service]) -> None:
-    svc = service_factory(policy_dir, decision_log_path=Path("/dev/full"))
+@pytest.mark.parametrize("mode", ["durable", "async"])
+def test_broken_log_fails_closed(policy_dir: Path, service_factory: Callable[..., Service],
+                                 mode: str) -> None:
+    svc = service_factory(policy_dir, decision_log_path=Path("/dev/full"),
+                          decision_log_mode=mode)
     assert svc.http_port and svc.decision_log is not None
-    _decide(svc.grpc_port)  # accepted, then the write fails with ENOSPC
+    first = _decide(svc.grpc_port)  # the write fails with ENOSPC
+    if mode == "durable":  # before the answer: never an allow without its record
+        assert first.effect == decision_pb2.EFFECT_DENY
     wait_for(lambda: svc.decision_log.broken, what="decision log marked broken")  # type: ignore[union-attr]
     decision = _decide(svc.grpc_port)
     assert decision.effect == decision_pb2.EFFECT_DENY
@@ -116,3 +121,44 @@ def test_dev_null_log_is_not_a_failure(policy_dir: Path,
              what="3 records written")
     assert svc.decision_log.broken is None
     assert _decide(svc.grpc_port, "ls").effect == decision_pb2.EFFECT_ALLOW
+
+
+def test_unwritable_audit_store_fails_closed_on_every_transport(
+        policy_dir: Path, tmp_path: Path, service_factory: Callable[..., Service]) -> None:
+    """The trail refuses writes (its table is gone): gRPC Decide denies, the Data API answers
+    500, Envoy's Check denies; once the trail is back, decisions are allowed and recorded."""
+    import sqlite3
+
+    from adapters.envoy.service import EnvoyOptions
+    from engine.audit import open_audit_log
+    from tests.envoy.envoy_requests import EnvoyGrpc
+
+    db = tmp_path / "audit.db"
+    url = f"sqlite:///{db}"
+    svc = service_factory(policy_dir, audit_url=url, extensions=(EnvoyOptions(query=None),))
+    envoy = EnvoyGrpc(f"127.0.0.1:{svc.grpc_port}")
+    try:
+        assert _decide(svc.grpc_port).effect == decision_pb2.EFFECT_ALLOW
+        assert envoy.check("GET", "/").allowed
+        with sqlite3.connect(db) as raw:
+            raw.execute("ALTER TABLE ordinance_audit RENAME TO moved")
+        decision = _decide(svc.grpc_port)
+        assert decision.effect == decision_pb2.EFFECT_DENY
+        assert "decision log unavailable" in decision.reasons[-1].message
+        status, body = post(svc.http_port, "/v1/data/ordinance/test/greeting",
+                            {"input": {"subject": {"id": "a"}}})
+        assert status == 500 and body["code"] == "internal_error", body
+        answer = envoy.check("GET", "/")
+        assert not answer.allowed and answer.status >= 500
+        assert call(svc.http_port, "GET", "/health?plugins")[0] == 500
+        with sqlite3.connect(db) as raw:
+            raw.execute("ALTER TABLE moved RENAME TO ordinance_audit")
+        recovered = _decide(svc.grpc_port)
+        assert recovered.effect == decision_pb2.EFFECT_ALLOW
+        assert call(svc.http_port, "GET", "/health?plugins")[0] == 200
+    finally:
+        envoy.channel.close()
+    with open_audit_log(url) as audit:
+        ids = [r.decision_id for r in audit.iter_records() if r.kind == "decision"]
+        assert recovered.decision_id in ids and decision.decision_id not in ids
+        assert audit.verify().ok

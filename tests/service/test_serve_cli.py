@@ -51,7 +51,7 @@ def test_serve_workers_share_ports_and_stop_on_sigterm(policy_dir: Path, tmp_pat
     log_path = tmp_path / "decisions.jsonl"
     server = start_serve(["--policies", str(policy_dir), "--grpc", "127.0.0.1:0",
                           "--http", "127.0.0.1:0", "--workers", "2",
-                          "--decision-log", str(log_path)], tmp_path)
+                          "--decision-log-file", str(log_path)], tmp_path)
     workers = server.ready["workers"]
     try:
         assert len(workers) == 2 and server.proc.pid not in workers
@@ -79,7 +79,7 @@ def test_a_worker_that_dies_is_restarted_with_a_log_line_and_a_metric(policy_dir
                                                                       tmp_path: Path) -> None:
     server = start_serve(["--policies", str(policy_dir), "--grpc", "127.0.0.1:0",
                           "--http", "127.0.0.1:0", "--workers", "2",
-                          "--decision-log", str(tmp_path / "decisions.jsonl")], tmp_path)
+                          "--decision-log-file", str(tmp_path / "decisions.jsonl")], tmp_path)
     victim, survivor = server.ready["workers"]
     port = int(server.ready["http"].rsplit(":", 1)[1])
     try:

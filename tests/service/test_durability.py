@@ -1,0 +1,104 @@
+"""The durable decision log under kill -9: every answered decision is in the trail.
+
+`ordinance serve --audit URL` (SQLite and PostgreSQL) answers decisions in a loop over gRPC
+`Decide` and the OPA Data API while it is killed with SIGKILL and restarted; afterwards every
+decision id a client received is in the trail and `ordinance audit verify` passes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from engine.api import decision_pb2, decision_pb2_grpc
+from tests.audit.conftest import conninfo_to_url
+from tests.service.conftest import start_serve
+
+KILLS = 3
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def audit_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/audit.db"
+    return conninfo_to_url(request.getfixturevalue("pg_database"))
+
+
+def _grpc_caller(target: str, stop: threading.Event, answered: list[str]) -> None:
+    with grpc.insecure_channel(target) as channel:
+        stub = decision_pb2_grpc.DecisionServiceStub(channel)
+        i = 0
+        while not stop.is_set():
+            request = decision_pb2.DecideRequest()
+            request.input.update({"command": {"protocol": "shell", "raw": f"echo {i}"}})
+            i += 1
+            try:
+                answer = stub.Decide(request, timeout=5)
+            except grpc.RpcError:
+                return  # the server is gone
+            answered.append(answer.decision.decision_id)
+
+
+def _http_caller(address: str, stop: threading.Event, answered: list[str]) -> None:
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    i = 0
+    while not stop.is_set():
+        body = json.dumps({"input": {"subject": {"id": f"u{i}"}}})
+        i += 1
+        try:
+            conn.request("POST", "/v1/data/ordinance/test/greeting", body,
+                         {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException):
+            return
+        if response.status == 200:
+            answered.append(json.loads(data)["decision_id"])
+
+
+def test_kill_9_loses_no_answered_decision(policy_dir: Path, tmp_path: Path,
+                                           audit_url: str) -> None:
+    rng = random.Random(18)
+    answered: list[str] = []
+    for _ in range(KILLS):
+        server = start_serve(["--policies", str(policy_dir), "--grpc", "127.0.0.1:0",
+                              "--http", "127.0.0.1:0", "--audit", audit_url], tmp_path)
+        stop = threading.Event()
+        mine: list[list[str]] = [[] for _ in range(4)]
+        callers = [threading.Thread(target=_grpc_caller, args=(server.grpc_target, stop, m))
+                   for m in mine[:2]]
+        callers += [threading.Thread(target=_http_caller, args=(server.ready["http"], stop, m))
+                    for m in mine[2:]]
+        for caller in callers:
+            caller.start()
+        time.sleep(0.6 + rng.random() * 0.6)
+        os.kill(server.proc.pid, signal.SIGKILL)
+        assert server.proc.wait(10) == -signal.SIGKILL
+        stop.set()
+        for caller in callers:
+            caller.join(10)
+        server.proc.communicate(timeout=5)
+        assert all(m for m in mine), "every caller got answers before the kill"
+        answered += [i for m in mine for i in m]
+    from engine.audit import open_audit_log
+
+    with open_audit_log(audit_url) as audit:
+        recorded = {r.decision_id for r in audit.iter_records() if r.kind == "decision"}
+    missing = set(answered) - recorded
+    assert not missing, f"{len(missing)} of {len(answered)} answered decisions not recorded"
+    verify = subprocess.run([sys.executable, "-m", "engine.cli", "audit", "verify", "--audit",
+                             audit_url], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
