@@ -65,7 +65,7 @@ from adapters.postgres.mask_rewrite import (
 )
 from adapters.postgres.rowscan import may_hold_pan_bytes
 from engine.facts.fingerprint import literal_fingerprint
-from engine.facts.sql import sqlglot_text
+from engine.facts.sql import sql_text, sqlglot_text
 from engine.lineage import OutputColumn, trace_output_columns
 from engine.masking import (
     MASK_CHAR,
@@ -260,7 +260,7 @@ def _trace_statement(sql: str, frozen: tuple[tuple[str, tuple[tuple[str, str], .
             query = nested
         else:
             query = found
-        outputs = trace_output_columns(query.sql(dialect="postgres"), "postgres", schema)
+        outputs = trace_output_columns(sql_text(query, "postgres"), "postgres", schema)
         out.append(TracedQuery(None if outputs is None else tuple(outputs), direct,
                                query.find(exp.SetOperation) is not None))
     return out

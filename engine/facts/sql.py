@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from itertools import pairwise
 from typing import Any
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import SqlglotError
+from sqlglot.generator import Generator
+from sqlglot.helper import name_sequence
 from sqlglot.tokens import TokenType
 
 from engine.facts.pg_statements import pg_statement_count
@@ -169,6 +173,22 @@ _PG_COPY_OPTIONS = re.compile(
     re.IGNORECASE | re.DOTALL)
 
 
+_GENERATORS = threading.local()  # attribute: dialect ("" for none), value: its Generator
+
+
+def sql_text(tree: exp.Expr, dialect: str | None = None) -> str:
+    """`tree.sql(dialect=dialect)`, through one sqlglot Generator per thread and dialect:
+    the compiled sqlglot (sqlglotc 30.x) leaks 56 bytes for every Generator it builds, and
+    `Expr.sql` builds one per call, which grew a long-running process by the statement."""
+    key = dialect or ""
+    generator: Generator | None = getattr(_GENERATORS, key, None)
+    if generator is None:
+        generator = Dialect.get_or_raise(dialect).generator()
+        setattr(_GENERATORS, key, generator)
+    generator._next_name = name_sequence("_t")  # the names a fresh Generator would make
+    return generator.generate(tree, copy=True)
+
+
 def sqlglot_text(raw: str, dialect: str | None) -> str:
     """`raw` as sqlglot should read it in `dialect`. For postgres: a space after each `$n`
     (_PG_PARAMETER), BEGIN without its transaction modes, WITH before a COPY's option list.
@@ -249,10 +269,10 @@ def _statement_facts(tree: exp.Expr, dialect: str | None,
     kind = _kind_of(tree)
     if kind is None:
         # Not a statement at all: sqlglot read keywords it does not know as an expression.
-        word = _FIRST_WORD.match(_COMMENT.sub(" ", tree.sql(dialect=dialect)))
+        word = _FIRST_WORD.match(_COMMENT.sub(" ", sql_text(tree, dialect)))
         keyword = word.group(1).lower() if word else ""
         if keyword not in _KIND_BY_KEYWORD and keyword not in _OTHER_STATEMENTS:
-            raise _NotAStatement(f"not a SQL statement: {keyword.upper() or tree.sql()[:40]!r}")
+            raise _NotAStatement(f"not a SQL statement: {keyword.upper() or sql_text(tree)[:40]!r}")
         return [_blank(_KIND_BY_KEYWORD.get(keyword, "other"), nested)]
     facts = _blank(kind, nested)
     ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
@@ -341,7 +361,7 @@ def _command_facts(tree: exp.Command, dialect: str | None,
     holds (EXPLAIN, PREPARE, DECLARE, CREATE RULE), the name of what it prepares or executes,
     the object a CREATE / ALTER / DROP is about, the setting a SET changes, and its calls."""
     keyword = str(tree.this or "").lower()
-    text = tree.sql(dialect=dialect)
+    text = sql_text(tree, dialect)
     kind = _KIND_BY_KEYWORD.get(keyword, "other")
     facts = _blank(kind, nested)
     inner_text: str | None = None
