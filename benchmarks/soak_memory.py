@@ -11,7 +11,8 @@ Usage: `python -m benchmarks.soak_memory [--decisions 50000] [--warmup 12000]
   facts are parsed anew);
 - proxy: statements through `ordinance proxy postgres` that differ in a column alias (a new
   text and literal fingerprint each: parse, facts and a full decision per statement, and a
-  durable record), on a throwaway cluster.
+  durable record), on a throwaway cluster, with the pack's row budget raised as
+  `benchmarks.load_postgres` does (every row is counted; none is held for approval).
 
 The warm-up fills the bounded caches (decision cache 10,000 entries, facts and plan LRUs) so
 the measured window shows growth, not cache filling. RSS is read from /proc/PID/status every
@@ -136,7 +137,14 @@ def serve_soaks(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]
 def proxy_soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import psycopg
 
-    from benchmarks.load_postgres import DATABASE, USER, USER_PASSWORD, cluster, ordinance_proxy
+    from benchmarks.load_postgres import (
+        DATABASE,
+        USER,
+        USER_PASSWORD,
+        bench_policies,
+        cluster,
+        ordinance_proxy,
+    )
     from tests.support.pg_cluster import SUPERUSER, SUPERUSER_PASSWORD
 
     with cluster() as pg:
@@ -148,7 +156,8 @@ def proxy_soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             conn.execute("INSERT INTO cards VALUES (1, 'Ann Lee', '4111111111111111')")
         upstream = (f"postgresql://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{pg.port}/"
                     f"{DATABASE}")
-        with ordinance_proxy(upstream, workdir, ["env=dev"], str(POLICIES)) as (proc, ready):
+        policies = bench_policies(str(POLICIES), workdir)  # rows counted, never held
+        with ordinance_proxy(upstream, workdir, ["env=dev"], policies) as (proc, ready):
             port = int(ready["listen"].rsplit(":", 1)[1])
             with psycopg.connect(host="127.0.0.1", port=port, dbname=DATABASE, user=USER,
                                  password=USER_PASSWORD, sslmode="disable",
