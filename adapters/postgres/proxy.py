@@ -1105,9 +1105,10 @@ class _Relay:
             await asyncio.wait({hold, gone}, return_when=asyncio.FIRST_COMPLETED)
             if gone.done() and not hold.done():
                 error = gone.result()
+                # a reset (a client killed with our NOTICE unread) is a hang-up too
+                why = HOLD_CLIENT_GONE
                 if error is not None:  # a broken connection: as a failed read
                     raise error
-                why = HOLD_CLIENT_GONE
                 raise _ClientGone("client disconnected while its statement was held")
             try:
                 final = hold.result()
