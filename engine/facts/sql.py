@@ -450,11 +450,15 @@ def _node_name(node: exp.Expr | None) -> str:
 def _calls(tree: exp.Expr) -> tuple[list[str], list[str]]:
     """The lower-case names of the functions `tree` calls anywhere (subqueries, CTEs, DEFAULTs
     and table functions included; a function sqlglot knows under its sqlglot name, such as
-    `substring` for `substr`), and the settings its `set_config` calls change; both sorted."""
+    `substring` for `substr`; `ARRAY(SELECT …)` as `array_subquery`), and the settings its
+    `set_config` calls change; both sorted."""
     functions: list[str] = []
     settings: list[str] = []
     for node in tree.find_all(exp.Func):
         name = node.name.lower() if isinstance(node, exp.Anonymous) else node.sql_name().lower()
+        if isinstance(node, exp.Array) and any(
+                isinstance(e, exp.Query | exp.Subquery) for e in node.expressions):
+            name = "array_subquery"  # ARRAY(SELECT …) folds a query's rows into one value
         if name and name not in functions:
             functions.append(name)
         if name == "set_config" and isinstance(node, exp.Anonymous):
