@@ -10,26 +10,14 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from adapters.postgres.bridge import PolicyBridge, Resource
-from adapters.postgres.catalog import Catalog
-from adapters.postgres.proxy import ProxyConfig
-from adapters.postgres.review import ApprovalGate
-from engine.approvals import open_approval_store
-from engine.audit import open_audit_log
-from engine.audit.recorder import AuditRecorder
-from engine.client import InProcessDecisionClient
-from engine.engine import Engine
-from engine.identity.users import load_users
-from engine.policy import load_policy_set
-from tests.postgres.conftest import PSQL, ProxyThread, psql_env, upstream_url, wait_until
-from tests.postgres.test_enforcement import PASSWORDS, REPO, USERS_YAML, Stack
+from tests.postgres.conftest import PSQL, psql_env, wait_until
+from tests.postgres.test_enforcement import PASSWORDS, Stack, open_stack
 
 pytestmark = pytest.mark.postgres
 CARDS = 150
@@ -46,42 +34,9 @@ SCHEMA = [
 
 @pytest.fixture(scope="module")
 def stack(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    name = "b_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(pg_dsn)
-    params["dbname"] = name
-    direct = make_conninfo(**params)
-    with psycopg.connect(direct, autocommit=True) as conn:
-        for statement in SCHEMA:
-            conn.execute(statement)
-    tmp = tmp_path_factory.mktemp("bulk")
-    users_file = tmp / "users.yaml"
-    users_file.write_text(USERS_YAML)
-    audit_url = f"sqlite:///{tmp / 'audit.db'}"
-    audit = open_audit_log(audit_url)
-    recorder = AuditRecorder(audit).start()
-    store = open_approval_store(audit_url, audit=audit)
-    gate = ApprovalGate(store, timeout=20.0, approve_hint="ordinance approvals approve {id}")
-    catalog = Catalog(direct)
-    engine = Engine(load_policy_set(str(REPO / "policies")))
-    bridge = PolicyBridge(
-        InProcessDecisionClient(engine), resource=Resource("payments", {"env": "prod"}),
-        catalog=catalog, recorder=recorder, approvals=gate)
-    proxy = ProxyThread(ProxyConfig(upstream_url=upstream_url(direct),
-                                    directory=load_users(users_file), **bridge.hooks()))
-    yield Stack(proxy, name, direct, audit_url, users_file, gate, store, recorder, audit,
-                engine, catalog)
-    proxy.run(catalog.close())
-    proxy.stop()
-    gate.close()
-    recorder.close()
-    store.close()
-    audit.close()
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with open_stack(pg_dsn, tmp_path_factory.mktemp("bulk"), SCHEMA, prefix="b_",
+                    approval_timeout=20.0) as running:
+        yield running
 
 
 class Reader:

@@ -7,6 +7,7 @@ not (only the mask rules hide it), so a test can tell the two mechanisms apart.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -122,27 +123,30 @@ class Stack:
                 for k, s, d, p in rows if kind is None or k == kind]
 
 
-@pytest.fixture(scope="module")
-def stack(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextlib.contextmanager
+def open_stack(pg_dsn: str, tmp: Path, schema: list[str], *, prefix: str,
+               approval_timeout: float) -> Iterator[Stack]:
+    """A fresh database holding `schema` behind an in-process proxy with the shipped policies
+    (`env=prod`), its trail and approvals in `tmp`; all of it dropped afterwards."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    name = "e_" + uuid.uuid4().hex[:12]
+    name = prefix + uuid.uuid4().hex[:12]
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     params = conninfo_to_dict(pg_dsn)
     params["dbname"] = name
     direct = make_conninfo(**params)
     with psycopg.connect(direct, autocommit=True) as conn:
-        for statement in SCHEMA:
+        for statement in schema:
             conn.execute(statement)
-    tmp = tmp_path_factory.mktemp("enforcement")
     users_file = tmp / "users.yaml"
     users_file.write_text(USERS_YAML)
     audit_url = f"sqlite:///{tmp / 'audit.db'}"
     audit = open_audit_log(audit_url)
     recorder = AuditRecorder(audit).start()
     store = open_approval_store(audit_url, audit=audit)
-    gate = ApprovalGate(store, timeout=30.0, approve_hint="ordinance approvals approve {id}")
+    gate = ApprovalGate(store, timeout=approval_timeout,
+                        approve_hint="ordinance approvals approve {id}")
     catalog = Catalog(direct)
     engine = Engine(load_policy_set(str(REPO / "policies")))
     bridge = PolicyBridge(
@@ -160,6 +164,13 @@ def stack(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
     audit.close()
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def stack(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with open_stack(pg_dsn, tmp_path_factory.mktemp("enforcement"), SCHEMA, prefix="e_",
+                    approval_timeout=30.0) as running:
+        yield running
 
 
 def denial(exc: pytest.ExceptionInfo[psycopg.Error]) -> str:
