@@ -34,10 +34,10 @@ digits replaced by `*`, single spaces or dashes kept."""
 
 TRUNCATED_MARK = " …[truncated]"
 TRUNCATED_AT = 64 * 1024
-"""`adapters.postgres.bridge` records at most this much of a statement, then the mark."""
+"""`adapters.enforcement.records` records at most this much of a statement, then the mark."""
 
 PROXY_POLICY = "ordinance.proxy"
-"""The reasons of what the proxy refused itself, asking no policy (`PolicyBridge.refused`)."""
+"""The reasons of what the proxy refused itself, asking no policy (`Enforcer.refused`)."""
 _EXECUTE = re.compile(r"\bexecute\b", re.IGNORECASE)
 KINDS = ("statement", "decision")
 SESSION_CACHE = 50_000
