@@ -123,17 +123,17 @@ class Enforcer:
                         "application_name": ctx.application_name},
         }
 
-    def statement(self, ctx: SessionContext, text: str, decision_id: str,
-                  decision: Decision) -> Statement:
+    def statement(self, ctx: SessionContext, text: str, decision_id: str, decision: Decision,
+                  command: Mapping[str, Any] | None = None) -> Statement:
         """A decided statement (subclasses make their own kind)."""
-        return Statement(self, ctx, text, decision_id, decision)
+        return Statement(self, ctx, text, decision_id, decision, command)
 
     async def ask(self, text: str, ctx: SessionContext,
                   command: Mapping[str, Any] | None = None) -> Statement:
         """Ask the policies about `text`: the decided statement."""
         decision_id, decision = await self.client.adecide(
             self.input_document(text, ctx, command))
-        return self.statement(ctx, text, decision_id, decision)
+        return self.statement(ctx, text, decision_id, decision, command)
 
     async def refused(self, text: str, reason: str, ctx: SessionContext) -> StatementVerdict:
         """A message the adapter denied itself (no policy was asked): recorded as a denial."""

@@ -62,11 +62,13 @@ class Statement:
     `approval_text` is what an approval is for (an SQL EXECUTE's: its PREPARE's text); `once`
     says the verdict covers one execution (a review; a prepared statement decided again at
     each execution); `rewritten` is the text sent instead of `text`, `held_after_rows` where a
-    row budget held its results."""
+    row budget held its results; `command` the fields the adapter added to `input.command`
+    besides `protocol` and `raw` (recorded, so the trail can be replayed)."""
 
     def __init__(self, enforcer: Enforcer, ctx: SessionContext, text: str, decision_id: str,
-                 decision: Decision) -> None:
+                 decision: Decision, command: Mapping[str, Any] | None = None) -> None:
         self.enforcer = enforcer
+        self.command = dict(command) if command else None
         self.ctx = ctx
         self.sql = text
         self.decision_id = decision_id
@@ -96,6 +98,7 @@ class Statement:
                if self.held_after_rows is not None else {}),
             **({"rewritten": True} if self.rewritten is not None else {}),
             **({"prepared": self.approval_text} if self.approval_text != self.sql else {}),
+            **({"command": self.command} if self.command else {}),
             **outcome,
         }
 

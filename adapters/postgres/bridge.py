@@ -139,8 +139,8 @@ class _SqlStatement(Statement):
     is noted with its session (an EXECUTE of it is checked against it)."""
 
     def __init__(self, bridge: PolicyBridge, ctx: SessionContext, sql: str, decision_id: str,
-                 decision: Decision) -> None:
-        super().__init__(bridge, ctx, sql, decision_id, decision)
+                 decision: Decision, command: Mapping[str, Any] | None = None) -> None:
+        super().__init__(bridge, ctx, sql, decision_id, decision, command)
         self.bridge = bridge
         self.ddl = bool(DDL_KINDS & set(decision.command.get("kinds") or ()))
         self.prepares = [str(st["prepared_name"]) for st in decision.command.get(
@@ -169,9 +169,9 @@ class PolicyBridge(Enforcer):
         self._sql_sessions: dict[str, _SqlSession] = {}
         self._plans: dict[tuple[Any, ...], _MaskingPlan] = {}
 
-    def statement(self, ctx: SessionContext, text: str, decision_id: str,
-                  decision: Decision) -> _SqlStatement:
-        return _SqlStatement(self, ctx, text, decision_id, decision)
+    def statement(self, ctx: SessionContext, text: str, decision_id: str, decision: Decision,
+                  command: Mapping[str, Any] | None = None) -> _SqlStatement:
+        return _SqlStatement(self, ctx, text, decision_id, decision, command)
 
     async def session_started(self, ctx: SessionContext) -> None:
         await super().session_started(ctx)

@@ -252,3 +252,21 @@ def test_a_row_budget_meters_the_session_and_holds_past_it(gw: Gateway) -> None:
     assert "after 3 rows" in told[0]
     record, = gw.records("statement")
     assert record["rows"] == 3 and record["held_after_rows"] == 3
+
+
+def test_the_trail_replays_a_command_as_its_adapter_decided_it(gw: Gateway) -> None:
+    from engine.replay.records import Sessions, statement_item
+
+    async def scenario() -> dict[str, Any]:
+        await gw.enforcer.session_started(ctx())
+        fields = {"sftp": {"op": "open", "path": "/etc/app.conf", "mode": "write"}}
+        await gw.enforcer.decide("sftp open /etc/app.conf write", ctx(), fields)
+        return gw.enforcer.input_document("sftp open /etc/app.conf write", ctx(), fields)
+
+    decided = asyncio.run(scenario())
+    gw.recorder.close()
+    record, = gw.audit.iter_records(kind="statement")
+    item = statement_item(record, Sessions(gw.audit))
+    assert item.skip is None
+    assert item.input is not None and item.input["command"] == decided["command"]
+    assert item.input["resource"] == decided["resource"]
