@@ -104,6 +104,11 @@ class Engine:
     def policy_set(self) -> PolicySet:
         return self._state[0]
 
+    @property
+    def cache_size(self) -> int:
+        """How many decisions the cache keeps (0: decisions are not cached)."""
+        return self._cache_size
+
     def swap(self, policy_set: PolicySet) -> None:
         """Make `policy_set` the active one. Decisions already running finish on the old one."""
         self._state = (policy_set, DecisionCache(self._cache_size))
