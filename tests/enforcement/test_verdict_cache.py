@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adapters.enforcement.bridge import Enforcer
 from adapters.enforcement.hooks import SessionContext, StatementVerdict
@@ -220,3 +222,57 @@ def test_a_cached_review_is_held_and_approved_per_execution(tmp_path: Path) -> N
         assert not point.store.list("approved")
     finally:
         point.close()
+
+
+TEMPLATES = [
+    "SELECT holder, pan FROM cards WHERE id = {n}",
+    "SELECT count(*) FROM cards WHERE holder = '{s}'",
+    "DELETE FROM orders WHERE id = {n}",
+    "DELETE FROM orders",
+    "UPDATE cards SET holder = '{s}' WHERE id = {n}",
+    "UPDATE cards SET cvv = '{s}' WHERE id = {n}",
+    "DROP TABLE orders",
+    "SELECT * FROM orders WHERE total > {n} LIMIT {n}",
+    "INSERT INTO orders (id, note) VALUES ({n}, '{s}')",
+    "SELECT '{s}' AS x",
+]
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(TEMPLATES), st.integers(0, 10**6),
+                          st.text("abc4111 '%_", max_size=12)), min_size=1, max_size=25),
+       st.sampled_from(["dev", "prod"]))
+def test_reused_decisions_equal_the_engines_on_the_pci_pack(
+        tmp_path_factory: pytest.TempPathFactory, statements: list[tuple[str, int, str]],
+        env: str) -> None:
+    """The same session through an enforcer that reuses decisions and one that asks the
+    engine every time (a decision log makes `reuse` None): the same answers."""
+    tmp = tmp_path_factory.mktemp("pci")
+    url = f"sqlite:///{tmp / 'audit.db'}"
+    engine = Engine(load_policy_set(str(Path(__file__).resolve().parents[2] / "policies")))
+    with open_audit_log(url) as audit:
+        recorder = AuditRecorder(audit).start()
+        try:
+            resource = Resource("shop", {"env": env}, type="mysql")
+            reusing = Enforcer(CountingClient(engine), resource=resource, recorder=recorder)
+            asking = Enforcer(CountingClient(Engine(engine.policy_set)), resource=resource,
+                              recorder=recorder)
+            asking.client.reuse = lambda: None  # type: ignore[attr-defined]
+            texts = [t.format(n=n, s=s.replace("'", "''")) for t, n, s in statements]
+
+            async def answers(enforcer: Enforcer) -> list[tuple[Any, ...]]:
+                await enforcer.session_started(ctx())
+                out = []
+                for text in texts:
+                    statement = await enforcer.ask(text, ctx())
+                    d = statement.decision
+                    out.append((d.effect, d.reasons, d.masks, d.policy_revision,
+                                {k: v for k, v in d.command.items() if k != "raw"},
+                                d.command.get("raw")))
+                return out
+
+            assert asyncio.run(answers(reusing)) == asyncio.run(answers(asking))
+            assert reusing.client.asked <= asking.client.asked == len(texts)
+        finally:
+            recorder.close()
