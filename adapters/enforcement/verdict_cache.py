@@ -4,7 +4,8 @@ Within one session everything the policies can read but the command is fixed (th
 the session fields, the resource), so two statements with the same key get the same Decision
 from a deterministic policy set: the key is the statement's literal fingerprint
 (`engine.facts.fingerprint`: string and number literals as `?`, LIMIT/OFFSET/FETCH counts
-kept) when the set cannot see literals and the protocol is SQL, else its exact text, plus the
+kept) when the set cannot see literals and the protocol is PostgreSQL's (whose lexical rules
+the fingerprint follows), else its exact text, plus the
 fields an adapter adds to `input.command`. An entry holds the Decision and what the adapter
 prepared from it (`plan`: PostgreSQL keeps an allowed statement's masking plan there), and is
 used only while the policy revision that made it is active. Whether decisions may be reused
@@ -25,8 +26,7 @@ from typing import Any
 from engine.client import CLIENT_POLICY
 from engine.decision import Decision
 from engine.engine import ENGINE_POLICY, canonical_json
-from engine.facts import SQL_PROTOCOLS
-from engine.facts.fingerprint import literal_fingerprint
+from engine.facts.fingerprint import FINGERPRINT_PROTOCOLS, literal_fingerprint
 
 MAX_ENTRIES = 256  # per session
 MAX_TEXT = 8 * 1024  # longer texts are decided every time (bounds the memory of a session)
@@ -46,7 +46,7 @@ def decision_key(text: str, protocol: str, literal_insensitive: bool,
     if len(text) > MAX_TEXT:
         return None
     key = None
-    if literal_insensitive and protocol in SQL_PROTOCOLS:
+    if literal_insensitive and protocol in FINGERPRINT_PROTOCOLS:
         fingerprint = literal_fingerprint(text)
         if fingerprint is not None:
             key = "?" + fingerprint

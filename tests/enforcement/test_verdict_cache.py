@@ -79,9 +79,9 @@ def policies(tmp: Path, name: str, text: str) -> str:
     return str(directory)
 
 
-def ctx(session: str = "s1") -> SessionContext:
+def ctx(session: str = "s1", protocol: str = "postgres") -> SessionContext:
     return SessionContext(session, "alice", ("dev",), "shop", "app", "127.0.0.1", True,
-                          "caching_sha2_password", protocol="mysql")
+                          "scram-sha-256", protocol=protocol)
 
 
 class Point:
@@ -93,7 +93,7 @@ class Point:
         self.gate = ApprovalGate(self.store, timeout=20) if approvals else None
         self.engine = Engine(load_policy_set(policies(tmp, "policies", text)))
         self.client = CountingClient(self.engine)
-        self.enforcer = Enforcer(self.client, resource=Resource("shop", type="mysql"),
+        self.enforcer = Enforcer(self.client, resource=Resource("shop", type="postgres"),
                                  recorder=self.recorder, approvals=self.gate)
 
     def run(self, *texts: str, session: SessionContext | None = None,
@@ -135,6 +135,15 @@ def test_one_shape_is_asked_once_per_session_with_a_decision_id_per_statement(
     assert [r["text"] for r in records] == ["DELETE FROM users WHERE id = 1",
                                             "DELETE FROM users WHERE id = 2"]
     assert all(r["effect"] == "deny" for r in records)
+
+
+def test_other_dialects_share_only_the_exact_text(point: Point) -> None:
+    """MySQL lexes literals otherwise than the fingerprint (`#`, backslash escapes): only the
+    same text is the same shape there."""
+    point.run("SELECT 1 FROM t WHERE a = 'x' AND b = 'y'",
+              "SELECT 1 FROM t WHERE a = 'x\\' AND b = ' UNION SELECT pan FROM cards #'",
+              "SELECT 1 FROM t WHERE a = 'x' AND b = 'y'", session=ctx(protocol="mysql"))
+    assert point.client.asked == 2
 
 
 def test_sessions_do_not_share_and_a_bare_enforcer_asks_every_time(point: Point) -> None:
@@ -241,11 +250,11 @@ TEMPLATES = [
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(TEMPLATES), st.integers(0, 10**6),
-                          st.text("abc4111 '%_", max_size=12)), min_size=1, max_size=25),
-       st.sampled_from(["dev", "prod"]))
+                          st.text("abc4111 '%_\\#", max_size=12)), min_size=1, max_size=25),
+       st.sampled_from(["dev", "prod"]), st.sampled_from(["postgres", "mysql"]))
 def test_reused_decisions_equal_the_engines_on_the_pci_pack(
         tmp_path_factory: pytest.TempPathFactory, statements: list[tuple[str, int, str]],
-        env: str) -> None:
+        env: str, protocol: str) -> None:
     """The same session through an enforcer that reuses decisions and one that asks the
     engine every time (a decision log makes `reuse` None): the same answers."""
     tmp = tmp_path_factory.mktemp("pci")
@@ -254,7 +263,7 @@ def test_reused_decisions_equal_the_engines_on_the_pci_pack(
     with open_audit_log(url) as audit:
         recorder = AuditRecorder(audit).start()
         try:
-            resource = Resource("shop", {"env": env}, type="mysql")
+            resource = Resource("shop", {"env": env}, type=protocol)
             reusing = Enforcer(CountingClient(engine), resource=resource, recorder=recorder)
             asking = Enforcer(CountingClient(Engine(engine.policy_set)), resource=resource,
                               recorder=recorder)
@@ -262,10 +271,11 @@ def test_reused_decisions_equal_the_engines_on_the_pci_pack(
             texts = [t.format(n=n, s=s.replace("'", "''")) for t, n, s in statements]
 
             async def answers(enforcer: Enforcer) -> list[tuple[Any, ...]]:
-                await enforcer.session_started(ctx())
+                session = ctx(protocol=protocol)
+                await enforcer.session_started(session)
                 out = []
                 for text in texts:
-                    statement = await enforcer.ask(text, ctx())
+                    statement = await enforcer.ask(text, session)
                     d = statement.decision
                     out.append((d.effect, d.reasons, d.masks, d.policy_revision,
                                 {k: v for k, v in d.command.items() if k != "raw"},
