@@ -286,3 +286,28 @@ def test_reused_decisions_equal_the_engines_on_the_pci_pack(
             assert reusing.client.asked <= asking.client.asked == len(texts)
         finally:
             recorder.close()
+
+
+def test_a_sessions_cache_is_bounded_by_entries_and_characters() -> None:
+    from adapters.enforcement.verdict_cache import (
+        MAX_ENTRIES,
+        MAX_KEY_CHARS,
+        MAX_TEXT,
+        SessionDecisions,
+        decision_key,
+    )
+
+    cache = SessionDecisions()
+    decision = Decision("allow", policy_revision="r1")
+    for i in range(MAX_ENTRIES * 2):
+        key = decision_key(f"SELECT {i} AS n", "mysql", True, None)
+        assert key is not None and cache.put(key, decision, "r1") is not None
+    assert len(cache) == MAX_ENTRIES
+    big = "x" * (MAX_TEXT - 20)
+    for i in range(MAX_KEY_CHARS // MAX_TEXT * 2):
+        key = decision_key(f"SELECT '{big}', {i}", "mysql", True, None)
+        assert key is not None
+        cache.put(key, decision, "r1")
+    assert len(cache) <= MAX_KEY_CHARS // (MAX_TEXT - 20)
+    assert decision_key("SELECT '" + "x" * MAX_TEXT + "'", "postgres", True, None) is None
+    assert cache.put("k", Decision("allow", policy_revision="r0"), "r1") is None  # stale
