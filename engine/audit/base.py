@@ -43,6 +43,7 @@ from engine.audit.chain import (
     seal_head,
     verify_chain,
 )
+from engine.audit.durability import DelayedSync, Durability, check_durability
 from engine.audit.stores import SqlConnection, StoreUnavailable, StoreURL, driver_errors
 from engine.masking import may_hold_pan, scrub_document
 
@@ -296,9 +297,12 @@ class AuditLog:
     POLL_INTERVAL_S = 0.2
 
     def __init__(self, store: StoreURL, *, create: bool = True,
-                 retention: timedelta = DEFAULT_RETENTION, hmac_key: bytes | None = None) -> None:
+                 retention: timedelta = DEFAULT_RETENTION, hmac_key: bytes | None = None,
+                 durability: Durability = "fsync") -> None:
         self.store = store
         self.retention = check_retention(retention)
+        self.durability = check_durability(durability)
+        self._os_sync: DelayedSync | None = None
         if hmac_key is not None and len(hmac_key) < MIN_HMAC_KEY_BYTES:
             raise AuditConfigError(f"the audit HMAC key must be at least {MIN_HMAC_KEY_BYTES} "
                                    f"bytes")
@@ -325,6 +329,14 @@ class AuditLog:
         except AuditStoreUnavailable:
             self._conn.close()
             raise
+        if self.durability == "os":
+            try:
+                self._commit_to_os()
+            except self._errors as exc:
+                self._conn.close()
+                raise AuditStoreUnavailable(f"cannot use audit store {store.redacted()}: "
+                                            f"{exc}") from exc
+            self._os_sync = DelayedSync(self._sync_os_writes, name="audit-sync")
 
     # -- backend hooks --------------------------------------------------------------------
 
@@ -374,6 +386,15 @@ class AuditLog:
     def _start_waiting(self) -> None:
         """Subscribe to news before the first read of a wait loop."""
 
+    def _commit_to_os(self) -> None:
+        """Make this writer's commits return once written to the OS, not synced (`os`
+        durability)."""
+        raise NotImplementedError
+
+    def _sync_os_writes(self) -> None:
+        """Make every commit written to the OS so far durable (`os` durability's sync)."""
+        raise NotImplementedError
+
     # -- writing ----------------------------------------------------------------------------
 
     def append(self, kind: str, payload: dict[str, Any], *, subject: str | None = None,
@@ -393,13 +414,26 @@ class AuditLog:
         return self._append_prepared(prepared) if prepared else []
 
     def _append_prepared(self, events: list[PreparedEvent]) -> list[AuditRecord]:
+        self._check_os_sync()
         try:
             with self._conn.write(pipelined=True) as tx:
                 records = self._append_locked(tx, self._lock_head(tx), events)
         except self._errors as exc:
             raise AuditWriteError(f"audit append failed, nothing recorded: {exc}") from exc
+        self._committed()
         self._after_commit(records[-1])
         return records
+
+    def _check_os_sync(self) -> None:
+        """Refuse to write while `os` durability's syncs fail: what was acknowledged may not
+        reach the disk, and nothing more is acknowledged (fail closed)."""
+        if self._os_sync is not None and self._os_sync.broken is not None:
+            raise AuditWriteError(f"the audit trail cannot sync its writes "
+                                  f"({self._os_sync.broken}); nothing recorded")
+
+    def _committed(self) -> None:
+        if self._os_sync is not None:
+            self._os_sync.written()
 
     def _lock_head(self, tx: SqlConnection, *, trusted: bool = True) -> tuple[Any, ...]:
         """The head row, locked for this transaction; unless `trusted=False`, only a head this
@@ -426,6 +460,7 @@ class AuditLog:
                            (seal_head(int(seq), digest, self.hmac_key),))
         except self._errors as exc:
             raise AuditWriteError(f"sealing the head failed: {exc}") from exc
+        self._committed()
         return result if not result.ok and result.damage != "head_unsealed" else self.verify()
 
     def _append_locked(self, tx: SqlConnection, head: tuple[Any, ...],
@@ -473,6 +508,7 @@ class AuditLog:
         prune itself is recorded as an `audit.pruned` event in the same transaction."""
         period = check_retention(older_than if older_than is not None else self.retention)
         cutoff = format_ts((now or datetime.now(UTC)) - period)
+        self._check_os_sync()
         try:
             with self._conn.write() as tx:
                 head = self._lock_head(tx)
@@ -495,6 +531,7 @@ class AuditLog:
                 [record] = self._append_locked(tx, head, [event])
         except self._errors as exc:
             raise AuditWriteError(f"audit prune failed, nothing removed: {exc}") from exc
+        self._committed()
         self._after_commit(record)
         return PruneResult(pruned, cutoff, checkpoint)
 
@@ -620,6 +657,8 @@ class AuditLog:
     # -- lifecycle --------------------------------------------------------------------------
 
     def close(self) -> None:
+        if self._os_sync is not None:
+            self._os_sync.close()
         self._conn.close()
 
     def __enter__(self) -> AuditLog:

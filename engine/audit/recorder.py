@@ -115,7 +115,12 @@ class AuditRecorder:
                         decision_id: str | None = None, timeout: float = DEFAULT_WAIT) -> None:
         """`append` for threads: returns once the event is durable; raises `AuditWriteError`
         (or `InvalidAuditEvent`) when it is not, or not within `timeout` seconds."""
-        event = self._prepare(kind, payload, subject, session_id, decision_id)
+        self.append_prepared_blocking(self._prepare(kind, payload, subject, session_id,
+                                                    decision_id), timeout=timeout)
+
+    def append_prepared_blocking(self, event: Any, *, timeout: float = DEFAULT_WAIT) -> None:
+        """`append_blocking` of an event its caller prepared for the trail (as `prepare`
+        would: validated, card numbers masked, encoded)."""
         waiter = _Waiter()
         deadline = time.monotonic() + timeout
         with self._lock:
