@@ -144,17 +144,21 @@ class AuditEvent:
 class PreparedEvent:
     """An event scrubbed and normalized to JSON values, ready to be chained (`prepare_event`).
 
-    `payload_json` is `canonical_json(payload)`, the stored text; `encoded` holds the parts of
-    the record's hashed encoding that do not depend on where it lands in the chain.
+    `payload_json` is the canonical encoding of the payload, the stored text; `payload` is it
+    parsed, made only when asked for (the recorder's commits never ask); `encoded` holds the
+    parts of the record's hashed encoding that do not depend on where it lands in the chain.
     """
 
     kind: str
     subject: str | None
     session_id: str | None
     decision_id: str | None
-    payload: dict[str, Any]
     payload_json: str
     encoded: EncodedEvent
+
+    @functools.cached_property
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.payload_json)  # type: ignore[no-any-return]
 
 
 def check_retention(period: timedelta) -> timedelta:
@@ -244,7 +248,7 @@ def prepare_event(kind: str, payload: dict[str, Any], subject: str | None,
         raise InvalidAuditEvent(f"event holds text that is not valid Unicode: {exc}") from exc
     if size > MAX_EVENT_BYTES:
         raise InvalidAuditEvent(f"event is {size} bytes; the limit is {MAX_EVENT_BYTES}")
-    return PreparedEvent(kind, subject, session_id, decision_id, json.loads(text), text,
+    return PreparedEvent(kind, subject, session_id, decision_id, text,
                          EncodedEvent.of(kind, subject, session_id, decision_id, text))
 
 
@@ -267,7 +271,7 @@ def _prepare_slowly(kind: str, payload: dict[str, Any], subject: str | None,
     text = canonical_json(scrubbed["payload"])
     subject, session_id, decision_id = (scrubbed["subject"], scrubbed["session_id"],
                                         scrubbed["decision_id"])
-    return PreparedEvent(kind, subject, session_id, decision_id, scrubbed["payload"], text,
+    return PreparedEvent(kind, subject, session_id, decision_id, text,
                          EncodedEvent.of(kind, subject, session_id, decision_id, text))
 
 
@@ -377,7 +381,7 @@ class AuditLog:
     def _notify(self, tx: SqlConnection, seq: int) -> None:
         """Tell waiting tails about `seq`, from inside the writing transaction."""
 
-    def _after_commit(self, record: AuditRecord) -> None:
+    def _after_commit(self) -> None:
         """Wake in-process waiters after a commit."""
 
     def _wait_signal(self, timeout: float) -> None:
@@ -413,16 +417,29 @@ class AuditLog:
                     for e in events]
         return self._append_prepared(prepared) if prepared else []
 
+    def commit_many(self, events: list[PreparedEvent]) -> None:
+        """`append_many` of prepared events for a caller that needs no records back (the
+        group-commit recorder): nothing is built or parsed beyond what is stored."""
+        if events:
+            self._commit_prepared(events)
+
     def _append_prepared(self, events: list[PreparedEvent]) -> list[AuditRecord]:
+        rows = self._commit_prepared(events)
+        return [AuditRecord(seq, rid, ts, event.kind, event.subject, event.session_id,
+                            event.decision_id, event.payload, prev_hash, digest)
+                for (seq, rid, ts, *_, prev_hash, digest), event in zip(rows, events,
+                                                                        strict=True)]
+
+    def _commit_prepared(self, events: list[PreparedEvent]) -> list[tuple[Any, ...]]:
         self._check_os_sync()
         try:
             with self._conn.write(pipelined=True) as tx:
-                records = self._append_locked(tx, self._lock_head(tx), events)
+                rows = self._append_locked(tx, self._lock_head(tx), events)
         except self._errors as exc:
             raise AuditWriteError(f"audit append failed, nothing recorded: {exc}") from exc
         self._committed()
-        self._after_commit(records[-1])
-        return records
+        self._after_commit()
+        return rows
 
     def _check_os_sync(self) -> None:
         """Refuse to write while `os` durability's syncs fail: what was acknowledged may not
@@ -464,24 +481,22 @@ class AuditLog:
         return result if not result.ok and result.damage != "head_unsealed" else self.verify()
 
     def _append_locked(self, tx: SqlConnection, head: tuple[Any, ...],
-                       events: list[PreparedEvent]) -> list[AuditRecord]:
+                       events: list[PreparedEvent]) -> list[tuple[Any, ...]]:
         """Chain `events` after `head` (read under the write lock): insert them, move the head,
-        notify. Issues no read, so on PostgreSQL it all travels in one pipelined round trip."""
+        notify; returns the rows inserted (`_COLUMNS`). Issues no read, so on PostgreSQL it all
+        travels in one pipelined round trip."""
         last_seq, last_hash, last_id, last_ts = head[:4]
         now = datetime.now(UTC)
         ts = format_ts(now)
         if last_ts and ts < last_ts:
             now = parse_ts(last_ts)  # a lagging clock never makes time run backwards
             ts = format_ts(now)
-        records: list[AuditRecord] = []
         rows: list[tuple[Any, ...]] = []
         seq = int(last_seq)
         for event in events:
             seq += 1
             rid = new_ulid(now, last_id)
             digest = event.encoded.hash(seq, rid, ts, last_hash)
-            records.append(AuditRecord(seq, rid, ts, event.kind, event.subject, event.session_id,
-                                       event.decision_id, event.payload, last_hash, digest))
             rows.append((seq, rid, ts, event.kind, event.subject, event.session_id,
                          event.decision_id, event.payload_json, last_hash, digest))
             last_hash, last_id = digest, rid
@@ -497,7 +512,7 @@ class AuditLog:
             tx.run("UPDATE ordinance_audit_head SET seq = ?, hash = ?, last_id = ?, "
                    "last_ts = ? WHERE one = 1", (last_seq, last_hash, last_id, ts))
         self._notify(tx, last_seq)
-        return records
+        return rows
 
     # -- retention --------------------------------------------------------------------------
 
@@ -528,11 +543,11 @@ class AuditLog:
                 event = prepare_event("audit.pruned", {
                     "through_seq": through_seq, "pruned": pruned, "cutoff": cutoff,
                     "retention_days": period.days, "seal_alg": alg}, None, None, None)
-                [record] = self._append_locked(tx, head, [event])
+                self._append_locked(tx, head, [event])
         except self._errors as exc:
             raise AuditWriteError(f"audit prune failed, nothing removed: {exc}") from exc
         self._committed()
-        self._after_commit(record)
+        self._after_commit()
         return PruneResult(pruned, cutoff, checkpoint)
 
     # -- reading ----------------------------------------------------------------------------

@@ -49,7 +49,9 @@ closed): longer than SQLite's busy timeout and PostgreSQL's connect timeout toge
 
 
 class Trail(Protocol):
-    """Where the recorder commits: all of `events` durable when it returns, or it raises."""
+    """Where the recorder commits: all of `events` durable when it returns, or it raises.
+    A trail that also has `commit_many(events)` (`AuditLog`: the same, returning nothing) is
+    committed to with that."""
 
     def append_many(self, events: list[Any]) -> Any: ...
 
@@ -67,6 +69,8 @@ class AuditRecorder:
     def __init__(self, audit: Trail, *, max_batch: int = MAX_BATCH,
                  thread_name: str = "audit-recorder", prepare: Prepare = prepare_event) -> None:
         self.audit = audit
+        self._append_many: Callable[[list[Any]], Any] = getattr(audit, "commit_many",
+                                                                audit.append_many)
         self.max_batch = max_batch
         self.thread_name = thread_name
         self.broken: str | None = None
@@ -206,7 +210,7 @@ class AuditRecorder:
     def _commit(self, batch: list[Any]) -> None:
         events = [event for event, _, _ in batch]
         try:
-            self.audit.append_many(events)
+            self._append_many(events)
             results: list[BaseException | None] = [None] * len(batch)
             self.commits += 1
             self.events += len(batch)
@@ -231,7 +235,7 @@ class AuditRecorder:
 
     def _one(self, event: Any) -> BaseException | None:
         try:
-            self.audit.append_many([event])
+            self._append_many([event])
             self.commits += 1
             self.events += 1
             return None

@@ -13,7 +13,6 @@ import os
 import threading
 
 from engine.audit.base import AuditLog
-from engine.audit.chain import AuditRecord
 
 _WAKERS: dict[str, threading.Condition] = {}
 _WAKERS_LOCK = threading.Lock()
@@ -69,7 +68,7 @@ class SqliteAuditLog(AuditLog):
         finally:
             os.close(fd)
 
-    def _after_commit(self, record: AuditRecord) -> None:
+    def _after_commit(self) -> None:
         waker = _waker(self.store.target)
         with waker:
             waker.notify_all()
