@@ -75,7 +75,8 @@ class PostgresAuditLog(AuditLog):
         with self._sync_lock:
             if self._sync_conn is None or self._sync_conn.closed or self._sync_conn.broken:
                 self._sync_conn = connect_postgres(self.store.target)
-            with self._sync_conn.transaction():
+            with self._sync_conn.transaction():  # synchronous whatever the server's default
+                self._sync_conn.execute("SET LOCAL synchronous_commit = on")
                 self._sync_conn.execute("SELECT txid_current()")
 
     def _notify(self, tx: SqlConnection, seq: int) -> None:
