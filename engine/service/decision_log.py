@@ -3,8 +3,10 @@
 Owns: `new_decision_id()` (ULID: 48-bit millisecond time + 80 bits, Crockford base32,
 monotonic within a process, so ids sort by time), the two decision logs and `open_decision_log`,
 which picks one. Records go to the audit store (`--audit URL`, `engine.audit`) or an
-append-only JSON-lines file (default `./var/decisions.jsonl`). Card numbers are masked with
-`engine.masking.scrub_document` before anything is written.
+append-only JSON-lines file (default `./var/decisions.jsonl`), as each sink prepares them
+(`engine.service.decision_record`: the file's lines by `encode_line`, the store's events by
+`prepare_event`). Card numbers are masked (`engine.masking`) before anything is written; the
+commits are as durable as `--audit-durability` says (`engine.audit.durability`).
 
 - `DurableDecisionLog` (`--decision-log durable`, the default): `submit()` returns once the
   record is committed (SQLite/PostgreSQL transaction, or `write` + `fdatasync` of the file),
@@ -26,7 +28,6 @@ This module must not evaluate policy or import the transports.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import stat
@@ -99,7 +100,11 @@ def new_decision_id() -> str:
 class DecisionSink(Protocol):
     """Where records end up. `write` raises on failure; the batch is then retried."""
 
-    def write(self, records: list[dict[str, Any]]) -> None:
+    def prepare(self, record: dict[str, Any]) -> Any:
+        """The record as `write` takes it (rendered; card numbers masked by here or by the
+        sink); never raises."""
+
+    def write(self, records: list[Any]) -> None:
         """Write the batch; on failure raise, leaving in `records` what is still unwritten."""
 
     def close(self) -> None: ...
@@ -124,9 +129,13 @@ class JsonLinesSink:
         self._later = (DelayedSync(self._fdatasync, name="decision-log-sync")
                        if self._sync and check_durability(durability) == "os" else None)
 
-    def write(self, records: list[dict[str, Any]]) -> None:
-        self.write_text("".join(json.dumps(r, separators=(",", ":"), default=str) + "\n"
-                                for r in records))
+    @staticmethod
+    def prepare(record: dict[str, Any]) -> str:
+        return line_event(record)
+
+    def write(self, records: list[str]) -> None:
+        """Append the lines `prepare` made."""
+        self.write_text("".join([line + "\n" for line in records]))
 
     def write_text(self, text: str) -> None:
         """Append `text` and make it durable (`fdatasync`) before returning; with `os`
@@ -167,6 +176,10 @@ class AuditSink:
 
     def __init__(self, url: str, *, durability: Durability = "fsync") -> None:
         self._log = open_audit_log(url, durability=durability)
+
+    @staticmethod
+    def prepare(record: dict[str, Any]) -> dict[str, Any]:
+        return render_record(record)  # the trail's prepare_event masks card numbers
 
     def write(self, records: list[dict[str, Any]]) -> None:
         written = 0
@@ -244,14 +257,13 @@ class DecisionLog:
     """
 
     def __init__(self, sink: DecisionSink, *, max_queue: int = 10_000, max_batch: int = 512,
-                 scrub: Callable[[Any], Any] | None = None, retry_interval: float = 0.5,
+                 retry_interval: float = 0.5,
                  poll_interval: float = 0.005,
                  on_batch: Callable[[int, bool], None] | None = None) -> None:
         self._sink = sink
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._max_queue = max_queue
         self._max_batch = max_batch
-        self._scrub = scrub if scrub is not None else scrub_document
         self._retry_interval = retry_interval
         self._poll_interval = poll_interval
         self._on_batch = on_batch
@@ -278,23 +290,21 @@ class DecisionLog:
         self._queue.append(record)
         return True
 
-    def _prepare(self, record: dict[str, Any]) -> dict[str, Any]:
-        return render_record(record, self._scrub)
-
-    def _take_batch(self) -> list[dict[str, Any]]:
-        batch: list[dict[str, Any]] = []
+    def _take_batch(self) -> list[Any]:
+        batch: list[Any] = []
         while self._queue and len(batch) < self._max_batch:
             record = self._queue.popleft()
             try:
-                batch.append(self._prepare(record))
+                batch.append(self._sink.prepare(record))
             except Exception as exc:  # never lose the record's existence
                 log.exception("cannot render decision record %s", record.get("decision_id"))
-                batch.append({"decision_id": record.get("decision_id"),
-                              "kind": record.get("kind"), "unrenderable": repr(exc)})
+                batch.append(self._sink.prepare({
+                    "decision_id": record.get("decision_id"), "timestamp": time.time(),
+                    "kind": record.get("kind"), "unrenderable": repr(exc)}))
         return batch
 
     def _run(self) -> None:
-        pending: list[dict[str, Any]] = []
+        pending: list[Any] = []
         while True:
             if not pending:
                 pending = self._take_batch()
