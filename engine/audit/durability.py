@@ -60,12 +60,12 @@ class DelayedSync:
         self._dirty.set()
 
     def _run(self) -> None:
-        while True:
+        while not self._closed:
             self._dirty.wait()
             if self._closed:
                 return
             time.sleep(self.delay)  # what is written meanwhile shares this sync
-            self._dirty.clear()
+            self._dirty.clear()  # (close() may have set it: hence the loop's own test)
             self.sync_now()
 
     def sync_now(self) -> None:

@@ -91,3 +91,14 @@ def test_json_lines_os_durability(tmp_path: Path) -> None:
     _wait(lambda: sink._later.syncs >= 1)  # type: ignore[union-attr]
     sink.close()
     assert JsonLinesSink(os.devnull, durability="os")._later is None  # nothing to sync
+
+
+def test_close_while_a_sync_is_pending_returns_at_once(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    syncer = DelayedSync(lambda: os.fdatasync(fd), delay=0.2)
+    syncer.written()
+    time.sleep(0.05)  # the thread is in its delay
+    started = time.monotonic()
+    syncer.close()
+    assert time.monotonic() - started < 2.0 and syncer.syncs >= 1
+    os.close(fd)
