@@ -305,7 +305,10 @@ class AuditLog:
                  durability: Durability = "fsync") -> None:
         self.store = store
         self.retention = check_retention(retention)
-        self.durability = check_durability(durability)
+        try:
+            self.durability = check_durability(durability)
+        except ValueError as exc:
+            raise AuditConfigError(str(exc)) from None
         self._os_sync: DelayedSync | None = None
         if hmac_key is not None and len(hmac_key) < MIN_HMAC_KEY_BYTES:
             raise AuditConfigError(f"the audit HMAC key must be at least {MIN_HMAC_KEY_BYTES} "

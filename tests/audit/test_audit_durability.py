@@ -102,3 +102,10 @@ def test_close_while_a_sync_is_pending_returns_at_once(tmp_path: Path) -> None:
     syncer.close()
     assert time.monotonic() - started < 2.0 and syncer.syncs >= 1
     os.close(fd)
+
+
+def test_an_unknown_durability_is_a_configuration_error(tmp_path: Path) -> None:
+    from engine.audit import AuditConfigError
+
+    with pytest.raises(AuditConfigError, match="fsync, os"):
+        open_audit_log(f"sqlite:///{tmp_path}/a.db", durability="none")  # type: ignore[arg-type]
