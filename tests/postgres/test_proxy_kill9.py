@@ -5,11 +5,9 @@ result, which a killed proxy cannot lose)."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import threading
-import time
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -18,6 +16,7 @@ import pytest
 from engine.audit import open_audit_log
 from tests.postgres.test_enforcement_cli import REPO, Running, dbname_of, ordinance, proxy_args
 from tests.postgres.test_enforcement_cli import database as database  # the fixture
+from tests.support.kill9 import kill_under_load
 
 pytestmark = pytest.mark.postgres
 KILLS = 3
@@ -49,22 +48,9 @@ def test_kill_9_loses_no_acknowledged_statement(database: str, tmp_path: Path,
         running = Running(args, REPO)
         assert running.ready["audit_durability"] == durability
         port = int(running.ready["listen"].rsplit(":", 1)[1])
-        stop = threading.Event()
-        mine: list[list[str]] = [[] for _ in range(4)]
-        clients = [threading.Thread(target=_client, args=(port, dbname_of(database),
-                                                          f"k{kill}c{c}", stop, m))
-                   for c, m in enumerate(mine)]
-        for client in clients:
-            client.start()
-        time.sleep(0.8 + rng.random() * 0.6)
-        os.kill(running.process.pid, signal.SIGKILL)
-        assert running.process.wait(10) == -signal.SIGKILL
-        stop.set()
-        for client in clients:
-            client.join(10)
-        running.process.communicate(timeout=10)
-        assert all(mine), "every client got results before the kill"
-        acked += [text for m in mine for text in m]
+        clients = [partial(_client, port, dbname_of(database), f"k{kill}c{c}")
+                   for c in range(4)]
+        acked += kill_under_load(running.process, clients, rng, after=0.8)
     audit = f"sqlite:///{tmp_path / 'audit.db'}"
     with open_audit_log(audit) as log:
         recorded = {r.payload["text"] for r in log.iter_records(kind="statement")

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import threading
-import time
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -26,6 +24,7 @@ import pytest
 from engine.api import decision_pb2, decision_pb2_grpc
 from tests.audit.conftest import conninfo_to_url
 from tests.service.conftest import start_serve
+from tests.support.kill9 import kill_under_load
 
 KILLS = 3
 
@@ -84,23 +83,9 @@ def test_kill_9_loses_no_answered_decision(policy_dir: Path, tmp_path: Path,
         server = start_serve(["--policies", str(policy_dir), "--grpc", "127.0.0.1:0",
                               "--http", "127.0.0.1:0", *trail_args,
                               "--audit-durability", durability], tmp_path)
-        stop = threading.Event()
-        mine: list[list[str]] = [[] for _ in range(4)]
-        callers = [threading.Thread(target=_grpc_caller, args=(server.grpc_target, stop, m))
-                   for m in mine[:2]]
-        callers += [threading.Thread(target=_http_caller, args=(server.ready["http"], stop, m))
-                    for m in mine[2:]]
-        for caller in callers:
-            caller.start()
-        time.sleep(0.6 + rng.random() * 0.6)
-        os.kill(server.proc.pid, signal.SIGKILL)
-        assert server.proc.wait(10) == -signal.SIGKILL
-        stop.set()
-        for caller in callers:
-            caller.join(10)
-        server.proc.communicate(timeout=5)
-        assert all(m for m in mine), "every caller got answers before the kill"
-        answered += [i for m in mine for i in m]
+        callers = [partial(_grpc_caller, server.grpc_target) for _ in range(2)]
+        callers += [partial(_http_caller, server.ready["http"]) for _ in range(2)]
+        answered += kill_under_load(server.proc, callers, rng)
     if jsonl:
         recorded = {json.loads(line)["decision_id"]
                     for line in Path(audit_url).read_text().splitlines()}
