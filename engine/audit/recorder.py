@@ -69,8 +69,6 @@ class AuditRecorder:
     def __init__(self, audit: Trail, *, max_batch: int = MAX_BATCH,
                  thread_name: str = "audit-recorder", prepare: Prepare = prepare_event) -> None:
         self.audit = audit
-        self._append_many: Callable[[list[Any]], Any] = getattr(audit, "commit_many",
-                                                                audit.append_many)
         self.max_batch = max_batch
         self.thread_name = thread_name
         self.broken: str | None = None
@@ -232,6 +230,10 @@ class AuditRecorder:
         for loop, settlements in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle, settlements)
+
+    def _append_many(self, events: list[Any]) -> None:
+        commit = getattr(self.audit, "commit_many", None)
+        (commit or self.audit.append_many)(events)
 
     def _one(self, event: Any) -> BaseException | None:
         try:
