@@ -21,6 +21,7 @@ from engine.facts.shell import shell_facts
 from engine.facts.sql import dialect_for, parse_sql, unparseable
 
 SQL_PROTOCOLS = frozenset({"postgres", "postgresql", "mysql", "mariadb", "sql", "sqlite"})
+SHELL_PROTOCOLS = frozenset({"shell", "ssh"})  # ssh: the gateway's command lines
 DEFAULT_MAX_STATEMENT_BYTES = 256 * 1024
 FACTS_CACHE_SIZE = 4096
 CACHED_TEXT_CHARS = 8 * 1024
@@ -95,13 +96,13 @@ def enrich_command(command: dict[str, Any] | None, resource: dict[str, Any] | No
         command.update(http_facts(command))
         return command
     if not isinstance(raw, str):
-        if raw is not None or protocol in SQL_PROTOCOLS or protocol == "shell":
+        if raw is not None or protocol in SQL_PROTOCOLS or protocol in SHELL_PROTOCOLS:
             command["parse_error"] = "command.raw must be a string"
             command.setdefault("statements", [])
             command.setdefault("kinds", [])
             command.setdefault("tables", [])
         return command
-    if protocol == "shell":
+    if protocol in SHELL_PROTOCOLS:
         command.update(shell_command_facts(raw, max_statement_bytes))
         return command
     dialect = dialect_for(str(resource.get("type") or protocol))
