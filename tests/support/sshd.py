@@ -118,6 +118,10 @@ def _ensure_test_user() -> str:
     try:
         pwd.getpwnam(TEST_USER)
     except KeyError:
+        missing = True
+    else:
+        missing = False
+    if missing:
         shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
         made = subprocess.run(
             ["useradd", "--system", "--create-home", "--home-dir", TEST_USER_HOME,
