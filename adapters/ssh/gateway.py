@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import asyncssh
-from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
+from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHTCPStreamSession, SSHWriter
 
 from adapters.ssh.enforcer import Command, SshEnforcer, SshSession, Verdict
 from adapters.ssh.pan_stream import PanStream
@@ -54,6 +54,10 @@ READ_SIZE = 64 * 1024
 PTY_HOLD_S = 0.25
 """How long a possible card number's first digits are held back from an interactive view."""
 UPSTREAM_CONNECT_TIMEOUT = 15.0
+PROXYJUMP_REFUSED = (
+    "a tunnel to an SSH server (ssh -J / ProxyJump / -W) would carry an end-to-end encrypted "
+    "session whose commands the gateway cannot see, so it is refused: log in as USER+TARGET "
+    "instead (ssh -p PORT alice+web1@gateway)")
 
 
 def split_login(username: str) -> tuple[str, str | None]:
@@ -97,7 +101,7 @@ class SshGateway:
             x11_forwarding=False, allow_pty=True, line_editor=False,
             login_timeout=self.config.login_timeout,
             password_auth=False, kbdint_auth=self.config.verify_token is not None,
-            server_version="Ordinance_SSH_Gateway", keepalive_interval=30)
+            server_version="Ordinance_SSH_Gateway", keepalive_interval=30, encoding=None)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -277,7 +281,8 @@ class _Connection(asyncssh.SSHServer):
         """`ssh -L` / `-W` / `-J`: decided as a `forward` of kind `local`, tunnelled
         through the target when allowed. With `-J` (ProxyJump) the client's own SSH session
         to the target would run inside it, end to end encrypted: the gateway could see none
-        of its commands, so a policy should never allow it for a target's own SSH port."""
+        of its commands: a tunnel to port 22 or to a target's address is refused whatever
+        the policies say (`PROXYJUMP_REFUSED`)."""
         try:
             session, upstream = await self.ready()
         except _Refused as exc:
@@ -286,6 +291,10 @@ class _Connection(asyncssh.SSHServer):
         facts = {"kind": "local", "host": dest_host, "port": dest_port,
                  "originator": f"{orig_host}:{orig_port}"}
         text = f"forward local {dest_host}:{dest_port}"
+        if self._is_ssh_server(dest_host, dest_port):
+            await self.config.enforcer.refuse(session, "forward", text, PROXYJUMP_REFUSED)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            f"ordinance: {PROXYJUMP_REFUSED}")
         verdict = await self.config.enforcer.decide(session, "forward",
                                                     {"raw": "", "forward": facts}, text)
         if verdict.effect != "allow":
@@ -309,7 +318,12 @@ class _Connection(asyncssh.SSHServer):
                 await verdict.command.finished(exit_status=None, bytes_in=counts[0],
                                                bytes_out=counts[1])
 
-        return relay
+        return SSHTCPStreamSession[bytes](relay)
+
+    def _is_ssh_server(self, host: str, port: int) -> bool:
+        """Port 22, or a target's SSH address: what `-J`/ProxyJump would tunnel to."""
+        return port == 22 or any((t.host, t.port) == (host, port)
+                                 for t in self.config.targets)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         """`ssh -R`: refused (the gateway does not listen on targets' behalf), recorded."""
@@ -361,6 +375,7 @@ class _Channel(SSHServerStreamSession[bytes]):
     def session_started(self) -> None:
         chan = self.chan
         chan.set_encoding(None)
+        self._encoding = None  # the stream session's own copy: bytes both ways
         stdin = SSHReader[bytes](self, chan)  # type: ignore[arg-type]
         stdout = SSHWriter[bytes](self, chan)  # type: ignore[arg-type]
         stderr = SSHWriter[bytes](self, chan, asyncssh.EXTENDED_DATA_STDERR)  # type: ignore
@@ -524,6 +539,15 @@ class _Relay:
                                     **extra)
 
     async def _input(self, process: Any) -> None:
+        try:
+            await self._feed(process)
+        except (OSError, asyncssh.Error, BrokenPipeError) as exc:
+            log.info("session %s: input ended: %s", self.command.session.session_id, exc)
+        except Exception:
+            log.exception("session %s: input failed", self.command.session.session_id)
+            process.close()
+
+    async def _feed(self, process: Any) -> None:
         recording = self.recording
         while True:
             try:

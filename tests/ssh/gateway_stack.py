@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
+import tempfile
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
@@ -59,7 +61,7 @@ deny contains "writing under /etc is not allowed" if {
 
 deny contains "port forwarding is not allowed" if {
 	input.command.request == "forward"
-	input.command.forward.port != 7
+	input.subject.id != "dana"
 }
 
 review contains {"msg": "restarting services needs an SRE lead", "approvers": ["sre-leads"]} if {
@@ -113,6 +115,8 @@ class Stack:
     known_hosts: Path
     store: Any
     recordings: Path
+    shared: Path
+    """A directory the target's login user can read and write (the test's own are 0700)."""
 
     @property
     def port(self) -> int:
@@ -193,10 +197,13 @@ def open_gateway(sshd: Sshd, tmp: Path, policies: Path | None = None, *,
     known_hosts = tmp / "gateway_known_hosts"
     known_hosts.write_text(
         f"[127.0.0.1]:{gateway.port} {host_key.export_public_key().decode().strip()}\n")
+    shared = Path(tempfile.mkdtemp(prefix="ordinance-ssh-shared-"))
+    shared.chmod(0o777)
     try:
         yield Stack(gateway, sshd, tmp, audit_url, users_file, targets_file, alice_key,
-                    dana_key, known_hosts, store, tmp / "recordings")
+                    dana_key, known_hosts, store, tmp / "recordings", shared)
     finally:
+        shutil.rmtree(shared, ignore_errors=True)
         gateway.stop()
         gate.close()
         recorder.close()
