@@ -45,7 +45,7 @@ def pending_request(stack: Stack, timeout: float = 20) -> str:
     raise AssertionError("no approval request was filed")
 
 
-# -- exec ---------------------------------------------------------------------------------------
+# -- exec ----------------------------------------------------------------------------
 
 def test_allowed_exec_runs_and_is_recorded(stack: Stack) -> None:
     result = stack.ssh("echo", "hello", "gateway")
@@ -55,8 +55,8 @@ def test_allowed_exec_runs_and_is_recorded(stack: Stack) -> None:
     assert record["effect"] == "allow" and record["exit_status"] == 0
     assert record["bytes_out"] == len(b"hello gateway\n") and record["request"] == "exec"
     assert isinstance(record["duration_ms"], float)
-    start = [r for r in stack.records("session.start")
-             if r["session_id"] == record["session_id"]][0]
+    start = next(r for r in stack.records("session.start")
+                 if r["session_id"] == record["session_id"])
     assert start["user"] == "alice" and start["target"] == "web1"
     assert str(start["key_fingerprint"]).startswith("SHA256:")
     assert start["resource"]["labels"] == {"env": "prod"}  # type: ignore[index]
@@ -130,7 +130,7 @@ def test_an_unknown_key_or_user_cannot_log_in(stack: Stack, tmp_path: Path) -> N
     assert stack.ssh("true", login="alice+web1", key=stack.dana_key).returncode == 255
 
 
-# -- review -------------------------------------------------------------------------------------
+# -- review ----------------------------------------------------------------------------
 
 def test_review_holds_then_runs_exactly_as_sent_after_approval(stack: Stack) -> None:
     command = "systemctl --version | head -c 0; echo restarted"
@@ -210,7 +210,7 @@ def test_asyncssh_exec_with_a_pty(stack: Stack) -> None:
     assert str(done.stdout).startswith("/dev/pts/") and "xterm" in str(done.stdout)
 
 
-# -- forwarding -------------------------------------------------------------------------------------
+# -- forwarding ----------------------------------------------------------------------------
 
 def test_forwarding_is_refused_unless_a_policy_allows_it(stack: Stack) -> None:
     async def run() -> tuple[str, str, str]:
@@ -275,7 +275,7 @@ def test_proxyjump_is_refused_with_the_reason(stack: Stack) -> None:
     assert record["effect"] == "deny" and "ProxyJump" in str(record["error"])
 
 
-# -- targets ----------------------------------------------------------------------------------------
+# -- targets ----------------------------------------------------------------------------
 
 def test_a_changed_target_host_key_refuses_the_connection(fresh_sshd: Sshd,
                                                           tmp_path: Path) -> None:
@@ -290,7 +290,7 @@ def test_a_changed_target_host_key_refuses_the_connection(fresh_sshd: Sshd,
         assert not stack.records("command")
 
 
-# -- load ---------------------------------------------------------------------------------------------
+# -- load ----------------------------------------------------------------------------
 
 def test_fifty_concurrent_sessions_leave_no_leaks(stack: Stack) -> None:
     async def tasks() -> int:
