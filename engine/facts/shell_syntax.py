@@ -13,6 +13,7 @@ command, and so does `_redirected_statement`.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from engine.facts.shell_words import Word, literal, resolve
 
 _LANGUAGE = Language(tree_sitter_bash.language())
 _LOCAL = threading.local()
+_JOINED_LINES = re.compile(r"(?<![\s\\])\\\n(?!\s)|(?<![\s\\])\\\n$")
 
 WORD_NODES = frozenset({"word", "string", "raw_string", "ansi_c_string", "concatenation",
                         "number", "translated_string", "simple_expansion", "expansion"})
@@ -89,6 +91,10 @@ def parse_script(raw: str) -> Script:
     data = raw.encode("utf-8", "surrogatepass")
     if b"\0" in data:
         raise ShellSyntaxError("NUL byte in the command line")
+    if _JOINED_LINES.search(raw):
+        # bash removes backslash-newline before it splits words (`r\<newline>m` is `rm`);
+        # tree-sitter-bash splits the word there
+        raise ShellSyntaxError("a line continuation inside a word")
     tree = _parser().parse(data)
     root = tree.root_node
     if root.has_error:

@@ -107,8 +107,19 @@ def _add(node: Node, out: _Builder) -> None:
         else:
             out.quoted(decoded)
     elif kind == "concatenation":
+        # tree-sitter-bash splits `[`, `]`, `{`, `}` into words of their own: the unquoted
+        # runs are read whole, so a bracket class or brace expansion is seen as one
+        run: list[str] = []
         for child in node.children:
+            if child.type == "word" or not child.is_named:
+                run.append(_text(child))
+                continue
+            if run:
+                _unquoted("".join(run), out)
+                run = []
             _add(child, out)
+        if run:
+            _unquoted("".join(run), out)
     elif not node.is_named:
         _unquoted(_text(node), out)  # punctuation tree-sitter splits off inside a word
     else:  # expansions, substitutions, arithmetic, arrays, brace expressions, ...
