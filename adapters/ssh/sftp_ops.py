@@ -33,14 +33,14 @@ _FLAG_NAMES = ((FXF_READ, "read"), (FXF_WRITE, "write"), (FXF_APPEND, "append"),
 # Requests on a handle (the open/opendir that made it was decided) or on nothing
 _HANDLE_OPS = frozenset({FXP_CLOSE, FXP_READ, FXP_WRITE, FXP_FSTAT, FXP_FSETSTAT,
                          FXP_READDIR})
-_PATH_OPS = {FXP_LSTAT: "stat", FXP_STAT: "stat", FXP_REALPATH: "stat",
-             FXP_READLINK: "readlink", FXP_OPENDIR: "list", FXP_REMOVE: "remove",
+_PATH_OPS = {FXP_LSTAT: "lstat", FXP_STAT: "stat", FXP_REALPATH: "realpath",
+             FXP_READLINK: "readlink", FXP_OPENDIR: "opendir", FXP_REMOVE: "remove",
              FXP_MKDIR: "mkdir", FXP_RMDIR: "rmdir", FXP_SETSTAT: "setstat"}
 _HANDLE_EXTENSIONS = frozenset({b"fstatvfs@openssh.com", b"fsync@openssh.com",
                                 b"limits@openssh.com", b"copy-data",
                                 b"users-groups-by-id@openssh.com"})
-_PATH_EXTENSIONS = {b"statvfs@openssh.com": "stat", b"expand-path@openssh.com": "stat",
-                    b"lsetstat@openssh.com": "setstat", b"home-directory": "stat"}
+_PATH_EXTENSIONS = {b"statvfs@openssh.com": "stat", b"expand-path@openssh.com": "realpath",
+                    b"lsetstat@openssh.com": "setstat", b"home-directory": "realpath"}
 _TWO_PATH_EXTENSIONS = {b"posix-rename@openssh.com": "rename",
                         b"hardlink@openssh.com": "link"}
 

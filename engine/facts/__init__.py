@@ -1,7 +1,9 @@
 """Raw commands become facts: the `command` part of the input document, enriched.
 
 A pipeline in one direction (raw text -> parsed statements -> plain facts) for each protocol:
-SQL (sqlglot, in the resource's dialect), shell (shlex) and HTTP. Facts are cached by
+SQL (sqlglot, in the resource's dialect), shell (tree-sitter-bash; protocols `shell` and `ssh`,
+whose exec requests are command lines: `shell.py`; SSH requests without one: `ssh.py`) and
+HTTP. Facts are cached by
 (protocol, dialect, raw text) in a bounded LRU, so a hot loop never parses the same text twice.
 The functions here never raise on bad input; they report it in `parse_error`.
 
@@ -19,9 +21,10 @@ from typing import Any
 from engine.facts.http import http_facts
 from engine.facts.shell import shell_facts
 from engine.facts.sql import dialect_for, parse_sql, unparseable
+from engine.facts.ssh import ssh_request_facts
 
 SQL_PROTOCOLS = frozenset({"postgres", "postgresql", "mysql", "mariadb", "sql", "sqlite"})
-SHELL_PROTOCOLS = frozenset({"shell", "ssh"})  # ssh: the gateway's command lines
+SHELL_PROTOCOLS = frozenset({"shell", "ssh"})
 DEFAULT_MAX_STATEMENT_BYTES = 256 * 1024
 FACTS_CACHE_SIZE = 4096
 CACHED_TEXT_CHARS = 8 * 1024
@@ -69,8 +72,9 @@ def shell_command_facts(raw: str,
                         ) -> dict[str, Any]:
     """Parsed shell facts (shared with the cache: read-only), with the same size limit."""
     if statement_too_large(raw, max_statement_bytes):
-        return {"argv": [], "program": None, "programs": [],
-                "parse_error": _too_large(raw, max_statement_bytes)}
+        return {"argv": [], "program": None, "programs": [], "commands": [], "opaque": False,
+                "opaque_reasons": [], "paths": [], "path_patterns": [], "redirects": [],
+                "interactive": False, "parse_error": _too_large(raw, max_statement_bytes)}
     if len(raw) > CACHED_TEXT_CHARS:
         return shell_facts(raw)
     return _cached_shell(raw)
@@ -94,6 +98,9 @@ def enrich_command(command: dict[str, Any] | None, resource: dict[str, Any] | No
         command["protocol"] = protocol
     if protocol == "http":
         command.update(http_facts(command))
+        return command
+    if protocol == "ssh" and raw is None and command.get("request") != "exec":
+        command.update(ssh_request_facts(command))
         return command
     if not isinstance(raw, str):
         if raw is not None or protocol in SQL_PROTOCOLS or protocol in SHELL_PROTOCOLS:
