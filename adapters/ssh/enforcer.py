@@ -1,293 +1,111 @@
-"""The gateway's policy bridge: each SSH request -> a Decision -> what the gateway does.
+"""The gateway's use of the enforcement core: one `Enforcer` per target (its resource).
 
-Owns the input document of an SSH request (`{subject, resource, command, session}` with
-`command.protocol: "ssh"`, `command.request`: `exec` | `shell` | `sftp` | `forward`; the
-shapes are in docs/ssh-gateway.md), asking the `DecisionClient`, turning the Decision into a
-`Verdict` (deny / review hold / allow), and the gateway's audit records: `session.start`,
-`session.end` and one `command` record per request (its text, decision, approval, exit status,
-duration, bytes), each durable before the client learns the outcome (the gateway awaits
-`Command.finished` before it sends the exit status).
-
-A review is held: the approval request is filed (or found), its id and how to approve it are
-told to the client (`notify`: the gateway writes it on stderr), and once approved the request
-runs exactly as sent (the approval is bound to the requester and the text's SHA-256, and used
-once, or within the rule's `window`). A client that leaves while held withdraws its request.
-
-Must not: evaluate policy, or speak SSH (the gateway does).
+What is SSH's own here: `SshContext` (a session's login credential, the key's SHA256
+fingerprint or the ID token's subject, and the target's address, which `session.start`
+records), `input.command` without `raw` for requests that carry no command line (a shell, an
+SFTP operation, a forwarding: `engine.facts.ssh` gives their facts from `request` and its
+member), the text each request is recorded under (`text_of`) and the one an approval is for:
+the text with its target (`SshStatement`), so that a window approval for a command on one
+target is no approval on another (the store matches approvals by requester and text). Deciding,
+holds, approvals per execution and the `statement` records are `adapters.enforcement`'s.
+Must not: speak SSH (the gateway does).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-from adapters.postgres.review import ApprovalGate, parse_window
-from adapters.ssh.targets import Target
+from adapters.enforcement.bridge import Enforcer
+from adapters.enforcement.hooks import SessionContext
+from adapters.enforcement.records import Resource, Statement, session_start_payload
+from adapters.enforcement.review import ApprovalGate
+from adapters.ssh.targets import Target, Targets
 from engine.audit.recorder import AuditRecorder
 from engine.decision import Decision
-from engine.identity import Subject
 
-log = logging.getLogger("ordinance.adapters.ssh.enforcer")
-
-GATEWAY_POLICY = "ordinance.gateway"  # the `policy` of the reasons of the gateway's own refusals
-MAX_RECORDED_TEXT = 64 * 1024
-Notify = Callable[[str], Awaitable[None]]
-Request = Literal["exec", "shell", "sftp", "forward"]
+PROTOCOL = "ssh"
 
 
-@dataclass
-class SshSession:
-    """One authenticated client connection to one target."""
+@dataclass(frozen=True)
+class SshContext(SessionContext):
+    """A gateway session: `credential` is `{"key_fingerprint": ...}` or `{"token_subject":
+    ...}`; `target` the target's name."""
 
-    session_id: str
-    user: str
-    groups: tuple[str, ...]
-    claims: dict[str, Any]
-    requested_user: str
-    client_addr: str
-    auth_method: str  # "publickey" | "oidc-token"
-    credential: str  # the key's SHA256 fingerprint, or the token's subject
-    target: Target
-    started: float = field(default_factory=time.monotonic)
-    commands: int = 0
-    denied: int = 0
-
-    def subject(self) -> Subject:
-        return Subject(self.user, self.groups, self.claims)
+    credential: Mapping[str, str] = field(default_factory=dict, kw_only=True)
+    target: str = field(default="", kw_only=True)
 
 
-@dataclass
-class Verdict:
-    effect: Literal["allow", "deny", "review"]
-    command: Command
-    message: str = ""
-    hold: Callable[[Notify], Awaitable[Verdict]] | None = None
+class SshStatement(Statement):
+    """A decided request; its approvals are for `TEXT (on ssh target NAME)`."""
+
+    def __init__(self, enforcer: Enforcer, ctx: SessionContext, text: str, decision_id: str,
+                 decision: Decision, command: Mapping[str, Any] | None = None) -> None:
+        super().__init__(enforcer, ctx, text, decision_id, decision, command)
+        self.approval_text = f"{text} (on ssh target {enforcer.resource.name})"
+
+    def payload(self, details: Mapping[str, Any] | None = None,
+                **outcome: Any) -> dict[str, Any]:
+        record = super().payload(details, **outcome)
+        record.pop("prepared", None)  # (an SQL EXECUTE's PREPARE text: not SSH's)
+        return record
 
 
-class Command:
-    """One decided request: what its `command` record says."""
+class SshEnforcer(Enforcer):
+    """The enforcer of one target."""
 
-    def __init__(self, enforcer: SshEnforcer, session: SshSession, request: Request,
-                 text: str, decision_id: str, decision: Decision) -> None:
-        self.enforcer = enforcer
-        self.session = session
-        self.request = request
-        self.text = text
-        self.decision_id = decision_id
-        self.decision = decision
-        self.approval: dict[str, Any] | None = None
-        self.started = time.monotonic()
-        self.recorded = False
-
-    def _payload(self, outcome: dict[str, Any]) -> dict[str, Any]:
-        text = self.text if len(self.text) <= MAX_RECORDED_TEXT else (
-            self.text[:MAX_RECORDED_TEXT] + " …[truncated]")
-        return {"protocol": "ssh", "request": self.request, "text": text,
-                "effect": self.decision.effect,
-                "reasons": [r.to_dict() for r in self.decision.reasons],
-                "approval": self.approval, "policy_revision": self.decision.policy_revision,
-                "resource": self.session.target.name, **outcome}
-
-    async def _record(self, **outcome: Any) -> None:
-        if self.recorded:
-            return
-        self.recorded = True
-        self.session.commands += 1
-        await self.enforcer.recorder.append(
-            "command", self._payload(outcome), subject=self.session.user,
-            session_id=self.session.session_id, decision_id=self.decision_id or None)
-
-    async def refused(self, message: str) -> Verdict:
-        """Record the denial (durable), then answer it."""
-        self.session.denied += 1
-        await self._record(error=f"denied: {message}", exit_status=None, duration_ms=None)
-        return Verdict("deny", self, message)
-
-    async def finished(self, *, exit_status: int | None, signal: str | None = None,
-                       bytes_in: int = 0, bytes_out: int = 0, bytes_err: int = 0,
-                       masked: int = 0, error: str | None = None,
-                       **extra: Any) -> None:
-        """The request ran: record how it ended (durable when this returns)."""
-        await self._record(
-            exit_status=exit_status, signal=signal, error=error,
-            duration_ms=round((time.monotonic() - self.started) * 1000, 3),
-            bytes_in=bytes_in, bytes_out=bytes_out, bytes_err=bytes_err, masked=masked,
-            **extra)
-
-
-def _messages(decision: Decision, effect: str) -> list[str]:
-    return [r.message for r in decision.reasons if r.effect == effect and r.message]
-
-
-class SshEnforcer:
-    def __init__(self, client: Any, *, recorder: AuditRecorder,
+    def __init__(self, client: Any, *, target: Target, recorder: AuditRecorder,
                  approvals: ApprovalGate | None = None) -> None:
-        self.client = client
-        self.recorder = recorder
-        self.approvals = approvals
+        super().__init__(client, resource=Resource(target.name, dict(target.labels),
+                                                   type=PROTOCOL),
+                         recorder=recorder, approvals=approvals)
+        self.target = target
 
-    # -- sessions -----------------------------------------------------------------------------
+    async def session_started(self, ctx: SessionContext) -> None:
+        """`session.start` with the credential and the target's address (durable before the
+        user's first request is decided)."""
+        payload = session_start_payload(PROTOCOL, self.resource, ctx)
+        payload["target"] = {"name": self.target.name, "host": self.target.host,
+                             "port": self.target.port, "user": self.target.user}
+        if isinstance(ctx, SshContext):
+            payload.update(ctx.credential)
+        await self.recorder.append("session.start", payload, subject=ctx.user,
+                                   session_id=ctx.session_id)
+        self.allowance(ctx)  # the session's counters, for session.end
 
-    async def session_started(self, session: SshSession) -> None:
-        await self.recorder.append("session.start", {
-            "protocol": "ssh", "resource": session.target.resource(),
-            "target": session.target.name, "user": session.user,
-            "requested_user": session.requested_user, "groups": list(session.groups),
-            "claims": dict(session.claims), "client_addr": session.client_addr,
-            "auth_method": session.auth_method,
-            ("key_fingerprint" if session.auth_method == "publickey" else "token_subject"):
-                session.credential,
-        }, subject=session.user, session_id=session.session_id)
+    def statement(self, ctx: SessionContext, text: str, decision_id: str, decision: Decision,
+                  command: Mapping[str, Any] | None = None) -> Statement:
+        return SshStatement(self, ctx, text, decision_id, decision, command)
 
-    async def session_ended(self, session: SshSession, reason: str) -> None:
-        await self.recorder.append("session.end", {
-            "protocol": "ssh", "target": session.target.name, "reason": reason,
-            "duration_ms": round((time.monotonic() - session.started) * 1000, 3),
-            "commands": session.commands, "denied": session.denied,
-        }, subject=session.user, session_id=session.session_id)
+    def input_document(self, text: str, ctx: SessionContext,
+                       command: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        document = super().input_document(text, ctx, command)
+        if document["command"].get("request") != "exec":
+            del document["command"]["raw"]  # no command line: facts from `request`
+        return document
 
-    # -- requests -----------------------------------------------------------------------------
 
-    def input_document(self, session: SshSession, command: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "subject": session.subject().to_input(),
-            "resource": session.target.resource(),
-            "command": {"protocol": "ssh", **command},
-            "session": {"id": session.session_id, "client_addr": session.client_addr,
-                        "auth_method": session.auth_method},
-        }
+def enforcers(client: Any, targets: Targets, *, recorder: AuditRecorder,
+              approvals: ApprovalGate | None) -> dict[str, SshEnforcer]:
+    """An enforcer per target, by name, sharing the decision client, trail and approvals."""
+    return {t.name: SshEnforcer(client, target=t, recorder=recorder, approvals=approvals)
+            for t in targets}
 
-    async def refuse(self, session: SshSession, request: Request, text: str,
-                     message: str) -> Verdict:
-        """A request the gateway refuses itself (no policy was asked), recorded."""
-        from engine.decision import Reason
 
-        decision = Decision("deny", (Reason(GATEWAY_POLICY, message),))
-        return await Command(self, session, request, text, "", decision).refused(message)
-
-    async def decide(self, session: SshSession, request: Request, command: dict[str, Any],
-                     text: str) -> Verdict:
-        """`command`: the request's `input.command` members (`raw`, `pty`, `sftp`, ...);
-        `text`: what is recorded and what an approval is for."""
-        decision_id, decision = await self.client.adecide(
-            self.input_document(session, {"request": request, **command}))
-        cmd = Command(self, session, request, text, decision_id, decision)
-        if decision.effect == "deny":
-            return await cmd.refused("; ".join(_messages(decision, "deny")) or
-                                     "denied by policy")
-        if decision.effect == "review":
-            return await self._review(cmd)
-        return Verdict("allow", cmd)
-
-    # -- review -------------------------------------------------------------------------------
-
-    async def _review(self, cmd: Command) -> Verdict:
-        reasons = _messages(cmd.decision, "review") or ["approval required"]
-        gate = self.approvals
-        if gate is None:
-            return await cmd.refused("; ".join(reasons) + " (no approval store is configured, "
-                                     "so it cannot be approved)")
-        who = cmd.session.subject()
-        try:
-            standing = await gate.use_standing(who, cmd.text)
-        except Exception as exc:
-            log.error("approvals store failed: %s", exc)
-            return await cmd.refused("; ".join(reasons) + " (the approvals store is "
-                                     "unavailable)")
-        if standing is not None:
-            cmd.approval = {"id": standing.id, "approver": standing.decided_by,
-                            "status": "approved", "standing": True}
-            return Verdict("allow", cmd)
-
-        async def hold(notify: Notify) -> Verdict:
-            return await self._hold(cmd, who, reasons, notify)
-
-        return Verdict("review", cmd, "; ".join(reasons), hold=hold)
-
-    async def _hold(self, cmd: Command, who: Subject, reasons: list[str],
-                    notify: Notify) -> Verdict:
-        gate = self.approvals
-        assert gate is not None
-        review = [r for r in cmd.decision.reasons if r.effect == "review"]
-        approvers = list(dict.fromkeys(a for r in review for a in r.approvers))
-        windows = [w for w in (parse_window(r.window) for r in review) if w is not None]
-        filing = asyncio.ensure_future(gate.request(
-            who, cmd.session.target.resource(), cmd.text, reasons, approvers,
-            min(windows) if windows else None, cmd.session.session_id))
-        try:
-            request = await asyncio.shield(filing)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                filed = await asyncio.shield(filing)
-                await asyncio.shield(gate.release(filed, "withdrawn", "the client left"))
-            raise
-        except Exception as exc:
-            log.error("session %s: approval request not filed: %s", cmd.session.session_id,
-                      exc)
-            return await cmd.refused("; ".join(reasons) + f" (the approval request could not "
-                                     f"be filed: {exc})")
-        cmd.approval = {"id": request.id, "status": "pending"}
-        released = False
-        try:
-            await notify(
-                f"ordinance: held for approval: {'; '.join(reasons)}. Approval request "
-                f"{request.id} (approvers: {', '.join(request.approver_groups)}). To release "
-                f"it: {gate.hint(request.id)} -- waiting up to {gate.timeout:g}s.")
-            final = await gate.wait(request.id)
-            status = final.status_at(datetime.now(UTC))
-            if status in ("pending", "expired"):
-                status = "expired"
-                final = await gate.release(final, "expired",
-                                           f"not approved within {gate.timeout:g}s")
-            else:
-                await gate.release(final, None)
-            released = True
-            cmd.approval = {"id": final.id, "status": status, "approver": final.decided_by,
-                            "comment": final.comment}
-            used = status == "approved" and await gate.consume(who, cmd.text)
-        except asyncio.CancelledError:
-            if not released:
-                await asyncio.shield(self._withdraw(cmd, request))
-            raise
-        except Exception as exc:
-            log.error("session %s: approval %s could not be awaited: %s",
-                      cmd.session.session_id, request.id, exc)
-            if not released:
-                with contextlib.suppress(Exception):
-                    await gate.release(request, "withdrawn", f"the hold failed: {exc}")
-            return await cmd.refused(f"approval {request.id} could not be awaited: {exc}")
-        if used:
-            return Verdict("allow", cmd)
-        if status == "denied":
-            comment = f": {final.comment}" if final.comment else ""
-            return await cmd.refused(f"approval {final.id} was denied by {final.decided_by}"
-                                     f"{comment}")
-        if status == "approved":
-            return await cmd.refused(f"approval {final.id} could not be used")
-        if status == "withdrawn":
-            return await cmd.refused(f"approval {final.id} was withdrawn before a verdict")
-        return await cmd.refused(f"approval {final.id} was not given within "
-                                 f"{gate.timeout:g}s")
-
-    async def _withdraw(self, cmd: Command, request: Any) -> None:
-        """The client left while held: withdraw its request, record the command."""
-        assert self.approvals is not None
-        try:
-            closed = await self.approvals.release(request, "withdrawn",
-                                                  "the client disconnected while held")
-            cmd.approval = {"id": request.id, "status": closed.stored_status}
-        except Exception as exc:
-            log.error("approval %s not withdrawn: %s", request.id, exc)
-        try:
-            await cmd.finished(exit_status=None,
-                               error="the client disconnected while the command awaited "
-                                     "approval")
-        except Exception as exc:
-            log.error("session %s: abandoned command not recorded: %s",
-                      cmd.session.session_id, exc)
+def text_of(request: str, command: Mapping[str, Any]) -> str:
+    """What a request without a command line is recorded and approved as."""
+    if request == "shell":
+        return "shell"
+    if request == "forward":
+        forward = command["forward"]
+        where = f" {forward['host']}:{forward['port']}" if "host" in forward else ""
+        return f"forward {forward['kind']}{where}"
+    sftp = command["sftp"]
+    parts = ["sftp", str(sftp["op"])]
+    if sftp.get("mode"):
+        parts.append(str(sftp["mode"]))
+    parts.append(str(sftp["path"]))
+    if sftp.get("target") is not None:
+        parts += ["->", str(sftp["target"])]
+    return " ".join(parts)

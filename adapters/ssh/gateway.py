@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,12 @@ from typing import Any, cast
 import asyncssh
 from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHTCPStreamSession, SSHWriter
 
-from adapters.ssh.enforcer import Command, SshEnforcer, SshSession, Verdict
+from adapters.enforcement.hooks import (
+    HOLD_CLIENT_GONE,
+    StatementOutcome,
+    StatementVerdict,
+)
+from adapters.ssh.enforcer import SshContext, SshEnforcer, text_of
 from adapters.ssh.pan_stream import PanStream
 from adapters.ssh.recording import ShellRecording
 from adapters.ssh.sftp_ops import (
@@ -69,7 +75,7 @@ def split_login(username: str) -> tuple[str, str | None]:
 @dataclass
 class GatewayConfig:
     targets: Targets
-    enforcer: SshEnforcer
+    enforcers: Mapping[str, SshEnforcer]  # by target name (`enforcer.enforcers`)
     host_keys: list[asyncssh.SSHKey]
     host: str = "127.0.0.1"
     port: int = 2222
@@ -125,7 +131,8 @@ class _Connection(asyncssh.SSHServer):
         self.target: Target | None = None
         self.fingerprint = ""
         self.token_subject: Subject | None = None
-        self.session: SshSession | None = None
+        self.ctx: SshContext | None = None
+        self.enforcer: SshEnforcer | None = None
         self._started: asyncio.Future[None] | None = None
         self._upstream: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -154,7 +161,7 @@ class _Connection(asyncssh.SSHServer):
     async def _ended(self) -> None:
         try:
             for task in [t for t in self._tasks if t is not asyncio.current_task()]:
-                task.cancel()
+                task.cancel(HOLD_CLIENT_GONE)  # a held request is withdrawn and recorded
             await asyncio.gather(*[t for t in self._tasks if t is not asyncio.current_task()],
                                  return_exceptions=True)
             if self._upstream is not None:
@@ -163,13 +170,13 @@ class _Connection(asyncssh.SSHServer):
                     upstream = await self._upstream
                     upstream.close()
                     await upstream.wait_closed()
-            if self._started is not None and self.session is not None:
+            if self._started is not None and self.ctx is not None and self.enforcer:
                 with contextlib.suppress(BaseException):
                     await self._started
                 try:
-                    await self.config.enforcer.session_ended(self.session, self._end_reason)
+                    await self.enforcer.session_ended(self.ctx, self._end_reason)
                 except Exception as exc:
-                    log.error("session %s: end not recorded: %s", self.session.session_id, exc)
+                    log.error("session %s: end not recorded: %s", self.ctx.session_id, exc)
         finally:
             self.gateway.connections.discard(self)
             self._done.set()
@@ -228,19 +235,24 @@ class _Connection(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         if self.token_subject is not None:
-            who, method, credential = self.token_subject, "oidc-token", self.token_subject.id
+            who, method = self.token_subject, "oidc-token"
+            credential = {"token_subject": self.token_subject.id}
         else:
             directory = self.config.directory
             entry = directory.lookup(self.user) if directory is not None else None
             assert entry is not None
-            who, method, credential = entry.subject(), "publickey", self.fingerprint
+            who, method = entry.subject(), "publickey"
+            credential = {"key_fingerprint": self.fingerprint}
         if self.target is None:
-            return  # every channel is refused with the reason (`_no_target`)
-        self.session = SshSession(
-            session_id=secrets.token_hex(8), user=who.id, groups=tuple(who.groups),
-            claims=dict(who.claims), requested_user=self.user, client_addr=self.peer,
-            auth_method=method, credential=credential, target=self.target)
-        self._started = self.spawn(self.config.enforcer.session_started(self.session))
+            return  # every channel is refused with the reason (`ready`)
+        assert self.conn is not None
+        self.enforcer = self.config.enforcers[self.target.name]
+        self.ctx = SshContext(
+            secrets.token_hex(8), who.id, tuple(who.groups), self.target.user,
+            str(self.conn.get_extra_info("client_version") or ""), self.peer, True, method,
+            requested_user=self.user, claims=dict(who.claims), protocol="ssh",
+            credential=credential, target=self.target.name)
+        self._started = self.spawn(self.enforcer.session_started(self.ctx))
         self._upstream = asyncio.ensure_future(self._connect(self.target))
 
     async def _connect(self, target: Target) -> asyncssh.SSHClientConnection:
@@ -250,25 +262,28 @@ class _Connection(asyncssh.SSHServer):
             preferred_auth="publickey", connect_timeout=UPSTREAM_CONNECT_TIMEOUT,
             keepalive_interval=30)
 
-    async def ready(self) -> tuple[SshSession, asyncssh.SSHClientConnection]:
-        """The session (its start record durable) and the target connection; `_Refused`."""
-        if self.session is None or self._upstream is None or self._started is None:
+    async def ready(self) -> tuple[SshContext, SshEnforcer, asyncssh.SSHClientConnection]:
+        """The session (its start record durable), its enforcer and the target connection;
+        `_Refused` with the reason."""
+        if (self.ctx is None or self.enforcer is None or self._upstream is None
+                or self._started is None):
             raise _Refused(f"no target named: log in as {self.user}+TARGET (for example "
                            f"ssh -p PORT {self.user}+web1@gateway)")
         try:
             await self._started
         except Exception as exc:
-            log.error("session %s: start not recorded: %s", self.session.session_id, exc)
+            log.error("session %s: start not recorded: %s", self.ctx.session_id, exc)
             raise _Refused("the audit trail is unavailable, so nothing can be run") from None
         try:
-            return self.session, await asyncio.shield(self._upstream)
+            return self.ctx, self.enforcer, await asyncio.shield(self._upstream)
         except asyncssh.HostKeyNotVerifiable as exc:
-            raise _Refused(f"target {self.session.target.name}'s host key does not match its "
+            target = self.enforcer.target
+            raise _Refused(f"target {target.name}'s host key does not match its "
                            f"pinned known_hosts entries ({exc}): connection refused; if the "
                            "key was changed on purpose, update the targets file") from None
         except (TimeoutError, OSError, asyncssh.Error) as exc:
-            raise _Refused(f"target {self.session.target.name} "
-                           f"({self.session.target.host}:{self.session.target.port}) cannot be "
+            target = self.enforcer.target
+            raise _Refused(f"target {target.name} ({target.host}:{target.port}) cannot be "
                            f"reached: {exc}") from None
 
     # -- channels -----------------------------------------------------------------------------
@@ -284,28 +299,29 @@ class _Connection(asyncssh.SSHServer):
         of its commands: a tunnel to port 22 or to a target's address is refused whatever
         the policies say (`PROXYJUMP_REFUSED`)."""
         try:
-            session, upstream = await self.ready()
+            ctx, enforcer, upstream = await self.ready()
         except _Refused as exc:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                             str(exc)) from None
-        facts = {"kind": "local", "host": dest_host, "port": dest_port,
-                 "originator": f"{orig_host}:{orig_port}"}
-        text = f"forward local {dest_host}:{dest_port}"
+        command = {"request": "forward",
+                   "forward": {"kind": "local", "host": dest_host, "port": dest_port,
+                               "originator": f"{orig_host}:{orig_port}"}}
+        text = text_of("forward", command)
         if self._is_ssh_server(dest_host, dest_port):
-            await self.config.enforcer.refuse(session, "forward", text, PROXYJUMP_REFUSED)
+            await enforcer.refused(text, PROXYJUMP_REFUSED, ctx)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                             f"ordinance: {PROXYJUMP_REFUSED}")
-        verdict = await self.config.enforcer.decide(session, "forward",
-                                                    {"raw": "", "forward": facts}, text)
+        verdict = await enforcer.decide(text, ctx, command)
         if verdict.effect != "allow":
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 f"ordinance: port forwarding to {dest_host}:{dest_port} denied: "
-                f"{verdict.message or 'approval required'}")
+                f"{verdict.message or 'approval required'}{_decision_ref(verdict)}")
+        started = time.monotonic()
         try:
             reader, writer = await upstream.open_connection(dest_host, dest_port)
         except (OSError, asyncssh.Error) as exc:
-            await verdict.command.finished(exit_status=None, error=str(exc))
+            await _completed(verdict, started, "", error=f"the target refused it: {exc}")
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
 
         async def relay(down_r: SSHReader[bytes], down_w: SSHWriter[bytes]) -> None:
@@ -315,8 +331,8 @@ class _Connection(asyncssh.SSHServer):
                                      _pipe(reader, down_w, counts, 1))
             finally:
                 writer.close()
-                await verdict.command.finished(exit_status=None, bytes_in=counts[0],
-                                               bytes_out=counts[1])
+                await _completed(verdict, started, "closed", bytes_in=counts[0],
+                                 bytes_out=counts[1])
 
         return SSHTCPStreamSession[bytes](relay)
 
@@ -327,11 +343,24 @@ class _Connection(asyncssh.SSHServer):
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         """`ssh -R`: refused (the gateway does not listen on targets' behalf), recorded."""
-        if self.session is not None:
-            self.spawn(self.config.enforcer.refuse(
-                self.session, "forward", f"forward remote {listen_host}:{listen_port}",
-                "remote port forwarding is not supported by the gateway"))
+        if self.ctx is not None and self.enforcer is not None:
+            self.spawn(self.enforcer.refused(
+                f"forward remote {listen_host}:{listen_port}",
+                "remote port forwarding is not supported by the gateway", self.ctx))
         return False
+
+
+async def _completed(verdict: StatementVerdict, started: float, tag: str, *,
+                     error: str | None = None, **details: Any) -> None:
+    """The allowed request's record (durable when this returns)."""
+    if verdict.on_complete is not None:
+        await verdict.on_complete(StatementOutcome(
+            tag, None, time.monotonic() - started, error_code="ssh" if error else None,
+            error_message=error, details=details))
+
+
+def _decision_ref(verdict: StatementVerdict) -> str:
+    return f" (decision {verdict.decision_id})" if verdict.decision_id else ""
 
 
 async def _pipe(reader: Any, writer: Any, counts: list[int], index: int) -> None:
@@ -360,7 +389,7 @@ class _Channel(SSHServerStreamSession[bytes]):
 
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
                       term_modes: Mapping[int, int]) -> bool:
-        self.pty = {"term": term_type, "cols": term_size[0], "rows": term_size[1]}
+        self.pty = {"term": term_type, "width": term_size[0], "height": term_size[1]}
         self.term_modes = term_modes
         return True
 
@@ -386,28 +415,27 @@ class _Channel(SSHServerStreamSession[bytes]):
         chan = self.chan
         try:
             try:
-                session, upstream = await self.connection.ready()
+                ctx, enforcer, upstream = await self.connection.ready()
             except _Refused as exc:
                 stderr.write(f"ordinance: {exc}\r\n".encode())
                 chan.exit(GATEWAY_FAILED_EXIT)
                 return
             if chan.get_subsystem() == "sftp":
-                await _Sftp(self, session, upstream, stdin, stdout, stderr).run()
+                await _Sftp(self, ctx, enforcer, upstream, stdin, stdout, stderr).run()
                 return
-            command = chan.get_command()
-            enforcer = self.connection.config.enforcer
-            if command is None:
-                await self._shell(session, upstream, stdin, stdout, stderr)
+            command_line = chan.get_command()
+            if command_line is None:
+                await self._shell(ctx, enforcer, upstream, stdin, stdout, stderr)
                 return
-            facts: dict[str, Any] = {"raw": command}
+            command: dict[str, Any] = {"request": "exec"}
             if self.pty is not None:
-                facts["pty"] = dict(self.pty)
-            decided = await enforcer.decide(session, "exec", facts, command)
+                command["pty"] = dict(self.pty)
+            decided = await enforcer.decide(command_line, ctx, command)
             verdict = await self._settle(decided, stderr)
             if verdict is None:
                 return
-            await _Relay(self, upstream, verdict.command, stdin, stdout, stderr,
-                         command_line=command).run()
+            await _Relay(self, upstream, verdict, stdin, stdout, stderr,
+                         command_line=command_line).run()
         except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
             log.info("channel of %s ended: %s", self.connection.peer, exc)
             with contextlib.suppress(Exception):
@@ -418,51 +446,52 @@ class _Channel(SSHServerStreamSession[bytes]):
                 stderr.write(b"ordinance: internal error in the gateway (see its log)\r\n")
                 chan.exit(GATEWAY_FAILED_EXIT)
 
-    async def _settle(self, verdict: Verdict, stderr: SSHWriter[bytes]) -> Verdict | None:
-        """The allowed verdict, after a hold; None when refused (told on stderr, exit 126)."""
-        chan = self.chan
+    async def _settle(self, verdict: StatementVerdict, stderr: SSHWriter[bytes]
+                      ) -> StatementVerdict | None:
+        """The allowed verdict, after a hold; None when refused (told on stderr, exit 126,
+        the channel closed)."""
         if verdict.effect == "review" and verdict.hold is not None:
             async def notify(message: str) -> None:
-                stderr.write(message.encode("utf-8", "replace") + b"\r\n")
+                stderr.write(f"ordinance: {message}\r\n".encode("utf-8", "replace"))
                 await stderr.drain()
 
             verdict = await verdict.hold(notify)
         if verdict.effect == "allow":
             return verdict
-        stderr.write(f"ordinance: denied by policy: {verdict.message}"
-                     f"{_decision_ref(verdict.command)}\r\n".encode("utf-8", "replace"))
-        chan.exit(DENIED_EXIT)
+        why = ("approval required: " if verdict.effect == "review" else "") + verdict.message
+        stderr.write(f"ordinance: denied by policy: {why}{_decision_ref(verdict)}\r\n"
+                     .encode("utf-8", "replace"))
+        self.chan.exit(DENIED_EXIT)
         return None
 
-    async def _shell(self, session: SshSession, upstream: asyncssh.SSHClientConnection,
-                     stdin: SSHReader[bytes], stdout: SSHWriter[bytes],
-                     stderr: SSHWriter[bytes]) -> None:
-        config = self.connection.config
-        facts: dict[str, Any] = {"raw": "", "shell": True}
+    async def _shell(self, ctx: SshContext, enforcer: SshEnforcer,
+                     upstream: asyncssh.SSHClientConnection, stdin: SSHReader[bytes],
+                     stdout: SSHWriter[bytes], stderr: SSHWriter[bytes]) -> None:
+        """A shell (with or without a pty: without one its commands come on stdin, so it is
+        a shell all the same): decided once, recorded whole."""
+        recordings = self.connection.config.recordings
+        command: dict[str, Any] = {"request": "shell"}
         if self.pty is not None:
-            facts["pty"] = dict(self.pty)
-        text = f"interactive shell on {session.target.name}"
-        verdict = await config.enforcer.decide(session, "shell", facts, text)
-        if verdict.effect != "deny" and config.recordings is None:
-            verdict = await verdict.command.refused(
-                "interactive sessions need a recordings directory (--recordings), and the "
-                "gateway has none")
+            command["pty"] = dict(self.pty)
+        text = text_of("shell", command)
+        if recordings is None:
+            verdict = await enforcer.refused(text, "interactive sessions need a recordings "
+                                             "directory (--recordings), and the gateway has "
+                                             "none", ctx)
+        else:
+            verdict = await enforcer.decide(text, ctx, command)
         settled = await self._settle(verdict, stderr)
         if settled is None:
             return
+        assert recordings is not None
         pty = self.pty or {}
-        assert config.recordings is not None
-        recording = ShellRecording(config.recordings, session.session_id,
-                                   width=int(pty.get("cols") or 80),
-                                   height=int(pty.get("rows") or 24),
+        recording = ShellRecording(recordings, ctx.session_id,
+                                   width=int(pty.get("width") or 80),
+                                   height=int(pty.get("height") or 24),
                                    term=str(pty.get("term") or ""),
-                                   title=f"{session.user} on {session.target.name}")
-        await _Relay(self, upstream, settled.command, stdin, stdout, stderr,
+                                   title=f"{ctx.user} on {enforcer.target.name}")
+        await _Relay(self, upstream, settled, stdin, stdout, stderr,
                      command_line=None, recording=recording).run()
-
-
-def _decision_ref(command: Command) -> str:
-    return f" (decision {command.decision_id})" if command.decision_id else ""
 
 
 class _Relay:
@@ -470,12 +499,13 @@ class _Relay:
     (`PanStream`: one for the view, one for the recording, which never flushes early)."""
 
     def __init__(self, channel: _Channel, upstream: asyncssh.SSHClientConnection,
-                 command: Command, stdin: SSHReader[bytes], stdout: SSHWriter[bytes],
+                 verdict: StatementVerdict, stdin: SSHReader[bytes], stdout: SSHWriter[bytes],
                  stderr: SSHWriter[bytes], *, command_line: str | None,
                  recording: ShellRecording | None = None) -> None:
         self.channel = channel
         self.upstream = upstream
-        self.command = command
+        self.verdict = verdict
+        self.started = time.monotonic()
         self.command_line = command_line
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.recording = recording
@@ -488,7 +518,7 @@ class _Relay:
         pty = self.channel.pty
         options: dict[str, Any] = {"request_pty": "force" if pty else False}
         if pty:
-            options.update(term_type=pty["term"], term_size=(pty["cols"], pty["rows"]),
+            options.update(term_type=pty["term"], term_size=(pty["width"], pty["height"]),
                            term_modes=self.channel.term_modes)
         outcome: dict[str, Any] = {"exit_status": None, "error": None}
         try:
@@ -526,25 +556,28 @@ class _Relay:
             chan.exit(GATEWAY_FAILED_EXIT)
 
     async def _finish(self, outcome: dict[str, Any]) -> None:
-        extra: dict[str, Any] = {}
+        details: dict[str, Any] = {
+            "request": "exec" if self.command_line is not None else "shell",
+            "exit_status": outcome["exit_status"], "signal": outcome.get("signal"),
+            **self.counts, "masked_pans": self.views[0].masked + self.views[1].masked}
         if self.recording is not None:
             rec = self.recording
             rec.event("i", self.recorded[0].flush())
             rec.event("o", self.recorded[1].flush())
             digest = await asyncio.to_thread(rec.close)
-            extra["recording"] = {"format": "asciicast-v2", "path": str(rec.path),
-                                  "sha256": digest, "bytes": rec.bytes}
-        await self.command.finished(**outcome, **self.counts,  # type: ignore[arg-type]
-                                    masked=self.views[0].masked + self.views[1].masked,
-                                    **extra)
+            details["recording"] = {"format": "asciicast-v2", "path": str(rec.path),
+                                    "sha256": digest, "bytes": rec.bytes}
+        status, signal = outcome["exit_status"], outcome.get("signal")
+        tag = f"exit {status}" if status is not None else f"signal {signal}" if signal else ""
+        await _completed(self.verdict, self.started, tag, error=outcome["error"], **details)
 
     async def _input(self, process: Any) -> None:
         try:
             await self._feed(process)
         except (OSError, asyncssh.Error, BrokenPipeError) as exc:
-            log.info("session %s: input ended: %s", self.command.session.session_id, exc)
+            log.info("channel of %s: input ended: %s", self.channel.connection.peer, exc)
         except Exception:
-            log.exception("session %s: input failed", self.command.session.session_id)
+            log.exception("channel of %s: input failed", self.channel.connection.peer)
             process.close()
 
     async def _feed(self, process: Any) -> None:
@@ -611,19 +644,21 @@ class _Relay:
 
 
 class _Sftp:
-    """The sftp subsystem, relayed with each request decided."""
+    """The sftp subsystem, relayed packet by packet with each request decided; a refused one
+    is answered by the gateway (SSH_FX_PERMISSION_DENIED with the reason) and never reaches
+    the target. An allowed request's record is durable before it is sent on."""
 
-    def __init__(self, channel: _Channel, session: SshSession,
+    def __init__(self, channel: _Channel, ctx: SshContext, enforcer: SshEnforcer,
                  upstream: asyncssh.SSHClientConnection, stdin: SSHReader[bytes],
                  stdout: SSHWriter[bytes], stderr: SSHWriter[bytes]) -> None:
         self.channel = channel
-        self.session = session
+        self.ctx = ctx
+        self.enforcer = enforcer
         self.upstream = upstream
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
 
     async def run(self) -> None:
         chan = self.channel.chan
-        enforcer = self.channel.connection.config.enforcer
         process = await self.upstream.create_process(subsystem="sftp", encoding=None)
         framer = SftpFramer()
 
@@ -642,39 +677,41 @@ class _Sftp:
                 if not data:
                     break
                 for packet in framer.feed(data):
-                    await self._request(packet, process, enforcer)
+                    await self._request(packet, process)
             process.stdin.write_eof()
             await relay
         except SftpProtocolError as exc:
-            log.info("session %s: sftp closed: %s", self.session.session_id, exc)
+            log.info("session %s: sftp closed: %s", self.ctx.session_id, exc)
+            await self.enforcer.refused("sftp", str(exc), self.ctx)
             self.stderr.write(f"ordinance: {exc}\r\n".encode())
         finally:
             relay.cancel()
             process.close()
         chan.exit(0)
 
-    async def _request(self, packet: bytes, process: Any, enforcer: SshEnforcer) -> None:
+    async def _request(self, packet: bytes, process: Any) -> None:
         op = operation(packet)
         if op.unsupported is not None:
             assert op.request_id is not None
-            await enforcer.refuse(self.session, "sftp", op.unsupported, op.unsupported)
+            await self.enforcer.refused(op.unsupported, op.unsupported, self.ctx)
             self.stdout.write(status(op.request_id, FX_OP_UNSUPPORTED, op.unsupported))
             return
         if op.facts is not None:
             assert op.request_id is not None
-            text = op.text()
-            verdict = await enforcer.decide(self.session, "sftp",
-                                            {"raw": "", "sftp": op.facts}, text)
+            command = {"request": "sftp", "sftp": op.facts}
+            text = text_of("sftp", command)
+            started = time.monotonic()
+            verdict = await self.enforcer.decide(text, self.ctx, command)
             if verdict.effect == "review" and verdict.hold is not None:
                 async def notify(message: str) -> None:
-                    self.stderr.write(message.encode("utf-8", "replace") + b"\r\n")
+                    self.stderr.write(f"ordinance: {message}\r\n".encode("utf-8", "replace"))
 
                 verdict = await verdict.hold(notify)
             if verdict.effect != "allow":
                 message = (f"ordinance: denied by policy: {verdict.message}"
-                           f"{_decision_ref(verdict.command)}")
+                           f"{_decision_ref(verdict)}")
                 self.stdout.write(status(op.request_id, FX_PERMISSION_DENIED, message))
                 return
-            await verdict.command.finished(exit_status=None)
+            await _completed(verdict, started, "sent", request="sftp")
         process.stdin.write(packet)
         await process.stdin.drain()

@@ -78,17 +78,6 @@ class Operation:
     unsupported: str | None = None  # why the gateway refuses it unread
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def text(self) -> str:
-        """What is recorded and what an approval is for: `sftp OP [MODE] PATH [-> TARGET]`."""
-        f = self.facts or {}
-        parts = ["sftp", str(f.get("op"))]
-        if f.get("mode"):
-            parts.append(str(f["mode"]))
-        parts.append(str(f.get("path")))
-        if f.get("target") is not None:
-            parts += ["->", str(f["target"])]
-        return " ".join(parts)
-
 
 def _path(raw: bytes) -> str:
     text = raw.decode("utf-8", "surrogateescape")

@@ -57,13 +57,13 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose)
     resources: list[Any] = []
     try:
-        config, ready = _configure(args, resources)
+        config, client, ready = _configure(args, resources)
     except _Setup as exc:
         print(f"ordinance proxy ssh: {exc}", file=sys.stderr)
         _close_all(resources)
         return 2
     try:
-        return asyncio.run(_serve(config, ready))
+        return asyncio.run(_serve(config, client, ready))
     except OSError as exc:
         log.error("cannot listen on %s: %s", args.listen, exc)
         return 1
@@ -71,10 +71,11 @@ def run(args: argparse.Namespace) -> int:
         _close_all(resources)
 
 
-def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, dict[str, Any]]:
+def _configure(args: argparse.Namespace, resources: list[Any]
+               ) -> tuple[Any, Any, dict[str, Any]]:
     import asyncssh
 
-    from adapters.ssh.enforcer import SshEnforcer
+    from adapters.ssh.enforcer import enforcers
     from adapters.ssh.gateway import GatewayConfig
     from adapters.ssh.targets import TargetsFileError, load_targets
     from engine.audit.stores import parse_store_url
@@ -101,8 +102,9 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, dic
     directory, verify = _identity(args)
     audit, recorder, gate = _trail(args, resources)
     client, decisions = _decision_client(args, audit, resources)
-    enforcer = SshEnforcer(client, recorder=recorder, approvals=gate)
-    config = GatewayConfig(targets=targets, enforcer=enforcer, host_keys=host_keys, host=host,
+    config = GatewayConfig(targets=targets, host_keys=host_keys, host=host,
+                           enforcers=enforcers(client, targets, recorder=recorder,
+                                               approvals=gate),
                            port=port, directory=directory, verify_token=verify,
                            recordings=args.recordings)
     ready = {
@@ -115,10 +117,10 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, dic
         "recordings": str(args.recordings) if args.recordings else None,
         "approval_timeout_s": args.approval_timeout,
     }
-    return config, ready
+    return config, client, ready
 
 
-async def _serve(config: Any, ready: dict[str, Any]) -> int:
+async def _serve(config: Any, client: Any, ready: dict[str, Any]) -> int:
     from adapters.ssh.gateway import SshGateway
 
     stop = asyncio.Event()
@@ -134,7 +136,7 @@ async def _serve(config: Any, ready: dict[str, Any]) -> int:
         log.info("shutting down: closing %d session(s)", gateway.active_sessions)
     finally:
         await gateway.close()
-        aclose = getattr(config.enforcer.client, "aclose", None)
+        aclose = getattr(client, "aclose", None)
         if aclose is not None:
             await aclose()
     return 0

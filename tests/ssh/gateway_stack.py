@@ -25,8 +25,8 @@ from typing import Any
 
 import asyncssh
 
-from adapters.postgres.review import ApprovalGate
-from adapters.ssh.enforcer import SshEnforcer
+from adapters.enforcement.review import ApprovalGate
+from adapters.ssh.enforcer import enforcers
 from adapters.ssh.gateway import GatewayConfig, SshGateway
 from adapters.ssh.targets import load_targets
 from engine.approvals import open_approval_store
@@ -188,9 +188,11 @@ def open_gateway(sshd: Sshd, tmp: Path, policies: Path | None = None, *,
     gate = ApprovalGate(store, timeout=approval_timeout,
                         approve_hint="ordinance approvals approve {id}")
     engine = Engine(load_policy_set(str(policies)))
-    enforcer = SshEnforcer(InProcessDecisionClient(engine), recorder=recorder, approvals=gate)
+    targets = load_targets(targets_file)
     config = GatewayConfig(
-        targets=load_targets(targets_file), enforcer=enforcer, host_keys=[host_key],
+        targets=targets, host_keys=[host_key],
+        enforcers=enforcers(InProcessDecisionClient(engine), targets, recorder=recorder,
+                            approvals=gate),
         host="127.0.0.1", port=0, directory=load_users(users_file),
         recordings=tmp / "recordings" if recordings else None)
     gateway = GatewayThread(config)

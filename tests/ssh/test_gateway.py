@@ -30,7 +30,7 @@ def stack(sshd: Sshd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stac
 
 def last_command(stack: Stack, text: str) -> dict[str, object]:
     text = scrub_pans(text)  # the trail scrubs card numbers everywhere
-    found = [r for r in stack.records("command") if r["text"] == text]
+    found = [r for r in stack.records("statement") if r["text"] == text]
     assert found, f"no command record for {text!r}"
     return found[-1]
 
@@ -53,11 +53,13 @@ def test_allowed_exec_runs_and_is_recorded(stack: Stack) -> None:
     assert result.stdout == b"hello gateway\n"
     record = last_command(stack, "echo hello gateway")
     assert record["effect"] == "allow" and record["exit_status"] == 0
-    assert record["bytes_out"] == len(b"hello gateway\n") and record["request"] == "exec"
+    assert record["bytes_out"] == len(b"hello gateway\n")
+    assert record["command"] == {"request": "exec"} and record["tag"] == "exit 0"
     assert isinstance(record["duration_ms"], float)
     start = next(r for r in stack.records("session.start")
                  if r["session_id"] == record["session_id"])
-    assert start["user"] == "alice" and start["target"] == "web1"
+    assert start["user"] == "alice" and start["target"]["name"] == "web1"  # type: ignore[index]
+    assert start["protocol"] == "ssh" and start["auth_method"] == "publickey"
     assert str(start["key_fingerprint"]).startswith("SHA256:")
     assert start["resource"]["labels"] == {"env": "prod"}  # type: ignore[index]
     assert str(start["client_addr"]).startswith("127.0.0.1:")
@@ -78,7 +80,7 @@ def test_denied_exec_exits_126_with_the_reason_and_never_runs(stack: Stack) -> N
     assert b"denied by policy: rm is not allowed on this host" in result.stderr
     assert marker.exists()
     record = last_command(stack, f"rm -f {marker}")
-    assert record["effect"] == "deny" and record["exit_status"] is None
+    assert record["effect"] == "deny" and "exit_status" not in record
 
 
 def test_stdin_reaches_the_command(stack: Stack) -> None:
@@ -94,13 +96,13 @@ def test_card_numbers_in_output_are_masked_even_split_across_writes(stack: Stack
     assert result.returncode == 0
     assert result.stdout == f"{MASKED}\n".encode()
     assert result.stderr == b"****-****-****-0004\n"
-    assert last_command(stack, command)["masked"] == 2
+    assert last_command(stack, command)["masked_pans"] == 2
 
 
 def test_the_trail_never_holds_the_card_number_of_a_command_line(stack: Stack) -> None:
     result = stack.ssh(f"echo {PAN}")
     assert result.stdout == f"{MASKED}\n".encode()
-    texts = [str(r["text"]) for r in stack.records("command")]
+    texts = [str(r["text"]) for r in stack.records("statement")]
     assert f"echo {MASKED}" in texts and not any(PAN in t for t in texts)
 
 
@@ -172,10 +174,11 @@ def test_client_disconnecting_during_a_hold_withdraws_the_request(stack: Stack) 
         time.sleep(0.05)
     assert stack.store.get(request_id).stored_status == "withdrawn"
     deadline = time.monotonic() + 10
-    while not [r for r in stack.records("command") if r["text"] == command]:
+    while not [r for r in stack.records("statement") if r["text"] == command]:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert "disconnected" in str(last_command(stack, command)["error"])
+    assert "exit_status" not in last_command(stack, command)  # it never ran
 
 
 # -- other clients --------------------------------------------------------------------------------
@@ -227,10 +230,10 @@ def test_forwarding_is_refused_unless_a_policy_allows_it(stack: Stack) -> None:
     local, _remote, agent = asyncio.run(run())
     assert "port forwarding to 127.0.0.1:5432 denied: port forwarding is not allowed" in local
     assert agent.strip() == ""
-    record = [r for r in stack.records("command") if r["request"] == "forward"
-              and str(r["text"]).startswith("forward local")][-1]
-    assert record["effect"] == "deny"
-    assert any(r["text"].startswith("forward remote") for r in stack.records("command"))
+    record = last_command(stack, "forward local 127.0.0.1:5432")
+    assert record["effect"] == "deny" and record["command"]["forward"]["port"] == 5432  # type: ignore[index]
+    assert any(str(r["text"]).startswith("forward remote")
+               for r in stack.records("statement"))
 
 
 def test_forwarding_a_policy_allows_is_tunnelled_through_the_target(stack: Stack) -> None:
@@ -251,8 +254,9 @@ def test_forwarding_a_policy_allows_is_tunnelled_through_the_target(stack: Stack
             return await reader.read()
 
     assert asyncio.run(run()) == b"echo:ping"
-    record = [r for r in stack.records("command") if r["request"] == "forward"][-1]
-    assert record["effect"] == "allow" and record["bytes_in"] == 4 and record["bytes_out"] == 9
+    record = [r for r in stack.records("statement") if r["effect"] == "allow"
+              and str(r["text"]).startswith("forward local")][-1]
+    assert record["bytes_in"] == 4 and record["bytes_out"] == 9 and record["tag"] == "closed"
 
 
 def test_openssh_agent_forwarding_is_not_passed_on(stack: Stack) -> None:
@@ -287,7 +291,7 @@ def test_a_changed_target_host_key_refuses_the_connection(fresh_sshd: Sshd,
         assert result.returncode == 255
         assert b"host key does not match its pinned known_hosts entries" in result.stderr
         assert b"should-not-run" not in result.stdout
-        assert not stack.records("command")
+        assert not stack.records("statement")
 
 
 # -- load ----------------------------------------------------------------------------
