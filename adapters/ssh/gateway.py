@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from adapters.enforcement.hooks import (
     StatementOutcome,
     StatementVerdict,
 )
+from adapters.postgres.proxy import new_session_id  # (no card number in it)
 from adapters.ssh.enforcer import SshContext, SshEnforcer, text_of
 from adapters.ssh.pan_stream import PanStream
 from adapters.ssh.recording import ShellRecording
@@ -248,7 +248,7 @@ class _Connection(asyncssh.SSHServer):
         assert self.conn is not None
         self.enforcer = self.config.enforcers[self.target.name]
         self.ctx = SshContext(
-            secrets.token_hex(8), who.id, tuple(who.groups), self.target.user,
+            new_session_id(), who.id, tuple(who.groups), self.target.user,
             str(self.conn.get_extra_info("client_version") or ""), self.peer, True, method,
             requested_user=self.user, claims=dict(who.claims), protocol="ssh",
             credential=credential, target=self.target.name)

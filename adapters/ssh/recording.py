@@ -14,6 +14,7 @@ import codecs
 import hashlib
 import json
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ class ShellRecording:
     def __init__(self, directory: Path, session_id: str, *, width: int, height: int,
                  term: str, title: str) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path = directory / f"{session_id}-{time.time_ns()}.cast"
+        # no long digit run in the name: the trail masks what could be a card number
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.path = directory / f"{session_id}-{stamp}-{secrets.token_urlsafe(6)}.cast"
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()

@@ -254,8 +254,12 @@ def test_forwarding_a_policy_allows_is_tunnelled_through_the_target(stack: Stack
             return await reader.read()
 
     assert asyncio.run(run()) == b"echo:ping"
-    record = [r for r in stack.records("statement") if r["effect"] == "allow"
-              and str(r["text"]).startswith("forward local")][-1]
+    deadline = time.monotonic() + 10  # a tunnel's record is written when both ends closed
+    while not (found := [r for r in stack.records("statement") if r["effect"] == "allow"
+                         and str(r["text"]).startswith("forward local")]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    record = found[-1]
     assert record["bytes_in"] == 4 and record["bytes_out"] == 9 and record["tag"] == "closed"
 
 
