@@ -1,0 +1,217 @@
+"""An SSH gateway in front of a throwaway sshd, for the gateway's tests.
+
+`open_gateway(sshd, tmp, policies)` runs `SshGateway` on a private event loop in a thread
+(the clients under test are blocking: OpenSSH binaries, paramiko), with an in-process engine
+over `policies`, a SQLite trail and approvals store in `tmp`, a users file with `alice`
+(group dev) and `dana` (sre-leads, an approver) logging in with generated keys, and one target
+`web1` (labels env=prod) that is the sshd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import threading
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from adapters.enforcement.review import ApprovalGate
+from adapters.ssh.enforcer import enforcers
+from adapters.ssh.gateway import GatewayConfig, SshGateway
+from adapters.ssh.targets import load_targets
+from engine.approvals import open_approval_store
+from engine.audit import open_audit_log
+from engine.audit.recorder import AuditRecorder
+from engine.client import InProcessDecisionClient
+from engine.engine import Engine
+from engine.identity.users import load_users
+from engine.policy import load_policy_set
+from tests.support.sshd import Sshd, key_pair
+
+TEST_POLICY = """\
+package ordinance.sshtest
+
+import rego.v1
+
+deny contains "rm is not allowed on this host" if {
+	input.command.request == "exec"
+	"rm" in input.command.programs
+}
+
+deny contains "reading /etc/shadow is not allowed" if {
+	input.command.request == "sftp"
+	input.command.sftp.path == "/etc/shadow"
+}
+
+deny contains "writing under /etc is not allowed" if {
+	input.command.request == "sftp"
+	input.command.sftp.mode in {"write", "readwrite"}
+	startswith(input.command.sftp.path, "/etc/")
+}
+
+deny contains "port forwarding is not allowed" if {
+	input.command.request == "forward"
+	input.subject.id != "dana"
+}
+
+review contains {"msg": "restarting services needs an SRE lead", "approvers": ["sre-leads"]} if {
+	input.command.request == "exec"
+	"systemctl" in input.command.programs
+}
+
+review contains {"msg": "a shell on prod needs an SRE lead", "approvers": ["sre-leads"],
+		"window": "10m"} if {
+	input.command.request == "shell"
+	input.resource.labels.env == "prod"
+	not input.subject.id == "dana"
+}
+"""
+
+
+class GatewayThread:
+    """A running gateway on its own loop."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.gateway = SshGateway(config)
+        self.run(self.gateway.start())
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def port(self) -> int:
+        return self.gateway.port
+
+    def stop(self) -> None:
+        self.run(self.gateway.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@dataclass
+class Stack:
+    gateway: GatewayThread
+    sshd: Sshd
+    tmp: Path
+    audit_url: str
+    users_file: Path
+    targets_file: Path
+    alice_key: str
+    dana_key: str
+    known_hosts: Path
+    store: Any
+    recordings: Path
+    shared: Path
+    """A directory the target's login user can read and write (the test's own are 0700)."""
+
+    @property
+    def port(self) -> int:
+        return self.gateway.port
+
+    def ssh(self, *remote: str, login: str = "alice+web1", key: str | None = None,
+            extra: tuple[str, ...] = (), input: bytes | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(self.ssh_args(*remote, login=login, key=key, extra=extra),
+                              input=input, capture_output=True, timeout=timeout,
+                              check=False)
+
+    def ssh_args(self, *remote: str, login: str = "alice+web1", key: str | None = None,
+                 extra: tuple[str, ...] = (), program: str = "ssh") -> list[str]:
+        port_flag = "-P" if program in ("scp",) else "-p"
+        args = [program, port_flag, str(self.port), "-i", key or self.alice_key,
+                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", *extra]
+        if program == "ssh":
+            return [*args, f"{login}@127.0.0.1", *remote]
+        return [*args, *remote]
+
+    def records(self, kind: str | None = None) -> list[dict[str, Any]]:
+        path = self.audit_url.removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            rows = db.execute("SELECT kind, session_id, decision_id, payload FROM "
+                              "ordinance_audit ORDER BY seq").fetchall()
+        return [{"kind": k, "session_id": s, "decision_id": d, **json.loads(p)}
+                for k, s, d, p in rows if kind is None or k == kind]
+
+
+def write_targets(path: Path, sshd: Sshd, key: str, *, known_hosts_line: str | None = None,
+                  name: str = "web1", labels: str = "{env: prod}") -> None:
+    path.write_text(
+        "targets:\n"
+        f"  - name: {name}\n"
+        f"    host: {sshd.host}\n"
+        f"    port: {sshd.port}\n"
+        f"    user: {sshd.user}\n"
+        f"    key: {key}\n"
+        f"    known_hosts: [{json.dumps(known_hosts_line or sshd.host_public_key)}]\n"
+        f"    labels: {labels}\n")
+
+
+@contextlib.contextmanager
+def open_gateway(sshd: Sshd, tmp: Path, policies: Path | None = None, *,
+                 approval_timeout: float = 30.0, recordings: bool = True,
+                 targets_file: Path | None = None) -> Iterator[Stack]:
+    if policies is None:
+        policies = tmp / "policies"
+        (policies / "sshtest").mkdir(parents=True, exist_ok=True)
+        (policies / "sshtest" / "ssh.rego").write_text(TEST_POLICY)
+    alice_key, alice_pub = key_pair(str(tmp), "alice_key")
+    dana_key, dana_pub = key_pair(str(tmp), "dana_key")
+    users_file = tmp / "users.yaml"
+    users_file.write_text(
+        "users:\n"
+        f"  - {{name: alice, groups: [dev], ssh_keys: [{json.dumps(alice_pub)}]}}\n"
+        f"  - {{name: dana, groups: [sre-leads], ssh_keys: [{json.dumps(dana_pub)}]}}\n")
+    if targets_file is None:
+        targets_file = tmp / "targets.yaml"
+        write_targets(targets_file, sshd, sshd.client_key)
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    audit_url = f"sqlite:///{tmp / 'audit.db'}"
+    audit = open_audit_log(audit_url)
+    recorder = AuditRecorder(audit).start()
+    store = open_approval_store(audit_url, audit=audit)
+    gate = ApprovalGate(store, timeout=approval_timeout,
+                        approve_hint="ordinance approvals approve {id}")
+    engine = Engine(load_policy_set(str(policies)))
+    targets = load_targets(targets_file)
+    config = GatewayConfig(
+        targets=targets, host_keys=[host_key],
+        enforcers=enforcers(InProcessDecisionClient(engine), targets, recorder=recorder,
+                            approvals=gate),
+        host="127.0.0.1", port=0, directory=load_users(users_file),
+        recordings=tmp / "recordings" if recordings else None)
+    gateway = GatewayThread(config)
+    known_hosts = tmp / "gateway_known_hosts"
+    known_hosts.write_text(
+        f"[127.0.0.1]:{gateway.port} {host_key.export_public_key().decode().strip()}\n")
+    shared = Path(tempfile.mkdtemp(prefix="ordinance-ssh-shared-"))
+    shared.chmod(0o777)
+    try:
+        yield Stack(gateway, sshd, tmp, audit_url, users_file, targets_file, alice_key,
+                    dana_key, known_hosts, store, tmp / "recordings", shared)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+        gateway.stop()
+        gate.close()
+        recorder.close()
+        store.close()
+        audit.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
