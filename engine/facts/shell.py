@@ -10,7 +10,8 @@ Facts:
 - `argv`, `program`: the first command's (after unwrapping); `programs`: every program run,
   wrappers included, in order, names without their directory (`/usr/bin/rm` -> `rm`).
 - `commands`: each command run: `argv`, `program`, `sudo`, `via` (its wrappers), `redirects`
-  (`{op, fd, target}`), `opaque` (and `opaque_reason`).
+  (`{op, fd, target, target_known, path}`: `path` the target normalised when known),
+  `opaque` (and `opaque_reason`).
 - `opaque` / `opaque_reasons`: something in the text runs what the facts cannot know: a
   program named by an expansion (`$X -rf /`, `${IFS}`), a glob as a program, code in another
   language (`python -c`, `perl -e`, awk `system`), a shell reading its input, `env -S`, an
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.facts.shell_syntax import Redirect, ShellSyntaxError, SimpleCommand, parse_script
-from engine.facts.shell_words import Word, path_candidates
+from engine.facts.shell_words import Word, normalise_path, path_candidates, quoted_for_message
 from engine.facts.shell_wrappers import ELEVATING, Opaque, opaque_code, unwrap
 
 MAX_DEPTH = 8
@@ -78,9 +79,10 @@ def program_name(word: Word) -> str | None:
 
 def _redirect_fact(redirect: Redirect) -> dict[str, Any]:
     target = redirect.target
+    known = target is not None and target.known and target.value is not None
     return {"op": redirect.op, "fd": redirect.fd,
-            "target": None if target is None else target.text,
-            "target_known": target is not None and target.known}
+            "target": None if target is None else target.text, "target_known": known,
+            "path": normalise_path(target.value or "") if known and target else None}
 
 
 def _script(raw: str, depth: int, facts: _Facts, sudo: bool, via: list[str]) -> None:
@@ -114,7 +116,8 @@ def _command(command: SimpleCommand, words: list[Word], depth: int, facts: _Fact
             "via": list(via), "redirects": [_redirect_fact(r) for r in command.redirects],
             "opaque": False, "opaque_reason": None}
         if program is None:
-            _opaque(entry, facts, f"the program {words[0].source!r} is not known until run time")
+            name = quoted_for_message(words[0].source)
+            _opaque(entry, facts, f"the program {name} is not known until run time")
             return
         try:
             unwrapped = unwrap(program, words)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import tree_sitter_bash
 from tree_sitter import Language, Node, Parser
 
-from engine.facts.shell_words import Word, literal, resolve
+from engine.facts.shell_words import Word, literal, quoted_for_message, resolve
 
 _LANGUAGE = Language(tree_sitter_bash.language())
 _LOCAL = threading.local()
@@ -100,7 +100,8 @@ def parse_script(raw: str) -> Script:
     if root.has_error:
         bad = _first_error(root) or root
         snippet = data[bad.start_byte:bad.start_byte + 30].decode("utf-8", "replace")
-        what = f"missing {bad.type!r}" if bad.is_missing else f"near {snippet!r}"
+        what = (f"missing {quoted_for_message(bad.type)}" if bad.is_missing
+                else f"near {quoted_for_message(snippet)}")
         raise ShellSyntaxError(f"shell syntax error at offset {bad.start_byte}: {what}")
     return _Walker().walk(root)
 

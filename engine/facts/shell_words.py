@@ -226,6 +226,14 @@ def ansi_c(body: str) -> str | None:
     return decoded.split("\0", 1)[0]  # bash ends the string at a NUL
 
 
+def quoted_for_message(text: str, limit: int = 60) -> str:
+    """`text` in single quotes for a fact's message, without `"` or backslashes (regopy 1.5.2
+    does not escape them in the JSON of its results, so a policy message quoting such text
+    would be unreadable: a deny that names an engine error instead of the reason)."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return "'" + cut.replace("\\", "?").replace('"', "?").replace("\n", " ") + "'"
+
+
 def normalise_path(text: str) -> str:
     """`/etc//./shadow` -> `/etc/shadow`; a relative path stays relative."""
     if not text:

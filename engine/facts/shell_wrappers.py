@@ -13,7 +13,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-from engine.facts.shell_words import Word, literal
+from engine.facts.shell_words import Word, literal, quoted_for_message
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "rbash", "yash"})
 ELEVATING = frozenset({"sudo", "doas", "pkexec", "su", "runuser"})
@@ -82,10 +82,11 @@ def parse_options(program: str, words: list[Word], spec: Options) -> Parsed:
                 if not eq:
                     i += 1
                     if i >= len(words):
-                        raise Opaque(f"{program} --{name} lacks its value")
+                        raise Opaque(f"{program} {quoted_for_message('--' + name)} lacks its value")
                 out.options.append((name, literal(attached) if eq else words[i]))
             else:
-                raise Opaque(f"{program} option --{name} is not one the facts know")
+                raise Opaque(f"{program} option {quoted_for_message('--' + name)} is not one the "
+                            "facts know")
             i += 1
             continue
         if spec.numeric and value[1:].isdigit():
@@ -109,7 +110,8 @@ def parse_options(program: str, words: list[Word], spec: Options) -> Parsed:
             if letter in spec.flags:
                 out.options.append((letter, None))
                 continue
-            raise Opaque(f"{program} option -{letter} is not one the facts know")
+            option = quoted_for_message("-" + letter)
+            raise Opaque(f"{program} option {option} is not one the facts know")
         i += 1
     out.rest_at = i
     if not spec.permute:
@@ -363,10 +365,10 @@ def opaque_code(program: str, words: list[Word]) -> str | None:
         letters = _INLINE_CODE.get(program, "")
         for arg in args:
             if arg in _INLINE_LONG or arg.split("=", 1)[0] in _INLINE_LONG:
-                return f"{program} {arg} runs code the facts cannot read"
+                return f"{program} {quoted_for_message(arg)} runs code the facts cannot read"
             if arg.startswith("-") and not arg.startswith("--") and letters and \
                     any(c in letters for c in arg[1:]):
-                return f"{program} {arg} runs code the facts cannot read"
+                return f"{program} {quoted_for_message(arg)} runs code the facts cannot read"
             if not arg.startswith("-"):
                 return None  # a script file: the program is the interpreter
         return f"{program} reads its program from its input"

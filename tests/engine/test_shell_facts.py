@@ -62,8 +62,8 @@ def test_first_command_is_argv_and_program() -> None:
 def test_redirections_are_facts_of_their_command() -> None:
     result = facts("dd if=/dev/zero bs=1M > /dev/sda 2>&1")
     assert result["commands"][0]["redirects"] == [
-        {"op": ">", "fd": None, "target": "/dev/sda", "target_known": True},
-        {"op": ">&", "fd": 2, "target": "1", "target_known": True}]
+        {"op": ">", "fd": None, "target": "/dev/sda", "target_known": True, "path": "/dev/sda"},
+        {"op": ">&", "fd": 2, "target": "1", "target_known": True, "path": "1"}]
     assert {r["target"] for r in result["redirects"]} == {"/dev/sda", "1"}
 
 
