@@ -562,8 +562,8 @@ class _Relay:
             **self.counts, "masked_pans": self.views[0].masked + self.views[1].masked}
         if self.recording is not None:
             rec = self.recording
-            rec.event("i", self.recorded[0].flush())
-            rec.event("o", self.recorded[1].flush())
+            rec.input(self.recorded[0].flush())
+            rec.output(self.recorded[1].flush())
             digest = await asyncio.to_thread(rec.close)
             details["recording"] = {"format": "asciicast-v2", "path": str(rec.path),
                                     "sha256": digest, "bytes": rec.bytes}
@@ -601,7 +601,7 @@ class _Relay:
                 break
             self.counts["bytes_in"] += len(data)
             if recording is not None:
-                recording.event("i", self.recorded[0].feed(data))
+                recording.input(self.recorded[0].feed(data))
             process.stdin.write(data)
             await process.stdin.drain()
         process.stdin.write_eof()
@@ -625,7 +625,7 @@ class _Relay:
                     break
                 self.counts[count] += len(data)
                 if recording is not None:
-                    recording.event("o", self.recorded[1].feed(data))
+                    recording.output(self.recorded[1].feed(data))
                 if timer is not None:
                     timer.cancel()
                     timer = None
