@@ -60,6 +60,7 @@ READ_SIZE = 64 * 1024
 PTY_HOLD_S = 0.25
 """How long a possible card number's first digits are held back from an interactive view."""
 UPSTREAM_CONNECT_TIMEOUT = 15.0
+MAX_AUTH_FAILURES = 6  # as sshd's MaxAuthTries: then the connection is closed
 PROXYJUMP_REFUSED = (
     "a tunnel to an SSH server (ssh -J / ProxyJump / -W) would carry an end-to-end encrypted "
     "session whose commands the gateway cannot see, so it is refused: log in as USER+TARGET "
@@ -138,6 +139,7 @@ class _Connection(asyncssh.SSHServer):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._done = asyncio.Event()
         self._end_reason = "the client closed the connection"
+        self._failed_logins = 0
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -229,6 +231,10 @@ class _Connection(asyncssh.SSHServer):
             subject = await asyncio.to_thread(verify, responses[0].strip())
         except IdentityError as exc:
             log.info("login %s from %s: ID token refused: %s", username, self.peer, exc)
+            self._failed_logins += 1
+            if self._failed_logins >= MAX_AUTH_FAILURES and self.conn is not None:
+                self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                                     "too many failed logins")
             return False
         self.token_subject = subject
         return True

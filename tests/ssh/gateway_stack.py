@@ -165,7 +165,8 @@ def write_targets(path: Path, sshd: Sshd, key: str, *, known_hosts_line: str | N
 @contextlib.contextmanager
 def open_gateway(sshd: Sshd, tmp: Path, policies: Path | None = None, *,
                  approval_timeout: float = 30.0, recordings: bool = True,
-                 targets_file: Path | None = None) -> Iterator[Stack]:
+                 targets_file: Path | None = None,
+                 verify_token: Any = None) -> Iterator[Stack]:
     if policies is None:
         policies = tmp / "policies"
         (policies / "sshtest").mkdir(parents=True, exist_ok=True)
@@ -193,7 +194,7 @@ def open_gateway(sshd: Sshd, tmp: Path, policies: Path | None = None, *,
         targets=targets, host_keys=[host_key],
         enforcers=enforcers(InProcessDecisionClient(engine), targets, recorder=recorder,
                             approvals=gate),
-        host="127.0.0.1", port=0, directory=load_users(users_file),
+        host="127.0.0.1", port=0, directory=load_users(users_file), verify_token=verify_token,
         recordings=tmp / "recordings" if recordings else None)
     gateway = GatewayThread(config)
     known_hosts = tmp / "gateway_known_hosts"
