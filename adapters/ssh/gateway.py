@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from adapters.enforcement.hooks import (
     StatementOutcome,
     StatementVerdict,
 )
+from adapters.postgres.proxy import new_session_id  # (no card number in it)
 from adapters.ssh.enforcer import SshContext, SshEnforcer, text_of
 from adapters.ssh.pan_stream import PanStream
 from adapters.ssh.recording import ShellRecording
@@ -248,7 +248,7 @@ class _Connection(asyncssh.SSHServer):
         assert self.conn is not None
         self.enforcer = self.config.enforcers[self.target.name]
         self.ctx = SshContext(
-            secrets.token_hex(8), who.id, tuple(who.groups), self.target.user,
+            new_session_id(), who.id, tuple(who.groups), self.target.user,
             str(self.conn.get_extra_info("client_version") or ""), self.peer, True, method,
             requested_user=self.user, claims=dict(who.claims), protocol="ssh",
             credential=credential, target=self.target.name)
@@ -562,8 +562,8 @@ class _Relay:
             **self.counts, "masked_pans": self.views[0].masked + self.views[1].masked}
         if self.recording is not None:
             rec = self.recording
-            rec.event("i", self.recorded[0].flush())
-            rec.event("o", self.recorded[1].flush())
+            rec.input(self.recorded[0].flush())
+            rec.output(self.recorded[1].flush())
             digest = await asyncio.to_thread(rec.close)
             details["recording"] = {"format": "asciicast-v2", "path": str(rec.path),
                                     "sha256": digest, "bytes": rec.bytes}
@@ -601,7 +601,7 @@ class _Relay:
                 break
             self.counts["bytes_in"] += len(data)
             if recording is not None:
-                recording.event("i", self.recorded[0].feed(data))
+                recording.input(self.recorded[0].feed(data))
             process.stdin.write(data)
             await process.stdin.drain()
         process.stdin.write_eof()
@@ -625,7 +625,7 @@ class _Relay:
                     break
                 self.counts[count] += len(data)
                 if recording is not None:
-                    recording.event("o", self.recorded[1].feed(data))
+                    recording.output(self.recorded[1].feed(data))
                 if timer is not None:
                     timer.cancel()
                     timer = None

@@ -1,61 +1,65 @@
-"""An interactive session's recording: an asciicast v2 file (asciinema's format) in the
-gateway's recordings directory, written as the session runs, hashed when it ends.
+"""An interactive session's recording: an asciicast v2 file (asciinema's format, encoded by
+`adapters.ssh.asciicast`) in the gateway's recordings directory, written as the session runs,
+hashed when it ends.
 
 Every byte the user typed (`i` events) and saw (`o` events) is written, card numbers already
-masked by the caller (`PanStream`). UTF-8 split across chunks is decoded incrementally
-(invalid bytes become U+FFFD, as asciinema does). `close()` flushes, fsyncs and returns the
-file's SHA-256, which the command record carries into the hash chain (a changed file no
-longer matches it). The file is created owner-only and never overwritten.
+masked by the caller (`PanStream`), and every window resize (`r`). `close()` flushes, fsyncs and
+returns the file's SHA-256, which the session's `statement` record carries into the hash chain
+(`recording: {format, path, sha256, bytes}`): a changed file no longer matches it. The file is
+created owner-only, never overwritten, named without a long digit run (the trail masks what
+could be a card number, and the record must name the file as it is).
 """
 
 from __future__ import annotations
 
-import codecs
 import hashlib
-import json
 import os
+import secrets
 import time
 from pathlib import Path
-from typing import Any
+
+from adapters.ssh.asciicast import Encoder, Header
 
 
 class ShellRecording:
     def __init__(self, directory: Path, session_id: str, *, width: int, height: int,
                  term: str, title: str) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path = directory / f"{session_id}-{time.time_ns()}.cast"
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.path = directory / f"{session_id}-{stamp}-{secrets.token_urlsafe(6)}.cast"
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
         self._start = time.monotonic()
-        self._decoders = {kind: codecs.getincrementaldecoder("utf-8")("replace")
-                          for kind in ("i", "o")}
         self.bytes = 0
-        self._line({"version": 2, "width": width or 80, "height": height or 24,
-                    "timestamp": int(time.time()), "title": title,
-                    "env": {"TERM": term or "", "SHELL": ""}})
+        self._encoder = Encoder(Header(width=width or 80, height=height or 24,
+                                       timestamp=int(time.time()), title=title,
+                                       env={"TERM": term} if term else {}))
+        self._write(self._encoder.header())
 
-    def _line(self, value: Any) -> None:
-        data = json.dumps(value, ensure_ascii=False).encode("utf-8") + b"\n"
-        self._file.write(data)
-        self._hash.update(data)
-        self.bytes += len(data)
+    def _now(self) -> float:
+        return time.monotonic() - self._start
 
-    def event(self, kind: str, data: bytes) -> None:
-        """`kind` "o" (output) or "i" (input); `data` already masked."""
-        text = self._decoders[kind].decode(data)
-        if text:
-            self._line([round(time.monotonic() - self._start, 6), kind, text])
+    def _write(self, data: bytes) -> None:
+        if data:
+            self._file.write(data)
+            self._hash.update(data)
+            self.bytes += len(data)
+
+    def output(self, data: bytes) -> None:
+        """What the user saw (already masked)."""
+        self._write(self._encoder.output(self._now(), data))
+
+    def input(self, data: bytes) -> None:
+        """What the user typed (already masked)."""
+        self._write(self._encoder.input(self._now(), data))
 
     def resize(self, width: int, height: int) -> None:
-        self._line([round(time.monotonic() - self._start, 6), "r", f"{width}x{height}"])
+        self._write(self._encoder.resize(self._now(), width, height))
 
     def close(self) -> str:
         """Durable; the file's SHA-256 (hex)."""
-        for kind, decoder in self._decoders.items():
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                self._line([round(time.monotonic() - self._start, 6), kind, tail])
+        self._write(self._encoder.finish(self._now()))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()

@@ -83,6 +83,8 @@ def _line(node: yaml.Node | None) -> int:
 
 
 def _pinned(entries: Any, host: str, port: int, fail: Any) -> asyncssh.SSHKnownHosts:
+    if entries is None:
+        entries = []
     if isinstance(entries, str):
         entries = entries.splitlines()
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):

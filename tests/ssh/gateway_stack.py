@@ -131,7 +131,7 @@ class Stack:
 
     def ssh_args(self, *remote: str, login: str = "alice+web1", key: str | None = None,
                  extra: tuple[str, ...] = (), program: str = "ssh") -> list[str]:
-        port_flag = "-P" if program in ("scp",) else "-p"
+        port_flag = "-P" if program in ("scp", "sftp") else "-p"
         args = [program, port_flag, str(self.port), "-i", key or self.alice_key,
                 "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
                 "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",

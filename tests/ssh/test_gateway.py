@@ -254,8 +254,12 @@ def test_forwarding_a_policy_allows_is_tunnelled_through_the_target(stack: Stack
             return await reader.read()
 
     assert asyncio.run(run()) == b"echo:ping"
-    record = [r for r in stack.records("statement") if r["effect"] == "allow"
-              and str(r["text"]).startswith("forward local")][-1]
+    deadline = time.monotonic() + 10  # a tunnel's record is written when both ends closed
+    while not (found := [r for r in stack.records("statement") if r["effect"] == "allow"
+                         and str(r["text"]).startswith("forward local")]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    record = found[-1]
     assert record["bytes_in"] == 4 and record["bytes_out"] == 9 and record["tag"] == "closed"
 
 
@@ -325,3 +329,49 @@ def test_fifty_concurrent_sessions_leave_no_leaks(stack: Stack) -> None:
         time.sleep(0.2)
     ends = stack.records("session.end")
     assert len({r["session_id"] for r in ends}) >= 50
+
+
+# -- the shipped PCI pack --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pci(sshd: Sshd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    repo = Path(__file__).resolve().parents[2]
+    with open_gateway(sshd, tmp_path_factory.mktemp("pci"), repo / "policies") as running:
+        yield running
+
+
+@pytest.mark.parametrize("command", [
+    'sudo bash -c "rm -rf /srv"',
+    "env -i sh -c 'rm -r /var/lib/app'",
+    "timeout 5 nice -n 10 rm -rf /tmp/x",
+    "cat /etc/shadow",
+    "r''m -rf /",
+    "$'\\x72m' -rf /",
+    "X=rm; $X -rf /",
+    "echo 'unterminated",
+    "dd if=/dev/zero of=/dev/sda",
+    "shutdown -h now",
+    "apt-get remove -y openssh-server",
+])
+def test_the_pci_pack_denies_destructive_and_opaque_commands_on_prod(pci: Stack,
+                                                                       command: str) -> None:
+    result = pci.ssh(command)
+    assert result.returncode == 126, (result.stdout, result.stderr)
+    assert b"ordinance: denied by policy:" in result.stderr
+    assert last_command(pci, command)["effect"] == "deny"
+
+
+def test_the_pci_pack_lets_ordinary_commands_run_on_prod(pci: Stack) -> None:
+    result = pci.ssh("uname -s && ls / | head -1")
+    assert result.returncode == 0 and result.stdout.startswith(b"Linux\n")
+
+
+def test_the_pci_pack_holds_sudo_on_prod(pci: Stack) -> None:
+    proc = subprocess.Popen(pci.ssh_args("sudo -n true"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    request_id = pending_request(pci)
+    request = pci.store.get(request_id)
+    assert request.command_preview == "sudo -n true (on ssh target web1)"
+    assert request.resource["name"] == "web1" and list(request.approver_groups)
+    proc.kill()
+    proc.wait(10)
