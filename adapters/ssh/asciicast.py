@@ -139,6 +139,7 @@ def _header(value: Any) -> Header:
     for name, size in (("width", width), ("height", height)):
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise AsciicastError(f"line 1: {name} must be a positive integer")
+    assert isinstance(width, int) and isinstance(height, int)
     env = value.get("env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str | None)
                                             for k, v in env.items()):

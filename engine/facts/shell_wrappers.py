@@ -172,6 +172,10 @@ SHELL = Options(with_arg="oO", flags="abcefhiklmnprstuvxBCEHPT", plus=True,
                                   "verbose", "debugger", "dump-strings", "noediting",
                                   "pretty-print", "help", "version"))
 TRAP = Options(flags="lp")
+SCRIPT = Options(with_arg="cEIOBTm", flags="aefqkV",
+                 long_with_arg=_names("command", "echo", "log-in", "log-out", "log-io",
+                                      "log-timing", "logging-format", "output-limit"),
+                 long_flags=_names("append", "return", "flush", "force", "quiet"))
 NOHUP = Options(long_flags=_names("help", "version"))
 PLAIN = Options()
 
@@ -253,10 +257,27 @@ def _find(words: list[Word]) -> Unwrapped:
                 j += 1
             if j == i + 1:
                 raise Opaque("find -exec lacks its command")
-            extra.append(words[i + 1:j])
+            extra.append(_from_input(words[i + 1:j], ["{}"]))
             i = j
         i += 1
     return Unwrapped(extra=extra)
+
+
+def _from_input(words: list[Word], placeholders: list[str | None]) -> list[Word]:
+    """The words with each one holding a placeholder (`xargs -I{}`, `find -exec {}`) made
+    unknown: the program fills it in from its input (a file name, a line) at run time."""
+    marks = [p for p in placeholders if p]
+    out: list[Word] = []
+    for word in words:
+        value = word.value or ""
+        if any(mark in value for mark in marks):
+            pattern = value
+            for mark in marks:
+                pattern = pattern.replace(mark, "*")
+            out.append(Word(None, pattern, word.source, word.glob))
+        else:
+            out.append(word)
+    return out
 
 
 def _joined(program: str, words: list[Word]) -> Word:
@@ -286,7 +307,7 @@ def unwrap(program: str, words: list[Word]) -> Unwrapped | None:
         return _env(words)
     if program in SHELLS:
         return _shell(program, words)
-    if program == "busybox":
+    if program in ("busybox", "toybox"):
         return Unwrapped(inner=words[1:] or None) if len(words) > 1 and \
             not (words[1].value or "-").startswith("-") else Unwrapped()
     if program == "find":
@@ -306,9 +327,18 @@ def unwrap(program: str, words: list[Word]) -> Unwrapped | None:
             return Unwrapped(inner=parsed.operands)
         return Unwrapped(script=_joined(program, parsed.operands))
     if program == "xargs":
-        return _simple(program, words, XARGS, default=None)
+        parsed = parse_options(program, words, XARGS)
+        replace = [v.value if v is not None else "{}" for name, v in parsed.options
+                   if name in ("I", "i", "replace")]
+        return Unwrapped(inner=_from_input(parsed.operands, replace) or None)
     if program == "timeout":
         return _simple(program, words, TIMEOUT, positionals=1)
+    if program == "script":
+        parsed = parse_options(program, words, SCRIPT)
+        command = dict(parsed.options).get("c", dict(parsed.options).get("command"))
+        if command is None:
+            raise Opaque("script opens a shell that reads commands from its input")
+        return Unwrapped(script=command)
     if program == "chroot":
         parsed = parse_options(program, words, CHROOT)
         if len(parsed.operands) == 1:
@@ -324,7 +354,7 @@ def unwrap(program: str, words: list[Word]) -> Unwrapped | None:
 
 # Programs whose arguments are code in another language: the facts cannot see what it runs.
 _INLINE_CODE = {"perl": "eE", "ruby": "e", "lua": "e", "luajit": "e", "php": "r",
-                "node": "ep", "nodejs": "ep", "deno": "", "bun": "e"}
+                "node": "ep", "nodejs": "ep", "deno": "", "bun": "e", "expect": "c"}
 _INLINE_LONG = frozenset({"--eval", "--print", "--command"})
 _INTERPRETERS = frozenset({*_INLINE_CODE, "tclsh", "wish", "expect", "Rscript", "R", "irb",
                            "jshell", "osascript", "pwsh", "powershell", "groovy", "julia"})
@@ -333,11 +363,74 @@ _SED_EXEC = re.compile(r"(^|[;\n{}])\s*(\d+|\$|/[^/\n]*/)?(,(\d+|\$|/[^/\n]*/))?
 _SED_S_EXEC = re.compile(r"(^|[;\n{}])\s*s(.)(?:\\.|(?!\2).)*\2(?:\\.|(?!\2).)*\2[gpIiMm0-9w]*e")
 
 
+# Programs that run a command given as their operands, with option grammars the facts do not
+# model: what they run is not unwrapped, so the command line is opaque.
+RUNNERS = frozenset({"strace", "ltrace", "gdb", "valgrind", "chrt", "taskset", "numactl",
+                     "prlimit", "unshare", "nsenter", "systemd-run", "firejail", "proot",
+                     "fakeroot", "fakechroot", "sg", "newgrp", "dbus-launch", "dbus-run-session",
+                     "tmux", "screen", "at", "batch", "parallel", "flock", "catchsegv",
+                     "torsocks", "proxychains", "proxychains4", "unbuffer", "sshpass", "rlwrap",
+                     "faketime", "eatmydata", "cgexec", "runcon", "chronic", "ifne", "entr",
+                     "daemonize", "start-stop-daemon", "xterm", "ssh-agent", "su-exec",
+                     "gosu", "chpst", "setpriv", "capsh", "softlimit", "envdir", "setuidgid"})
+_EDITORS = frozenset({"vi", "vim", "nvim", "ex", "view", "rvim", "vimdiff", "gvim"})
+_TAR_EXEC = ("--to-command", "--checkpoint-action", "--use-compress-program", "--info-script",
+             "--new-volume-script", "--rsh-command", "-I", "-F")
+_RSYNC_EXEC = ("-e", "--rsh", "--rsync-path")
+
+
+def _escape_hatch(program: str, args: list[str]) -> str | None:
+    """Options by which a common program runs a command given as text."""
+    if program in _EDITORS and any(a in ("-c", "-S", "--cmd") or a.startswith("+")
+                                   for a in args):
+        return f"{program} runs editor commands (-c, +, -S, --cmd), which may run programs"
+    if program in ("ed", "red"):
+        return f"{program} reads commands from its input (! runs programs)"
+    if program in ("emacs", "emacsclient") and any(a.startswith(("--eval", "-l", "--load",
+                                                                 "--batch", "-batch", "-x",
+                                                                 "--script"))
+                                                  for a in args):
+        return f"{program} runs Lisp the facts cannot read"
+    if program in ("tar", "gtar", "bsdtar") and any(
+            a == opt or a.startswith(opt + "=") for a in args for opt in _TAR_EXEC):
+        return f"{program} option runs a command (--to-command, --checkpoint-action, -I, ...)"
+    if program == "rsync" and any(a == opt or a.startswith(opt + "=") or
+                                  (opt == "-e" and a.startswith("-e") and len(a) > 2)
+                                  for a in args for opt in _RSYNC_EXEC):
+        return "rsync -e/--rsh/--rsync-path runs a command"
+    if program == "git" and (_git_config(args) or any(
+            a.startswith(("--upload-pack", "--receive-pack", "--exec=")) for a in args)):
+        return "git -c and --upload-pack/--exec can run commands (core.pager, alias.x=!...)"
+    if program in ("zip",) and any(a in ("-T", "-TT", "--unzip-command") for a in args):
+        return "zip -TT runs a command"
+    return None
+
+
+def _git_config(args: list[str]) -> bool:
+    """git's global options (before the subcommand) set configuration."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if not arg.startswith("-"):
+            return False
+        if arg in ("-c", "--config-env") or arg.startswith(("--config-env=", "--exec-path")):
+            return True
+        skip = arg in ("-C", "--git-dir", "--work-tree", "--namespace")
+    return False
+
+
 def opaque_code(program: str, words: list[Word]) -> str | None:
     """Why the command runs code the facts cannot read, or None."""
     args = [w.value or "" for w in words[1:]]
     if program == "alias":
         return "alias makes a later word run another program"
+    if program in RUNNERS:
+        return f"{program} runs a command the facts do not unwrap"
+    hatch = _escape_hatch(program, args)
+    if hatch is not None:
+        return hatch
     if _PYTHON.fullmatch(program):
         skip = False
         for arg in args:

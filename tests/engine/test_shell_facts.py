@@ -117,11 +117,11 @@ def test_double_quotes_keep_backslashes_bash_keeps() -> None:
     ("python -Ec 'x'", "python -c"),
     ("python3", "reads its program"),
     ("echo 'import os' | python3 -", "reads its program"),
-    ("perl -e 'unlink glob \"/*\"'", "perl -e"),
-    ("perl -ne 'print' f", "perl -ne"),
-    ("ruby -e 'x'", "ruby -e"),
-    ("node --eval 'x'", "node --eval"),
-    ("php -r 'system(\"id\");'", "php -r"),
+    ("perl -e 'unlink glob \"/*\"'", "perl '-e'"),
+    ("perl -ne 'print' f", "perl '-ne'"),
+    ("ruby -e 'x'", "ruby '-e'"),
+    ("node --eval 'x'", "node '--eval'"),
+    ("php -r 'system(\"id\");'", "php '-r'"),
     ("awk 'BEGIN{system(\"rm -rf /\")}'", "awk program runs commands"),
     ("awk '{print | \"sh\"}' f", "awk program runs commands"),
     ("sed -n '1e rm -rf /' f", "sed script runs commands"),
@@ -140,6 +140,21 @@ def test_double_quotes_keep_backslashes_bash_keeps() -> None:
     ("LD_PRELOAD=/tmp/x.so ls", "LD_PRELOAD"),
     ("export LD_PRELOAD=/tmp/x.so", "LD_PRELOAD"),
     ("sudo $X", "not known until run time"),
+    ("ls | xargs -I% sh -c %", "not known until run time"),
+    ("ls | xargs -i sh -c {}", "not known until run time"),
+    ("find /tmp -name x -exec {} -rf / \\;", "not known until run time"),
+    ("strace -o /dev/null rm -rf /srv", "strace runs a command"),
+    ("parallel rm ::: a b", "parallel runs a command"),
+    ("vim -c ':!rm -rf /' -c q f", "vim runs editor commands"),
+    ("vi +'!rm -rf /' f", "vi runs editor commands"),
+    ("echo '!rm -rf /' | ed", "ed reads commands"),
+    ("tar -cf /dev/null x --checkpoint-action=exec='rm -rf /'", "tar option runs a command"),
+    ("tar -xf a.tar --to-command='sh -c id'", "tar option runs a command"),
+    ("rsync -e 'sh -c id' a b:", "rsync -e"),
+    ("git -c core.pager='rm -rf /' log", "git -c"),
+    ("git -C /srv -c alias.x='!rm -rf /' x", "git -c"),
+    ("expect -c 'spawn rm -rf /'", "expect '-c'"),
+    ("script", "script opens a shell"),
 ])
 def test_opaque_text_is_said_so(raw: str, reason: str) -> None:
     result = facts(raw)
@@ -151,6 +166,8 @@ def test_opaque_text_is_said_so(raw: str, reason: str) -> None:
     "echo $HOME", "ls -l /var/log", "python3 manage.py migrate", "python3 -m http.server",
     "perl script.pl", "awk '{print $1}' f", "sed -e 's/a/b/g' f", "bash deploy.sh",
     "systemctl restart app", "grep -r 'x' .", "sudo -l", "env", "xargs",
+    "git push -u origin main", "git -C /srv log -n 3", "tar -czf a.tgz dir", "rsync -a a b",
+    "vim f", "ls | xargs -I{} echo {}",
 ])
 def test_ordinary_commands_are_not_opaque(raw: str) -> None:
     assert facts(raw)["opaque"] is False
@@ -198,6 +215,9 @@ def test_ordinary_commands_are_not_opaque(raw: str) -> None:
     ("chroot /srv rm -r /x", ("rm", ["rm", "-r", "/x"], False)),
     ("watch -n 5 rm -r /x", ("rm", ["rm", "-r", "/x"], False)),
     ("trap 'rm -r /x' EXIT", ("rm", ["rm", "-r", "/x"], False)),
+    ("script -qc 'rm -r /x' /dev/null", ("rm", ["rm", "-r", "/x"], False)),
+    ("toybox rm -r /x", ("rm", ["rm", "-r", "/x"], False)),
+    ("find . -exec sh -c 'rm -r /x' _ {} \\;", ("rm", ["rm", "-r", "/x"], False)),
     ("sudo env timeout 5 nice nohup bash -c 'exec rm -r /x'", ("rm", ["rm", "-r", "/x"], True)),
 ])
 def test_wrappers_are_unwrapped(raw: str, expected: tuple[str, list[str], bool]) -> None:
