@@ -17,7 +17,7 @@ the view in two pieces unmasked; the recording's stream never calls `idle()`.
 
 from __future__ import annotations
 
-from engine.masking import find_pans, mask_pan
+from engine.masking import find_pans, mask_pan, may_hold_pan_bytes
 
 PAN_SPAN = 64
 """More than the longest card number with separators (19 digits and 18 separators)."""
@@ -55,7 +55,7 @@ class PanStream:
         return self._mask(data)
 
     def _mask(self, data: bytes) -> bytes:
-        if not data:
+        if not data or not may_hold_pan_bytes(data):  # C-level string ops, no decoding
             return data
         text = data.decode("utf-8", "surrogateescape")
         spans = find_pans(text)

@@ -24,6 +24,7 @@ from adapters.ssh.asciicast import Encoder, Header
 class ShellRecording:
     def __init__(self, directory: Path, session_id: str, *, width: int, height: int,
                  term: str, title: str) -> None:
+        directory = directory.resolve()  # the record names the file wherever it is read
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self.path = directory / f"{session_id}-{stamp}-{secrets.token_urlsafe(6)}.cast"
