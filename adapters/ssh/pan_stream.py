@@ -17,7 +17,7 @@ the view in two pieces unmasked; the recording's stream never calls `idle()`.
 
 from __future__ import annotations
 
-from engine.masking import find_pans, mask_pan, may_hold_pan_bytes
+from engine.masking import find_pans, may_hold_pan_bytes, scrub_pans
 
 PAN_SPAN = 64
 """More than the longest card number with separators (19 digits and 18 separators)."""
@@ -58,18 +58,11 @@ class PanStream:
         if not data or not may_hold_pan_bytes(data):  # C-level string ops, no decoding
             return data
         text = data.decode("utf-8", "surrogateescape")
-        spans = find_pans(text)
-        if not spans:
+        found = len(find_pans(text))
+        if not found:
             return data
-        self.masked += len(spans)
-        parts: list[str] = []
-        pos = 0
-        for start, end in spans:
-            parts.append(text[pos:start])
-            parts.append(mask_pan(text[start:end]))
-            pos = end
-        parts.append(text[pos:])
-        return "".join(parts).encode("utf-8", "surrogateescape")
+        self.masked += found
+        return scrub_pans(text).encode("utf-8", "surrogateescape")
 
 
 def _safe_cut(data: bytes) -> int:

@@ -34,9 +34,14 @@ from engine.audit import open_audit_log
 from engine.audit.recorder import AuditRecorder
 from engine.client import InProcessDecisionClient
 from engine.engine import Engine
+from engine.identity import Subject
 from engine.identity.users import load_users
 from engine.policy import load_policy_set
 from tests.support.sshd import Sshd, key_pair
+
+DANA = Subject(id="dana", groups=("sre-leads",))  # an approver of the test policy's reviews
+PAN = "4111 1111 1111 1111"
+MASKED = "**** **** **** 1111"
 
 TEST_POLICY = """\
 package ordinance.sshtest

@@ -12,14 +12,9 @@ import asyncssh
 import paramiko
 import pytest
 
-from engine.identity import Subject
 from engine.masking import scrub_pans
-from tests.ssh.gateway_stack import Stack, open_fds, open_gateway, write_targets
+from tests.ssh.gateway_stack import DANA, MASKED, PAN, Stack, open_fds, open_gateway, write_targets
 from tests.support.sshd import Sshd, key_pair
-
-DANA = Subject(id="dana", groups=("sre-leads",))
-PAN = "4111 1111 1111 1111"
-MASKED = "**** **** **** 1111"
 
 
 @pytest.fixture(scope="module")

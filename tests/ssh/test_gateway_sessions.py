@@ -17,13 +17,8 @@ import asyncssh
 import paramiko
 import pytest
 
-from engine.identity import Subject
-from tests.ssh.gateway_stack import Stack, open_gateway
+from tests.ssh.gateway_stack import DANA, MASKED, PAN, Stack, open_gateway
 from tests.support.sshd import Sshd
-
-DANA = Subject(id="dana", groups=("sre-leads",))
-PAN = "4111 1111 1111 1111"
-MASKED = "**** **** **** 1111"
 
 
 @pytest.fixture(scope="module")
