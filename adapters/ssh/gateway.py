@@ -57,8 +57,10 @@ log = logging.getLogger("ordinance.adapters.ssh.gateway")
 DENIED_EXIT = 126
 GATEWAY_FAILED_EXIT = 255  # what ssh itself exits with when it cannot reach the host
 READ_SIZE = 64 * 1024
-PTY_HOLD_S = 0.25
-"""How long a possible card number's first digits are held back from an interactive view."""
+HOLD_RELEASE_S = 0.1
+"""How long output that may be the start of a card number is held back when nothing follows
+it: protocols over exec wait for an answer after printing digits (git's pkt-line `0000`), and
+a prompt must echo `123` as typed. The recording's stream never releases early."""
 UPSTREAM_CONNECT_TIMEOUT = 15.0
 MAX_AUTH_FAILURES = 6  # as sshd's MaxAuthTries: then the connection is closed
 PROXYJUMP_REFUSED = (
@@ -616,7 +618,6 @@ class _Relay:
                       count: str) -> None:
         view = self.views[index]
         recording = self.recording
-        interactive = self.channel.pty is not None
         loop = asyncio.get_running_loop()
         timer: asyncio.TimerHandle | None = None
 
@@ -638,8 +639,8 @@ class _Relay:
                 shown = view.feed(data)
                 if shown:
                     writer.write(shown)
-                if interactive and view.holding:
-                    timer = loop.call_later(PTY_HOLD_S, release)
+                if view.holding:
+                    timer = loop.call_later(HOLD_RELEASE_S, release)
                 await writer.drain()
         finally:
             if timer is not None:

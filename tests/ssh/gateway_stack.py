@@ -122,6 +122,7 @@ class Stack:
     recordings: Path
     shared: Path
     """A directory the target's login user can read and write (the test's own are 0700)."""
+    recorder: AuditRecorder
 
     @property
     def port(self) -> int:
@@ -209,7 +210,7 @@ def open_gateway(sshd: Sshd, tmp: Path, policies: Path | None = None, *,
     shared.chmod(0o777)
     try:
         yield Stack(gateway, sshd, tmp, audit_url, users_file, targets_file, alice_key,
-                    dana_key, known_hosts, store, tmp / "recordings", shared)
+                    dana_key, known_hosts, store, tmp / "recordings", shared, recorder)
     finally:
         shutil.rmtree(shared, ignore_errors=True)
         gateway.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -86,7 +87,7 @@ def test_stdin_reaches_the_command(stack: Stack) -> None:
 
 
 def test_card_numbers_in_output_are_masked_even_split_across_writes(stack: Stack) -> None:
-    command = "printf '4111 1111'; sleep 0.3; printf ' 1111 1111\\n'; echo 5500-0000-0000-0004 >&2"
+    command = "printf '4111 1111'; sleep 0.03; printf ' 1111 1111\\n'; echo 5500-0000-0000-0004 >&2"
     result = stack.ssh(command)
     assert result.returncode == 0
     assert result.stdout == f"{MASKED}\n".encode()
@@ -112,6 +113,45 @@ def test_scp_legacy_protocol_is_an_exec_request(stack: Stack) -> None:
     assert result.returncode == 0, result.stderr
     assert dest.read_text() == "payload\n"
     assert last_command(stack, f"scp -f {source}")["effect"] == "allow"
+
+
+def ssh_transport(stack: Stack) -> str:
+    """An `ssh` command line for rsync -e / GIT_SSH_COMMAND, through the gateway."""
+    return " ".join(stack.ssh_args(program="ssh")[:-1])
+
+
+def test_rsync_and_git_over_the_gateway_are_exec_requests(stack: Stack, tmp_path: Path) -> None:
+    (stack.shared / "data.txt").write_text("rsynced\n")
+    (stack.shared / "data.txt").chmod(0o644)
+    done = subprocess.run(["rsync", "-e", ssh_transport(stack),
+                           f"alice+web1@127.0.0.1:{stack.shared}/data.txt", str(tmp_path / "r")],
+                          capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "r").read_text() == "rsynced\n"
+    assert any(str(r["text"]).startswith("rsync --server --sender")
+               and r["effect"] == "allow" for r in stack.records("statement"))
+    repo = stack.shared / "repo.git"
+    as_target_user = (["runuser", "-u", stack.sshd.user, "--"] if os.geteuid() == 0 else [])
+    subprocess.run([*as_target_user, "git", "init", "-q", "--bare", str(repo)], check=True)
+    clone = subprocess.run(["git", "clone", "-q", f"ssh://alice+web1@127.0.0.1{repo}",
+                            str(tmp_path / "clone")], capture_output=True, timeout=60,
+                           check=False, stdin=subprocess.DEVNULL,
+                           env={**os.environ, "GIT_SSH_COMMAND": ssh_transport(stack)})
+    assert clone.returncode == 0, clone.stderr
+    assert last_command(stack, f"git-upload-pack '{repo}'")["effect"] == "allow"
+
+
+def test_the_client_environment_is_not_passed_to_the_target(stack: Stack) -> None:
+    result = stack.ssh("echo", "preload=$LD_PRELOAD", extra=("-o", "SetEnv=LD_PRELOAD=/x.so"))
+    assert result.returncode == 0 and result.stdout == b"preload=\n"
+
+
+def test_nothing_runs_when_the_trail_cannot_record(sshd: Sshd, tmp_path: Path) -> None:
+    with open_gateway(sshd, tmp_path) as broken:
+        broken.recorder.close()
+        result = broken.ssh("echo", "unrecorded")
+        assert result.returncode == 255 and b"unrecorded" not in result.stdout
+        assert b"the audit trail is unavailable" in result.stderr
 
 
 def test_a_login_without_target_is_told_how_to_name_one(stack: Stack) -> None:
