@@ -216,6 +216,15 @@ def test_client_disconnecting_during_a_hold_withdraws_the_request(stack: Stack) 
     assert "exit_status" not in last_command(stack, command)  # it never ran
 
 
+def test_a_hold_that_times_out_is_refused(sshd: Sshd, tmp_path: Path) -> None:
+    with open_gateway(sshd, tmp_path, approval_timeout=1.0) as quick:
+        result = quick.ssh("systemctl restart app")
+        assert result.returncode == 126
+        assert b"held for approval" in result.stderr and b"was not given within 1s" in result.stderr
+        request = quick.store.list()[-1]
+        assert request.stored_status == "expired"
+
+
 # -- other clients --------------------------------------------------------------------------------
 
 def test_paramiko_exec_allowed_and_denied(stack: Stack) -> None:
@@ -387,6 +396,8 @@ def pci(sshd: Sshd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
     "dd if=/dev/zero of=/dev/sda",
     "shutdown -h now",
     "apt-get remove -y openssh-server",
+    "bash",  # reads its commands from stdin, where no policy sees them
+    "sh -s",
 ])
 def test_the_pci_pack_denies_destructive_and_opaque_commands_on_prod(pci: Stack,
                                                                        command: str) -> None:
