@@ -670,11 +670,14 @@ class _Sftp:
         framer = SftpFramer()
 
         async def replies() -> None:
+            # whole packets only: a refusal the gateway answers goes in between two of them
+            replies = SftpFramer()
             while True:
                 data = await process.stdout.read(READ_SIZE)
                 if not data:
                     break
-                self.stdout.write(data)
+                for reply in replies.feed(data):
+                    self.stdout.write(reply)
                 await self.stdout.drain()
 
         relay = asyncio.ensure_future(replies())

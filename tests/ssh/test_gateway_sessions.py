@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import subprocess
 import threading
 import time
@@ -186,3 +187,30 @@ def test_scp_over_sftp_is_decided_per_request(stack: Stack, tmp_path: Path) -> N
                           program="scp")
     result = subprocess.run(args, capture_output=True, timeout=60, check=False)
     assert result.returncode != 0 and not (tmp_path / "s").exists()
+
+
+def test_refusals_in_the_middle_of_a_pipelined_download(stack: Stack, tmp_path: Path) -> None:
+    """The gateway's own replies go between whole packets of the target's: a download with
+    many reads in flight stays intact while refused requests are answered beside it."""
+    big = stack.shared / "big.bin"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    big.chmod(0o644)
+
+    async def run() -> int:
+        async with asyncssh.connect(
+                "127.0.0.1", stack.port, username="alice+web1", client_keys=[stack.alice_key],
+                known_hosts=str(stack.known_hosts), agent_path=None, config=None
+        ) as conn, conn.start_sftp_client() as sftp:
+            download = asyncio.ensure_future(
+                sftp.get(str(big), str(tmp_path / "big.bin"), max_requests=64))
+            refused = 0
+            while not download.done():
+                with pytest.raises(asyncssh.SFTPPermissionDenied):
+                    await sftp.stat("/etc/shadow")
+                refused += 1
+            await download
+            return refused
+
+    refused = asyncio.run(run())
+    assert refused >= 1
+    assert (tmp_path / "big.bin").read_bytes() == big.read_bytes()
