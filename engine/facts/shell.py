@@ -163,7 +163,8 @@ def _opaque(entry: dict[str, Any], facts: _Facts, reason: str) -> None:
     facts.opaque(reason)
 
 
-def _empty(parse_error: str | None) -> dict[str, Any]:
+def no_shell_facts(parse_error: str | None) -> dict[str, Any]:
+    """The shell facts of a text that runs nothing (or could not be read: `parse_error`)."""
     return {"argv": [], "program": None, "programs": [], "commands": [], "opaque": False,
             "opaque_reasons": [], "paths": [], "path_patterns": [], "redirects": [],
             "interactive": False, "parse_error": parse_error}
@@ -175,9 +176,9 @@ def shell_facts(raw: str) -> dict[str, Any]:
     try:
         _script(raw, 0, facts, False, [])
     except (ShellSyntaxError, _Limit) as err:
-        return _empty(str(err))
+        return no_shell_facts(str(err))
     except RecursionError:
-        return _empty("shell text nested too deeply to analyse")
+        return no_shell_facts("shell text nested too deeply to analyse")
     first = facts.commands[0] if facts.commands else None
     return {"argv": first["argv"] if first else [],
             "program": first["program"] if first else None,

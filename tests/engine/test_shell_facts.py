@@ -340,6 +340,21 @@ def test_enrich_command_for_ssh() -> None:
     assert enrich_command({"protocol": "ssh", "request": "exec"}, {})["parse_error"]
 
 
+def test_the_request_decides_which_facts() -> None:
+    # an adapter's `raw` on a shell or SFTP request does not replace their facts
+    shell = enrich_command({"protocol": "ssh", "request": "shell", "raw": "true"}, {})
+    assert shell["interactive"] is True and shell["programs"] == []
+    sftp = enrich_command({"protocol": "ssh", "request": "sftp", "raw": "ls",
+                           "sftp": {"op": "open", "path": "/etc//shadow", "mode": "read"}}, {})
+    assert sftp["paths"] == ["/etc/shadow"]
+    claimed = enrich_command({"protocol": "ssh", "raw": "rm -rf /", "programs": ["ls"],
+                              "opaque": False, "interactive": True}, {})
+    assert claimed["programs"] == ["rm"] and claimed["interactive"] is False
+    unknown = enrich_command({"protocol": "ssh", "request": "tunnel"}, {})
+    assert "command.request must be one of" in unknown["parse_error"]
+    assert enrich_command({"protocol": "ssh", "raw": None}, {})["parse_error"]
+
+
 def test_an_oversized_command_line_is_not_parsed() -> None:
     result = shell_command_facts("echo " + "a" * 300_000)
     assert "too large" in result["parse_error"] and result["commands"] == []
