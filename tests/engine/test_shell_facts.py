@@ -329,6 +329,13 @@ def test_many_commands_past_the_limit_is_a_parse_error() -> None:
     assert "more than" in shell_facts("a;" * 1500)["parse_error"]
 
 
+def test_characters_beyond_the_bmp_are_never_parsed() -> None:
+    # tree-sitter-bash crashes the process (SIGSEGV) on `{` then a 4-byte UTF-8 character
+    for raw in ("{\U00031860", "{\U0009b8c5", "echo {a} \U0001f600", "x\U000e0001"):
+        assert "beyond U+FFFF" in shell_facts(raw)["parse_error"]
+    assert facts("echo {a} é € 漢")["programs"] == ["echo"]
+
+
 def test_nul_is_a_parse_error() -> None:
     assert "NUL" in shell_facts("rm\0 -rf /")["parse_error"]
 
