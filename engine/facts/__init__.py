@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 from engine.facts.http import http_facts
-from engine.facts.shell import shell_facts
+from engine.facts.shell import no_shell_facts, shell_facts
 from engine.facts.sql import dialect_for, parse_sql, unparseable
 from engine.facts.ssh import ssh_request_facts
 
@@ -72,9 +72,7 @@ def shell_command_facts(raw: str,
                         ) -> dict[str, Any]:
     """Parsed shell facts (shared with the cache: read-only), with the same size limit."""
     if statement_too_large(raw, max_statement_bytes):
-        return {"argv": [], "program": None, "programs": [], "commands": [], "opaque": False,
-                "opaque_reasons": [], "paths": [], "path_patterns": [], "redirects": [],
-                "interactive": False, "parse_error": _too_large(raw, max_statement_bytes)}
+        return no_shell_facts(_too_large(raw, max_statement_bytes))
     if len(raw) > CACHED_TEXT_CHARS:
         return shell_facts(raw)
     return _cached_shell(raw)
@@ -99,11 +97,17 @@ def enrich_command(command: dict[str, Any] | None, resource: dict[str, Any] | No
     if protocol == "http":
         command.update(http_facts(command))
         return command
-    if protocol == "ssh" and raw is None and command.get("request") != "exec":
+    if protocol == "ssh" and command.get("request", "exec" if raw is not None else None) \
+            != "exec":
+        # the request decides which facts: a shell's or an SFTP operation's never come from a
+        # `raw` an adapter may have added (interactive, paths stay the engine's)
         command.update(ssh_request_facts(command))
         return command
+    if not isinstance(raw, str) and protocol in SHELL_PROTOCOLS:
+        command.update(no_shell_facts("command.raw must be a string"))
+        return command
     if not isinstance(raw, str):
-        if raw is not None or protocol in SQL_PROTOCOLS or protocol in SHELL_PROTOCOLS:
+        if raw is not None or protocol in SQL_PROTOCOLS:
             command["parse_error"] = "command.raw must be a string"
             command.setdefault("statements", [])
             command.setdefault("kinds", [])

@@ -9,7 +9,8 @@ subshells, `{ }`, substitutions, redirections, assignments. Each simple command 
 Facts:
 - `argv`, `program`: the first command's (after unwrapping); `programs`: every program run,
   wrappers included, in order, names without their directory (`/usr/bin/rm` -> `rm`).
-- `commands`: each command run: `argv`, `program`, `sudo`, `via` (its wrappers), `redirects`
+- `commands`: each command run: `argv`, `program`, `sudo`, `via` (its wrappers),
+  `args_may_be_options` (an argument known only at run time could start with `-`), `redirects`
   (`{op, fd, target, target_known, path}`: `path` the target normalised when known),
   `opaque` (and `opaque_reason`).
 - `opaque` / `opaque_reasons`: something in the text runs what the facts cannot know: a
@@ -77,6 +78,24 @@ def program_name(word: Word) -> str | None:
     return os.path.basename(word.value) or word.value
 
 
+def args_may_be_options(words: list[Word]) -> bool:
+    """An argument known only at run time could be an option: a variable (`rm $OPTS /srv`
+    with OPTS=-rf) or a glob that may match a file named `-rf` (`rm *`). Not after `--`, and
+    not a glob that starts with a directory (`/tmp/*.log` expands only to `/tmp/...`)."""
+    for word in words[1:]:
+        if word.known:
+            if word.value == "--":
+                return False
+            continue
+        if word.value is not None or word.glob:
+            if word.pattern.startswith(("/", "./", "../", "~/")):
+                continue
+        elif word.pattern.startswith(("/", "./", "../")):
+            continue  # "$HOME"-free prefix: "/srv/$X" expands under /srv
+        return True
+    return False
+
+
 def _redirect_fact(redirect: Redirect) -> dict[str, Any]:
     target = redirect.target
     known = target is not None and target.known and target.value is not None
@@ -114,6 +133,7 @@ def _command(command: SimpleCommand, words: list[Word], depth: int, facts: _Fact
         entry: dict[str, Any] = {
             "argv": [w.text for w in words], "program": program, "sudo": sudo,
             "via": list(via), "redirects": [_redirect_fact(r) for r in command.redirects],
+            "args_may_be_options": args_may_be_options(words),
             "opaque": False, "opaque_reason": None}
         if program is None:
             name = quoted_for_message(words[0].source)
@@ -163,7 +183,8 @@ def _opaque(entry: dict[str, Any], facts: _Facts, reason: str) -> None:
     facts.opaque(reason)
 
 
-def _empty(parse_error: str | None) -> dict[str, Any]:
+def no_shell_facts(parse_error: str | None) -> dict[str, Any]:
+    """The shell facts of a text that runs nothing (or could not be read: `parse_error`)."""
     return {"argv": [], "program": None, "programs": [], "commands": [], "opaque": False,
             "opaque_reasons": [], "paths": [], "path_patterns": [], "redirects": [],
             "interactive": False, "parse_error": parse_error}
@@ -175,9 +196,9 @@ def shell_facts(raw: str) -> dict[str, Any]:
     try:
         _script(raw, 0, facts, False, [])
     except (ShellSyntaxError, _Limit) as err:
-        return _empty(str(err))
+        return no_shell_facts(str(err))
     except RecursionError:
-        return _empty("shell text nested too deeply to analyse")
+        return no_shell_facts("shell text nested too deeply to analyse")
     first = facts.commands[0] if facts.commands else None
     return {"argv": first["argv"] if first else [],
             "program": first["program"] if first else None,

@@ -22,8 +22,12 @@ from tree_sitter import Language, Node, Parser
 
 from engine.facts.shell_words import Word, literal, quoted_for_message, resolve
 
+MAX_SHELL_BYTES = 32 * 1024
+"""Longer shell text is not parsed (a `parse_error`): tree-sitter's error recovery takes
+hundreds of milliseconds on 64 KiB of crafted text (`{a{a{a...`), and command lines are short."""
 _LANGUAGE = Language(tree_sitter_bash.language())
 _LOCAL = threading.local()
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 _JOINED_LINES = re.compile(r"(?<![\s\\])\\\n(?!\s)|(?<![\s\\])\\\n$")
 
 WORD_NODES = frozenset({"word", "string", "raw_string", "ansi_c_string", "concatenation",
@@ -89,8 +93,16 @@ def _first_error(root: Node) -> Node | None:
 def parse_script(raw: str) -> Script:
     """The simple commands of `raw`; ShellSyntaxError for what bash would not run."""
     data = raw.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_SHELL_BYTES:
+        raise ShellSyntaxError(f"command line too long to analyse ({len(data)} bytes, limit "
+                               f"{MAX_SHELL_BYTES})")
     if b"\0" in data:
         raise ShellSyntaxError("NUL byte in the command line")
+    if _ASTRAL.search(raw):
+        # tree-sitter-bash 0.25.1 reads past its tables on a 4-byte UTF-8 character after a
+        # `{` (upstream issue #337: SIGSEGV, depending on memory layout); it is never parsed
+        raise ShellSyntaxError("characters beyond U+FFFF (emoji and the like) in the command "
+                               "line are not analysed")
     if _JOINED_LINES.search(raw):
         # bash removes backslash-newline before it splits words (`r\<newline>m` is `rm`);
         # tree-sitter-bash splits the word there
@@ -146,8 +158,7 @@ class _Walker:
         fd: int | None = None
         op = ""
         targets: list[Word] = []
-        for i, child in enumerate(node.children):
-            name = node.field_name_for_child(i)
+        for name, child in _fields(node):
             if name == "descriptor" or child.type == "file_descriptor":
                 text = _text(child)
                 fd = int(text) if text.isdigit() and len(text) < 6 else None
@@ -164,8 +175,8 @@ class _Walker:
         body = node.child_by_field_name("body")
         redirects: list[Redirect] = []
         extras: list[Word] = []
-        for i, child in enumerate(node.children):
-            if node.field_name_for_child(i) == "redirect" or child.type in _REDIRECTS:
+        for name, child in _fields(node):
+            if name == "redirect" or child.type in _REDIRECTS:
                 redirect, more = self._redirect(child)
                 redirects.append(redirect)
                 extras += more
@@ -190,8 +201,7 @@ class _Walker:
         words: list[Word] = []
         command = SimpleCommand(words, [], list(outer) + self.inherited.get(node.id, []),
                                 node.start_byte)
-        for i, child in enumerate(node.children):
-            name = node.field_name_for_child(i)
+        for name, child in _fields(node):
             if child.type == "variable_assignment":
                 command.assignments.append(_assignment_of(child))
             elif child.type in _REDIRECTS:
@@ -227,6 +237,21 @@ class _Walker:
 
     def _assignment(self, node: Node) -> None:
         self.assignments.append(_assignment_of(node))
+
+
+def _fields(node: Node) -> list[tuple[str | None, Node]]:
+    """The children with their field names, in one pass (`field_name_for_child(i)` walks the
+    children up to `i` each time: quadratic over a command with many words)."""
+    out: list[tuple[str | None, Node]] = []
+    cursor = node.walk()
+    if cursor.goto_first_child():
+        while True:
+            child = cursor.node
+            if child is not None:
+                out.append((cursor.field_name, child))
+            if not cursor.goto_next_sibling():
+                break
+    return out
 
 
 def _assignment_of(node: Node) -> tuple[str, Word]:

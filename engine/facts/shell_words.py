@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from tree_sitter import Node
 
-_GLOB_CHARS = frozenset("*?[]{}")
+_SPECIAL = re.compile(r"[*?\[\]{}\\]")
+_PLAIN = re.compile(r"[^\\*?\[{]+")
+_DQ_ESCAPE = re.compile(r"\\([$`\"\\\n])")
 _BRACE = re.compile(r"\{[^{}]*(,|\.\.)[^{}]*\}")
 _DQ_ESCAPABLE = frozenset('$`"\\\n')
 _SIMPLE_ESCAPES = {"a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b", "f": "\f", "n": "\n",
@@ -49,7 +51,7 @@ def literal(text: str) -> Word:
 
 
 def _escape(text: str) -> str:
-    return "".join("\\" + c if c in _GLOB_CHARS or c == "\\" else c for c in text)
+    return _SPECIAL.sub(r"\\\g<0>", text)
 
 
 class _Builder:
@@ -130,14 +132,23 @@ def _add(node: Node, out: _Builder) -> None:
 
 def _unquoted(text: str, out: _Builder) -> None:
     """Unquoted text: backslash removal; glob and brace characters noted. In the pattern a
-    bracket class becomes `?` and a brace expansion `*` (supersets), so it is always valid."""
+    bracket class becomes `?` and a brace expansion `*` (supersets), so it is always valid.
+    Linear in the text (runs of plain characters are taken whole)."""
     i = 0
     n = len(text)
+    no_close_from = n  # no `]` at or after this index
     while i < n:
+        plain = _PLAIN.match(text, i)
+        if plain:
+            out.quoted(plain.group(0))
+            i = plain.end()
+            continue
         c = text[i]
-        if c == "\\" and i + 1 < n:
-            if text[i + 1] != "\n":  # backslash-newline is a line continuation: removed
+        if c == "\\":
+            if i + 1 < n and text[i + 1] != "\n":  # backslash-newline: a line continuation
                 out.quoted(text[i + 1])
+            elif i + 1 >= n:
+                out.quoted(c)
             i += 2
             continue
         if c in "*?":
@@ -145,40 +156,36 @@ def _unquoted(text: str, out: _Builder) -> None:
             if out.value is not None:
                 out.value.append(c)
             out.pattern.append(c)
-        elif c == "[" and "]" in text[i + 2:]:
-            end = text.index("]", i + 2)
+            i += 1
+            continue
+        if c == "[":
+            end = text.find("]", i + 2) if i + 2 < no_close_from else -1
+            if end < 0:
+                no_close_from = min(no_close_from, i + 2)
+                out.quoted(c)
+                i += 1
+                continue
             out.glob = True
             if out.value is not None:
                 out.value.append(text[i:end + 1])
             out.pattern.append("?")
             i = end + 1
             continue
-        elif c == "{" and (brace := _BRACE.match(text, i)):
+        brace = _BRACE.match(text, i)  # c == "{"
+        if brace:
             out.glob = True
             if out.value is not None:
                 out.value.append(brace.group(0))
             out.pattern.append("*")
             i = brace.end()
-            continue
         else:
             out.quoted(c)
-        i += 1
+            i += 1
 
 
 def _double_quoted(text: str) -> str:
     """Inside double quotes a backslash escapes only $ ` " \\ and newline."""
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text) and text[i + 1] in _DQ_ESCAPABLE:
-            if text[i + 1] != "\n":
-                out.append(text[i + 1])
-            i += 2
-            continue
-        out.append(c)
-        i += 1
-    return "".join(out)
+    return _DQ_ESCAPE.sub(lambda m: "" if m.group(1) == "\n" else m.group(1), text)
 
 
 def ansi_c(body: str) -> str | None:

@@ -172,6 +172,9 @@ SHELL = Options(with_arg="oO", flags="abcefhiklmnprstuvxBCEHPT", plus=True,
                                   "verbose", "debugger", "dump-strings", "noediting",
                                   "pretty-print", "help", "version"))
 TRAP = Options(flags="lp")
+SSH = Options(with_arg="BbcDEeFIiJLlmOoPpQRSWw", flags="46AaCfGgKkMNnqsTtVvXxYy")
+_SSH_COMMAND_OPTIONS = ("proxycommand", "localcommand", "permitlocalcommand",
+                        "knownhostscommand", "remotecommand", "include")
 SCRIPT = Options(with_arg="cEIOBTm", flags="aefqkV",
                  long_with_arg=_names("command", "echo", "log-in", "log-out", "log-io",
                                       "log-timing", "logging-format", "output-limit"),
@@ -244,7 +247,36 @@ def _shell(program: str, words: list[Word]) -> Unwrapped:
         return Unwrapped(script=parsed.operands[0])
     if "s" in letters or "i" in letters or not parsed.operands:
         raise Opaque(f"{program} reads commands from its input")
+    _script_file(program, parsed.operands[0])
     return Unwrapped()  # runs a script file: the program is the shell
+
+
+STDIN_FILES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
+
+
+def _script_file(program: str, word: Word) -> None:
+    """A script file named by `word` is run: one known only at run time (`<(curl ...)`,
+    `$F`) or the standard input is text the facts never see."""
+    if not word.known:
+        raise Opaque(f"the script {program} runs is not known until run time")
+    if word.value in STDIN_FILES:
+        raise Opaque(f"{program} reads commands from its input")
+
+
+def _ssh(words: list[Word]) -> Unwrapped:
+    """`ssh [options] destination [command ...]`: the command (its words joined, as ssh
+    sends them) runs in a shell on that host, maybe this one (`ssh localhost ...`)."""
+    parsed = parse_options("ssh", words, SSH)
+    for name, value in parsed.options:
+        text = (value.value or "") if value is not None else ""
+        if name == "o" and (value is None or not value.known or
+                            text.replace(" ", "").lower().startswith(_SSH_COMMAND_OPTIONS)):
+            raise Opaque("ssh -o runs a local command (ProxyCommand, LocalCommand, ...)")
+        if name in ("F", "S", "E") or (name == "o" and "=" not in text and " " not in text):
+            raise Opaque(f"ssh -{name} may run commands the facts cannot see")
+    if len(parsed.operands) < 2:
+        raise Opaque("ssh opens a shell that reads commands from its input")
+    return Unwrapped(script=_joined("ssh", parsed.operands[1:]))
 
 
 def _find(words: list[Word]) -> Unwrapped:
@@ -312,6 +344,13 @@ def unwrap(program: str, words: list[Word]) -> Unwrapped | None:
             not (words[1].value or "-").startswith("-") else Unwrapped()
     if program == "find":
         return _find(words)
+    if program == "ssh":
+        return _ssh(words)
+    if program in ("source", "."):
+        if len(words) < 2:
+            return Unwrapped()
+        _script_file(program, words[1])
+        return Unwrapped()
     if program == "eval":
         return Unwrapped(script=_joined(program, words[1:])) if len(words) > 1 else Unwrapped()
     if program == "trap":
@@ -394,15 +433,29 @@ def _escape_hatch(program: str, args: list[str]) -> str | None:
     if program in ("tar", "gtar", "bsdtar") and any(
             a == opt or a.startswith(opt + "=") for a in args for opt in _TAR_EXEC):
         return f"{program} option runs a command (--to-command, --checkpoint-action, -I, ...)"
-    if program == "rsync" and any(a == opt or a.startswith(opt + "=") or
+    if program == "rsync" and "--server" not in args and any(a == opt or a.startswith(opt + "=") or
                                   (opt == "-e" and a.startswith("-e") and len(a) > 2)
                                   for a in args for opt in _RSYNC_EXEC):
         return "rsync -e/--rsh/--rsync-path runs a command"
     if program == "git" and (_git_config(args) or any(
             a.startswith(("--upload-pack", "--receive-pack", "--exec=")) for a in args)):
         return "git -c and --upload-pack/--exec can run commands (core.pager, alias.x=!...)"
+    if program in ("mapfile", "readarray") and any(a.startswith("-C") for a in args):
+        return f"{program} -C runs a callback the facts cannot read"
+    if program in ("scp", "sftp") and any(a.startswith(("-S", "-o", "-F")) for a in args):
+        return f"{program} -S/-o/-F may run a local command"
     if program in ("zip",) and any(a in ("-T", "-TT", "--unzip-command") for a in args):
         return "zip -TT runs a command"
+    return None
+
+
+def _stdin_script(program: str, words: list[Word], arg: str) -> str | None:
+    """None for a script file the text names; why not, for one it does not show."""
+    word = next((w for w in words[1:] if (w.value or "") == arg), None)
+    if word is None or not word.known:
+        return f"the script {program} runs is not known until run time"
+    if arg in STDIN_FILES:
+        return f"{program} reads its program from its input"
     return None
 
 
@@ -440,7 +493,7 @@ def opaque_code(program: str, words: list[Word]) -> str | None:
             if arg in ("-", "--"):
                 return f"{program} reads its program from its input"
             if not arg.startswith("-"):
-                return None  # a script file: the program is python
+                return _stdin_script(program, words, arg)
             if arg.startswith("--"):
                 continue
             for j, letter in enumerate(arg[1:]):
@@ -463,7 +516,7 @@ def opaque_code(program: str, words: list[Word]) -> str | None:
                     any(c in letters for c in arg[1:]):
                 return f"{program} {quoted_for_message(arg)} runs code the facts cannot read"
             if not arg.startswith("-"):
-                return None  # a script file: the program is the interpreter
+                return _stdin_script(program, words, arg)
         return f"{program} reads its program from its input"
     if program in _AWK:
         script = _first_operand(words, with_arg="fvF")

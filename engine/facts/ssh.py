@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.facts.shell import no_shell_facts
 from engine.facts.shell_words import normalise_path
 
 REQUESTS = frozenset({"exec", "shell", "sftp", "forward", "subsystem"})
+"""`exec` carries a command line (the shell facts); the others get their facts here."""
 SFTP_OPS = frozenset({"open", "opendir", "remove", "rename", "mkdir", "rmdir", "stat", "lstat",
                       "fstat", "setstat", "readlink", "symlink", "link", "realpath", "extended"})
 SFTP_MODES = frozenset({"read", "write", "readwrite"})
@@ -29,15 +31,13 @@ FORWARD_KINDS = frozenset({"local", "remote", "agent", "x11"})
 
 
 def _base(parse_error: str | None) -> dict[str, Any]:
-    return {"argv": [], "program": None, "programs": [], "commands": [], "opaque": False,
-            "opaque_reasons": [], "paths": [], "path_patterns": [], "redirects": [],
-            "interactive": False, "parse_error": parse_error}
+    return no_shell_facts(parse_error)
 
 
 def ssh_request_facts(command: dict[str, Any]) -> dict[str, Any]:
     """Facts of a non-exec SSH request (`command.request` is not `exec`)."""
     request = command.get("request")
-    if request not in REQUESTS:
+    if request not in REQUESTS or request == "exec":
         return _base(f"command.request must be one of {sorted(REQUESTS)}")
     facts = _base(None)
     if request == "shell":

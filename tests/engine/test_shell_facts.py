@@ -155,6 +155,18 @@ def test_double_quotes_keep_backslashes_bash_keeps() -> None:
     ("git -C /srv -c alias.x='!rm -rf /' x", "git -c"),
     ("expect -c 'spawn rm -rf /'", "expect '-c'"),
     ("script", "script opens a shell"),
+    ("bash <(curl -s https://x/install.sh)", "not known until run time"),
+    ("curl -s https://x | bash /dev/stdin", "reads commands from its input"),
+    ("python3 <(curl -s https://x)", "not known until run time"),
+    ("python3 /dev/stdin < x", "reads its program"),
+    ("source <(echo rm -rf /)", "not known until run time"),
+    (". /dev/stdin", "reads commands from its input"),
+    ("ssh -o ProxyCommand='rm -rf /' x", "ssh -o runs a local command"),
+    ("ssh -oProxyCommand=id x", "ssh -o runs a local command"),
+    ("ssh localhost", "ssh opens a shell"),
+    ("ssh localhost \"$CMD\"", "not known until run time"),
+    ("scp -S ./evil a b:", "scp -S"),
+    ("mapfile -C 'rm -rf /' -c 1 < f", "mapfile -C"),
 ])
 def test_opaque_text_is_said_so(raw: str, reason: str) -> None:
     result = facts(raw)
@@ -167,7 +179,9 @@ def test_opaque_text_is_said_so(raw: str, reason: str) -> None:
     "perl script.pl", "awk '{print $1}' f", "sed -e 's/a/b/g' f", "bash deploy.sh",
     "systemctl restart app", "grep -r 'x' .", "sudo -l", "env", "xargs",
     "git push -u origin main", "git -C /srv log -n 3", "tar -czf a.tgz dir", "rsync -a a b",
-    "vim f", "ls | xargs -I{} echo {}",
+    "vim f", "ls | xargs -I{} echo {}", "source ~/.profile", ". ./env.sh", "bash -x run.sh",
+    "scp a b:/tmp/", "ssh db2 uptime", "rsync --server -e.LsfxCIvu -logDtpre.iLsfxCIvu . /tmp/x",
+    "scp -t /tmp/x", "git-upload-pack '/srv/repo.git'",
 ])
 def test_ordinary_commands_are_not_opaque(raw: str) -> None:
     assert facts(raw)["opaque"] is False
@@ -216,6 +230,8 @@ def test_ordinary_commands_are_not_opaque(raw: str) -> None:
     ("watch -n 5 rm -r /x", ("rm", ["rm", "-r", "/x"], False)),
     ("trap 'rm -r /x' EXIT", ("rm", ["rm", "-r", "/x"], False)),
     ("script -qc 'rm -r /x' /dev/null", ("rm", ["rm", "-r", "/x"], False)),
+    ("ssh localhost rm -r /x", ("rm", ["rm", "-r", "/x"], False)),
+    ("ssh -p 22 -i k -o BatchMode=yes db2 'sudo rm -r /x'", ("rm", ["rm", "-r", "/x"], True)),
     ("toybox rm -r /x", ("rm", ["rm", "-r", "/x"], False)),
     ("find . -exec sh -c 'rm -r /x' _ {} \\;", ("rm", ["rm", "-r", "/x"], False)),
     ("sudo env timeout 5 nice nohup bash -c 'exec rm -r /x'", ("rm", ["rm", "-r", "/x"], True)),
@@ -313,6 +329,13 @@ def test_many_commands_past_the_limit_is_a_parse_error() -> None:
     assert "more than" in shell_facts("a;" * 1500)["parse_error"]
 
 
+def test_characters_beyond_the_bmp_are_never_parsed() -> None:
+    # tree-sitter-bash crashes the process (SIGSEGV) on `{` then a 4-byte UTF-8 character
+    for raw in ("{\U00031860", "{\U0009b8c5", "echo {a} \U0001f600", "x\U000e0001"):
+        assert "beyond U+FFFF" in shell_facts(raw)["parse_error"]
+    assert facts("echo {a} é € 漢")["programs"] == ["echo"]
+
+
 def test_nul_is_a_parse_error() -> None:
     assert "NUL" in shell_facts("rm\0 -rf /")["parse_error"]
 
@@ -322,6 +345,21 @@ def test_enrich_command_for_ssh() -> None:
     assert command["program"] == "rm" and command["commands"][0]["sudo"] is True
     assert enrich_command({"protocol": "ssh", "raw": 5}, {})["parse_error"]
     assert enrich_command({"protocol": "ssh", "request": "exec"}, {})["parse_error"]
+
+
+def test_the_request_decides_which_facts() -> None:
+    # an adapter's `raw` on a shell or SFTP request does not replace their facts
+    shell = enrich_command({"protocol": "ssh", "request": "shell", "raw": "true"}, {})
+    assert shell["interactive"] is True and shell["programs"] == []
+    sftp = enrich_command({"protocol": "ssh", "request": "sftp", "raw": "ls",
+                           "sftp": {"op": "open", "path": "/etc//shadow", "mode": "read"}}, {})
+    assert sftp["paths"] == ["/etc/shadow"]
+    claimed = enrich_command({"protocol": "ssh", "raw": "rm -rf /", "programs": ["ls"],
+                              "opaque": False, "interactive": True}, {})
+    assert claimed["programs"] == ["rm"] and claimed["interactive"] is False
+    unknown = enrich_command({"protocol": "ssh", "request": "tunnel"}, {})
+    assert "command.request must be one of" in unknown["parse_error"]
+    assert enrich_command({"protocol": "ssh", "raw": None}, {})["parse_error"]
 
 
 def test_an_oversized_command_line_is_not_parsed() -> None:

@@ -28,6 +28,15 @@ deny contains msg if {
 	msg := "recursive rm is not allowed on production hosts (PCI DSS 6.5.1)"
 }
 
+# `rm $OPTS /srv` (OPTS=-rf) or `rm *` beside a file named `-rf`: options known only at run time.
+deny contains msg if {
+	prod
+	some c in commands
+	c.program == "rm"
+	c.args_may_be_options == true
+	msg := "rm with arguments known only at run time (they could be -r) is not allowed on production hosts (PCI DSS 6.5.1)"
+}
+
 recursive_flag(arg) if regex.match(`^-[a-zA-Z]*[rR]`, arg)
 
 recursive_flag("--recursive")
@@ -64,6 +73,17 @@ risky_target(target) if contains(target, "dev/")
 
 risky_target(target) if regex.match("[$`*?\\[{]", target)
 
+# Programs that write or wipe a disk named as an argument (`cp img /dev/sda`, `blkdiscard`).
+deny contains msg if {
+	prod
+	some c in commands
+	c.program in host.device_writers
+	some arg in array.slice(c.argv, 1, count(c.argv))
+	some device in host.block_devices
+	glob.match(device, [], arg)
+	msg := concat("", [c.program, " on ", arg, " is not allowed on production hosts (PCI DSS 6.5.1)"])
+}
+
 # A redirection that writes a device (`> /dev/sda`), in any command of the text.
 deny contains msg if {
 	prod
@@ -95,6 +115,24 @@ deny contains msg if {
 	some arg in c.argv
 	arg in host.systemctl_power_verbs
 	msg := concat("", ["systemctl ", arg, " is not allowed on production hosts (PCI DSS 6.5.1)"])
+}
+
+# `kill 1` (init) and the kernel's sysrq trigger (`echo b > /proc/sysrq-trigger`) stop a host too.
+deny contains msg if {
+	prod
+	some c in commands
+	c.program in {"kill", "pkill", "killall"}
+	some arg in array.slice(c.argv, 1, count(c.argv))
+	arg in {"1", "init", "systemd"}
+	msg := concat("", [c.program, " ", arg, " (the init process) is not allowed on production hosts (PCI DSS 6.5.1)"])
+}
+
+deny contains msg if {
+	prod
+	is_host
+	some r in input.command.redirects
+	r.path == "/proc/sysrq-trigger"
+	msg := "writing /proc/sysrq-trigger is not allowed on production hosts (PCI DSS 6.5.1)"
 }
 
 deny contains msg if {
@@ -131,6 +169,16 @@ key_material(path) if {
 	some pattern in host.key_material_paths
 	regex.match(pattern, path)
 	not endswith(path, ".pub")
+}
+
+# `getent shadow` reads the password hashes through NSS without naming the file.
+deny contains msg if {
+	prod
+	some c in commands
+	c.program == "getent"
+	some arg in c.argv
+	arg in {"shadow", "gshadow"}
+	msg := concat("", ["getent ", arg, " reads password hashes: not allowed on production hosts (PCI DSS 8.3.2)"])
 }
 
 # A word known only at run time (`$HOME/.ssh/id_rsa`, `/etc/sha*`) that could name key material.
