@@ -210,7 +210,12 @@ class _Connection(asyncssh.SSHServer):
             return False
         authorized = asyncssh.import_authorized_keys("\n".join(entry.ssh_keys) + "\n")
         host, _, _ = self.peer.rpartition(":")
-        if authorized.validate(key, host, host) is None:
+        options = authorized.validate(key, host, host)
+        if options is None:
+            return False
+        if set(options) - {"from"}:  # (the users file refuses such lines; fail closed)
+            log.warning("login %s: key options %s are not honoured: key refused", self.user,
+                        sorted(set(options) - {"from"}))
             return False
         self.fingerprint = key.get_fingerprint()
         self.token_subject = None

@@ -16,10 +16,11 @@ users:
 `scram` is PostgreSQL's `pg_authid.rolpassword` verifier format (RFC 5803 layout); prefer it
 to `password`, which keeps a plaintext secret on disk. `ordinance users hash-password`
 prints one. Passwords are SASLprep-normalised as PostgreSQL does (raw UTF-8 when SASLprep
-refuses them). `ssh_keys` (the SSH gateway's public-key logins) are authorized_keys lines,
-options such as `from=` included, checked with asyncssh's parser; a user needs a password or
-scram, or ssh keys, or both (`ordinance users add-ssh-key` adds one). This module authenticates
-only; it does not decide anything.
+refuses them). `ssh_keys` (the SSH gateway's public-key logins) are authorized_keys lines
+checked with asyncssh's parser; of their options only `from=` is honoured (a line with another
+restriction, `command=`, `no-pty`, `permitopen`, ..., is refused: the gateway would ignore
+it). A user needs a password or scram, or ssh keys, or both (`ordinance users add-ssh-key`
+adds one). This module authenticates only; it does not decide anything.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -44,6 +46,9 @@ SCRAM_PREFIX = "SCRAM-SHA-256"
 DEFAULT_ITERATIONS = 4096
 SALT_BYTES = 16
 _KEY_BYTES = hashlib.sha256().digest_size
+# where an authorized_keys line's key begins (after its options), and its from="..." option
+_KEY_START = re.compile(r"(?:^|\s)(?=(?:ssh-|ecdsa-|sk-)[\w@.-]+\s+AAAA)")
+_FROM_OPTION = re.compile(r'from="[^"]*"')
 _USER_KEYS = frozenset({"name", "password", "scram", "groups", "ssh_keys"})
 
 AuthInfo = tuple[bytes, bytes, bytes, int]
@@ -193,6 +198,11 @@ def ssh_key_problem(line: str) -> str | None:
         asyncssh.import_authorized_keys(text + "\n")
     except (ValueError, asyncssh.KeyImportError) as exc:
         return f"not an authorized_keys line: {exc}"
+    options = _KEY_START.split(text, maxsplit=1)[0]
+    other = _FROM_OPTION.sub("", options).strip(" ,")
+    if other:
+        return (f"only the from= option is honoured by the SSH gateway, not {other!r}: a "
+                "restriction it would ignore is refused")
     return None
 
 
