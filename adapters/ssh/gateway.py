@@ -265,7 +265,8 @@ class _Connection(asyncssh.SSHServer):
             str(self.conn.get_extra_info("client_version") or ""), self.peer, True, method,
             requested_user=self.user, claims=dict(who.claims), protocol="ssh",
             credential=credential, target=self.target.name)
-        self._started = self.spawn(self.enforcer.session_started(self.ctx))
+        # not one of the cancellable tasks: a session that ends at once still has its start
+        self._started = asyncio.ensure_future(self.enforcer.session_started(self.ctx))
         self._upstream = asyncio.ensure_future(self._connect(self.target))
 
     async def _connect(self, target: Target) -> asyncssh.SSHClientConnection:
