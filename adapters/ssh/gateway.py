@@ -12,8 +12,9 @@ pinned entries. Per channel:
 - shell (pty-req + shell): decided; the session recorded (`ShellRecording`), both ways,
   output masked in what the user sees and in the recording;
 - the `sftp` subsystem: relayed packet by packet, each request decided (`sftp_ops`);
-- direct-tcpip (`ssh -L`, `-W`, `-J`) decided as `forward` (kind `local`); remote forwarding
-  (`-R`), agent and X11 forwarding refused (not implemented: refused whatever the policies say).
+- direct-tcpip (`ssh -L`, `-W`) decided as `forward` (kind `local`), tunnelled through the
+  target; a tunnel to an SSH server (`-J`) refused; `-R` decided as kind `remote`; agent and
+  X11 forwarding refused (not implemented: refused whatever the policies say).
 
 Must not: decide anything itself (beyond refusing what it cannot enforce), or know policy.
 """
@@ -350,18 +351,73 @@ class _Connection(asyncssh.SSHServer):
 
         return SSHTCPStreamSession[bytes](relay)
 
+    def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        """`ssh -R`: decided as a `forward` of kind `remote`; when allowed the target listens
+        (its sshd's own rules apply too) and each connection it accepts comes back to the
+        client as a forwarded-tcpip channel. The record is written when the listener closes."""
+        return self._remote(listen_host, listen_port)
+
+    async def _remote(self, listen_host: str, listen_port: int) -> Any:
+        try:
+            ctx, enforcer, upstream = await self.ready()
+        except _Refused:
+            return False
+        command = {"request": "forward",
+                   "forward": {"kind": "remote", "host": listen_host, "port": listen_port}}
+        text = text_of("forward", command)
+        verdict = await enforcer.decide(text, ctx, command)
+        if verdict.effect == "review":
+            verdict = await enforcer.refused(text, "a remote forward cannot wait for an "
+                                             "approval", ctx)
+        if verdict.effect != "allow":
+            return False
+        started = time.monotonic()
+        counts = [0, 0, 0]  # connections, bytes from the target side, bytes from the client
+        assert self.conn is not None
+        client = self.conn
+
+        def accepted(orig_host: str, orig_port: int) -> Any:
+            async def relay(up_r: SSHReader[bytes], up_w: SSHWriter[bytes]) -> None:
+                counts[0] += 1
+                try:
+                    down_r, down_w = await client.open_connection(
+                        listen_host, listener.get_port(), orig_host, orig_port)
+                except (OSError, asyncssh.Error):
+                    up_w.close()
+                    return
+                pair = [0, 0]
+                try:
+                    await asyncio.gather(_pipe(up_r, down_w, pair, 0),
+                                         _pipe(down_r, up_w, pair, 1))
+                finally:
+                    counts[1] += pair[0]
+                    counts[2] += pair[1]
+                    up_w.close()
+                    down_w.close()
+
+            return relay
+
+        try:
+            listener = await upstream.start_server(accepted, listen_host, listen_port)
+        except (OSError, asyncssh.Error) as exc:
+            await _completed(verdict, started, "", error=f"the target refused it: {exc}")
+            return False
+
+        async def recorded() -> None:
+            try:
+                await listener.wait_closed()
+            finally:
+                await asyncio.shield(_completed(
+                    verdict, started, "closed", connections=counts[0], bytes_out=counts[1],
+                    bytes_in=counts[2], port=listener.get_port()))
+
+        self.spawn(recorded())
+        return listener
+
     def _is_ssh_server(self, host: str, port: int) -> bool:
         """Port 22, or a target's SSH address: what `-J`/ProxyJump would tunnel to."""
         return port == 22 or any((t.host, t.port) == (host, port)
                                  for t in self.config.targets)
-
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        """`ssh -R`: refused (the gateway does not listen on targets' behalf), recorded."""
-        if self.ctx is not None and self.enforcer is not None:
-            self.spawn(self.enforcer.refused(
-                f"forward remote {listen_host}:{listen_port}",
-                "remote port forwarding is not supported by the gateway", self.ctx))
-        return False
 
 
 async def _completed(verdict: StatementVerdict, started: float, tag: str, *,

@@ -276,8 +276,7 @@ def test_forwarding_is_refused_unless_a_policy_allows_it(stack: Stack) -> None:
     assert agent.strip() == ""
     record = last_command(stack, "forward local 127.0.0.1:5432")
     assert record["effect"] == "deny" and record["command"]["forward"]["port"] == 5432  # type: ignore[index]
-    assert any(str(r["text"]).startswith("forward remote")
-               for r in stack.records("statement"))
+    assert last_command(stack, "forward remote 127.0.0.1:0")["effect"] == "deny"
 
 
 def test_forwarding_a_policy_allows_is_tunnelled_through_the_target(stack: Stack) -> None:
@@ -305,6 +304,36 @@ def test_forwarding_a_policy_allows_is_tunnelled_through_the_target(stack: Stack
         time.sleep(0.05)
     record = found[-1]
     assert record["bytes_in"] == 4 and record["bytes_out"] == 9 and record["tag"] == "closed"
+
+
+def test_a_remote_forward_a_policy_allows_comes_back_to_the_client(stack: Stack) -> None:
+    async def run() -> bytes:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"back:" + await reader.read(100))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, asyncssh.connect(
+                "127.0.0.1", stack.port, username="dana+web1", client_keys=[stack.dana_key],
+                known_hosts=str(stack.known_hosts), agent_path=None, config=None) as conn:
+            listener = await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", port)
+            # the target listens: connect there, as a program on the target would
+            reader, writer = await asyncio.open_connection("127.0.0.1", listener.get_port())
+            writer.write(b"pong")
+            writer.write_eof()
+            answer = await reader.read()
+            writer.close()
+            return answer
+
+    assert asyncio.run(run()) == b"back:pong"
+    deadline = time.monotonic() + 10
+    while not (found := [r for r in stack.records("statement") if r["effect"] == "allow"
+                         and str(r["text"]).startswith("forward remote")]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert found[-1]["connections"] == 1 and found[-1]["bytes_out"] == 4
 
 
 def test_openssh_agent_forwarding_is_not_passed_on(stack: Stack) -> None:
