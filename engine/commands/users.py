@@ -95,10 +95,11 @@ def check_command(args: argparse.Namespace) -> int:
         print(f"ordinance users check: {exc}", file=sys.stderr)
         return 1
     for user in directory:
-        form = ("scram" if user.verifier is not None else "password (plaintext)"
-                if user.password is not None else "-")
+        forms = (["scram"] if user.verifier is not None else
+                 ["password (plaintext)"] if user.password is not None else [])
         if user.ssh_keys:
-            form += f", {len(user.ssh_keys)} ssh key(s)"
+            forms.append(f"{len(user.ssh_keys)} ssh key(s)")
+        form = ", ".join(forms)
         print(f"{user.name}\t{form}\t{','.join(user.groups) or '-'}")
     print(f"{args.file}: {len(directory)} user(s) OK", file=sys.stderr)
     return 0
