@@ -143,3 +143,42 @@ def test_an_oidc_id_token_logs_in_by_keyboard_interactive(sshd: Sshd, tmp_path: 
         assert start["auth_method"] == "oidc-token"
         assert start["token_subject"] == start["user"] == "bob@example.com"
         assert start["requested_user"] == "bob"
+
+
+def test_decisions_from_ordinance_serve_over_grpc(sshd: Sshd, tmp_path: Path) -> None:
+    files = gateway_files(sshd, tmp_path)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--policies", str(files["policies"]),
+         "--grpc", "127.0.0.1:0", "--http", "off", "--decision-log-file",
+         str(tmp_path / "decisions.jsonl")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        assert serve.stdout is not None
+        grpc = json.loads(serve.stdout.readline())["grpc"]
+        args = proxy_command(files, tmp_path)
+        at = args.index("--policies")
+        args[at:at + 2] = ["--decision-service", grpc]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            ready = json.loads(proc.stdout.readline())
+            assert ready["decisions"] == f"grpc:{grpc}"
+            port = int(ready["listen"].rsplit(":", 1)[1])
+            assert ssh(port, tmp_path, "echo", "over-grpc").stdout == b"over-grpc\n"
+            denied = ssh(port, tmp_path, "sudo rm -rf /x")
+            assert denied.returncode == 126 and b"rm is not allowed" in denied.stderr
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(30)
+            gone = ssh(port, tmp_path, "echo", "unreachable")  # fail closed
+            assert gone.returncode == 126 and b"unreachable" not in gone.stdout
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=30)
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+        serve.communicate(timeout=30)
+    logged = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text()
+              .splitlines()]
+    commands = [d["input"]["command"] for d in logged]
+    assert {"protocol": "ssh", "request": "exec", "raw": "echo over-grpc"} in commands
