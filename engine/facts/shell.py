@@ -55,17 +55,25 @@ class _Facts:
     paths: list[str] = field(default_factory=list)
     patterns: list[str] = field(default_factory=list)
     redirects: list[dict[str, Any]] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    """`paths` and `patterns` (kept in order; this answers membership)."""
+    words: set[Word] = field(default_factory=set)
 
     def opaque(self, reason: str) -> None:
         if reason not in self.opaque_reasons:
             self.opaque_reasons.append(reason)
 
     def word(self, word: Word) -> None:
+        if word in self.words:
+            return
+        self.words.add(word)
         if word.known and word.value is not None:
             for path in path_candidates(word.value):
-                if path not in self.paths:
+                if path not in self.seen:
+                    self.seen.add(path)
                     self.paths.append(path)
-        elif word.pattern.strip("*/") and word.pattern not in self.patterns:
+        elif word.pattern.strip("*/") and "\0" + word.pattern not in self.seen:
+            self.seen.add("\0" + word.pattern)
             self.patterns.append(word.pattern)
         if len(self.paths) + len(self.patterns) > MAX_PATHS:
             raise _Limit(f"more than {MAX_PATHS} paths in the command line")

@@ -25,6 +25,8 @@ from engine.facts.shell_words import Word, literal, quoted_for_message, resolve
 MAX_SHELL_BYTES = 32 * 1024
 """Longer shell text is not parsed (a `parse_error`): tree-sitter's error recovery takes
 hundreds of milliseconds on 64 KiB of crafted text (`{a{a{a...`), and command lines are short."""
+MAX_NODES = 20_000
+"""A tree larger than this is not walked (the walk is Python: ~10 us a node)."""
 _LANGUAGE = Language(tree_sitter_bash.language())
 _LOCAL = threading.local()
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
@@ -115,6 +117,9 @@ def parse_script(raw: str) -> Script:
         what = (f"missing {quoted_for_message(bad.type)}" if bad.is_missing
                 else f"near {quoted_for_message(snippet)}")
         raise ShellSyntaxError(f"shell syntax error at offset {bad.start_byte}: {what}")
+    if root.descendant_count > MAX_NODES:
+        raise ShellSyntaxError(f"command line too complex to analyse (more than {MAX_NODES} "
+                               "syntax nodes)")
     return _Walker().walk(root)
 
 
