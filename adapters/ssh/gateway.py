@@ -469,7 +469,15 @@ class _Channel(SSHServerStreamSession[bytes]):
         return cast(asyncssh.SSHServerChannel[bytes], self._chan)
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        return subsystem == "sftp"
+        """Only sftp (its requests are decided one by one); another is refused, recorded."""
+        if subsystem == "sftp":
+            return True
+        connection = self.connection
+        if connection.ctx is not None and connection.enforcer is not None:
+            connection.spawn(connection.enforcer.refused(
+                f"subsystem {subsystem}", "only the sftp subsystem is served by the gateway",
+                connection.ctx))
+        return False
 
     def session_started(self) -> None:
         chan = self.chan

@@ -336,6 +336,16 @@ def test_a_remote_forward_a_policy_allows_comes_back_to_the_client(stack: Stack)
     assert found[-1]["connections"] == 1 and found[-1]["bytes_out"] == 4
 
 
+def test_other_subsystems_are_refused_and_recorded(stack: Stack) -> None:
+    result = stack.ssh("netconf", extra=("-s",))
+    assert result.returncode == 255 and b"subsystem request failed" in result.stderr
+    deadline = time.monotonic() + 10
+    while not [r for r in stack.records("statement") if r["text"] == "subsystem netconf"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert last_command(stack, "subsystem netconf")["effect"] == "deny"
+
+
 def test_openssh_agent_forwarding_is_not_passed_on(stack: Stack) -> None:
     result = stack.ssh("echo", "agent=$SSH_AUTH_SOCK", extra=("-A",))
     assert result.returncode == 0
