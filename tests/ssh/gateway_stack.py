@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,37 @@ class Stack:
             return [*args, f"{login}@127.0.0.1", *remote]
         return [*args, *remote]
 
+    def connect(self, login: str = "alice+web1", key: str | None = None) -> Any:
+        """An asyncssh connection through the gateway (an async context manager)."""
+        return asyncssh.connect("127.0.0.1", self.port, username=login,
+                                client_keys=[key or self.alice_key],
+                                known_hosts=str(self.known_hosts), agent_path=None,
+                                config=None)
+
+    def paramiko(self, login: str = "alice+web1") -> Any:
+        """A connected paramiko client (close it)."""
+        import paramiko
+
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.load_host_keys(str(self.known_hosts))
+        client.connect("127.0.0.1", self.port, username=login, key_filename=self.alice_key,
+                       look_for_keys=False, allow_agent=False)
+        return client
+
+    def wait_record(self, text_prefix: str, effect: str, timeout: float = 10
+                    ) -> dict[str, Any]:
+        """The latest `statement` record whose text starts so, waiting for it (a forward's
+        or a refused subsystem's record is written after the client has its answer)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [r for r in self.records("statement") if r["effect"] == effect
+                     and str(r["text"]).startswith(text_prefix)]
+            if found:
+                return found[-1]
+            assert time.monotonic() < deadline, f"no {effect} record for {text_prefix!r}"
+            time.sleep(0.05)
+
     def records(self, kind: str | None = None) -> list[dict[str, Any]]:
         path = self.audit_url.removeprefix("sqlite:///")
         with contextlib.closing(sqlite3.connect(path)) as db:
@@ -218,6 +250,19 @@ def open_gateway(sshd: Sshd, tmp: Path, policies: Path | None = None, *,
         recorder.close()
         store.close()
         audit.close()
+
+
+@contextlib.asynccontextmanager
+async def echo_server(prefix: bytes) -> Any:
+    """A local TCP server answering `prefix` + what it read; yields its port."""
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(prefix + await reader.read(100))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
 
 
 def open_fds() -> int:

@@ -10,11 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
-import paramiko
 import pytest
 
 from engine.masking import scrub_pans
-from tests.ssh.gateway_stack import DANA, MASKED, PAN, Stack, open_fds, open_gateway, write_targets
+from tests.ssh.gateway_stack import (
+    DANA,
+    MASKED,
+    PAN,
+    Stack,
+    echo_server,
+    open_fds,
+    open_gateway,
+    write_targets,
+)
 from tests.support.sshd import Sshd, key_pair
 
 
@@ -228,11 +236,7 @@ def test_a_hold_that_times_out_is_refused(sshd: Sshd, tmp_path: Path) -> None:
 # -- other clients --------------------------------------------------------------------------------
 
 def test_paramiko_exec_allowed_and_denied(stack: Stack) -> None:
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.load_host_keys(str(stack.known_hosts))
-    client.connect("127.0.0.1", stack.port, username="alice+web1",
-                   key_filename=stack.alice_key, look_for_keys=False, allow_agent=False)
+    client = stack.paramiko()
     try:
         _, out, _ = client.exec_command("echo via paramiko")
         assert out.read() == b"via paramiko\n" and out.channel.recv_exit_status() == 0
@@ -281,43 +285,22 @@ def test_forwarding_is_refused_unless_a_policy_allows_it(stack: Stack) -> None:
 
 def test_forwarding_a_policy_allows_is_tunnelled_through_the_target(stack: Stack) -> None:
     async def run() -> bytes:
-        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(b"echo:" + await reader.read(100))
-            await writer.drain()
-            writer.close()
-
-        server = await asyncio.start_server(echo, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        async with server, asyncssh.connect(
-                "127.0.0.1", stack.port, username="dana+web1", client_keys=[stack.dana_key],
-                known_hosts=str(stack.known_hosts), agent_path=None, config=None) as conn:
+        async with echo_server(b"echo:") as port, stack.connect(
+                "dana+web1", stack.dana_key) as conn:
             reader, writer = await conn.open_connection("127.0.0.1", port)
             writer.write(b"ping")
             writer.write_eof()
-            return await reader.read()
+            return bytes(await reader.read())
 
     assert asyncio.run(run()) == b"echo:ping"
-    deadline = time.monotonic() + 10  # a tunnel's record is written when both ends closed
-    while not (found := [r for r in stack.records("statement") if r["effect"] == "allow"
-                         and str(r["text"]).startswith("forward local")]):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    record = found[-1]
+    record = stack.wait_record("forward local", "allow")  # written when both ends closed
     assert record["bytes_in"] == 4 and record["bytes_out"] == 9 and record["tag"] == "closed"
 
 
 def test_a_remote_forward_a_policy_allows_comes_back_to_the_client(stack: Stack) -> None:
     async def run() -> bytes:
-        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(b"back:" + await reader.read(100))
-            await writer.drain()
-            writer.close()
-
-        server = await asyncio.start_server(echo, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        async with server, asyncssh.connect(
-                "127.0.0.1", stack.port, username="dana+web1", client_keys=[stack.dana_key],
-                known_hosts=str(stack.known_hosts), agent_path=None, config=None) as conn:
+        async with echo_server(b"back:") as port, stack.connect(
+                "dana+web1", stack.dana_key) as conn:
             listener = await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", port)
             # the target listens: connect there, as a program on the target would
             reader, writer = await asyncio.open_connection("127.0.0.1", listener.get_port())
@@ -328,22 +311,14 @@ def test_a_remote_forward_a_policy_allows_comes_back_to_the_client(stack: Stack)
             return answer
 
     assert asyncio.run(run()) == b"back:pong"
-    deadline = time.monotonic() + 10
-    while not (found := [r for r in stack.records("statement") if r["effect"] == "allow"
-                         and str(r["text"]).startswith("forward remote")]):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert found[-1]["connections"] == 1 and found[-1]["bytes_out"] == 4
+    record = stack.wait_record("forward remote", "allow")
+    assert record["connections"] == 1 and record["bytes_out"] == 4
 
 
 def test_other_subsystems_are_refused_and_recorded(stack: Stack) -> None:
     result = stack.ssh("netconf", extra=("-s",))
     assert result.returncode == 255 and b"subsystem request failed" in result.stderr
-    deadline = time.monotonic() + 10
-    while not [r for r in stack.records("statement") if r["text"] == "subsystem netconf"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert last_command(stack, "subsystem netconf")["effect"] == "deny"
+    stack.wait_record("subsystem netconf", "deny")
 
 
 def test_openssh_agent_forwarding_is_not_passed_on(stack: Stack) -> None:

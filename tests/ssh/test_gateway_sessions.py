@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
-import paramiko
 import pytest
 
 from tests.ssh.gateway_stack import DANA, MASKED, PAN, Stack, open_gateway
@@ -166,11 +165,7 @@ def test_sftp_requests_are_decided_one_by_one(stack: Stack, tmp_path: Path) -> N
 
 
 def test_paramiko_sftp_gets_the_reason_of_a_refusal(stack: Stack) -> None:
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.load_host_keys(str(stack.known_hosts))
-    client.connect("127.0.0.1", stack.port, username="alice+web1",
-                   key_filename=stack.alice_key, look_for_keys=False, allow_agent=False)
+    client = stack.paramiko()
     try:
         sftp = client.open_sftp()
         with pytest.raises(PermissionError) as refused:
