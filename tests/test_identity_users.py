@@ -122,7 +122,7 @@ def test_bad_verifiers(verifier: str, message: str) -> None:
 @pytest.mark.parametrize(("body", "message"), [
     ("users:\n  - {password: x}\n", r"users\.yaml:2: users\[0\]: missing name"),
     ("users:\n  - {name: a, password: x}\n  - {name: b}\n",
-     r":3: users\[1\] \(b\): needs exactly one of password and scram"),
+     r":3: users\[1\] \(b\): needs one of password and scram, or ssh_keys"),
     ("users:\n  - {name: a, password: x, scram: y}\n", "exactly one of password and scram"),
     ("users:\n  - {name: a, pasword: x}\n", r"unknown key\(s\): pasword \(allowed: groups"),
     ("users:\n  - {name: a, password: x}\n  - {name: a, password: y}\n",

@@ -49,7 +49,7 @@ class DirectoryUser(Protocol):
     @property
     def groups(self) -> tuple[str, ...]: ...
 
-    def scram_auth_info(self) -> AuthInfo:
+    def scram_auth_info(self) -> AuthInfo | None:
         """(salt, stored_key, server_key, iterations) as scramp's `make_auth_info` returns."""
         ...
 

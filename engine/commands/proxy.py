@@ -59,7 +59,7 @@ def _label(text: str) -> tuple[str, str]:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "proxy", help="run an enforcement proxy (PostgreSQL)",
+        "proxy", help="run an enforcement proxy (PostgreSQL, SSH)",
         description="Enforcement proxies: every command is decided by policy, masked, held "
                     "for approval or blocked, and recorded.")
     kinds = parser.add_subparsers(dest="proxy_kind", metavar="PROTOCOL", required=True)
@@ -75,6 +75,27 @@ def register(subparsers: Any) -> None:
                         f"${UPSTREAM_URL_ENV}, which keeps the password out of `ps`); TLS as "
                         "libpq: sslmode=disable|allow|prefer (default)|require|verify-ca|"
                         "verify-full, sslrootcert=FILE|system, sslcert=FILE, sslkey=FILE")
+    add_decision_arguments(p)
+    p.add_argument("--tls-cert", metavar="PEM", help="server certificate (enables TLS)")
+    p.add_argument("--tls-key", metavar="PEM", help="server private key")
+    p.add_argument("--insecure-listen", action="store_true",
+                   help="allow a non-loopback --listen address without TLS")
+    p.add_argument("--resource-name", metavar="NAME",
+                   help="input.resource.name (default: the upstream database name)")
+    p.add_argument("--resource-label", type=_label, action="append", default=[],
+                   metavar="KEY=VALUE", help="input.resource.labels entry (repeatable), "
+                                             "e.g. env=prod")
+    p.set_defaults(func=run)
+
+    from engine.commands._proxy_ssh import register_ssh
+
+    register_ssh(kinds)
+
+
+def add_decision_arguments(p: argparse.ArgumentParser) -> None:
+    """--policies | --decision-service (and its TLS, token, deadline), --audit, --approvals,
+    --approval-timeout, --users, --oidc-*, the reload and statement-size flags: what every
+    proxy decides, records and authenticates with."""
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--policies", metavar="DIR",
                         help="decide in-process with this policy directory or bundle "
@@ -86,7 +107,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--decision-service-token-file", metavar="FILE", type=Path,
                    help="bearer token for the decision service")
     p.add_argument("--decision-deadline", type=_duration, default=2.0, metavar="DURATION",
-                   help="how long a decision may take before the statement is denied "
+                   help="how long a decision may take before the request is denied "
                         "(default 2s)")
     p.add_argument("--audit", default=os.environ.get(AUDIT_URL_ENV),
                    required=not os.environ.get(AUDIT_URL_ENV), metavar="URL",
@@ -95,21 +116,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--approvals", metavar="URL",
                    help="approvals store (default: the audit trail's database)")
     p.add_argument("--approval-timeout", type=_duration, default=300.0, metavar="DURATION",
-                   help="how long a statement under review is held (default 5m)")
-    p.add_argument("--users", metavar="FILE", help="static users file (SCRAM-SHA-256 logins)")
+                   help="how long a request under review is held (default 5m)")
+    p.add_argument("--users", metavar="FILE", help="static users file")
     p.add_argument("--oidc-jwks", metavar="FILE|URL",
-                   help="accept OIDC ID tokens as passwords, verified with this JWKS")
+                   help="accept OIDC ID tokens, verified with this JWKS")
     p.add_argument("--oidc-issuer", metavar="ISS", help="expected `iss` of ID tokens")
     p.add_argument("--oidc-audience", metavar="AUD", help="expected `aud` of ID tokens")
-    p.add_argument("--tls-cert", metavar="PEM", help="server certificate (enables TLS)")
-    p.add_argument("--tls-key", metavar="PEM", help="server private key")
-    p.add_argument("--insecure-listen", action="store_true",
-                   help="allow a non-loopback --listen address without TLS")
-    p.add_argument("--resource-name", metavar="NAME",
-                   help="input.resource.name (default: the upstream database name)")
-    p.add_argument("--resource-label", type=_label, action="append", default=[],
-                   metavar="KEY=VALUE", help="input.resource.labels entry (repeatable), "
-                                             "e.g. env=prod")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often --policies is checked for changes (default 1)")
     p.add_argument("--reload-settle", type=float, default=1.0, metavar="SECONDS",
@@ -120,7 +132,6 @@ def register(subparsers: Any) -> None:
     add_statement_limit_argument(p)
     add_audit_durability_argument(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(func=run)
 
 
 class _Setup(Exception):
@@ -159,13 +170,9 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
     from psycopg.conninfo import make_conninfo
 
     from adapters.enforcement.records import Resource
-    from adapters.enforcement.review import ApprovalGate
     from adapters.postgres.bridge import PolicyBridge
     from adapters.postgres.catalog import Catalog
     from adapters.postgres.proxy import ProxyConfig, UpstreamTarget
-    from engine.approvals import ApprovalStoreError, open_approval_store
-    from engine.audit import AuditError, open_audit_log
-    from engine.audit.recorder import AuditRecorder
     from engine.audit.stores import parse_store_url
     from engine.service.server import split_host_port
     from engine.service.tls import InsecureListenError, check_listen_address, tls_config
@@ -179,6 +186,36 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
                              insecure=args.insecure_listen, what="the PostgreSQL proxy")
     except (ValueError, InsecureListenError) as exc:
         raise _Setup(str(exc)) from None
+    directory, verify = _identity(args)
+    audit, recorder, gate = _trail(args, resources)
+
+    client, decisions = _decision_client(args, audit, resources)
+    resource = Resource(args.resource_name or target.database, dict(args.resource_label),
+                        type="postgres")
+    # libpq would take a missing sslmode from $PGSSLMODE; the proxy's sessions do not.
+    catalog = Catalog(make_conninfo(args.upstream, sslmode=target.tls.mode))
+    bridge = PolicyBridge(client, resource=resource, catalog=catalog, recorder=recorder,
+                          approvals=gate)
+    config = ProxyConfig(
+        upstream_url=args.upstream, directory=directory, verify_token=verify, host=host,
+        port=port, server_ssl=tls.ssl_context() if tls is not None else None,
+        decide_timeout=args.decision_deadline + HOOK_MARGIN_S, **bridge.hooks())
+    ready = {
+        "event": "listening", "proxy": "postgres", "listen": None,
+        "upstream": f"{target.host}:{target.port}/{target.database}",
+        "upstream_sslmode": target.tls.mode,
+        "resource": resource.to_input(), "decisions": decisions,
+        "audit": parse_store_url(args.audit).redacted(),
+        "audit_durability": args.audit_durability, "tls": tls is not None,
+        "auth": [m for m, on in (("scram-sha-256", directory is not None),
+                                 ("oidc-token", verify is not None)) if on],
+        "approval_timeout_s": args.approval_timeout,
+    }
+    return config, catalog, client, ready
+
+
+def _identity(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The users file (`--users`) and the OIDC token verifier (`--oidc-*`), each or None."""
     oidc = [args.oidc_jwks, args.oidc_issuer, args.oidc_audience]
     if any(oidc) and not all(oidc):
         raise _Setup("--oidc-jwks, --oidc-issuer and --oidc-audience go together")
@@ -205,6 +242,16 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
         except ValueError as exc:
             raise _Setup(f"OIDC: {exc}") from None
         verify = verifier.verify
+    return directory, verify
+
+
+def _trail(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, Any, Any]:
+    """The audit trail (`--audit`), its recorder and the approval gate (`--approvals`)."""
+    from adapters.enforcement.review import ApprovalGate
+    from engine.approvals import ApprovalStoreError, open_approval_store
+    from engine.audit import AuditError, open_audit_log
+    from engine.audit.recorder import AuditRecorder
+    from engine.audit.stores import parse_store_url
 
     try:
         audit = open_audit_log(args.audit, durability=args.audit_durability)
@@ -225,30 +272,7 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
         hint += f" --store {parse_store_url(args.approvals).redacted()}"
     gate = ApprovalGate(store, timeout=args.approval_timeout, approve_hint=hint)
     resources.append(gate.close)
-
-    client, decisions = _decision_client(args, audit, resources)
-    resource = Resource(args.resource_name or target.database, dict(args.resource_label),
-                        type="postgres")
-    # libpq would take a missing sslmode from $PGSSLMODE; the proxy's sessions do not.
-    catalog = Catalog(make_conninfo(args.upstream, sslmode=target.tls.mode))
-    bridge = PolicyBridge(client, resource=resource, catalog=catalog, recorder=recorder,
-                          approvals=gate)
-    config = ProxyConfig(
-        upstream_url=args.upstream, directory=directory, verify_token=verify, host=host,
-        port=port, server_ssl=tls.ssl_context() if tls is not None else None,
-        decide_timeout=args.decision_deadline + HOOK_MARGIN_S, **bridge.hooks())
-    ready = {
-        "event": "listening", "proxy": "postgres", "listen": None,
-        "upstream": f"{target.host}:{target.port}/{target.database}",
-        "upstream_sslmode": target.tls.mode,
-        "resource": resource.to_input(), "decisions": decisions,
-        "audit": parse_store_url(args.audit).redacted(),
-        "audit_durability": args.audit_durability, "tls": tls is not None,
-        "auth": [m for m, on in (("scram-sha-256", directory is not None),
-                                 ("oidc-token", verify is not None)) if on],
-        "approval_timeout_s": args.approval_timeout,
-    }
-    return config, catalog, client, ready
+    return audit, recorder, gate
 
 
 def _decision_client(args: argparse.Namespace, audit: Any,
@@ -282,11 +306,11 @@ def _decision_client(args: argparse.Namespace, audit: Any,
             return
         engines[0].swap(policy_set)
         log.info("policy set %s active", policy_set.revision)
-        _record_reload(audit, {"revision": policy_set.revision, "errors": []})
+        _record_reload(audit, args, {"revision": policy_set.revision, "errors": []})
 
     def rejected(errors: list[str]) -> None:
         if engines:
-            _record_reload(audit, {"revision": engines[0].policy_set.revision,
+            _record_reload(audit, args, {"revision": engines[0].policy_set.revision,
                                    "errors": errors, "rejected": True})
 
     watcher = PolicyWatcher(args.policies, on_loaded=loaded, on_rejected=rejected,
@@ -298,9 +322,9 @@ def _decision_client(args: argparse.Namespace, audit: Any,
     return InProcessDecisionClient(engines[0]), f"in-process:{args.policies}"
 
 
-def _record_reload(audit: Any, payload: dict[str, Any]) -> None:
+def _record_reload(audit: Any, args: argparse.Namespace, payload: dict[str, Any]) -> None:
     try:
-        audit.append("policy.reload", {"source": "proxy postgres", **payload})
+        audit.append("policy.reload", {"source": f"proxy {args.proxy_kind}", **payload})
     except Exception as exc:  # the reload itself stands; the trail says so next time
         log.error("policy reload not recorded: %s", exc)
 

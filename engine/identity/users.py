@@ -8,12 +8,19 @@ users:
   - {name: alice, password: alice-secret, groups: [dev]}
   - {name: dana, scram: "SCRAM-SHA-256$4096:<salt b64>$<StoredKey b64>:<ServerKey b64>",
      groups: [dba-leads]}
+  - name: erin                     # SSH gateway logins: OpenSSH authorized_keys lines
+    groups: [sre]
+    ssh_keys: ['from="10.0.0.0/8" ssh-ed25519 AAAAC3Nza... erin@laptop']
 ```
 
 `scram` is PostgreSQL's `pg_authid.rolpassword` verifier format (RFC 5803 layout); prefer it
 to `password`, which keeps a plaintext secret on disk. `ordinance users hash-password`
 prints one. Passwords are SASLprep-normalised as PostgreSQL does (raw UTF-8 when SASLprep
-refuses them). This module authenticates only; it does not decide anything.
+refuses them). `ssh_keys` (the SSH gateway's public-key logins) are authorized_keys lines
+checked with asyncssh's parser; of their options only `from=` is honoured (a line with another
+restriction, `command=`, `no-pty`, `permitopen`, ..., is refused: the gateway would ignore
+it). A user needs a password or scram, or ssh keys, or both (`ordinance users add-ssh-key`
+adds one). This module authenticates only; it does not decide anything.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +46,10 @@ SCRAM_PREFIX = "SCRAM-SHA-256"
 DEFAULT_ITERATIONS = 4096
 SALT_BYTES = 16
 _KEY_BYTES = hashlib.sha256().digest_size
-_USER_KEYS = frozenset({"name", "password", "scram", "groups"})
+# where an authorized_keys line's key begins (after its options), and its from="..." option
+_KEY_START = re.compile(r"(?:^|\s)(?=(?:ssh-|ecdsa-|sk-)[\w@.-]+\s+AAAA)")
+_FROM_OPTION = re.compile(r'from="[^"]*"')
+_USER_KEYS = frozenset({"name", "password", "scram", "groups", "ssh_keys"})
 
 AuthInfo = tuple[bytes, bytes, bytes, int]
 """(salt, stored_key, server_key, iterations), as `scramp.ScramMechanism().make_auth_info`."""
@@ -108,30 +120,35 @@ def parse_verifier(verifier: str) -> AuthInfo:
 
 @dataclass(eq=False)
 class StaticUser:
-    """A user from the users file. Exactly one of `password` / `verifier` is set."""
+    """A user from the users file: at most one of `password` / `verifier`, and at least one of
+    them or `ssh_keys`."""
 
     name: str
     groups: tuple[str, ...] = ()
     password: str | None = field(default=None, repr=False)
     verifier: AuthInfo | None = field(default=None, repr=False)
+    ssh_keys: tuple[str, ...] = ()
     _derived: AuthInfo | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if (self.password is None) == (self.verifier is None):
-            raise ValueError("a static user needs exactly one of password and verifier")
+        if self.password is not None and self.verifier is not None:
+            raise ValueError("a static user has at most one of password and verifier")
+        if self.password is None and self.verifier is None and not self.ssh_keys:
+            raise ValueError("a static user needs a password, a verifier or ssh keys")
 
-    def scram_auth_info(self) -> AuthInfo:
+    def scram_auth_info(self) -> AuthInfo | None:
         """(salt, stored_key, server_key, iterations) for scramp's server side.
 
         For a plaintext `password` it is derived once (random salt) and then kept, so repeated
-        exchanges do not pay PBKDF2 again.
+        exchanges do not pay PBKDF2 again. None for a user with ssh keys only.
         """
         if self.verifier is not None:
             return self.verifier
+        if self.password is None:
+            return None
         with self._lock:
             if self._derived is None:
-                assert self.password is not None
                 self._derived = scram_auth_info(self.password)
             return self._derived
 
@@ -139,7 +156,8 @@ class StaticUser:
         """Constant-time password check, for either form of secret."""
         if self.password is not None:
             return hmac.compare_digest(password.encode("utf-8"), self.password.encode("utf-8"))
-        assert self.verifier is not None
+        if self.verifier is None:
+            return False
         salt, stored_key, _server_key, iterations = self.verifier
         _, candidate, _, _ = scram_auth_info(password, iterations=iterations, salt=salt)
         return hmac.compare_digest(candidate, stored_key)
@@ -165,6 +183,27 @@ class UserDirectory:
 
     def __iter__(self) -> Any:
         return iter(self._users.values())
+
+
+def ssh_key_problem(line: str) -> str | None:
+    """Why `line` is not one authorized_keys entry (OpenSSH's format, options allowed)."""
+    with warnings.catch_warnings():  # cryptography's DSA notice while asyncssh imports
+        warnings.simplefilter("ignore")
+        import asyncssh  # the SSH gateway's library; only needed when a file has ssh keys
+
+    text = line.strip()
+    if not text or text.startswith("#") or "\n" in text:
+        return "expected one authorized_keys line"
+    try:
+        asyncssh.import_authorized_keys(text + "\n")
+    except (ValueError, asyncssh.KeyImportError) as exc:
+        return f"not an authorized_keys line: {exc}"
+    options = _KEY_START.split(text, maxsplit=1)[0]
+    other = _FROM_OPTION.sub("", options).strip(" ,")
+    if other:
+        return (f"only the from= option is honoured by the SSH gateway, not {other!r}: a "
+                "restriction it would ignore is refused")
+    return None
 
 
 def _line_of(node: yaml.Node | None) -> int:
@@ -215,8 +254,17 @@ def parse_users(text: str, source: str = "<string>") -> UserDirectory:
                              f"{first_line[name]}")
         first_line[name] = _line_of(node)
         password, scram = entry.get("password"), entry.get("scram")
-        if (password is None) == (scram is None):
+        ssh_keys = entry.get("ssh_keys", [])
+        if not isinstance(ssh_keys, list) or not all(isinstance(k, str) for k in ssh_keys):
+            raise fail(node, f"{where}: ssh_keys must be a list of authorized_keys lines")
+        for n, line in enumerate(ssh_keys):
+            problem = ssh_key_problem(line)
+            if problem:
+                raise fail(node, f"{where}: ssh_keys[{n}]: {problem}")
+        if password is not None and scram is not None:
             raise fail(node, f"{where}: needs exactly one of password and scram")
+        if password is None and scram is None and not ssh_keys:
+            raise fail(node, f"{where}: needs one of password and scram, or ssh_keys")
         if password is not None and (not isinstance(password, str) or not password):
             raise fail(node, f"{where}: password must be a non-empty string")
         verifier: AuthInfo | None = None
@@ -231,7 +279,7 @@ def parse_users(text: str, source: str = "<string>") -> UserDirectory:
         if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
             raise fail(node, f"{where}: groups must be a list of non-empty strings")
         users.append(StaticUser(name=name, groups=tuple(groups), password=password,
-                                verifier=verifier))
+                                verifier=verifier, ssh_keys=tuple(k.strip() for k in ssh_keys)))
     return UserDirectory(users, source)
 
 
