@@ -26,6 +26,7 @@ from regopy import rego_shared
 
 from engine.errors import EvaluationError, PolicySetError
 from engine.policy.rego_input import set_input
+from engine.policy.rego_safety import arity_table, check_module, function_arities
 from engine.policy.rego_source import (
     FORBIDDEN,
     NONDETERMINISTIC,
@@ -148,6 +149,7 @@ class RegoProgram:
             builtins_src = resources.files("engine.policy.builtins").joinpath(name).read_text()
             interp.add_module(f"ordinance_builtins/{name}", builtins_src)
         sources: dict[str, str] = {}
+        safety = _SafetyContext(self.modules, interp.is_builtin)
         for module in self.modules:
             source = self.extra_sources.get(module.path, module.source)
             if not self.with_tests and module.test_rules:
@@ -157,8 +159,10 @@ class RegoProgram:
                           for line, message in inexact)
             source = blank_calls(source, module.calls, NO_OP_BUILTINS)
             source = rewrite_calls(source, module.calls, self.call_renames)
+            source, unsafe = safety.check(module, source)
+            errors.extend(f"{_display(module.path)}:{line}: {message}" for line, message in unsafe)
             sources[module.path] = source
-            if inexact:
+            if inexact or unsafe:
                 continue
             try:
                 interp.add_module(module.path, source)
@@ -272,6 +276,35 @@ class RegoProgram:
             return {}
         pruned: dict[str, Any] = _prune(input_doc, tree)
         return pruned
+
+
+class _SafetyContext:
+    """What OPA's safety check needs across modules: each package's rule names (globals)
+    and the arity of every function (for calls with an output argument)."""
+
+    def __init__(self, modules: list[RegoModule], is_builtin: Any):
+        self.rules: dict[str, set[str]] = {}
+        arities: dict[str, int] = {}
+        self.functions: set[str] = set()
+        for module in modules:
+            self.rules.setdefault(module.package, set()).update(module.rules)
+            self.functions |= module.functions
+            arities.update(function_arities(module.source, module.spans))
+        self.arity = arity_table(arities)
+        self.is_builtin = is_builtin
+
+    def check(self, module: RegoModule, source: str) -> tuple[str, list[tuple[int, str]]]:
+        """The source with bodies in OPA's order, and `(line, message)` per unsafe var."""
+        globals_ = self.rules.get(module.package, set()) | set(module.imports) \
+            | {"data", "input"}
+        source, unsafe = check_module(
+            source, module.spans, globals_, self.arity,
+            lambda name: name in self.functions or name in PROVIDED_BUILTINS
+            or bool(self.is_builtin(name)),
+            generated=lambda name: name.startswith("__ordinance_cov"))
+        return source, [(u.line, "rego_unsafe_var_error: var "
+                         f"{'_' if u.var.startswith('_#') else u.var} is unsafe")
+                        for u in unsafe]
 
 
 def _input_paths(modules: list[RegoModule]) -> list[tuple[str, ...]] | None:

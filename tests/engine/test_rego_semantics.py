@@ -229,11 +229,12 @@ def test_undefined_input_paths_are_undefined_and_negate_to_true(engine: Engine) 
     assert value(engine, "not_present") is True
 
 
-def test_unsafe_variable_loads_and_never_fires(tmp_path: Path) -> None:
-    """regopy defect (documented, not mitigated): OPA rejects `x > 1` with `x` unbound at
-    compile time; regopy loads it and the rule is silently undefined."""
-    engine = deny_engine(tmp_path, 'deny contains "unsafe" if { x > 1 }\n')
-    assert engine.decide({}).effect == "allow"
+def test_unsafe_variable_is_refused_at_load(tmp_path: Path) -> None:
+    """OPA rejects `x > 1` with `x` unbound (rego_unsafe_var_error); regopy would load it and
+    the rule would silently never fire. `engine/policy/rego_safety.py` refuses it, as OPA does
+    (more cases in test_rego_safety.py)."""
+    with pytest.raises(PolicySetError, match=r"p.rego:5: rego_unsafe_var_error: var x is unsafe"):
+        deny_engine(tmp_path, 'deny contains "unsafe" if { x > 1 }\n')
 
 
 # -- strings -----------------------------------------------------------------------------------
