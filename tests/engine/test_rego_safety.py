@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-import regopy
 
 from engine.engine import Engine
 from engine.errors import PolicySetError
@@ -139,6 +138,8 @@ def test_the_provided_builtin_modules_are_safe() -> None:
 def _check(module, source):  # type: ignore[no-untyped-def]
     globals_ = set(module.rules) | set(module.imports) | {"data", "input"}
     arity = arity_table(function_arities(source, module.spans))
+    import regopy  # after `engine`, which loads the C++ runtime first (engine/native.py)
+
     is_builtin = regopy.Interpreter().is_builtin
     return check_module(source, module.spans, globals_, arity,
                         lambda n: n in module.functions or bool(is_builtin(n)))
