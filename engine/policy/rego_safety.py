@@ -316,7 +316,7 @@ class _Parser:
     def term(self) -> Term:
         tok = self.next()
         if tok.kind in ("string", "raw", "number"):
-            base = Term("scalar", offset=tok.start)
+            base = Term("scalar", name=tok.text, offset=tok.start)
         elif tok.kind == "name":
             base = Term("scalar", offset=tok.start) if tok.text in _CONSTANTS \
                 else self._named(tok)
@@ -492,8 +492,9 @@ def _expr_terms(expr: Expr) -> list[Term]:
     return list(expr.terms) + list(expr.with_values)
 
 
-def _expr_vars(expr: Expr) -> set[str]:
-    """OPA's `e.Vars(SafetyCheckVisitorParams)`: closures skipped."""
+def _expr_vars(expr: Expr, outer: set[str] | None = None) -> set[str]:
+    """OPA's `e.Vars(SafetyCheckVisitorParams)`: closures skipped; for `every`, its domain's
+    variables and those of `outer` (the enclosing body's) that its body uses."""
     out: set[str] = set()
     for term in _expr_terms(expr):
         out |= _vars(term, closures=False)
@@ -501,6 +502,8 @@ def _expr_vars(expr: Expr) -> set[str]:
         out -= expr.decl  # declared by the `some`; the domain's vars remain
     if expr.kind == "every":
         out = _vars(expr.terms[0], closures=False)
+        if outer:
+            out |= (_closure_vars(expr) - expr.decl) & outer
     return out
 
 
@@ -546,7 +549,9 @@ def _ref_safe(term: Term, safe: set[str]) -> bool:
 
 
 def _term_outputs(term: Term, safe: set[str]) -> set[str]:
-    """Variables bound by iterating refs with a safe head (`xs[i]`, `input.a[k].b`)."""
+    """Variables bound by iterating refs with a safe head (`xs[i]`, `input.a[k].b`): OPA's
+    `Ref.OutputVars`, which skips the head of every ref, nested ones too (`a[b[i]]` binds i,
+    not b)."""
     out: set[str] = set()
 
     def visit(t: Term) -> None:
@@ -554,8 +559,33 @@ def _term_outputs(term: Term, safe: set[str]) -> set[str]:
             return
         if t.kind == "ref" and _ref_safe(t, safe):
             for part in t.items:
-                out.update(_vars(part, closures=False))
+                out.update(_vars_skip_ref_heads(part))
         if t.kind != "call" and t.head is not None:
+            visit(t.head)
+        for item in t.items:
+            visit(item)
+
+    visit(term)
+    return out
+
+
+def _vars_skip_ref_heads(term: Term, skip_sets: bool = False) -> set[str]:
+    """Variables of a term but not the heads of its refs (OPA's SkipRefHead), nor object keys
+    and, with `skip_sets`, set members."""
+    out: set[str] = set()
+
+    def visit(t: Term) -> None:
+        if t.kind == "compr" or (skip_sets and t.kind == "set"):
+            return
+        if t.kind == "object":
+            for value in t.items[1::2]:
+                visit(value)
+            return
+        if t.kind == "var":
+            out.add(t.name)
+        if t.kind == "call" or t.kind == "ref":
+            pass  # a call's name, a ref's head: not bound here
+        elif t.head is not None:
             visit(t.head)
         for item in t.items:
             visit(item)
@@ -593,12 +623,21 @@ def _outputs(expr: Expr, safe: set[str], arity: Callable[[str], int]) -> set[str
             return out
         inputs: set[str] = set()
         for arg in call.items[:n]:
-            inputs |= _vars(arg, closures=False, skip_sets=True, skip_object_keys=True)
+            inputs |= _vars_skip_ref_heads(arg, skip_sets=True)
         if inputs - out - safe:
             return set()
         for arg in call.items[n:]:
-            out |= _vars(arg, closures=False, skip_sets=True, skip_object_keys=True)
+            out |= _vars_skip_ref_heads(arg, skip_sets=True)
     return out
+
+
+def _literal_keys(obj: Term) -> dict[str, Term] | None:
+    """`{key text: value}` of an object literal whose keys are all scalars, else None (OPA
+    unifies two objects only when their keys are ground and equal)."""
+    keys = obj.items[0::2]
+    if any(k.kind != "scalar" or not k.name for k in keys):
+        return None
+    return {k.name: v for k, v in zip(keys, obj.items[1::2], strict=True)}
 
 
 def _ground(term: Term, safe: set[str]) -> bool:
@@ -668,9 +707,11 @@ def _unify(a: Term, b: Term, safe: set[str]) -> None:
         elif x.kind == "object":
             if y.kind in ("var", "ref", "call", "expr"):
                 unify(y, x)
-            elif y.kind == "object" and len(x.items) == len(y.items):
-                for i in range(1, len(x.items), 2):
-                    unify(x.items[i], y.items[i])  # same keys assumed in order
+            elif y.kind == "object":
+                xs, ys = _literal_keys(x), _literal_keys(y)
+                if xs is not None and ys is not None and xs.keys() == ys.keys():
+                    for key, value in xs.items():
+                        unify(value, ys[key])
         else:  # scalar or set
             if y.kind == "var":
                 mark(y.name)
@@ -709,7 +750,7 @@ class _Checker:
         safe: set[str] = set()
         unsafe: dict[int, set[str]] = {}
         for i in order:
-            for v in _expr_vars(exprs[i]):
+            for v in _expr_vars(exprs[i], body_vars):
                 if v in globals_:
                     safe.add(v)
                 else:
@@ -775,9 +816,12 @@ class _Checker:
     def _outputs_of(self, exprs: list[Expr], indices: list[int], globals_: set[str]
                     ) -> set[str]:
         out = set(globals_)
-        for i in indices:
-            out |= _outputs(exprs[i], out, self.arity)
-        return out - globals_
+        while True:
+            before = len(out)
+            for i in indices:
+                out |= _outputs(exprs[i], out, self.arity)
+            if len(out) == before:
+                return out - globals_
 
     def _closure(self, node: Term | Expr, globals_: set[str], owner: Expr) -> None:
         assert node.body is not None
