@@ -26,7 +26,12 @@ from regopy import rego_shared
 
 from engine.errors import EvaluationError, PolicySetError
 from engine.policy.rego_input import set_input
-from engine.policy.rego_safety import arity_table, check_module, function_arities
+from engine.policy.rego_safety import (
+    arity_table,
+    bind_parameters,
+    check_module,
+    function_arities,
+)
 from engine.policy.rego_source import (
     FORBIDDEN,
     NONDETERMINISTIC,
@@ -35,6 +40,7 @@ from engine.policy.rego_source import (
     blank_rules,
     literal_arguments,
     normalise_numbers,
+    read_module,
     rewrite_calls,
 )
 
@@ -51,11 +57,13 @@ PROVIDED_BUILTINS = {
     "net.cidr_expand": "data.ordinance_builtins.net.cidr_expand",
     "net.cidr_is_valid": "data.ordinance_builtins.net.cidr_is_valid",
     "strings.split_n": "data.ordinance_builtins.strings.split_n",
+    "object.union": "data.ordinance_builtins.objects.union",
+    "object.union_n": "data.ordinance_builtins.objects.union_n",
     "to_number": "data.ordinance_builtins.num.to_number_normalised",
 }
 # Builtins with no effect on a decision, compiled as `true` (regopy has no print hook).
 NO_OP_BUILTINS = frozenset({"print"})
-BUILTIN_MODULES = ("net.rego", "num.rego", "strings.rego")
+BUILTIN_MODULES = ("net.rego", "num.rego", "object.rego", "strings.rego")
 _PROVIDED_NAMES = frozenset(PROVIDED_BUILTINS) | NO_OP_BUILTINS
 
 _STR, _NUM = frozenset({"string"}), frozenset({"number"})
@@ -286,6 +294,9 @@ class _SafetyContext:
         self.rules: dict[str, set[str]] = {}
         arities: dict[str, int] = {}
         self.functions: set[str] = set()
+        for name in BUILTIN_MODULES:  # calls to provided builtins are renamed to these
+            source = resources.files("engine.policy.builtins").joinpath(name).read_text()
+            arities.update(function_arities(source, read_module(name, source).spans))
         for module in modules:
             self.rules.setdefault(module.package, set()).update(module.rules)
             self.functions |= module.functions
@@ -297,8 +308,11 @@ class _SafetyContext:
         """The source with bodies in OPA's order, and `(line, message)` per unsafe var."""
         globals_ = self.rules.get(module.package, set()) | set(module.imports) \
             | {"data", "input"}
+        source, problems = bind_parameters(source, read_module(module.path, source).spans)
+        if problems:
+            return source, problems
         source, unsafe = check_module(
-            source, module.spans, globals_, self.arity,
+            source, read_module(module.path, source).spans, globals_, self.arity,
             lambda name: name in self.functions or name in PROVIDED_BUILTINS
             or bool(self.is_builtin(name)),
             generated=lambda name: name.startswith("__ordinance_cov"))

@@ -104,11 +104,13 @@ class Body:
     start: int
     end: int
     order: list[int] | None = None  # OPA's order, when it differs from the written one
+    brace: int | None = None  # offset just past a rule body's `{` (None: `if expr`)
 
 
 @dataclass
 class Rule:
     line: int
+    end: int  # just past the rule's last token
     args: list[Term]
     head_terms: list[Term]  # key, value, `contains` term (their vars must be safe)
     bodies: list[tuple[Body | None, list[Term]]]  # else bodies with their value terms
@@ -895,16 +897,17 @@ def parse_rule(source: str, start: int, end: int,
     declared: set[str] = set()
     for arg in args:
         declared |= _vars(arg, closures=False, skip_sets=True, skip_object_keys=True)
-    return Rule(line, args, head_terms, bodies, declared)
+    return Rule(line, toks[-1].end, args, head_terms, bodies, declared)
 
 
 def _rule_body(p: _Parser) -> Body | None:
     if p.at("if"):
         p.next()
         if p.at("{"):
-            p.next()
+            brace = p.next().end
             body = p.body("}")
             p.expect("}")
+            body.brace = brace
             return body
         tok = p.peek()
         if tok is None:
@@ -912,9 +915,10 @@ def _rule_body(p: _Parser) -> Body | None:
         expr = p.literal()
         return Body([expr], expr.start, expr.end)
     if p.at("{"):
-        p.next()
+        brace = p.next().end
         body = p.body("}")
         p.expect("}")
+        body.brace = brace
         return body
     return None
 
@@ -1021,3 +1025,91 @@ def check_module(source: str, spans: list[tuple[str, int, int]], globals_: set[s
     for start, end in blanked:
         source = source[:start] + re.sub(r"[^\n]", " ", source[start:end]) + source[end:]
     return render(source, reordered), []
+
+
+# -- regopy: function parameters inside comprehensions ---------------------------------------
+
+_PARAM = "__ordinance_arg_"
+
+
+def bind_parameters(source: str, spans: list[tuple[str, int, int]]
+                    ) -> tuple[str, list[tuple[int, str]]]:
+    """Work around a regopy defect: in a function, a parameter used in a ref inside a
+    comprehension (`f(o, k) := [v | v := o[k]]`) is taken as a fresh variable, so the ref
+    iterates every key (`[1, 2]` for `{"a": 1, "b": 2}`, "a"). Each such parameter is renamed
+    in the head and bound again in the body (`f(o, __ordinance_arg_k) := [v | v := o[k]] if
+    { k := __ordinance_arg_k }`), which regopy gets right; lines do not move. Returns the
+    source and `(line, message)` for a function with `else` that needs it (refused)."""
+    edits: list[tuple[int, int, str]] = []
+    problems: list[tuple[int, str]] = []
+    for _, start, end in spans:
+        rule = parse_rule(source, start, end)
+        if rule is None or not rule.args:
+            continue
+        params = {a.name: a for a in rule.args if a.kind == "var" and not a.name.startswith("_#")}
+        used = _comprehension_ref_vars(rule) & set(params)
+        if not used:
+            continue
+        if len(rule.bodies) > 1:
+            problems.append((rule.line, "a function with else whose comprehension uses a "
+                             f"parameter ({', '.join(sorted(used))}) in a ref: regopy takes it "
+                             "as unbound there; assign it to a local variable first"))
+            continue
+        names = sorted(used)
+        for name in names:
+            arg = params[name]
+            edits.append((arg.offset, arg.offset + len(name), _PARAM + name))
+        binding = "; ".join(f"{n} := {_PARAM}{n}" for n in names)
+        body = rule.bodies[0][0]
+        if body is None:
+            edits.append((rule.end, rule.end, f" if {{ {binding} }}"))
+        elif body.brace is not None:
+            edits.append((body.brace, body.brace, f" {binding};"))
+        else:
+            edits.append((body.start, body.start, f"{{ {binding}; "))
+            edits.append((body.end, body.end, " }"))
+    out: list[str] = []
+    cursor = 0
+    for a, b, text in sorted(edits):
+        out.append(source[cursor:a])
+        out.append(text)
+        cursor = b
+    out.append(source[cursor:])
+    return "".join(out), problems
+
+
+def _comprehension_ref_vars(rule: Rule) -> set[str]:
+    """Variables used in ref subscripts inside the rule's comprehensions."""
+    out: set[str] = set()
+    terms: list[Term] = list(rule.head_terms)
+    for body, values in rule.bodies:
+        terms.extend(values)
+        if body is not None:
+            terms.extend(_body_terms(body))
+    for term in terms:
+        for t in _walk(term, closures=True):
+            if t.kind == "compr":
+                out |= _ref_part_vars(t)
+    return out
+
+
+def _body_terms(body: Body) -> list[Term]:
+    terms: list[Term] = []
+    for e in body.exprs:
+        terms.extend(_expr_terms(e))
+        if e.body is not None:
+            terms.extend(_body_terms(e.body))
+    return terms
+
+
+def _ref_part_vars(compr: Term) -> set[str]:
+    out: set[str] = set()
+    terms = list(compr.items) + (_body_terms(compr.body) if compr.body else [])
+    for term in terms:
+        for t in _walk(term, closures=True):
+            if t.kind == "ref":
+                for part in t.items:
+                    out |= _vars(part, closures=True)
+            if t.kind == "compr" and t is not compr:
+                out |= _ref_part_vars(t)
+    return out

@@ -47,8 +47,6 @@ FORBIDDEN = {
     "semver.compare": "semver.compare is refused: regopy compares versions as text "
                       "(1.10.0 < 1.9.0) and accepts invalid ones",
     "semver.is_valid": "semver.is_valid is refused: regopy accepts invalid versions",
-    "object.union": "object.union is refused: regopy does not merge nested objects",
-    "object.union_n": "object.union_n is refused: regopy does not merge nested objects",
 }
 
 
