@@ -97,6 +97,10 @@ _REGO_ERROR = re.compile(
     re.DOTALL,
 )
 
+# `query(entrypoint, NO_INPUT)` evaluates with `input` undefined, as OPA does when a query has
+# no input (the conformance runner's cases); decisions always have one.
+NO_INPUT: Any = object()
+
 # regopy prints compile errors to stderr itself; the loader reports them with file:line.
 regopy.set_default_log_level("None")
 
@@ -228,8 +232,11 @@ class RegoProgram:
             # regopy 1.5.2 segfaults on `with input.a as ...` when the input is no object
             raise EvaluationError("this policy set overrides input fields with `with input.…`; "
                                   "its input must be a JSON object")
-        interp = self._interpreter()
-        set_input(interp, self.prune(input_doc))
+        if input_doc is NO_INPUT:
+            interp = self._new_interpreter()  # a fresh one: an input once set stays set
+        else:
+            interp = self._interpreter()
+            set_input(interp, self.prune(input_doc))
         impl = rego_shared.rego_bundle_query_entrypoint(interp._impl, self.bundle._impl,
                                                         entrypoint)
         try:
