@@ -61,6 +61,17 @@ PROVIDED_BUILTINS = {
     "object.union_n": "data.ordinance_builtins.objects.union_n",
     "to_number": "data.ordinance_builtins.num.to_number_normalised",
 }
+# OPA builtins real policy suites use that neither regopy nor Ordinance provides, and why; a
+# call is refused at load (regopy would evaluate it to undefined, without an error).
+NOT_PROVIDED = {
+    "json.match_schema": "JSON Schema validation needs a host function, and regopy has no "
+                         "custom builtins; validate the document before the decision",
+    "json.verify_schema": "JSON Schema validation needs a host function, and regopy has no "
+                          "custom builtins",
+    "strings.render_template": "Go text/template rendering cannot be written faithfully in "
+                               "Rego; use sprintf or concat",
+    "net.cidr_merge": "not yet provided; list the networks or use net.cidr_contains",
+}
 # Builtins with no effect on a decision, compiled as `true` (regopy has no print hook).
 NO_OP_BUILTINS = frozenset({"print"})
 BUILTIN_MODULES = ("net.rego", "num.rego", "object.rego", "strings.rego")
@@ -461,6 +472,9 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
             if (head == "data" or head in module.imports) and last in defined:
                 continue
             if is_builtin(name):
+                continue
+            if name in NOT_PROVIDED:
+                errors.append(f"{where}: {name} is not available: {NOT_PROVIDED[name]}")
                 continue
             errors.append(f"{where}: unknown builtin {name}")
     return list(dict.fromkeys(errors))

@@ -4,6 +4,7 @@ hold. Expected values are OPA's (its conformance cases and documentation)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -286,4 +287,21 @@ def test_a_function_with_else_needing_the_workaround_is_refused(tmp_path: Path) 
     root.mkdir()
     (root / "p.rego").write_text(HEAD + "f(o, k) := [v | v := o[k]] if false else := 1\n")
     with pytest.raises(PolicySetError, match=r"p.rego:5: a function with else whose "):
+        load_policy_set(str(root))
+
+
+@pytest.mark.parametrize("call", [
+    'json.match_schema(input, {"type": "object"})',
+    'json.verify_schema({"type": "object"})',
+    'strings.render_template("{{.x}}", {"x": 1})',
+    'net.cidr_merge(["10.0.0.0/24", "10.0.1.0/24"])',
+])
+def test_builtins_not_provided_are_refused_with_a_reason(tmp_path: Path, call: str) -> None:
+    """Builtins real suites use that regopy lacks and Ordinance does not provide: regopy
+    would evaluate each to undefined without an error, so the load names it and why."""
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "p.rego").write_text(HEAD + f"r := {call}\n")
+    name = call.split("(", 1)[0]
+    with pytest.raises(PolicySetError, match=rf"p.rego:5: {re.escape(name)} is not available: "):
         load_policy_set(str(root))
