@@ -25,6 +25,7 @@ import regopy
 from regopy import rego_shared
 
 from engine.errors import EvaluationError, PolicySetError
+from engine.policy import rego_host
 from engine.policy.rego_input import set_input
 from engine.policy.rego_safety import (
     arity_table,
@@ -64,10 +65,6 @@ PROVIDED_BUILTINS = {
 # OPA builtins real policy suites use that neither regopy nor Ordinance provides, and why; a
 # call is refused at load (regopy would evaluate it to undefined, without an error).
 NOT_PROVIDED = {
-    "json.match_schema": "JSON Schema validation needs a host function, and regopy has no "
-                         "custom builtins; validate the document before the decision",
-    "json.verify_schema": "JSON Schema validation needs a host function, and regopy has no "
-                          "custom builtins",
     "strings.render_template": "Go text/template rendering cannot be written faithfully in "
                                "Rego; use sprintf or concat",
     "net.cidr_merge": "not yet provided; list the networks or use net.cidr_contains",
@@ -151,6 +148,7 @@ class RegoProgram:
         self._input_tree = _path_tree(self.input_paths)
         self._trees_outside: dict[frozenset[str], dict[str, Any]] = {}
         self._local = threading.local()
+        self.host = rego_host.HostCalls()
         self.bundle = self._compile(data)
 
     # -- compile ---------------------------------------------------------------------------
@@ -182,10 +180,13 @@ class RegoProgram:
                           for line, message in inexact)
             source = blank_calls(source, module.calls, NO_OP_BUILTINS)
             source = rewrite_calls(source, module.calls, self.call_renames)
+            source, refused = rego_host.plan(source, read_module(module.path, source).calls,
+                                             data, self.host)
+            errors.extend(f"{_display(module.path)}:{line}: {message}" for line, message in refused)
             source, unsafe = safety.check(module, source)
             errors.extend(f"{_display(module.path)}:{line}: {message}" for line, message in unsafe)
             sources[module.path] = source
-            if inexact or unsafe:
+            if inexact or unsafe or refused:
                 continue
             try:
                 interp.add_module(module.path, source)
@@ -247,7 +248,10 @@ class RegoProgram:
             interp = self._new_interpreter()  # a fresh one: an input once set stays set
         else:
             interp = self._interpreter()
-            set_input(interp, self.prune(input_doc))
+            pruned = self.prune(input_doc)
+            if self.host.calls and isinstance(input_doc, dict):
+                pruned = {**pruned, rego_host.HOST_KEY: self.host.compute(input_doc)}
+            set_input(interp, pruned)
         impl = rego_shared.rego_bundle_query_entrypoint(interp._impl, self.bundle._impl,
                                                         entrypoint)
         try:
@@ -448,6 +452,9 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
         errors.extend(f"{_display(module.path)}:{module.package_line}: a function named {name} "
                       "would shadow a builtin Ordinance provides; rename it"
                       for name in sorted(module.function_refs & _PROVIDED_NAMES))
+        if rego_host.HOST_KEY in module.source:
+            errors.append(f"{_display(module.path)}:{module.package_line}: the name "
+                          f"{rego_host.HOST_KEY} is reserved (host builtin results)")
         called = {c.offset for c in module.calls}
         for mention in module.mentions:
             if mention.name in FORBIDDEN and mention.offset not in called:
@@ -461,7 +468,7 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
             if name in FORBIDDEN:
                 errors.append(f"{where}: {FORBIDDEN[name]}")
                 continue
-            if name in PROVIDED_BUILTINS or name in NO_OP_BUILTINS:
+            if name in PROVIDED_BUILTINS or name in NO_OP_BUILTINS or name in rego_host.CALLS:
                 continue
             head, _, _ = name.partition(".")
             last = name.rsplit(".", 1)[-1]
@@ -474,7 +481,7 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
             if is_builtin(name):
                 continue
             if name in NOT_PROVIDED:
-                errors.append(f"{where}: {name} is not available: {NOT_PROVIDED[name]}")
+                errors.append(f"{where}: unknown builtin {name} ({NOT_PROVIDED[name]})")
                 continue
             errors.append(f"{where}: unknown builtin {name}")
     return list(dict.fromkeys(errors))

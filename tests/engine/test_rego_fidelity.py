@@ -291,8 +291,6 @@ def test_a_function_with_else_needing_the_workaround_is_refused(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("call", [
-    'json.match_schema(input, {"type": "object"})',
-    'json.verify_schema({"type": "object"})',
     'strings.render_template("{{.x}}", {"x": 1})',
     'net.cidr_merge(["10.0.0.0/24", "10.0.1.0/24"])',
 ])
@@ -303,5 +301,5 @@ def test_builtins_not_provided_are_refused_with_a_reason(tmp_path: Path, call: s
     root.mkdir()
     (root / "p.rego").write_text(HEAD + f"r := {call}\n")
     name = call.split("(", 1)[0]
-    with pytest.raises(PolicySetError, match=rf"p.rego:5: {re.escape(name)} is not available: "):
+    with pytest.raises(PolicySetError, match=rf"p.rego:5: unknown builtin {re.escape(name)} \("):
         load_policy_set(str(root))
