@@ -757,21 +757,11 @@ class _Checker:
                     safe.add(v)
                 else:
                     unsafe.setdefault(i, set()).add(v)
-        done: list[int] = []
-        while True:
-            n = len(done)
-            for i in order:
-                if i in done:
-                    continue
-                safe |= _outputs(exprs[i], safe, self.arity)
-                remaining = unsafe.get(i, set()) - safe
-                if remaining:
-                    unsafe[i] = remaining
-                else:
-                    unsafe.pop(i, None)
-                    done.append(i)
-            if len(done) == n:
-                break
+        def still_unsafe(i: int, _: list[int]) -> set[str]:
+            safe.update(_outputs(exprs[i], safe, self.arity))  # even when i stays unsafe
+            return unsafe.get(i, set()) - safe
+
+        done, unsafe = _order_until_stable(order, still_unsafe)
         if unsafe:
             self._report(exprs, unsafe)
             return safe
@@ -791,25 +781,14 @@ class _Checker:
                        ) -> list[int] | None:
         """OPA's reorderBodyForClosures: an expression whose closures use a variable of this
         body goes after the expressions that bind it."""
-        reordered: list[int] = []
-        unsafe: dict[int, set[str]] = {}
-        while True:
-            n = len(reordered)
-            for i, e in enumerate(exprs):
-                if i in reordered:
-                    continue
-                inner: set[str] = set()
-                for closure in _closures(e):
-                    inner |= _closure_vars(closure)
-                closed = (inner & body_vars) - globals_
-                bound = self._outputs_of(exprs, reordered, globals_)
-                if closed - bound:
-                    unsafe[i] = closed - bound
-                else:
-                    unsafe.pop(i, None)
-                    reordered.append(i)
-            if len(reordered) == n:
-                break
+        def closed_unbound(i: int, reordered: list[int]) -> set[str]:
+            inner: set[str] = set()
+            for closure in _closures(exprs[i]):
+                inner |= _closure_vars(closure)
+            closed = (inner & body_vars) - globals_
+            return closed - self._outputs_of(exprs, reordered, globals_)
+
+        reordered, unsafe = _order_until_stable(list(range(len(exprs))), closed_unbound)
         if unsafe:
             self._report(exprs, unsafe)
             return None
@@ -847,6 +826,28 @@ class _Checker:
                 first.setdefault(v, exprs[i].line)
         for v, line in sorted(first.items(), key=lambda kv: (kv[1], kv[0])):
             self.unsafe.append(Unsafe(v, line))
+
+
+def _order_until_stable(candidates: list[int], unsafe_of: Callable[[int, list[int]], set[str]]
+                        ) -> tuple[list[int], dict[int, set[str]]]:
+    """OPA's reordering loop: pass over the candidates in written order, taking each whose
+    `unsafe_of(i, taken so far)` is empty, until a pass takes none. (order, what stays
+    unsafe)."""
+    done: list[int] = []
+    unsafe: dict[int, set[str]] = {}
+    while True:
+        n = len(done)
+        for i in candidates:
+            if i in done:
+                continue
+            remaining = unsafe_of(i, done)
+            if remaining:
+                unsafe[i] = remaining
+            else:
+                unsafe.pop(i, None)
+                done.append(i)
+        if len(done) == n:
+            return done, unsafe
 
 
 # -- rules ------------------------------------------------------------------------------------
