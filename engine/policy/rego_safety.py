@@ -667,7 +667,9 @@ def _unify(a: Term, b: Term, safe: set[str]) -> None:
                     unknown.append((y.name, {x.name}))
             elif y.kind in ("array", "object"):
                 rest = _vars(y, closures=False, skip_object_keys=True) - safe
-                if rest:
+                if x.name in safe:
+                    safe.update(rest)  # `[a, b] = val`, val bound: a and b are
+                elif rest:
                     unknown.append((x.name, rest))
                 else:
                     mark(x.name)

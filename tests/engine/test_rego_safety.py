@@ -93,6 +93,8 @@ def test_bodies_opa_reorders_give_opas_answer(tmp_path: Path, body: str, doc: di
     'p if { {"k": v} = input.o; v == 1 }',
     'p if { some k, v in input.o; k == v }',
     'f([a, b]) := a + b',
+    'f(val) if { [_, _] = val }',
+    'p if { v := input.pair; [a, b] = v; a > b }',
     'f(x) := y if { y := x * 2 }',
     'q contains x if { some x in input.a }\np if { count(q) > 0 }',
     'p if { every k, v in input.o { k != v } }',
