@@ -338,9 +338,7 @@ class _SafetyContext:
             lambda name: name in self.functions or name in PROVIDED_BUILTINS
             or bool(self.is_builtin(name)),
             generated=lambda name: name.startswith("__ordinance_cov"))
-        return source, [(u.line, "rego_unsafe_var_error: var "
-                         f"{'_' if u.var.startswith('_#') else u.var} is unsafe")
-                        for u in unsafe]
+        return source, [(u.line, u.text()) for u in unsafe]
 
 
 def _input_paths(modules: list[RegoModule]) -> list[tuple[str, ...]] | None:

@@ -65,8 +65,14 @@ _ARITY = {
 
 @dataclass(frozen=True)
 class Unsafe:
+    """A variable OPA refuses at `line`: `message` is OPA's text without the var."""
+
     var: str
     line: int
+    message: str = "rego_unsafe_var_error: var {} is unsafe"
+
+    def text(self) -> str:
+        return self.message.format("_" if self.var.startswith("_#") else self.var)
 
 
 # -- the tree ---------------------------------------------------------------------------------
@@ -221,16 +227,17 @@ class _Parser:
         first = self.peek()
         assert first is not None
         start = first.start
-        if first.text == "some" and first.kind == "name":
-            return self._some(start)
         if first.text == "every" and first.kind == "name":
             return self._every(start)
-        negated = False
-        if first.text == "not" and first.kind == "name":
-            self.next()
-            negated = True
-        expr = self._expression(start)
-        expr.negated = negated
+        if first.text == "some" and first.kind == "name":
+            expr = self._some(start)
+        else:
+            negated = False
+            if first.text == "not" and first.kind == "name":
+                self.next()
+                negated = True
+            expr = self._expression(start)
+            expr.negated = negated
         while self.at("with"):
             self.next()
             self.term()  # the target: a ref, never a variable needing a value
@@ -326,6 +333,9 @@ class _Parser:
             self.newlines.append(True)
             try:
                 base = self.infix()
+                if self.at(","):  # `(k, v in xs)`
+                    self.next()
+                    base = Term("expr", items=[base, self.infix()], offset=tok.start)
                 self.expect(")")
             finally:
                 self.newlines.pop()
@@ -748,7 +758,8 @@ class _Checker:
         for e in exprs:
             body_vars |= _expr_vars(e)
         globals_ = globals_ - _declared(body)
-        order = self._closure_order(exprs, globals_, body_vars)
+        declared_at = self._declarations(exprs)
+        order = self._closure_order(exprs, globals_, body_vars, declared_at)
         if order is None:
             return set()
         safe: set[str] = set()
@@ -779,15 +790,41 @@ class _Checker:
             seen |= _expr_vars(e) | e.decl
         return safe
 
-    def _closure_order(self, exprs: list[Expr], globals_: set[str], body_vars: set[str]
-                       ) -> list[int] | None:
+    def _declarations(self, exprs: list[Expr]) -> dict[str, int]:
+        """Where each variable of `:=` or `some` is declared. As OPA, a variable named before
+        its declaration (outside closures) is refused: `rego_compile_error: var x
+        referenced above`; declared twice, `var x assigned above` / `declared above`."""
+        declared_at: dict[str, int] = {}
+        seen: set[str] = set()
+        for i, e in enumerate(exprs):
+            names = set() if e.kind == "every" else set(e.decl)
+            if e.kind == "assign":
+                names |= _vars(e.terms[0], closures=False)
+            for name in sorted(names):
+                if name.startswith("_#"):
+                    continue
+                if name in declared_at:
+                    how = "assigned" if e.kind == "assign" else "declared"
+                    self.unsafe.append(Unsafe(name, e.line, "rego_compile_error: var {} "
+                                              f"{how} above"))
+                elif name in seen:
+                    self.unsafe.append(Unsafe(name, e.line, "rego_compile_error: var {} "
+                                              "referenced above"))
+                declared_at.setdefault(name, i)
+            seen |= _expr_vars(e) | names
+        return declared_at
+
+    def _closure_order(self, exprs: list[Expr], globals_: set[str], body_vars: set[str],
+                       declared_at: dict[str, int]) -> list[int] | None:
         """OPA's reorderBodyForClosures: an expression whose closures use a variable of this
-        body goes after the expressions that bind it."""
+        body goes after the expressions that bind it. A variable declared (`:=`, `some`)
+        only after the closure is not that variable: the closure's own, as OPA scopes it."""
         def closed_unbound(i: int, reordered: list[int]) -> set[str]:
             inner: set[str] = set()
             for closure in _closures(exprs[i]):
                 inner |= _closure_vars(closure)
-            closed = (inner & body_vars) - globals_
+            closed = {v for v in (inner & body_vars) - globals_
+                      if declared_at.get(v, -1) < i}
             return closed - self._outputs_of(exprs, reordered, globals_)
 
         reordered, unsafe = _order_until_stable(list(range(len(exprs))), closed_unbound)

@@ -69,14 +69,14 @@ def test_unsafe_variables_are_refused_with_opas_message(tmp_path: Path, body: st
 
 @pytest.mark.parametrize(("body", "doc", "want"), [
     # OPA reorders these so every variable is bound first; regopy alone would be undefined
-    ('deny contains "m" if { x > 1; x := input.a }', {"a": 5}, ["m"]),
-    ('deny contains "m" if {\n\ty := x + 1\n\tx := input.a\n\ty == 6\n}', {"a": 5}, ["m"]),
-    ('deny contains "m" if { not x == 1; x := input.a }', {"a": 5}, ["m"]),
-    ('deny contains "m" if { not x == 5; x := input.a }', {"a": 5}, []),
-    ('deny contains v if { c := [e | some e in x]; x := input.xs; v := count(c) }',
+    ('deny contains "m" if { x > 1; x = input.a }', {"a": 5}, ["m"]),
+    ('deny contains "m" if {\n\ty = x + 1\n\tx = input.a\n\ty == 6\n}', {"a": 5}, ["m"]),
+    ('deny contains "m" if { not x == 1; x = input.a }', {"a": 5}, ["m"]),
+    ('deny contains "m" if { not x == 5; x = input.a }', {"a": 5}, []),
+    ('deny contains v if { c := [e | some e in x]; x = input.xs; v := count(c) }',
      {"xs": [1, 2]}, [2]),
-    ('deny contains k if { o := {k: 1}; k := "a" }', {}, ["a"]),
-    ('deny contains v if { v > 1; some v in input.xs }', {"xs": [1, 2, 3]}, [2, 3]),
+    ('deny contains k if { o := {k: 1}; k = "a" }', {}, ["a"]),
+    ('deny contains v if { v > 1; v = input.xs[_] }', {"xs": [1, 2, 3]}, [2, 3]),
 ])
 def test_bodies_opa_reorders_give_opas_answer(tmp_path: Path, body: str, doc: dict,
                                               want: list) -> None:
@@ -113,14 +113,36 @@ def test_safe_bodies_load_unchanged(body: str) -> None:
 
 
 def test_a_reordered_body_keeps_every_later_line(tmp_path: Path) -> None:
-    source = HEAD + ("p if {\n\ty := x + 1\n\tx := input.a\n\ty == 6\n}\n\n"
+    source = HEAD + ("p if {\n\ty := x + 1\n\tx = input.a\n\ty == 6\n}\n\n"
                      "q := 1 / input.zero\n")
     module = read_module("p.rego", source)
     out, unsafe = _check(module, source)
     assert unsafe == []
     assert out.count("\n") == source.count("\n")
     assert out.splitlines()[10] == source.splitlines()[10] == "q := 1 / input.zero"
-    assert "x := input.a; y := x + 1; y == 6" in out
+    assert "x = input.a; y := x + 1; y == 6" in out
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    # `:=` and `some` declare a variable from there on: naming it before is OPA's compile error
+    ('deny contains "m" if { x > 1; x := input.a }', "var x referenced above"),
+    ('deny contains v if { v > 1; some v in input.xs }', "var v referenced above"),
+    ('deny contains "m" if { x := 1; x := 2 }', "var x assigned above"),
+    # a closure naming a variable declared after it has its own, unbound, variable
+    ('deny contains v if { c := [e | some e in x]; x := input.xs; v := count(c) }',
+     "rego_unsafe_var_error: var x is unsafe"),
+])
+def test_names_used_before_their_declaration_are_refused(tmp_path: Path, body: str,
+                                                         message: str) -> None:
+    with pytest.raises(PolicySetError, match=f"p.rego:5: .*{message}"):
+        _load(tmp_path, body + "\n")
+
+
+def test_a_closure_before_a_declaration_keeps_its_own_variable(tmp_path: Path) -> None:
+    """OPA's case comprehensions/var bindings have no effect outside."""
+    engine = _load(tmp_path, 'xs := {"a", "b", "c"}\n\np := x if {\n\ty := {x | xs[x]}\n'
+                             '\tx := count(y)\n}\n')
+    assert engine.query("data.ordinance.t.p", {}) == (True, 3)
 
 
 def test_unsafe_test_rules_are_refused_by_ordinance_test(tmp_path: Path) -> None:
