@@ -57,6 +57,7 @@ PROVIDED_BUILTINS = {
     "net.cidr_intersects": "data.ordinance_builtins.net.cidr_intersects",
     "net.cidr_expand": "data.ordinance_builtins.net.cidr_expand",
     "net.cidr_is_valid": "data.ordinance_builtins.net.cidr_is_valid",
+    "net.cidr_merge": "data.ordinance_builtins.net.cidr_merge",
     "strings.split_n": "data.ordinance_builtins.strings.split_n",
     "object.union": "data.ordinance_builtins.objects.union",
     "object.union_n": "data.ordinance_builtins.objects.union_n",
@@ -67,7 +68,6 @@ PROVIDED_BUILTINS = {
 NOT_PROVIDED = {
     "strings.render_template": "Go text/template rendering cannot be written faithfully in "
                                "Rego; use sprintf or concat",
-    "net.cidr_merge": "not yet provided; list the networks or use net.cidr_contains",
 }
 # Builtins with no effect on a decision, compiled as `true` (regopy has no print hook).
 NO_OP_BUILTINS = frozenset({"print"})
