@@ -71,7 +71,9 @@ NOT_PROVIDED = {
 }
 # Builtins with no effect on a decision, compiled as `true` (regopy has no print hook).
 NO_OP_BUILTINS = frozenset({"print"})
-BUILTIN_MODULES = ("net.rego", "num.rego", "object.rego", "strings.rego")
+# The module of each package the provided builtins are renamed into (PROVIDED_BUILTINS).
+BUILTIN_MODULES = {"net": "net.rego", "num": "num.rego", "objects": "object.rego",
+                   "strings": "strings.rego"}
 _PROVIDED_NAMES = frozenset(PROVIDED_BUILTINS) | NO_OP_BUILTINS
 
 _STR, _NUM = frozenset({"string"}), frozenset({"number"})
@@ -166,11 +168,11 @@ class RegoProgram:
         errors: list[str] = []
         if data:
             interp.add_data_json(json.dumps(data))
-        for name in BUILTIN_MODULES:
-            builtins_src = resources.files("engine.policy.builtins").joinpath(name).read_text()
+        builtin_sources = _builtin_sources(self.modules)
+        for name, builtins_src in builtin_sources.items():
             interp.add_module(f"ordinance_builtins/{name}", builtins_src)
         sources: dict[str, str] = {}
-        safety = _SafetyContext(self.modules, interp.is_builtin)
+        safety = _SafetyContext(self.modules, builtin_sources, interp.is_builtin)
         for module in self.modules:
             source = self.extra_sources.get(module.path, module.source)
             if not self.with_tests and module.test_rules:
@@ -308,16 +310,26 @@ class RegoProgram:
         return pruned
 
 
+def _builtin_sources(modules: list[RegoModule]) -> dict[str, str]:
+    """The builtin modules (`engine/policy/builtins/`) the set calls into, by file name: a
+    bundle compiles only those (object.rego alone adds ~100 ms to a load)."""
+    called = {c.name for m in modules for c in m.calls}
+    files = sorted({BUILTIN_MODULES[PROVIDED_BUILTINS[name].split(".")[2]]
+                    for name in called if name in PROVIDED_BUILTINS})
+    return {name: resources.files("engine.policy.builtins").joinpath(name).read_text()
+            for name in files}
+
+
 class _SafetyContext:
     """What OPA's safety check needs across modules: each package's rule names (globals)
     and the arity of every function (for calls with an output argument)."""
 
-    def __init__(self, modules: list[RegoModule], is_builtin: Any):
+    def __init__(self, modules: list[RegoModule], builtin_sources: dict[str, str],
+                 is_builtin: Any):
         self.rules: dict[str, set[str]] = {}
         arities: dict[str, int] = {}
         self.functions: set[str] = set()
-        for name in BUILTIN_MODULES:  # calls to provided builtins are renamed to these
-            source = resources.files("engine.policy.builtins").joinpath(name).read_text()
+        for name, source in builtin_sources.items():  # provided builtins are renamed to these
             arities.update(function_arities(source, read_module(name, source).spans))
         for module in modules:
             self.rules.setdefault(module.package, set()).update(module.rules)
