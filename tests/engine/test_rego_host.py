@@ -101,3 +101,10 @@ def test_lines_after_a_multiline_call_keep_their_numbers(tmp_path: Path) -> None
     assert engine.query("data.ordinance.t.r", {"obj": {}}) == (True, [True, []])
     with pytest.raises(Exception, match="divide by zero"):
         engine.query("data.ordinance.t.q", {"zero": 0})
+
+
+def test_the_decision_cache_keeps_documents_apart(engine: Engine) -> None:
+    """The document's path is read by the policy, so it is part of the cache key."""
+    good, bad = {"request": {"object": {"name": "a"}}}, {"request": {"object": {"name": 1}}}
+    assert [engine.decide(d).effect for d in (good, bad, good, bad)] == \
+        ["allow", "deny", "allow", "deny"]
