@@ -11,9 +11,9 @@ Owns: the input document of a statement (`{subject, resource, command, session}`
   the text (a rule's `window`) is used at once. A request nobody waits for any more is closed:
   withdrawn when the client cancels (57014) or leaves, expired when the hold times out;
 - masks: a `ResultMasking` for the statement's results (`column_masks`), after the checks that
-  deny what cannot be masked with certainty, and the statement's text with its other uses of
-  masked columns replaced by their masked values (`mask_rewrite`); the card-number backstop
-  runs on every result;
+  deny what cannot be masked with certainty (`mask_unseen`: views, statistics, code attached
+  to tables), and the statement's text with its other uses of masked columns replaced by
+  their masked values (`mask_rewrite`); the card-number backstop runs on every result;
 - row budgets (review reasons with `rows`, `adapters.row_budget`): when they are the only
   review reasons the statement runs with a `RowLimit` per result source, charged to the
   session's allowance; the proxy holds it at the first row past it, and the hold files an
@@ -75,6 +75,7 @@ from adapters.postgres.mask_rewrite import (
     rewrite_statement,
     unparsed_words,
 )
+from adapters.postgres.mask_unseen import check_unseen
 from adapters.postgres.review import ApprovalGate, parse_window
 from adapters.postgres.sql_names import name_actions
 from adapters.row_budget import (
@@ -587,6 +588,8 @@ class PolicyBridge:
         relations, view = await statement_relations(catalog, names, seen)
         if rules:
             await self._check_defined_functions(sql, view)
+            await check_unseen(catalog, command.get("statements") or (), called_names(sql),
+                               view, rules, copy)
         computed = None
         copy_methods: list[str | None] | None = None
         rewrites: MaskedSchema | None = None

@@ -166,21 +166,35 @@ class CatalogView:
 
     relations: dict[int, Relation] = field(default_factory=dict)
     views: dict[int, dict[str, ViewColumn]] = field(default_factory=dict)
+    reads: dict[int, frozenset[int]] = field(default_factory=dict)  # view -> what it names
+    fields: dict[int, frozenset[str]] = field(default_factory=dict)  # type -> field names
 
     def add(self, catalog: Catalog, closure: dict[int, Relation]) -> None:
         for oid, relation in closure.items():
             self.relations[oid] = relation
+            for column in relation.columns:
+                held = catalog.type_fields(column.type_oid)
+                if held:
+                    self.fields[column.type_oid] = held
             if relation.is_view:
                 columns = catalog.view_columns(oid)
                 if columns is not None:
                     self.views[oid] = columns
+                self.reads[oid] = catalog.view_reads(oid)
 
     def column_method(self, rules: MaskRules, relation: Relation, column: str,
                       depth: int = 0) -> tuple[str | None, bool]:
-        """(the method masking this column, whether its origin could not be traced)."""
+        """(the method masking this column, whether its origin could not be traced). A
+        generated column computed from masked columns is masked as a view's computed column;
+        a column whose values hold a field of a masked name (a composite type, a table's row
+        type, an array of one) is `null`."""
         own = rules.method(relation.schema, relation.name, column)
+        if self.holds_masked_field(rules, relation, column):
+            own = "null"
         if not relation.is_view:
-            return own, False
+            return strongest([own, *(computed_method(rules.method(relation.schema,
+                                                                  relation.name, source))
+                                     for source in relation.generated_from(column))]), False
         if depth > 16:
             return own, True
         info = self.views.get(relation.oid, {}).get(column.lower())
@@ -198,12 +212,40 @@ class CatalogView:
             opaque = opaque or hidden
         return strongest(methods), opaque
 
+    def holds_masked_field(self, rules: MaskRules, relation: Relation, column: str) -> bool:
+        found = relation.column_named(column)
+        return found is not None and bool(self.fields.get(found.type_oid, frozenset())
+                                          & rules.columns)
+
     def copy(self) -> CatalogView:
-        return CatalogView(dict(self.relations), dict(self.views))
+        return CatalogView(dict(self.relations), dict(self.views), dict(self.reads),
+                           dict(self.fields))
+
+    def read_by(self, oid: int) -> CatalogView:
+        """The part of this view that the relation `oid` reads (itself, and for a view every
+        relation under it)."""
+        out = CatalogView()
+        pending = [oid]
+        while pending:
+            current = pending.pop()
+            relation = self.relations.get(current)
+            if relation is None or current in out.relations:
+                continue
+            out.relations[current] = relation
+            if current in self.views:
+                out.views[current] = self.views[current]
+            if current in self.reads:
+                out.reads[current] = self.reads[current]
+                pending.extend(self.reads[current])
+        out.fields = dict(self.fields)
+        return out
 
     def could_mask(self, rules: MaskRules) -> bool:
-        """Whether any relation here has a column a rule masks (views: by name or source)."""
-        return bool(rules) and any(rules.covers(r) for r in self.relations.values())
+        """Whether any relation here has a column a rule masks (views: by name or source), or
+        one holding a field of a masked name."""
+        return bool(rules) and any(rules.covers(r) or any(
+            self.holds_masked_field(rules, r, c.name) for c in r.columns)
+            for r in self.relations.values())
 
 
 # --------------------------------------------------------------------------------------------
