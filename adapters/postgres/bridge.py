@@ -89,7 +89,7 @@ from engine.approvals import ApprovalRequest
 from engine.audit.recorder import AuditRecorder
 from engine.decision import Decision, Mask, Reason
 from engine.facts.fingerprint import literal_fingerprint
-from engine.facts.sql import called_names
+from engine.facts.sql import called_names, sqlglot_text
 from engine.identity import Subject
 
 log = logging.getLogger("ordinance.adapters.postgres.bridge")
@@ -588,8 +588,8 @@ class PolicyBridge:
         relations, view = await statement_relations(catalog, names, seen)
         if rules:
             await self._check_defined_functions(sql, view)
-            await check_unseen(catalog, command.get("statements") or (), called_names(sql),
-                               view, rules, copy)
+            await check_unseen(catalog, command.get("statements") or (),
+                               called_names(sqlglot_text(sql, "postgres")), view, rules, copy)
         computed = None
         copy_methods: list[str | None] | None = None
         rewrites: MaskedSchema | None = None
@@ -658,7 +658,7 @@ class PolicyBridge:
         defined = await self.catalog.user_functions()
         if not defined:
             return
-        called = called_names(sql)
+        called = called_names(sqlglot_text(sql, "postgres"))
         if called is None:
             raise MaskUseDenied("the statement cannot be read to find the functions it calls")
         for oid in view.views:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,8 @@ from engine.lineage import OutputColumn, trace_output_columns
 log = logging.getLogger("ordinance.adapters.postgres.catalog")
 
 VIEW_KINDS = frozenset({"v", "m"})
+FIELD_CATEGORIES = frozenset({"C", "A"})  # types whose values may hold fields (domains: as
+# their base type)
 MAX_VIEW_DEPTH = 16
 
 
@@ -372,7 +374,9 @@ class Catalog:
         return {rel: tuple(codes) for rel, codes in out.items()}
 
     def _store(self, rows: list[tuple[Any, ...]],
-               attached: dict[int, tuple[AttachedCode, ...]]) -> list[Relation]:
+               attached: Mapping[int, tuple[AttachedCode, ...]] | None = None
+               ) -> list[Relation]:
+        attached = attached or {}
         now = self._clock()
         found = []
         for oid, schema, name, kind, definition, visible, attnums, attnames, types in rows:
@@ -480,7 +484,13 @@ class Catalog:
         return closure
 
     async def _load_fields(self, oids: Iterable[int]) -> None:
-        missing = sorted({int(o) for o in oids if o} - self._fields.keys())
+        wanted = {int(o) for o in oids if o} - self._fields.keys()
+        if not wanted:
+            return
+        known = await self.types(wanted)
+        for oid in wanted - {o for o, t in known.items() if t.category in FIELD_CATEGORIES}:
+            self._fields[oid] = frozenset()  # (no composite, array or unknown type)
+        missing = sorted(wanted - self._fields.keys())
         if not missing:
             return
         found = {int(root): frozenset(str(n) for n in names)

@@ -304,7 +304,7 @@ class _Statement:
     def _nested_dml(self, tree: exp.Expr) -> None:
         """The data-modifying statements of a WITH (their RETURNING rows go to the query)."""
         for node in tree.find_all(exp.Insert, exp.Update, exp.Delete):
-            if node is not tree:
+            if node is not tree and isinstance(node, exp.Insert | exp.Update | exp.Delete):
                 self._dml(node, top=False)
 
     def _dml(self, tree: exp.Insert | exp.Update | exp.Delete, top: bool = True) -> None:
