@@ -51,16 +51,19 @@ class Column:
 class AttachedCode:
     """Code the server runs with a relation's rows, which no policy and no rewrite sees: a
     trigger, a rule (other than a view's `_RETURN`), a row security policy, a CHECK or
-    FOREIGN KEY constraint, a column DEFAULT or generation expression. `active`: for a policy,
-    whether row security applies to the catalog connection's role (the proxy's); for a
-    constraint, whether it is validated; else true. `columns`: the relation's own columns it
-    is about (a constraint's key, a default's column). `events`: what fires a trigger or a
-    rule (insert, update, delete, truncate; select for a rule). `reads`: the (schema,
-    relation, column) its expression reads, as `pg_depend` records them (a whole-relation
-    reference lists every column). `calls`: the functions defined in the database (outside
-    `pg_catalog` and `information_schema`) it calls, a trigger's function included."""
+    FOREIGN KEY constraint, a column DEFAULT or generation expression, a CHECK of a column's
+    domain, an index; those of its inheritance descendants and partitions too (named
+    `child.name`). `active`: for a policy, whether row security applies to the catalog
+    connection's role (the proxy's); for a constraint, whether it is validated; for an index,
+    whether it is unique or an exclusion constraint; else true. `columns`: the relation's
+    own columns it is about (a constraint's or an index's key, a default's column).
+    `events`: what fires a trigger or a rule (insert, update, delete, truncate; select for a
+    rule). `reads`: the (schema, relation, column) its expression reads, as `pg_depend`
+    records them (a whole-relation reference lists every column). `calls`: the functions
+    defined in the database (outside `pg_catalog` and `information_schema`) it calls, a
+    trigger's function included."""
 
-    kind: str  # trigger, rule, policy, check, fkey, default, generated
+    kind: str  # trigger, rule, policy, check, fkey, default, generated, domain, index
     name: str
     active: bool
     columns: tuple[str, ...]
@@ -142,7 +145,15 @@ GROUP BY c.oid, n.nspname, c.relname, c.relkind
 # What the server runs with a relation's rows (`AttachedCode`), one row per thing it reads or
 # calls (pg_depend), names lower-cased.
 _ATTACHED_SQL = """
-SELECT o.rel::int8, o.kind, o.name, o.active, o.own, o.events,
+WITH RECURSIVE family(root, rel) AS (  -- each relation and its inheritance descendants
+  SELECT r, r FROM pg_catalog.unnest(%s::pg_catalog.oid[]) AS r
+  UNION
+  SELECT f.root, i.inhrelid FROM family f JOIN pg_catalog.pg_inherits i ON i.inhparent = f.rel
+)
+SELECT f.root::int8, o.kind,
+       CASE WHEN o.rel = f.root THEN o.name ELSE o.rel::pg_catalog.regclass::text || '.' || o.name
+       END,
+       o.active, o.own, o.events,
        coalesce(rn.nspname::text, ''), coalesce(rc.relname::text, ''),
        coalesce(ra.attname::text, ''), coalesce(p.proname::text, '')
 FROM (
@@ -177,7 +188,21 @@ FROM (
          'pg_catalog.pg_attrdef'::pg_catalog.regclass, ad.oid
   FROM pg_catalog.pg_attrdef ad
   JOIN pg_catalog.pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+  UNION ALL
+  SELECT a.attrelid, 'domain', con.conname::text, con.convalidated,
+         ARRAY[lower(a.attname::text)], '{}',
+         'pg_catalog.pg_constraint'::pg_catalog.regclass, con.oid
+  FROM pg_catalog.pg_attribute a
+  JOIN pg_catalog.pg_constraint con ON con.contypid = a.atttypid
+  WHERE a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+  SELECT i.indrelid, 'index', ic.relname::text, i.indisunique OR i.indisexclusion,
+         ARRAY(SELECT lower(a.attname::text) FROM pg_catalog.pg_attribute a
+               WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])), '{}',
+         'pg_catalog.pg_class'::pg_catalog.regclass, i.indexrelid
+  FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
 ) o
+JOIN family f ON f.rel = o.rel
 LEFT JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid
      AND d.refclassid IN ('pg_catalog.pg_class'::pg_catalog.regclass,
                           'pg_catalog.pg_proc'::pg_catalog.regclass)
@@ -191,7 +216,6 @@ LEFT JOIN pg_catalog.pg_proc p
      ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid = d.refobjid
      AND p.pronamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace,
                                 'information_schema'::pg_catalog.regnamespace)
-WHERE o.rel = ANY(%s)
 """
 # The field names held by values of each type, to any depth (composite types, row types,
 # arrays and domains of them).

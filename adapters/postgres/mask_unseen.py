@@ -17,10 +17,12 @@ what and why (`MaskingDenied`):
 - code the server attaches to a relation (`catalog.AttachedCode`): a write (INSERT, UPDATE,
   DELETE, MERGE, COPY FROM, TRUNCATE) to a relation with a trigger or a rule for that event
   (their code runs unseen: a trigger may copy the clear row anywhere), with a DEFAULT, a
-  generation expression or a CHECK that calls a function defined in the database, with a
-  FOREIGN KEY to a masked column (its error answers whether a value is stored), or an UPDATE
-  with a CHECK or a generation expression that reads a masked column (an error oracle on the
-  clear value); any statement on a relation with a row security policy in force that reads a
+  generation expression, a CHECK (of the table or of a column's domain) or an index that
+  calls a function defined in the database, with a FOREIGN KEY to a masked column (its error
+  answers whether a value is stored), or an UPDATE with a CHECK or a generation expression
+  that reads a masked column (an error oracle on the clear value) or of a column that shares
+  a unique index with one; inheritance children's and partitions' code counts as the
+  parent's; any statement on a relation with a row security policy in force that reads a
   masked column or calls a defined function (which rows come back answers it);
 - COPY … FROM into masked columns (the rewrite denies INSERT and UPDATE of them).
 
@@ -214,6 +216,14 @@ def _attached_reason(relation: Relation, code: AttachedCode, kinds: set[str],
                 rules.method(relation.schema, relation.name, c) is None for c in own)):
             return (f"reads masked column {masked_reads[0]} with other columns (or is not "
                     "validated): an UPDATE's error would answer on its clear value")
+        keys = [c for c in code.columns
+                if rules.method(relation.schema, relation.name, c) is not None] + masked_reads
+        others = [c for c in code.columns
+                  if rules.method(relation.schema, relation.name, c) is None]
+        if code.kind == "index" and code.active and keys and others and _mentions(
+                relation, tuple(others), written):
+            return (f"is unique over masked column {keys[0]} with column {others[0]}: an "
+                    "UPDATE of it would answer whether another row holds the same value")
     return None
 
 
@@ -228,5 +238,6 @@ def _mentions(relation: Relation, columns: tuple[str, ...],
 def _describe(code: AttachedCode) -> str:
     return {"trigger": "trigger", "rule": "rule", "policy": "row security policy",
             "check": "CHECK constraint", "fkey": "foreign key",
-            "default": "the DEFAULT of column", "generated": "generated column"
+            "default": "the DEFAULT of column", "generated": "generated column",
+            "domain": "domain CHECK constraint", "index": "index",
             }[code.kind] + f" {code.name}"

@@ -65,6 +65,7 @@ EXTRA = [
     "CREATE TABLE payments (id int PRIMARY KEY, amount int, card_pan text "
     "REFERENCES wallet(pan))",
     "INSERT INTO payments VALUES (1, 10, NULL)",
+    f"INSERT INTO payments VALUES (2, 20, '{PANS[1]}')",
     "CREATE TABLE checked (id int PRIMARY KEY, holder text, pan text, "
     "CONSTRAINT holder_not_bin CHECK (holder IS DISTINCT FROM substr(pan, 1, 4)))",
     f"INSERT INTO checked VALUES (1, 'holder 1', '{PANS[1]}')",
@@ -82,6 +83,19 @@ EXTRA = [
     "CREATE TABLE orders (id int PRIMARY KEY, card card_t, rows_of_cards cards[])",
     f"INSERT INTO orders VALUES (1, ROW('{PANS[1]}', '{CVV[1]}'), "
     "ARRAY(SELECT c FROM cards c WHERE id = 1))",
+    "CREATE TABLE parent_t (id int PRIMARY KEY, note text)",
+    "CREATE TABLE child_t () INHERITS (parent_t)",
+    "INSERT INTO child_t VALUES (1, 'c')",
+    "CREATE TRIGGER child_audit AFTER UPDATE ON child_t FOR EACH ROW "
+    "EXECUTE FUNCTION audit_row()",
+    "CREATE TABLE pairs (id int PRIMARY KEY, holder text, pan text, UNIQUE (holder, pan))",
+    f"INSERT INTO pairs VALUES (1, 'a', '{PANS[1]}'), (2, 'b', '{PANS[1]}')",
+    "CREATE FUNCTION is_stored(text) RETURNS bool LANGUAGE sql IMMUTABLE AS "
+    "'SELECT EXISTS (SELECT 1 FROM public.cards WHERE pan = $1)'",
+    "CREATE DOMAIN unknown_card AS text CHECK (NOT is_stored(VALUE))",
+    "CREATE TABLE guesses (id int PRIMARY KEY, guess unknown_card)",
+    "CREATE TABLE indexed (id int PRIMARY KEY, note text)",
+    "CREATE UNIQUE INDEX indexed_stored ON indexed (id) WHERE is_stored(note)",
     "CREATE TABLE items (id int PRIMARY KEY, label text)",
     "INSERT INTO items VALUES (1, 'one')",
     "ANALYZE cards",
@@ -335,6 +349,37 @@ def test_constraints_and_generated_columns_are_no_error_oracle(setup: Setup, tab
 def test_a_default_calling_a_defined_function_is_not_run(setup: Setup) -> None:
     denied(setup, "INSERT INTO defaulted (id) VALUES (1)",
            "the DEFAULT of column note on public.defaulted calls function get_pan")
+
+
+def test_domain_checks_and_indexes_calling_defined_functions_are_not_run(setup: Setup) -> None:
+    with psycopg.connect(setup.direct) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("INSERT INTO guesses VALUES (1, %s)", (PANS[1],))  # the oracle
+    denied(setup, f"INSERT INTO guesses (id, guess) VALUES (1, '{PANS[1]}')",
+           "domain CHECK constraint unknown_card_check on public.guesses calls function "
+           "is_stored")
+    denied(setup, f"INSERT INTO indexed (id, note) VALUES (1, '{PANS[1]}')",
+           "index indexed_stored on public.indexed calls function is_stored")
+
+
+def test_an_inheritance_child_s_trigger_fires_through_its_parent(setup: Setup) -> None:
+    denied(setup, "UPDATE parent_t SET note = 'x' WHERE id = 1",
+           "trigger child_t.child_audit on public.parent_t runs on UPDATE")
+
+
+def test_a_unique_index_over_a_masked_column_and_another_is_no_oracle(setup: Setup) -> None:
+    with psycopg.connect(setup.direct) as conn, pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("UPDATE pairs SET holder = 'a' WHERE id = 2")  # rows 1 and 2 share a pan
+    denied(setup, "UPDATE pairs SET holder = 'a' WHERE id = 2",
+           "index pairs_holder_pan_key on public.pairs is unique over masked column pan")
+    with setup.connect() as conn:
+        assert conn.execute("UPDATE pairs SET id = 3 WHERE id = 2").rowcount == 1
+
+
+def test_a_foreign_key_error_on_delete_withholds_the_masked_key(setup: Setup) -> None:
+    with setup.connect() as conn, pytest.raises(psycopg.errors.ForeignKeyViolation) as exc:
+        conn.execute("DELETE FROM wallet WHERE id = 1")
+    text = f"{exc.value} {exc.value.diag.message_detail}"
+    assert_nothing_clear(text, set())
 
 
 def test_generated_columns_of_masked_columns_are_masked(setup: Setup) -> None:
