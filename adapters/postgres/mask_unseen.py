@@ -125,14 +125,23 @@ async def _check_views(catalog: Catalog, view: CatalogView, rules: MaskRules) ->
 
 def _check_attached(statements: Sequence[Mapping[str, Any]], view: CatalogView,
                     rules: MaskRules, copy: CopyStatement | None) -> None:
-    written = _written(statements, copy)
-    for relation in sorted(view.relations.values(), key=lambda r: r.oid):
-        kinds = {kind for name, kind, _ in written if _names(relation, name)}
-        for name, kind, columns in written:
-            if kind == "copy" and _names(relation, name):
+    # (kind, columns it names or None for all) of each write of each relation; a write of a
+    # view writes what is under it
+    writes: dict[int, list[tuple[str, tuple[str, ...] | None]]] = {}
+    for name, kind, columns in _written(statements, copy):
+        for oid, relation in view.relations.items():
+            if not _names(relation, name):
+                continue
+            writes.setdefault(oid, []).append((kind, columns))
+            if kind == "copy":
                 _check_copy_columns(relation, columns, rules)
+            if relation.is_view:
+                for under in view.read_by(oid).relations:
+                    if under != oid:
+                        writes.setdefault(under, []).append((kind, None))
+    for relation in sorted(view.relations.values(), key=lambda r: r.oid):
         for code in relation.attached:
-            reason = _attached_reason(relation, code, kinds, written, rules)
+            reason = _attached_reason(relation, code, writes.get(relation.oid, []), rules)
             if reason is not None:
                 raise MaskingDenied(f"{_describe(code)} on {relation.schema}.{relation.name} "
                                     f"{reason}: denied to a session with masks")
@@ -174,10 +183,11 @@ def _check_copy_columns(relation: Relation, columns: tuple[str, ...] | None,
                             "answer whether a value is stored)")
 
 
-def _attached_reason(relation: Relation, code: AttachedCode, kinds: set[str],
-                     written: list[tuple[str, str, tuple[str, ...] | None]],
+def _attached_reason(relation: Relation, code: AttachedCode,
+                     writes: list[tuple[str, tuple[str, ...] | None]],
                      rules: MaskRules) -> str | None:
-    """Why the statement may not run because of `code`, or None."""
+    """Why the statement may not run because of `code` (`writes`: the relation's), or None."""
+    kinds = {kind for kind, _ in writes}
     events = set().union(*(_EVENTS.get(k, set()) for k in kinds)) if kinds else set()
     masked_reads = [f"{t}.{c}" for s, t, c in code.reads if rules.method(s, t, c) is not None]
     calls = f"calls function {code.calls[0]}, defined in the database" if code.calls else None
@@ -198,7 +208,7 @@ def _attached_reason(relation: Relation, code: AttachedCode, kinds: set[str],
         return None
     if code.kind == "fkey":
         if masked_reads and (kinds & {"insert", "merge", "copy"} or (
-                "update" in kinds and _mentions(relation, code.columns, written))):
+                "update" in kinds and _mentions(code.columns, writes))):
             return (f"references masked column {masked_reads[0]}: writing it would answer "
                     "whether a value is stored there")
         return None
@@ -221,18 +231,15 @@ def _attached_reason(relation: Relation, code: AttachedCode, kinds: set[str],
         others = [c for c in code.columns
                   if rules.method(relation.schema, relation.name, c) is None]
         if code.kind == "index" and code.active and keys and others and _mentions(
-                relation, tuple(others), written):
+                tuple(others), writes):
             return (f"is unique over masked column {keys[0]} with column {others[0]}: an "
                     "UPDATE of it would answer whether another row holds the same value")
     return None
 
 
-def _mentions(relation: Relation, columns: tuple[str, ...],
-              written: list[tuple[str, str, tuple[str, ...] | None]]) -> bool:
-    for name, _, named in written:
-        if _names(relation, name) and (named is None or set(columns) & set(named)):
-            return True
-    return False
+def _mentions(columns: tuple[str, ...],
+              writes: list[tuple[str, tuple[str, ...] | None]]) -> bool:
+    return any(named is None or set(columns) & set(named) for _, named in writes)
 
 
 def _describe(code: AttachedCode) -> str:

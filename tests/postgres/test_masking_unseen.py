@@ -58,6 +58,7 @@ EXTRA = [
     f"INSERT INTO audited VALUES (1, 'holder 1', '{PANS[1]}')",
     "CREATE TRIGGER audited_update AFTER UPDATE OR DELETE ON audited FOR EACH ROW "
     "EXECUTE FUNCTION audit_row()",
+    "CREATE VIEW v_audited AS SELECT id, holder FROM audited",
     "CREATE TABLE ruled (id serial PRIMARY KEY, note text)",
     "CREATE RULE ruled_log AS ON INSERT TO ruled DO ALSO INSERT INTO card_audit(row_data) "
     "SELECT to_jsonb(c) FROM cards c",
@@ -306,7 +307,10 @@ def test_a_trigger_copying_rows_to_a_readable_table_is_not_fired(setup: Setup) -
                 "WITH d AS (DELETE FROM audited WHERE id = 1 RETURNING id) "
                 "SELECT count(*) FROM d",
                 "MERGE INTO audited a USING (SELECT 1 AS id) s ON a.id = s.id WHEN MATCHED "
-                "THEN UPDATE SET holder = 'x'"):
+                "THEN UPDATE SET holder = 'x'",
+                "UPDATE v_audited SET holder = 'x' WHERE id = 1",
+                "UPDATE public.AUDITED SET holder = 'x' WHERE id = 1",
+                "UPDATE ONLY audited SET holder = 'x' WHERE id = 1"):
         denied(setup, sql, "trigger audited_update on public.audited runs on")
     with setup.connect() as conn:  # INSERT fires no trigger of it, and is allowed
         conn.execute("INSERT INTO audited (id, holder) VALUES (2, 'new')")
