@@ -21,9 +21,11 @@ Computed columns (no table OID in the RowDescription) that pass a masked column 
 subquery, CTE or UNION output) are masked by its rule, as traced from the statement; the
 strongest method wins (`null` > `redact` > `hash` > `pan` > `last4` > `email`). A value an
 expression computes needs no mask of its own: the statement was rewritten to compute it from
-masked values (`mask_rewrite`, `masked_schema` here says what it masks). A view's computed
-column (its body is not rewritten) gets `redact` where the method would be `pan`, `last4` or
-`email`: those keep part of what the expression made of the value.
+masked values (`mask_rewrite`, `masked_schema` here says what it masks). A generated column
+computed from a masked column, and a view's computed one (reading such a view is denied before
+it runs, `mask_unseen`), gets `redact` where the method would be `pan`, `last4` or `email`:
+those keep part of what the expression made of the value. A column whose values hold a field
+of a masked name (a composite type, a table's row type, an array of one) gets `null`.
 
 COPY data is text, so masked COPY columns always get the method's output; binary COPY columns
 with a mask become NULL, and in a binary COPY of a table its string columns are scanned by the
