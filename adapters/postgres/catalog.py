@@ -142,67 +142,75 @@ LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
 WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f') AND $CONDITION
 GROUP BY c.oid, n.nspname, c.relname, c.relkind
 """
-# What the server runs with a relation's rows (`AttachedCode`), one row per thing it reads or
-# calls (pg_depend), names lower-cased.
-_ATTACHED_SQL = """
-WITH RECURSIVE family(root, rel) AS (  -- each relation and its inheritance descendants
-  SELECT r, r FROM pg_catalog.unnest(%s::pg_catalog.oid[]) AS r
+# The inheritance descendants (and partitions) of relations, to any depth.
+_DESCENDANTS_SQL = """
+WITH RECURSIVE family(root, rel) AS (
+  SELECT c.oid, c.oid FROM pg_catalog.pg_class c
+  WHERE c.oid = ANY(%s::pg_catalog.oid[]) AND c.relhassubclass
   UNION
   SELECT f.root, i.inhrelid FROM family f JOIN pg_catalog.pg_inherits i ON i.inhparent = f.rel
 )
-SELECT f.root::int8, o.kind,
-       CASE WHEN o.rel = f.root THEN o.name ELSE o.rel::pg_catalog.regclass::text || '.' || o.name
-       END,
-       o.active, o.own, o.events,
+SELECT root::int8, rel::int8, rel::pg_catalog.regclass::text FROM family WHERE rel <> root
+"""
+# What the server runs with a relation's rows (`AttachedCode`), one row per thing it reads or
+# calls (pg_depend).
+_ATTACHED_SQL = """
+SELECT o.rel::int8, o.kind, o.name, o.active, o.own, o.events,
        coalesce(rn.nspname::text, ''), coalesce(rc.relname::text, ''),
        coalesce(ra.attname::text, ''), coalesce(p.proname::text, '')
 FROM (
-  SELECT t.tgrelid AS rel, 'trigger'::text AS kind, t.tgname::text AS name, true AS active,
-         '{}'::text[] AS own,
+  SELECT t.tgrelid AS rel, 'trigger'::text AS kind, t.tgname::text AS name,
+         true AS active, '{}'::text[] AS own,
          ARRAY(SELECT v.event FROM (VALUES (4, 'insert'), (8, 'delete'), (16, 'update'),
                                            (32, 'truncate')) AS v(bit, event)
                WHERE t.tgtype::int4 & v.bit <> 0) AS events,
          'pg_catalog.pg_trigger'::pg_catalog.regclass AS classid, t.oid AS objid
-  FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
+  FROM pg_catalog.pg_trigger t
+  WHERE t.tgrelid = ANY(%(oids)s) AND NOT t.tgisinternal AND t.tgenabled <> 'D'
   UNION ALL
   SELECT r.ev_class, 'rule', r.rulename::text, true, '{}',
          ARRAY[CASE r.ev_type WHEN '2' THEN 'update' WHEN '3' THEN 'insert'
                               WHEN '4' THEN 'delete' ELSE 'select' END],
          'pg_catalog.pg_rewrite'::pg_catalog.regclass, r.oid
-  FROM pg_catalog.pg_rewrite r WHERE r.rulename <> '_RETURN' AND r.ev_enabled <> 'D'
+  FROM pg_catalog.pg_rewrite r
+  WHERE r.ev_class = ANY(%(oids)s) AND r.rulename <> '_RETURN' AND r.ev_enabled <> 'D'
   UNION ALL
   SELECT pol.polrelid, 'policy', pol.polname::text,
          pg_catalog.row_security_active(pol.polrelid), '{}', '{}',
          'pg_catalog.pg_policy'::pg_catalog.regclass, pol.oid
-  FROM pg_catalog.pg_policy pol
+  FROM pg_catalog.pg_policy pol WHERE pol.polrelid = ANY(%(oids)s)
   UNION ALL
   SELECT con.conrelid, CASE con.contype WHEN 'c' THEN 'check' ELSE 'fkey' END,
          con.conname::text, con.convalidated,
          ARRAY(SELECT lower(a.attname::text) FROM pg_catalog.pg_attribute a
                WHERE a.attrelid = con.conrelid AND a.attnum = ANY(con.conkey)), '{}',
          'pg_catalog.pg_constraint'::pg_catalog.regclass, con.oid
-  FROM pg_catalog.pg_constraint con WHERE con.contype IN ('c', 'f') AND con.conrelid <> 0
+  FROM pg_catalog.pg_constraint con
+  WHERE con.conrelid = ANY(%(oids)s) AND con.contype IN ('c', 'f')
   UNION ALL
-  SELECT ad.adrelid, CASE WHEN a.attgenerated <> '' THEN 'generated' ELSE 'default' END,
+  SELECT ad.adrelid,
+         CASE WHEN a.attgenerated <> '' THEN 'generated' ELSE 'default' END,
          a.attname::text, true, ARRAY[lower(a.attname::text)], '{}',
          'pg_catalog.pg_attrdef'::pg_catalog.regclass, ad.oid
   FROM pg_catalog.pg_attrdef ad
   JOIN pg_catalog.pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+  WHERE ad.adrelid = ANY(%(oids)s)
   UNION ALL
   SELECT a.attrelid, 'domain', con.conname::text, con.convalidated,
          ARRAY[lower(a.attname::text)], '{}',
          'pg_catalog.pg_constraint'::pg_catalog.regclass, con.oid
   FROM pg_catalog.pg_attribute a
-  JOIN pg_catalog.pg_constraint con ON con.contypid = a.atttypid
-  WHERE a.attnum > 0 AND NOT a.attisdropped
+  JOIN pg_catalog.pg_constraint con ON con.contypid = a.atttypid AND con.contypid <> 0
+  WHERE a.attrelid = ANY(%(oids)s) AND a.attnum > 0 AND NOT a.attisdropped
   UNION ALL
   SELECT i.indrelid, 'index', ic.relname::text, i.indisunique OR i.indisexclusion,
          ARRAY(SELECT lower(a.attname::text) FROM pg_catalog.pg_attribute a
                WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])), '{}',
          'pg_catalog.pg_class'::pg_catalog.regclass, i.indexrelid
-  FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+  FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+  WHERE i.indrelid = ANY(%(oids)s)
 ) o
-JOIN family f ON f.rel = o.rel
 LEFT JOIN pg_catalog.pg_depend d ON d.classid = o.classid AND d.objid = o.objid
      AND d.refclassid IN ('pg_catalog.pg_class'::pg_catalog.regclass,
                           'pg_catalog.pg_proc'::pg_catalog.regclass)
@@ -284,14 +292,16 @@ class Catalog:
                                    f"{_first_line(exc)}") from exc
         return self._conn
 
-    async def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    async def _query(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()
+                     ) -> list[tuple[Any, ...]]:
         import psycopg
 
+        bound = dict(params) if isinstance(params, Mapping) else tuple(params)
         async with self._lock:
             conn = await self._connection()
             self.queries += 1
             try:
-                cursor = await conn.execute(sql, tuple(params))
+                cursor = await conn.execute(sql, bound)
                 return [tuple(row) for row in await cursor.fetchall()]
             except psycopg.Error as exc:
                 raise CatalogError(f"catalog query failed: {_first_line(exc)}") from exc
@@ -378,18 +388,24 @@ class Catalog:
         return self._store(rows, attached)
 
     async def _attached(self, oids: list[int]) -> dict[int, tuple[AttachedCode, ...]]:
+        """The code attached to these relations and to their descendants (named
+        `child.name`)."""
         found: dict[tuple[int, str, str],
                     tuple[bool, tuple[str, ...], tuple[str, ...], set[tuple[str, str, str]],
                           set[str]]] = {}
+        family: dict[int, list[tuple[int, str]]] = {oid: [(oid, "")] for oid in oids}
+        for root, rel, name in await self._query(_DESCENDANTS_SQL, (oids,)):
+            family.setdefault(int(rel), []).append((int(root), f"{name}."))
         for (rel, kind, name, active, own, events, schema, table, column,
-             function) in await self._query(_ATTACHED_SQL, (oids,)):
-            entry = found.setdefault((int(rel), str(kind), str(name)),
-                                     (bool(active), tuple(own or ()), tuple(events or ()), set(),
-                                      set()))
-            if table:
-                entry[3].add((str(schema).lower(), str(table).lower(), str(column).lower()))
-            if function:
-                entry[4].add(str(function).lower())
+             function) in await self._query(_ATTACHED_SQL, {"oids": sorted(family)}):
+            for root, prefix in family.get(int(rel), ()):
+                entry = found.setdefault((root, str(kind), prefix + str(name)), (
+                    bool(active), tuple(own or ()), tuple(events or ()), set(), set()))
+                if table:
+                    entry[3].add((str(schema).lower(), str(table).lower(),
+                                  str(column).lower()))
+                if function:
+                    entry[4].add(str(function).lower())
         out: dict[int, list[AttachedCode]] = {}
         for (rel, kind, name), (active, own, events, reads, calls) in sorted(found.items()):
             out.setdefault(rel, []).append(AttachedCode(kind, name, active, own, events,

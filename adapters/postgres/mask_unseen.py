@@ -43,14 +43,14 @@ from adapters.postgres.mask_rewrite import MaskUseDenied, rewrite_statement
 # Relations (in any schema: pg_stat_statements lives in its extension's) and functions whose
 # rows are other relations' column values or other sessions' statement texts.
 VALUE_RELATIONS: Mapping[str, str] = {
-    "pg_stats": "its most common values and histogram bounds are column values",
-    "pg_statistic": "its most common values and histogram bounds are column values",
-    "pg_stats_ext": "its most common values are column values",
-    "pg_stats_ext_exprs": "its most common values are column values",
-    "pg_statistic_ext_data": "its most common values are column values",
-    "pg_stat_activity": "it shows other sessions' statement texts",
-    "pg_stat_statements": "it shows statement texts of every session",
-    "pg_largeobject": "it holds large objects' data, which no mask covers",
+    "pg_stats": "holds most common values and histogram bounds, which are column values",
+    "pg_statistic": "holds most common values and histogram bounds, which are column values",
+    "pg_stats_ext": "holds most common values, which are column values",
+    "pg_stats_ext_exprs": "holds most common values, which are column values",
+    "pg_statistic_ext_data": "holds most common values, which are column values",
+    "pg_stat_activity": "shows other sessions' statement texts",
+    "pg_stat_statements": "shows statement texts of every session",
+    "pg_largeobject": "holds large objects' data, which no mask covers",
 }
 VALUE_FUNCTIONS: Mapping[str, str] = {
     "pg_stat_get_activity": "it returns other sessions' statement texts",
@@ -60,6 +60,8 @@ VALUE_FUNCTIONS: Mapping[str, str] = {
     "lo_get": "it returns large objects' data, which no mask covers",
     "loread": "it returns large objects' data, which no mask covers",
 }
+SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})  # their views show what
+# their columns say: pg_stat_ssl calls pg_stat_get_activity but shows no statement text
 WRITE_KINDS = frozenset({"insert", "update", "delete", "merge", "truncate"})
 # The events each statement kind fires triggers and rules for.
 _EVENTS = {"insert": {"insert"}, "update": {"update"}, "delete": {"delete"},
@@ -77,8 +79,9 @@ async def check_unseen(catalog: Catalog, statements: Sequence[Mapping[str, Any]]
     if called is None:
         raise MaskingDenied("the statement cannot be read to find the functions it calls")
     calls = set(called)
-    for oid in view.views:
-        calls |= catalog.view_calls(oid)
+    for oid, relation in view.relations.items():
+        if relation.is_view and relation.schema not in SYSTEM_SCHEMAS:
+            calls |= catalog.view_calls(oid)  # (pg_stat_ssl calls pg_stat_get_activity too)
     _check_value_sources(view, calls)
     await _check_views(catalog, view, rules)
     _check_attached(statements, view, rules, copy)
@@ -91,7 +94,8 @@ def _check_value_sources(view: CatalogView, calls: set[str]) -> None:
     if found:
         names = ", ".join(name for name, _ in found)
         raise MaskingDenied(f"{'relations' if len(found) > 1 else 'relation'} {names} "
-                            f"cannot be read by a session with masks: {found[-1][1]}")
+                            f"cannot be read by a session with masks: {found[0][0]} "
+                            f"{found[0][1]}")
     for name in sorted(calls & VALUE_FUNCTIONS.keys()):
         raise MaskingDenied(f"function {name} cannot be called by a session with masks: "
                             f"{VALUE_FUNCTIONS[name]}")

@@ -50,6 +50,7 @@ EXTRA = [
     "CREATE MATERIALIZED VIEW mv_plain AS SELECT id, pan FROM cards",
     "CREATE VIEW v_stats AS SELECT tablename, histogram_bounds::text AS h FROM pg_stats",
     "CREATE VIEW v_activity AS SELECT pid, query FROM pg_stat_activity",
+    "CREATE VIEW v_activity_function AS SELECT pid, query FROM pg_stat_get_activity(NULL)",
     # code attached to tables
     "CREATE TABLE card_audit (id serial PRIMARY KEY, row_data jsonb)",
     "CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN "
@@ -195,6 +196,16 @@ def test_views_and_materialized_views_passing_masked_columns_through_are_masked(
 ])
 def test_statistics_and_statement_texts_are_denied(setup: Setup, sql: str, reason: str) -> None:
     denied(setup, sql, reason)
+
+
+def test_system_views_without_values_stay_readable(setup: Setup) -> None:
+    """pg_stat_ssl is built on pg_stat_get_activity, but shows no statement text."""
+    with setup.connect() as conn:
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                            ).fetchall() == [(False,)]
+        assert conn.execute("SELECT count(*) > 0 FROM pg_stat_user_tables").fetchall() == [
+            (True,)]
+    denied(setup, "SELECT count(*) FROM v_activity_function", "function pg_stat_get_activity")
 
 
 def test_the_statistics_hold_the_clear_values(setup: Setup) -> None:
