@@ -215,6 +215,8 @@ class CatalogView:
         return strongest(methods), opaque
 
     def holds_masked_field(self, rules: MaskRules, relation: Relation, column: str) -> bool:
+        if not self.fields:
+            return False
         found = relation.column_named(column)
         return found is not None and bool(self.fields.get(found.type_oid, frozenset())
                                           & rules.columns)
@@ -245,9 +247,12 @@ class CatalogView:
     def could_mask(self, rules: MaskRules) -> bool:
         """Whether any relation here has a column a rule masks (views: by name or source), or
         one holding a field of a masked name."""
-        return bool(rules) and any(rules.covers(r) or any(
-            self.holds_masked_field(rules, r, c.name) for c in r.columns)
-            for r in self.relations.values())
+        if not rules:
+            return False
+        if any(rules.covers(r) for r in self.relations.values()):
+            return True
+        return bool(self.fields) and any(self.fields.get(c.type_oid, frozenset()) & rules.columns
+                                         for r in self.relations.values() for c in r.columns)
 
 
 # --------------------------------------------------------------------------------------------
