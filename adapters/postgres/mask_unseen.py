@@ -35,8 +35,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from adapters.enforcement.mask_rules import MaskRules
 from adapters.postgres.catalog import AttachedCode, Catalog, Relation
-from adapters.postgres.column_masks import CatalogView, MaskingDenied, MaskRules, masked_schema
+from adapters.postgres.column_masks import CatalogView, MaskingDenied, masked_schema
 from adapters.postgres.copy_statement import CopyStatement
 from adapters.postgres.mask_rewrite import MaskUseDenied, rewrite_statement
 

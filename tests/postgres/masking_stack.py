@@ -23,7 +23,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import tuple_row
 
-from adapters.postgres.bridge import PolicyBridge, Resource
+from adapters.enforcement.records import Resource
+from adapters.postgres.bridge import PolicyBridge
 from adapters.postgres.catalog import Catalog
 from adapters.postgres.proxy import ProxyConfig
 from engine.audit import open_audit_log
@@ -157,7 +158,8 @@ def open_masking_stack(pg_dsn: str, tmp: Path, extra: Sequence[str] = (), *,
     catalog = Catalog(upstream)
     bridge = PolicyBridge(  # the pack, its row budget out of the way of 160-query oracles
         InProcessDecisionClient(Engine(load_policy_set(without_row_budget(tmp)))),
-        resource=Resource("payments", {"env": "prod"}), catalog=catalog, recorder=recorder)
+        resource=Resource("payments", {"env": "prod"}, type="postgres"), catalog=catalog,
+        recorder=recorder)
     proxy = ProxyThread(ProxyConfig(upstream_url=upstream_url(upstream),
                                     directory=load_users(tmp / "users.yaml"), **bridge.hooks()))
     try:
