@@ -52,16 +52,16 @@ class AttachedCode:
     """Code the server runs with a relation's rows, which no policy and no rewrite sees: a
     trigger, a rule (other than a view's `_RETURN`), a row security policy, a CHECK or
     FOREIGN KEY constraint, a column DEFAULT or generation expression, a CHECK of a column's
-    domain, an index; those of its inheritance descendants and partitions too (named
-    `child.name`). `active`: for a policy, whether row security applies to the catalog
-    connection's role (the proxy's); for a constraint, whether it is validated; for an index,
-    whether it is unique or an exclusion constraint; else true. `columns`: the relation's
-    own columns it is about (a constraint's or an index's key, a default's column).
-    `events`: what fires a trigger or a rule (insert, update, delete, truncate; select for a
-    rule). `reads`: the (schema, relation, column) its expression reads, as `pg_depend`
-    records them (a whole-relation reference lists every column). `calls`: the functions
-    defined in the database (outside `pg_catalog` and `information_schema`) it calls, a
-    trigger's function included."""
+    domain, an index; those of its inheritance descendants and partitions, and of the tables
+    whose foreign keys to it cascade, too (named `table.name`). `active`: for a policy,
+    whether row security applies to the catalog connection's role (the proxy's); for a
+    constraint, whether it is validated; for an index, whether it is unique or an exclusion
+    constraint; else true. `columns`: the relation's own columns it is about (a constraint's
+    or an index's key, a default's column). `events`: what fires a trigger or a rule
+    (insert, update, delete, truncate; select for a rule). `reads`: the (schema, relation,
+    column) its expression reads, as `pg_depend` records them (a whole-relation reference
+    lists every column). `calls`: the functions defined in the database (outside
+    `pg_catalog` and `information_schema`) it calls, a trigger's function included."""
 
     kind: str  # trigger, rule, policy, check, fkey, default, generated, domain, index
     name: str
@@ -142,13 +142,20 @@ LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
 WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f') AND $CONDITION
 GROUP BY c.oid, n.nspname, c.relname, c.relkind
 """
-# The inheritance descendants (and partitions) of relations, to any depth.
+# What else a write of each relation writes, to any depth: its inheritance descendants and
+# partitions, and the tables whose foreign keys to it cascade (ON DELETE/UPDATE CASCADE, SET
+# NULL, SET DEFAULT: their triggers fire too).
 _DESCENDANTS_SQL = """
 WITH RECURSIVE family(root, rel) AS (
-  SELECT c.oid, c.oid FROM pg_catalog.pg_class c
-  WHERE c.oid = ANY(%s::pg_catalog.oid[]) AND c.relhassubclass
+  SELECT c.oid, c.oid FROM pg_catalog.pg_class c WHERE c.oid = ANY(%s::pg_catalog.oid[])
   UNION
-  SELECT f.root, i.inhrelid FROM family f JOIN pg_catalog.pg_inherits i ON i.inhparent = f.rel
+  SELECT f.root, x.rel FROM family f CROSS JOIN LATERAL (
+    SELECT i.inhrelid AS rel FROM pg_catalog.pg_inherits i WHERE i.inhparent = f.rel
+    UNION ALL
+    SELECT con.conrelid FROM pg_catalog.pg_constraint con
+    WHERE con.confrelid = f.rel AND con.contype = 'f'
+      AND (con.confdeltype IN ('c', 'n', 'd') OR con.confupdtype IN ('c', 'n', 'd'))
+  ) x
 )
 SELECT root::int8, rel::int8, rel::pg_catalog.regclass::text FROM family WHERE rel <> root
 """
@@ -388,8 +395,8 @@ class Catalog:
         return self._store(rows, attached)
 
     async def _attached(self, oids: list[int]) -> dict[int, tuple[AttachedCode, ...]]:
-        """The code attached to these relations and to their descendants (named
-        `child.name`)."""
+        """The code attached to these relations and to what writing them writes too (their
+        descendants, the tables their foreign keys cascade to: named `table.name`)."""
         found: dict[tuple[int, str, str],
                     tuple[bool, tuple[str, ...], tuple[str, ...], set[tuple[str, str, str]],
                           set[str]]] = {}

@@ -98,6 +98,13 @@ EXTRA = [
     "CREATE TABLE guesses (id int PRIMARY KEY, guess unknown_card)",
     "CREATE TABLE indexed (id int PRIMARY KEY, note text)",
     "CREATE UNIQUE INDEX indexed_stored ON indexed (id) WHERE is_stored(note)",
+    "CREATE TABLE accounts (id int PRIMARY KEY, pan text)",
+    f"INSERT INTO accounts VALUES (1, '{PANS[1]}')",
+    "CREATE TABLE account_notes (id int PRIMARY KEY, account_id int REFERENCES accounts (id) "
+    "ON DELETE CASCADE, note text)",
+    "INSERT INTO account_notes VALUES (1, 1, 'n')",
+    "CREATE TRIGGER account_notes_audit AFTER DELETE ON account_notes FOR EACH ROW "
+    "EXECUTE FUNCTION audit_row()",
     "CREATE TABLE items (id int PRIMARY KEY, label text)",
     "INSERT INTO items VALUES (1, 'one')",
     "ANALYZE cards",
@@ -379,6 +386,13 @@ def test_domain_checks_and_indexes_calling_defined_functions_are_not_run(setup: 
 def test_an_inheritance_child_s_trigger_fires_through_its_parent(setup: Setup) -> None:
     denied(setup, "UPDATE parent_t SET note = 'x' WHERE id = 1",
            "trigger child_t.child_audit on public.parent_t runs on UPDATE")
+
+
+def test_a_cascading_foreign_key_fires_the_referencing_table_s_triggers(setup: Setup) -> None:
+    denied(setup, "DELETE FROM accounts WHERE id = 1",
+           "trigger account_notes.account_notes_audit on public.accounts runs on DELETE")
+    with setup.connect() as conn:  # what cascades nowhere with triggers stays allowed
+        assert conn.execute("UPDATE accounts SET id = id WHERE id = 2").rowcount == 0
 
 
 def test_a_unique_index_over_a_masked_column_and_another_is_no_oracle(setup: Setup) -> None:
