@@ -412,8 +412,8 @@ class PolicyBridge(Enforcer):
         relations, view = await statement_relations(catalog, names, seen)
         if rules:
             await self._check_defined_functions(sql, view)
-            await check_unseen(catalog, command.get("statements") or (),
-                               called_names(sqlglot_text(sql, "postgres")), view, rules, copy)
+            await check_unseen(catalog, sql, command.get("statements") or (), view, rules,
+                               copy)
         computed = None
         copy_methods: list[str | None] | None = None
         rewrites: MaskedSchema | None = None

@@ -32,7 +32,8 @@ Must not: decide what is masked (the Decision's rules say), do I/O other than th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from adapters.enforcement.mask_rules import MaskRules
@@ -40,6 +41,7 @@ from adapters.postgres.catalog import AttachedCode, Catalog, Relation
 from adapters.postgres.column_masks import CatalogView, MaskingDenied, masked_schema
 from adapters.postgres.copy_statement import CopyStatement
 from adapters.postgres.mask_rewrite import MaskUseDenied, rewrite_statement
+from engine.facts.sql import called_names, sqlglot_text
 
 # Relations (in any schema: pg_stat_statements lives in its extension's) and functions whose
 # rows are other relations' column values or other sessions' statement texts.
@@ -63,6 +65,7 @@ VALUE_FUNCTIONS: Mapping[str, str] = {
 }
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})  # their views show what
 # their columns say: pg_stat_ssl calls pg_stat_get_activity but shows no statement text
+_UPSERT = re.compile(r"\bdo\s+update\b", re.IGNORECASE)  # (also in a literal: fail closed)
 WRITE_KINDS = frozenset({"insert", "update", "delete", "merge", "truncate"})
 # The events each statement kind fires triggers and rules for.
 _EVENTS = {"insert": {"insert"}, "update": {"update"}, "delete": {"delete"},
@@ -70,13 +73,13 @@ _EVENTS = {"insert": {"insert"}, "update": {"update"}, "delete": {"delete"},
            "copy": {"insert"}}
 
 
-async def check_unseen(catalog: Catalog, statements: Sequence[Mapping[str, Any]],
-                       called: Iterable[str] | None, view: CatalogView, rules: MaskRules,
-                       copy: CopyStatement | None) -> None:
-    """Deny (raise `MaskingDenied`) what the statement could learn of masked values where
-    neither the rewrite nor the result masks reach. `statements`: the SQL facts' statements;
-    `called`: every name the statement calls (None: it cannot be read); `view`: the relations
-    it reads and those under its views."""
+async def check_unseen(catalog: Catalog, sql: str, statements: Sequence[Mapping[str, Any]],
+                       view: CatalogView, rules: MaskRules, copy: CopyStatement | None
+                       ) -> None:
+    """Deny (raise `MaskingDenied`) what the statement `sql` could learn of masked values
+    where neither the rewrite nor the result masks reach. `statements`: the SQL facts'
+    statements; `view`: the relations it reads and those under its views."""
+    called = called_names(sqlglot_text(sql, "postgres"))
     if called is None:
         raise MaskingDenied("the statement cannot be read to find the functions it calls")
     calls = set(called)
@@ -85,7 +88,7 @@ async def check_unseen(catalog: Catalog, statements: Sequence[Mapping[str, Any]]
             calls |= catalog.view_calls(oid)  # (pg_stat_ssl calls pg_stat_get_activity too)
     _check_value_sources(view, calls)
     await _check_views(catalog, view, rules)
-    _check_attached(statements, view, rules, copy)
+    _check_attached(statements, view, rules, copy, upsert=_UPSERT.search(sql) is not None)
 
 
 def _check_value_sources(view: CatalogView, calls: set[str]) -> None:
@@ -129,21 +132,23 @@ async def _check_views(catalog: Catalog, view: CatalogView, rules: MaskRules) ->
 
 
 def _check_attached(statements: Sequence[Mapping[str, Any]], view: CatalogView,
-                    rules: MaskRules, copy: CopyStatement | None) -> None:
+                    rules: MaskRules, copy: CopyStatement | None, upsert: bool) -> None:
+    """`upsert`: an INSERT may update (ON CONFLICT … DO UPDATE fires UPDATE triggers)."""
     # (kind, columns it names or None for all) of each write of each relation; a write of a
     # view writes what is under it
     writes: dict[int, list[tuple[str, tuple[str, ...] | None]]] = {}
     for name, kind, columns in _written(statements, copy):
+        kinds = [kind, "update"] if kind == "insert" and upsert else [kind]
         for oid, relation in view.relations.items():
             if not _names(relation, name):
                 continue
-            writes.setdefault(oid, []).append((kind, columns))
+            writes.setdefault(oid, []).extend((k, columns) for k in kinds)
             if kind == "copy":
                 _check_copy_columns(relation, columns, rules)
             if relation.is_view:
                 for under in view.read_by(oid).relations:
                     if under != oid:
-                        writes.setdefault(under, []).append((kind, None))
+                        writes.setdefault(under, []).extend((k, None) for k in kinds)
     for relation in sorted(view.relations.values(), key=lambda r: r.oid):
         for code in relation.attached:
             reason = _attached_reason(relation, code, writes.get(relation.oid, []), rules)

@@ -330,8 +330,11 @@ def test_a_trigger_copying_rows_to_a_readable_table_is_not_fired(setup: Setup) -
                 "UPDATE public.AUDITED SET holder = 'x' WHERE id = 1",
                 "UPDATE ONLY audited SET holder = 'x' WHERE id = 1"):
         denied(setup, sql, "trigger audited_update on public.audited runs on")
+    denied(setup, "INSERT INTO audited (id, holder) VALUES (1, 'x') ON CONFLICT (id) DO "
+                  "UPDATE SET holder = excluded.holder", "trigger audited_update")
     with setup.connect() as conn:  # INSERT fires no trigger of it, and is allowed
         conn.execute("INSERT INTO audited (id, holder) VALUES (2, 'new')")
+        conn.execute("INSERT INTO audited (id, holder) VALUES (2, 'new') ON CONFLICT DO NOTHING")
         assert conn.execute("SELECT count(*) FROM card_audit").fetchone() == (0,)
 
 
