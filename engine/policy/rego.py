@@ -25,6 +25,7 @@ import regopy
 from regopy import rego_shared
 
 from engine.errors import EvaluationError, PolicySetError
+from engine.policy import rego_output
 from engine.policy.rego_input import set_input
 from engine.policy.rego_source import (
     FORBIDDEN,
@@ -143,7 +144,7 @@ class RegoProgram:
         interp = self._new_interpreter()
         errors: list[str] = []
         if data:
-            interp.add_data_json(json.dumps(data))
+            interp.add_data_json(json.dumps(data, ensure_ascii=False))
         for name in BUILTIN_MODULES:
             builtins_src = resources.files("engine.policy.builtins").joinpath(name).read_text()
             interp.add_module(f"ordinance_builtins/{name}", builtins_src)
@@ -228,16 +229,16 @@ class RegoProgram:
                 with contextlib.suppress(rego_shared.RegoError):
                     _collect_error_messages(rego_shared.rego_output_node(impl), messages)
                 raise EvaluationError(_error_text(entrypoint, messages))
+            if text == "undefined":
+                return False, None
+            if text.startswith("(error"):
+                raise EvaluationError(_error_text(entrypoint, _ERROR_MSG_TEXT.findall(text)))
+            try:
+                expressions = rego_output.expressions(rego_shared.rego_output_node(impl))
+            except rego_shared.RegoError as err:
+                raise EvaluationError(f"unreadable result from {entrypoint}: {err}") from None
         finally:
             rego_shared.rego_free_output(impl)
-        if text == "undefined":
-            return False, None
-        if text.startswith("(error"):
-            raise EvaluationError(_error_text(entrypoint, _ERROR_MSG_TEXT.findall(text)))
-        try:
-            expressions = json.loads(text)["expressions"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise EvaluationError(f"unreadable result from {entrypoint}: {err}") from None
         if not expressions:
             return False, None
         return True, expressions[0]
