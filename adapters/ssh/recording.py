@@ -27,7 +27,9 @@ class ShellRecording:
         directory = directory.resolve()  # the record names the file wherever it is read
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        self.path = directory / f"{session_id}-{stamp}-{secrets.token_urlsafe(6)}.cast"
+        # `_`, not `-`: the card-number backstop reads digits across `-`, and the session id's
+        # last digits with the date could pass for a card number in the record's path
+        self.path = directory / f"{session_id}_{stamp}_{secrets.token_hex(4)}.cast"
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
