@@ -13,8 +13,10 @@ pinned entries. Per channel:
   output masked in what the user sees and in the recording;
 - the `sftp` subsystem: relayed packet by packet, each request decided (`sftp_ops`);
 - direct-tcpip (`ssh -L`, `-W`) decided as `forward` (kind `local`), tunnelled through the
-  target; a tunnel to an SSH server (`-J`) refused; `-R` decided as kind `remote`; agent and
-  X11 forwarding refused (not implemented: refused whatever the policies say).
+  target; a tunnel to an SSH server (`-J`) refused; `-R` decided as kind `remote`; agent
+  forwarding (`-A`) decided as kind `agent` with the exec or shell it comes with, and when
+  allowed passed on to the target over a target connection of that channel's own; X11
+  refused (not implemented: refused whatever the policies say).
 
 Must not: decide anything itself (beyond refusing what it cannot enforce), or know policy.
 """
@@ -107,7 +109,7 @@ class SshGateway:
     async def start(self) -> None:
         self._server = await asyncssh.create_server(
             lambda: _Connection(self), self.config.host, self.config.port,
-            server_host_keys=self.config.host_keys, agent_forwarding=False,
+            server_host_keys=self.config.host_keys, agent_forwarding=True,
             x11_forwarding=False, allow_pty=True, line_editor=False,
             login_timeout=self.config.login_timeout,
             password_auth=False, kbdint_auth=self.config.verify_token is not None,
@@ -270,12 +272,23 @@ class _Connection(asyncssh.SSHServer):
         self._started = asyncio.ensure_future(self.enforcer.session_started(self.ctx))
         self._upstream = asyncio.ensure_future(self._connect(self.target))
 
-    async def _connect(self, target: Target) -> asyncssh.SSHClientConnection:
+    async def _connect(self, target: Target, agent: str | None = None
+                       ) -> asyncssh.SSHClientConnection:
+        """A connection to the target with the gateway's credential (never the user's
+        agent: `agent_path=None`); with `agent`, the user's forwarded agent (the gateway's
+        local socket to it) is offered to the target's processes."""
         return await asyncssh.connect(
             target.host, target.port, username=target.user, client_keys=target.client_keys(),
             known_hosts=target.known_hosts, agent_path=None, config=None,
+            agent_forwarding=agent or False,
             preferred_auth="publickey", connect_timeout=UPSTREAM_CONNECT_TIMEOUT,
             keepalive_interval=30)
+
+    async def agent_upstream(self, agent: str) -> asyncssh.SSHClientConnection:
+        """A target connection of one channel's own, forwarding the user's agent (the
+        shared one never does: another channel's decision must not reach it)."""
+        assert self.target is not None
+        return await self._connect(self.target, agent)
 
     async def ready(self) -> tuple[SshContext, SshEnforcer, asyncssh.SSHClientConnection]:
         """The session (its start record durable), its enforcer and the target connection;
@@ -429,6 +442,22 @@ async def _completed(verdict: StatementVerdict, started: float, tag: str, *,
             error_message=error, details=details))
 
 
+@dataclass
+class _AgentForward:
+    """An allowed agent forwarding: the gateway's socket to the user's agent (asyncssh's,
+    in a directory of its own, mode 0700), its verdict and when it began."""
+
+    path: str
+    verdict: StatementVerdict
+    started: float
+
+
+async def _agent_done(agent: _AgentForward | None, error: str | None) -> None:
+    """The allowed agent forwarding's record, when the request it came with has ended."""
+    if agent is not None:
+        await _completed(agent.verdict, agent.started, "closed", error=error)
+
+
 def _decision_ref(verdict: StatementVerdict) -> str:
     return f" (decision {verdict.decision_id})" if verdict.decision_id else ""
 
@@ -501,9 +530,10 @@ class _Channel(SSHServerStreamSession[bytes]):
             if chan.get_subsystem() == "sftp":
                 await _Sftp(self, ctx, enforcer, upstream, stdin, stdout, stderr).run()
                 return
+            agent = await self._agent(ctx, enforcer, stderr)
             command_line = chan.get_command()
             if command_line is None:
-                await self._shell(ctx, enforcer, upstream, stdin, stdout, stderr)
+                await self._shell(ctx, enforcer, upstream, stdin, stdout, stderr, agent)
                 return
             command: dict[str, Any] = {"request": "exec"}
             if self.pty is not None:
@@ -511,9 +541,10 @@ class _Channel(SSHServerStreamSession[bytes]):
             decided = await enforcer.decide(command_line, ctx, command)
             verdict = await self._settle(decided, stderr)
             if verdict is None:
+                await _agent_done(agent, "the command was refused")
                 return
             await _Relay(self, upstream, verdict, stdin, stdout, stderr,
-                         command_line=command_line).run()
+                         command_line=command_line, agent=agent).run()
         except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
             log.info("channel of %s ended: %s", self.connection.peer, exc)
             with contextlib.suppress(Exception):
@@ -523,6 +554,27 @@ class _Channel(SSHServerStreamSession[bytes]):
             with contextlib.suppress(Exception):
                 stderr.write(b"ordinance: internal error in the gateway (see its log)\r\n")
                 chan.exit(GATEWAY_FAILED_EXIT)
+
+    async def _agent(self, ctx: SshContext, enforcer: SshEnforcer,
+                     stderr: SSHWriter[bytes]) -> _AgentForward | None:
+        """Agent forwarding (`ssh -A`), when the client asked for it: decided as a `forward`
+        of kind `agent` before the request it comes with. Refused (or needing an approval,
+        which it cannot wait for), the request goes on without it and stderr says why, as
+        sshd's own refusal would let it."""
+        path = self.chan.get_agent_path()
+        if path is None:
+            return None
+        command = {"request": "forward", "forward": {"kind": "agent"}}
+        text = text_of("forward", command)
+        verdict = await enforcer.decide(text, ctx, command)
+        if verdict.effect == "review":
+            verdict = await enforcer.refused(text, "agent forwarding cannot wait for an "
+                                             "approval", ctx)
+        if verdict.effect != "allow":
+            stderr.write(f"ordinance: agent forwarding denied by policy: {verdict.message}"
+                         f"{_decision_ref(verdict)}\r\n".encode("utf-8", "replace"))
+            return None
+        return _AgentForward(path, verdict, time.monotonic())
 
     async def _settle(self, verdict: StatementVerdict, stderr: SSHWriter[bytes]
                       ) -> StatementVerdict | None:
@@ -544,7 +596,8 @@ class _Channel(SSHServerStreamSession[bytes]):
 
     async def _shell(self, ctx: SshContext, enforcer: SshEnforcer,
                      upstream: asyncssh.SSHClientConnection, stdin: SSHReader[bytes],
-                     stdout: SSHWriter[bytes], stderr: SSHWriter[bytes]) -> None:
+                     stdout: SSHWriter[bytes], stderr: SSHWriter[bytes],
+                     agent: _AgentForward | None = None) -> None:
         """A shell (with or without a pty: without one its commands come on stdin, so it is
         a shell all the same): decided once, recorded whole."""
         recordings = self.connection.config.recordings
@@ -560,6 +613,7 @@ class _Channel(SSHServerStreamSession[bytes]):
             verdict = await enforcer.decide(text, ctx, command)
         settled = await self._settle(verdict, stderr)
         if settled is None:
+            await _agent_done(agent, "the shell was refused")
             return
         assert recordings is not None
         pty = self.pty or {}
@@ -569,7 +623,7 @@ class _Channel(SSHServerStreamSession[bytes]):
                                    term=str(pty.get("term") or ""),
                                    title=f"{ctx.user} on {enforcer.target.name}")
         await _Relay(self, upstream, settled, stdin, stdout, stderr,
-                     command_line=None, recording=recording).run()
+                     command_line=None, recording=recording, agent=agent).run()
 
 
 class _Relay:
@@ -579,8 +633,10 @@ class _Relay:
     def __init__(self, channel: _Channel, upstream: asyncssh.SSHClientConnection,
                  verdict: StatementVerdict, stdin: SSHReader[bytes], stdout: SSHWriter[bytes],
                  stderr: SSHWriter[bytes], *, command_line: str | None,
-                 recording: ShellRecording | None = None) -> None:
+                 recording: ShellRecording | None = None,
+                 agent: _AgentForward | None = None) -> None:
         self.channel = channel
+        self.agent = agent
         self.upstream = upstream
         self.verdict = verdict
         self.started = time.monotonic()
@@ -599,13 +655,18 @@ class _Relay:
             options.update(term_type=pty["term"], term_size=(pty["width"], pty["height"]),
                            term_modes=self.channel.term_modes)
         outcome: dict[str, Any] = {"exit_status": None, "error": None}
+        upstream = self.upstream
         try:
-            process = await self.upstream.create_process(self.command_line, encoding=None,
-                                                         **options)
+            if self.agent is not None:
+                upstream = await self.channel.connection.agent_upstream(self.agent.path)
+            process = await upstream.create_process(self.command_line, encoding=None,
+                                                    **options)
         except (OSError, asyncssh.Error) as exc:
             await self._finish(outcome | {"error": f"the target refused the channel: {exc}"})
             self.stderr.write(f"ordinance: target refused the channel: {exc}\r\n".encode())
             chan.exit(GATEWAY_FAILED_EXIT)
+            if upstream is not self.upstream:
+                upstream.close()
             return
         feeding = asyncio.ensure_future(self._input(process))
         try:
@@ -624,6 +685,8 @@ class _Relay:
         finally:
             feeding.cancel()
             process.close()
+            if upstream is not self.upstream:
+                upstream.close()
         await self._finish(outcome)  # durable before the client gets the exit status
         if outcome.get("signal"):
             assert done.exit_signal is not None
@@ -648,6 +711,7 @@ class _Relay:
         status, signal = outcome["exit_status"], outcome.get("signal")
         tag = f"exit {status}" if status is not None else f"signal {signal}" if signal else ""
         await _completed(self.verdict, self.started, tag, error=outcome["error"], **details)
+        await _agent_done(self.agent, outcome["error"])
 
     async def _input(self, process: Any) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
@@ -321,10 +322,56 @@ def test_other_subsystems_are_refused_and_recorded(stack: Stack) -> None:
     stack.wait_record("subsystem netconf", "deny")
 
 
-def test_openssh_agent_forwarding_is_not_passed_on(stack: Stack) -> None:
-    result = stack.ssh("echo", "agent=$SSH_AUTH_SOCK", extra=("-A",))
-    assert result.returncode == 0
-    assert result.stdout == b"agent=\n"
+@contextlib.contextmanager
+def ssh_agent(tmp: Path, *keys: str) -> Iterator[dict[str, str]]:
+    """A real ssh-agent holding `keys`; yields the environment that points ssh at it."""
+    sock = tmp / f"agent-{os.getpid()}-{time.monotonic_ns()}.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline, "ssh-agent did not start"
+            time.sleep(0.02)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        for key in keys:
+            subprocess.run(["ssh-add", key], env=env, check=True, capture_output=True)
+        yield env
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+def test_agent_forwarding_a_policy_denies_is_not_passed_on(stack: Stack,
+                                                          tmp_path: Path) -> None:
+    with ssh_agent(tmp_path, stack.alice_key) as env:
+        result = subprocess.run(
+            stack.ssh_args("echo", "agent=$SSH_AUTH_SOCK", extra=("-A",)), env=env,
+            capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"agent=\n"  # the command ran, without the agent
+    assert b"ordinance: agent forwarding denied by policy: port forwarding is not allowed" \
+        in result.stderr
+    record = last_command(stack, "forward agent")
+    assert record["effect"] == "deny" and record["command"] == {  # type: ignore[comparison-overlap]
+        "request": "forward", "forward": {"kind": "agent"}}
+
+
+def test_agent_forwarding_a_policy_allows_reaches_the_target(stack: Stack,
+                                                            tmp_path: Path) -> None:
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", stack.dana_key + ".pub"],
+                                 capture_output=True, check=True).stdout.split()[1]
+    with ssh_agent(tmp_path, stack.dana_key) as env:
+        result = subprocess.run(
+            stack.ssh_args("ssh-add", "-l", login="dana+web1", key=stack.dana_key,
+                           extra=("-A",)), env=env,
+            capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert fingerprint in result.stdout  # the target's ssh-add asked dana's own agent
+    record = stack.wait_record("forward agent", "allow")
+    assert record["tag"] == "closed"
+    # another channel of a connection without -A gets no agent on the target
+    plain = stack.ssh("ssh-add", "-l", login="dana+web1", key=stack.dana_key)
+    assert plain.returncode == 2 and fingerprint not in plain.stdout
 
 
 def test_proxyjump_is_refused_with_the_reason(stack: Stack) -> None:
