@@ -54,6 +54,16 @@ class HeldRows(RowMeter):
         return await self.holds.hold_rows(self, notify)
 
 
+HELD_NOUNS = {"ssh": "command"}
+"""What a protocol's held request is called in the client's message (default `statement`)."""
+
+
+def what_is_held(protocol: str) -> str:
+    """`command` for an SSH request (`ordinance: command held for approval: ...`),
+    `statement` for SQL."""
+    return HELD_NOUNS.get(protocol, "statement")
+
+
 class Holds:
     """The holds of one enforcement point: `approvals` None means nothing can be approved
     (a review is denied, saying so)."""
@@ -105,7 +115,8 @@ class Holds:
         return await self.hold(
             statement, who, reasons, notify, approved, text=meter.sql, rows=meter.sent,
             review=[b.reason for b in exceeded],
-            held=f"statement held for approval after {meter.sent} rows ({rules})")
+            held=f"{what_is_held(statement.ctx.protocol)} held for approval after {meter.sent} "
+                 f"rows ({rules})")
 
     async def _standing(self, statement: Statement, text: str, reasons: list[str],
                         rows: int | None = None) -> StatementVerdict | ApprovalRequest | None:
@@ -131,13 +142,14 @@ class Holds:
                    notify: Notify, approved: Callable[[], StatementVerdict], *,
                    text: str | None = None, rows: int | None = None,
                    review: Sequence[Reason] | None = None,
-                   held: str = "statement held for approval") -> StatementVerdict:
+                   held: str | None = None) -> StatementVerdict:
         """File (or find) the approval request for `text` (the statement's own by default)
         under the approvers and windows of `review` (its decision's review reasons by
         default), tell the client (`held`: ...), wait, and answer `approved()` or a recorded
         denial (`rows`: what the client got before)."""
         gate = self.approvals
         assert gate is not None
+        held = held or f"{what_is_held(statement.ctx.protocol)} held for approval"
         text = statement.approval_text if text is None else text
         if review is None:
             review = [r for r in statement.decision.reasons if r.effect == "review"]

@@ -73,6 +73,7 @@ from adapters.enforcement.hooks import (
     SessionStartHook,
     StatementVerdict,
 )
+from adapters.enforcement.session_ids import new_session_id
 from adapters.postgres.auth import (
     SCRAM_SHA_256,
     AuthFailed,
@@ -124,7 +125,6 @@ from adapters.postgres.session import (
     notice_frame,
 )
 from adapters.postgres.upstream_tls import UpstreamTLS, UpstreamTLSError, describe_failure
-from engine.masking import may_hold_pan
 
 log = logging.getLogger("ordinance.adapters.postgres")
 _T = TypeVar("_T")
@@ -1403,12 +1403,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
-
-
-def new_session_id() -> str:
-    """24 random hex digits that cannot read as a card number: the audit trail scrubs those,
-    and a session id masked in its records could not be looked up by its real value."""
-    while True:
-        candidate = secrets.token_hex(12)
-        if not may_hold_pan(candidate):
-            return candidate

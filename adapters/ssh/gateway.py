@@ -10,7 +10,8 @@ pinned entries. Per channel:
   exactly as sent, its stdout/stderr through `PanStream`, its record durable before its exit
   status reaches the client;
 - shell (pty-req + shell): decided; the session recorded (`ShellRecording`), both ways,
-  output masked in what the user sees and in the recording;
+  output masked in what the user sees and in the recording; an exec with a pty (`ssh -t
+  host CMD`) is decided as its command (`interactive` in its facts) and recorded the same;
 - the `sftp` subsystem: relayed packet by packet, each request decided (`sftp_ops`);
 - direct-tcpip (`ssh -L`, `-W`) decided as `forward` (kind `local`), tunnelled through the
   target; a tunnel to an SSH server (`-J`) refused; `-R` decided as kind `remote`; agent
@@ -40,7 +41,7 @@ from adapters.enforcement.hooks import (
     StatementOutcome,
     StatementVerdict,
 )
-from adapters.postgres.proxy import new_session_id  # (no card number in it)
+from adapters.enforcement.session_ids import new_session_id
 from adapters.ssh.enforcer import SshContext, SshEnforcer, text_of
 from adapters.ssh.pan_stream import PanStream
 from adapters.ssh.recording import ShellRecording
@@ -64,6 +65,8 @@ HOLD_RELEASE_S = 0.1
 """How long output that may be the start of a card number is held back when nothing follows
 it: protocols over exec wait for an answer after printing digits (git's pkt-line `0000`), and
 a prompt must echo `123` as typed. The recording's stream never releases early."""
+NO_RECORDINGS = ("interactive sessions (a shell, or a command with a pty) need a recordings "
+                 "directory (--recordings), and the gateway has none")
 UPSTREAM_CONNECT_TIMEOUT = 15.0
 MAX_AUTH_FAILURES = 6  # as sshd's MaxAuthTries: then the connection is closed
 PROXYJUMP_REFUSED = (
@@ -538,13 +541,17 @@ class _Channel(SSHServerStreamSession[bytes]):
             command: dict[str, Any] = {"request": "exec"}
             if self.pty is not None:
                 command["pty"] = dict(self.pty)
-            decided = await enforcer.decide(command_line, ctx, command)
+            if self.pty is not None and self.connection.config.recordings is None:
+                decided = await enforcer.refused(command_line, NO_RECORDINGS, ctx)
+            else:
+                decided = await enforcer.decide(command_line, ctx, command)
             verdict = await self._settle(decided, stderr)
             if verdict is None:
                 await _agent_done(agent, "the command was refused")
                 return
+            recording = self._recording(ctx, enforcer) if self.pty is not None else None
             await _Relay(self, upstream, verdict, stdin, stdout, stderr,
-                         command_line=command_line, agent=agent).run()
+                         command_line=command_line, recording=recording, agent=agent).run()
         except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
             log.info("channel of %s ended: %s", self.connection.peer, exc)
             with contextlib.suppress(Exception):
@@ -606,24 +613,25 @@ class _Channel(SSHServerStreamSession[bytes]):
             command["pty"] = dict(self.pty)
         text = text_of("shell", command)
         if recordings is None:
-            verdict = await enforcer.refused(text, "interactive sessions need a recordings "
-                                             "directory (--recordings), and the gateway has "
-                                             "none", ctx)
+            verdict = await enforcer.refused(text, NO_RECORDINGS, ctx)
         else:
             verdict = await enforcer.decide(text, ctx, command)
         settled = await self._settle(verdict, stderr)
         if settled is None:
             await _agent_done(agent, "the shell was refused")
             return
+        await _Relay(self, upstream, settled, stdin, stdout, stderr, command_line=None,
+                     recording=self._recording(ctx, enforcer), agent=agent).run()
+
+    def _recording(self, ctx: SshContext, enforcer: SshEnforcer) -> ShellRecording:
+        """The asciicast recording of a shell or of an exec with a pty."""
+        recordings = self.connection.config.recordings
         assert recordings is not None
         pty = self.pty or {}
-        recording = ShellRecording(recordings, ctx.session_id,
-                                   width=int(pty.get("width") or 80),
-                                   height=int(pty.get("height") or 24),
-                                   term=str(pty.get("term") or ""),
-                                   title=f"{ctx.user} on {enforcer.target.name}")
-        await _Relay(self, upstream, settled, stdin, stdout, stderr,
-                     command_line=None, recording=recording, agent=agent).run()
+        return ShellRecording(recordings, ctx.session_id, width=int(pty.get("width") or 80),
+                              height=int(pty.get("height") or 24),
+                              term=str(pty.get("term") or ""),
+                              title=f"{ctx.user} on {enforcer.target.name}")
 
 
 class _Relay:

@@ -21,7 +21,7 @@ from typing import Any
 from engine.facts.http import http_facts
 from engine.facts.shell import no_shell_facts, shell_facts
 from engine.facts.sql import dialect_for, parse_sql, unparseable
-from engine.facts.ssh import ssh_request_facts
+from engine.facts.ssh import ssh_request_facts, terminal_exec_facts
 
 SQL_PROTOCOLS = frozenset({"postgres", "postgresql", "mysql", "mariadb", "sql", "sqlite"})
 SHELL_PROTOCOLS = frozenset({"shell", "ssh"})
@@ -114,7 +114,10 @@ def enrich_command(command: dict[str, Any] | None, resource: dict[str, Any] | No
             command.setdefault("tables", [])
         return command
     if protocol in SHELL_PROTOCOLS:
-        command.update(shell_command_facts(raw, max_statement_bytes))
+        facts = shell_command_facts(raw, max_statement_bytes)
+        if protocol == "ssh" and command.get("pty") is not None and facts["parse_error"] is None:
+            facts = terminal_exec_facts(facts)
+        command.update(facts)
         return command
     dialect = dialect_for(str(resource.get("type") or protocol))
     command.update(sql_facts(raw, dialect, max_statement_bytes))

@@ -12,7 +12,8 @@ Facts:
 - `commands`: each command run: `argv`, `program`, `sudo`, `via` (its wrappers),
   `args_may_be_options` (an argument known only at run time could start with `-`), `redirects`
   (`{op, fd, target, target_known, path}`: `path` the target normalised when known),
-  `opaque` (and `opaque_reason`).
+  `opaque` (and `opaque_reason`), `reads_input` (opaque because it runs what it reads from
+  its standard input: a shell, `sudo -i`, an interpreter without a script).
 - `opaque` / `opaque_reasons`: something in the text runs what the facts cannot know: a
   program named by an expansion (`$X -rf /`, `${IFS}`), a glob as a program, code in another
   language (`python -c`, `perl -e`, awk `system`), a shell reading its input, `env -S`, an
@@ -32,15 +33,19 @@ from typing import Any
 
 from engine.facts.shell_syntax import Redirect, ShellSyntaxError, SimpleCommand, parse_script
 from engine.facts.shell_words import Word, normalise_path, path_candidates, quoted_for_message
-from engine.facts.shell_wrappers import ELEVATING, Opaque, opaque_code, unwrap
+from engine.facts.shell_wrappers import (
+    ELEVATING,
+    InputReader,
+    Opaque,
+    opaque_code,
+    risky_assignment,
+    unwrap,
+)
 
 MAX_DEPTH = 8
 """Nested shell texts (`bash -c "sh -c '...'"`) past this are a parse error."""
 MAX_COMMANDS = 1000
 MAX_PATHS = 2000
-RISKY_ASSIGNMENTS = frozenset({"BASH_ENV", "ENV", "LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH",
-                               "PROMPT_COMMAND", "SHELLOPTS", "BASHOPTS", "PS4", "IFS"})
-"""Variables that make a shell or the loader run code the text does not show."""
 
 
 class _Limit(ValueError):
@@ -119,8 +124,8 @@ def _script(raw: str, depth: int, facts: _Facts, sudo: bool, via: list[str]) -> 
     for word in script.words:
         facts.word(word)
     for name, value in script.assignments:
-        if name in RISKY_ASSIGNMENTS:
-            facts.opaque(f"assigning {name} makes the shell or loader run unseen code")
+        if risky_assignment(name):
+            facts.opaque(f"assigning {name} makes the shell or a program run unseen code")
         facts.word(value)
     facts.redirects += [_redirect_fact(r) for r in script.redirects]
     for command in script.commands:
@@ -142,7 +147,7 @@ def _command(command: SimpleCommand, words: list[Word], depth: int, facts: _Fact
             "argv": [w.text for w in words], "program": program, "sudo": sudo,
             "via": list(via), "redirects": [_redirect_fact(r) for r in command.redirects],
             "args_may_be_options": args_may_be_options(words),
-            "opaque": False, "opaque_reason": None}
+            "opaque": False, "opaque_reason": None, "reads_input": False}
         if program is None:
             name = quoted_for_message(words[0].source)
             _opaque(entry, facts, f"the program {name} is not known until run time")
@@ -151,7 +156,9 @@ def _command(command: SimpleCommand, words: list[Word], depth: int, facts: _Fact
             unwrapped = unwrap(program, words)
         except Opaque as err:
             facts.programs.append(program)
-            _opaque(entry, facts, str(err))
+            if program in ELEVATING:  # `sudo -i`, `su -`: the shell it opens is root's
+                entry["sudo"] = True
+            _opaque(entry, facts, err.args[0])
             return
         if unwrapped is None:
             facts.programs.append(program)
@@ -186,9 +193,10 @@ def _command(command: SimpleCommand, words: list[Word], depth: int, facts: _Fact
 
 def _opaque(entry: dict[str, Any], facts: _Facts, reason: str) -> None:
     entry["opaque"] = True
-    entry["opaque_reason"] = reason
+    entry["opaque_reason"] = str(reason)
+    entry["reads_input"] = isinstance(reason, InputReader)
     facts.commands.append(entry)
-    facts.opaque(reason)
+    facts.opaque(str(reason))
 
 
 def no_shell_facts(parse_error: str | None) -> dict[str, Any]:

@@ -47,7 +47,15 @@ class Parsed:
 
 
 class Opaque(ValueError):
-    """What the command runs cannot be known from the text; the message says why."""
+    """What the command runs cannot be known from the text; the message says why (its first
+    argument: an `InputReader` when the commands come from the standard input)."""
+
+
+class InputReader(str):
+    """An opaque reason saying the program reads the commands it runs from its standard
+    input (a shell, `sudo -i`, `su`, an interpreter without a script): what it runs is typed
+    or piped in. On a terminal with nothing else in the text that is an interactive session
+    (`engine.facts.ssh.terminal_exec_facts`)."""
 
 
 def parse_options(program: str, words: list[Word], spec: Options) -> Parsed:
@@ -195,10 +203,30 @@ class Unwrapped:
     """A name the wrapper runs as when it runs no other command (`sudo -e` -> `sudoedit`)."""
 
 
+RISKY_ASSIGNMENTS = frozenset({
+    "BASH_ENV", "ENV", "PROMPT_COMMAND", "SHELLOPTS", "BASHOPTS", "PS4", "IFS",
+    "GIT_SSH", "GIT_SSH_COMMAND", "GIT_PAGER", "GIT_EDITOR", "GIT_EXTERNAL_DIFF",
+    "GIT_PROXY_COMMAND", "GIT_ASKPASS", "GIT_EXEC_PATH", "GIT_DIR", "GIT_TEMPLATE_DIR",
+    "PAGER", "MANPAGER", "SYSTEMD_PAGER", "EDITOR", "VISUAL", "LESSOPEN", "LESSCLOSE",
+    "SSH_ASKPASS", "SUDO_ASKPASS", "RSYNC_RSH", "PERL5OPT", "PERL5LIB", "PYTHONSTARTUP",
+    "PYTHONPATH", "PYTHONHOME", "NODE_OPTIONS", "RUBYOPT", "RUBYLIB", "TAR_OPTIONS"})
+RISKY_PREFIXES = ("LD_", "GIT_CONFIG")
+"""Variables that make a shell, the loader or a common program run code the text does not
+show (`LD_PRELOAD`, `GIT_SSH_COMMAND`, `PAGER`, `GIT_CONFIG_KEY_0=core.pager`, ...)."""
+
+
+def risky_assignment(name: str) -> bool:
+    return name in RISKY_ASSIGNMENTS or name.startswith(RISKY_PREFIXES)
+
+
 def _strip_env(words: list[Word]) -> list[Word]:
-    """Leading NAME=value words (`sudo FOO=1 cmd`, `env A=b cmd`)."""
+    """Leading NAME=value words (`sudo FOO=1 cmd`, `env A=b cmd`); a risky one (`env
+    LD_PRELOAD=x cmd`) makes the command opaque, as the same assignment before it does."""
     i = 0
     while i < len(words) and words[i].value is not None and _ENV_NAME.match(words[i].value or ""):
+        name = (words[i].value or "").partition("=")[0]
+        if risky_assignment(name):
+            raise Opaque(f"assigning {name} makes the shell or a program run unseen code")
         i += 1
     return words[i:]
 
@@ -212,7 +240,7 @@ def _sudo(program: str, words: list[Word]) -> Unwrapped:
         return Unwrapped(elevates=True, program="sudoedit")
     if not inner:
         if letters & {"s", "i", "shell", "login"} or program == "pkexec":
-            raise Opaque(f"{program} opens a shell that reads commands from its input")
+            raise Opaque(InputReader(f"{program} opens a shell that reads commands from its input"))
         return Unwrapped(elevates=True)
     return Unwrapped(inner=inner, elevates=True)
 
@@ -225,7 +253,7 @@ def _su(program: str, words: list[Word]) -> Unwrapped:
         return Unwrapped(inner=parsed.operands, elevates=True)
     if command is not None:
         return Unwrapped(script=command, elevates=True)
-    raise Opaque(f"{program} opens a shell that reads commands from its input")
+    raise Opaque(InputReader(f"{program} opens a shell that reads commands from its input"))
 
 
 def _env(words: list[Word]) -> Unwrapped:
@@ -246,7 +274,7 @@ def _shell(program: str, words: list[Word]) -> Unwrapped:
             raise Opaque(f"{program} -c lacks its command")
         return Unwrapped(script=parsed.operands[0])
     if "s" in letters or "i" in letters or not parsed.operands:
-        raise Opaque(f"{program} reads commands from its input")
+        raise Opaque(InputReader(f"{program} reads commands from its input"))
     _script_file(program, parsed.operands[0])
     return Unwrapped()  # runs a script file: the program is the shell
 
@@ -260,7 +288,7 @@ def _script_file(program: str, word: Word) -> None:
     if not word.known:
         raise Opaque(f"the script {program} runs is not known until run time")
     if word.value in STDIN_FILES:
-        raise Opaque(f"{program} reads commands from its input")
+        raise Opaque(InputReader(f"{program} reads commands from its input"))
 
 
 def _ssh(words: list[Word]) -> Unwrapped:
@@ -376,12 +404,12 @@ def unwrap(program: str, words: list[Word]) -> Unwrapped | None:
         parsed = parse_options(program, words, SCRIPT)
         command = dict(parsed.options).get("c", dict(parsed.options).get("command"))
         if command is None:
-            raise Opaque("script opens a shell that reads commands from its input")
+            raise Opaque(InputReader("script opens a shell that reads commands from its input"))
         return Unwrapped(script=command)
     if program == "chroot":
         parsed = parse_options(program, words, CHROOT)
         if len(parsed.operands) == 1:
-            raise Opaque("chroot without a command opens a shell that reads its input")
+            raise Opaque(InputReader("chroot without a command opens a shell that reads its input"))
         return Unwrapped(inner=parsed.operands[1:] or None)
     simple = {"nice": NICE, "nohup": NOHUP, "time": TIME, "exec": EXEC, "command": COMMAND,
               "builtin": PLAIN, "stdbuf": STDBUF, "setsid": SETSID, "ionice": IONICE,
@@ -398,6 +426,10 @@ _INLINE_LONG = frozenset({"--eval", "--print", "--command"})
 _INTERPRETERS = frozenset({*_INLINE_CODE, "tclsh", "wish", "expect", "Rscript", "R", "irb",
                            "jshell", "osascript", "pwsh", "powershell", "groovy", "julia"})
 _AWK = frozenset({"awk", "gawk", "mawk", "nawk"})
+_AWK_FILES = frozenset({"-f", "-i", "-l", "-e", "-E", "-W", "--file", "--include", "--load",
+                        "--source", "--exec"})
+_AWK_FILES_ATTACHED = ("-f", "-i", "-l", "-e", "-E", "-W", "--file=", "--include=", "--load=",
+                       "--source=", "--exec=")
 _SED_EXEC = re.compile(r"(^|[;\n{}])\s*(\d+|\$|/[^/\n]*/)?(,(\d+|\$|/[^/\n]*/))?\s*!?\s*e(\s|;|$)")
 _SED_S_EXEC = re.compile(r"(^|[;\n{}])\s*s(.)(?:\\.|(?!\2).)*\2(?:\\.|(?!\2).)*\2[gpIiMm0-9w]*e")
 
@@ -413,6 +445,12 @@ RUNNERS = frozenset({"strace", "ltrace", "gdb", "valgrind", "chrt", "taskset", "
                      "daemonize", "start-stop-daemon", "xterm", "ssh-agent", "su-exec",
                      "gosu", "chpst", "setpriv", "capsh", "softlimit", "envdir", "setuidgid"})
 _EDITORS = frozenset({"vi", "vim", "nvim", "ex", "view", "rvim", "vimdiff", "gvim"})
+SHELL_ESCAPES = frozenset({*_EDITORS, "ed", "red", "emacs", "emacsclient", "nano", "pico", "joe",
+                           "mcedit", "less", "more", "most", "pg", "man", "info", "mc", "ftp",
+                           "lftp", "telnet", "mail", "mailx", "mutt"})
+"""Programs that run commands typed at them (vim `:!`, less `!`, man through its pager, nano
+^T, emacs `M-!`), with or without a terminal (vim reads its keys from a pipe too): what they
+run is never in the text."""
 _TAR_EXEC = ("--to-command", "--checkpoint-action", "--use-compress-program", "--info-script",
              "--new-volume-script", "--rsh-command", "-I", "-F")
 _RSYNC_EXEC = ("-e", "--rsh", "--rsync-path")
@@ -420,16 +458,6 @@ _RSYNC_EXEC = ("-e", "--rsh", "--rsync-path")
 
 def _escape_hatch(program: str, args: list[str]) -> str | None:
     """Options by which a common program runs a command given as text."""
-    if program in _EDITORS and any(a in ("-c", "-S", "--cmd") or a.startswith("+")
-                                   for a in args):
-        return f"{program} runs editor commands (-c, +, -S, --cmd), which may run programs"
-    if program in ("ed", "red"):
-        return f"{program} reads commands from its input (! runs programs)"
-    if program in ("emacs", "emacsclient") and any(a.startswith(("--eval", "-l", "--load",
-                                                                 "--batch", "-batch", "-x",
-                                                                 "--script"))
-                                                  for a in args):
-        return f"{program} runs Lisp the facts cannot read"
     if program in ("tar", "gtar", "bsdtar") and any(
             a == opt or a.startswith(opt + "=") for a in args for opt in _TAR_EXEC):
         return f"{program} option runs a command (--to-command, --checkpoint-action, -I, ...)"
@@ -455,7 +483,7 @@ def _stdin_script(program: str, words: list[Word], arg: str) -> str | None:
     if word is None or not word.known:
         return f"the script {program} runs is not known until run time"
     if arg in STDIN_FILES:
-        return f"{program} reads its program from its input"
+        return InputReader(f"{program} reads its program from its input")
     return None
 
 
@@ -481,6 +509,8 @@ def opaque_code(program: str, words: list[Word]) -> str | None:
         return "alias makes a later word run another program"
     if program in RUNNERS:
         return f"{program} runs a command the facts do not unwrap"
+    if program in SHELL_ESCAPES:
+        return f"{program} runs commands typed at it (a shell escape)"
     hatch = _escape_hatch(program, args)
     if hatch is not None:
         return hatch
@@ -491,7 +521,7 @@ def opaque_code(program: str, words: list[Word]) -> str | None:
                 skip = False
                 continue
             if arg in ("-", "--"):
-                return f"{program} reads its program from its input"
+                return InputReader(f"{program} reads its program from its input")
             if not arg.startswith("-"):
                 return _stdin_script(program, words, arg)
             if arg.startswith("--"):
@@ -506,7 +536,7 @@ def opaque_code(program: str, words: list[Word]) -> str | None:
                 if letter in "WXQ":
                     skip = not arg[j + 2:]
                     break
-        return f"{program} reads its program from its input"
+        return InputReader(f"{program} reads its program from its input")
     if program in _INTERPRETERS:
         letters = _INLINE_CODE.get(program, "")
         for arg in args:
@@ -517,29 +547,46 @@ def opaque_code(program: str, words: list[Word]) -> str | None:
                 return f"{program} {quoted_for_message(arg)} runs code the facts cannot read"
             if not arg.startswith("-"):
                 return _stdin_script(program, words, arg)
-        return f"{program} reads its program from its input"
+        return InputReader(f"{program} reads its program from its input")
     if program in _AWK:
-        script = _first_operand(words, with_arg="fvF")
-        if script is None:
+        if any(a in _AWK_FILES or a.startswith(_AWK_FILES_ATTACHED) for a in args):
+            return (f"{program} runs a program file or source the facts cannot read (-f, -i, "
+                    "-e, --source, -W, ...)")
+        operand = _first_operand(words, with_arg="vF")
+        if operand is None:
             return None
-        if "system" in script or "|" in script:
+        if not operand.known or operand.value is None:
+            return f"the program {program} runs is not known until run time"
+        if "system" in operand.value or "|" in operand.value:
             return f"{program} program runs commands (system or a pipe)"
         return None
     if program == "sed":
-        scripts = [nxt.value or "" for w, nxt in itertools.pairwise(words)
-                   if w.value in ("-e", "--expression")]
-        scripts += [(w.value or "")[len("--expression="):] for w in words
-                    if (w.value or "").startswith("--expression=")]
-        if not scripts:
-            first = _first_operand(words, with_arg="fl")
-            scripts = [first] if first is not None else []
-        if any(_SED_EXEC.search(s) or _SED_S_EXEC.search(s) for s in scripts):
-            return "sed script runs commands (its e command or s///e)"
+        return _sed(words)
     return None
 
 
-def _first_operand(words: list[Word], with_arg: str) -> str | None:
-    """The first operand of an awk/sed command line; None when -f names a file instead."""
+def _sed(words: list[Word]) -> str | None:
+    """Why a sed command line runs commands (its `e` command, `s///e`), or None."""
+    options = [w.value for w in words[1:] if w.value and w.value.startswith("-")]
+    if any(o.startswith("--file") or (not o.startswith("--") and "f" in o) for o in options):
+        return "sed runs a script file or option the facts cannot read (-f, e, s///e)"
+    given = [nxt for w, nxt in itertools.pairwise(words) if w.value in ("-e", "--expression")]
+    given += [literal((w.value or "")[len("--expression="):]) for w in words
+              if (w.value or "").startswith("--expression=")]
+    if not given:
+        first = _first_operand(words, with_arg="l")
+        given = [first] if first is not None else []
+    if any(not w.known or w.value is None for w in given):
+        return "the script sed runs is not known until run time"
+    if any(_SED_EXEC.search(w.value or "") or _SED_S_EXEC.search(w.value or "")
+           for w in given):
+        return "sed script runs commands (its e command or s///e)"
+    return None
+
+
+def _first_operand(words: list[Word], with_arg: str) -> Word | None:
+    """The first operand of an awk/sed command line (its program), skipping options
+    (`with_arg`: those that take the next word as their value)."""
     i = 1
     while i < len(words):
         value = words[i].value or ""
@@ -548,9 +595,7 @@ def _first_operand(words: list[Word], with_arg: str) -> str | None:
             break
         if not value.startswith("-") or value == "-":
             break
-        if value[1:2] == "f" or value.startswith("--file"):
-            return None
         if value[1:2] in with_arg and len(value) == 2:
             i += 1
         i += 1
-    return words[i].value if i < len(words) else None
+    return words[i] if i < len(words) else None

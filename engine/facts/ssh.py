@@ -10,6 +10,12 @@ The input document's `command` for protocol `ssh` (the gateway builds it; docs/s
   `realpath`; `mode` `read`, `write` or `readwrite` for `open`; `target` for `rename`/`symlink`;
 - `{request: "forward", forward: {kind, host, port}}`: `kind` `local`, `remote`, `agent`, `x11`.
 
+An exec with a pty (`ssh -t host CMD`) is a command: the shell facts of its text, plus
+`interactive: true` (`terminal_exec_facts`): what the user types reaches the program (a
+pager's `!cmd`, an editor, a prompt), so it is recorded whole as a shell is. A text that is
+nothing but a shell or interpreter reading its input (`bash`, `sudo -i`, `python3`) is then
+that interactive session itself, not opaque: its input is the terminal, recorded.
+
 `paths` holds the SFTP paths normalised (`/etc/../etc/shadow` -> `/etc/shadow`), so one policy
 reads `paths` for an exec's words and an SFTP operation alike. A malformed request is a
 `parse_error`.
@@ -32,6 +38,22 @@ FORWARD_KINDS = frozenset({"local", "remote", "agent", "x11"})
 
 def _base(parse_error: str | None) -> dict[str, Any]:
     return no_shell_facts(parse_error)
+
+
+def terminal_exec_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts of an exec with a pty, from its shell facts (shared with the cache: copied,
+    never changed). Only a text of one command, without redirections, that reads its
+    commands from its input is waived from `opaque`: `cd /srv && bash` and `bash < f` stay
+    opaque (the facts do not show what the input is), as does anything else opaque."""
+    out = dict(facts)
+    out["interactive"] = True
+    commands = facts["commands"]
+    if len(commands) == 1 and commands[0]["reads_input"] and not facts["redirects"]:
+        reason = commands[0]["opaque_reason"]
+        out["commands"] = [{**commands[0], "opaque": False, "opaque_reason": None}]
+        out["opaque_reasons"] = [r for r in facts["opaque_reasons"] if r != reason]
+        out["opaque"] = bool(out["opaque_reasons"])
+    return out
 
 
 def ssh_request_facts(command: dict[str, Any]) -> dict[str, Any]:

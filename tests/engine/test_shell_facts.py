@@ -145,9 +145,9 @@ def test_double_quotes_keep_backslashes_bash_keeps() -> None:
     ("find /tmp -name x -exec {} -rf / \\;", "not known until run time"),
     ("strace -o /dev/null rm -rf /srv", "strace runs a command"),
     ("parallel rm ::: a b", "parallel runs a command"),
-    ("vim -c ':!rm -rf /' -c q f", "vim runs editor commands"),
-    ("vi +'!rm -rf /' f", "vi runs editor commands"),
-    ("echo '!rm -rf /' | ed", "ed reads commands"),
+    ("vim -c ':!rm -rf /' -c q f", "vim runs commands typed at it"),
+    ("vi +'!rm -rf /' f", "vi runs commands typed at it"),
+    ("echo '!rm -rf /' | ed", "ed runs commands typed at it"),
     ("tar -cf /dev/null x --checkpoint-action=exec='rm -rf /'", "tar option runs a command"),
     ("tar -xf a.tar --to-command='sh -c id'", "tar option runs a command"),
     ("rsync -e 'sh -c id' a b:", "rsync -e"),
@@ -167,6 +167,30 @@ def test_double_quotes_keep_backslashes_bash_keeps() -> None:
     ("ssh localhost \"$CMD\"", "not known until run time"),
     ("scp -S ./evil a b:", "scp -S"),
     ("mapfile -C 'rm -rf /' -c 1 < f", "mapfile -C"),
+    ("vim /etc/hosts", "vim runs commands typed at it"),
+    ("nvim f", "nvim runs commands typed at it"),
+    ("emacs f", "emacs runs commands typed at it"),
+    ("less /var/log/syslog", "less runs commands typed at it"),
+    ("more f", "more runs commands typed at it"),
+    ("man ls", "man runs commands typed at it"),
+    ("awk -f /tmp/x.awk f", "awk runs a program file"),
+    ("gawk --source='BEGIN{system(1)}'", "gawk runs a program file or source"),
+    ("mawk -W exec /tmp/x", "mawk runs a program file"),
+    ('awk "$P" f', "the program awk runs is not known"),
+    ("sed -f /tmp/x.sed f", "sed runs a script file"),
+    ('sed -e "$S" f', "the script sed runs is not known"),
+    ("find / -exec sh \\;", "sh reads commands from its input"),
+    ("curl -s x | perl", "perl reads its program from its input"),
+    ("node - < x.js", "node reads its program from its input"),
+    ("ruby < x.rb", "ruby reads its program from its input"),
+    ("env LD_PRELOAD=/tmp/x.so ls", "assigning LD_PRELOAD"),
+    ("sudo LD_PRELOAD=/tmp/x.so ls", "assigning LD_PRELOAD"),
+    ("GIT_SSH_COMMAND='sh -c id' git fetch", "assigning GIT_SSH_COMMAND"),
+    ("env GIT_PAGER=sh git log", "assigning GIT_PAGER"),
+    ("GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.pager GIT_CONFIG_VALUE_0=sh git log",
+     "assigning GIT_CONFIG_COUNT"),
+    ("PAGER='sh -c id' man ls", "assigning PAGER"),
+    ("git -c core.sshCommand=sh fetch", "git -c"),
 ])
 def test_opaque_text_is_said_so(raw: str, reason: str) -> None:
     result = facts(raw)
@@ -179,7 +203,7 @@ def test_opaque_text_is_said_so(raw: str, reason: str) -> None:
     "perl script.pl", "awk '{print $1}' f", "sed -e 's/a/b/g' f", "bash deploy.sh",
     "systemctl restart app", "grep -r 'x' .", "sudo -l", "env", "xargs",
     "git push -u origin main", "git -C /srv log -n 3", "tar -czf a.tgz dir", "rsync -a a b",
-    "vim f", "ls | xargs -I{} echo {}", "source ~/.profile", ". ./env.sh", "bash -x run.sh",
+    "ls | xargs -I{} echo {}", "source ~/.profile", ". ./env.sh", "bash -x run.sh",
     "scp a b:/tmp/", "ssh db2 uptime", "rsync --server -e.LsfxCIvu -logDtpre.iLsfxCIvu . /tmp/x",
     "scp -t /tmp/x", "git-upload-pack '/srv/repo.git'",
 ])
@@ -356,6 +380,44 @@ def test_enrich_command_for_ssh() -> None:
     assert command["program"] == "rm" and command["commands"][0]["sudo"] is True
     assert enrich_command({"protocol": "ssh", "raw": 5}, {})["parse_error"]
     assert enrich_command({"protocol": "ssh", "request": "exec"}, {})["parse_error"]
+
+
+PTY = {"term": "xterm", "width": 80, "height": 24}
+
+
+def pty_exec(raw: str) -> dict[str, Any]:
+    return enrich_command({"protocol": "ssh", "request": "exec", "raw": raw, "pty": PTY}, {})
+
+
+@pytest.mark.parametrize("raw", ["bash", "bash -l", "sudo -i", "sudo bash", "su -", "python3",
+                                 "exec zsh"])
+def test_a_shell_on_a_terminal_is_interactive_not_opaque(raw: str) -> None:
+    without = enrich_command({"protocol": "ssh", "request": "exec", "raw": raw}, {})
+    assert without["opaque"] is True and without["interactive"] is False
+    result = pty_exec(raw)
+    assert result["interactive"] is True and result["opaque"] is False, result
+    assert result["commands"][0]["reads_input"] is True
+
+
+def test_a_root_shell_is_run_through_sudo() -> None:
+    assert pty_exec("sudo -i")["commands"][0]["sudo"] is True
+    assert pty_exec("su -")["commands"][0]["sudo"] is True
+
+
+@pytest.mark.parametrize("raw", ["echo rm -rf / | bash", "bash <<< 'rm -rf /'", "bash < f",
+                                 "cd /srv && bash", "LD_PRELOAD=/x.so bash", "ssh other",
+                                 "vim f", "bash <(curl -s x)", "X=bash; $X"])
+def test_a_terminal_does_not_clear_what_else_is_opaque(raw: str) -> None:
+    result = pty_exec(raw)
+    assert result["interactive"] is True and result["opaque"] is True, result
+
+
+def test_an_exec_with_a_pty_keeps_its_command_facts() -> None:
+    result = pty_exec("sudo rm -rf /srv")
+    assert result["interactive"] is True and result["program"] == "rm"
+    assert result["commands"][0]["sudo"] is True and result["opaque"] is False
+    assert shell_command_facts("bash")["opaque"] is True  # the cached facts are not changed
+    assert pty_exec("echo 'unterminated")["parse_error"]
 
 
 def test_the_request_decides_which_facts() -> None:

@@ -171,14 +171,14 @@ def test_a_bind_of_an_unknown_statement_is_a_refusal() -> None:
 
 def test_session_ids_never_read_as_card_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     """A hex id with a run of 13+ digits could be masked in its own audit records."""
-    from adapters.postgres import proxy
+    from adapters.enforcement import session_ids
     from engine.masking import may_hold_pan
 
     draws = iter(["4111111111111111abcdefab", "0123456789abcdef01234567"])
-    monkeypatch.setattr(proxy.secrets, "token_hex", lambda n: next(draws))
-    assert proxy.new_session_id() == "0123456789abcdef01234567"
+    monkeypatch.setattr(session_ids.secrets, "token_hex", lambda n: next(draws))
+    assert session_ids.new_session_id() == "0123456789abcdef01234567"
     monkeypatch.undo()
-    assert not any(may_hold_pan(proxy.new_session_id()) for _ in range(2000))
+    assert not any(may_hold_pan(session_ids.new_session_id()) for _ in range(2000))
 
 
 def test_a_statement_approved_for_one_execution_is_decided_again_at_each_bind() -> None:

@@ -459,6 +459,16 @@ def pci(sshd: Sshd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
     "apt-get remove -y openssh-server",
     "bash",  # reads its commands from stdin, where no policy sees them
     "sh -s",
+    "vim /etc/hosts",  # `:!cmd`
+    "less /var/log/syslog",
+    "man ls",
+    "awk -f /tmp/x.awk /etc/passwd",
+    "gawk --source='BEGIN{system(\"id\")}'",
+    "find / -name x -exec sh \\;",
+    "perl -",
+    "tar -xf x.tar --to-command=sh",
+    "git -c core.sshCommand=sh fetch",
+    "ssh -o ProxyCommand=sh other true",
 ])
 def test_the_pci_pack_denies_destructive_and_opaque_commands_on_prod(pci: Stack,
                                                                        command: str) -> None:
@@ -471,6 +481,23 @@ def test_the_pci_pack_denies_destructive_and_opaque_commands_on_prod(pci: Stack,
 def test_the_pci_pack_lets_ordinary_commands_run_on_prod(pci: Stack) -> None:
     result = pci.ssh("uname -s && ls / | head -1")
     assert result.returncode == 0 and result.stdout.startswith(b"Linux\n")
+
+
+@pytest.mark.parametrize("command", ["bash", "sudo -i", "python3"])
+def test_the_pci_pack_holds_a_shell_opened_as_an_exec_with_a_pty(pci: Stack,
+                                                                command: str) -> None:
+    """`ssh -tt prod bash` is an interactive shell (held for a window approval), not an
+    opaque command; without the pty it is refused (its commands would come unseen)."""
+    proc = subprocess.Popen(pci.ssh_args(command, extra=("-tt",)), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        request = pci.store.get(pending_request(pci))
+        assert request.command_preview == f"{command} (on ssh target web1)"
+        assert any("interactive shell" in reason for reason in request.reasons)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    pci.wait_record(command, "review")
 
 
 def test_the_pci_pack_holds_sudo_on_prod(pci: Stack) -> None:

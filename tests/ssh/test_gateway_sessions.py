@@ -115,6 +115,52 @@ def test_a_shell_is_refused_without_a_recordings_directory(sshd: Sshd, tmp_path:
         assert "need a recordings directory" in output
 
 
+def test_an_exec_with_a_pty_is_its_command_and_is_recorded(stack: Stack) -> None:
+    """`ssh -tt host CMD`: decided on its text (rm is refused as without a pty), and what
+    ran recorded as a shell is, with card numbers masked."""
+    result = stack.ssh(f"echo pty-exec {PAN}; tty", login="dana+web1", key=stack.dana_key,
+                       extra=("-tt",))
+    assert result.returncode == 0, result.stderr
+    assert MASKED.encode() in result.stdout and b"/dev/pts/" in result.stdout
+    record = [r for r in stack.records("statement")
+              if str(r["text"]).startswith("echo pty-exec")][-1]
+    assert record["effect"] == "allow" and record["command"]["pty"]["term"]
+    header, events = read_cast(record["recording"]["path"])
+    assert header["width"] > 0
+    shown = "".join(e[2] for e in events if e[1] == "o")
+    assert "pty-exec " + MASKED in shown and PAN not in shown
+    assert hashlib.sha256(Path(record["recording"]["path"]).read_bytes()).hexdigest() == \
+        record["recording"]["sha256"]
+    refused = stack.ssh("rm -rf /nothing", extra=("-tt",))
+    assert refused.returncode == 126 and b"rm is not allowed" in refused.stderr
+
+
+def test_a_number_printed_with_a_pause_is_masked_whole_in_the_recording(stack: Stack) -> None:
+    """The view releases held digits after 0.1 s of quiet (a prompt must echo), so a number
+    printed with a pause inside it reaches the screen in pieces; the recording's stream
+    never releases early and masks it whole (docs/ssh-gateway.md)."""
+    first, rest = PAN[:4], PAN[4:]
+    result = stack.ssh(f"printf {first}; sleep 0.5; printf '{rest} paused'", login="dana+web1",
+                       key=stack.dana_key, extra=("-tt",))
+    assert result.returncode == 0, result.stderr
+    record = [r for r in stack.records("statement")
+              if str(r["text"]).startswith(f"printf {first}")][-1]
+    _, events = read_cast(record["recording"]["path"])
+    shown = "".join(e[2] for e in events if e[1] == "o")
+    assert MASKED + " paused" in shown and PAN not in shown
+
+
+def test_an_exec_with_a_pty_is_refused_without_a_recordings_directory(
+        sshd: Sshd, tmp_path: Path) -> None:
+    with open_gateway(sshd, tmp_path, recordings=False) as bare:
+        result = bare.ssh("echo never", login="dana+web1", key=bare.dana_key,
+                          extra=("-tt",))
+        assert result.returncode == 126 and b"never" not in result.stdout
+        assert b"need a recordings directory" in result.stderr + result.stdout
+        assert bare.ssh("echo plain", login="dana+web1", key=bare.dana_key).stdout == \
+            b"plain\n"
+
+
 def test_a_shell_without_a_pty_is_a_shell_too(stack: Stack) -> None:
     result = stack.ssh(login="dana+web1", key=stack.dana_key, extra=("-T",),
                        input=b"echo piped-shell\nexit\n")
