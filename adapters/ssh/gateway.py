@@ -43,13 +43,14 @@ from adapters.enforcement.hooks import (
 )
 from adapters.enforcement.session_ids import new_session_id
 from adapters.ssh.enforcer import SshContext, SshEnforcer, text_of
-from adapters.ssh.pan_stream import PanStream
+from adapters.ssh.pan_stream import PanStream, mask_pans
 from adapters.ssh.recording import ShellRecording
 from adapters.ssh.sftp_ops import (
     FX_OP_UNSUPPORTED,
     FX_PERMISSION_DENIED,
     SftpFramer,
     SftpProtocolError,
+    masked_data_reply,
     operation,
     status,
 )
@@ -805,22 +806,33 @@ class _Sftp:
         self.enforcer = enforcer
         self.upstream = upstream
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.masked_pans = 0
 
     async def run(self) -> None:
         chan = self.channel.chan
         process = await self.upstream.create_process(subsystem="sftp", encoding=None)
         framer = SftpFramer()
 
+        def mask(data: bytes) -> bytes:
+            masked, found = mask_pans(data)
+            self.masked_pans += found
+            return masked
+
         async def replies() -> None:
-            # whole packets only: a refusal the gateway answers goes in between two of them
+            # whole packets only: a refusal the gateway answers goes in between two of them;
+            # the file data of READ replies passes the card-number detector
             replies = SftpFramer()
-            while True:
-                data = await process.stdout.read(READ_SIZE)
-                if not data:
-                    break
-                for reply in replies.feed(data):
-                    self.stdout.write(reply)
-                await self.stdout.drain()
+            try:
+                while True:
+                    data = await process.stdout.read(READ_SIZE)
+                    if not data:
+                        break
+                    for reply in replies.feed(data):
+                        self.stdout.write(masked_data_reply(reply, mask))
+                    await self.stdout.drain()
+            except SftpProtocolError as exc:  # from the target: nothing more is passed on
+                await self._ended(exc)
+                chan.close()
 
         relay = asyncio.ensure_future(replies())
         try:
@@ -833,13 +845,19 @@ class _Sftp:
             process.stdin.write_eof()
             await relay
         except SftpProtocolError as exc:
-            log.info("session %s: sftp closed: %s", self.ctx.session_id, exc)
-            await self.enforcer.refused("sftp", str(exc), self.ctx)
-            self.stderr.write(f"ordinance: {exc}\r\n".encode())
+            await self._ended(exc)
         finally:
             relay.cancel()
             process.close()
+        if self.masked_pans:
+            log.info("session %s: sftp: %d card numbers masked in file data",
+                     self.ctx.session_id, self.masked_pans)
         chan.exit(0)
+
+    async def _ended(self, exc: SftpProtocolError) -> None:
+        log.info("session %s: sftp closed: %s", self.ctx.session_id, exc)
+        await self.enforcer.refused("sftp", str(exc), self.ctx)
+        self.stderr.write(f"ordinance: {exc}\r\n".encode())
 
     async def _request(self, packet: bytes, process: Any) -> None:
         op = operation(packet)

@@ -55,14 +55,21 @@ class PanStream:
         return self._mask(data)
 
     def _mask(self, data: bytes) -> bytes:
-        if not data or not may_hold_pan_bytes(data):  # C-level string ops, no decoding
-            return data
-        text = data.decode("utf-8", "surrogateescape")
-        found = len(find_pans(text))
-        if not found:
-            return data
+        masked, found = mask_pans(data)
         self.masked += found
-        return scrub_pans(text).encode("utf-8", "surrogateescape")
+        return masked
+
+
+def mask_pans(data: bytes) -> tuple[bytes, int]:
+    """`data` with every card number in it masked (a whole piece: nothing held back), and
+    how many there were."""
+    if not data or not may_hold_pan_bytes(data):  # C-level string ops, no decoding
+        return data, 0
+    text = data.decode("utf-8", "surrogateescape")
+    found = len(find_pans(text))
+    if not found:
+        return data, 0
+    return scrub_pans(text).encode("utf-8", "surrogateescape"), found
 
 
 def _safe_cut(data: bytes) -> int:

@@ -13,6 +13,7 @@ message)` is the reply to a refused request. Field coding is asyncssh's (`asyncs
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ MAX_PACKET = 1024 * 1024  # OpenSSH sends at most 256 KiB; a longer length is an
 FXP_INIT, FXP_OPEN, FXP_CLOSE, FXP_READ, FXP_WRITE, FXP_LSTAT, FXP_FSTAT = 1, 3, 4, 5, 6, 7, 8
 FXP_SETSTAT, FXP_FSETSTAT, FXP_OPENDIR, FXP_READDIR, FXP_REMOVE, FXP_MKDIR = 9, 10, 11, 12, 13, 14
 FXP_RMDIR, FXP_REALPATH, FXP_STAT, FXP_RENAME, FXP_READLINK, FXP_SYMLINK = 15, 16, 17, 18, 19, 20
-FXP_STATUS, FXP_EXTENDED = 101, 200
+FXP_STATUS, FXP_DATA, FXP_EXTENDED = 101, 103, 200
 FX_PERMISSION_DENIED, FX_OP_UNSUPPORTED = 3, 8
 
 FXF_READ, FXF_WRITE, FXF_APPEND, FXF_CREAT, FXF_TRUNC, FXF_EXCL = 1, 2, 4, 8, 0x10, 0x20
@@ -135,6 +136,26 @@ def operation(packet: bytes) -> Operation:
                                                  "by the gateway")
     except PacketDecodeError as exc:
         raise SftpProtocolError(f"malformed SFTP request: {exc}") from None
+
+
+def masked_data_reply(packet: bytes, mask: Callable[[bytes], bytes]) -> bytes:
+    """`packet` (one whole reply from the target) with the file data of an SSH_FXP_DATA (a
+    READ's answer) passed through `mask`; any other reply as it is. `SftpProtocolError` when
+    a DATA reply cannot be read (it is not passed on unread)."""
+    if len(packet) < 5 or packet[4] != FXP_DATA:
+        return packet
+    try:
+        reader = SSHPacket(packet[5:])
+        request_id = reader.get_uint32()
+        data = reader.get_string()
+        rest = reader.get_remaining_payload()
+    except PacketDecodeError as exc:
+        raise SftpProtocolError(f"malformed SFTP data reply: {exc}") from None
+    masked = mask(data)
+    if masked == data:
+        return packet
+    body = Byte(FXP_DATA) + UInt32(request_id) + String(masked) + rest
+    return UInt32(len(body)) + body
 
 
 def status(request_id: int, code: int, message: str) -> bytes:

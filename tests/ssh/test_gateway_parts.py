@@ -12,11 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.ssh.gateway import split_login
-from adapters.ssh.pan_stream import PanStream
+from adapters.ssh.pan_stream import PanStream, mask_pans
 from adapters.ssh.sftp_ops import (
     FX_PERMISSION_DENIED,
+    FXP_DATA,
     SftpFramer,
     SftpProtocolError,
+    masked_data_reply,
     operation,
     status,
 )
@@ -216,3 +218,23 @@ def test_login_names_pick_the_target() -> None:
     assert split_login("alice+payments-db1") == ("alice", "payments-db1")
     assert split_login("alice") == ("alice", None)
     assert split_login("alice+a+b") == ("alice", "a+b")  # no such target: refused
+
+
+def _data_reply(request_id: int, data: bytes) -> bytes:
+    body = bytes([FXP_DATA]) + request_id.to_bytes(4, "big") + len(data).to_bytes(4, "big") + data
+    return len(body).to_bytes(4, "big") + body
+
+
+def test_sftp_data_replies_pass_the_card_number_detector() -> None:
+    def mask(data: bytes) -> bytes:
+        return mask_pans(data)[0]
+
+    reply = masked_data_reply(_data_reply(7, b"card 4111 1111 1111 1111."), mask)
+    assert reply == _data_reply(7, b"card **** **** **** 1111.")
+    plain = _data_reply(8, b"nothing here")
+    assert masked_data_reply(plain, mask) is plain
+    other = status(9, 0, "4111 1111 1111 1111")  # not file data: the trail scrubs messages
+    assert masked_data_reply(other, mask) is other
+    with pytest.raises(SftpProtocolError):
+        masked_data_reply(_data_reply(7, b"x")[:-3], mask)
+

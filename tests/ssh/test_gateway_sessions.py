@@ -210,6 +210,28 @@ def test_sftp_requests_are_decided_one_by_one(stack: Stack, tmp_path: Path) -> N
     assert records[f"sftp opendir {shared}"]["effect"] == "allow"
 
 
+def test_card_numbers_in_files_read_over_sftp_are_masked(stack: Stack, tmp_path: Path) -> None:
+    """File data of READ replies passes the detector (length kept); uploads are untouched."""
+    source = stack.shared / "cards.txt"
+    source.write_text(f"one {PAN} end\n" + "x" * 100_000 + f"\ntwo {PAN}\n")
+    source.chmod(0o644)
+    batch = tmp_path / "batch"
+    batch.write_text(f"get {source} {tmp_path}/got.txt\n")
+    args = stack.ssh_args(program="sftp", extra=("-b", str(batch)))
+    result = subprocess.run([*args, "alice+web1@127.0.0.1"], capture_output=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    got = (tmp_path / "got.txt").read_text()
+    assert PAN not in got and got.count(MASKED) == 2
+    assert len(got) == len(source.read_text())
+    client = stack.paramiko()
+    try:
+        with client.open_sftp().open(str(source)) as remote:
+            assert remote.read(40) == f"one {MASKED} end\n".encode() + b"x" * 12
+    finally:
+        client.close()
+
+
 def test_paramiko_sftp_gets_the_reason_of_a_refusal(stack: Stack) -> None:
     client = stack.paramiko()
     try:
