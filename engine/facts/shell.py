@@ -168,9 +168,14 @@ def _command(command: SimpleCommand, words: list[Word], depth: int, facts: _Fact
             else:
                 facts.commands.append(entry)
             return
-        if unwrapped.program is not None:
+        if unwrapped.program is not None:  # `sudo -e`: sudoedit, an editor
             entry["program"] = unwrapped.program
             entry["sudo"] = True
+            reason = opaque_code(unwrapped.program, words)
+            if reason is not None:
+                facts.programs.append(unwrapped.program)
+                _opaque(entry, facts, reason)
+                return
         facts.programs.append(entry["program"])
         elevates = sudo or unwrapped.elevates or program in ELEVATING
         inner_via = [*via, program]

@@ -447,10 +447,11 @@ RUNNERS = frozenset({"strace", "ltrace", "gdb", "valgrind", "chrt", "taskset", "
 _EDITORS = frozenset({"vi", "vim", "nvim", "ex", "view", "rvim", "vimdiff", "gvim"})
 SHELL_ESCAPES = frozenset({*_EDITORS, "ed", "red", "emacs", "emacsclient", "nano", "pico", "joe",
                            "mcedit", "less", "more", "most", "pg", "man", "info", "mc", "ftp",
-                           "lftp", "telnet", "mail", "mailx", "mutt"})
+                           "lftp", "telnet", "mail", "mailx", "mutt", "psql", "mysql",
+                           "mariadb", "sqlite3", "visudo", "vipw", "vigr", "sudoedit"})
 """Programs that run commands typed at them (vim `:!`, less `!`, man through its pager, nano
-^T, emacs `M-!`), with or without a terminal (vim reads its keys from a pipe too): what they
-run is never in the text."""
+^T, emacs `M-!`, psql and mysql `\\!`, sqlite3 `.shell`), with or without a terminal (vim and
+psql read them from a pipe too, psql from `-c` as well): what they run is never in the text."""
 _TAR_EXEC = ("--to-command", "--checkpoint-action", "--use-compress-program", "--info-script",
              "--new-volume-script", "--rsh-command", "-I", "-F")
 _RSYNC_EXEC = ("-e", "--rsh", "--rsync-path")

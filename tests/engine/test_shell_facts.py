@@ -191,6 +191,9 @@ def test_double_quotes_keep_backslashes_bash_keeps() -> None:
      "assigning GIT_CONFIG_COUNT"),
     ("PAGER='sh -c id' man ls", "assigning PAGER"),
     ("git -c core.sshCommand=sh fetch", "git -c"),
+    ("psql -c 'select 1'", "psql runs commands typed at it"),
+    ("echo '.shell id' | sqlite3 x.db", "sqlite3 runs commands typed at it"),
+    ("sudo -e /etc/hosts", "sudoedit runs commands typed at it"),
 ])
 def test_opaque_text_is_said_so(raw: str, reason: str) -> None:
     result = facts(raw)

@@ -190,7 +190,8 @@ def test_review_holds_then_runs_exactly_as_sent_after_approval(stack: Stack) -> 
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out == b"restarted\n"
-    assert request_id.encode() in err and b"held for approval" in err
+    assert request_id.encode() in err
+    assert b"ordinance: command held for approval: restarting services" in err
     record = last_command(stack, command)
     assert record["approval"]["status"] == "approved"  # type: ignore[index]
     assert record["approval"]["approver"] == "dana"  # type: ignore[index]
