@@ -379,13 +379,8 @@ class _Connection(asyncssh.SSHServer):
             ctx, enforcer, upstream = await self.ready()
         except _Refused:
             return False
-        command = {"request": "forward",
-                   "forward": {"kind": "remote", "host": listen_host, "port": listen_port}}
-        text = text_of("forward", command)
-        verdict = await enforcer.decide(text, ctx, command)
-        if verdict.effect == "review":
-            verdict = await enforcer.refused(text, "a remote forward cannot wait for an "
-                                             "approval", ctx)
+        verdict = await _forward_verdict(enforcer, ctx, {
+            "kind": "remote", "host": listen_host, "port": listen_port})
         if verdict.effect != "allow":
             return False
         started = time.monotonic()
@@ -435,6 +430,19 @@ class _Connection(asyncssh.SSHServer):
         """Port 22, or a target's SSH address: what `-J`/ProxyJump would tunnel to."""
         return port == 22 or any((t.host, t.port) == (host, port)
                                  for t in self.config.targets)
+
+
+async def _forward_verdict(enforcer: SshEnforcer, ctx: SshContext,
+                           forward: dict[str, Any]) -> StatementVerdict:
+    """The verdict of a forwarding that cannot wait for an approval (`-R`, `-A`: a review is
+    a recorded refusal)."""
+    command = {"request": "forward", "forward": forward}
+    text = text_of("forward", command)
+    verdict = await enforcer.decide(text, ctx, command)
+    if verdict.effect == "review":
+        verdict = await enforcer.refused(text, f"{forward['kind']} forwarding cannot wait for "
+                                         "an approval", ctx)
+    return verdict
 
 
 async def _completed(verdict: StatementVerdict, started: float, tag: str, *,
@@ -572,12 +580,7 @@ class _Channel(SSHServerStreamSession[bytes]):
         path = self.chan.get_agent_path()
         if path is None:
             return None
-        command = {"request": "forward", "forward": {"kind": "agent"}}
-        text = text_of("forward", command)
-        verdict = await enforcer.decide(text, ctx, command)
-        if verdict.effect == "review":
-            verdict = await enforcer.refused(text, "agent forwarding cannot wait for an "
-                                             "approval", ctx)
+        verdict = await _forward_verdict(enforcer, ctx, {"kind": "agent"})
         if verdict.effect != "allow":
             stderr.write(f"ordinance: agent forwarding denied by policy: {verdict.message}"
                          f"{_decision_ref(verdict)}\r\n".encode("utf-8", "replace"))
