@@ -1,0 +1,1 @@
+"""The MySQL/MariaDB enforcement proxy (`ordinance proxy mysql`): docs/mysql-proxy.md."""
