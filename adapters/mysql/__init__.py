@@ -1,0 +1,2 @@
+"""The MySQL / MariaDB enforcement proxy (`ordinance proxy mysql`): codec, auth, session
+state machine, result masking, policy bridge and the asyncio loop."""
