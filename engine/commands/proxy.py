@@ -39,7 +39,7 @@ log = logging.getLogger("ordinance.proxy")
 
 
 def _duration(text: str) -> float:
-    from adapters.postgres.review import parse_duration
+    from adapters.enforcement.review import parse_duration
 
     try:
         seconds = parse_duration(text).total_seconds()
@@ -189,7 +189,8 @@ def _close_all(resources: list[Any]) -> None:
 def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...]:
     from psycopg.conninfo import make_conninfo
 
-    from adapters.postgres.bridge import PolicyBridge, Resource
+    from adapters.enforcement.records import Resource
+    from adapters.postgres.bridge import PolicyBridge
     from adapters.postgres.catalog import Catalog
     from adapters.postgres.proxy import ProxyConfig, UpstreamTarget
     from engine.audit.stores import parse_store_url
@@ -208,7 +209,8 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
     directory, verify, audit, recorder, gate = _logins_and_trail(args, resources)
 
     client, decisions = _decision_client(args, audit, resources)
-    resource = Resource(args.resource_name or target.database, dict(args.resource_label))
+    resource = Resource(args.resource_name or target.database, dict(args.resource_label),
+                        type="postgres")
     # libpq would take a missing sslmode from $PGSSLMODE; the proxy's sessions do not.
     catalog = Catalog(make_conninfo(args.upstream, sslmode=target.tls.mode))
     bridge = PolicyBridge(client, resource=resource, catalog=catalog, recorder=recorder,
@@ -233,7 +235,7 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
 def _logins_and_trail(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...]:
     """What both proxies set up alike: (users directory, token verifier, audit trail, its
     recorder, the approval gate); each opened resource is appended to `resources`."""
-    from adapters.postgres.review import ApprovalGate
+    from adapters.enforcement.review import ApprovalGate
     from engine.approvals import ApprovalStoreError, open_approval_store
     from engine.audit import AuditError, open_audit_log
     from engine.audit.recorder import AuditRecorder
