@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import time
 import uuid
@@ -26,6 +27,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from adapters.enforcement.hooks import (
+    HOLD_CLIENT_GONE,
+    DecideHook,
+    Notify,
+    RefusalHook,
+    SessionContext,
+    SessionEndHook,
+    SessionStartHook,
+    StatementOutcome,
+    StatementVerdict,
+)
 from adapters.mysql.auth import (
     CACHING_SHA2,
     NATIVE,
@@ -44,7 +56,6 @@ from adapters.mysql.codec import (
     encode_packets,
     packet_count,
 )
-from adapters.mysql.hooks import DecideHook, RefusalHook, Verdict
 from adapters.mysql.messages import (
     CLIENT_COMPRESS,
     CLIENT_CONNECT_ATTRS,
@@ -63,6 +74,7 @@ from adapters.mysql.messages import (
     ER_HANDSHAKE_ERROR,
     ER_MALFORMED_PACKET,
     ER_NOT_ALLOWED_COMMAND,
+    ER_QUERY_INTERRUPTED,
     ERR,
     OK,
     REQUIRED_CAPABILITIES,
@@ -82,12 +94,6 @@ from adapters.mysql.messages import (
 from adapters.mysql.results import ResultMasker, scrub_text
 from adapters.mysql.session import CommandPlanner, Plan, Prepared, ResponseReader, quote_identifier
 from adapters.postgres.auth import is_loopback
-from adapters.postgres.hooks import (
-    SessionContext,
-    SessionEndHook,
-    SessionStartHook,
-    StatementOutcome,
-)
 
 log = logging.getLogger("ordinance.adapters.mysql.proxy")
 
@@ -152,6 +158,8 @@ class ProxyConfig:
     session_started: SessionStartHook | None = None
     session_ended: SessionEndHook | None = None
     rsa_key: Callable[[], RsaKey] | None = None
+    # applied to the server's error messages (the PAN backstop: they can quote values)
+    scrub_server_text: Callable[[bytes], bytes] = scrub_text
 
 
 class _Conn:
@@ -245,13 +253,29 @@ class MySQLProxy:
                 await self._server.wait_closed()
 
 
-def _deny_message(verdict: Verdict) -> str:
+ER_TABLEACCESS_DENIED = 1142
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'")
+
+
+def verdict_error(verdict: StatementVerdict) -> ERR:
+    """The ERR a client gets for a denied verdict: 1142 (ER_TABLEACCESS_DENIED_ERROR, SQLSTATE
+    42000) with the reasons and the decision id; a held statement the client's session gave
+    up on (57014) is 1317 (ER_QUERY_INTERRUPTED, 70100)."""
+    if verdict.sqlstate == "57014":
+        return ERR(ER_QUERY_INTERRUPTED, "70100", "Query execution was interrupted: "
+                   + verdict.message)
     text = verdict.message or "denied by policy"
-    if verdict.code == 1142 and not text.startswith("permission denied"):
+    if not text.startswith("permission denied"):
         text = f"permission denied by policy: {text}"
     if verdict.decision_id:
         text += f" (decision id: {verdict.decision_id})"
-    return text
+    return ERR(ER_TABLEACCESS_DENIED, "42000", text)
+
+
+def withhold_quoted(message: str) -> str:
+    """A server error's message with its quoted values withheld (a statement on masked
+    columns: `Duplicate entry '4111…' for key`, `Incorrect integer value: '…'`)."""
+    return _QUOTED.sub("'[REDACTED]'", message)
 
 
 class _Session:
@@ -371,7 +395,7 @@ class _Session:
             database=config.upstream.database,
             application_name=dict(login.attributes).get("program_name", ""),
             client_addr=self.client_addr, tls=tls, auth_method=identity.method,
-            requested_user=login.user, claims=identity.claims)
+            requested_user=login.user, claims=identity.claims, protocol="mysql")
         if config.session_started is not None:
             try:
                 await config.session_started(ctx)
@@ -469,11 +493,12 @@ class _Session:
             err = await self._run_quietly(plan, verdict)
             if err is None:
                 return
-            verdict = Verdict("deny", err.message, code=err.code, sqlstate=err.sqlstate)
-        await self._error(ERR(ER_DBACCESS_DENIED_ERROR, "42000", _deny_message(verdict)), seq)
+            verdict = StatementVerdict.deny(f"{err.code} {err.message}")
+        denied = verdict_error(verdict)
+        await self._error(ERR(ER_DBACCESS_DENIED_ERROR, "42000", denied.message), seq)
         raise _SessionOver(f"database {database!r} refused")
 
-    async def _run_quietly(self, plan: Plan, verdict: Verdict) -> ERR | None:
+    async def _run_quietly(self, plan: Plan, verdict: StatementVerdict) -> ERR | None:
         """Run an OK/ERR command upstream without relaying its answer; its ERR or None."""
         up = self.upstream
         assert up is not None
@@ -490,7 +515,7 @@ class _Session:
 
     # -- commands -----------------------------------------------------------------------
 
-    async def _decide(self, text: str) -> Verdict:
+    async def _decide(self, text: str) -> StatementVerdict:
         ctx = self.ctx
         assert ctx is not None
         try:
@@ -500,10 +525,18 @@ class _Session:
             log.error("session %s: decision failed: %s", ctx.session_id, exc)
             return await self.config.refused(text, f"the decision failed: {exc}", ctx)
 
-    async def _hold(self, waiting: Awaitable[Verdict]) -> Verdict:
+    async def _hold(self, hold_fn: Callable[[Notify], Awaitable[StatementVerdict]]
+                    ) -> StatementVerdict:
         """Await a hold (a review's, a row budget's) while watching the client: a hang-up
-        cancels it."""
-        hold = asyncio.ensure_future(waiting)
+        cancels it. MySQL has no notices, so what the hold tells the client ends the ERR of a
+        denial (the approval request and how to approve it)."""
+        notices: list[str] = []
+
+        async def notify(text: str) -> None:
+            notices.append(text)
+            log.info("session %s: %s", self.ctx.session_id if self.ctx else "-", text)
+
+        hold = asyncio.ensure_future(hold_fn(notify))
         while True:
             watch = asyncio.ensure_future(self.client.fill())
             done, _ = await asyncio.wait({hold, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -511,11 +544,14 @@ class _Session:
                 watch.cancel()
                 with contextlib.suppress(BaseException):
                     await watch
-                return hold.result()
+                verdict = hold.result()
+                if verdict.effect != "allow" and notices and verdict.sqlstate != "57014":
+                    verdict = replace(verdict, message=f"{verdict.message}. {notices[-1]}")
+                return verdict
             try:
                 watch.result()
             except _Closed:
-                hold.cancel("the client disconnected")
+                hold.cancel(HOLD_CLIENT_GONE)
                 with contextlib.suppress(BaseException):
                     await hold
                 raise
@@ -536,19 +572,18 @@ class _Session:
             if plan.refuse is not None:
                 text = plan.statement.text if plan.statement is not None else command.name
                 refusal = await self.config.refused(text, plan.refuse, self.ctx)
-                await client.send(ERR(ER_NOT_ALLOWED_COMMAND, "42000",
-                                      _deny_message(refusal)).encode(), 1)
+                await client.send(replace(verdict_error(refusal),
+                                          code=ER_NOT_ALLOWED_COMMAND).encode(), 1)
                 continue
             verdict = await self._verdict(plan)
             if verdict is not None and verdict.effect != "allow":
-                await client.send(ERR(verdict.code, verdict.sqlstate,
-                                      _deny_message(verdict)).encode(), 1)
+                await client.send(verdict_error(verdict).encode(), 1)
                 continue
             await self._run(plan, verdict)
 
-    async def _verdict(self, plan: Plan) -> Verdict | None:
+    async def _verdict(self, plan: Plan) -> StatementVerdict | None:
         """The verdict a planned command runs under (None: relayed without one)."""
-        verdict: Verdict | None = None
+        verdict: StatementVerdict | None = None
         if plan.decide is not None:
             verdict = await self._decide(plan.decide)
         elif plan.binary and plan.statement is not None:
@@ -561,10 +596,10 @@ class _Session:
             if verdict.hold is None:
                 return replace(verdict, effect="deny",
                                message=verdict.message or "approval required")
-            verdict = await self._hold(verdict.hold())
+            verdict = await self._hold(verdict.hold)
         return verdict
 
-    async def _run(self, plan: Plan, verdict: Verdict | None) -> None:
+    async def _run(self, plan: Plan, verdict: StatementVerdict | None) -> None:
         up = self.upstream
         assert up is not None
         command = plan.command
@@ -579,14 +614,15 @@ class _Session:
             return
         await self._relay(plan, verdict)
 
-    async def _relay(self, plan: Plan, verdict: Verdict | None) -> None:
+    async def _relay(self, plan: Plan, verdict: StatementVerdict | None) -> None:
         """Relay one command's response, masking rows and recording each result."""
         up, client = self.upstream, self.client
         assert up is not None
         reader = ResponseReader(plan.response, self.caps)
         seq = 1
         started = time.monotonic()
-        method = verdict.column_method if verdict is not None else None
+        mask = verdict.masker if verdict is not None else None
+        withhold = verdict is not None and verdict.withhold_error_values
         meter = verdict.rows() if verdict is not None and verdict.rows is not None else None
         masker: ResultMasker | None = None
         rows = 0
@@ -600,21 +636,18 @@ class _Session:
             kind = reader.read(payload)
             if kind == "column":
                 if masker is None:
-                    masker = ResultMasker([], [], plan.binary)
-                column = reader.columns[-1]
-                masker.columns.append(column)
-                masker.methods.append(method(column) if method is not None else None)
-                payload = masker.column(len(masker.columns) - 1).encode() if (
-                    masker.methods[-1] is not None) else payload
+                    masker = ResultMasker(plan.binary, mask)
+                changed = masker.add(reader.columns[-1])
+                if changed is not None:
+                    payload = changed.encode()
             elif kind == "row":
                 assert masker is not None
                 if meter is not None and not meter.released and not meter.admit(1):
                     await client.flush()
-                    final = await self._hold(meter.hold())
+                    final = await self._hold(meter.hold)
                     if final.effect != "allow":
                         await self._drain(reader)
-                        err = ERR(final.code, final.sqlstate, _deny_message(final))
-                        await client.send(err.encode(), seq)
+                        await client.send(verdict_error(final).encode(), seq)
                         return
                     meter.admit(1)
                 payload = masker.row(payload)
@@ -632,8 +665,9 @@ class _Session:
                     ok.statement_id, plan.decide, verdict, ok.params)
             elif kind == "err":
                 err = decode_err(payload)
-                payload = replace(err, message=scrub_text(err.message.encode()).decode(
-                    "utf-8", "replace")).encode()
+                text = withhold_quoted(err.message) if withhold else err.message
+                text = self.config.scrub_server_text(text.encode()).decode("utf-8", "replace")
+                payload = replace(err, message=text).encode()
             if reader.results > before:
                 payload = await self._end_result(kind, payload, verdict, masker, rows,
                                                  started, refused_infile)
@@ -656,7 +690,7 @@ class _Session:
                 up.decoder.expect(message.next_seq)
                 await up.send(b"", message.next_seq)
 
-    async def _end_result(self, kind: str, payload: bytes, verdict: Verdict | None,
+    async def _end_result(self, kind: str, payload: bytes, verdict: StatementVerdict | None,
                           masker: ResultMasker | None, rows: int, started: float,
                           refused_infile: bool) -> bytes:
         """The end of one result: its record made durable, then the packet to relay."""

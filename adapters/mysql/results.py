@@ -1,20 +1,23 @@
 """Masking MySQL result rows: per-column transforms on text and binary rows, and the PAN
-backstop on every string value.
+backstop on every value.
 
-Owns: `ResultMasker`, built per result set from its column definitions and the verdict's
-column methods (a column definition's `org_table`/`org_name` name the base column of a plain
-reference; what the method of a computed column is, is the verdict's business); rewriting one
-row payload (string types are text in both protocols; a masked column of another type becomes
-NULL, in both, and counts a warning); the column definitions a
-masked column is delivered with (NOT NULL cleared, as its value may now be NULL); scrubbing
-card numbers out of server error messages. Must not: decide which columns are masked.
+Owns: `ResultMasker`, one per result set, built from its column definitions and the verdict's
+masker (which picks a transform per column definition); rewriting one row payload; the column
+definitions a masked column is delivered with (NOT NULL cleared: its value may now be NULL);
+scrubbing card numbers out of server text. Values: a string-typed column (text and binary
+protocol alike: its value is its text) gets its mask's output and then the backstop; a masked
+column of another type (a number, a date: no masked value of it is valid) is delivered as
+NULL and counted as a warning, in the end-of-rows packet's warning count; an unmasked
+non-string value in which a card number is found is NULL too (binary numbers are not read:
+they hold no digits as text). Must not: decide which columns are masked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from adapters.enforcement.hooks import ValueTransform, WithheldValue
 from adapters.mysql.messages import (
     STRING_TYPES,
     BinaryRow,
@@ -24,16 +27,15 @@ from adapters.mysql.messages import (
     encode_binary_row,
     encode_text_row,
 )
-from engine.masking import mask_value, may_hold_pan_bytes, scrub_pans
+from engine.masking import find_pans, may_hold_pan_bytes, scrub_pans
 
 NOT_NULL_FLAG = 1
-ColumnMethod = Callable[[ColumnDefinition], "str | None"]
-"""The masking method of a result column (a name of engine.masking's methods), or None."""
+ColumnMasker = Callable[[ColumnDefinition], "ValueTransform | None"]
 
 
 def scrub_text(value: bytes) -> bytes:
-    """The PAN backstop on one value (text as UTF-8; other bytes are scrubbed as Latin-1,
-    which keeps every byte and its digits where they are)."""
+    """The PAN backstop on one value (UTF-8; other bytes as Latin-1, which keeps every byte
+    and every digit where it is)."""
     if not may_hold_pan_bytes(value):
         return value
     try:
@@ -42,36 +44,28 @@ def scrub_text(value: bytes) -> bytes:
         return scrub_pans(value.decode("latin-1")).encode("latin-1")
 
 
-def _masked(method: str, value: bytes) -> bytes | None:
-    out = mask_value(method, value.decode("utf-8", "replace"))
-    return None if out is None else out.encode("utf-8")
-
-
 @dataclass
 class ResultMasker:
-    """The transforms of one result set. `methods[i]` is column i's method or None."""
+    """The transforms of one result set, column by column (`add`), then its rows (`row`)."""
 
-    columns: list[ColumnDefinition]
-    methods: list[str | None]
     binary: bool
-    withheld: int = 0  # binary values of masked non-string columns delivered as NULL
+    masker: ColumnMasker | None = None
+    columns: list[ColumnDefinition] = field(default_factory=list)
+    transforms: list[ValueTransform | None] = field(default_factory=list)
+    withheld: int = 0  # values delivered as NULL (warnings)
 
-    @classmethod
-    def build(cls, columns: list[ColumnDefinition], method: ColumnMethod | None,
-              binary: bool) -> ResultMasker:
-        methods = [method(c) if method is not None else None for c in columns]
-        return cls(columns, methods, binary)
+    def add(self, column: ColumnDefinition) -> ColumnDefinition | None:
+        """Note the next column; the definition to send instead, when it changes."""
+        transform = self.masker(column) if self.masker is not None else None
+        self.columns.append(column)
+        self.transforms.append(transform)
+        if transform is not None and column.flags & NOT_NULL_FLAG:
+            return replace(column, flags=column.flags & ~NOT_NULL_FLAG)
+        return None
 
     @property
     def masks(self) -> bool:
-        return any(m is not None for m in self.methods)
-
-    def column(self, i: int) -> ColumnDefinition:
-        """Column i as the client gets it: a masked one may be NULL now."""
-        col = self.columns[i]
-        if self.methods[i] is not None and col.flags & NOT_NULL_FLAG:
-            return replace(col, flags=col.flags & ~NOT_NULL_FLAG)
-        return col
+        return any(t is not None for t in self.transforms)
 
     def row(self, payload: bytes) -> bytes:
         """One row payload with its masked columns masked and card numbers scrubbed."""
@@ -80,26 +74,31 @@ class ResultMasker:
         if self.binary:
             types = [c.type for c in self.columns]
             row = decode_binary_row(payload, types)
-            row = BinaryRow([self._binary_value(i, v) for i, v in enumerate(row.values)])
-            return encode_binary_row(row, types)
+            values = [self._value(i, v, binary=True) for i, v in enumerate(row.values)]
+            return encode_binary_row(BinaryRow(values), types)
         values = decode_text_row(payload, len(self.columns))
-        return encode_text_row([self._text_value(i, v) for i, v in enumerate(values)])
+        return encode_text_row([self._value(i, v, binary=False) for i, v in enumerate(values)])
 
-    def _text_value(self, i: int, value: bytes | None) -> bytes | None:
+    def _value(self, i: int, value: bytes | None, *, binary: bool) -> bytes | None:
         if value is None:
             return None
-        method = self.methods[i]
-        if method is not None and self.columns[i].type not in STRING_TYPES:
-            self.withheld += 1  # no valid masked value of a number or a date: NULL
+        transform = self.transforms[i]
+        text = self.columns[i].type in STRING_TYPES
+        if transform is not None:
+            if not text:
+                self.withheld += 1
+                return None
+            try:
+                out = transform(value)
+            except WithheldValue:
+                self.withheld += 1
+                return None
+            return None if out is None else scrub_text(out)
+        if text:
+            return scrub_text(value)
+        if binary or not may_hold_pan_bytes(value):
+            return value  # binary numbers and dates hold no digits as text
+        if find_pans(value.decode("latin-1")):
+            self.withheld += 1
             return None
-        if method is not None:
-            masked = _masked(method, value)
-            return None if masked is None else scrub_text(masked)
-        return scrub_text(value)
-
-    def _binary_value(self, i: int, value: bytes | None) -> bytes | None:
-        if value is None:
-            return None
-        if self.columns[i].type in STRING_TYPES or self.methods[i] is not None:
-            return self._text_value(i, value)
         return value

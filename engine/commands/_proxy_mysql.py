@@ -58,7 +58,9 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
     from functools import cache
 
     from adapters.mysql.auth import RsaKey
-    from adapters.mysql.bridge import MySQLBridge, Resource
+    from adapters.enforcement.records import Resource
+    from adapters.mysql.bridge import MySQLBridge
+    from adapters.mysql.catalog import Catalog, connect_url
     from adapters.mysql.proxy import ProxyConfig, UpstreamTarget
     from engine.audit.stores import parse_store_url
     from engine.service.server import split_host_port
@@ -74,8 +76,12 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
         raise _Setup(str(exc)) from None
     directory, verify, audit, recorder, gate = _logins_and_trail(args, resources)
     client, decisions = _decision_client(args, audit, resources)
-    resource = Resource(args.resource_name or target.database, dict(args.resource_label))
-    bridge = MySQLBridge(client, resource=resource, recorder=recorder, approvals=gate)
+    resource = Resource(args.resource_name or target.database, dict(args.resource_label),
+                        type="mysql")
+    catalog = Catalog(connect_url(args.upstream))
+    resources.append(catalog.close)
+    bridge = MySQLBridge(client, resource=resource, recorder=recorder, catalog=catalog,
+                         approvals=gate)
     config = ProxyConfig(
         upstream=target, directory=directory, verify_token=verify, host=host, port=port,
         server_ssl=tls.ssl_context() if tls is not None else None,
