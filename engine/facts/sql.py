@@ -319,8 +319,16 @@ def _add_kind_details(tree: exp.Expr, facts: dict[str, Any]) -> None:
     elif isinstance(tree, exp.Set):
         for item in tree.expressions:
             target = item.this.this if isinstance(item.this, exp.EQ) else None
-            name = target.name.lower() if isinstance(target, exp.Column | exp.Identifier |
-                                                      exp.Var) else UNKNOWN_SETTING
+            kind = str(item.args.get("kind") or "").upper() if target is None else ""
+            if isinstance(target, exp.SessionParameter):  # MySQL @@[session.|global.]name
+                target = target.this
+            if kind in ("NAMES", "CHARACTER SET", "CHARSET"):  # MySQL SET NAMES x
+                name = kind.lower().replace(" ", "_")
+            elif isinstance(target, exp.Parameter):  # MySQL user variable @x
+                name = "@" + target.name.lower()
+            else:
+                name = target.name.lower() if isinstance(
+                    target, exp.Column | exp.Identifier | exp.Var) else UNKNOWN_SETTING
             facts["settings"].append(name)
     elif isinstance(tree, exp.Update) and any(
             t.rpartition(".")[2] == "pg_settings" for t in facts["targets"]):
