@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -157,7 +158,9 @@ class ProxyConfig:
     decide_timeout: float = 30.0
     session_started: SessionStartHook | None = None
     session_ended: SessionEndHook | None = None
-    rsa_key: Callable[[], RsaKey] | None = None
+    # the RSA key pair of caching_sha2 full authentication, made on first use (None: the
+    # proxy refuses to hand out a public key; clients must use TLS)
+    rsa_key: Callable[[], RsaKey] | None = field(default_factory=lambda: functools.cache(RsaKey))
     # applied to the server's error messages (the PAN backstop: they can quote values)
     scrub_server_text: Callable[[bytes], bytes] = scrub_text
 

@@ -55,9 +55,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...]:
-    from functools import cache
-
-    from adapters.mysql.auth import RsaKey
     from adapters.enforcement.records import Resource
     from adapters.mysql.bridge import MySQLBridge
     from adapters.mysql.catalog import Catalog, connect_url
@@ -85,7 +82,7 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
     config = ProxyConfig(
         upstream=target, directory=directory, verify_token=verify, host=host, port=port,
         server_ssl=tls.ssl_context() if tls is not None else None,
-        decide_timeout=args.decision_deadline + HOOK_MARGIN_S, rsa_key=cache(RsaKey),
+        decide_timeout=args.decision_deadline + HOOK_MARGIN_S,
         **bridge.hooks())
     ready = {
         "event": "listening", "proxy": "mysql", "listen": None,
