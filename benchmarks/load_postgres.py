@@ -469,9 +469,10 @@ def serve_variant(mode: str, users: str) -> int:
     the port; SIGTERM stops it."""
     import asyncio
 
-    from adapters.postgres.bridge import PolicyBridge, Resource
+    from adapters.enforcement.hooks import StatementVerdict
+    from adapters.enforcement.records import Resource
+    from adapters.postgres.bridge import PolicyBridge
     from adapters.postgres.catalog import Catalog
-    from adapters.postgres.hooks import StatementVerdict
     from adapters.postgres.proxy import PostgresProxy, ProxyConfig
     from engine.client import InProcessDecisionClient
     from engine.engine import Engine
@@ -502,7 +503,8 @@ def serve_variant(mode: str, users: str) -> int:
                 recorder = AuditRecorder(FsyncLog(Path(users).parent / "fsync.log")  # type: ignore[arg-type]
                                          ).start()
             bridge = PolicyBridge(InProcessDecisionClient(engine),
-                                  resource=Resource(DATABASE, {"env": "dev"}), catalog=catalog,
+                                  resource=Resource(DATABASE, {"env": "dev"}, type="postgres"),
+                                  catalog=catalog,
                                   recorder=recorder, approvals=None)
             hooks = bridge.hooks()
         proxy = PostgresProxy(ProxyConfig(upstream_url=upstream, directory=load_users(users),

@@ -7,7 +7,7 @@ A review reason with `rows` is a *row budget*: the statement needs approval only
 results would bring a session past `rows` rows counted under the rule (its `policy`). An
 enforcement point that counts result rows (the PostgreSQL proxy) may run such a statement and
 hold it at that row; any other treats it as the review it is (fail closed). See
-`adapters/row_budget.py`.
+`adapters/enforcement/row_budget.py`.
 """
 
 from __future__ import annotations

@@ -49,8 +49,9 @@ class DirectoryUser(Protocol):
     @property
     def groups(self) -> tuple[str, ...]: ...
 
-    def scram_auth_info(self) -> AuthInfo:
-        """(salt, stored_key, server_key, iterations) as scramp's `make_auth_info` returns."""
+    def scram_auth_info(self) -> AuthInfo | None:
+        """(salt, stored_key, server_key, iterations) as scramp's `make_auth_info` returns;
+        None for a user without a SCRAM verifier (a MySQL-only user: the login fails)."""
         ...
 
 

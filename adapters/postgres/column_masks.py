@@ -1,7 +1,7 @@
-"""Applying a Decision's masks to result columns, and the card-number backstop.
+"""Applying a Decision's masks to PostgreSQL result columns, with the card-number backstop.
 
-Owns: matching mask rules to columns (`MaskRules`: `pan` is any table's `pan`, `cards.pan`
-that table in any schema, `public.cards.pan` exactly that one), following view columns to the
+Owns: matching mask rules (`adapters.enforcement.mask_rules`) to the columns the server
+describes by table OID and type OID (through the `Catalog`), following view columns to the
 base columns they read, tracing a statement's output columns (`trace_statement`, through
 `engine.lineage`), the checks that deny a statement before it runs (`check_outputs`), and
 `ResultMasking`: the per-statement `masker` and `resolve_columns` the proxy calls for every
@@ -32,7 +32,6 @@ backstop (their binary form is their text).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,16 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from adapters.enforcement.hooks import ValueTransform
+from adapters.enforcement.mask_rules import MaskRules, computed_method, strongest
+from adapters.enforcement.transforms import (
+    SCRUB_JSON,
+    SCRUB_TEXT,
+    SCRUB_TEXT_BINARY,
+    mask_transform,
+    withheld,
+    withhold_pans,
+)
 from adapters.postgres.catalog import (
     Catalog,
     CatalogError,
@@ -49,13 +58,7 @@ from adapters.postgres.catalog import (
     ViewColumn,
     choose_relations,
 )
-from adapters.postgres.hooks import (
-    ColumnDescriptor,
-    MaskTransform,
-    ScrubTransform,
-    ValueTransform,
-    WithheldValue,
-)
+from adapters.postgres.descriptors import ColumnDescriptor
 from adapters.postgres.mask_rewrite import (
     DECLARE_QUERY,
     PREPARE_QUERY,
@@ -63,33 +66,12 @@ from adapters.postgres.mask_rewrite import (
     MaskedSchema,
     SourceTable,
 )
-from adapters.postgres.rowscan import may_hold_pan_bytes
 from engine.facts.fingerprint import literal_fingerprint
 from engine.facts.sql import sql_text, sqlglot_text
 from engine.lineage import OutputColumn, trace_output_columns
-from engine.masking import (
-    MASK_CHAR,
-    MASK_METHODS,
-    PAN_KEEP_DIGITS,
-    PAN_MIN_DIGITS,
-    find_pans,
-    mask_pan,
-    scrub_pans,
-)
 
 log = logging.getLogger("ordinance.adapters.postgres.masks")
 
-STRENGTH = {"null": 6, "redact": 5, "hash": 4, "pan": 3, "last4": 2, "email": 1}
-# Methods that keep part of the value and its shape. On a value computed from a masked column
-# they would show what the expression made of it (`translate(pan, '0123456789', 'abcdefghij')`
-# has no digit for `pan` to hide, `repeat('x', substr(pan, 1, 1)::int)` a length), so such a
-# value gets `redact` instead.
-SHAPE_KEEPING = frozenset({"pan", "last4", "email"})  # (for the computed columns of views)
-
-
-def computed_method(method: str | None) -> str | None:
-    """The method for a value computed from columns whose strongest method is `method`."""
-    return "redact" if method in SHAPE_KEEPING else method
 JSON_TYPES = frozenset({114, 3802})
 BINARY_TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})  # binary form == UTF-8 text
 OPAQUE = "opaque"
@@ -98,65 +80,6 @@ MAX_CACHED_TRANSFORMS = 256
 
 class MaskingDenied(Exception):
     """The statement cannot be run with its masks guaranteed; the message says why."""
-
-
-def strongest(methods: Iterable[str | None]) -> str | None:
-    best = None
-    for method in methods:
-        if method is not None and (best is None or STRENGTH.get(method, 99) > STRENGTH.get(
-                best, 99)):
-            best = method
-    return best
-
-
-@dataclass(frozen=True)
-class MaskRule:
-    schema: str | None
-    table: str | None
-    column: str
-    method: str
-
-    @classmethod
-    def parse(cls, column: str, method: str) -> MaskRule:
-        parts = [p.strip().strip('"').lower() for p in column.split(".")]
-        if len(parts) == 1:
-            return cls(None, None, parts[0], method)
-        if len(parts) == 2:
-            return cls(None, parts[0], parts[1], method)
-        return cls(parts[-3], parts[-2], parts[-1], method)
-
-    def matches(self, schema: str, table: str, column: str) -> bool:
-        return column == self.column and (self.table is None or table == self.table) and (
-            self.schema is None or schema == self.schema)
-
-
-class MaskRules:
-    """The masks of one Decision."""
-
-    def __init__(self, masks: Iterable[tuple[str, str]]) -> None:
-        self.rules = tuple(MaskRule.parse(c, m) for c, m in masks)
-        self.columns = frozenset(r.column for r in self.rules)
-
-    def __bool__(self) -> bool:
-        return bool(self.rules)
-
-    @staticmethod
-    @lru_cache(maxsize=1024)
-    def of(masks: tuple[tuple[str, str], ...]) -> MaskRules:
-        """The rules of these (column, method) pairs, shared: decisions repeat their masks."""
-        return MaskRules(masks)
-
-    def method(self, schema: str, table: str, column: str) -> str | None:
-        column = column.lower()
-        if column not in self.columns:
-            return None
-        schema, table = schema.lower(), table.lower()
-        return strongest(r.method for r in self.rules if r.matches(schema, table, column))
-
-    def covers(self, relation: Relation) -> bool:
-        """Whether some rule masks one of the relation's own columns."""
-        return any(self.method(relation.schema, relation.name, c.name) is not None
-                   for c in relation.columns)
 
 
 @dataclass
@@ -361,104 +284,6 @@ def check_outputs(traced: list[TracedQuery] | None, relations: dict[str, Relatio
 
 
 # --------------------------------------------------------------------------------------------
-# Value transforms
-
-
-def _decode(value: bytes) -> str:
-    return value.decode("utf-8", "surrogateescape")
-
-
-def _encode(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
-
-
-def _scrub_text(value: bytes) -> bytes:
-    if not may_hold_pan_bytes(value):
-        return value
-    text = _decode(value)
-    scrubbed = scrub_pans(text)
-    return value if scrubbed is text else _encode(scrubbed)
-
-
-def scrub_server_text(value: bytes) -> bytes:
-    """The backstop on a string the server sends outside result rows (a field of an error or
-    notice, a notification's payload): such text can quote a masked column's value."""
-    return _scrub_text(value)
-
-
-def _scrub_json(value: bytes) -> bytes | None:
-    out = _scrub_text(value)
-    if out is value:
-        return value
-    try:
-        json.loads(out)
-    except ValueError:
-        raise WithheldValue("a JSON value held a card number where masking would break it: "
-                            "sent as NULL") from None
-    return out
-
-
-SCRUB_TEXT = ScrubTransform(_scrub_text, may_hold_pan_bytes)
-SCRUB_TEXT_BINARY = ScrubTransform(_scrub_text, may_hold_pan_bytes, binary_safe=True)
-SCRUB_JSON = ScrubTransform(_scrub_json, may_hold_pan_bytes)
-
-
-def _withhold_pans(name: str) -> ScrubTransform:
-    notice = (f'a value of column "{name}" holds a card number and its type cannot hold a '
-              "masked value: sent as NULL")
-
-    def scrub(value: bytes) -> bytes:
-        if may_hold_pan_bytes(value) and find_pans(_decode(value)):
-            raise WithheldValue(notice)
-        return value
-
-    return ScrubTransform(scrub, may_hold_pan_bytes)
-
-
-def mask_transform(method: str) -> MaskTransform:
-    """The masking method on text values (UTF-8)."""
-    if method == "pan":
-        return MaskTransform(method, _mask_pan_bytes)
-    if method == "null":
-        return MaskTransform(method, _null)
-    function = MASK_METHODS[method].function
-
-    def transform(value: bytes) -> bytes | None:
-        out = function(_decode(value))
-        return None if out is None else _encode(out)
-
-    return MaskTransform(method, transform)
-
-
-_MASK_BYTE = MASK_CHAR.encode()
-
-
-def _mask_pan_bytes(value: bytes) -> bytes:
-    """`mask_pan` on UTF-8 text; a value of ASCII digits only (the usual PAN column) is done
-    on the bytes, exactly as `mask_pan` does it (a masked row costs ~1 µs less)."""
-    if value.isdigit():  # bytes: ASCII digits only, and not empty
-        n = len(value)
-        if n >= PAN_MIN_DIGITS:
-            return _MASK_BYTE * (n - PAN_KEEP_DIGITS) + value[-PAN_KEEP_DIGITS:]
-        return _MASK_BYTE * n
-    return _encode(mask_pan(_decode(value)))
-
-
-def _null(value: bytes) -> None:
-    return None
-
-
-def _withheld(name: str, method: str) -> ValueTransform:
-    notice = (f'column "{name}" is masked by policy ({method}) and its type cannot hold a '
-              "masked value: sent as NULL")
-
-    def transform(value: bytes) -> bytes | None:
-        raise WithheldValue(notice)
-
-    return transform
-
-
-# --------------------------------------------------------------------------------------------
 # The masker of one statement
 
 
@@ -575,7 +400,7 @@ class ResultMasking:
             if column.format != 0 or category == "S":
                 # binary: the proxy sends NULL with a notice
                 return mask_transform(method), masked
-            return _withheld(name, method), masked
+            return withheld(name, method), masked
         if column.format != 0:
             return (SCRUB_TEXT_BINARY if column.type_oid in BINARY_TEXT_TYPES else None), None
         if category == "S" or (category == "A" and info is not None
@@ -583,7 +408,7 @@ class ResultMasking:
             return SCRUB_TEXT, None
         if column.type_oid in JSON_TYPES:
             return SCRUB_JSON, None
-        return _withhold_pans(name), None
+        return withhold_pans(name), None
 
     def _method(self, column: ColumnDescriptor) -> str | None:
         if column.copy:

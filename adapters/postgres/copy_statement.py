@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from adapters.postgres.hooks import CopyLayout
+from adapters.postgres.descriptors import CopyLayout
 
 
 class CopySyntaxError(ValueError):

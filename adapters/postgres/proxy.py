@@ -61,6 +61,18 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from adapters.enforcement.hooks import (
+    HOLD_CANCELLED,
+    HOLD_CLIENT_GONE,
+    DecideHook,
+    HoldHook,
+    RefusalHook,
+    RowLimit,
+    SessionContext,
+    SessionEndHook,
+    SessionStartHook,
+    StatementVerdict,
+)
 from adapters.postgres.auth import (
     SCRAM_SHA_256,
     AuthFailed,
@@ -79,19 +91,7 @@ from adapters.postgres.codec import (
     FrontendDecoder,
     ProtocolError,
 )
-from adapters.postgres.hooks import (
-    HOLD_CANCELLED,
-    HOLD_CLIENT_GONE,
-    ColumnDescriptor,
-    DecideHook,
-    HoldHook,
-    RefusalHook,
-    RowLimit,
-    SessionContext,
-    SessionEndHook,
-    SessionStartHook,
-    StatementVerdict,
-)
+from adapters.postgres.descriptors import ColumnDescriptor
 from adapters.postgres.messages import (
     Authentication,
     AuthenticationCleartextPassword,
@@ -379,6 +379,7 @@ class PostgresProxy:
             await client.fatal(_fatal("08006", "authentication timed out"))
             return
         ctx = SessionContext(
+            protocol="postgres",
             session_id=new_session_id(), user=identity.user, groups=identity.groups,
             database=self.target.database,
             application_name=startup.get("application_name") or "",

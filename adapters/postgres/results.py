@@ -28,16 +28,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 
+from adapters.enforcement.hooks import MaskTransform, ScrubTransform, ValueTransform, WithheldValue
 from adapters.postgres import rowscan
-from adapters.postgres.hooks import (
-    ColumnDescriptor,
-    ColumnMasker,
-    CopyLayout,
-    MaskTransform,
-    ScrubTransform,
-    ValueTransform,
-    WithheldValue,
-)
+from adapters.postgres.descriptors import ColumnDescriptor, CopyLayout, PgColumnMasker
 from adapters.postgres.messages import FieldDescription
 
 _I16 = struct.Struct("!h")
@@ -86,7 +79,7 @@ def _apply(transform: ValueTransform, value: bytes, index: int,
     return bytes(out)
 
 
-def plan_columns(descriptors: Sequence[ColumnDescriptor], masker: ColumnMasker | None
+def plan_columns(descriptors: Sequence[ColumnDescriptor], masker: PgColumnMasker | None
                  ) -> list[ValueTransform | None] | None:
     """One transform (or None) per column, or None when no column needs rewriting."""
     if masker is None:

@@ -48,14 +48,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from adapters.enforcement.hooks import CompletionHook, RowLimit, StatementOutcome, StatementVerdict
 from adapters.postgres.codec import Frame, decode_backend
-from adapters.postgres.hooks import (
-    ColumnDescriptor,
-    CompletionHook,
-    RowLimit,
-    StatementOutcome,
-    StatementVerdict,
-)
+from adapters.postgres.descriptors import ColumnDescriptor
 from adapters.postgres.messages import (
     Bind,
     Close,

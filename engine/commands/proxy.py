@@ -39,7 +39,7 @@ log = logging.getLogger("ordinance.proxy")
 
 
 def _duration(text: str) -> float:
-    from adapters.postgres.review import parse_duration
+    from adapters.enforcement.review import parse_duration
 
     try:
         seconds = parse_duration(text).total_seconds()
@@ -59,7 +59,7 @@ def _label(text: str) -> tuple[str, str]:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "proxy", help="run an enforcement proxy (PostgreSQL)",
+        "proxy", help="run an enforcement proxy (PostgreSQL, MySQL)",
         description="Enforcement proxies: every command is decided by policy, masked, held "
                     "for approval or blocked, and recorded.")
     kinds = parser.add_subparsers(dest="proxy_kind", metavar="PROTOCOL", required=True)
@@ -75,6 +75,37 @@ def register(subparsers: Any) -> None:
                         f"${UPSTREAM_URL_ENV}, which keeps the password out of `ps`); TLS as "
                         "libpq: sslmode=disable|allow|prefer (default)|require|verify-ca|"
                         "verify-full, sslrootcert=FILE|system, sslcert=FILE, sslkey=FILE")
+    _add_common_arguments(p)
+    p.set_defaults(func=run)
+
+    m = kinds.add_parser(
+        "mysql", help="the MySQL / MariaDB wire-protocol proxy",
+        description=_mysql_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("--listen", default="127.0.0.1:3307", metavar="HOST:PORT",
+                   help="where clients connect (default %(default)s; port 0 picks one)")
+    m.add_argument("--upstream", default=os.environ.get(UPSTREAM_URL_ENV),
+                   required=not os.environ.get(UPSTREAM_URL_ENV),
+                   metavar="mysql://USER:PASS@HOST:PORT/DB",
+                   help="the database served, with the proxy's credentials (default "
+                        f"${UPSTREAM_URL_ENV}, which keeps the password out of `ps`)")
+    _add_common_arguments(m)
+    m.set_defaults(func=_run_mysql)
+
+
+def _mysql_description() -> str:
+    from engine.commands import _proxy_mysql
+
+    return _proxy_mysql.__doc__ or ""
+
+
+def _run_mysql(args: argparse.Namespace) -> int:
+    from engine.commands._proxy_mysql import run
+
+    return run(args)
+
+
+def _add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags both proxies take (decisions, audit, approvals, logins, TLS, resource)."""
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--policies", metavar="DIR",
                         help="decide in-process with this policy directory or bundle "
@@ -96,7 +127,9 @@ def register(subparsers: Any) -> None:
                    help="approvals store (default: the audit trail's database)")
     p.add_argument("--approval-timeout", type=_duration, default=300.0, metavar="DURATION",
                    help="how long a statement under review is held (default 5m)")
-    p.add_argument("--users", metavar="FILE", help="static users file (SCRAM-SHA-256 logins)")
+    p.add_argument("--users", metavar="FILE",
+                   help="static users file (SCRAM-SHA-256 logins; MySQL: "
+                        "caching_sha2_password and mysql_native_password)")
     p.add_argument("--oidc-jwks", metavar="FILE|URL",
                    help="accept OIDC ID tokens as passwords, verified with this JWKS")
     p.add_argument("--oidc-issuer", metavar="ISS", help="expected `iss` of ID tokens")
@@ -119,7 +152,6 @@ def register(subparsers: Any) -> None:
 
     add_statement_limit_argument(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(func=run)
 
 
 class _Setup(Exception):
@@ -157,13 +189,10 @@ def _close_all(resources: list[Any]) -> None:
 def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...]:
     from psycopg.conninfo import make_conninfo
 
-    from adapters.postgres.bridge import PolicyBridge, Resource
+    from adapters.enforcement.records import Resource
+    from adapters.postgres.bridge import PolicyBridge
     from adapters.postgres.catalog import Catalog
     from adapters.postgres.proxy import ProxyConfig, UpstreamTarget
-    from adapters.postgres.review import ApprovalGate
-    from engine.approvals import ApprovalStoreError, open_approval_store
-    from engine.audit import AuditError, open_audit_log
-    from engine.audit.recorder import AuditRecorder
     from engine.audit.stores import parse_store_url
     from engine.service.server import split_host_port
     from engine.service.tls import InsecureListenError, check_listen_address, tls_config
@@ -177,6 +206,41 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
                              insecure=args.insecure_listen, what="the PostgreSQL proxy")
     except (ValueError, InsecureListenError) as exc:
         raise _Setup(str(exc)) from None
+    directory, verify, audit, recorder, gate = _logins_and_trail(args, resources)
+
+    client, decisions = _decision_client(args, audit, resources)
+    resource = Resource(args.resource_name or target.database, dict(args.resource_label),
+                        type="postgres")
+    # libpq would take a missing sslmode from $PGSSLMODE; the proxy's sessions do not.
+    catalog = Catalog(make_conninfo(args.upstream, sslmode=target.tls.mode))
+    bridge = PolicyBridge(client, resource=resource, catalog=catalog, recorder=recorder,
+                          approvals=gate)
+    config = ProxyConfig(
+        upstream_url=args.upstream, directory=directory, verify_token=verify, host=host,
+        port=port, server_ssl=tls.ssl_context() if tls is not None else None,
+        decide_timeout=args.decision_deadline + HOOK_MARGIN_S, **bridge.hooks())
+    ready = {
+        "event": "listening", "proxy": "postgres", "listen": None,
+        "upstream": f"{target.host}:{target.port}/{target.database}",
+        "upstream_sslmode": target.tls.mode,
+        "resource": resource.to_input(), "decisions": decisions,
+        "audit": parse_store_url(args.audit).redacted(), "tls": tls is not None,
+        "auth": [m for m, on in (("scram-sha-256", directory is not None),
+                                 ("oidc-token", verify is not None)) if on],
+        "approval_timeout_s": args.approval_timeout,
+    }
+    return config, catalog, client, ready
+
+
+def _logins_and_trail(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...]:
+    """What both proxies set up alike: (users directory, token verifier, audit trail, its
+    recorder, the approval gate); each opened resource is appended to `resources`."""
+    from adapters.enforcement.review import ApprovalGate
+    from engine.approvals import ApprovalStoreError, open_approval_store
+    from engine.audit import AuditError, open_audit_log
+    from engine.audit.recorder import AuditRecorder
+    from engine.audit.stores import parse_store_url
+
     oidc = [args.oidc_jwks, args.oidc_issuer, args.oidc_audience]
     if any(oidc) and not all(oidc):
         raise _Setup("--oidc-jwks, --oidc-issuer and --oidc-audience go together")
@@ -223,28 +287,7 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
         hint += f" --store {parse_store_url(args.approvals).redacted()}"
     gate = ApprovalGate(store, timeout=args.approval_timeout, approve_hint=hint)
     resources.append(gate.close)
-
-    client, decisions = _decision_client(args, audit, resources)
-    resource = Resource(args.resource_name or target.database, dict(args.resource_label))
-    # libpq would take a missing sslmode from $PGSSLMODE; the proxy's sessions do not.
-    catalog = Catalog(make_conninfo(args.upstream, sslmode=target.tls.mode))
-    bridge = PolicyBridge(client, resource=resource, catalog=catalog, recorder=recorder,
-                          approvals=gate)
-    config = ProxyConfig(
-        upstream_url=args.upstream, directory=directory, verify_token=verify, host=host,
-        port=port, server_ssl=tls.ssl_context() if tls is not None else None,
-        decide_timeout=args.decision_deadline + HOOK_MARGIN_S, **bridge.hooks())
-    ready = {
-        "event": "listening", "proxy": "postgres", "listen": None,
-        "upstream": f"{target.host}:{target.port}/{target.database}",
-        "upstream_sslmode": target.tls.mode,
-        "resource": resource.to_input(), "decisions": decisions,
-        "audit": parse_store_url(args.audit).redacted(), "tls": tls is not None,
-        "auth": [m for m, on in (("scram-sha-256", directory is not None),
-                                 ("oidc-token", verify is not None)) if on],
-        "approval_timeout_s": args.approval_timeout,
-    }
-    return config, catalog, client, ready
+    return directory, verify, audit, recorder, gate
 
 
 def _decision_client(args: argparse.Namespace, audit: Any,

@@ -1,8 +1,10 @@
 """`ordinance users`: helpers for the static users file.
 
 * `ordinance users hash-password` prints a SCRAM-SHA-256 verifier (PostgreSQL's format) for the
-  `scram:` field. The password is read from a terminal prompt, or one line of stdin with
-  `--stdin`, never from the command line (it would land in shell history and `ps`).
+  `scram:` field; `--method mysql_native_password` / `caching_sha2_password` the MySQL proxy's
+  verifiers for the fields of those names. The password is read from a terminal prompt, or one
+  line of stdin with `--stdin`, never from the command line (it would land in shell history and
+  `ps`).
 * `ordinance users check FILE` validates a users file and lists its users and groups.
 """
 
@@ -14,9 +16,13 @@ import sys
 
 from engine.identity.users import (
     DEFAULT_ITERATIONS,
+    NATIVE_KEY,
+    SHA2_KEY,
     UsersFileError,
     format_verifier,
     load_users,
+    mysql_native_verifier,
+    mysql_sha2_verifier,
     scram_auth_info,
 )
 
@@ -34,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     hash_password.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                                help=f"PBKDF2 iterations (default {DEFAULT_ITERATIONS}, "
                                     "PostgreSQL's)")
+    hash_password.add_argument("--method", choices=("scram", NATIVE_KEY, SHA2_KEY),
+                               default="scram",
+                               help="which verifier: scram (PostgreSQL proxy, default), "
+                                    f"{NATIVE_KEY} or {SHA2_KEY} (MySQL proxy); the users "
+                                    "file field has the same name")
     hash_password.set_defaults(func=hash_password_command)
 
     check = actions.add_parser("check", help="validate a users file")
@@ -63,7 +74,12 @@ def hash_password_command(args: argparse.Namespace) -> int:
     if not password:
         print("ordinance users hash-password: empty password", file=sys.stderr)
         return 1
-    print(format_verifier(scram_auth_info(password, iterations=args.iterations)))
+    if args.method == NATIVE_KEY:
+        print(mysql_native_verifier(password))
+    elif args.method == SHA2_KEY:
+        print(mysql_sha2_verifier(password))
+    else:
+        print(format_verifier(scram_auth_info(password, iterations=args.iterations)))
     return 0
 
 
@@ -74,7 +90,9 @@ def check_command(args: argparse.Namespace) -> int:
         print(f"ordinance users check: {exc}", file=sys.stderr)
         return 1
     for user in directory:
-        form = "scram" if user.verifier is not None else "password (plaintext)"
+        form = ",".join(name for name, v in (("scram", user.verifier), (NATIVE_KEY, user.native),
+                                             (SHA2_KEY, user.sha2)) if v is not None
+                        ) or "password (plaintext)"
         print(f"{user.name}\t{form}\t{','.join(user.groups) or '-'}")
     print(f"{args.file}: {len(directory)} user(s) OK", file=sys.stderr)
     return 0

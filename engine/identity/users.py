@@ -1,19 +1,24 @@
-"""Static users from a YAML file, with SCRAM-SHA-256 verifiers for the PostgreSQL proxy.
+"""Static users from a YAML file, with verifiers for the PostgreSQL and MySQL proxies.
 
-Owns parsing and validating the users file, password checks and SCRAM auth info. Both forms
-of a user's secret are supported:
+Owns parsing and validating the users file, password checks, SCRAM auth info and the MySQL
+verifiers. A user has either a plaintext `password` or one or more verifiers:
 
 ```yaml
 users:
   - {name: alice, password: alice-secret, groups: [dev]}
   - {name: dana, scram: "SCRAM-SHA-256$4096:<salt b64>$<StoredKey b64>:<ServerKey b64>",
+     mysql_native_password: "*<40 hex>", caching_sha2_password: "SHA2$<64 hex>",
      groups: [dba-leads]}
 ```
 
-`scram` is PostgreSQL's `pg_authid.rolpassword` verifier format (RFC 5803 layout); prefer it
-to `password`, which keeps a plaintext secret on disk. `ordinance users hash-password`
-prints one. Passwords are SASLprep-normalised as PostgreSQL does (raw UTF-8 when SASLprep
-refuses them). This module authenticates only; it does not decide anything.
+`scram` is PostgreSQL's `pg_authid.rolpassword` verifier format (RFC 5803 layout), for the
+PostgreSQL proxy. `mysql_native_password` is MySQL's own `authentication_string` of that plugin
+(`*` and the hex of SHA1(SHA1(password))); `caching_sha2_password` is `SHA2$` and the hex of
+SHA256(SHA256(password)), the value caching_sha2_password's fast path checks a scramble against
+(MySQL's own sha256crypt string cannot serve the fast path). Prefer verifiers to `password`,
+which keeps a plaintext secret on disk; `ordinance users hash-password [--method …]` prints one.
+Passwords are SASLprep-normalised for SCRAM as PostgreSQL does (raw UTF-8 when SASLprep refuses
+them); MySQL hashes the raw UTF-8. This module authenticates only; it does not decide anything.
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ SCRAM_PREFIX = "SCRAM-SHA-256"
 DEFAULT_ITERATIONS = 4096
 SALT_BYTES = 16
 _KEY_BYTES = hashlib.sha256().digest_size
-_USER_KEYS = frozenset({"name", "password", "scram", "groups"})
+NATIVE_KEY = "mysql_native_password"
+SHA2_KEY = "caching_sha2_password"
+SHA2_PREFIX = "SHA2$"
+_VERIFIER_KEYS = ("scram", NATIVE_KEY, SHA2_KEY)
+_USER_KEYS = frozenset({"name", "password", *_VERIFIER_KEYS, "groups"})
 
 AuthInfo = tuple[bytes, bytes, bytes, int]
 """(salt, stored_key, server_key, iterations), as `scramp.ScramMechanism().make_auth_info`."""
@@ -78,6 +87,40 @@ def format_verifier(info: AuthInfo) -> str:
     return f"{SCRAM_PREFIX}${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
+def mysql_native_verifier(password: str) -> str:
+    """`*` + hex of SHA1(SHA1(password)): MySQL's mysql_native_password authentication_string."""
+    stage2 = hashlib.sha1(hashlib.sha1(password.encode("utf-8")).digest()).hexdigest()
+    return "*" + stage2.upper()
+
+
+def mysql_sha2_verifier(password: str) -> str:
+    """`SHA2$` + hex of SHA256(SHA256(password)), for caching_sha2_password."""
+    inner = hashlib.sha256(password.encode("utf-8")).digest()
+    return SHA2_PREFIX + hashlib.sha256(inner).hexdigest()
+
+
+def _hex_verifier(text: str, prefix: str, size: int, key: str) -> bytes:
+    body = text[len(prefix):] if text.startswith(prefix) else None
+    try:
+        value = bytes.fromhex(body) if body is not None and body.isascii() else None
+    except ValueError:
+        value = None
+    if value is None or len(value) != size:
+        raise ValueError(f"{key} verifier must be {prefix!r} followed by {size * 2} hex digits "
+                         "(ordinance users hash-password --method " + key + ")")
+    return value
+
+
+def parse_mysql_native(text: str) -> bytes:
+    """SHA1(SHA1(password)) from `*<40 hex>`; `ValueError` saying what is wrong."""
+    return _hex_verifier(text, "*", 20, NATIVE_KEY)
+
+
+def parse_mysql_sha2(text: str) -> bytes:
+    """SHA256(SHA256(password)) from `SHA2$<64 hex>`; `ValueError` saying what is wrong."""
+    return _hex_verifier(text, SHA2_PREFIX, 32, SHA2_KEY)
+
+
 def parse_verifier(verifier: str) -> AuthInfo:
     """The auth info in a PostgreSQL SCRAM-SHA-256 verifier; `ValueError` saying what is wrong."""
     try:
@@ -108,26 +151,31 @@ def parse_verifier(verifier: str) -> AuthInfo:
 
 @dataclass(eq=False)
 class StaticUser:
-    """A user from the users file. Exactly one of `password` / `verifier` is set."""
+    """A user from the users file: either `password`, or one or more verifiers (`verifier`
+    SCRAM, `native` SHA1(SHA1(pw)), `sha2` SHA256(SHA256(pw)))."""
 
     name: str
     groups: tuple[str, ...] = ()
     password: str | None = field(default=None, repr=False)
     verifier: AuthInfo | None = field(default=None, repr=False)
+    native: bytes | None = field(default=None, repr=False)
+    sha2: bytes | None = field(default=None, repr=False)
     _derived: AuthInfo | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if (self.password is None) == (self.verifier is None):
-            raise ValueError("a static user needs exactly one of password and verifier")
+        verifiers = (self.verifier, self.native, self.sha2)
+        if (self.password is not None) == any(v is not None for v in verifiers):
+            raise ValueError("a static user needs either a password or verifiers")
 
-    def scram_auth_info(self) -> AuthInfo:
-        """(salt, stored_key, server_key, iterations) for scramp's server side.
+    def scram_auth_info(self) -> AuthInfo | None:
+        """(salt, stored_key, server_key, iterations) for scramp's server side; None for a
+        user with MySQL verifiers only (no SCRAM login).
 
         For a plaintext `password` it is derived once (random salt) and then kept, so repeated
         exchanges do not pay PBKDF2 again.
         """
-        if self.verifier is not None:
+        if self.password is None:
             return self.verifier
         with self._lock:
             if self._derived is None:
@@ -135,14 +183,33 @@ class StaticUser:
                 self._derived = scram_auth_info(self.password)
             return self._derived
 
+    def mysql_native(self) -> bytes | None:
+        """SHA1(SHA1(password)) for mysql_native_password, or None."""
+        if self.password is not None:
+            return hashlib.sha1(hashlib.sha1(self.password.encode("utf-8")).digest()).digest()
+        return self.native
+
+    def mysql_sha2(self) -> bytes | None:
+        """SHA256(SHA256(password)) for caching_sha2_password's fast path, or None."""
+        if self.password is not None:
+            inner = hashlib.sha256(self.password.encode("utf-8")).digest()
+            return hashlib.sha256(inner).digest()
+        return self.sha2
+
     def verify_password(self, password: str) -> bool:
-        """Constant-time password check, for either form of secret."""
+        """Constant-time password check, against whichever secret the user has."""
         if self.password is not None:
             return hmac.compare_digest(password.encode("utf-8"), self.password.encode("utf-8"))
-        assert self.verifier is not None
-        salt, stored_key, _server_key, iterations = self.verifier
-        _, candidate, _, _ = scram_auth_info(password, iterations=iterations, salt=salt)
-        return hmac.compare_digest(candidate, stored_key)
+        if self.verifier is not None:
+            salt, stored_key, _server_key, iterations = self.verifier
+            _, candidate, _, _ = scram_auth_info(password, iterations=iterations, salt=salt)
+            return hmac.compare_digest(candidate, stored_key)
+        if self.sha2 is not None:
+            inner = hashlib.sha256(password.encode("utf-8")).digest()
+            return hmac.compare_digest(hashlib.sha256(inner).digest(), self.sha2)
+        assert self.native is not None
+        stage2 = hashlib.sha1(hashlib.sha1(password.encode("utf-8")).digest()).digest()
+        return hmac.compare_digest(stage2, self.native)
 
     def subject(self) -> Subject:
         return Subject(id=self.name, groups=self.groups, claims={})
@@ -199,7 +266,7 @@ def parse_users(text: str, source: str = "<string>") -> UserDirectory:
     for i, (entry, node) in enumerate(zip(entries, users_node.value, strict=True)):
         where = f"users[{i}]"
         if not isinstance(entry, dict):
-            raise fail(node, f"{where}: expected a mapping with name and password or scram")
+            raise fail(node, f"{where}: expected a mapping with name and password or verifiers")
         unknown = set(entry) - _USER_KEYS
         if unknown:
             raise fail(node, f"{where}: unknown key(s): {', '.join(sorted(map(str, unknown)))}"
@@ -214,24 +281,31 @@ def parse_users(text: str, source: str = "<string>") -> UserDirectory:
             raise fail(node, f"{where}: duplicate name, first defined at line "
                              f"{first_line[name]}")
         first_line[name] = _line_of(node)
-        password, scram = entry.get("password"), entry.get("scram")
-        if (password is None) == (scram is None):
-            raise fail(node, f"{where}: needs exactly one of password and scram")
+        password = entry.get("password")
+        given = [key for key in _VERIFIER_KEYS if entry.get(key) is not None]
+        if (password is not None) == bool(given):
+            raise fail(node, f"{where}: needs either password or verifiers "
+                             f"({', '.join(_VERIFIER_KEYS)})")
         if password is not None and (not isinstance(password, str) or not password):
             raise fail(node, f"{where}: password must be a non-empty string")
-        verifier: AuthInfo | None = None
-        if scram is not None:
-            if not isinstance(scram, str):
-                raise fail(node, f"{where}: scram must be a string")
+        parsed: dict[str, Any] = {}
+        for key, parse in (("scram", parse_verifier), (NATIVE_KEY, parse_mysql_native),
+                           (SHA2_KEY, parse_mysql_sha2)):
+            value = entry.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise fail(node, f"{where}: {key} must be a string")
             try:
-                verifier = parse_verifier(scram)
+                parsed[key] = parse(value)
             except ValueError as exc:
                 raise fail(node, f"{where}: {exc}") from None
         groups = entry.get("groups", [])
         if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
             raise fail(node, f"{where}: groups must be a list of non-empty strings")
         users.append(StaticUser(name=name, groups=tuple(groups), password=password,
-                                verifier=verifier))
+                                verifier=parsed.get("scram"), native=parsed.get(NATIVE_KEY),
+                                sha2=parsed.get(SHA2_KEY)))
     return UserDirectory(users, source)
 
 

@@ -34,10 +34,10 @@ digits replaced by `*`, single spaces or dashes kept."""
 
 TRUNCATED_MARK = " …[truncated]"
 TRUNCATED_AT = 64 * 1024
-"""`adapters.postgres.bridge` records at most this much of a statement, then the mark."""
+"""`adapters.enforcement.records` records at most this much of a statement, then the mark."""
 
 PROXY_POLICY = "ordinance.proxy"
-"""The reasons of what the proxy refused itself, asking no policy (`PolicyBridge.refused`)."""
+"""The reasons of what the proxy refused itself, asking no policy (`Enforcer.refused`)."""
 _EXECUTE = re.compile(r"\bexecute\b", re.IGNORECASE)
 KINDS = ("statement", "decision")
 SESSION_CACHE = 50_000
@@ -81,6 +81,7 @@ class _Session:
     resource: Any
     session: dict[str, Any]
     missing: tuple[Path, ...]
+    protocol: str  # the adapter's (`command.protocol`): session.start's, postgres before it was
 
 
 def _session_of(payload: dict[str, Any], session_id: str, subject: str | None) -> _Session:
@@ -102,7 +103,9 @@ def _session_of(payload: dict[str, Any], session_id: str, subject: str | None) -
             session[name] = payload[name]
         else:
             missing.append(("session", name))
-    return _Session(subject_doc, payload.get("resource"), session, tuple(missing))
+    protocol = payload.get("protocol")
+    return _Session(subject_doc, payload.get("resource"), session, tuple(missing),
+                    protocol if isinstance(protocol, str) and protocol else "postgres")
 
 
 class Sessions:
@@ -195,20 +198,28 @@ def statement_item(rec: AuditRecord, sessions: Sessions) -> Item:
         item.skip = "its session.start record holds no resource"
         return item
     item.input = {"subject": session.subject, "resource": session.resource,
-                  "command": {"protocol": "postgres", "raw": text},
+                  "command": {**_recorded_command(p.get("command")),
+                              "protocol": session.protocol, "raw": text},
                   "session": session.session}
     item.missing = session.missing
     item.scrubbed = SCRUBBED.search(text) is not None
-    if _EXECUTE.search(text) and _executes_prepared(text, session.resource):
+    if session.protocol in SQL_PROTOCOLS and _EXECUTE.search(text) and _executes_prepared(
+            text, session.protocol, session.resource):
         item.skip = ("it EXECUTEs a statement prepared in its session: the proxy decided it "
                      "with the PREPARE's text too (that PREPARE is replayed)")
     return item
 
 
-def _executes_prepared(text: str, resource: dict[str, Any]) -> bool:
+def _recorded_command(fields: Any) -> dict[str, Any]:
+    """The fields an adapter added to `input.command` (SSH's `sftp`, PostgreSQL's
+    `view_tables`), as its statement record holds them."""
+    return dict(fields) if isinstance(fields, dict) else {}
+
+
+def _executes_prepared(text: str, protocol: str, resource: dict[str, Any]) -> bool:
     from engine.facts import enrich_command
 
-    facts = enrich_command({"protocol": "postgres", "raw": text}, resource)
+    facts = enrich_command({"protocol": protocol, "raw": text}, resource)
     return any(s.get("executed_name") is not None for s in facts.get("statements") or ())
 
 

@@ -57,7 +57,7 @@ def test_pymysql(stack: Stack) -> None:
 
 
 def test_mysqlclient(stack: Stack) -> None:
-    MySQLdb = pytest.importorskip("MySQLdb")  # noqa: N806 (the module's name)
+    MySQLdb = pytest.importorskip("MySQLdb")
     conn = MySQLdb.connect(host="127.0.0.1", port=stack.proxy.port, user="alice",
                            password=PASSWORDS["alice"], database=stack.database,
                            autocommit=True, ssl_mode="DISABLED")

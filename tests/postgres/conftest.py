@@ -15,13 +15,8 @@ from typing import Any
 import pytest
 from scramp import ScramMechanism
 
-from adapters.postgres.hooks import (
-    ColumnDescriptor,
-    CopyLayout,
-    SessionContext,
-    StatementVerdict,
-    ValueTransform,
-)
+from adapters.enforcement.hooks import SessionContext, StatementVerdict, ValueTransform
+from adapters.postgres.descriptors import ColumnDescriptor, CopyLayout
 from adapters.postgres.proxy import PostgresProxy, ProxyConfig
 
 PSQL = "/usr/bin/psql"

@@ -25,10 +25,11 @@ import psycopg
 import pytest
 from psycopg.rows import tuple_row
 
-from adapters.postgres.bridge import PolicyBridge, Resource
+from adapters.enforcement.records import Resource
+from adapters.enforcement.review import ApprovalGate
+from adapters.postgres.bridge import PolicyBridge
 from adapters.postgres.catalog import Catalog
 from adapters.postgres.proxy import ProxyConfig
-from adapters.postgres.review import ApprovalGate
 from engine.approvals import ApprovalStore, open_approval_store
 from engine.approvals.store import SqliteApprovalStore
 from engine.audit import AuditLog, open_audit_log
@@ -150,7 +151,8 @@ def open_stack(pg_dsn: str, tmp: Path, schema: list[str], *, prefix: str,
     catalog = Catalog(direct)
     engine = Engine(load_policy_set(str(REPO / "policies")))
     bridge = PolicyBridge(
-        InProcessDecisionClient(engine), resource=Resource("payments", {"env": "prod"}),
+        InProcessDecisionClient(engine),
+        resource=Resource("payments", {"env": "prod"}, type="postgres"),
         catalog=catalog, recorder=recorder, approvals=gate)
     proxy = ProxyThread(ProxyConfig(upstream_url=upstream_url(direct),
                                     directory=load_users(users_file), **bridge.hooks()))
@@ -796,7 +798,8 @@ def side_proxy(stack: Stack, gate: ApprovalGate) -> tuple[ProxyThread, Catalog]:
     """Another proxy on the stack's database, trail and policies, with approvals from `gate`."""
     catalog = Catalog(stack.direct)
     bridge = PolicyBridge(
-        InProcessDecisionClient(stack.engine), resource=Resource("payments", {"env": "prod"}),
+        InProcessDecisionClient(stack.engine),
+        resource=Resource("payments", {"env": "prod"}, type="postgres"),
         catalog=catalog, recorder=stack.recorder, approvals=gate)
     return ProxyThread(ProxyConfig(upstream_url=upstream_url(stack.direct),
                                    directory=load_users(stack.users_file),

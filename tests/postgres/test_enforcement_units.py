@@ -10,26 +10,19 @@ from typing import Any
 
 import pytest
 
+from adapters.enforcement.hooks import StatementOutcome, StatementVerdict, WithheldValue
+from adapters.enforcement.mask_rules import MaskRules, strongest
+from adapters.enforcement.transforms import SCRUB_TEXT, SCRUB_TEXT_BINARY, mask_transform
 from adapters.postgres import messages as m
 from adapters.postgres.catalog import Column, Relation
 from adapters.postgres.column_masks import (
-    SCRUB_TEXT,
-    SCRUB_TEXT_BINARY,
     CatalogView,
     MaskingDenied,
-    MaskRules,
     check_outputs,
-    mask_transform,
-    strongest,
     trace_statement,
 )
 from adapters.postgres.copy_statement import CopySyntaxError, parse_copy
-from adapters.postgres.hooks import (
-    CopyLayout,
-    StatementOutcome,
-    StatementVerdict,
-    WithheldValue,
-)
+from adapters.postgres.descriptors import CopyLayout
 from adapters.postgres.results import CopyOutRewriter, RowRewriter
 from adapters.postgres.session import Completion, Session, tag_rows
 from engine.audit import AuditWriteError, InvalidAuditEvent
@@ -360,9 +353,11 @@ class _NoRecorder:
 
 
 def test_masking_plans_are_reused_only_while_the_catalog_entries_are_fresh() -> None:
-    from adapters.postgres.bridge import PolicyBridge, Resource
+    from adapters.enforcement.hooks import SessionContext
+    from adapters.enforcement.records import Resource
+    from adapters.postgres.bridge import PolicyBridge
     from adapters.postgres.catalog import Catalog, TypeInfo
-    from adapters.postgres.hooks import ColumnDescriptor, SessionContext
+    from adapters.postgres.descriptors import ColumnDescriptor
 
     now = [100.0]
     # Nothing listens on port 1: a lookup that is not answered from the cache fails.
@@ -373,9 +368,10 @@ def test_masking_plans_are_reused_only_while_the_catalog_entries_are_fresh() -> 
     catalog._types.update({23: TypeInfo(23, "N"), 25: TypeInfo(25, "S")})
     catalog._types_loaded = True
     catalog._user_functions = (1e12, frozenset())  # fresh at every clock reading below
-    bridge = PolicyBridge(_Decisions(), resource=Resource("db"), catalog=catalog,
+    bridge = PolicyBridge(_Decisions(), resource=Resource("db", type="postgres"), catalog=catalog,
                           recorder=_NoRecorder())  # type: ignore[arg-type]
-    ctx = SessionContext("s1", "alice", ("dev",), "db", "psql", "127.0.0.1", False, "scram")
+    ctx = SessionContext("s1", "alice", ("dev",), "db", "psql", "127.0.0.1", False, "scram",
+                         protocol="postgres")
     pan = ColumnDescriptor(1, "pan", 7, 2, 25, -1, 0)
 
     async def run(sql: str) -> StatementVerdict:

@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import tuple_row
 
-from adapters.postgres.bridge import PolicyBridge, Resource
+from adapters.enforcement.records import Resource
+from adapters.postgres.bridge import PolicyBridge
 from adapters.postgres.catalog import Catalog
 from adapters.postgres.proxy import ProxyConfig
 from engine.audit import open_audit_log
@@ -147,7 +148,8 @@ def setup(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Set
     catalog = Catalog(direct)
     bridge = PolicyBridge(  # the pack, its row budget out of the way of 160-query oracles
         InProcessDecisionClient(Engine(load_policy_set(without_row_budget(tmp)))),
-        resource=Resource("payments", {"env": "prod"}), catalog=catalog, recorder=recorder)
+        resource=Resource("payments", {"env": "prod"}, type="postgres"), catalog=catalog,
+        recorder=recorder)
     proxy = ProxyThread(ProxyConfig(upstream_url=upstream_url(direct),
                                     directory=load_users(tmp / "users.yaml"), **bridge.hooks()))
     yield Setup(proxy, name, direct, audit_url)

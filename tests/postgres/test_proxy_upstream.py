@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from adapters.postgres.hooks import SessionContext, StatementVerdict
+from adapters.enforcement.hooks import SessionContext, StatementVerdict
 from adapters.postgres.proxy import ProxyConfig
 from tests.postgres.conftest import (
     USERS,

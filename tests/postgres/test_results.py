@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.postgres import messages as m
-from adapters.postgres.hooks import ColumnDescriptor, CopyLayout
+from adapters.postgres.descriptors import ColumnDescriptor, CopyLayout
 from adapters.postgres.results import (
     BINARY_COPY_SIGNATURE,
     CopyOutRewriter,
@@ -53,7 +53,7 @@ def test_row_rewriter_equals_applying_every_transform(columns: list[tuple[str, i
                                                       ) -> None:
     """The prechecks (whole row; scanned values only, when masks share the row) only skip work:
     the result is what applying every column's transform to every value gives."""
-    from adapters.postgres.column_masks import SCRUB_TEXT, mask_transform
+    from adapters.enforcement.transforms import SCRUB_TEXT, mask_transform
     from adapters.postgres.results import binary_masked_notice
 
     by_kind = {"none": None, "scan": SCRUB_TEXT, "mask": mask_transform("pan"),
@@ -224,7 +224,7 @@ def test_copy_binary_failures() -> None:
 @given(st.one_of(st.binary(max_size=24), st.text("0123456789", max_size=22).map(str.encode),
                  st.text(max_size=20).map(str.encode)))
 def test_pan_mask_on_bytes_equals_mask_pan(value: bytes) -> None:
-    from adapters.postgres.column_masks import mask_transform
+    from adapters.enforcement.transforms import mask_transform
     from engine.masking import mask_pan
 
     expected = mask_pan(value.decode("utf-8", "surrogateescape"))

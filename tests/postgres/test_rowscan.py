@@ -10,10 +10,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from adapters.enforcement.hooks import WithheldValue
+from adapters.enforcement.transforms import SCRUB_JSON, SCRUB_TEXT, mask_transform
 from adapters.postgres import messages as m
 from adapters.postgres import rowscan
-from adapters.postgres.column_masks import SCRUB_JSON, SCRUB_TEXT, mask_transform
-from adapters.postgres.hooks import WithheldValue
 from adapters.postgres.results import RowRewriter
 from engine.masking import MASK_METHODS, may_hold_pan_bytes, set_hash_key
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from adapters.enforcement.hooks import StatementVerdict
 from adapters.postgres import messages as m
 from adapters.postgres.codec import BackendDecoder, Frame, FrontendDecoder
-from adapters.postgres.hooks import StatementVerdict
 from adapters.postgres.session import Session, SessionError, denial_error
 
 ALLOW = StatementVerdict.allow()

@@ -428,8 +428,8 @@ def test_the_scrubbed_mark_is_recognised(pan: str) -> None:
 
 
 def test_the_truncation_mark_is_the_proxys() -> None:
-    from adapters.postgres import bridge
+    from adapters.enforcement import records
     from engine.replay.records import TRUNCATED_AT, TRUNCATED_MARK
 
-    assert bridge.MAX_RECORDED_TEXT == TRUNCATED_AT
-    assert f'+ "{TRUNCATED_MARK}")' in Path(bridge.__file__).read_text()
+    assert records.MAX_RECORDED_TEXT == TRUNCATED_AT
+    assert f'+ "{TRUNCATED_MARK}")' in Path(records.__file__).read_text()

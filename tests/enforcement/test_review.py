@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from adapters.postgres.review import ApprovalGate
+from adapters.enforcement.review import ApprovalGate
 from engine.approvals import ApprovalRequest, ApprovalStore, open_approval_store
 from engine.audit import AuditLog, open_audit_log
 from engine.identity import Subject

@@ -1,14 +1,15 @@
-"""Review decisions on SQL statements -> just-in-time approvals that hold the statement.
+"""Review decisions on statements and commands -> just-in-time approvals that hold them.
 
-Owns the proxy's use of an `ApprovalStore`: finding an approval that already covers a statement
-(the same requester, the exact same text; single use, or any number of times within the rule's
-`window`), filing a request (or finding the pending one for the same text), waiting for the
-verdict without blocking the event loop (each wait runs in a thread of its own pool, in chunks
-so an abandoned wait ends soon), using the approval, and closing a request nobody waits for any
-more: each hold claims its request, and when the last hold of this process lets go of a
-still-pending one it is withdrawn (the statement was cancelled, the client left) or stored
-expired (the hold timed out). The store enforces separation of duties, approver groups, expiry
-and single use; this module must not decide any of that.
+Owns an enforcement point's use of an `ApprovalStore`: finding an approval that already covers
+a statement (the same requester, the exact same text; single use, or any number of times
+within the rule's `window`), filing a request (or finding the pending one for the same
+text), waiting for the verdict without blocking the event loop (each wait runs in a thread of
+its own pool, in chunks so an abandoned wait ends soon), using the approval, and closing a
+request nobody waits for any more: each hold claims its request, and when the last hold of
+this process lets go of a still-pending one it is withdrawn (the statement was cancelled, the
+client left) or stored expired (the hold timed out). The store enforces separation of duties,
+approver groups, expiry and single use; this module must not decide any of that. Durations
+(`parse_duration`, `parse_window`) are read here too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Literal, TypeVar
 from engine.approvals import ApprovalRequest, ApprovalStore, command_sha256
 from engine.identity import Subject
 
-log = logging.getLogger("ordinance.adapters.postgres.review")
+log = logging.getLogger("ordinance.adapters.enforcement.review")
 
 T = TypeVar("T")
 WAIT_CHUNK_S = 10.0

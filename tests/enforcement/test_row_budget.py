@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.row_budget import RowMeter, SessionRows, immediate_reviews, row_budgets
+from adapters.enforcement.row_budget import RowMeter, SessionRows, immediate_reviews, row_budgets
 from engine.decision import Decision, Reason
 
 BULK = Reason("pci.bulk_rows", "more than 100 rows", "review", ("leads",), rows=100)
