@@ -93,7 +93,8 @@ def test_oidc_token_over_tls(tls_stack: Stack, signing_key: rsa.RSAPrivateKey) -
     with tls_stack.connect("oidc-user", token, **_client_tls()) as conn, conn.cursor() as cur:
         cur.execute("SELECT 1")
         assert cur.fetchall() == ((1,),)
-    start = [r for r in tls_stack.records("session.start") if r["user"] == "oidc-user@example.com"][-1]
+    start = [r for r in tls_stack.records("session.start")
+             if r["user"] == "oidc-user@example.com"][-1]
     assert start["auth_method"] == "oidc-token" and start["groups"] == ["dev"]
 
 
