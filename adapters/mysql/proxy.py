@@ -70,6 +70,7 @@ from adapters.mysql.messages import (
     CLIENT_SSL,
     COM_INIT_DB,
     COM_QUERY,
+    COM_STMT_PREPARE,
     ER_ACCESS_DENIED_ERROR,
     ER_DBACCESS_DENIED_ERROR,
     ER_HANDSHAKE_ERROR,
@@ -652,8 +653,9 @@ class _Session:
         assert up is not None
         command = plan.command
         payload = command.encode()
-        if verdict is not None and verdict.rewritten is not None and command.code == COM_QUERY:
-            payload = bytes((COM_QUERY,)) + verdict.rewritten.encode("utf-8")
+        if verdict is not None and verdict.rewritten is not None and command.code in (
+                COM_QUERY, COM_STMT_PREPARE):  # (a prepared text's masked uses too)
+            payload = bytes((command.code,)) + verdict.rewritten.encode("utf-8")
         up.decoder.expect(1)
         await up.send(payload, 0)
         if plan.resets:

@@ -366,16 +366,19 @@ def _add_kind_details(tree: exp.Expr, facts: dict[str, Any]) -> None:
     elif isinstance(tree, exp.Set):
         for item in tree.expressions:
             target = item.this.this if isinstance(item.this, exp.EQ) else None
-            if isinstance(target, exp.Parameter):
-                continue  # a MySQL user variable (`SET @x = …`) is no setting
-            if isinstance(target, exp.SessionParameter):
-                target = target.this  # MySQL's `@@[session.]name`
-            kind = str(item.args.get("kind") or "").lower()
-            name = (target.name.lower() if isinstance(target, exp.Column | exp.Identifier |
-                                                      exp.Var)
-                    else kind.replace(" ", "_") if kind in ("names", "character set")
-                    else UNKNOWN_SETTING)
+            kind = str(item.args.get("kind") or "").upper() if target is None else ""
+            if isinstance(target, exp.SessionParameter):  # MySQL @@[session.|global.]name
+                target = target.this
+            if kind in ("NAMES", "CHARACTER SET", "CHARSET"):  # MySQL SET NAMES x
+                name = kind.lower().replace(" ", "_")
+            elif isinstance(target, exp.Parameter):  # MySQL user variable @x
+                name = "@" + target.name.lower()
+            else:
+                name = target.name.lower() if isinstance(
+                    target, exp.Column | exp.Identifier | exp.Var) else UNKNOWN_SETTING
             facts["settings"].append(name)
+            if name == "sql_mode" and isinstance(item.this, exp.EQ):
+                _add_sql_mode(item.this.expression, facts)
     elif isinstance(tree, exp.Update) and any(
             t.rpartition(".")[2] == "pg_settings" for t in facts["targets"]):
         facts["settings"].append(UNKNOWN_SETTING)  # UPDATE pg_settings is SET
@@ -383,6 +386,28 @@ def _add_kind_details(tree: exp.Expr, facts: dict[str, Any]) -> None:
         # the column list the statement writes, [] when it names none (all, in table order)
         facts["target_columns"] = ([ident.name.lower() for ident in tree.this.expressions]
                                    if isinstance(tree.this, exp.Schema) else [])
+
+
+def _add_sql_mode(value: exp.Expr, facts: dict[str, Any]) -> None:
+    """MySQL's `SET sql_mode = …`: `sql_modes`, the upper-case words of the value's string
+    literals (`concat(@@sql_mode, ',STRICT_TRANS_TABLES')`, which MariaDB Connector/J sends,
+    gives STRICT_TRANS_TABLES), and `sql_mode_computed` when the value is anything but string
+    literals, `@@sql_mode` and CONCAT/CONCAT_WS/REPLACE of them (a variable could hold any
+    mode). The fingerprint keeps no such text (its literals are facts)."""
+    modes: set[str] = set(facts.get("sql_modes") or ())
+    computed = bool(facts.get("sql_mode_computed"))
+    for node in value.walk():
+        if isinstance(node, exp.Literal) and node.is_string:
+            modes.update(w.upper() for w in re.findall(r"[A-Za-z_0-9]+", node.name))
+        elif isinstance(node, exp.SessionParameter):
+            computed = computed or node.name.lower() != "sql_mode"
+        elif isinstance(node, exp.Concat | exp.ConcatWs | exp.Replace | exp.Var | exp.Identifier
+                        | exp.Literal):
+            continue
+        elif not isinstance(node, exp.Paren):
+            computed = True
+    facts["sql_modes"] = sorted(modes)
+    facts["sql_mode_computed"] = computed
 
 
 def _hidden_statements(tree: exp.Expr, dialect: str | None) -> list[dict[str, Any]]:
