@@ -75,6 +75,19 @@ class InProcessDecisionClient:
     async def adecide(self, input_doc: dict[str, Any]) -> tuple[str, Decision]:
         return self.decide(input_doc)
 
+    def reuse(self) -> tuple[str, bool] | None:
+        """Whether an adapter may reuse this client's decisions instead of asking again:
+        `(revision, literal_insensitive)` of the active policy set when its decisions are a
+        pure function of the input (no time, random or network builtin), the engine caches
+        (so reusing one is what asking would give), and no decision log wants every decision;
+        else None. `literal_insensitive`: SQL that differs only by literals gets the same
+        decision (`PolicySet.literal_insensitive`)."""
+        policy_set = self.engine.policy_set
+        if (self.decision_log is not None or not policy_set.cacheable
+                or self.engine.cache_size <= 0):
+            return None
+        return policy_set.revision, policy_set.literal_insensitive
+
     def close(self) -> None:
         pass
 

@@ -10,9 +10,10 @@ CEL rules name, and what the Rego modules read of the rest), so sessions that di
 fields no policy reads (a session id, a client address) share decisions. The cache belongs to
 one policy set (a swap starts an empty one) and is bypassed when the set calls time, random or
 network builtins, so a cached answer is exactly what evaluating would give.
-When no policy can see literal values, SQL is keyed by its literal fingerprint instead of its
-text, so `WHERE id = 1` and `WHERE id = 2` share one evaluation. OPA-style queries are cached
-the same way, keyed by the path and the part of the input the Rego modules can read (exactly
+When no policy can see literal values, PostgreSQL's SQL is keyed by its literal fingerprint
+instead of its text (other dialects lex literals otherwise: `engine.facts.fingerprint`), so
+`WHERE id = 1` and `WHERE id = 2` share one evaluation. OPA-style queries are cached the same
+way, keyed by the path and the part of the input the Rego modules can read (exactly
 what regopy is given), so requests that differ only in fields no policy mentions (an Envoy
 request id, a timestamp) share one evaluation.
 
@@ -33,11 +34,10 @@ from engine.decision import Decision, Reason, combine_effect
 from engine.errors import EvaluationError
 from engine.facts import (
     DEFAULT_MAX_STATEMENT_BYTES,
-    SQL_PROTOCOLS,
     enrich_command,
     statement_too_large,
 )
-from engine.facts.fingerprint import literal_fingerprint
+from engine.facts.fingerprint import FINGERPRINT_PROTOCOLS, literal_fingerprint
 from engine.policy import PolicySet
 
 ENGINE_POLICY = "ordinance.engine"
@@ -103,6 +103,11 @@ class Engine:
     @property
     def policy_set(self) -> PolicySet:
         return self._state[0]
+
+    @property
+    def cache_size(self) -> int:
+        """How many decisions the cache keeps (0: decisions are not cached)."""
+        return self._cache_size
 
     def swap(self, policy_set: PolicySet) -> None:
         """Make `policy_set` the active one. Decisions already running finish on the old one."""
@@ -231,8 +236,8 @@ def _cache_document(input_doc: dict[str, Any],
     raw = command.get("raw")
     protocol = str(command.get("protocol") or (doc.get("resource") or {}).get("type")
                    or "").lower()
-    if not isinstance(raw, str) or protocol not in SQL_PROTOCOLS:
-        return None, doc
+    if not isinstance(raw, str) or protocol not in FINGERPRINT_PROTOCOLS:
+        return None, doc  # (other dialects lex literals otherwise: fingerprint.py)
     fingerprint = literal_fingerprint(raw)
     if fingerprint is None:
         return None, doc

@@ -5,9 +5,11 @@ protocol is the session's), asking the `DecisionClient`, the session records (`s
 / `session.end` with the counters), the adapter's own denials (`refused`: recorded, no policy
 asked), and the Decision -> `StatementVerdict` step: deny (recorded, then answered), review (a
 hold through `holds.Holds`; approvals are per execution), allow (with the statement's record
-as `on_complete`, its row budgets as `rows`, and `single_execution` after an approval). The
-mask rules of a Decision are shared per masks tuple (`mask_rules`). Subclasses add a
-protocol's masking of results (PostgreSQL: `adapters.postgres.bridge.PolicyBridge`).
+as `on_complete`, its row budgets as `rows`, and `single_execution` after an approval), and
+a session's verdict cache (`verdict_cache`: a statement shape decided before is not asked
+about again). The mask rules of a Decision are shared per masks tuple (`mask_rules`).
+Subclasses add a protocol's masking of results (PostgreSQL:
+`adapters.postgres.bridge.PolicyBridge`).
 
 Using it from an adapter (see docs/architecture.md, "A new adapter"):
 
@@ -44,8 +46,10 @@ from adapters.enforcement.records import (
 from adapters.enforcement.review import ApprovalGate
 from adapters.enforcement.row_budget import immediate_reviews, row_budgets
 from adapters.enforcement.transforms import scrub_server_text
+from adapters.enforcement.verdict_cache import decision_key
 from engine.audit.recorder import AuditRecorder
 from engine.decision import Decision, Mask, Reason
+from engine.service.decision_log import new_decision_id
 
 log = logging.getLogger("ordinance.adapters.enforcement.bridge")
 
@@ -130,10 +134,36 @@ class Enforcer:
 
     async def ask(self, text: str, ctx: SessionContext,
                   command: Mapping[str, Any] | None = None) -> Statement:
-        """Ask the policies about `text`: the decided statement."""
+        """Ask the policies about `text`: the decided statement. A statement of a shape the
+        session had decided under the active policy revision gets that Decision again, with
+        a decision id of its own (`verdict_cache`), when the client allows reuse."""
+        stats = self._sessions.get(ctx.session_id)
+        reuse = self._reuse() if stats is not None else None
+        key = None
+        if reuse is not None:
+            assert stats is not None
+            key = decision_key(text, ctx.protocol, reuse[1], command)
+            entry = stats.decisions.get(key, reuse[0]) if key is not None else None
+            if entry is not None:
+                hit = entry.decision
+                decision = Decision(hit.effect, hit.reasons, hit.masks, hit.policy_revision,
+                                    {**hit.command, "raw": text}, cached=True)
+                statement = self.statement(ctx, text, new_decision_id(), decision, command)
+                statement.cached = entry
+                return statement
         decision_id, decision = await self.client.adecide(
             self.input_document(text, ctx, command))
-        return self.statement(ctx, text, decision_id, decision, command)
+        statement = self.statement(ctx, text, decision_id, decision, command)
+        if key is not None:
+            assert stats is not None and reuse is not None
+            statement.cached = stats.decisions.put(key, decision, reuse[0])
+        return statement
+
+    def _reuse(self) -> tuple[str, bool] | None:
+        """The client's `reuse()`: (revision, literal-insensitive), or None (ask every
+        time; a client without the method, as the gRPC one)."""
+        reuse = getattr(self.client, "reuse", None)
+        return reuse() if reuse is not None else None
 
     async def refused(self, text: str, reason: str, ctx: SessionContext) -> StatementVerdict:
         """A message the adapter denied itself (no policy was asked): recorded as a denial."""

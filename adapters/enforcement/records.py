@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from adapters.enforcement.hooks import SessionContext, StatementOutcome, StatementVerdict
 from adapters.enforcement.row_budget import SessionRows, immediate_reviews
+from adapters.enforcement.verdict_cache import CachedDecision, SessionDecisions
 from engine.decision import Decision
 
 if TYPE_CHECKING:
@@ -41,12 +42,14 @@ class Resource:
 
 @dataclass
 class SessionStats:
-    """One session's counters (for `session.end`) and its row budgets' allowance."""
+    """One session's counters (for `session.end`), its row budgets' allowance and its
+    verdict cache."""
 
     started: float = field(default_factory=time.monotonic)
     statements: int = 0
     denied: int = 0
     rows: SessionRows = field(default_factory=SessionRows)
+    decisions: SessionDecisions = field(default_factory=SessionDecisions)
 
 
 class Masked(Protocol):
@@ -63,7 +66,8 @@ class Statement:
     says the verdict covers one execution (a review; a prepared statement decided again at
     each execution); `rewritten` is the text sent instead of `text`, `held_after_rows` where a
     row budget held its results; `command` the fields the adapter added to `input.command`
-    besides `protocol` and `raw` (recorded, so the trail can be replayed)."""
+    besides `protocol` and `raw` (recorded, so the trail can be replayed); `cached` the
+    session's verdict-cache entry of its shape (its Decision; None when it is not cached)."""
 
     def __init__(self, enforcer: Enforcer, ctx: SessionContext, text: str, decision_id: str,
                  decision: Decision, command: Mapping[str, Any] | None = None) -> None:
@@ -79,6 +83,7 @@ class Statement:
         self.held_after_rows: int | None = None
         self.approval_text = text
         self.once = bool(immediate_reviews(decision))  # (a row budget alone is no approval)
+        self.cached: CachedDecision | None = None
 
     def payload(self, details: Mapping[str, Any] | None = None,
                 **outcome: Any) -> dict[str, Any]:

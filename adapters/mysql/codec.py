@@ -89,6 +89,12 @@ class PacketDecoder:
         self._error = ProtocolError(f"{self.direction}: {what}")
         return self._error
 
+    def take_buffered(self) -> bytes:
+        """The bytes buffered past the last message, removed (where a TLS stream begins)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
     def next_message(self) -> Message | None:
         """The next whole message, or None until more bytes arrive."""
         if self._error is not None:

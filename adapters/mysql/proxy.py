@@ -175,23 +175,66 @@ class _Conn:
         self.writer = writer
         self.decoder = PacketDecoder(direction, max_message_size=max_message_size)
         self.out = bytearray()
+        self._tls: ssl.SSLObject | None = None
+        self._tls_in = ssl.MemoryBIO()
+        self._tls_out = ssl.MemoryBIO()
+
+    async def _raw(self) -> bytes:
+        data = await self.reader.read(READ_SIZE)
+        if not data:
+            raise _Closed(self.decoder.direction)
+        return data
+
+    async def _recv(self) -> bytes:
+        if self._tls is None:
+            return await self._raw()
+        while True:
+            try:
+                data = self._tls.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                self._push_tls()
+                self._tls_in.write(await self._raw())
+                continue
+            except ssl.SSLError as exc:
+                raise ProtocolError(f"{self.decoder.direction}: TLS: {exc}") from None
+            if not data:
+                raise _Closed(self.decoder.direction)
+            return data
+
+    def _push_tls(self) -> None:
+        pending = self._tls_out.read()
+        if pending:
+            self.writer.write(pending)
+
+    async def start_tls(self, context: ssl.SSLContext, early: bytes) -> None:
+        """TLS over this connection (server side), in memory: a client sends its ClientHello
+        right behind the SSLRequest, often in the same segment, so the bytes already read
+        (`early`) are where the TLS stream begins."""
+        self._tls = context.wrap_bio(self._tls_in, self._tls_out, server_side=True)
+        self._tls_in.write(early)
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._push_tls()
+                await self.writer.drain()
+                self._tls_in.write(await self._raw())
+            except ssl.SSLError as exc:
+                raise ProtocolError(f"client: TLS handshake failed: {exc}") from None
+        self._push_tls()
+        await self.writer.drain()
 
     async def read(self) -> Message:
         while True:
             message = self.decoder.next_message()
             if message is not None:
                 return message
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                raise _Closed(self.decoder.direction)
-            self.decoder.feed(data)
+            self.decoder.feed(await self._recv())
 
     async def fill(self) -> None:
         """Read what arrives into the decoder (a hang-up raises _Closed)."""
-        data = await self.reader.read(READ_SIZE)
-        if not data:
-            raise _Closed(self.decoder.direction)
-        self.decoder.feed(data)
+        self.decoder.feed(await self._recv())
 
     def queue(self, payload: bytes, seq: int) -> int:
         """Queue one message; returns the next sequence id."""
@@ -200,7 +243,11 @@ class _Conn:
 
     async def flush(self) -> None:
         if self.out:
-            self.writer.write(bytes(self.out))
+            if self._tls is not None:
+                self._tls.write(bytes(self.out))
+                self._push_tls()
+            else:
+                self.writer.write(bytes(self.out))
             self.out.clear()
         await self.writer.drain()
 
@@ -376,9 +423,7 @@ class _Session:
         if isinstance(login, SSLRequest):
             if config.server_ssl is None:
                 raise ProtocolError("client: SSLRequest, but the proxy offered no TLS")
-            if client.decoder.buffered:
-                raise ProtocolError("client: data after the SSLRequest before TLS")
-            await client.writer.start_tls(config.server_ssl)
+            await client.start_tls(config.server_ssl, client.decoder.take_buffered())
             client.decoder.expect(seq)
             message = await client.read()
             login = decode_login(message.payload)

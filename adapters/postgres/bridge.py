@@ -25,6 +25,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from adapters.enforcement.bridge import Enforcer, RowSource, deny_messages
@@ -134,6 +135,17 @@ class _MaskingPlan:
 
 
 
+@dataclass(frozen=True, slots=True)
+class _Reuse:
+    """What the allowed statements of one shape in one session share (kept in the session's
+    verdict cache entry): the masking plan (None: the decision masks nothing) and whether
+    server errors quote values to withhold, and its row budgets."""
+
+    plan: _MaskingPlan | None
+    withhold: bool
+    budgets: tuple[RowBudget, ...]
+
+
 class _SqlStatement(Statement):
     """A decided SQL statement: DDL invalidates the catalog once it ran; a PREPARE that ran
     is noted with its session (an EXECUTE of it is checked against it)."""
@@ -142,9 +154,17 @@ class _SqlStatement(Statement):
                  decision: Decision, command: Mapping[str, Any] | None = None) -> None:
         super().__init__(bridge, ctx, sql, decision_id, decision, command)
         self.bridge = bridge
-        self.ddl = bool(DDL_KINDS & set(decision.command.get("kinds") or ()))
-        self.prepares = [str(st["prepared_name"]) for st in decision.command.get(
-            "statements") or () if st.get("prepared_name") is not None and not st["nested"]]
+        self.plan: _MaskingPlan | None = None  # the masking plan its masking came from
+
+    @cached_property
+    def ddl(self) -> bool:
+        return bool(DDL_KINDS & set(self.decision.command.get("kinds") or ()))
+
+    @cached_property
+    def prepares(self) -> list[str]:
+        """The names its SQL PREPAREs define, in the order they run (popped as they do)."""
+        return [str(st["prepared_name"]) for st in self.decision.command.get("statements")
+                or () if st.get("prepared_name") is not None and not st["nested"]]
 
     async def completed(self, outcome: StatementOutcome) -> None:
         if self.ddl:
@@ -197,7 +217,13 @@ class PolicyBridge(Enforcer):
 
     async def decide(self, sql: str, ctx: SessionContext,
                      command: Mapping[str, Any] | None = None) -> StatementVerdict:
-        decided = await self._prepared(await self._ask(sql, ctx, command))
+        asked = await self._ask(sql, ctx, command)
+        reuse = asked.cached.plan if asked.cached is not None else None
+        if isinstance(reuse, _Reuse):
+            verdict = await self._reused(asked, reuse)
+            if verdict is not None:
+                return verdict
+        decided = await self._prepared(asked)
         if isinstance(decided, StatementVerdict):
             return decided
         statement, layout = decided
@@ -223,7 +249,63 @@ class PolicyBridge(Enforcer):
                 return self._allow(statement, layout)
 
             return await self.holds.review(statement, approved)
-        return self._allow(statement, layout, rows)
+        verdict = self._allow(statement, layout, rows)
+        if statement.cached is not None and not through:
+            self._keep(statement, verdict)
+        return verdict
+
+    def _keep(self, statement: _SqlStatement, verdict: StatementVerdict) -> None:
+        """Keep what statements of this one's shape can reuse in this session (`_Reuse`),
+        when nothing of its verdict is particular to this text or execution: allowed (no
+        review but row budgets, which meter each statement anew), no COPY, no DDL, no cursor
+        or prepared statement made or used (their session state changes), masked through a
+        shared masking plan (or nothing to mask)."""
+        decision = statement.decision
+        if statement.ddl or statement.cached is None or decision.effect == "deny" or (
+                decision.effect == "review" and immediate_reviews(decision)):
+            return
+        if statement.plan is None and self.rules(decision.masks):
+            return
+        command = decision.command
+        if _STARTS_WITH_COPY.match(statement.sql) or "copy" in (command.get("kinds") or ()):
+            return
+        if any(st.get("executed_name") is not None or st.get("prepared_name") is not None
+               for st in command.get("statements") or ()) or name_actions(statement.sql):
+            return
+        statement.cached.plan = _Reuse(statement.plan, verdict.withhold_error_values,
+                                       row_budgets(decision))
+
+    async def _reused(self, statement: _SqlStatement, reuse: _Reuse
+                      ) -> StatementVerdict | None:
+        """The verdict of a statement whose shape's verdict this session keeps: its masking
+        from the kept plan while the catalog entries it was made from are fresh (else None:
+        the full path decides, and reports what goes wrong)."""
+        plan = reuse.plan
+        catalog = self.catalog
+        rules = self.rules(statement.decision.masks)
+        if plan is None:
+            statement.masking = ResultMasking(catalog, rules, CatalogView())
+        else:
+            if plan.generation != catalog.generation or not catalog.still_fresh(
+                    plan.fresh_until):
+                return None
+            try:
+                if plan.rewrites is not None:
+                    statement.rewritten = rewrite_statement(statement.sql, plan.rewrites).text
+            except Exception:  # (the full path denies with the reason)
+                return None
+            statement.masking = ResultMasking(catalog, rules, plan.view,
+                                              computed=plan.computed,
+                                              transforms=plan.transforms)
+        if not reuse.budgets:
+            return self._allow(statement, None, None, withhold=reuse.withhold)
+        allowance = self.allowance(statement.ctx).rows
+        budgets = reuse.budgets
+
+        def rows() -> HeldRows:  # (as `_row_sources` makes it for a text that names nothing)
+            return HeldRows(self.holds, statement, statement.sql, budgets, allowance)
+
+        return self._allow(statement, None, rows, withhold=reuse.withhold)
 
     async def _prepared(self, statement: _SqlStatement
                         ) -> StatementVerdict | tuple[_SqlStatement, CopyLayout | None]:
@@ -242,7 +324,8 @@ class PolicyBridge(Enforcer):
         if decision.effect == "deny":
             return await statement.denied(deny_messages(decision))
         try:
-            statement.masking, layout, statement.rewritten = await self._masking(sql, decision)
+            statement.masking, layout, statement.rewritten, statement.plan = \
+                await self._masking(sql, decision)
         except (MaskingDenied, MaskUseDenied) as exc:
             return await statement.denied(str(exc))
         except CatalogError as exc:
@@ -291,13 +374,15 @@ class PolicyBridge(Enforcer):
         return None
 
     def _allow(self, statement: _SqlStatement, layout: CopyLayout | None,
-               rows: RowSource | None = None) -> StatementVerdict:
+               rows: RowSource | None = None, *, withhold: bool | None = None
+               ) -> StatementVerdict:
         masking = statement.masking
         assert isinstance(masking, ResultMasking)
+        if withhold is None:
+            withhold = masking.view.could_mask(masking.rules)
         return self.allow(
             statement, rows, masker=masking.masker, copy_layout=layout,
-            resolve_columns=masking.resolve_columns,
-            withhold_error_values=masking.view.could_mask(masking.rules),
+            resolve_columns=masking.resolve_columns, withhold_error_values=withhold,
             rewritten=statement.rewritten)
 
     # -- row budgets ------------------------------------------------------------------------
@@ -370,16 +455,19 @@ class PolicyBridge(Enforcer):
 
 
     async def _masking(self, sql: str, decision: Decision
-                       ) -> tuple[ResultMasking, CopyLayout | None, str | None]:
-        """The statement's result masking, COPY layout, and the text to send instead of
-        `sql` when masked columns are used outside its plain result columns."""
+                       ) -> tuple[ResultMasking, CopyLayout | None, str | None,
+                                  _MaskingPlan | None]:
+        """The statement's result masking, COPY layout, the text to send instead of `sql`
+        when masked columns are used outside its plain result columns, and the masking plan
+        it was made from (statements of its shape share it; None for a COPY or without
+        masks)."""
         command = decision.command or {}
         rules = self.rules(decision.masks)
         copy = self._copy(sql, command)
         layout = copy.layout if copy is not None else None
         binary_table_copy = copy is not None and copy.binary and copy.table is not None
         if not rules and not binary_table_copy:
-            return ResultMasking(self.catalog, rules, CatalogView()), layout, None
+            return ResultMasking(self.catalog, rules, CatalogView()), layout, None, None
         catalog = self.catalog
         key: tuple[Any, ...] | None = None
         if copy is None:  # (a COPY's layout is in its literals)
@@ -392,7 +480,7 @@ class PolicyBridge(Enforcer):
                 again = (rewrite_statement(sql, plan.rewrites).text
                          if plan.rewrites is not None else None)
                 return ResultMasking(catalog, rules, plan.view, computed=plan.computed,
-                                     transforms=plan.transforms), None, again
+                                     transforms=plan.transforms), None, again, plan
             if rules:
                 await self._check_unseen_reads(sql, rules)
         generation = catalog.generation
@@ -440,10 +528,10 @@ class PolicyBridge(Enforcer):
                                 TransformCache(), rewrites)
             self._plans[key] = plan
             return ResultMasking(catalog, rules, view, computed=computed,
-                                 transforms=plan.transforms), layout, rewritten
+                                 transforms=plan.transforms), layout, rewritten, plan
         masking = ResultMasking(catalog, rules, view, computed=computed,
                                 copy_methods=copy_methods, copy_types=copy_types)
-        return masking, layout, rewritten
+        return masking, layout, rewritten, None
 
     async def _check_unseen_reads(self, sql: str, rules: MaskRules) -> None:
         """Deny what would read masked columns where the rewrite cannot see it: a CREATE TABLE

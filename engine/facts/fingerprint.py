@@ -9,6 +9,14 @@ gets no fingerprint, nor one with a backslash (MySQL reads it as an escape in st
 Engine uses the fingerprint only for policy sets that never read `command.raw` (see
 PolicySet). Text the normalizer cannot read with certainty (comments, dollar quoting, E''
 strings) gets no fingerprint, and is decided in full.
+
+The literals are found by PostgreSQL's lexical rules with `standard_conforming_strings` on, so
+the fingerprint is used only for PostgreSQL's protocol (`FINGERPRINT_PROTOCOLS`): under
+MySQL's rules `#` starts a comment, `"..."` is a string and a backslash escapes a quote, and
+two texts this normalizer takes for one shape could be statements reading different tables
+(`'x\' AND b = ' UNION SELECT pan FROM cards #'`). A text with a backslash gets no
+fingerprint either: a session may turn `standard_conforming_strings` off, and then a
+backslash escapes a quote in PostgreSQL too.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ _LITERAL = re.compile(  # _TOKEN's literals and quoted names; the lookahead is f
 _UNSAFE = re.compile(r"--|/\*|\$[A-Za-z_]*\$|(?<![\w'])[eEbBxXuUnN]&?'", re.ASCII)
 _QUOTED_STATEMENT = re.compile(r"\bprepare\s+\S+\s+from\s*['\"]|\bexecute\s+immediate\b")
 _COUNT_KEYWORDS = frozenset({"limit", "offset", "first", "next", "top"})
+FINGERPRINT_PROTOCOLS = frozenset({"postgres", "postgresql"})
+"""The protocols whose SQL is lexed as this module lexes it."""
 MAX_FINGERPRINT_INPUT = 64 << 10
 CACHED_FINGERPRINT_INPUT = 8 << 10
 """Longer texts are fingerprinted each time (linear regular expressions), not kept in the LRU."""
@@ -51,6 +61,8 @@ def literal_fingerprint(raw: str) -> str | None:
 
 @lru_cache(maxsize=4096)
 def _fingerprint(raw: str) -> str | None:
+    if "\\" in raw:
+        return None  # an escaped quote where standard_conforming_strings is off
     if ("'" in raw or "$" in raw or "--" in raw or "/*" in raw) and _UNSAFE.search(raw):
         return None  # (each of _UNSAFE's patterns needs one of these)
     lowered = raw.lower()

@@ -73,6 +73,22 @@ def test_statements_differing_by_literals_share_one_evaluation(policy_dir) -> No
     assert not limited.cached and not other_limit.cached  # LIMIT counts are facts
 
 
+def test_only_postgresql_is_keyed_by_the_literal_fingerprint(policy_dir) -> None:
+    """The fingerprint lexes as PostgreSQL does: under MySQL's rules (`#` comments, `\\'`
+    escapes) two texts it takes for one shape read different tables."""
+    root = policy_dir({"p.rego": HEAD + 'deny contains "no" if "cards" in input.command.tables\n'})
+    engine = Engine(load_policy_set(str(root)))
+    res = {"type": "mysql"}
+    benign = "SELECT 1 FROM t WHERE a = 'x' AND b = 'y'"
+    hostile = "SELECT 1 FROM t WHERE a = 'x\\' AND b = ' UNION SELECT pan FROM cards #'"
+    assert engine.decide({"resource": res, "command": {"protocol": "mysql", "raw": benign}}
+                         ).allowed
+    second = engine.decide({"resource": res, "command": {"protocol": "mysql", "raw": hostile}})
+    assert not second.cached and second.effect == "deny"
+    assert engine.decide({"resource": res, "command": {
+        "protocol": "mysql", "raw": "SELECT 1 FROM t WHERE a = 'z' AND b = 'w'"}}).cached is False
+
+
 def test_policies_reading_raw_text_are_not_literal_cached(policy_dir) -> None:
     root = policy_dir({"p.rego": HEAD +
                        'deny contains "secret" if contains(input.command.raw, "42")\n'})

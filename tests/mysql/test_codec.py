@@ -63,7 +63,7 @@ def test_handshake_response_round_trip_and_ssl_request() -> None:
     assert m.decode_login(response.encode()) == response
     ssl = m.decode_login(m.SSLRequest(CAPS, 1 << 24, 45).encode())
     assert isinstance(ssl, m.SSLRequest) and ssl.capabilities & m.CLIENT_SSL
-    with pytest.raises(ProtocolError, match="protocol 4.1"):
+    with pytest.raises(ProtocolError, match=r"protocol 4\.1"):
         m.decode_login(b"\x00" * 32)
 
 

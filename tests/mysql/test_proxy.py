@@ -388,3 +388,46 @@ def test_ordinance_proxy_mysql_cli(stack: Stack, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert PAN1 not in (tmp_path / "a.db").read_bytes().decode("latin-1")
     assert PAN2  # card 2's PAN is not Luhn-valid: only the mask rules hide it
+
+
+# -- row budgets and SQL-level prepared statements ------------------------------------------
+
+MANY = [*[s for s in __import__("tests.mysql.stack", fromlist=["SCHEMA"]).SCHEMA],
+        "INSERT INTO cards (id, pan, cvv) SELECT seq, '5500000000000004', '999' "
+        "FROM seq_3_to_150"]
+
+
+@pytest.fixture(scope="module")
+def many(mysql_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with open_stack(mysql_dsn, tmp_path_factory.mktemp("mysql-rows"), MANY,
+                    approval_timeout=2.0) as running:
+        yield running
+
+
+def test_row_budget_holds_at_the_first_row_past_the_allowance(many: Stack) -> None:
+    with many.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT id FROM cards WHERE id <= 60")
+        assert len(cur.fetchall()) == 60
+        with pytest.raises(pymysql.err.OperationalError) as exc:
+            cur.execute("SELECT id FROM cards WHERE id > 0")  # 40 rows left in the allowance
+        message = denied(exc)
+        assert "Approval request" in message and "was not given within" in message
+        cur.execute("SELECT 1")
+        assert cur.fetchall() == ((1,),)
+    record = [r for r in many.records("statement")
+              if r["text"] == "SELECT id FROM cards WHERE id > 0"][-1]
+    assert record["held_after_rows"] == 40 and record["effect"] == "review"
+
+
+def test_sql_execute_is_decided_as_its_prepare(many: Stack) -> None:
+    with many.connect() as conn, conn.cursor() as cur:
+        cur.execute("PREPARE s FROM 'SELECT id, pan FROM cards WHERE id > 0'")
+        with pytest.raises(pymysql.err.OperationalError) as exc:
+            cur.execute("EXECUTE s")  # 148 rows: past the session's 100
+        assert "Approval request" in denied(exc)
+        with pytest.raises(pymysql.err.OperationalError) as exc:
+            cur.execute("EXECUTE nobody")
+        assert "was not prepared through this proxy session" in denied(exc)
+    record = [r for r in many.records("statement") if r["text"] == "EXECUTE s"][-1]
+    assert record["prepared"] == "SELECT id, pan FROM cards WHERE id > 0"
+    assert record["held_after_rows"] == 100

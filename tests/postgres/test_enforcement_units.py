@@ -342,9 +342,21 @@ class _Decisions:
 
     masks = (Mask("pan", "pan"),)
 
+    def __init__(self) -> None:
+        self.asked = 0
+
     async def adecide(self, doc: dict[str, Any]) -> tuple[str, Decision]:
+        self.asked += 1
         return "dec-1", Decision("allow", masks=self.masks, policy_revision="r1", command={
             "kinds": ["select"], "tables": ["cards"], "parse_error": None})
+
+
+class _ReusableDecisions(_Decisions):
+    """As `_Decisions`, from a policy set whose decisions may be reused (deterministic,
+    literal-insensitive: `InProcessDecisionClient.reuse`)."""
+
+    def reuse(self) -> tuple[str, bool]:
+        return "r1", True
 
 
 class _NoRecorder:
@@ -352,7 +364,9 @@ class _NoRecorder:
         return None
 
 
-def test_masking_plans_are_reused_only_while_the_catalog_entries_are_fresh() -> None:
+@pytest.mark.parametrize("reusable", [False, True], ids=["asked-each-time", "verdict-cache"])
+def test_masking_plans_are_reused_only_while_the_catalog_entries_are_fresh(
+        reusable: bool) -> None:
     from adapters.enforcement.hooks import SessionContext
     from adapters.enforcement.records import Resource
     from adapters.postgres.bridge import PolicyBridge
@@ -368,7 +382,8 @@ def test_masking_plans_are_reused_only_while_the_catalog_entries_are_fresh() -> 
     catalog._types.update({23: TypeInfo(23, "N"), 25: TypeInfo(25, "S")})
     catalog._types_loaded = True
     catalog._user_functions = (1e12, frozenset())  # fresh at every clock reading below
-    bridge = PolicyBridge(_Decisions(), resource=Resource("db", type="postgres"), catalog=catalog,
+    client = _ReusableDecisions() if reusable else _Decisions()
+    bridge = PolicyBridge(client, resource=Resource("db", type="postgres"), catalog=catalog,
                           recorder=_NoRecorder())  # type: ignore[arg-type]
     ctx = SessionContext("s1", "alice", ("dev",), "db", "psql", "127.0.0.1", False, "scram",
                          protocol="postgres")
@@ -384,6 +399,7 @@ def test_masking_plans_are_reused_only_while_the_catalog_entries_are_fresh() -> 
         return verdict
 
     async def scenario() -> None:
+        await bridge.session_started(ctx)  # (the verdict cache is the session's)
         first = await run("SELECT pan FROM cards WHERE id = 1")
         again = await run("SELECT pan FROM cards WHERE id = 2")  # same fingerprint
         assert first.effect == again.effect == "allow" and len(bridge._plans) == 1
@@ -399,6 +415,7 @@ def test_masking_plans_are_reused_only_while_the_catalog_entries_are_fresh() -> 
         catalog.invalidate()  # as after DDL
         dropped = await run("SELECT pan FROM cards WHERE id = 6")
         assert dropped.effect == "deny" and "masks cannot be applied" in dropped.message
+        assert client.asked == (1 if reusable else 6)  # one shape, one revision
         await catalog.close()
 
     asyncio.run(scenario())
