@@ -325,3 +325,18 @@ def statements(draw: st.DrawFn) -> str:
 @given(sql=statements())
 def test_generated_statements_never_see_a_clear_pan(alice: Session, sql: str) -> None:
     same_as_seen(alice, sql)
+
+
+def test_a_global_sql_mode_that_misreads_statements_denies_masked_ones(shop: str) -> None:
+    with connect(shop) as root, root.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.sql_mode")
+        (before,) = cur.fetchone()  # type: ignore[misc]
+        cur.execute("SET GLOBAL sql_mode = CONCAT(@@GLOBAL.sql_mode, ',ANSI_QUOTES')")
+        try:
+            fresh = Session(shop)  # (a new catalog connection reads the global mode)
+            with pytest.raises(MaskUseDenied, match="ANSI_QUOTES"):
+                fresh.run("SELECT id FROM cards WHERE pan LIKE '4%'")
+            assert fresh.plan("SELECT 1").text is None  # (no masked column: no denial)
+            fresh.close()
+        finally:
+            cur.execute("SET GLOBAL sql_mode = %s", (before,))
