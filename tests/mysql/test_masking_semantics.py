@@ -189,6 +189,13 @@ def test_plain_reads_are_masked_by_column_definition(alice: Session) -> None:
     "SELECT id, substring_index(pan, '0', 1), lpad(pan, 20, 'x') FROM cards ORDER BY id",
     "SELECT id, (SELECT pan FROM cards c2 WHERE c2.id = cards.id) FROM cards ORDER BY id",
     "SELECT id, lag(pan) OVER (ORDER BY id) FROM cards ORDER BY id",
+    # MySQL's ORDER BY and HAVING expressions read select-list aliases
+    "SELECT id, pan AS p FROM cards ORDER BY reverse(p)",
+    "SELECT id, pan AS p FROM cards ORDER BY substr(p, 1, 1) DESC, id",
+    "SELECT id, pan AS p FROM cards HAVING p LIKE '4000%'",
+    "SELECT id, pan AS p FROM cards HAVING substr(p, 1, 1) = '3' ORDER BY id",
+    "SELECT id, pan FROM cards HAVING pan LIKE '4000%'",
+    "SELECT id, cvv AS c FROM cards HAVING c = '123'",
 ])
 def test_uses_compute_on_the_masked_value(alice: Session, sql: str) -> None:
     same_as_seen(alice, sql)
