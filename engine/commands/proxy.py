@@ -115,9 +115,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--reload-settle", type=float, default=1.0, metavar="SECONDS",
                    help="a changed plain policy directory (no .manifest) is loaded once it has "
                         "been quiet this long (default 1)")
-    from engine.commands.serve import add_statement_limit_argument
+    from engine.commands.serve import add_audit_durability_argument, add_statement_limit_argument
 
     add_statement_limit_argument(p)
+    add_audit_durability_argument(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run)
 
@@ -206,7 +207,7 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
         verify = verifier.verify
 
     try:
-        audit = open_audit_log(args.audit)
+        audit = open_audit_log(args.audit, durability=args.audit_durability)
     except AuditError as exc:
         raise _Setup(f"audit trail: {exc}") from None
     resources.append(audit.close)
@@ -241,7 +242,8 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
         "upstream": f"{target.host}:{target.port}/{target.database}",
         "upstream_sslmode": target.tls.mode,
         "resource": resource.to_input(), "decisions": decisions,
-        "audit": parse_store_url(args.audit).redacted(), "tls": tls is not None,
+        "audit": parse_store_url(args.audit).redacted(),
+        "audit_durability": args.audit_durability, "tls": tls is not None,
         "auth": [m for m, on in (("scram-sha-256", directory is not None),
                                  ("oidc-token", verify is not None)) if on],
         "approval_timeout_s": args.approval_timeout,

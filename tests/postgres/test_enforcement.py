@@ -995,14 +995,14 @@ def test_a_failing_audit_trail_withholds_the_result_and_ends_the_session(
         def broken(events: Any) -> Any:
             raise AuditWriteError("disk full")
 
-        monkeypatch.setattr(stack.recorder.audit, "append_many", broken)
+        monkeypatch.setattr(stack.recorder.audit, "commit_many", broken)
         with pytest.raises(psycopg.Error) as exc:
             conn.execute("INSERT INTO scratch VALUES (99, 'unrecorded')")
         assert exc.value.sqlstate == "58030", exc.value
         assert "could not be recorded in the audit trail" in str(exc.value)
         monkeypatch.undo()
     with pytest.raises(psycopg.OperationalError):  # a new session cannot be recorded either
-        monkeypatch.setattr(stack.recorder.audit, "append_many", broken)
+        monkeypatch.setattr(stack.recorder.audit, "commit_many", broken)
         stack.connect()
     monkeypatch.undo()
     assert stack.connect().execute("SELECT 1").fetchone() == (1,)
