@@ -16,7 +16,8 @@ collected in `notices` (each distinct text once) for the session to send.
 When every transform of a result is a `ScrubTransform` with the same `may_match` (nothing is
 masked, only scanned), `precheck` is that function: the caller may relay rows or COPY chunks
 that cannot match without rewriting them (`RowRewriter.rewrite` and `CopyOutRewriter.feed`
-apply it themselves too).
+apply it themselves too; `CopyOutRewriter.run_clean` applies it to a whole run of CopyData
+messages in C).
 
 `RowRewriter.rewrite_run` rewrites a whole run of DataRows in C (`rowscan.mask_rows`) when the
 extension is built; `rewrite`, one row at a time, is the reference it must equal and what
@@ -451,6 +452,18 @@ class CopyOutRewriter(_Notices):
         if len(self._buffer) > self.max_buffer:
             raise RewriteError(f"COPY record longer than {self.max_buffer} bytes")
         return out
+
+    def run_clean(self, run: bytes) -> bool:
+        """Whether `feed` would return every CopyData of `run` (a run of complete messages,
+        `BackendDecoder.next_run`) unchanged, checked in one C pass
+        (`rowscan.copy_run_clean`): the caller then relays the run whole. False sends it
+        message by message through `feed`."""
+        if (self.precheck is not rowscan.may_hold_pan_bytes or self._buffer
+                or self._header_pending):
+            return False
+        if self.csv and self.escape != self.quote:
+            return False
+        return rowscan.copy_run_clean(run, self.quote if self.csv else -1)
 
     def _unquoted_after(self, data: bytes) -> bool:
         """Whether parsing `data` from a record boundary ends outside a CSV quote (so skipping
