@@ -282,6 +282,8 @@ _HEX = b"0123456789abcdefABCDEF"
 
 
 def text_unescape(raw: bytes) -> bytes:
+    if 92 not in raw:  # no backslash: nothing is escaped
+        return raw
     out = bytearray()
     i, n = 0, len(raw)
     while i < n:
@@ -311,7 +313,12 @@ def text_unescape(raw: bytes) -> bytes:
     return bytes(out)
 
 
+_TEXT_SPECIAL = bytes(_TEXT_ESCAPE)
+
+
 def text_escape(value: bytes, delimiter: int) -> bytes:
+    if len(value.translate(None, _TEXT_SPECIAL + bytes((delimiter,)))) == len(value):
+        return value  # nothing to escape (the common case, found at C speed)
     out = bytearray()
     for c in value:
         escaped = _TEXT_ESCAPE.get(c)
@@ -364,8 +371,8 @@ def csv_split(record: bytes, delimiter: int, quote: int, escape: int
 def csv_quote(value: bytes, delimiter: int, quote: int, escape: int, null: bytes) -> bytes:
     """A CSV field as PostgreSQL writes it: quoted when it holds a delimiter, quote or newline,
     or could be mistaken for NULL or the end-of-data marker."""
-    special = {delimiter, quote, 10, 13}
-    if value == null or value == b"\\." or any(c in special for c in value):
+    special = bytes((delimiter, quote, 10, 13))
+    if value == null or value == b"\\." or len(value.translate(None, special)) != len(value):
         out = bytearray((quote,))
         for c in value:
             if c in (quote, escape):
@@ -481,6 +488,13 @@ class CopyOutRewriter(_Notices):
 
     # text and CSV: records end at a newline (outside quotes for CSV)
     def _records(self) -> bytes:
+        if not self.csv or self.escape == self.quote:
+            return self._records_by_newline()
+        return self._records_bytewise()
+
+    def _records_bytewise(self) -> bytes:
+        """`_records` a byte at a time: any CSV escape (the reference of
+        `_records_by_newline`)."""
         out: list[bytes] = []
         buf = self._buffer
         start = 0
@@ -505,6 +519,28 @@ class CopyOutRewriter(_Notices):
         self._scan = i - start
         return b"".join(out)
 
+    def _records_by_newline(self) -> bytes:
+        """`_records` when a newline ends a record unless inside a CSV quote that no escape
+        character can hide (text format: data newlines are escaped; CSV whose escape is its
+        quote: a quote byte always toggles the quote), found with `find` and `count`."""
+        out: list[bytes] = []
+        buf = self._buffer
+        start = 0
+        i = self._scan
+        csv, quote = self.csv, self.quote
+        while (newline := buf.find(b"\n", i)) >= 0:
+            if csv and buf.count(quote, i, newline) % 2:
+                self._in_quote = not self._in_quote
+            i = newline + 1
+            if not self._in_quote:
+                out.append(self._record(bytes(buf[start:newline])) + b"\n")
+                start = i
+        if csv and buf.count(quote, i) % 2:
+            self._in_quote = not self._in_quote
+        self._scan = len(buf) - start
+        del buf[:start]
+        return b"".join(out)
+
     def _record(self, record: bytes) -> bytes:
         if self._header_pending:
             self._header_pending = False
@@ -513,9 +549,13 @@ class CopyOutRewriter(_Notices):
             return record
         sep = bytes((self.delimiter,))
         if self.csv:
-            fields = csv_split(record, self.delimiter, self.quote, self.escape)
+            if self.quote in record:
+                fields = csv_split(record, self.delimiter, self.quote, self.escape)
+                raw_fields = _csv_raw_fields(record, self.delimiter, self.quote, self.escape)
+            else:  # nothing quoted: the fields are the raw text between delimiters
+                raw_fields = record.split(sep)
+                fields = [(field, False) for field in raw_fields]
             self._check_count(len(fields))
-            raw_fields = _csv_raw_fields(record, self.delimiter, self.quote, self.escape)
             for i, transform in enumerate(self.transforms):
                 value, quoted = fields[i]
                 if transform is None or (value == self.null and not quoted):
