@@ -733,7 +733,38 @@ def decode_column_definition(payload: bytes) -> ColumnDefinition:
 
 
 def decode_text_row(payload: bytes, columns: int) -> list[bytes | None]:
-    """A text-protocol row: one length-encoded string or 0xFB (NULL) per column."""
+    """A text-protocol row: one length-encoded string or 0xFB (NULL) per column. (The hot
+    path of every result: inline; anything irregular is read again by `_decode_text_row`,
+    which names the fault.)"""
+    values: list[bytes | None] = []
+    pos, end = 0, len(payload)
+    try:
+        for _ in range(columns):
+            first = payload[pos]
+            if first < 0xFB:
+                pos += 1
+                stop = pos + first
+            elif first == 0xFB:
+                values.append(None)
+                pos += 1
+                continue
+            elif first == 0xFC:
+                stop = pos + 3 + (payload[pos + 1] | payload[pos + 2] << 8)
+                pos += 3
+            else:
+                raise IndexError
+            if stop > end:
+                raise IndexError
+            values.append(payload[pos:stop])
+            pos = stop
+    except IndexError:
+        return _decode_text_row(payload, columns)
+    if pos != end:
+        return _decode_text_row(payload, columns)
+    return values
+
+
+def _decode_text_row(payload: bytes, columns: int) -> list[bytes | None]:
     r = Reader("text row", payload)
     values: list[bytes | None] = []
     for i in range(columns):
@@ -747,7 +778,8 @@ def decode_text_row(payload: bytes, columns: int) -> list[bytes | None]:
 
 
 def encode_text_row(values: list[bytes | None]) -> bytes:
-    return b"".join(b"\xfb" if v is None else lenenc_bytes(v) for v in values)
+    return b"".join(b"\xfb" if v is None else (bytes((len(v),)) + v if len(v) < 0xFB
+                                              else lenenc_bytes(v)) for v in values)
 
 
 @dataclass

@@ -233,8 +233,13 @@ class _Conn:
             self.decoder.feed(await self._recv())
 
     async def fill(self) -> None:
-        """Read what arrives into the decoder (a hang-up raises _Closed)."""
+        """Read what arrives into the decoder (a hang-up raises _Closed); what a peer sends
+        while nobody reads its messages (a held statement's client) is bounded too."""
         self.decoder.feed(await self._recv())
+        if self.decoder.buffered > 2 * self.decoder.max_message_size:
+            raise ProtocolError(f"{self.decoder.direction}: more than "
+                                f"{2 * self.decoder.max_message_size} bytes sent while its "
+                                "statement was held")
 
     def queue(self, payload: bytes, seq: int) -> int:
         """Queue one message; returns the next sequence id."""
@@ -676,6 +681,7 @@ class _Session:
         meter = verdict.rows() if verdict is not None and verdict.rows is not None else None
         masker: ResultMasker | None = None
         rows = 0
+        free = uncharged = 0  # rows a row budget admits without asking; sent, not charged
         refused_infile = False
         while not reader.done:
             if not up.decoder.buffered:
@@ -692,14 +698,21 @@ class _Session:
                     payload = changed.encode()
             elif kind == "row":
                 assert masker is not None
-                if meter is not None and not meter.released and not meter.admit(1):
-                    await client.flush()
-                    final = await self._hold(meter.hold)
-                    if final.effect != "allow":
-                        await self._drain(reader)
-                        await client.send(verdict_error(final).encode(), seq)
-                        return
-                    meter.admit(1)
+                if meter is not None and not meter.released:
+                    if not free:  # charge what went, then see what room is left
+                        meter.admit(uncharged)
+                        uncharged, free = 0, meter.room()
+                    if not free:
+                        await client.flush()
+                        final = await self._hold(meter.hold)
+                        if final.effect != "allow":
+                            await self._drain(reader)
+                            await client.send(verdict_error(final).encode(), seq)
+                            return
+                        meter.admit(1)
+                    else:
+                        free -= 1
+                        uncharged += 1
                 payload = masker.row(payload)
                 rows += 1
             elif kind == "local_infile":
@@ -719,6 +732,9 @@ class _Session:
                 text = self.config.scrub_server_text(text.encode()).decode("utf-8", "replace")
                 payload = replace(err, message=text).encode()
             if reader.results > before:
+                if meter is not None and uncharged:
+                    meter.admit(uncharged)
+                    uncharged, free = 0, 0
                 payload = await self._end_result(kind, payload, verdict, masker, rows,
                                                  started, refused_infile)
                 masker, rows, refused_infile = None, 0, False

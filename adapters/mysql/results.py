@@ -53,33 +53,32 @@ class ResultMasker:
     columns: list[ColumnDefinition] = field(default_factory=list)
     transforms: list[ValueTransform | None] = field(default_factory=list)
     withheld: int = 0  # values delivered as NULL (warnings)
+    masks: bool = False  # some column has a transform
 
     def add(self, column: ColumnDefinition) -> ColumnDefinition | None:
         """Note the next column; the definition to send instead, when it changes."""
         transform = self.masker(column) if self.masker is not None else None
         self.columns.append(column)
         self.transforms.append(transform)
+        self.masks = self.masks or transform is not None
         if transform is not None and column.flags & NOT_NULL_FLAG:
             return replace(column, flags=column.flags & ~NOT_NULL_FLAG)
         return None
 
-    @property
-    def masks(self) -> bool:
-        return any(t is not None for t in self.transforms)
-
     def row(self, payload: bytes) -> bytes:
         """One row payload with its masked columns masked and card numbers scrubbed."""
-        if not self.masks and not may_hold_pan_bytes(payload):
+        scan = may_hold_pan_bytes(payload)  # False: no value of the row needs the backstop
+        if not self.masks and not scan:
             return payload
         if self.binary:
             types = [c.type for c in self.columns]
             row = decode_binary_row(payload, types)
-            values = [self._value(i, v, binary=True) for i, v in enumerate(row.values)]
+            values = [self._value(i, v, True, scan) for i, v in enumerate(row.values)]
             return encode_binary_row(BinaryRow(values), types)
         values = decode_text_row(payload, len(self.columns))
-        return encode_text_row([self._value(i, v, binary=False) for i, v in enumerate(values)])
+        return encode_text_row([self._value(i, v, False, scan) for i, v in enumerate(values)])
 
-    def _value(self, i: int, value: bytes | None, *, binary: bool) -> bytes | None:
+    def _value(self, i: int, value: bytes | None, binary: bool, scan: bool) -> bytes | None:
         if value is None:
             return None
         transform = self.transforms[i]
@@ -94,6 +93,8 @@ class ResultMasker:
                 self.withheld += 1
                 return None
             return None if out is None else scrub_text(out)
+        if not scan:
+            return value
         if text:
             return scrub_text(value)
         if binary or not may_hold_pan_bytes(value):
