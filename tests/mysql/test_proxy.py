@@ -431,3 +431,11 @@ def test_sql_execute_is_decided_as_its_prepare(many: Stack) -> None:
     record = [r for r in many.records("statement") if r["text"] == "EXECUTE s"][-1]
     assert record["prepared"] == "SELECT id, pan FROM cards WHERE id > 0"
     assert record["held_after_rows"] == 100
+
+
+def test_server_errors_go_through_the_pan_backstop(stack: Stack) -> None:
+    with stack.connect() as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.MySQLError) as exc:
+            cur.execute(f"SELECT * FROM nowhere_{PAN1}")
+        assert PAN1 not in str(exc.value) and "1111" in str(exc.value)
+    assert PAN1 not in json.dumps(stack.records())
