@@ -9,7 +9,8 @@ protocol alike: its value is its text) gets its mask's output and then the backs
 column of another type (a number, a date: no masked value of it is valid) is delivered as
 NULL and counted as a warning, in the end-of-rows packet's warning count; an unmasked
 non-string value in which a card number is found is NULL too (binary numbers are not read:
-they hold no digits as text). Must not: decide which columns are masked.
+they hold no digits as text; DECIMAL, sent as its digits, is read). Must not: decide which
+columns are masked.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from adapters.enforcement.hooks import ValueTransform, WithheldValue
 from adapters.mysql.messages import (
     STRING_TYPES,
+    TYPE_DECIMAL,
+    TYPE_NEWDECIMAL,
     BinaryRow,
     ColumnDefinition,
     decode_binary_row,
@@ -30,6 +33,7 @@ from adapters.mysql.messages import (
 from engine.masking import find_pans, may_hold_pan_bytes, scrub_pans
 
 NOT_NULL_FLAG = 1
+_DIGIT_TYPES = frozenset({TYPE_DECIMAL, TYPE_NEWDECIMAL})  # binary protocol: their digits
 ColumnMasker = Callable[[ColumnDefinition], "ValueTransform | None"]
 
 
@@ -97,7 +101,7 @@ class ResultMasker:
             return value
         if text:
             return scrub_text(value)
-        if binary or not may_hold_pan_bytes(value):
+        if (binary and self.columns[i].type not in _DIGIT_TYPES) or not may_hold_pan_bytes(value):
             return value  # binary numbers and dates hold no digits as text
         if find_pans(value.decode("latin-1")):
             self.withheld += 1

@@ -439,3 +439,38 @@ def test_server_errors_go_through_the_pan_backstop(stack: Stack) -> None:
             cur.execute(f"SELECT * FROM nowhere_{PAN1}")
         assert PAN1 not in str(exc.value) and "1111" in str(exc.value)
     assert PAN1 not in json.dumps(stack.records())
+
+
+def test_each_execution_of_an_approved_prepared_statement_asks_again(stack: Stack) -> None:
+    """Issue 13's rule: an approval covers one execution. mysql-connector's prepared cursor
+    sends COM_STMT_PREPARE once, then COM_STMT_EXECUTE per execute()."""
+    mysql_connector = pytest.importorskip("mysql.connector")
+    sql = "SELECT id FROM cards WHERE id > ? LIMIT 700"
+    conn = mysql_connector.connect(host="127.0.0.1", port=stack.proxy.port, user="alice",
+                                   password=PASSWORDS["alice"], database=stack.database,
+                                   use_pure=True)
+    results: list[object] = []
+
+    def execute() -> None:
+        try:
+            cur.execute(sql.replace("?", "%s"), (0,))
+            results.append(cur.fetchall())
+        except Exception as exc:
+            results.append(exc)
+
+    try:
+        cur = conn.cursor(prepared=True)
+        first = threading.Thread(target=execute)
+        first.start()
+        stack.decide("approve", _pending(stack, sql))  # the PREPARE is held
+        first.join(30)
+        assert results == [[(1,), (2,)]]
+        second = threading.Thread(target=execute)
+        second.start()
+        again = _pending(stack, sql)  # the second execution is held for a new approval
+        stack.decide("deny", again)
+        second.join(30)
+        assert isinstance(results[1], mysql_connector.Error)
+        assert f"approval {again} was denied by dana" in str(results[1])
+    finally:
+        conn.close()
