@@ -109,11 +109,13 @@ class Catalog:
         self.ttl = ttl
         self._by_name: dict[str, tuple[float, list[Relation]]] = {}  # name or schema.name
         self._functions: tuple[float, frozenset[str]] | None = None
+        self._sql_mode: tuple[float, frozenset[str]] | None = None
         self.generation = 0
 
     def invalidate(self) -> None:
         self._by_name.clear()
         self._functions = None
+        self._sql_mode = None
         self.generation += 1
 
     def close(self) -> None:
@@ -165,6 +167,16 @@ class Catalog:
                 "ROUTINES WHERE ROUTINE_TYPE = 'FUNCTION'", ())
             self._functions = (now + self.ttl, frozenset(str(r[0]) for r in rows))
         return self._functions[1]
+
+    async def sql_mode(self) -> frozenset[str]:
+        """The modes of the server's global `sql_mode` (what a new session starts with)."""
+        now = time.monotonic()
+        if self._sql_mode is None or self._sql_mode[0] <= now:
+            rows = await asyncio.to_thread(self._query, "SELECT @@GLOBAL.sql_mode", ())
+            modes = str(rows[0][0] or "") if rows else ""
+            self._sql_mode = (now + self.ttl, frozenset(
+                m.strip().upper() for m in modes.split(",") if m.strip()))
+        return self._sql_mode[1]
 
     def _fresh(self, name: str, now: float) -> bool:
         entry = self._by_name.get(name)

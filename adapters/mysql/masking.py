@@ -19,7 +19,8 @@ computes); every other use is rewritten. Denied, naming the column or relation: 
 rewrite denies (docs/mysql-proxy.md lists it), a statement sqlglot does not parse that names a
 masked column or a relation with one, a view whose definition uses a masked column outside its
 plain output columns (`WHERE pan LIKE …` inside the view answers a predicate on the clear
-value), a call of a stored function defined in the database (its body reads tables unseen).
+value), a call of a stored function defined in the database (its body reads tables unseen),
+any masked statement while the server's global sql_mode has ANSI_QUOTES or NO_BACKSLASH_ESCAPES.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ from adapters.postgres.mask_rewrite import (
 )
 
 MAX_VIEW_DEPTH = 16
+MISREAD_MODES = frozenset({"ANSI_QUOTES", "NO_BACKSLASH_ESCAPES"})
+"""Global sql_modes under which the server reads text otherwise than sqlglot's mysql dialect
+(a session cannot set them: the pack's `mysql-sql-mode` rule)."""
 _PREPARE_HEAD = re.compile(r"^\s*prepare\b", re.IGNORECASE)
 
 
@@ -165,6 +169,11 @@ async def plan_statement(sql: str, rules: MaskRules, catalog: Catalog,
                             for c in r.columns))
     if not covered:
         return MaskPlan(rules=rules)
+    misread = sorted(await catalog.sql_mode() & MISREAD_MODES)
+    if misread:
+        raise MaskUseDenied(f"the server's sql_mode has {misread[0]}, under which it reads "
+                            "statements otherwise than the proxy, so masked columns cannot be "
+                            "rewritten with certainty; remove it from the global sql_mode")
     if words is not None:
         raise MaskUseDenied(f"relation {covered[0]} has masked columns and is named in a "
                             "statement that cannot be parsed with certainty, so their uses "

@@ -405,6 +405,11 @@ class _Statement:
             elif isinstance(body, exp.Column) and not body.table and (
                     body.name.lower() not in self.schema.columns):
                 names.add(body.name.lower())  # (a masked name is rewritten where it stands)
+        if self.dialect == "mysql":  # MySQL's ORDER BY and HAVING expressions read aliases
+            for clause in (order, query.args.get("having")):
+                names.update(c.name.lower() for c in (clause.find_all(exp.Column)
+                                                      if clause is not None else ())
+                             if not c.table)
         position: int | None = 0  # result columns before this item; None: not known
         for item in query.expressions:
             masked = self._result_masks(query, item)

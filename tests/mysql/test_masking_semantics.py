@@ -189,6 +189,13 @@ def test_plain_reads_are_masked_by_column_definition(alice: Session) -> None:
     "SELECT id, substring_index(pan, '0', 1), lpad(pan, 20, 'x') FROM cards ORDER BY id",
     "SELECT id, (SELECT pan FROM cards c2 WHERE c2.id = cards.id) FROM cards ORDER BY id",
     "SELECT id, lag(pan) OVER (ORDER BY id) FROM cards ORDER BY id",
+    # MySQL's ORDER BY and HAVING expressions read select-list aliases
+    "SELECT id, pan AS p FROM cards ORDER BY reverse(p)",
+    "SELECT id, pan AS p FROM cards ORDER BY substr(p, 1, 1) DESC, id",
+    "SELECT id, pan AS p FROM cards HAVING p LIKE '4000%'",
+    "SELECT id, pan AS p FROM cards HAVING substr(p, 1, 1) = '3' ORDER BY id",
+    "SELECT id, pan FROM cards HAVING pan LIKE '4000%'",
+    "SELECT id, cvv AS c FROM cards HAVING c = '123'",
 ])
 def test_uses_compute_on_the_masked_value(alice: Session, sql: str) -> None:
     same_as_seen(alice, sql)
@@ -325,3 +332,18 @@ def statements(draw: st.DrawFn) -> str:
 @given(sql=statements())
 def test_generated_statements_never_see_a_clear_pan(alice: Session, sql: str) -> None:
     same_as_seen(alice, sql)
+
+
+def test_a_global_sql_mode_that_misreads_statements_denies_masked_ones(shop: str) -> None:
+    with connect(shop) as root, root.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.sql_mode")
+        (before,) = cur.fetchone()  # type: ignore[misc]
+        cur.execute("SET GLOBAL sql_mode = CONCAT(@@GLOBAL.sql_mode, ',ANSI_QUOTES')")
+        try:
+            fresh = Session(shop)  # (a new catalog connection reads the global mode)
+            with pytest.raises(MaskUseDenied, match="ANSI_QUOTES"):
+                fresh.run("SELECT id FROM cards WHERE pan LIKE '4%'")
+            assert fresh.plan("SELECT 1").text is None  # (no masked column: no denial)
+            fresh.close()
+        finally:
+            cur.execute("SET GLOBAL sql_mode = %s", (before,))
