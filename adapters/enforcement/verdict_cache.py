@@ -29,7 +29,8 @@ from engine.engine import ENGINE_POLICY, canonical_json
 from engine.facts.fingerprint import FINGERPRINT_PROTOCOLS, literal_fingerprint
 
 MAX_ENTRIES = 256  # per session
-MAX_TEXT = 8 * 1024  # longer texts are decided every time (bounds the memory of a session)
+MAX_KEY_CHARS = 128 * 1024  # per session: its keys' characters (a few statements of MAX_TEXT)
+MAX_TEXT = 8 * 1024  # longer texts are decided every time
 UNCACHED_POLICIES = frozenset({ENGINE_POLICY, CLIENT_POLICY})
 """Reasons of decisions nobody caches (evaluation errors, an unreachable service)."""
 
@@ -61,12 +62,14 @@ def decision_key(text: str, protocol: str, literal_insensitive: bool,
 
 
 class SessionDecisions:
-    """One session's decisions by key (a bounded LRU)."""
+    """One session's decisions by key: an LRU bounded by entries and by its keys' characters
+    (a session's memory cannot grow with what its client sends)."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_chars", "_items")
 
     def __init__(self) -> None:
         self._items: OrderedDict[str, CachedDecision] = OrderedDict()
+        self._chars = 0
 
     def get(self, key: str, revision: str) -> CachedDecision | None:
         """The entry of `key` made under `revision` (an older revision's is dropped)."""
@@ -75,6 +78,7 @@ class SessionDecisions:
             return None
         if entry.decision.policy_revision != revision:
             del self._items[key]
+            self._chars -= len(key)
             return None
         self._items.move_to_end(key)
         return entry
@@ -84,10 +88,13 @@ class SessionDecisions:
         if decision.policy_revision != revision or any(
                 r.policy in UNCACHED_POLICIES for r in decision.reasons):
             return None
+        if key not in self._items:
+            self._chars += len(key)
         entry = self._items[key] = CachedDecision(decision)
         self._items.move_to_end(key)
-        if len(self._items) > MAX_ENTRIES:
-            self._items.popitem(last=False)
+        while len(self._items) > MAX_ENTRIES or self._chars > MAX_KEY_CHARS:
+            old, _ = self._items.popitem(last=False)
+            self._chars -= len(old)
         return entry
 
     def __len__(self) -> int:

@@ -67,7 +67,7 @@ from adapters.postgres.sql_names import name_actions
 from engine.audit.recorder import AuditRecorder
 from engine.decision import Decision
 from engine.facts.fingerprint import literal_fingerprint
-from engine.facts.sql import called_names
+from engine.facts.sql import UNKNOWN_SETTING, called_names
 
 log = logging.getLogger("ordinance.adapters.postgres.bridge")
 
@@ -79,6 +79,10 @@ _EVALUATING_WORDS = frozenset({"select", "where", "using", "check", "when", "val
                                "returning", "default", "execute", "do", "generated"})
 MAX_CACHED_PLANS = 4096
 MAX_SESSION_NAMES = 1024  # cursors and SQL-prepared statements tracked per session
+# Settings that change how PostgreSQL reads string literals (off, a backslash escapes a quote);
+# the proxy's facts, fingerprints and rewrites read every text with them as they start ("*":
+# a setting whose name the statement computes could be one of them).
+LEXICAL_SETTINGS = frozenset({"standard_conforming_strings", "backslash_quote", UNKNOWN_SETTING})
 
 
 class _TooManyNames(Exception):
@@ -323,6 +327,12 @@ class PolicyBridge(Enforcer):
             decision = statement.decision
         if decision.effect == "deny":
             return await statement.denied(deny_messages(decision))
+        lexical = _lexical_settings(decision.command)
+        if lexical:
+            return await statement.denied(
+                f"setting {lexical[0]} is not allowed through the proxy: it changes how "
+                "PostgreSQL reads string literals, and the proxy reads every statement (its "
+                "policy facts, masking rewrites) with standard_conforming_strings on")
         try:
             statement.masking, layout, statement.rewritten, statement.plan = \
                 await self._masking(sql, decision)
@@ -642,6 +652,15 @@ class PolicyBridge(Enforcer):
 
     # -- review -----------------------------------------------------------------------------
 
+
+
+def _lexical_settings(command: Mapping[str, Any]) -> list[str]:
+    """The settings among `LEXICAL_SETTINGS` the statements of a text change (SET, SET LOCAL,
+    set_config, UPDATE pg_settings; RESET goes back to the server's default, which the proxy
+    assumes is on, PostgreSQL's own since 9.1)."""
+    found = {str(n) for st in command.get("statements") or () for n in st.get("settings") or ()
+             if str(n).lower() in LEXICAL_SETTINGS}
+    return sorted(found)
 
 
 def _through_views(statement: _SqlStatement) -> list[str]:

@@ -21,14 +21,12 @@ from adapters.enforcement.hooks import (
     StatementVerdict,
 )
 from adapters.enforcement.records import PROXY_POLICY, Resource
-from adapters.enforcement.review import ApprovalGate
-from engine.approvals import ApprovalStore, open_approval_store
-from engine.audit import AuditLog, open_audit_log
-from engine.audit.recorder import AuditRecorder
+from engine.approvals import ApprovalStore
 from engine.client import InProcessDecisionClient
 from engine.engine import Engine
 from engine.identity import Subject
 from engine.policy import load_policy_set
+from tests.enforcement.trail import Trail
 
 POLICY = """
 package ordinance.gateway
@@ -57,31 +55,17 @@ review contains {"msg": "bulk output", "approvers": ["leads"], "rule": "bulk", "
 DANA = Subject("dana", ("leads",))
 
 
-class Gateway:
+class Gateway(Trail):
     """An enforcer as an adapter holds it, with the trail to read back."""
 
     def __init__(self, tmp: Path, *, approvals: bool = True) -> None:
+        super().__init__(tmp, approvals=approvals)
         (tmp / "policies").mkdir()
         (tmp / "policies" / "gateway.rego").write_text(POLICY)
-        url = f"sqlite:///{tmp / 'audit.db'}"
-        self.audit: AuditLog = open_audit_log(url)
-        self.recorder = AuditRecorder(self.audit).start()
-        self.store: ApprovalStore = open_approval_store(url, audit=self.audit)
-        self.gate = ApprovalGate(self.store, timeout=20) if approvals else None
         self.enforcer = Enforcer(
             InProcessDecisionClient(Engine(load_policy_set(str(tmp / "policies")))),
             resource=Resource("db1", {"env": "prod"}, type="ssh"), recorder=self.recorder,
             approvals=self.gate)
-
-    def records(self, kind: str) -> list[dict[str, Any]]:
-        return [r.payload for r in self.audit.iter_records(kind=kind)]
-
-    def close(self) -> None:
-        if self.gate is not None:
-            self.gate.close()
-        self.recorder.close()
-        self.store.close()
-        self.audit.close()
 
 
 @pytest.fixture

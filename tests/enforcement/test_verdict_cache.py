@@ -16,8 +16,6 @@ from hypothesis import strategies as st
 from adapters.enforcement.bridge import Enforcer
 from adapters.enforcement.hooks import SessionContext, StatementVerdict
 from adapters.enforcement.records import Resource
-from adapters.enforcement.review import ApprovalGate
-from engine.approvals import open_approval_store
 from engine.audit import open_audit_log
 from engine.audit.recorder import AuditRecorder
 from engine.client import InProcessDecisionClient
@@ -25,6 +23,7 @@ from engine.decision import Decision
 from engine.engine import Engine
 from engine.identity import Subject
 from engine.policy import load_policy_set
+from tests.enforcement.trail import Trail
 
 SHAPES = """
 package ordinance.cache_test
@@ -84,13 +83,9 @@ def ctx(session: str = "s1", protocol: str = "postgres") -> SessionContext:
                           "scram-sha-256", protocol=protocol)
 
 
-class Point:
+class Point(Trail):
     def __init__(self, tmp: Path, text: str = SHAPES, *, approvals: bool = False) -> None:
-        url = f"sqlite:///{tmp / 'audit.db'}"
-        self.audit = open_audit_log(url)
-        self.recorder = AuditRecorder(self.audit).start()
-        self.store = open_approval_store(url, audit=self.audit)
-        self.gate = ApprovalGate(self.store, timeout=20) if approvals else None
+        super().__init__(tmp, approvals=approvals)
         self.engine = Engine(load_policy_set(policies(tmp, "policies", text)))
         self.client = CountingClient(self.engine)
         self.enforcer = Enforcer(self.client, resource=Resource("shop", type="postgres"),
@@ -106,14 +101,6 @@ class Point:
             return [await self.enforcer.decide(t, context) for t in texts]
 
         return asyncio.run(scenario())
-
-    def close(self) -> None:
-        if self.gate is not None:
-            self.gate.close()
-        self.recorder.close()
-        self.store.close()
-        self.audit.close()
-
 
 @pytest.fixture
 def point(tmp_path: Path) -> Any:
@@ -286,3 +273,28 @@ def test_reused_decisions_equal_the_engines_on_the_pci_pack(
             assert reusing.client.asked <= asking.client.asked == len(texts)
         finally:
             recorder.close()
+
+
+def test_a_sessions_cache_is_bounded_by_entries_and_characters() -> None:
+    from adapters.enforcement.verdict_cache import (
+        MAX_ENTRIES,
+        MAX_KEY_CHARS,
+        MAX_TEXT,
+        SessionDecisions,
+        decision_key,
+    )
+
+    cache = SessionDecisions()
+    decision = Decision("allow", policy_revision="r1")
+    for i in range(MAX_ENTRIES * 2):
+        key = decision_key(f"SELECT {i} AS n", "mysql", True, None)
+        assert key is not None and cache.put(key, decision, "r1") is not None
+    assert len(cache) == MAX_ENTRIES
+    big = "x" * (MAX_TEXT - 20)
+    for i in range(MAX_KEY_CHARS // MAX_TEXT * 2):
+        key = decision_key(f"SELECT '{big}', {i}", "mysql", True, None)
+        assert key is not None
+        cache.put(key, decision, "r1")
+    assert len(cache) <= MAX_KEY_CHARS // (MAX_TEXT - 20)
+    assert decision_key("SELECT '" + "x" * MAX_TEXT + "'", "postgres", True, None) is None
+    assert cache.put("k", Decision("allow", policy_revision="r0"), "r1") is None  # stale

@@ -419,3 +419,48 @@ def test_masking_plans_are_reused_only_while_the_catalog_entries_are_fresh(
         await catalog.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("sql", [
+    "SET standard_conforming_strings = off",
+    "SET LOCAL standard_conforming_strings TO 'off'",
+    "BEGIN; SET standard_conforming_strings = off; COMMIT",
+    "SELECT set_config('standard_conforming_strings', 'off', false)",
+    "SELECT set_config(lower('STANDARD_CONFORMING_STRINGS'), 'off', false)",
+    "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+    "SET backslash_quote = on",
+    "SET search_path = public",  # (other settings are the policies' to decide)
+])
+def test_statements_that_change_how_literals_are_read_are_denied(sql: str) -> None:
+    """Off, a backslash escapes a quote: `'x\\' AND b = ' UNION SELECT pan FROM cards ...'`
+    would read a table the facts (and the literal fingerprint) never saw."""
+    from pathlib import Path
+
+    from adapters.enforcement.hooks import SessionContext
+    from adapters.enforcement.records import Resource
+    from adapters.postgres.bridge import PolicyBridge
+    from adapters.postgres.catalog import Catalog
+    from engine.client import InProcessDecisionClient
+    from engine.engine import Engine
+    from engine.policy import load_policy_set
+
+    policies = Path(__file__).resolve().parents[2] / "policies"
+    catalog = Catalog("postgresql://nobody@127.0.0.1:1/none", connect_timeout=1)
+    bridge = PolicyBridge(InProcessDecisionClient(Engine(load_policy_set(str(policies)))),
+                          resource=Resource("db", {"env": "dev"}, type="postgres"),
+                          catalog=catalog, recorder=_NoRecorder())  # type: ignore[arg-type]
+    ctx = SessionContext("s1", "alice", ("dev",), "db", "psql", "127.0.0.1", False, "scram",
+                         protocol="postgres")
+
+    async def scenario() -> StatementVerdict:
+        try:
+            return await bridge.decide(sql, ctx)
+        finally:
+            await catalog.close()
+
+    verdict = asyncio.run(scenario())
+    if "search_path" in sql:  # (denied here only because this catalog is unreachable)
+        assert "reads string literals" not in verdict.message
+        return
+    assert verdict.effect == "deny"
+    assert "changes how PostgreSQL reads string literals" in verdict.message
