@@ -147,6 +147,12 @@ _TEMPORAL_BINARY = {TYPE_DATE: (0, 4, 7, 11), TYPE_DATETIME: (0, 4, 7, 11),
                     TYPE_TIME: (0, 8, 12)}
 
 BINARY_CHARSET = 63
+UNSAFE_CHARSETS = ("big5", "gbk", "sjis", "cp932", "gb18030")
+"""Character sets in which a multibyte character may end in `\\` (0x5C), `'` or another ASCII
+byte: a text that is one statement to a UTF-8 parser can be another to the server (the
+classic GBK quote escape), so the proxy refuses them for a connection."""
+UNSAFE_COLLATIONS = frozenset({1, 84, 13, 88, 28, 87, 95, 96, 248, 249, 250})
+"""The collation ids of UNSAFE_CHARSETS a handshake can name (one byte)."""
 UTF8MB4_GENERAL_CI = 45
 
 # -- error codes the proxy sends -------------------------------------------------------------

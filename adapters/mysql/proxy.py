@@ -81,6 +81,8 @@ from adapters.mysql.messages import (
     OK,
     REQUIRED_CAPABILITIES,
     SUPPORTED_CAPABILITIES,
+    UNSAFE_CHARSETS,
+    UNSAFE_COLLATIONS,
     Command,
     Greeting,
     HandshakeResponse,
@@ -441,6 +443,13 @@ class _Session:
             await self._error(ERR(ER_HANDSHAKE_ERROR, "08S01", "Bad handshake: the client "
                                   "needs protocol 4.1 with plugin authentication"), seq)
             raise _SessionOver("client without plugin authentication")
+        if login.charset in UNSAFE_COLLATIONS:
+            await self._error(ERR(1115, "42000", "the connection character set (collation "
+                                  f"{login.charset}) is refused by the proxy: in "
+                                  f"{', '.join(UNSAFE_CHARSETS)} a multibyte character can "
+                                  "hide a quote or backslash from the policies' SQL parser"),
+                              seq)
+            raise _SessionOver(f"unsafe connection character set {login.charset}")
         self.caps = login.capabilities & offered & ~CLIENT_SSL
         identity, ok, seq = await self._authenticate(login, scramble, seq, tls)
         await self._login_upstream(server, login)

@@ -474,3 +474,21 @@ def test_each_execution_of_an_approved_prepared_statement_asks_again(stack: Stac
         assert f"approval {again} was denied by dana" in str(results[1])
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("charset", ["gbk", "big5", "sjis"])
+def test_character_sets_that_hide_quotes_are_refused(stack: Stack, charset: str) -> None:
+    """In GBK, BIG5 and SJIS a multibyte character can end in 0x5C: `\\xbf\\x27` style texts
+    read as one statement by a UTF-8 parser and as another by the server."""
+    with pytest.raises(pymysql.err.OperationalError) as exc:
+        stack.connect(charset=charset)
+    assert exc.value.args[0] == 1115 and "refused by the proxy" in exc.value.args[1]
+    with stack.connect() as conn, conn.cursor() as cur:
+        for sql in (f"SET NAMES {charset}", f"SET character_set_client = {charset}",
+                    f"SET @@session.character_set_connection = '{charset}'"):
+            with pytest.raises(pymysql.err.OperationalError) as exc:
+                cur.execute(sql)
+            assert "are refused by the proxy" in denied(exc)
+        cur.execute("SET NAMES utf8mb4")
+        cur.execute("SELECT @@character_set_client")
+        assert cur.fetchall() == (("utf8mb4",),)
