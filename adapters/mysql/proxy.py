@@ -98,6 +98,7 @@ from adapters.mysql.messages import (
 from adapters.mysql.results import ResultMasker, scrub_text
 from adapters.mysql.session import CommandPlanner, Plan, Prepared, ResponseReader, quote_identifier
 from adapters.postgres.auth import is_loopback
+from engine.masking import may_hold_pan_bytes
 
 log = logging.getLogger("ordinance.adapters.mysql.proxy")
 
@@ -699,7 +700,11 @@ class _Session:
             payload = message.payload
             before = reader.results
             kind = reader.read(payload)
-            if kind == "column":
+            if kind == "column" and plan.response == "field_list":
+                column = reader.columns[-1]  # COM_FIELD_LIST: a default value is data too
+                if column.default is not None and may_hold_pan_bytes(column.default):
+                    payload = replace(column, default=scrub_text(column.default)).encode()
+            elif kind == "column":
                 if masker is None:
                     masker = ResultMasker(plan.binary, mask)
                 changed = masker.add(reader.columns[-1])

@@ -380,10 +380,17 @@ def test_ordinance_proxy_mysql_cli(stack: Stack, tmp_path: Path) -> None:
                 conn.cursor() as cur:
             cur.execute("SELECT pan FROM cards WHERE id = 1")
             assert cur.fetchall() == (("************1111",),)
+        idle = pymysql.connect(host="127.0.0.1", port=port, user="alice",
+                               password=PASSWORDS["alice"], database=stack.database)
     finally:
         proc.terminate()
         proc.wait(30)
     assert proc.returncode == 0
+    idle.close()
+    out = stack.ordinance("audit", "export", "--audit", f"sqlite:///{tmp_path / 'a.db'}",
+                          "--kind", "session.end", "--format", "jsonl")
+    reasons = sorted(json.loads(line)["payload"]["reason"] for line in out.stdout.splitlines())
+    assert reasons == ["client terminated", "proxy shutdown"], out.stdout
     out = stack.ordinance("audit", "verify", "--audit", f"sqlite:///{tmp_path / 'a.db'}")
     assert out.returncode == 0, out.stderr
     assert PAN1 not in (tmp_path / "a.db").read_bytes().decode("latin-1")
