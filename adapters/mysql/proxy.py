@@ -276,6 +276,7 @@ class MySQLProxy:
         self.config = config
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        self._endings: set[asyncio.Future[None]] = set()
 
     @property
     def port(self) -> int:
@@ -296,7 +297,7 @@ class MySQLProxy:
         assert task is not None
         self._sessions.add(task)
         try:
-            await _Session(self.config, reader, writer).run()
+            await _Session(self.config, reader, writer, self._endings).run()
         finally:
             self._sessions.discard(task)
 
@@ -307,6 +308,8 @@ class MySQLProxy:
             task.cancel("proxy shutdown")
         if self._sessions:
             await asyncio.gather(*self._sessions, return_exceptions=True)
+        if self._endings:
+            await asyncio.gather(*self._endings, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
@@ -339,8 +342,9 @@ def withhold_quoted(message: str) -> str:
 
 class _Session:
     def __init__(self, config: ProxyConfig, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, endings: set[asyncio.Future[None]]) -> None:
         self.config = config
+        self.endings = endings  # the proxy's session.end records being written
         self.client = _Conn(reader, writer, "client", config.max_message_size)
         self.upstream: _Conn | None = None
         peer = writer.get_extra_info("peername")
@@ -381,11 +385,19 @@ class _Session:
             if self.upstream is not None:
                 self.upstream.close()
             if self.ctx is not None and self.config.session_ended is not None:
-                try:
-                    await asyncio.shield(self.config.session_ended(self.ctx, reason))
-                except Exception as exc:
-                    log.error("session %s: session.end not recorded: %s",
-                              self.ctx.session_id, exc)
+                # its own task, which the proxy's close() waits for: a shutdown that cancels
+                # this session while it ends must not lose the session.end record
+                ending = asyncio.ensure_future(self.config.session_ended(self.ctx, reason))
+                self.endings.add(ending)
+                ending.add_done_callback(self._ended)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(ending)
+
+    def _ended(self, ending: asyncio.Future[None]) -> None:
+        self.endings.discard(ending)
+        if not ending.cancelled() and ending.exception() is not None:
+            log.error("session %s: session.end not recorded: %s",
+                      self.ctx.session_id if self.ctx else "-", ending.exception())
 
     async def _error(self, err: ERR, seq: int) -> None:
         with contextlib.suppress(Exception):
