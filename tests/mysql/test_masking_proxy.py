@@ -21,10 +21,10 @@ from typing import Any
 import pymysql
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from engine.masking import mask_pan
 from tests.mysql.stack import PASSWORDS, Stack, open_stack
+from tests.mysql.test_masking_semantics import statements
 
 pytestmark = pytest.mark.mysql
 
@@ -163,31 +163,6 @@ def test_the_mariadb_cli_gets_masked_answers(stack: Stack) -> None:
     assert lines[1] == "0" and lines[3] == SEEN[2] and lines[5] == SEEN[2][::-1]
     assert lines[7] == "[REDACTED]"
     assert not clear_pan_in(out.stdout + out.stderr)
-
-
-_FUNCTIONS = ["{}", "reverse({})", "lower({})", "concat({}, 'x')", "substr({}, 2, 5)",
-              "replace({}, '0', 'z')", "hex({})", "left({}, 4)", "right({}, 6)",
-              "coalesce({}, 'n')", "concat_ws('-', {}, id)", "md5({})"]
-_PREDICATES = ["{} LIKE '4%'", "{} > '35'", "{} REGEXP '^3'", "substr({}, 1, 1) = '4'",
-               "{} IS NOT NULL", "locate('0', {}) = 2", "{} IN ('x', 'y')"]
-
-
-@st.composite
-def statements(draw: st.DrawFn) -> str:
-    value = draw(st.sampled_from(_FUNCTIONS)).format(draw(st.sampled_from(["pan", "c.pan"])))
-    where = draw(st.sampled_from(_PREDICATES)).format(
-        draw(st.sampled_from(_FUNCTIONS)).format("c.pan"))
-    shape = draw(st.integers(0, 4))
-    if shape == 0:
-        return f"SELECT {value} FROM cards c WHERE {where} ORDER BY c.id"
-    if shape == 1:
-        return f"SELECT count(*) FROM cards c WHERE {where}"
-    if shape == 2:
-        return (f"SELECT v FROM (SELECT {value} AS v, c.id FROM cards c) t "
-                "UNION ALL SELECT 'k' ORDER BY 1")
-    if shape == 3:
-        return f"SELECT c.id FROM cards c ORDER BY {value}, c.id"
-    return f"SELECT {value} FROM cards c WHERE NOT ({where}) ORDER BY c.id"
 
 
 @settings(max_examples=60, deadline=None,

@@ -304,9 +304,11 @@ def test_views_are_masked_by_what_they_read(alice: Session) -> None:
 
 _FUNCTIONS = ["{}", "reverse({})", "lower({})", "concat({}, 'x')", "substr({}, 2, 5)",
               "replace({}, '0', 'z')", "hex({})", "trim({})", "left({}, 4)", "right({}, 6)",
-              "coalesce({}, 'n')", "ifnull(NULL, {})", "concat_ws('-', {}, id)"]
-_PREDICATES = ["{} LIKE '4%'", "{} = '4000000000000001'", "{} > '35'", "{} REGEXP '^3'",
-               "substr({}, 1, 1) = '4'", "{} IS NOT NULL", "locate('0', {}) = 2"]
+              "coalesce({}, 'n')", "ifnull(NULL, {})", "concat_ws('-', {}, id)", "md5({})"]
+# (no whole PAN in a literal: the proxy suite checks the audit trail holds none)
+_PREDICATES = ["{} LIKE '4%'", "{} = '40000000'", "{} > '35'", "{} REGEXP '^3'",
+               "substr({}, 1, 1) = '4'", "{} IS NOT NULL", "locate('0', {}) = 2",
+               "{} IN ('x', 'y')"]
 
 
 @st.composite
