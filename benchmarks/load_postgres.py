@@ -6,7 +6,8 @@
 Everything is started by this script and stopped by it, on errors and Ctrl-C too:
 
 - a throwaway PostgreSQL cluster (`tests/support/pg_cluster.py`: the installed server
-  binaries, SCRAM-SHA-256 on TCP, `fsync=off`; as root it runs as the `postgres` user), with a
+  binaries, SCRAM-SHA-256 on TCP, `fsync=on` as users run it; as root it runs as the
+  `postgres` user), with a
   database `bench` initialised by `pgbench -i -s SCALE` and a `cards` table of `--rows` rows
   (`id`, `holder`, `pan`: Luhn-valid test numbers);
 - PgBouncer (`pgbouncer` on PATH or in /usr/sbin; Debian: `apt-get install -y pgbouncer`) in
@@ -26,7 +27,12 @@ proxies built like the CLI's with parts left out (`relay`: the loop alone, every
 allowed by a stub; `no-audit`: the PCI pack's decisions and masking, no statement records;
 `fsync-log`: as `no-audit`, with each record made durable by the proxy's group-commit
 recorder in a plain file, `fdatasync` per commit, no hash chain and no SQLite), which shows
-where the proxy's time goes.
+where the proxy's time goes, and `ordinance-os`: the CLI's proxy with `--audit-durability os`
+(records written to the OS before the result, synced within 10 ms; its own SQLite trail).
+`--breakdown` also measures, for direct, PgBouncer and both Ordinance proxies: a single client
+(`pgbench -S -c 1`, per-transaction latencies from `pgbench -l`: median, p99 and the latency
+added over direct) and `\\copy pgbench_accounts to /dev/null` with psql (`--copy-runs`, best
+and median).
 
 Then a 10,000-row read with one masked column, `SELECT id, holder, pan FROM cards WHERE id
 BETWEEN 1 AND N` (the proxies run with a copy of the policies whose row budget,
@@ -76,6 +82,9 @@ USER_PASSWORD = "alice-bench-secret"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RECORDER_THREAD = "audit-recorder"
 WAYS = ("direct", "pgbouncer", "ordinance")
+OS_WAY = "ordinance-os"
+AUDIT_DB = {"fsync": "audit.db", "os": "audit-os.db"}
+"""Each Ordinance proxy's SQLite trail in the work directory, by its --audit-durability."""
 WORKLOADS: dict[str, list[str]] = {
     "select-only, simple (-S)": ["-S"],
     "select-only, prepared (-S -M prepared)": ["-S", "-M", "prepared"],
@@ -189,7 +198,7 @@ def cluster() -> Iterator[Any]:
     from tests.support.pg_cluster import ClusterUnavailable, start_cluster
 
     try:
-        pg = start_cluster()
+        pg = start_cluster(fsync=True)
     except ClusterUnavailable as exc:
         raise BenchmarkError(f"cannot start a PostgreSQL cluster: {exc}") from None
     try:
@@ -286,22 +295,24 @@ def bench_policies(policies: str, workdir: Path) -> str:
 
 
 @contextlib.contextmanager
-def ordinance_proxy(upstream: str, workdir: Path, labels: list[str],
-                    policies: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+def ordinance_proxy(upstream: str, workdir: Path, labels: list[str], policies: str,
+                    durability: str = "fsync"
+                    ) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
     from engine.identity.users import format_verifier, scram_auth_info
 
     users = workdir / "users.yaml"
     users.write_text(json.dumps({"users": [{
         "name": USER, "scram": format_verifier(scram_auth_info(USER_PASSWORD)),
         "groups": ["dev"]}]}))
-    audit = f"sqlite:///{workdir / 'audit.db'}"  # absolute path: sqlite:////tmp/...
+    audit = f"sqlite:///{workdir / AUDIT_DB[durability]}"  # absolute: sqlite:////tmp/...
     cmd = [sys.executable, "-m", "engine.cli", "proxy", "postgres", "--listen",
            "127.0.0.1:0", "--policies", str(Path(policies).resolve()), "--audit", audit,
-           "--users", str(users), "--resource-name", DATABASE]
+           "--users", str(users), "--resource-name", DATABASE, "--audit-durability",
+           durability]
     for label in labels:
         cmd += ["--resource-label", label]
     env = dict(os.environ, ORDINANCE_UPSTREAM_URL=upstream)  # keeps the password out of ps
-    log = open(workdir / "proxy.log", "w")  # noqa: SIM115 (closed below)
+    log = open(workdir / f"proxy-{durability}.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO,
                             env=env)
     try:
@@ -311,7 +322,7 @@ def ordinance_proxy(upstream: str, workdir: Path, labels: list[str],
             proc.wait(10)
             raise BenchmarkError(f"ordinance proxy postgres did not start (exit "
                                  f"{proc.returncode}): "
-                                 f"{(workdir / 'proxy.log').read_text()[-800:]}")
+                                 f"{(workdir / f'proxy-{durability}.log').read_text()[-800:]}")
         yield proc, json.loads(line)
     finally:
         stop_process(proc, "ordinance proxy")
@@ -391,6 +402,61 @@ def audit_counts(db: Path, after_seq: int) -> dict[str, Any]:
             "(json_extract(payload, '$.effect') != 'allow' OR "
             "json_extract(payload, '$.error') IS NOT NULL) LIMIT 5", (after_seq,))]
         return counts
+
+
+def single_client(pgbench: str, ways: list[Way], duration: int, workdir: Path
+                  ) -> dict[str, dict[str, float]]:
+    """`pgbench -S -c 1` per way, each transaction's latency logged (`-l`): median, p99 and
+    mean in ms, and the CPU time of the middle process per transaction."""
+    out: dict[str, dict[str, float]] = {}
+    for way in ways:
+        prefix = workdir / f"latency-{way.name}"
+        env = dict(os.environ, PGPASSWORD=way.password, PGSSLMODE="disable")
+        cmd = [pgbench, "-h", way.host, "-p", str(way.port), "-U", way.user, "-n", "-S",
+               "-c", "1", "-j", "1", "-T", str(duration), "-l", f"--log-prefix={prefix}",
+               DATABASE]
+        cpu_before = cpu_seconds(way.pid) if way.pid else None
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=workdir,
+                             timeout=duration + 120, check=False)
+        cpu = cpu_seconds(way.pid) - cpu_before if way.pid and cpu_before is not None else None
+        if run.returncode != 0:
+            raise BenchmarkError(f"pgbench -S -c 1 via {way.name}: {run.stderr[-800:]}")
+        latencies = [int(line.split()[2]) / 1000 for log in workdir.glob(f"{prefix.name}.*")
+                     for line in log.read_text().splitlines() if line.strip()]
+        for log in workdir.glob(f"{prefix.name}.*"):
+            log.unlink()
+        if not latencies:
+            raise BenchmarkError(f"pgbench -l via {way.name} logged no transactions")
+        out[way.name] = {"median_ms": statistics.median(latencies),
+                         "p99_ms": percentile(latencies, 0.99),
+                         "mean_ms": statistics.fmean(latencies),
+                         "transactions": len(latencies)}
+        if cpu is not None:
+            out[way.name]["cpu_us_per_tx"] = 1e6 * cpu / len(latencies)
+    return out
+
+
+COPY_OUT = "\\copy pgbench_accounts to /dev/null"
+
+
+def copy_out(psql: str, ways: list[Way], runs: int) -> dict[str, dict[str, float]]:
+    """`psql -c '\\copy pgbench_accounts to /dev/null'` per way, `runs` times interleaved:
+    best and median seconds."""
+    times: dict[str, list[float]] = {w.name: [] for w in ways}
+    for _ in range(runs):
+        for way in ways:
+            env = dict(os.environ, PGPASSWORD=way.password, PGSSLMODE="disable")
+            started = time.perf_counter()
+            run = subprocess.run([psql, "-X", "-q", "-h", way.host, "-p", str(way.port), "-U",
+                                  way.user, "-d", DATABASE, "-c", COPY_OUT], env=env,
+                                 capture_output=True, text=True, timeout=600, check=False)
+            elapsed = time.perf_counter() - started
+            if run.returncode != 0 or run.stderr.strip():
+                raise BenchmarkError(f"{COPY_OUT} via {way.name} failed: "
+                                     f"{(run.stderr or run.stdout)[-800:]}")
+            times[way.name].append(elapsed)
+    return {name: {"best_s": min(t), "median_s": statistics.median(t)}
+            for name, t in times.items()}
 
 
 MASKED_QUERY = "SELECT id, holder, pan FROM cards WHERE id BETWEEN 1 AND {rows}"
@@ -677,6 +743,44 @@ def print_report(results: dict[str, dict[str, PgbenchResult]],
                   f"{s['median_ms'] / base:5.2f}x direct{extra}")
 
 
+def print_breakdown(results: dict[str, dict[str, PgbenchResult]],
+                    single: dict[str, dict[str, float]],
+                    copies: dict[str, dict[str, float]]) -> None:
+    """Issue 19's table: CPU per transaction, TPS against PgBouncer with both durabilities,
+    single-client latency over direct, the \\copy against direct."""
+    if not single:
+        return
+    print("\nIssue 19 (one run; --audit-durability fsync = the default, os = written to the OS "
+          "before the result, synced within 10 ms):")
+    for label, by_way in results.items():
+        base = by_way["pgbouncer"].tps
+        cells = []
+        for name in ("ordinance", OS_WAY):
+            r = by_way.get(name)
+            if r is None:
+                continue
+            cpu = f", {1e6 * r.cpu_s / r.transactions:.0f} us CPU/tx" if (
+                r.cpu_s and r.transactions) else ""
+            rec = f" (recorder thread {1e6 * r.recorder_cpu_s / r.transactions:.0f})" if (
+                r.recorder_cpu_s and r.transactions) else ""
+            cells.append(f"{name} {r.tps:.0f} tps = {r.tps / base:.2f}x PgBouncer{cpu}{rec}")
+        print(f"  {label:40} " + "; ".join(cells))
+    direct = single["direct"]
+    print("  single client (pgbench -S -c 1), ms per transaction:")
+    for name, s in single.items():
+        added = (f"  added over direct: median {s['median_ms'] - direct['median_ms']:+.3f}, "
+                 f"mean {s['mean_ms'] - direct['mean_ms']:+.3f}") if name != "direct" else ""
+        cpu = f", {s['cpu_us_per_tx']:.0f} us CPU/tx" if "cpu_us_per_tx" in s else ""
+        print(f"    {name:14} median {s['median_ms']:.3f}  p99 {s['p99_ms']:.3f}  "
+              f"mean {s['mean_ms']:.3f}{cpu}{added}")
+    if copies:
+        print(f"  {COPY_OUT} (psql), seconds:")
+        best = copies["direct"]["best_s"]
+        for name, c in copies.items():
+            print(f"    {name:14} best {c['best_s']:.3f}  median {c['median_s']:.3f}  "
+                  f"{c['best_s'] / best:.2f}x direct (best)")
+
+
 def scan_log(path: Path, what: str, problems: list[str]) -> None:
     """Report the ERROR / Traceback lines a process we started logged."""
     if not path.exists():
@@ -696,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i -s (10)")
     parser.add_argument("--rows", type=int, default=10_000, help="rows of the masked read")
     parser.add_argument("--runs", type=int, default=30, help="masked reads per way (30)")
+    parser.add_argument("--copy-runs", type=int, default=3,
+                        help="--breakdown: runs of the \\copy per way (3)")
     parser.add_argument("--label", action="append", default=None, metavar="KEY=VALUE",
                         help="resource label for the proxy (repeatable; default env=dev)")
     parser.add_argument("--policies", default=str(REPO / "policies"))
@@ -763,18 +869,25 @@ def main(argv: list[str] | None = None) -> int:
                     pid=bouncer_proc.pid),
                 Way("ordinance", host, int(port), USER, USER_PASSWORD, pid=proxy_proc.pid),
             ]
+            audit_dbs = {"ordinance": workdir / AUDIT_DB["fsync"]}
             if args.breakdown:
+                os_proc, os_ready = stack.enter_context(
+                    ordinance_proxy(upstream, workdir, labels, policies, durability="os"))
+                os_host, _, os_port = os_ready["listen"].rpartition(":")
+                ways.append(Way(OS_WAY, os_host, int(os_port), USER, USER_PASSWORD,
+                                pid=os_proc.pid))
+                audit_dbs[OS_WAY] = workdir / AUDIT_DB["os"]
                 ways += [stack.enter_context(variant_proxy(mode, upstream, workdir))
                          for mode in VARIANTS]
-            audit_db = workdir / "audit.db"
             results: dict[str, dict[str, PgbenchResult]] = {}
             for label, flags in workloads.items():
                 results[label] = {}
                 for way in ways:
                     print(f"{label} via {way.name} ...", file=sys.stderr, flush=True)
-                    before = audit_last_seq(audit_db) if way.name == "ordinance" else 0
+                    audit_db = audit_dbs.get(way.name)
+                    before = audit_last_seq(audit_db) if audit_db else 0
                     r = run_pgbench(pgbench, way, flags, args.clients, args.duration)
-                    if way.name == "ordinance":
+                    if audit_db:
                         time.sleep(0.5)  # session.end records of the closed sessions
                         r.audit = audit_counts(audit_db, before)
                         unexpected = set(r.audit) - {
@@ -789,14 +902,26 @@ def main(argv: list[str] | None = None) -> int:
                     results[label][way.name] = r
             print(f"{args.rows}-row reads ...", file=sys.stderr, flush=True)
             select = masked_select(ways[:3], args.rows, args.runs)
+            single: dict[str, dict[str, float]] = {}
+            copies: dict[str, dict[str, float]] = {}
+            if args.breakdown:
+                products = [w for w in ways if w.name in (*WAYS, OS_WAY)]
+                print("single client ...", file=sys.stderr, flush=True)
+                single = single_client(pgbench, products, args.duration, workdir)
+                psql = shutil.which("psql") or str(Path(pgbench).with_name("psql"))
+                print(f"{COPY_OUT} ...", file=sys.stderr, flush=True)
+                copies = copy_out(psql, [w for w in products if w.name != "pgbouncer"],
+                                  args.copy_runs)
             print_report(results, select, args.clients, args.duration, labels,
                          args.rows, args.runs)
+            print_breakdown(results, single, copies)
             if args.json:
                 args.json.write_text(json.dumps({
                     "clients": args.clients, "duration_s": args.duration, "labels": labels,
                     "pgbench": {label: {w: vars(r) for w, r in by_way.items()}
                                 for label, by_way in results.items()},
-                    "masked_select": select}, indent=2))
+                    "masked_select": select, "single_client": single,
+                    "copy_out": copies}, indent=2))
             if args.profile:
                 print("\nprofiling the proxy with py-spy (not part of the figures above) ...",
                       file=sys.stderr, flush=True)

@@ -6,7 +6,9 @@ Everything runs against real `ordinance serve` subprocesses, so client and serve
 a GIL. In one run it measures:
 
 1. Latency, for each decision-log mode (`--decision-log async` and `durable`, one server
-   each, one channel each), with the calls interleaved so machine noise hits them alike:
+   each, one channel each; and `durable` with `--audit-durability os`, the record written
+   before the answer and synced within 10 ms), with the calls interleaved so machine noise
+   hits them alike:
    `Health.Check` (an empty call: the floor of a gRPC round trip here), `Decide` with the PCI
    pack on a repeated input (answered from the decision cache) and with a unique session id
    per call (the same policy input: session ids are not read by the pack). Reports median,
@@ -55,19 +57,23 @@ HTTP_PATH = "/v1/data/ordinance/pci"
 # -- the server ---------------------------------------------------------------------------
 
 MODES = ("async", "durable")
+DURABLE_OS = "durable-os"
+"""The latency section's third server: `--decision-log durable --audit-durability os`."""
 BLOCK = 50
 PAUSE_S = 0.03
 
 
 @contextlib.contextmanager
-def serve(policies: str, workers: int, mode: str, log_dir: str) -> Iterator[dict[str, Any]]:
+def serve(policies: str, workers: int, mode: str, log_dir: str,
+          durability: str = "fsync") -> Iterator[dict[str, Any]]:
     """`ordinance serve` on ephemeral ports, its JSON-lines decision log in `log_dir`;
     yields its ready line."""
     with tempfile.TemporaryDirectory(prefix="ordinance-bench-") as tmp:
+        log = Path(log_dir) / f"decisions-{mode}-{workers}-{durability}.jsonl"
         cmd = [sys.executable, "-m", "engine.cli", "serve", "--policies",
                str(Path(policies).resolve()), "--grpc", "127.0.0.1:0", "--http",
                "127.0.0.1:0", "--workers", str(workers), "--decision-log", mode,
-               "--decision-log-file", str(Path(log_dir) / f"decisions-{mode}-{workers}.jsonl")]
+               "--decision-log-file", str(log), "--audit-durability", durability]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 text=True, cwd=tmp)
         assert proc.stdout is not None
@@ -221,15 +227,16 @@ def run(policies: str, rounds: int, duration: float, concurrency: int, procs: in
                               "driver_procs": procs, "repeats": repeats}
     with tempfile.TemporaryDirectory(prefix="ordinance-bench-logs-") as log_dir:
         with serve(policies, 1, "async", log_dir) as fast, \
-                serve(policies, 1, "durable", log_dir) as safe:
-            lat = latency({"async": fast["grpc"], "durable": safe["grpc"]}, rounds, log_dir,
-                          probe_with="durable")
+                serve(policies, 1, "durable", log_dir) as safe, \
+                serve(policies, 1, "durable", log_dir, durability="os") as written:
+            lat = latency({"async": fast["grpc"], "durable": safe["grpc"],
+                           DURABLE_OS: written["grpc"]}, rounds, log_dir, probe_with="durable")
         sync = lat.pop("fdatasync")["write_fdatasync"]
         report["latency"] = lat
         report["fdatasync"] = sync
         report["latency_ratio"] = {
             mode: {name: lat[mode][name]["median_us"] / lat[mode]["empty_call"]["median_us"]
-                   for name in ("decide_cached", "decide_unique")} for mode in MODES}
+                   for name in ("decide_cached", "decide_unique")} for mode in lat}
         report["durable_minus_async_us"] = {
             name: lat["durable"][name]["median_us"] - lat["async"][name]["median_us"]
             for name in ("decide_cached", "decide_unique")}

@@ -13,8 +13,8 @@ check, `check_calls` against regopy's builtins, `RegoProgram`) and queried with
 becomes the entrypoint query `a/b/p`; scalar keys (`data.a.p[0] = x`) become path parts, and a
 JSON literal or `input` may stand for `x`. Other shapes (function calls, several expressions,
 `data.p[x]` iteration) and queries of `test_*` rules (left out of serving bundles) are counted
-as unsupported, not run. A case without `input` is evaluated with a null input: the engine
-always sets one, where OPA leaves it undefined; such failures are marked in the report.
+as unsupported, not run. A case without `input` is evaluated with `input` undefined, as in OPA
+(`RegoProgram.query(..., NO_INPUT)`; decisions always have an input).
 
 Outcomes:
   pass                      the value (or undefinedness) OPA wants, or an error where OPA wants one
@@ -192,7 +192,7 @@ def evaluate_case(raw: dict[str, Any]) -> dict[str, Any]:
 
     from engine.errors import EvaluationError, PolicySetError
     from engine.policy import PolicySet
-    from engine.policy.rego import RegoProgram, check_calls
+    from engine.policy.rego import NO_INPUT, RegoProgram, check_calls
     from engine.policy.rego_source import FORBIDDEN, read_module
 
     query = translate_query(str(raw.get("query", "")))
@@ -205,8 +205,10 @@ def evaluate_case(raw: dict[str, Any]) -> dict[str, Any]:
             input_doc = json.loads(raw["input_term"])
         except (TypeError, ValueError):
             return {"kind": UNSUPPORTED, "detail": "input_term is not JSON"}
+    elif "input" in raw:
+        input_doc = _jsonable(raw["input"])
     else:
-        input_doc = _jsonable(raw.get("input"))
+        input_doc = NO_INPUT  # undefined, as in OPA
     data = _jsonable(raw.get("data") or {})
     modules = [read_module(f"case/mod{i}.rego", str(src))
                for i, src in enumerate(raw.get("modules") or [])]
@@ -337,7 +339,7 @@ def judge(case: Case, result: dict[str, Any]) -> tuple[str, str]:
     kind = result["kind"]
     detail = str(result.get("detail", ""))
     if kind in ("crash", "timeout"):
-        return kind, detail + _no_input(raw)
+        return kind, detail
     if kind == UNSUPPORTED:
         return kind, detail
     if kind == "exception":
@@ -377,25 +379,15 @@ def judge(case: Case, result: dict[str, Any]) -> tuple[str, str]:
     if not rows:
         if kind == "undefined":
             return PASS, ""
-        return "wrong_result", f"want undefined; got {json.dumps(_redacted(got))}{_no_input(raw)}"
+        return "wrong_result", f"want undefined; got {json.dumps(_redacted(got))}"
     want = _jsonable(rows[0].get(query.var)) if isinstance(rows[0], dict) else None
     if kind == "undefined":
-        return "missing_result", f"want {json.dumps(want)}; got undefined{_no_input(raw)}"
+        return "missing_result", f"want {json.dumps(want)}; got undefined"
     if raw.get("sort_bindings") and isinstance(want, list) and isinstance(got, list):
         want, got = sorted(want, key=_sort_key), sorted(got, key=_sort_key)
     if same(want, got):
         return PASS, ""
-    return "wrong_result", _difference(want, got) + _no_input(raw)
-
-
-def _no_input(raw: dict[str, Any]) -> str:
-    """OPA leaves `input` undefined when a case gives none; the engine always sets one (null
-    here), so a case whose answer hinges on an undefined input is flagged."""
-    if "input" in raw or "input_term" in raw:
-        return ""
-    if any(re.search(r"\binput\b", str(m)) for m in raw.get("modules") or []):
-        return " (case has no input: OPA's is undefined, the engine's is null)"
-    return ""
+    return "wrong_result", _difference(want, got)
 
 
 def _redacted(value: Any) -> Any:

@@ -6,7 +6,8 @@ Three layers, each with its CPU time per event in the benchmark's `extra_info`:
   encode once, card-number precheck), and the same with a card number in it (the general path:
   JSON round trip, `scrub_document`, canonical encoding);
 - `AuditLog.append_many` of prepared events in batches of 1, 2 and 8 (one transaction, WAL,
-  synchronous=FULL): the commit's fixed cost shared by the batch;
+  synchronous=FULL; and with `os` durability, synchronous=NORMAL and the WAL synced within
+  10 ms): the commit's fixed cost shared by the batch;
 - `AuditRecorder` end to end: N coroutines on one event loop, each awaiting its record in a
   loop (a short sleep stands in for the upstream round trip), so the writer thread and the
   loop run as in the proxy; `events_per_commit` says how many records shared a commit.
@@ -47,9 +48,10 @@ def _cpu_per_call(fn: Any, calls: int, per_call: int = 1) -> float:
     return round((time.thread_time() - start) / calls / per_call * 1e6, 2)
 
 
-@pytest.fixture
-def audit(tmp_path: Path) -> Any:
-    with open_audit_log(f"sqlite:///{tmp_path}/audit.db") as log:
+@pytest.fixture(params=["fsync", "os"])
+def audit(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """The SQLite trail with each `--audit-durability`."""
+    with open_audit_log(f"sqlite:///{tmp_path}/audit.db", durability=request.param) as log:
         yield log
 
 

@@ -122,8 +122,8 @@ def test_bad_verifiers(verifier: str, message: str) -> None:
 @pytest.mark.parametrize(("body", "message"), [
     ("users:\n  - {password: x}\n", r"users\.yaml:2: users\[0\]: missing name"),
     ("users:\n  - {name: a, password: x}\n  - {name: b}\n",
-     r":3: users\[1\] \(b\): needs either password or verifiers"),
-    ("users:\n  - {name: a, password: x, scram: y}\n", "either password or verifiers"),
+     r":3: users\[1\] \(b\): needs a password or verifiers .*, or ssh_keys"),
+    ("users:\n  - {name: a, password: x, scram: y}\n", "a password or verifiers .*, not both"),
     ("users:\n  - {name: a, pasword: x}\n",
      r"unknown key\(s\): pasword \(allowed: caching_sha2_password, groups"),
     ("users:\n  - {name: a, password: x}\n  - {name: a, password: y}\n",

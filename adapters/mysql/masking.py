@@ -33,8 +33,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from adapters.enforcement.mask_rules import MaskRules, computed_method, strongest
 from adapters.mysql.catalog import Catalog, Relation
-from adapters.postgres.column_masks import MaskRules, computed_method, strongest
 from adapters.postgres.mask_rewrite import (
     MYSQL_PREPARE_QUERY,
     MaskedColumn,

@@ -51,7 +51,8 @@ class DirectoryUser(Protocol):
 
     def scram_auth_info(self) -> AuthInfo | None:
         """(salt, stored_key, server_key, iterations) as scramp's `make_auth_info` returns;
-        None for a user without a SCRAM verifier (a MySQL-only user: the login fails)."""
+        None for a user without a SCRAM verifier (SSH keys or MySQL verifiers only: the login
+        fails)."""
         ...
 
 

@@ -5,9 +5,10 @@
 subclass adds what needs PostgreSQL's catalog and SQL:
 
 - masks: a `ResultMasking` for the statement's results (`column_masks`), after the checks that
-  deny what cannot be masked with certainty, and the statement's text with its other uses of
-  masked columns replaced by their masked values (`mask_rewrite`); the card-number backstop
-  runs on every result; a COPY's layout and its columns' methods (`copy_statement`);
+  deny what cannot be masked with certainty (`mask_unseen`: views, statistics, code attached
+  to tables), and the statement's text with its other uses of masked columns replaced by
+  their masked values (`mask_rewrite`); the card-number backstop runs on every result; a
+  COPY's layout and its columns' methods (`copy_statement`);
 - a view read as the tables under it: decided again with them in `command.view_tables`;
 - a session's SQL-prepared statements (an EXECUTE of a reviewed one asks again, for its
   PREPARE's text) and cursors (`sql_names`): a row budget's hold asks approval for the text
@@ -63,11 +64,12 @@ from adapters.postgres.mask_rewrite import (
     rewrite_statement,
     unparsed_words,
 )
+from adapters.postgres.mask_unseen import check_unseen
 from adapters.postgres.sql_names import name_actions
 from engine.audit.recorder import AuditRecorder
 from engine.decision import Decision
 from engine.facts.fingerprint import literal_fingerprint
-from engine.facts.sql import UNKNOWN_SETTING, called_names
+from engine.facts.sql import UNKNOWN_SETTING, called_names, sqlglot_text
 
 log = logging.getLogger("ordinance.adapters.postgres.bridge")
 
@@ -508,6 +510,8 @@ class PolicyBridge(Enforcer):
         relations, view = await statement_relations(catalog, names, seen)
         if rules:
             await self._check_defined_functions(sql, view)
+            await check_unseen(catalog, sql, command.get("statements") or (), view, rules,
+                               copy)
         computed = None
         copy_methods: list[str | None] | None = None
         rewrites: MaskedSchema | None = None
@@ -576,7 +580,7 @@ class PolicyBridge(Enforcer):
         defined = await self.catalog.user_functions()
         if not defined:
             return
-        called = called_names(sql)
+        called = called_names(sqlglot_text(sql, "postgres"))
         if called is None:
             raise MaskUseDenied("the statement cannot be read to find the functions it calls")
         for oid in view.views:

@@ -21,9 +21,11 @@ Computed columns (no table OID in the RowDescription) that pass a masked column 
 subquery, CTE or UNION output) are masked by its rule, as traced from the statement; the
 strongest method wins (`null` > `redact` > `hash` > `pan` > `last4` > `email`). A value an
 expression computes needs no mask of its own: the statement was rewritten to compute it from
-masked values (`mask_rewrite`, `masked_schema` here says what it masks). A view's computed
-column (its body is not rewritten) gets `redact` where the method would be `pan`, `last4` or
-`email`: those keep part of what the expression made of the value.
+masked values (`mask_rewrite`, `masked_schema` here says what it masks). A generated column
+computed from a masked column, and a view's computed one (reading such a view is denied before
+it runs, `mask_unseen`), gets `redact` where the method would be `pan`, `last4` or `email`:
+those keep part of what the expression made of the value. A column whose values hold a field
+of a masked name (a composite type, a table's row type, an array of one) gets `null`.
 
 COPY data is text, so masked COPY columns always get the method's output; binary COPY columns
 with a mask become NULL, and in a binary COPY of a table its string columns are scanned by the
@@ -89,21 +91,35 @@ class CatalogView:
 
     relations: dict[int, Relation] = field(default_factory=dict)
     views: dict[int, dict[str, ViewColumn]] = field(default_factory=dict)
+    reads: dict[int, frozenset[int]] = field(default_factory=dict)  # view -> what it names
+    fields: dict[int, frozenset[str]] = field(default_factory=dict)  # type -> field names
 
     def add(self, catalog: Catalog, closure: dict[int, Relation]) -> None:
         for oid, relation in closure.items():
             self.relations[oid] = relation
+            for column in relation.columns:
+                held = catalog.type_fields(column.type_oid)
+                if held:
+                    self.fields[column.type_oid] = held
             if relation.is_view:
                 columns = catalog.view_columns(oid)
                 if columns is not None:
                     self.views[oid] = columns
+                self.reads[oid] = catalog.view_reads(oid)
 
     def column_method(self, rules: MaskRules, relation: Relation, column: str,
                       depth: int = 0) -> tuple[str | None, bool]:
-        """(the method masking this column, whether its origin could not be traced)."""
+        """(the method masking this column, whether its origin could not be traced). A
+        generated column computed from masked columns is masked as a view's computed column;
+        a column whose values hold a field of a masked name (a composite type, a table's row
+        type, an array of one) is `null`."""
         own = rules.method(relation.schema, relation.name, column)
+        if self.holds_masked_field(rules, relation, column):
+            own = "null"
         if not relation.is_view:
-            return own, False
+            return strongest([own, *(computed_method(rules.method(relation.schema,
+                                                                  relation.name, source))
+                                     for source in relation.generated_from(column))]), False
         if depth > 16:
             return own, True
         info = self.views.get(relation.oid, {}).get(column.lower())
@@ -121,12 +137,45 @@ class CatalogView:
             opaque = opaque or hidden
         return strongest(methods), opaque
 
+    def holds_masked_field(self, rules: MaskRules, relation: Relation, column: str) -> bool:
+        if not self.fields:
+            return False
+        found = relation.column_named(column)
+        return found is not None and bool(self.fields.get(found.type_oid, frozenset())
+                                          & rules.columns)
+
     def copy(self) -> CatalogView:
-        return CatalogView(dict(self.relations), dict(self.views))
+        return CatalogView(dict(self.relations), dict(self.views), dict(self.reads),
+                           dict(self.fields))
+
+    def read_by(self, oid: int) -> CatalogView:
+        """The part of this view that the relation `oid` reads (itself, and for a view every
+        relation under it)."""
+        out = CatalogView()
+        pending = [oid]
+        while pending:
+            current = pending.pop()
+            relation = self.relations.get(current)
+            if relation is None or current in out.relations:
+                continue
+            out.relations[current] = relation
+            if current in self.views:
+                out.views[current] = self.views[current]
+            if current in self.reads:
+                out.reads[current] = self.reads[current]
+                pending.extend(self.reads[current])
+        out.fields = dict(self.fields)
+        return out
 
     def could_mask(self, rules: MaskRules) -> bool:
-        """Whether any relation here has a column a rule masks (views: by name or source)."""
-        return bool(rules) and any(rules.covers(r) for r in self.relations.values())
+        """Whether any relation here has a column a rule masks (views: by name or source), or
+        one holding a field of a masked name."""
+        if not rules:
+            return False
+        if any(rules.covers(r) for r in self.relations.values()):
+            return True
+        return bool(self.fields) and any(self.fields.get(c.type_oid, frozenset()) & rules.columns
+                                         for r in self.relations.values() for c in r.columns)
 
 
 # --------------------------------------------------------------------------------------------

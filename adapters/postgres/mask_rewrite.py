@@ -19,8 +19,9 @@ column is safe: every method but `hash` is idempotent, and `hash` has no SQL for
 denied). `*` outside the plain result columns is expanded to the columns of the masked relations
 it covers. Denied: whole-row references (`c::text`, `row_to_json(c)`, `row(c.*)`), column
 aliases on a masked relation (`cards AS c(a, b)`), `USING`/`NATURAL` joins over masked columns,
-`ON CONFLICT` on a masked column, `EXPLAIN`, text sqlglot cannot parse, and masked columns in
-any other statement (DDL, MERGE).
+`ON CONFLICT` on a masked column, writes of a masked column (INSERT, UPDATE, ON CONFLICT DO
+UPDATE, MERGE: a session that may not see it may not write it), `EXPLAIN`, text sqlglot cannot
+parse, and masked columns in any other statement (DDL, MERGE).
 
 `dialect="mysql"` rewrites MySQL/MariaDB text the same way, with `adapters/mysql/mask_sql.py`'s
 expressions and backquoted names (`mysql_unsafe_text` says what is refused before parsing);
@@ -329,9 +330,11 @@ class _Statement:
             self._command(tree)
         elif isinstance(tree, exp.Query):
             self._plain_results(tree, client=self.client and tree.args.get("into") is None)
+            self._nested_dml(tree)
             self._walk(tree)
         elif isinstance(tree, exp.Insert | exp.Update | exp.Delete):
             self._dml(tree)
+            self._nested_dml(tree)
             self._walk(tree)
         elif isinstance(tree, exp.Set) and self.dialect == "mysql":
             self._walk(tree)  # `SET @v = (SELECT …)`: no result column reaches the client
@@ -342,6 +345,10 @@ class _Statement:
                 self._plain_results(tree.expression, client=True)
             self._walk(tree.expression)
         else:
+            if isinstance(tree, exp.Merge):
+                for action in tree.find_all(exp.Insert):
+                    if action.this is None:  # WHEN NOT MATCHED THEN INSERT VALUES (…)
+                        self._written(tree.this, None)
             self._forbid(tree, skip=None, where=f"a {type(tree).__name__.upper()} statement")
 
     def _command(self, tree: exp.Command) -> None:
@@ -364,15 +371,22 @@ class _Statement:
                                 f"in a {what or 'statement'} statement, which cannot be "
                                 "rewritten to use its masked value")
 
-    def _dml(self, tree: exp.Insert | exp.Update | exp.Delete) -> None:
+    def _nested_dml(self, tree: exp.Expr) -> None:
+        """The data-modifying statements of a WITH (their RETURNING rows go to the query)."""
+        for node in tree.find_all(exp.Insert, exp.Update, exp.Delete):
+            if node is not tree and isinstance(node, exp.Insert | exp.Update | exp.Delete):
+                self._dml(node, top=False)
+
+    def _dml(self, tree: exp.Insert | exp.Update | exp.Delete, top: bool = True) -> None:
         returning = tree.args.get("returning")
-        if returning is not None and self.client:
+        if returning is not None and self.client and top:
             for item in returning.expressions:
                 self._exempt(item)
+        written = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
         if isinstance(tree, exp.Update):
             for assignment in tree.expressions:
                 if isinstance(assignment, exp.EQ):
-                    self.targets.update(id(c) for c in assignment.this.find_all(exp.Column))
+                    self._assigned(written, list(assignment.this.find_all(exp.Column)))
         conflict = tree.args.get("conflict") if isinstance(tree, exp.Insert) else None
         if conflict is not None:
             for key in conflict.args.get("conflict_keys") or ():
@@ -383,7 +397,35 @@ class _Statement:
                 self.targets.update(id(c) for c in key.find_all(exp.Column))
             for assignment in conflict.expressions:
                 if isinstance(assignment, exp.EQ):
-                    self.targets.update(id(c) for c in assignment.this.find_all(exp.Column))
+                    self._assigned(written, list(assignment.this.find_all(exp.Column)))
+        if isinstance(tree, exp.Insert) and not tree.args.get("default"):
+            listed = tree.this.expressions if isinstance(tree.this, exp.Schema) else None
+            self._written(written, None if listed is None else [c.name for c in listed])
+
+    def _assigned(self, table: exp.Expr, columns: list[exp.Column]) -> None:
+        """Assignment targets (not reads) of an UPDATE or ON CONFLICT DO UPDATE."""
+        self.targets.update(id(c) for c in columns)
+        self._written(table, [c.name for c in columns])
+
+    def _written(self, table: exp.Expr, names: list[str] | None) -> None:
+        """Deny writing a masked column of the written relation (`names` None: all of them).
+        A session that may not see a column's clear value may not write it either: a unique
+        index, a constraint or a trigger would answer whether a value is stored, and what it
+        wrote would replace a clear value it never saw."""
+        if not isinstance(table, exp.Table):
+            return
+        masked = sorted({name for source in self._relations(table)
+                         for name, mask in source.columns if mask is not None})
+        if not masked:
+            return
+        hit = masked if names is None else sorted(set(masked) & {n.lower() for n in names})
+        if hit:
+            how = ("an INSERT without a column list writes every column" if names is None
+                   else "it is assigned")
+            raise MaskUseDenied(f"masked column {hit[0]} of {table.name} would be written "
+                                f"({how}): a session that may not see its clear value may "
+                                "not write it either (a unique index, a constraint or a "
+                                "trigger would answer whether a value is stored)")
 
     def _plain_results(self, query: exp.Query, client: bool) -> None:
         """Mark the plain result columns of a query whose rows go to the client, unless the

@@ -29,6 +29,7 @@ from engine.audit.base import (
     prepare_event,
 )
 from engine.audit.chain import AuditRecord, Checkpoint, VerifyResult
+from engine.audit.durability import DURABILITIES, Durability
 from engine.audit.stores import StoreUnavailable, parse_store_url
 
 AUDIT_KEY_ENV = "ORDINANCE_AUDIT_KEY"
@@ -36,6 +37,7 @@ AUDIT_KEY_ENV = "ORDINANCE_AUDIT_KEY"
 __all__ = [
     "AUDIT_KEY_ENV",
     "DEFAULT_RETENTION",
+    "DURABILITIES",
     "EVENT_KINDS",
     "MAX_RETENTION",
     "AuditConfigError",
@@ -46,6 +48,7 @@ __all__ = [
     "AuditStoreUnavailable",
     "AuditWriteError",
     "Checkpoint",
+    "Durability",
     "InvalidAuditEvent",
     "PreparedEvent",
     "PruneResult",
@@ -57,9 +60,11 @@ __all__ = [
 
 
 def open_audit_log(url: str, *, create: bool = True, retention: timedelta = DEFAULT_RETENTION,
-                   hmac_key: bytes | None = None) -> AuditLog:
+                   hmac_key: bytes | None = None, durability: Durability = "fsync") -> AuditLog:
     """The trail at `url`, its schema created on first use unless `create=False`, in which case
-    a missing database or trail raises `AuditStoreUnavailable` (as does any bad URL)."""
+    a missing database or trail raises `AuditStoreUnavailable` (as does any bad URL).
+    `durability` (`engine.audit.durability`): "fsync" (an append returns once it is on disk)
+    or "os" (once the OS has it; synced within `OS_SYNC_DELAY`)."""
     try:
         store = parse_store_url(url)
     except StoreUnavailable as exc:
@@ -69,7 +74,9 @@ def open_audit_log(url: str, *, create: bool = True, retention: timedelta = DEFA
     if store.dialect == "sqlite":
         from engine.audit.sqlite import SqliteAuditLog
 
-        return SqliteAuditLog(store, create=create, retention=retention, hmac_key=hmac_key)
+        return SqliteAuditLog(store, create=create, retention=retention, hmac_key=hmac_key,
+                              durability=durability)
     from engine.audit.postgres import PostgresAuditLog
 
-    return PostgresAuditLog(store, create=create, retention=retention, hmac_key=hmac_key)
+    return PostgresAuditLog(store, create=create, retention=retention, hmac_key=hmac_key,
+                            durability=durability)

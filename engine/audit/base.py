@@ -43,6 +43,7 @@ from engine.audit.chain import (
     seal_head,
     verify_chain,
 )
+from engine.audit.durability import DelayedSync, Durability, check_durability
 from engine.audit.stores import SqlConnection, StoreUnavailable, StoreURL, driver_errors
 from engine.masking import may_hold_pan, scrub_document
 
@@ -143,17 +144,21 @@ class AuditEvent:
 class PreparedEvent:
     """An event scrubbed and normalized to JSON values, ready to be chained (`prepare_event`).
 
-    `payload_json` is `canonical_json(payload)`, the stored text; `encoded` holds the parts of
-    the record's hashed encoding that do not depend on where it lands in the chain.
+    `payload_json` is the canonical encoding of the payload, the stored text; `payload` is it
+    parsed, made only when asked for (the recorder's commits never ask); `encoded` holds the
+    parts of the record's hashed encoding that do not depend on where it lands in the chain.
     """
 
     kind: str
     subject: str | None
     session_id: str | None
     decision_id: str | None
-    payload: dict[str, Any]
     payload_json: str
     encoded: EncodedEvent
+
+    @functools.cached_property
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.payload_json)  # type: ignore[no-any-return]
 
 
 def check_retention(period: timedelta) -> timedelta:
@@ -243,7 +248,7 @@ def prepare_event(kind: str, payload: dict[str, Any], subject: str | None,
         raise InvalidAuditEvent(f"event holds text that is not valid Unicode: {exc}") from exc
     if size > MAX_EVENT_BYTES:
         raise InvalidAuditEvent(f"event is {size} bytes; the limit is {MAX_EVENT_BYTES}")
-    return PreparedEvent(kind, subject, session_id, decision_id, json.loads(text), text,
+    return PreparedEvent(kind, subject, session_id, decision_id, text,
                          EncodedEvent.of(kind, subject, session_id, decision_id, text))
 
 
@@ -266,7 +271,7 @@ def _prepare_slowly(kind: str, payload: dict[str, Any], subject: str | None,
     text = canonical_json(scrubbed["payload"])
     subject, session_id, decision_id = (scrubbed["subject"], scrubbed["session_id"],
                                         scrubbed["decision_id"])
-    return PreparedEvent(kind, subject, session_id, decision_id, scrubbed["payload"], text,
+    return PreparedEvent(kind, subject, session_id, decision_id, text,
                          EncodedEvent.of(kind, subject, session_id, decision_id, text))
 
 
@@ -296,9 +301,15 @@ class AuditLog:
     POLL_INTERVAL_S = 0.2
 
     def __init__(self, store: StoreURL, *, create: bool = True,
-                 retention: timedelta = DEFAULT_RETENTION, hmac_key: bytes | None = None) -> None:
+                 retention: timedelta = DEFAULT_RETENTION, hmac_key: bytes | None = None,
+                 durability: Durability = "fsync") -> None:
         self.store = store
         self.retention = check_retention(retention)
+        try:
+            self.durability = check_durability(durability)
+        except ValueError as exc:
+            raise AuditConfigError(str(exc)) from None
+        self._os_sync: DelayedSync | None = None
         if hmac_key is not None and len(hmac_key) < MIN_HMAC_KEY_BYTES:
             raise AuditConfigError(f"the audit HMAC key must be at least {MIN_HMAC_KEY_BYTES} "
                                    f"bytes")
@@ -325,6 +336,14 @@ class AuditLog:
         except AuditStoreUnavailable:
             self._conn.close()
             raise
+        if self.durability == "os":
+            try:
+                self._commit_to_os()
+            except self._errors as exc:
+                self._conn.close()
+                raise AuditStoreUnavailable(f"cannot use audit store {store.redacted()}: "
+                                            f"{exc}") from exc
+            self._os_sync = DelayedSync(self._sync_os_writes, name="audit-sync")
 
     # -- backend hooks --------------------------------------------------------------------
 
@@ -365,7 +384,7 @@ class AuditLog:
     def _notify(self, tx: SqlConnection, seq: int) -> None:
         """Tell waiting tails about `seq`, from inside the writing transaction."""
 
-    def _after_commit(self, record: AuditRecord) -> None:
+    def _after_commit(self) -> None:
         """Wake in-process waiters after a commit."""
 
     def _wait_signal(self, timeout: float) -> None:
@@ -373,6 +392,15 @@ class AuditLog:
 
     def _start_waiting(self) -> None:
         """Subscribe to news before the first read of a wait loop."""
+
+    def _commit_to_os(self) -> None:
+        """Make this writer's commits return once written to the OS, not synced (`os`
+        durability)."""
+        raise NotImplementedError
+
+    def _sync_os_writes(self) -> None:
+        """Make every commit written to the OS so far durable (`os` durability's sync)."""
+        raise NotImplementedError
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -392,14 +420,40 @@ class AuditLog:
                     for e in events]
         return self._append_prepared(prepared) if prepared else []
 
+    def commit_many(self, events: list[PreparedEvent]) -> None:
+        """`append_many` of prepared events for a caller that needs no records back (the
+        group-commit recorder): nothing is built or parsed beyond what is stored."""
+        if events:
+            self._commit_prepared(events)
+
     def _append_prepared(self, events: list[PreparedEvent]) -> list[AuditRecord]:
+        rows = self._commit_prepared(events)
+        return [AuditRecord(seq, rid, ts, event.kind, event.subject, event.session_id,
+                            event.decision_id, event.payload, prev_hash, digest)
+                for (seq, rid, ts, *_, prev_hash, digest), event in zip(rows, events,
+                                                                        strict=True)]
+
+    def _commit_prepared(self, events: list[PreparedEvent]) -> list[tuple[Any, ...]]:
+        self._check_os_sync()
         try:
             with self._conn.write(pipelined=True) as tx:
-                records = self._append_locked(tx, self._lock_head(tx), events)
+                rows = self._append_locked(tx, self._lock_head(tx), events)
         except self._errors as exc:
             raise AuditWriteError(f"audit append failed, nothing recorded: {exc}") from exc
-        self._after_commit(records[-1])
-        return records
+        self._committed()
+        self._after_commit()
+        return rows
+
+    def _check_os_sync(self) -> None:
+        """Refuse to write while `os` durability's syncs fail: what was acknowledged may not
+        reach the disk, and nothing more is acknowledged (fail closed)."""
+        if self._os_sync is not None and self._os_sync.broken is not None:
+            raise AuditWriteError(f"the audit trail cannot sync its writes "
+                                  f"({self._os_sync.broken}); nothing recorded")
+
+    def _committed(self) -> None:
+        if self._os_sync is not None:
+            self._os_sync.written()
 
     def _lock_head(self, tx: SqlConnection, *, trusted: bool = True) -> tuple[Any, ...]:
         """The head row, locked for this transaction; unless `trusted=False`, only a head this
@@ -426,27 +480,26 @@ class AuditLog:
                            (seal_head(int(seq), digest, self.hmac_key),))
         except self._errors as exc:
             raise AuditWriteError(f"sealing the head failed: {exc}") from exc
+        self._committed()
         return result if not result.ok and result.damage != "head_unsealed" else self.verify()
 
     def _append_locked(self, tx: SqlConnection, head: tuple[Any, ...],
-                       events: list[PreparedEvent]) -> list[AuditRecord]:
+                       events: list[PreparedEvent]) -> list[tuple[Any, ...]]:
         """Chain `events` after `head` (read under the write lock): insert them, move the head,
-        notify. Issues no read, so on PostgreSQL it all travels in one pipelined round trip."""
+        notify; returns the rows inserted (`_COLUMNS`). Issues no read, so on PostgreSQL it all
+        travels in one pipelined round trip."""
         last_seq, last_hash, last_id, last_ts = head[:4]
         now = datetime.now(UTC)
         ts = format_ts(now)
         if last_ts and ts < last_ts:
             now = parse_ts(last_ts)  # a lagging clock never makes time run backwards
             ts = format_ts(now)
-        records: list[AuditRecord] = []
         rows: list[tuple[Any, ...]] = []
         seq = int(last_seq)
         for event in events:
             seq += 1
             rid = new_ulid(now, last_id)
             digest = event.encoded.hash(seq, rid, ts, last_hash)
-            records.append(AuditRecord(seq, rid, ts, event.kind, event.subject, event.session_id,
-                                       event.decision_id, event.payload, last_hash, digest))
             rows.append((seq, rid, ts, event.kind, event.subject, event.session_id,
                          event.decision_id, event.payload_json, last_hash, digest))
             last_hash, last_id = digest, rid
@@ -462,7 +515,7 @@ class AuditLog:
             tx.run("UPDATE ordinance_audit_head SET seq = ?, hash = ?, last_id = ?, "
                    "last_ts = ? WHERE one = 1", (last_seq, last_hash, last_id, ts))
         self._notify(tx, last_seq)
-        return records
+        return rows
 
     # -- retention --------------------------------------------------------------------------
 
@@ -473,6 +526,7 @@ class AuditLog:
         prune itself is recorded as an `audit.pruned` event in the same transaction."""
         period = check_retention(older_than if older_than is not None else self.retention)
         cutoff = format_ts((now or datetime.now(UTC)) - period)
+        self._check_os_sync()
         try:
             with self._conn.write() as tx:
                 head = self._lock_head(tx)
@@ -492,10 +546,11 @@ class AuditLog:
                 event = prepare_event("audit.pruned", {
                     "through_seq": through_seq, "pruned": pruned, "cutoff": cutoff,
                     "retention_days": period.days, "seal_alg": alg}, None, None, None)
-                [record] = self._append_locked(tx, head, [event])
+                self._append_locked(tx, head, [event])
         except self._errors as exc:
             raise AuditWriteError(f"audit prune failed, nothing removed: {exc}") from exc
-        self._after_commit(record)
+        self._committed()
+        self._after_commit()
         return PruneResult(pruned, cutoff, checkpoint)
 
     # -- reading ----------------------------------------------------------------------------
@@ -620,6 +675,8 @@ class AuditLog:
     # -- lifecycle --------------------------------------------------------------------------
 
     def close(self) -> None:
+        if self._os_sync is not None:
+            self._os_sync.close()
         self._conn.close()
 
     def __enter__(self) -> AuditLog:

@@ -3,6 +3,8 @@
 Owns the PostgreSQL schema and its locking: each append runs in one transaction that first
 takes `SELECT … FOR UPDATE` on the single head row, so replicas queue on the database's row lock
 and the chain stays linear; schema creation is serialized by a transaction-scoped advisory lock.
+`os` durability commits with `synchronous_commit = off` and syncs with a synchronous commit of
+its own (`txid_current()`) within `OS_SYNC_DELAY`.
 Tails wait with LISTEN/NOTIFY (channel `ordinance_audit`, notified inside the append
 transaction, so it is delivered only on commit). It must not invent any locking of its own.
 """
@@ -44,6 +46,8 @@ class PostgresAuditLog(AuditLog):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._listen: Any = None
         self._listen_lock = threading.Lock()
+        self._sync_conn: Any = None
+        self._sync_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
     def _schema_lock(self, tx: SqlConnection) -> None:
@@ -59,6 +63,21 @@ class PostgresAuditLog(AuditLog):
         row = self._conn.one("SELECT to_regclass('ordinance_audit') IS NOT NULL AND "
                              "to_regclass('ordinance_audit_head') IS NOT NULL")
         return bool(row and row[0])
+
+    def _commit_to_os(self) -> None:
+        # The server has the commit (a killed proxy loses nothing) and flushes its WAL later.
+        # A connection reopened after a failure commits synchronously again: safe side.
+        self._conn.run("SET synchronous_commit = off")
+
+    def _sync_os_writes(self) -> None:
+        # A synchronous commit of a transaction that has an id waits for the WAL to be flushed
+        # up to its commit record, which is after every earlier (asynchronous) commit.
+        with self._sync_lock:
+            if self._sync_conn is None or self._sync_conn.closed or self._sync_conn.broken:
+                self._sync_conn = connect_postgres(self.store.target)
+            with self._sync_conn.transaction():  # synchronous whatever the server's default
+                self._sync_conn.execute("SET LOCAL synchronous_commit = on")
+                self._sync_conn.execute("SELECT txid_current()")
 
     def _notify(self, tx: SqlConnection, seq: int) -> None:
         tx.run(f"SELECT pg_notify('{NOTIFY_CHANNEL}', ?)", (str(seq),))  # no fetch: pipelined
@@ -91,4 +110,7 @@ class PostgresAuditLog(AuditLog):
                 with suppress(Exception):
                     self._listen.close()
                 self._listen = None
-        super().close()
+        super().close()  # the last sync first
+        with self._sync_lock, suppress(Exception):
+            if self._sync_conn is not None:
+                self._sync_conn.close()

@@ -49,7 +49,9 @@ closed): longer than SQLite's busy timeout and PostgreSQL's connect timeout toge
 
 
 class Trail(Protocol):
-    """Where the recorder commits: all of `events` durable when it returns, or it raises."""
+    """Where the recorder commits: all of `events` durable when it returns, or it raises.
+    A trail that also has `commit_many(events)` (`AuditLog`: the same, returning nothing) is
+    committed to with that."""
 
     def append_many(self, events: list[Any]) -> Any: ...
 
@@ -115,7 +117,12 @@ class AuditRecorder:
                         decision_id: str | None = None, timeout: float = DEFAULT_WAIT) -> None:
         """`append` for threads: returns once the event is durable; raises `AuditWriteError`
         (or `InvalidAuditEvent`) when it is not, or not within `timeout` seconds."""
-        event = self._prepare(kind, payload, subject, session_id, decision_id)
+        self.append_prepared_blocking(self._prepare(kind, payload, subject, session_id,
+                                                    decision_id), timeout=timeout)
+
+    def append_prepared_blocking(self, event: Any, *, timeout: float = DEFAULT_WAIT) -> None:
+        """`append_blocking` of an event its caller prepared for the trail (as `prepare`
+        would: validated, card numbers masked, encoded)."""
         waiter = _Waiter()
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -201,7 +208,7 @@ class AuditRecorder:
     def _commit(self, batch: list[Any]) -> None:
         events = [event for event, _, _ in batch]
         try:
-            self.audit.append_many(events)
+            self._append_many(events)
             results: list[BaseException | None] = [None] * len(batch)
             self.commits += 1
             self.events += len(batch)
@@ -224,9 +231,13 @@ class AuditRecorder:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle, settlements)
 
+    def _append_many(self, events: list[Any]) -> None:
+        commit = getattr(self.audit, "commit_many", None)
+        (commit or self.audit.append_many)(events)
+
     def _one(self, event: Any) -> BaseException | None:
         try:
-            self.audit.append_many([event])
+            self._append_many([event])
             self.commits += 1
             self.events += 1
             return None

@@ -1,6 +1,7 @@
 """The SQLite audit backend: one file, WAL, `synchronous=FULL`, `BEGIN IMMEDIATE` appends.
 
-Owns the SQLite schema and how tails wait for news: a per-file `threading.Condition` wakes
+Owns the SQLite schema, `os` durability (`synchronous=NORMAL`, the WAL file synced by
+`DelayedSync`) and how tails wait for news: a per-file `threading.Condition` wakes
 waiters in this process at once; other processes' appends are seen by polling every
 `POLL_INTERVAL_S`. Concurrency between processes relies on SQLite's database write lock, taken
 by `BEGIN IMMEDIATE` before the tail is read. It must not hold that lock longer than one append.
@@ -8,10 +9,10 @@ by `BEGIN IMMEDIATE` before the tail is read. It must not hold that lock longer 
 
 from __future__ import annotations
 
+import os
 import threading
 
 from engine.audit.base import AuditLog
-from engine.audit.chain import AuditRecord
 
 _WAKERS: dict[str, threading.Condition] = {}
 _WAKERS_LOCK = threading.Lock()
@@ -50,7 +51,24 @@ class SqliteAuditLog(AuditLog):
                              "IN ('ordinance_audit', 'ordinance_audit_head')")
         return bool(row and row[0] == 2)
 
-    def _after_commit(self, record: AuditRecord) -> None:
+    def _commit_to_os(self) -> None:
+        # In WAL mode, NORMAL writes each commit to the WAL file without syncing it (SQLite
+        # syncs it at checkpoints): a killed process loses nothing, a power loss may.
+        self._conn.run("PRAGMA synchronous=NORMAL")
+
+    def _sync_os_writes(self) -> None:
+        # fdatasync flushes the file, whichever descriptor asks: every commit written to the
+        # WAL so far is then durable (its frames are checksummed; recovery replays them).
+        try:
+            fd = os.open(self.store.target + "-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return  # checkpointed and removed: the database file itself was synced
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def _after_commit(self) -> None:
         waker = _waker(self.store.target)
         with waker:
             waker.notify_all()

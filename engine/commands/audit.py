@@ -1,8 +1,9 @@
 """`ordinance audit verify|anchor|seal|export|tail|prune`: the auditor's view of the trail.
 
 Owns the command-line surface over `engine.audit`: argument parsing, output formats (JSON
-lines, CSV, a readable text transcript) and exit codes — 0 intact / done, 1 the trail is broken,
-2 the store cannot be used (bad URL, missing database, no trail). Reading the trail is itself
+lines, CSV, a readable text transcript, a session's asciicast recording checked against its
+hash in the trail) and exit codes — 0 intact / done, 1 the trail (or a recording) is broken, 2
+the store cannot be used (bad URL, missing database, no trail). Reading the trail is itself
 recorded (`audit.accessed`, PCI DSS 10.2.1.3), best effort: with read-only credentials a
 warning says the access went unrecorded. It must not read or write the database except
 through `AuditLog`.
@@ -11,6 +12,7 @@ through `AuditLog`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import getpass
 import json
@@ -19,10 +21,12 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
 from engine.audit import DEFAULT_RETENTION, AuditError, AuditLog, AuditRecord, open_audit_log
 from engine.audit.chain import Anchor
+from engine.audit.recordings import RecordingError, RecordingLink, link_of, links, read_recording
 
 AUDIT_URL_ENV = "ORDINANCE_AUDIT_URL"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
@@ -77,13 +81,23 @@ def register(subparsers: Any) -> None:
     add("seal", "adopt a trail written without ORDINANCE_AUDIT_KEY: verify it, then seal its "
                 "head", _seal)
 
-    export = add("export", "write records as JSON lines, CSV or a readable transcript", _export)
-    export.add_argument("--format", choices=("jsonl", "csv", "text"), default="jsonl")
+    export = add("export", "write records as JSON lines, CSV or a readable transcript, or a "
+                 "session's asciicast recording", _export)
+    export.add_argument("--format", choices=("jsonl", "csv", "text", "asciicast"),
+                        default="jsonl",
+                        help="asciicast: the recording of an interactive session (--session), "
+                             "checked against its hash in the trail; text: the transcript, with "
+                             "what recorded sessions showed")
     export.add_argument("--since", type=parse_time, metavar="ISO", help="from this time on")
     export.add_argument("--until", type=parse_time, metavar="ISO", help="before this time")
     export.add_argument("--subject", metavar="S", help="only this subject")
     export.add_argument("--session", metavar="ID", help="only this session")
     export.add_argument("--kind", metavar="KIND", help="only this event kind")
+    export.add_argument("--recording", type=int, metavar="N",
+                        help="with --format asciicast: the session's Nth recording (1 = first)")
+    export.add_argument("--recordings", metavar="DIR",
+                        help="look recordings up in DIR by file name (moved or copied there)")
+    export.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
 
     tail = add("tail", "print the last records, then follow new ones (Ctrl-C stops)", _tail)
     tail.add_argument("-n", type=int, default=10, metavar="N", help="records shown first")
@@ -197,36 +211,84 @@ def _seal(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "asciicast" and not args.session:
+        _error("--format asciicast needs --session ID")
+        return 2
     log = _open(args)
     if log is None:
         return 2
+    directory = Path(args.recordings) if args.recordings else None
     with log:
         counted = _Counter(log.iter_records(since=args.since, until=args.until,
                                             subject=args.subject, session_id=args.session,
                                             kind=args.kind))
         records = iter(counted)
-        out = sys.stdout
-        if args.format == "jsonl":
-            for rec in records:
-                out.write(json.dumps(rec.to_dict(), sort_keys=True, ensure_ascii=False) + "\n")
-        elif args.format == "csv":
-            writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(_CSV_FIELDS)
-            for rec in records:
-                row = rec.to_dict()
-                row["payload"] = json.dumps(rec.payload, sort_keys=True, ensure_ascii=False)
-                writer.writerow(["" if row[f] is None else row[f] for f in _CSV_FIELDS])
-        else:
-            write_transcript(records, out, session=args.session)
-        out.flush()
+        code = 0
+        details: dict[str, Any] = {}
+        with _output(args.output) as out:
+            if args.format == "jsonl":
+                for rec in records:
+                    out.write(json.dumps(rec.to_dict(), sort_keys=True, ensure_ascii=False)
+                              + "\n")
+            elif args.format == "csv":
+                writer = csv.writer(out, lineterminator="\n")
+                writer.writerow(_CSV_FIELDS)
+                for rec in records:
+                    row = rec.to_dict()
+                    row["payload"] = json.dumps(rec.payload, sort_keys=True, ensure_ascii=False)
+                    writer.writerow(["" if row[f] is None else row[f] for f in _CSV_FIELDS])
+            elif args.format == "asciicast":
+                code, details = _export_recording(list(records), args, directory, out)
+            else:
+                broken = write_transcript(records, out, session=args.session,
+                                          recordings=directory)
+                code = 1 if broken else 0
+            out.flush()
         filters = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in (
             ("since", args.since), ("until", args.until), ("subject", args.subject),
             ("session_id", args.session), ("kind", args.kind)) if v is not None}
         record_access(log, "export", {"format": args.format, "filters": filters,
-                                       "records": counted.count})
-    return 0
+                                       "records": counted.count, **details})
+    return code
 
 
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    if path is None:
+        yield sys.stdout
+        return
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        yield f
+
+
+def _export_recording(records: list[AuditRecord], args: argparse.Namespace,
+                      directory: Path | None, out: TextIO) -> tuple[int, dict[str, Any]]:
+    """The session's recording, verbatim, once its hash and format are checked."""
+    from adapters.ssh.asciicast import AsciicastError, parse_bytes
+
+    found = [link for link in links(records) if link.format == "asciicast-v2"]
+    if not found:
+        _error(f"session {args.session} has no asciicast recording in the trail")
+        return 1, {}
+    if args.recording is None and len(found) > 1:
+        listed = ", ".join(f"{i} (record #{link.seq})" for i, link in enumerate(found, 1))
+        _error(f"session {args.session} has {len(found)} recordings: choose one with "
+               f"--recording N: {listed}")
+        return 2, {}
+    index = args.recording or 1
+    if not 1 <= index <= len(found):
+        _error(f"--recording {index}: session {args.session} has {len(found)} recording(s)")
+        return 2, {}
+    link = found[index - 1]
+    details = {"recording": link.path, "record": link.seq}
+    try:
+        data = read_recording(link, directory)
+        parse_bytes(data)
+    except (RecordingError, AsciicastError) as exc:
+        _error(str(exc))
+        return 1, {**details, "error": str(exc)}
+    out.write(data.decode("utf-8"))
+    return 0, details
 class _Counter:
     """Passes records through, counting them."""
 
@@ -362,12 +424,37 @@ def transcript_line(rec: AuditRecord) -> str:
     return " ".join(parts)
 
 
-def write_transcript(records: Any, out: TextIO, *, session: str | None) -> None:
+def write_transcript(records: Any, out: TextIO, *, session: str | None,
+                     recordings: Path | None = None) -> bool:
+    """The transcript; after a record that links a recording, what the terminal showed (plain
+    text). True when a linked recording could not be shown (missing, or not what the trail
+    says: the text names why)."""
     header_done = False
+    broken = False
     for rec in records:
         if session and not header_done:
             out.write(f"Session {session}" + (f" ({rec.subject})" if rec.subject else "") + "\n")
             header_done = True
         out.write(f"{rec.ts}  #{rec.seq}  {transcript_line(rec)}\n")
+        link = link_of(rec)
+        if link is not None and link.format == "asciicast-v2":
+            broken |= not _write_recording_text(link, out, recordings)
     if session and not header_done:
         out.write(f"Session {session}: no records\n")
+    return broken
+
+
+def _write_recording_text(link: RecordingLink, out: TextIO, directory: Path | None) -> bool:
+    from adapters.ssh.asciicast import AsciicastError, parse_bytes, plain_text
+
+    try:
+        recording = parse_bytes(read_recording(link, directory))
+    except (RecordingError, AsciicastError) as exc:
+        out.write(f"    ! recording not shown: {exc}\n")
+        return False
+    shown = plain_text(recording.text("o"))
+    out.write(f"    recording {link.path} ({len(recording.events)} events, sha256 "
+              f"{link.sha256[:16]}..., verified):\n")
+    for line in shown.rstrip("\n").split("\n"):
+        out.write(f"    | {line}\n")
+    return True

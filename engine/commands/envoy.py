@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         config = ServiceConfig(
             policies=Path(args.policies), grpc_address=grpc, http_address=None,
             audit_url=args.audit, decision_log_path=args.decision_log_file,
-            decision_log_mode=args.decision_log, tls=tls,
+            decision_log_mode=args.decision_log, audit_durability=args.audit_durability, tls=tls,
             token_file=args.token_file, insecure_listen=args.insecure_listen,
             max_message_bytes=args.max_message_bytes,
             max_statement_bytes=args.max_statement_bytes, reload_interval=args.reload_interval,

@@ -59,7 +59,7 @@ def _label(text: str) -> tuple[str, str]:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "proxy", help="run an enforcement proxy (PostgreSQL, MySQL)",
+        "proxy", help="run an enforcement proxy (PostgreSQL, MySQL, SSH)",
         description="Enforcement proxies: every command is decided by policy, masked, held "
                     "for approval or blocked, and recorded.")
     kinds = parser.add_subparsers(dest="proxy_kind", metavar="PROTOCOL", required=True)
@@ -75,7 +75,8 @@ def register(subparsers: Any) -> None:
                         f"${UPSTREAM_URL_ENV}, which keeps the password out of `ps`); TLS as "
                         "libpq: sslmode=disable|allow|prefer (default)|require|verify-ca|"
                         "verify-full, sslrootcert=FILE|system, sslcert=FILE, sslkey=FILE")
-    _add_common_arguments(p)
+    add_decision_arguments(p)
+    _add_sql_arguments(p)
     p.set_defaults(func=run)
 
     m = kinds.add_parser(
@@ -88,8 +89,13 @@ def register(subparsers: Any) -> None:
                    metavar="mysql://USER:PASS@HOST:PORT/DB",
                    help="the database served, with the proxy's credentials (default "
                         f"${UPSTREAM_URL_ENV}, which keeps the password out of `ps`)")
-    _add_common_arguments(m)
+    add_decision_arguments(m)
+    _add_sql_arguments(m)
     m.set_defaults(func=_run_mysql)
+
+    from engine.commands._proxy_ssh import register_ssh
+
+    register_ssh(kinds)
 
 
 def _mysql_description() -> str:
@@ -104,8 +110,23 @@ def _run_mysql(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _add_common_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags both proxies take (decisions, audit, approvals, logins, TLS, resource)."""
+def _add_sql_arguments(p: argparse.ArgumentParser) -> None:
+    """The database proxies' own flags: TLS towards clients and the resource's name/labels."""
+    p.add_argument("--tls-cert", metavar="PEM", help="server certificate (enables TLS)")
+    p.add_argument("--tls-key", metavar="PEM", help="server private key")
+    p.add_argument("--insecure-listen", action="store_true",
+                   help="allow a non-loopback --listen address without TLS")
+    p.add_argument("--resource-name", metavar="NAME",
+                   help="input.resource.name (default: the upstream database name)")
+    p.add_argument("--resource-label", type=_label, action="append", default=[],
+                   metavar="KEY=VALUE", help="input.resource.labels entry (repeatable), "
+                                             "e.g. env=prod")
+
+
+def add_decision_arguments(p: argparse.ArgumentParser) -> None:
+    """--policies | --decision-service (and its TLS, token, deadline), --audit, --approvals,
+    --approval-timeout, --users, --oidc-*, the reload and statement-size flags: what every
+    proxy decides, records and authenticates with."""
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--policies", metavar="DIR",
                         help="decide in-process with this policy directory or bundle "
@@ -117,7 +138,7 @@ def _add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decision-service-token-file", metavar="FILE", type=Path,
                    help="bearer token for the decision service")
     p.add_argument("--decision-deadline", type=_duration, default=2.0, metavar="DURATION",
-                   help="how long a decision may take before the statement is denied "
+                   help="how long a decision may take before the request is denied "
                         "(default 2s)")
     p.add_argument("--audit", default=os.environ.get(AUDIT_URL_ENV),
                    required=not os.environ.get(AUDIT_URL_ENV), metavar="URL",
@@ -126,31 +147,23 @@ def _add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--approvals", metavar="URL",
                    help="approvals store (default: the audit trail's database)")
     p.add_argument("--approval-timeout", type=_duration, default=300.0, metavar="DURATION",
-                   help="how long a statement under review is held (default 5m)")
+                   help="how long a request under review is held (default 5m)")
     p.add_argument("--users", metavar="FILE",
                    help="static users file (SCRAM-SHA-256 logins; MySQL: "
-                        "caching_sha2_password and mysql_native_password)")
+                        "caching_sha2_password and mysql_native_password; SSH: ssh_keys)")
     p.add_argument("--oidc-jwks", metavar="FILE|URL",
-                   help="accept OIDC ID tokens as passwords, verified with this JWKS")
+                   help="accept OIDC ID tokens, verified with this JWKS")
     p.add_argument("--oidc-issuer", metavar="ISS", help="expected `iss` of ID tokens")
     p.add_argument("--oidc-audience", metavar="AUD", help="expected `aud` of ID tokens")
-    p.add_argument("--tls-cert", metavar="PEM", help="server certificate (enables TLS)")
-    p.add_argument("--tls-key", metavar="PEM", help="server private key")
-    p.add_argument("--insecure-listen", action="store_true",
-                   help="allow a non-loopback --listen address without TLS")
-    p.add_argument("--resource-name", metavar="NAME",
-                   help="input.resource.name (default: the upstream database name)")
-    p.add_argument("--resource-label", type=_label, action="append", default=[],
-                   metavar="KEY=VALUE", help="input.resource.labels entry (repeatable), "
-                                             "e.g. env=prod")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often --policies is checked for changes (default 1)")
     p.add_argument("--reload-settle", type=float, default=1.0, metavar="SECONDS",
                    help="a changed plain policy directory (no .manifest) is loaded once it has "
                         "been quiet this long (default 1)")
-    from engine.commands.serve import add_statement_limit_argument
+    from engine.commands.serve import add_audit_durability_argument, add_statement_limit_argument
 
     add_statement_limit_argument(p)
+    add_audit_durability_argument(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -224,7 +237,8 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
         "upstream": f"{target.host}:{target.port}/{target.database}",
         "upstream_sslmode": target.tls.mode,
         "resource": resource.to_input(), "decisions": decisions,
-        "audit": parse_store_url(args.audit).redacted(), "tls": tls is not None,
+        "audit": parse_store_url(args.audit).redacted(),
+        "audit_durability": args.audit_durability, "tls": tls is not None,
         "auth": [m for m, on in (("scram-sha-256", directory is not None),
                                  ("oidc-token", verify is not None)) if on],
         "approval_timeout_s": args.approval_timeout,
@@ -233,14 +247,14 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
 
 
 def _logins_and_trail(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...]:
-    """What both proxies set up alike: (users directory, token verifier, audit trail, its
+    """What every proxy sets up alike: (users directory, token verifier, audit trail, its
     recorder, the approval gate); each opened resource is appended to `resources`."""
-    from adapters.enforcement.review import ApprovalGate
-    from engine.approvals import ApprovalStoreError, open_approval_store
-    from engine.audit import AuditError, open_audit_log
-    from engine.audit.recorder import AuditRecorder
-    from engine.audit.stores import parse_store_url
+    directory, verify = _identity(args)
+    return (directory, verify, *_trail(args, resources))
 
+
+def _identity(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The users file (`--users`) and the OIDC token verifier (`--oidc-*`), each or None."""
     oidc = [args.oidc_jwks, args.oidc_issuer, args.oidc_audience]
     if any(oidc) and not all(oidc):
         raise _Setup("--oidc-jwks, --oidc-issuer and --oidc-audience go together")
@@ -267,9 +281,19 @@ def _logins_and_trail(args: argparse.Namespace, resources: list[Any]) -> tuple[A
         except ValueError as exc:
             raise _Setup(f"OIDC: {exc}") from None
         verify = verifier.verify
+    return directory, verify
+
+
+def _trail(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, Any, Any]:
+    """The audit trail (`--audit`), its recorder and the approval gate (`--approvals`)."""
+    from adapters.enforcement.review import ApprovalGate
+    from engine.approvals import ApprovalStoreError, open_approval_store
+    from engine.audit import AuditError, open_audit_log
+    from engine.audit.recorder import AuditRecorder
+    from engine.audit.stores import parse_store_url
 
     try:
-        audit = open_audit_log(args.audit)
+        audit = open_audit_log(args.audit, durability=args.audit_durability)
     except AuditError as exc:
         raise _Setup(f"audit trail: {exc}") from None
     resources.append(audit.close)
@@ -287,7 +311,7 @@ def _logins_and_trail(args: argparse.Namespace, resources: list[Any]) -> tuple[A
         hint += f" --store {parse_store_url(args.approvals).redacted()}"
     gate = ApprovalGate(store, timeout=args.approval_timeout, approve_hint=hint)
     resources.append(gate.close)
-    return directory, verify, audit, recorder, gate
+    return audit, recorder, gate
 
 
 def _decision_client(args: argparse.Namespace, audit: Any,
@@ -321,11 +345,11 @@ def _decision_client(args: argparse.Namespace, audit: Any,
             return
         engines[0].swap(policy_set)
         log.info("policy set %s active", policy_set.revision)
-        _record_reload(audit, {"revision": policy_set.revision, "errors": []})
+        _record_reload(audit, args, {"revision": policy_set.revision, "errors": []})
 
     def rejected(errors: list[str]) -> None:
         if engines:
-            _record_reload(audit, {"revision": engines[0].policy_set.revision,
+            _record_reload(audit, args, {"revision": engines[0].policy_set.revision,
                                    "errors": errors, "rejected": True})
 
     watcher = PolicyWatcher(args.policies, on_loaded=loaded, on_rejected=rejected,
@@ -337,9 +361,9 @@ def _decision_client(args: argparse.Namespace, audit: Any,
     return InProcessDecisionClient(engines[0]), f"in-process:{args.policies}"
 
 
-def _record_reload(audit: Any, payload: dict[str, Any]) -> None:
+def _record_reload(audit: Any, args: argparse.Namespace, payload: dict[str, Any]) -> None:
     try:
-        audit.append("policy.reload", {"source": "proxy postgres", **payload})
+        audit.append("policy.reload", {"source": f"proxy {args.proxy_kind}", **payload})
     except Exception as exc:  # the reload itself stands; the trail says so next time
         log.error("policy reload not recorded: %s", exc)
 

@@ -1,7 +1,9 @@
 """Raw commands become facts: the `command` part of the input document, enriched.
 
 A pipeline in one direction (raw text -> parsed statements -> plain facts) for each protocol:
-SQL (sqlglot, in the resource's dialect), shell (shlex) and HTTP. Facts are cached by
+SQL (sqlglot, in the resource's dialect), shell (tree-sitter-bash; protocols `shell` and `ssh`,
+whose exec requests are command lines: `shell.py`; SSH requests without one: `ssh.py`) and
+HTTP. Facts are cached by
 (protocol, dialect, raw text) in a bounded LRU, so a hot loop never parses the same text twice.
 The functions here never raise on bad input; they report it in `parse_error`.
 
@@ -17,10 +19,12 @@ from functools import lru_cache
 from typing import Any
 
 from engine.facts.http import http_facts
-from engine.facts.shell import shell_facts
+from engine.facts.shell import no_shell_facts, shell_facts
 from engine.facts.sql import dialect_for, parse_mysql, parse_sql, unparseable
+from engine.facts.ssh import ssh_request_facts
 
 SQL_PROTOCOLS = frozenset({"postgres", "postgresql", "mysql", "mariadb", "sql", "sqlite"})
+SHELL_PROTOCOLS = frozenset({"shell", "ssh"})
 DEFAULT_MAX_STATEMENT_BYTES = 256 * 1024
 FACTS_CACHE_SIZE = 4096
 CACHED_TEXT_CHARS = 8 * 1024
@@ -72,8 +76,7 @@ def shell_command_facts(raw: str,
                         ) -> dict[str, Any]:
     """Parsed shell facts (shared with the cache: read-only), with the same size limit."""
     if statement_too_large(raw, max_statement_bytes):
-        return {"argv": [], "program": None, "programs": [],
-                "parse_error": _too_large(raw, max_statement_bytes)}
+        return no_shell_facts(_too_large(raw, max_statement_bytes))
     if len(raw) > CACHED_TEXT_CHARS:
         return shell_facts(raw)
     return _cached_shell(raw)
@@ -98,14 +101,23 @@ def enrich_command(command: dict[str, Any] | None, resource: dict[str, Any] | No
     if protocol == "http":
         command.update(http_facts(command))
         return command
+    if protocol == "ssh" and command.get("request", "exec" if raw is not None else None) \
+            != "exec":
+        # the request decides which facts: a shell's or an SFTP operation's never come from a
+        # `raw` an adapter may have added (interactive, paths stay the engine's)
+        command.update(ssh_request_facts(command))
+        return command
+    if not isinstance(raw, str) and protocol in SHELL_PROTOCOLS:
+        command.update(no_shell_facts("command.raw must be a string"))
+        return command
     if not isinstance(raw, str):
-        if raw is not None or protocol in SQL_PROTOCOLS or protocol == "shell":
+        if raw is not None or protocol in SQL_PROTOCOLS:
             command["parse_error"] = "command.raw must be a string"
             command.setdefault("statements", [])
             command.setdefault("kinds", [])
             command.setdefault("tables", [])
         return command
-    if protocol == "shell":
+    if protocol in SHELL_PROTOCOLS:
         command.update(shell_command_facts(raw, max_statement_bytes))
         return command
     # the protocol spoken decides the dialect (a `mysql` session of a resource typed

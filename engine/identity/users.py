@@ -9,6 +9,9 @@ users:
   - {name: dana, scram: "SCRAM-SHA-256$4096:<salt b64>$<StoredKey b64>:<ServerKey b64>",
      mysql_native_password: "*<40 hex>", caching_sha2_password: "SHA2$<64 hex>",
      groups: [dba-leads]}
+  - name: erin                     # SSH gateway logins: OpenSSH authorized_keys lines
+    groups: [sre]
+    ssh_keys: ['from="10.0.0.0/8" ssh-ed25519 AAAAC3Nza... erin@laptop']
 ```
 
 `scram` is PostgreSQL's `pg_authid.rolpassword` verifier format (RFC 5803 layout), for the
@@ -18,7 +21,12 @@ SHA256(SHA256(password)), the value caching_sha2_password's fast path checks a s
 (MySQL's own sha256crypt string cannot serve the fast path). Prefer verifiers to `password`,
 which keeps a plaintext secret on disk; `ordinance users hash-password [--method …]` prints one.
 Passwords are SASLprep-normalised for SCRAM as PostgreSQL does (raw UTF-8 when SASLprep refuses
-them); MySQL hashes the raw UTF-8. This module authenticates only; it does not decide anything.
+them); MySQL hashes the raw UTF-8. `ssh_keys` (the SSH gateway's public-key logins) are
+authorized_keys lines checked with asyncssh's parser; of their options only `from=` is honoured
+(a line with another restriction, `command=`, `no-pty`, `permitopen`, ..., is refused: the
+gateway would ignore it). A user needs a password or verifiers (not both), or ssh keys, or
+both (`ordinance users add-ssh-key` adds one). This module authenticates only; it does not
+decide anything.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +52,14 @@ SCRAM_PREFIX = "SCRAM-SHA-256"
 DEFAULT_ITERATIONS = 4096
 SALT_BYTES = 16
 _KEY_BYTES = hashlib.sha256().digest_size
+# where an authorized_keys line's key begins (after its options), and its from="..." option
+_KEY_START = re.compile(r"(?:^|\s)(?=(?:ssh-|ecdsa-|sk-)[\w@.-]+\s+AAAA)")
+_FROM_OPTION = re.compile(r'from="[^"]*"')
 NATIVE_KEY = "mysql_native_password"
 SHA2_KEY = "caching_sha2_password"
 SHA2_PREFIX = "SHA2$"
 _VERIFIER_KEYS = ("scram", NATIVE_KEY, SHA2_KEY)
-_USER_KEYS = frozenset({"name", "password", *_VERIFIER_KEYS, "groups"})
+_USER_KEYS = frozenset({"name", "password", *_VERIFIER_KEYS, "groups", "ssh_keys"})
 
 AuthInfo = tuple[bytes, bytes, bytes, int]
 """(salt, stored_key, server_key, iterations), as `scramp.ScramMechanism().make_auth_info`."""
@@ -151,26 +164,30 @@ def parse_verifier(verifier: str) -> AuthInfo:
 
 @dataclass(eq=False)
 class StaticUser:
-    """A user from the users file: either `password`, or one or more verifiers (`verifier`
-    SCRAM, `native` SHA1(SHA1(pw)), `sha2` SHA256(SHA256(pw)))."""
+    """A user from the users file: a `password` or verifiers (`verifier` SCRAM, `native`
+    SHA1(SHA1(pw)), `sha2` SHA256(SHA256(pw))), not both; or only `ssh_keys`; or either with
+    `ssh_keys`."""
 
     name: str
     groups: tuple[str, ...] = ()
     password: str | None = field(default=None, repr=False)
     verifier: AuthInfo | None = field(default=None, repr=False)
+    ssh_keys: tuple[str, ...] = ()
     native: bytes | None = field(default=None, repr=False)
     sha2: bytes | None = field(default=None, repr=False)
     _derived: AuthInfo | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        verifiers = (self.verifier, self.native, self.sha2)
-        if (self.password is not None) == any(v is not None for v in verifiers):
-            raise ValueError("a static user needs either a password or verifiers")
+        has_verifier = any(v is not None for v in (self.verifier, self.native, self.sha2))
+        if self.password is not None and has_verifier:
+            raise ValueError("a static user has a password or verifiers, not both")
+        if self.password is None and not has_verifier and not self.ssh_keys:
+            raise ValueError("a static user needs a password, verifiers or ssh keys")
 
     def scram_auth_info(self) -> AuthInfo | None:
         """(salt, stored_key, server_key, iterations) for scramp's server side; None for a
-        user with MySQL verifiers only (no SCRAM login).
+        user without a SCRAM secret (MySQL verifiers or ssh keys only: no SCRAM login).
 
         For a plaintext `password` it is derived once (random salt) and then kept, so repeated
         exchanges do not pay PBKDF2 again.
@@ -179,7 +196,6 @@ class StaticUser:
             return self.verifier
         with self._lock:
             if self._derived is None:
-                assert self.password is not None
                 self._derived = scram_auth_info(self.password)
             return self._derived
 
@@ -207,9 +223,10 @@ class StaticUser:
         if self.sha2 is not None:
             inner = hashlib.sha256(password.encode("utf-8")).digest()
             return hmac.compare_digest(hashlib.sha256(inner).digest(), self.sha2)
-        assert self.native is not None
-        stage2 = hashlib.sha1(hashlib.sha1(password.encode("utf-8")).digest()).digest()
-        return hmac.compare_digest(stage2, self.native)
+        if self.native is not None:
+            stage2 = hashlib.sha1(hashlib.sha1(password.encode("utf-8")).digest()).digest()
+            return hmac.compare_digest(stage2, self.native)
+        return False
 
     def subject(self) -> Subject:
         return Subject(id=self.name, groups=self.groups, claims={})
@@ -232,6 +249,27 @@ class UserDirectory:
 
     def __iter__(self) -> Any:
         return iter(self._users.values())
+
+
+def ssh_key_problem(line: str) -> str | None:
+    """Why `line` is not one authorized_keys entry (OpenSSH's format, options allowed)."""
+    with warnings.catch_warnings():  # cryptography's DSA notice while asyncssh imports
+        warnings.simplefilter("ignore")
+        import asyncssh  # the SSH gateway's library; only needed when a file has ssh keys
+
+    text = line.strip()
+    if not text or text.startswith("#") or "\n" in text:
+        return "expected one authorized_keys line"
+    try:
+        asyncssh.import_authorized_keys(text + "\n")
+    except (ValueError, asyncssh.KeyImportError) as exc:
+        return f"not an authorized_keys line: {exc}"
+    options = _KEY_START.split(text, maxsplit=1)[0]
+    other = _FROM_OPTION.sub("", options).strip(" ,")
+    if other:
+        return (f"only the from= option is honoured by the SSH gateway, not {other!r}: a "
+                "restriction it would ignore is refused")
+    return None
 
 
 def _line_of(node: yaml.Node | None) -> int:
@@ -282,10 +320,20 @@ def parse_users(text: str, source: str = "<string>") -> UserDirectory:
                              f"{first_line[name]}")
         first_line[name] = _line_of(node)
         password = entry.get("password")
+        ssh_keys = entry.get("ssh_keys", [])
+        if not isinstance(ssh_keys, list) or not all(isinstance(k, str) for k in ssh_keys):
+            raise fail(node, f"{where}: ssh_keys must be a list of authorized_keys lines")
+        for n, line in enumerate(ssh_keys):
+            problem = ssh_key_problem(line)
+            if problem:
+                raise fail(node, f"{where}: ssh_keys[{n}]: {problem}")
         given = [key for key in _VERIFIER_KEYS if entry.get(key) is not None]
-        if (password is not None) == bool(given):
-            raise fail(node, f"{where}: needs either password or verifiers "
-                             f"({', '.join(_VERIFIER_KEYS)})")
+        if password is not None and given:
+            raise fail(node, f"{where}: needs a password or verifiers "
+                             f"({', '.join(_VERIFIER_KEYS)}), not both")
+        if password is None and not given and not ssh_keys:
+            raise fail(node, f"{where}: needs a password or verifiers "
+                             f"({', '.join(_VERIFIER_KEYS)}), or ssh_keys")
         if password is not None and (not isinstance(password, str) or not password):
             raise fail(node, f"{where}: password must be a non-empty string")
         parsed: dict[str, Any] = {}
@@ -305,7 +353,8 @@ def parse_users(text: str, source: str = "<string>") -> UserDirectory:
             raise fail(node, f"{where}: groups must be a list of non-empty strings")
         users.append(StaticUser(name=name, groups=tuple(groups), password=password,
                                 verifier=parsed.get("scram"), native=parsed.get(NATIVE_KEY),
-                                sha2=parsed.get(SHA2_KEY)))
+                                sha2=parsed.get(SHA2_KEY),
+                                ssh_keys=tuple(k.strip() for k in ssh_keys)))
     return UserDirectory(users, source)
 
 

@@ -25,7 +25,14 @@ import regopy
 from regopy import rego_shared
 
 from engine.errors import EvaluationError, PolicySetError
+from engine.policy import rego_host, rego_output
 from engine.policy.rego_input import set_input
+from engine.policy.rego_safety import (
+    arity_table,
+    bind_parameters,
+    check_module,
+    function_arities,
+)
 from engine.policy.rego_source import (
     FORBIDDEN,
     NONDETERMINISTIC,
@@ -34,6 +41,7 @@ from engine.policy.rego_source import (
     blank_rules,
     literal_arguments,
     normalise_numbers,
+    read_module,
     rewrite_calls,
 )
 
@@ -49,12 +57,23 @@ PROVIDED_BUILTINS = {
     "net.cidr_intersects": "data.ordinance_builtins.net.cidr_intersects",
     "net.cidr_expand": "data.ordinance_builtins.net.cidr_expand",
     "net.cidr_is_valid": "data.ordinance_builtins.net.cidr_is_valid",
+    "net.cidr_merge": "data.ordinance_builtins.net.cidr_merge",
     "strings.split_n": "data.ordinance_builtins.strings.split_n",
+    "object.union": "data.ordinance_builtins.objects.union",
+    "object.union_n": "data.ordinance_builtins.objects.union_n",
     "to_number": "data.ordinance_builtins.num.to_number_normalised",
+}
+# OPA builtins real policy suites use that neither regopy nor Ordinance provides, and why; a
+# call is refused at load (regopy would evaluate it to undefined, without an error).
+NOT_PROVIDED = {
+    "strings.render_template": "Go text/template rendering cannot be written faithfully in "
+                               "Rego; use sprintf or concat",
 }
 # Builtins with no effect on a decision, compiled as `true` (regopy has no print hook).
 NO_OP_BUILTINS = frozenset({"print"})
-BUILTIN_MODULES = ("net.rego", "num.rego", "strings.rego")
+# The module of each package the provided builtins are renamed into (PROVIDED_BUILTINS).
+BUILTIN_MODULES = {"net": "net.rego", "num": "num.rego", "objects": "object.rego",
+                   "strings": "strings.rego"}
 _PROVIDED_NAMES = frozenset(PROVIDED_BUILTINS) | NO_OP_BUILTINS
 
 _STR, _NUM = frozenset({"string"}), frozenset({"number"})
@@ -87,6 +106,10 @@ _REGO_ERROR = re.compile(
     r"\(errorast",
     re.DOTALL,
 )
+
+# `query(entrypoint, NO_INPUT)` evaluates with `input` undefined, as OPA does when a query has
+# no input (the conformance runner's cases); decisions always have one.
+NO_INPUT: Any = object()
 
 # regopy prints compile errors to stderr itself; the loader reports them with file:line.
 regopy.set_default_log_level("None")
@@ -127,6 +150,7 @@ class RegoProgram:
         self._input_tree = _path_tree(self.input_paths)
         self._trees_outside: dict[frozenset[str], dict[str, Any]] = {}
         self._local = threading.local()
+        self.host = rego_host.HostCalls()
         self.bundle = self._compile(data)
 
     # -- compile ---------------------------------------------------------------------------
@@ -143,11 +167,12 @@ class RegoProgram:
         interp = self._new_interpreter()
         errors: list[str] = []
         if data:
-            interp.add_data_json(json.dumps(data))
-        for name in BUILTIN_MODULES:
-            builtins_src = resources.files("engine.policy.builtins").joinpath(name).read_text()
+            interp.add_data_json(json.dumps(data, ensure_ascii=False))
+        builtin_sources = _builtin_sources(self.modules)
+        for name, builtins_src in builtin_sources.items():
             interp.add_module(f"ordinance_builtins/{name}", builtins_src)
         sources: dict[str, str] = {}
+        safety = _SafetyContext(self.modules, builtin_sources, interp.is_builtin)
         for module in self.modules:
             source = self.extra_sources.get(module.path, module.source)
             if not self.with_tests and module.test_rules:
@@ -157,8 +182,13 @@ class RegoProgram:
                           for line, message in inexact)
             source = blank_calls(source, module.calls, NO_OP_BUILTINS)
             source = rewrite_calls(source, module.calls, self.call_renames)
+            source, refused = rego_host.plan(source, read_module(module.path, source).calls,
+                                             data, self.host)
+            errors.extend(f"{_display(module.path)}:{line}: {message}" for line, message in refused)
+            source, unsafe = safety.check(module, source)
+            errors.extend(f"{_display(module.path)}:{line}: {message}" for line, message in unsafe)
             sources[module.path] = source
-            if inexact:
+            if inexact or unsafe or refused:
                 continue
             try:
                 interp.add_module(module.path, source)
@@ -216,8 +246,14 @@ class RegoProgram:
             # regopy 1.5.2 segfaults on `with input.a as ...` when the input is no object
             raise EvaluationError("this policy set overrides input fields with `with input.…`; "
                                   "its input must be a JSON object")
-        interp = self._interpreter()
-        set_input(interp, self.prune(input_doc))
+        if input_doc is NO_INPUT:
+            interp = self._new_interpreter()  # a fresh one: an input once set stays set
+        else:
+            interp = self._interpreter()
+            pruned = self.prune(input_doc)
+            if self.host.calls and isinstance(input_doc, dict):
+                pruned = {**pruned, rego_host.HOST_KEY: self.host.compute(input_doc)}
+            set_input(interp, pruned)
         impl = rego_shared.rego_bundle_query_entrypoint(interp._impl, self.bundle._impl,
                                                         entrypoint)
         try:
@@ -228,16 +264,16 @@ class RegoProgram:
                 with contextlib.suppress(rego_shared.RegoError):
                     _collect_error_messages(rego_shared.rego_output_node(impl), messages)
                 raise EvaluationError(_error_text(entrypoint, messages))
+            if text == "undefined":
+                return False, None
+            if text.startswith("(error"):
+                raise EvaluationError(_error_text(entrypoint, _ERROR_MSG_TEXT.findall(text)))
+            try:
+                expressions = rego_output.expressions(rego_shared.rego_output_node(impl))
+            except rego_shared.RegoError as err:
+                raise EvaluationError(f"unreadable result from {entrypoint}: {err}") from None
         finally:
             rego_shared.rego_free_output(impl)
-        if text == "undefined":
-            return False, None
-        if text.startswith("(error"):
-            raise EvaluationError(_error_text(entrypoint, _ERROR_MSG_TEXT.findall(text)))
-        try:
-            expressions = json.loads(text)["expressions"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise EvaluationError(f"unreadable result from {entrypoint}: {err}") from None
         if not expressions:
             return False, None
         return True, expressions[0]
@@ -272,6 +308,49 @@ class RegoProgram:
             return {}
         pruned: dict[str, Any] = _prune(input_doc, tree)
         return pruned
+
+
+def _builtin_sources(modules: list[RegoModule]) -> dict[str, str]:
+    """The builtin modules (`engine/policy/builtins/`) the set calls into, by file name: a
+    bundle compiles only those (object.rego alone adds ~100 ms to a load)."""
+    called = {c.name for m in modules for c in m.calls}
+    files = sorted({BUILTIN_MODULES[PROVIDED_BUILTINS[name].split(".")[2]]
+                    for name in called if name in PROVIDED_BUILTINS})
+    return {name: resources.files("engine.policy.builtins").joinpath(name).read_text()
+            for name in files}
+
+
+class _SafetyContext:
+    """What OPA's safety check needs across modules: each package's rule names (globals)
+    and the arity of every function (for calls with an output argument)."""
+
+    def __init__(self, modules: list[RegoModule], builtin_sources: dict[str, str],
+                 is_builtin: Any):
+        self.rules: dict[str, set[str]] = {}
+        arities: dict[str, int] = {}
+        self.functions: set[str] = set()
+        for name, source in builtin_sources.items():  # provided builtins are renamed to these
+            arities.update(function_arities(source, read_module(name, source).spans))
+        for module in modules:
+            self.rules.setdefault(module.package, set()).update(module.rules)
+            self.functions |= module.functions
+            arities.update(function_arities(module.source, module.spans))
+        self.arity = arity_table(arities)
+        self.is_builtin = is_builtin
+
+    def check(self, module: RegoModule, source: str) -> tuple[str, list[tuple[int, str]]]:
+        """The source with bodies in OPA's order, and `(line, message)` per unsafe var."""
+        globals_ = self.rules.get(module.package, set()) | set(module.imports) \
+            | {"data", "input"}
+        source, problems = bind_parameters(source, read_module(module.path, source).spans)
+        if problems:
+            return source, problems
+        source, unsafe = check_module(
+            source, read_module(module.path, source).spans, globals_, self.arity,
+            lambda name: name in self.functions or name in PROVIDED_BUILTINS
+            or bool(self.is_builtin(name)),
+            generated=lambda name: name.startswith("__ordinance_cov"))
+        return source, [(u.line, u.text()) for u in unsafe]
 
 
 def _input_paths(modules: list[RegoModule]) -> list[tuple[str, ...]] | None:
@@ -383,6 +462,9 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
         errors.extend(f"{_display(module.path)}:{module.package_line}: a function named {name} "
                       "would shadow a builtin Ordinance provides; rename it"
                       for name in sorted(module.function_refs & _PROVIDED_NAMES))
+        if rego_host.HOST_KEY in module.source:
+            errors.append(f"{_display(module.path)}:{module.package_line}: the name "
+                          f"{rego_host.HOST_KEY} is reserved (host builtin results)")
         called = {c.offset for c in module.calls}
         for mention in module.mentions:
             if mention.name in FORBIDDEN and mention.offset not in called:
@@ -396,7 +478,7 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
             if name in FORBIDDEN:
                 errors.append(f"{where}: {FORBIDDEN[name]}")
                 continue
-            if name in PROVIDED_BUILTINS or name in NO_OP_BUILTINS:
+            if name in PROVIDED_BUILTINS or name in NO_OP_BUILTINS or name in rego_host.CALLS:
                 continue
             head, _, _ = name.partition(".")
             last = name.rsplit(".", 1)[-1]
@@ -407,6 +489,9 @@ def check_calls(modules: list[RegoModule], is_builtin: Any) -> list[str]:
             if (head == "data" or head in module.imports) and last in defined:
                 continue
             if is_builtin(name):
+                continue
+            if name in NOT_PROVIDED:
+                errors.append(f"{where}: unknown builtin {name} ({NOT_PROVIDED[name]})")
                 continue
             errors.append(f"{where}: unknown builtin {name}")
     return list(dict.fromkeys(errors))

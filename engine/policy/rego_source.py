@@ -47,8 +47,6 @@ FORBIDDEN = {
     "semver.compare": "semver.compare is refused: regopy compares versions as text "
                       "(1.10.0 < 1.9.0) and accepts invalid ones",
     "semver.is_valid": "semver.is_valid is refused: regopy accepts invalid versions",
-    "object.union": "object.union is refused: regopy does not merge nested objects",
-    "object.union_n": "object.union_n is refused: regopy does not merge nested objects",
 }
 
 
@@ -358,9 +356,15 @@ _STRING_TEXT = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`')
 def literal_arguments(source: str, call: Call) -> list[str | None]:
     """The kind of each argument of a call that is a literal (`number`, `string`, `boolean`,
     `null`, `array`, `object`, `set`), None for one that is not (a variable, an expression)."""
+    return [_literal_kind(source[a:b].strip()) for a, b in call_arguments(source, call)[0]]
+
+
+def call_arguments(source: str, call: Call) -> tuple[list[tuple[int, int]], int]:
+    """The `(start, end)` of each argument of a call, and the offset just past its `)`
+    (`([], -1)` when the call does not close)."""
     open_at = source.find("(", call.offset + len(call.name))
     if open_at < 0:
-        return []
+        return [], -1
     args: list[tuple[int, int]] = []
     depth = 0
     start = open_at + 1
@@ -371,15 +375,15 @@ def literal_arguments(source: str, call: Call) -> list[str | None]:
         elif kind == "close":
             depth -= 1
             if depth == 0:
-                args.append((start, m.start()))
-                break
+                if source[start:m.start()].strip() or not args:
+                    args.append((start, m.start()))
+                if len(args) == 1 and not source[slice(*args[0])].strip():
+                    args = []  # `f()`; a trailing comma adds no argument
+                return args, m.end()
         elif depth == 1 and text == ",":
             args.append((start, m.start()))
             start = m.end()
-    texts = [source[a:b].strip() for a, b in args]
-    if texts == [""]:
-        return []
-    return [_literal_kind(t) for t in texts]
+    return [], -1
 
 
 def _literal_kind(text: str) -> str | None:

@@ -3,8 +3,10 @@
 Owns: `new_decision_id()` (ULID: 48-bit millisecond time + 80 bits, Crockford base32,
 monotonic within a process, so ids sort by time), the two decision logs and `open_decision_log`,
 which picks one. Records go to the audit store (`--audit URL`, `engine.audit`) or an
-append-only JSON-lines file (default `./var/decisions.jsonl`). Card numbers are masked with
-`engine.masking.scrub_document` before anything is written.
+append-only JSON-lines file (default `./var/decisions.jsonl`), as each sink prepares them
+(`engine.service.decision_record`: the file's lines by `encode_line`, the store's events by
+`prepare_event`). Card numbers are masked (`engine.masking`) before anything is written; the
+commits are as durable as `--audit-durability` says (`engine.audit.durability`).
 
 - `DurableDecisionLog` (`--decision-log durable`, the default): `submit()` returns once the
   record is committed (SQLite/PostgreSQL transaction, or `write` + `fdatasync` of the file),
@@ -26,19 +28,31 @@ This module must not evaluate policy or import the transports.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import stat
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from engine.service.identity_lru import IdentityLRU
+from engine.audit import (
+    AuditError,
+    InvalidAuditEvent,
+    PreparedEvent,
+    open_audit_log,
+    prepare_event,
+)
+from engine.audit.durability import DelayedSync, Durability, check_durability
+from engine.masking import scrub_document
+from engine.service.decision_record import (
+    LINE_ENCODER,
+    encode_line,
+    record_subject,
+    render_record,
+    slim_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +100,11 @@ def new_decision_id() -> str:
 class DecisionSink(Protocol):
     """Where records end up. `write` raises on failure; the batch is then retried."""
 
-    def write(self, records: list[dict[str, Any]]) -> None:
+    def prepare(self, record: dict[str, Any]) -> Any:
+        """The record as `write` takes it (rendered; card numbers masked by here or by the
+        sink); never raises."""
+
+    def write(self, records: list[Any]) -> None:
         """Write the batch; on failure raise, leaving in `records` what is still unwritten."""
 
     def close(self) -> None: ...
@@ -96,31 +114,50 @@ class JsonLinesSink:
     """Append-only JSON lines, one `os.write` per batch on an `O_APPEND` descriptor.
 
     Several worker processes may share the file: Linux serialises `O_APPEND` writes to a
-    regular file, so batches do not interleave. Each batch is fsync'ed.
+    regular file, so batches do not interleave. Each batch is fsync'ed before `write`
+    returns, or with `durability="os"` within `OS_SYNC_DELAY` after it (`DelayedSync`).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, durability: Durability = "fsync"
+                 ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         # fsync a regular file; /dev/null or a pipe (logging switched off or shipped
         # elsewhere) cannot be synced and need not be.
         self._sync = stat.S_ISREG(os.fstat(self._fd).st_mode)
+        self._later = (DelayedSync(self._fdatasync, name="decision-log-sync")
+                       if self._sync and check_durability(durability) == "os" else None)
 
-    def write(self, records: list[dict[str, Any]]) -> None:
-        self.write_text("".join(json.dumps(r, separators=(",", ":"), default=str) + "\n"
-                                for r in records))
+    @staticmethod
+    def prepare(record: dict[str, Any]) -> str:
+        return line_event(record)
+
+    def write(self, records: list[str]) -> None:
+        """Append the lines `prepare` made."""
+        self.write_text("".join([line + "\n" for line in records]))
 
     def write_text(self, text: str) -> None:
-        """Append `text` and make it durable (`fdatasync`) before returning."""
+        """Append `text` and make it durable (`fdatasync`) before returning; with `os`
+        durability, have it synced soon. Raises OSError when it cannot (a failed sync
+        included: nothing more is accepted until one succeeds)."""
+        if self._later is not None and self._later.broken is not None:
+            raise OSError(f"the decision log cannot sync its file: {self._later.broken}")
         view = memoryview(text.encode())
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        if self._sync:
+        if self._later is not None:
+            self._later.written()
+        elif self._sync:
             os.fdatasync(self._fd)
 
+    def _fdatasync(self) -> None:
+        os.fdatasync(self._fd)
+
     def close(self) -> None:
+        if self._later is not None:
+            self._later.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -137,14 +174,14 @@ class AuditSink:
 
     KIND = RECORD_KIND
 
-    def __init__(self, url: str) -> None:
-        from engine.audit import open_audit_log
+    def __init__(self, url: str, *, durability: Durability = "fsync") -> None:
+        self._log = open_audit_log(url, durability=durability)
 
-        self._log = open_audit_log(url)
+    @staticmethod
+    def prepare(record: dict[str, Any]) -> dict[str, Any]:
+        return render_record(record)  # the trail's prepare_event masks card numbers
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        from engine.audit import InvalidAuditEvent
-
         written = 0
         try:
             for record in records:
@@ -162,79 +199,14 @@ class AuditSink:
         self._log.close()
 
 
-def record_subject(record: dict[str, Any]) -> str | None:
-    """The `input.subject.id` of a record, when it is a string (the audit trail indexes it)."""
-    input_doc = record.get("input")
-    subject = input_doc.get("subject") if isinstance(input_doc, dict) else None
-    subject_id = subject.get("id") if isinstance(subject, dict) else None
-    return subject_id if isinstance(subject_id, str) else None
-
-
-def slim_record(record: dict[str, Any], why: Exception) -> dict[str, Any]:
-    """A record the trail refused (e.g. too large) without its input and result, with the
-    reason: its existence is never lost."""
-    slim = {k: v for k, v in record.items() if k not in ("input", "result")}
-    slim["truncated"] = str(why)
-    return slim
-
-
-def render_record(record: dict[str, Any],
-                  scrub: Callable[[Any], Any] | None = None) -> dict[str, Any]:
-    """Timestamp as ISO 8601; a Decision as its result; `scrub` applied to input and result.
-
-    The command facts the engine derived are not logged: they follow from the logged
-    input and policy revision, and they triple the record's size and scrub time.
-    """
-    out = dict(record)
-    out["timestamp"] = datetime.fromtimestamp(record["timestamp"], UTC).isoformat()
-    decision = out.pop("decision", None)
-    if decision is not None:
-        # A cached decision's reasons and masks are shared tuples: rendered once (the
-        # result is shared too, and read-only like them).
-        out["result"] = _results.get((decision.effect, decision.reasons, decision.masks),
-                                     partial(_result, decision), keep=decision.cached)
-        out["policy_revision"] = decision.policy_revision
-        out["eval_ns"] = decision.eval_ns
-        out["cached"] = decision.cached
-    if scrub is not None:
-        if "input" in out:
-            out["input"] = scrub(out["input"])
-        if "result" in out:
-            out["result"] = scrub(out["result"])
-    return out
-
-
-_results = IdentityLRU(1024)
-
-
-def _result(decision: Any) -> dict[str, Any]:
-    return {"effect": decision.effect, "reasons": [r.to_dict() for r in decision.reasons],
-            "masks": [m.to_dict() for m in decision.masks]}
-
-
 class JsonLinesTrail:
     """The JSON-lines file as a trail for the group-commit recorder: one `write` and one
-    `fdatasync` per commit. Its events are the lines themselves (`prepare`): no hash chain,
-    so none of the audit store's encoding."""
+    `fdatasync` per commit (or the `os` durability's sync). Its events are the lines
+    themselves (`line_event`): no hash chain, so none of the audit store's encoding."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._file = JsonLinesSink(path)
-
-    @staticmethod
-    def prepare(kind: str, payload: dict[str, Any], subject: str | None,
-                session_id: str | None, decision_id: str | None) -> str:
-        """The record as one JSON line, card numbers masked; InvalidAuditEvent when it is not
-        JSON (NaN, a cycle)."""
-        from engine.audit import InvalidAuditEvent
-        from engine.masking import may_hold_pan, scrub_document
-
-        try:
-            text = _LINE.encode(payload)
-            if may_hold_pan(text):
-                text = _LINE.encode(scrub_document(payload))
-        except (ValueError, RecursionError) as exc:
-            raise InvalidAuditEvent(f"record is not JSON: {exc}") from exc
-        return text
+    def __init__(self, path: str | os.PathLike[str], *, durability: Durability = "fsync"
+                 ) -> None:
+        self._file = JsonLinesSink(path, durability=durability)
 
     def append_many(self, lines: list[str]) -> None:
         self._file.write_text("\n".join(lines) + "\n")
@@ -243,21 +215,37 @@ class JsonLinesTrail:
         self._file.close()
 
 
-_LINE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                         default=str)
+def line_event(record: dict[str, Any]) -> str:
+    """A decision record as its JSON line for `JsonLinesTrail`, card numbers masked; a
+    record that has no JSON form (NaN, a cycle) is logged without its input and result."""
+    try:
+        return encode_line(record)
+    except (ValueError, TypeError, RecursionError) as exc:
+        slim = slim_record(render_record(record), exc)
+        try:
+            return LINE_ENCODER.encode(scrub_document(slim))
+        except (ValueError, TypeError, RecursionError) as again:
+            raise InvalidAuditEvent(f"record is not JSON: {again}") from again
 
 
-def open_sink(audit_url: str | None, path: str | os.PathLike[str] | None) -> DecisionSink:
+def audit_event(record: dict[str, Any]) -> PreparedEvent:
+    """A decision record as an audit event (`prepare_event` scrubs and encodes it); one the
+    trail refuses (too large, not JSON) is logged without its input and result."""
+    rendered = render_record(record)
+    decision_id = rendered.get("decision_id")
+    try:
+        return prepare_event(RECORD_KIND, rendered, record_subject(rendered), None,
+                             decision_id)
+    except InvalidAuditEvent as exc:
+        return prepare_event(RECORD_KIND, slim_record(rendered, exc), None, None, decision_id)
+
+
+def open_sink(audit_url: str | None, path: str | os.PathLike[str] | None,
+              durability: Durability = "fsync") -> DecisionSink:
     """The audit store when a URL is given, else the JSON-lines file (default var/)."""
     if audit_url:
-        return AuditSink(audit_url)
-    return JsonLinesSink(path or Path("var") / "decisions.jsonl")
-
-
-def _default_scrub() -> Callable[[Any], Any]:
-    from engine.masking import scrub_document
-
-    return scrub_document
+        return AuditSink(audit_url, durability=durability)
+    return JsonLinesSink(path or Path("var") / "decisions.jsonl", durability=durability)
 
 
 class DecisionLog:
@@ -269,14 +257,13 @@ class DecisionLog:
     """
 
     def __init__(self, sink: DecisionSink, *, max_queue: int = 10_000, max_batch: int = 512,
-                 scrub: Callable[[Any], Any] | None = None, retry_interval: float = 0.5,
+                 retry_interval: float = 0.5,
                  poll_interval: float = 0.005,
                  on_batch: Callable[[int, bool], None] | None = None) -> None:
         self._sink = sink
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._max_queue = max_queue
         self._max_batch = max_batch
-        self._scrub = scrub if scrub is not None else _default_scrub()
         self._retry_interval = retry_interval
         self._poll_interval = poll_interval
         self._on_batch = on_batch
@@ -303,23 +290,21 @@ class DecisionLog:
         self._queue.append(record)
         return True
 
-    def _prepare(self, record: dict[str, Any]) -> dict[str, Any]:
-        return render_record(record, self._scrub)
-
-    def _take_batch(self) -> list[dict[str, Any]]:
-        batch: list[dict[str, Any]] = []
+    def _take_batch(self) -> list[Any]:
+        batch: list[Any] = []
         while self._queue and len(batch) < self._max_batch:
             record = self._queue.popleft()
             try:
-                batch.append(self._prepare(record))
+                batch.append(self._sink.prepare(record))
             except Exception as exc:  # never lose the record's existence
                 log.exception("cannot render decision record %s", record.get("decision_id"))
-                batch.append({"decision_id": record.get("decision_id"),
-                              "kind": record.get("kind"), "unrenderable": repr(exc)})
+                batch.append(self._sink.prepare({
+                    "decision_id": record.get("decision_id"), "timestamp": time.time(),
+                    "kind": record.get("kind"), "unrenderable": repr(exc)}))
         return batch
 
     def _run(self) -> None:
-        pending: list[dict[str, Any]] = []
+        pending: list[Any] = []
         while True:
             if not pending:
                 pending = self._take_batch()
@@ -365,17 +350,17 @@ class DurableDecisionLog:
     """`submit()` blocks until the record is committed to `trail` (group commit with the
     other callers of this process), so the answer it belongs to can leave."""
 
-    def __init__(self, trail: Any, *, prepare: Callable[..., Any] | None = None,
+    def __init__(self, trail: Any, *, encode: Callable[[dict[str, Any]], Any],
                  on_batch: Callable[[int, bool], None] | None = None) -> None:
-        """`prepare`: how the recorder encodes a record for `trail` (default: the audit
-        store's `prepare_event`)."""
-        from engine.audit import prepare_event
+        """`encode`: a decision record as the event `trail` stores (`audit_event` for the
+        audit store, `line_event` for the JSON-lines file), validated and card numbers
+        masked, in the caller's thread."""
         from engine.audit.recorder import AuditRecorder
 
         self._trail = trail
+        self._encode = encode
         self._on_batch = on_batch
-        self._recorder = AuditRecorder(trail, thread_name="decision-log",
-                                       prepare=prepare or prepare_event).start()
+        self._recorder = AuditRecorder(trail, thread_name="decision-log").start()
 
     @property
     def broken(self) -> str | None:
@@ -389,19 +374,10 @@ class DurableDecisionLog:
 
     def submit(self, record: dict[str, Any]) -> bool:
         """True once the record is durable; False when it is not (the decision must deny)."""
-        from engine.audit import AuditError, InvalidAuditEvent
-
-        rendered = render_record(record)  # prepare_event scrubs every field
-        decision_id = rendered.get("decision_id")
         try:
-            try:
-                self._recorder.append_blocking(RECORD_KIND, rendered, decision_id=decision_id,
-                                               subject=record_subject(rendered))
-            except InvalidAuditEvent as exc:
-                self._recorder.append_blocking(RECORD_KIND, slim_record(rendered, exc),
-                                               decision_id=decision_id)
+            self._recorder.append_prepared_blocking(self._encode(record))
         except AuditError as exc:
-            log.error("decision %s not recorded: %s", decision_id, exc)
+            log.error("decision %s not recorded: %s", record.get("decision_id"), exc)
             if self._on_batch:
                 self._on_batch(1, False)
             return False
@@ -420,16 +396,16 @@ DecisionLogger = DecisionLog | DurableDecisionLog
 
 def open_decision_log(audit_url: str | None, path: str | os.PathLike[str] | None,
                       mode: LogMode = "durable",
-                      on_batch: Callable[[int, bool], None] | None = None) -> DecisionLogger:
+                      on_batch: Callable[[int, bool], None] | None = None,
+                      durability: Durability = "fsync") -> DecisionLogger:
     """The decision log of `mode` on the audit store at `audit_url`, else the JSON-lines file
-    at `path` (default var/decisions.jsonl)."""
+    at `path` (default var/decisions.jsonl), its commits as durable as `durability` says."""
     if mode == "async":
-        return DecisionLog(open_sink(audit_url, path), on_batch=on_batch)
+        return DecisionLog(open_sink(audit_url, path, durability), on_batch=on_batch)
     if mode != "durable":
         raise ValueError(f"decision log mode must be one of {LOG_MODES}, not {mode!r}")
     if audit_url:
-        from engine.audit import open_audit_log
-
-        return DurableDecisionLog(open_audit_log(audit_url), on_batch=on_batch)
-    trail = JsonLinesTrail(path or Path("var") / "decisions.jsonl")
-    return DurableDecisionLog(trail, prepare=trail.prepare, on_batch=on_batch)
+        return DurableDecisionLog(open_audit_log(audit_url, durability=durability),
+                                  encode=audit_event, on_batch=on_batch)
+    trail = JsonLinesTrail(path or Path("var") / "decisions.jsonl", durability=durability)
+    return DurableDecisionLog(trail, encode=line_event, on_batch=on_batch)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.audit.durability import Durability
 from engine.facts import DEFAULT_MAX_STATEMENT_BYTES
 from engine.policy.snapshot import DEFAULT_SETTLE_SECONDS
 from engine.service.decision_log import DecisionLogger, LogMode, open_decision_log
@@ -55,6 +56,7 @@ class ServiceConfig:
     audit_url: str | None = None
     decision_log_path: Path | None = None
     decision_log_mode: LogMode = "durable"
+    audit_durability: Durability = "fsync"
     """`durable`: an answer leaves once its record is committed; `async`: records are written
     after the answer (a crash loses the ones not yet written)."""
     workers: int = 1
@@ -127,7 +129,8 @@ class Service:
             metrics.decision_log_records.labels("written" if ok else "failed").inc(size)
 
         self.decision_log = open_decision_log(config.audit_url, config.decision_log_path,
-                                              config.decision_log_mode, on_batch=count_batch)
+                                              config.decision_log_mode, on_batch=count_batch,
+                                              durability=config.audit_durability)
         runtime = self.runtime = ServiceRuntime(
             decision_log=self.decision_log, metrics=metrics,
             max_statement_bytes=config.max_statement_bytes)

@@ -54,14 +54,13 @@ def test_syntax_error_reports_file_and_line(policy_dir) -> None:
 
 def test_unknown_builtin_is_rejected_with_line(policy_dir) -> None:
     root = policy_dir({"p.rego": HEAD + 'deny contains "x" if {\n'
-                                        '  not net.cidr_merge([input.ip])\n}\n'})
+                                        '  not strings.render_template("x", {})\n}\n'})
     errors = errors_of(root)
     assert len(errors) == 1
-    assert errors[0].endswith("p.rego:6: unknown builtin net.cidr_merge"), errors
+    assert "p.rego:6: unknown builtin strings.render_template (" in errors[0], errors
 
 
-@pytest.mark.parametrize("call", ["strings.render_template", "http.send", "json.match_schema",
-                                  "net.cidr_merge"])
+@pytest.mark.parametrize("call", ["strings.render_template", "http.send"])
 def test_missing_regopy_builtins_never_fail_open(policy_dir, call: str) -> None:
     root = policy_dir({"p.rego": HEAD + f'allow_it if {call}("a", "b")\n'})
     assert any(f"unknown builtin {call}" in e for e in errors_of(root))

@@ -57,7 +57,7 @@ def test_users_file_with_mysql_verifiers() -> None:
     assert nat.verify_password("n") and not nat.verify_password("s")
     assert sha.verify_password("s") and sha.mysql_native() is None
     assert nat.scram_auth_info() is None  # no PostgreSQL login for a MySQL-only user
-    with pytest.raises(UsersFileError, match="either password or verifiers"):
+    with pytest.raises(UsersFileError, match="a password or verifiers"):
         parse_users("users:\n  - {name: x, password: p, mysql_native_password: '*'}\n")
     with pytest.raises(UsersFileError, match="40 hex digits"):
         parse_users("users:\n  - {name: x, mysql_native_password: 'plain'}\n")

@@ -20,7 +20,7 @@ from typing import Any
 
 import pymysql
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 
 from engine.masking import mask_pan
 from tests.mysql.stack import PASSWORDS, Stack, open_stack
@@ -170,7 +170,9 @@ def test_the_mariadb_cli_gets_masked_answers(stack: Stack) -> None:
 @given(sql=statements())
 def test_generated_statements_never_see_a_clear_pan(stack: Stack, sql: str) -> None:
     # a session per statement: the pack's row budget (100 rows of cards per session) would
-    # hold the statements of a long session for approval
+    # hold the statements of a long session for approval; a fold (group_concat) is held
+    # before it runs (pci-pack `collection_aggregates`), so it is left to the semantics suite
+    assume("group_concat" not in sql)
     with stack.connect("alice") as alice:
         same_as_seen(stack, alice, sql)
 

@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapters.enforcement.mask_rules import MaskRules
 from adapters.mysql.catalog import Catalog, connect_url
 from adapters.mysql.masking import MaskPlan, plan_statement
-from adapters.postgres.column_masks import MaskRules
 from adapters.postgres.mask_rewrite import MaskUseDenied
 from engine.masking import mask_pan, mask_value, scrub_pans
 from tests.mysql.conftest import connect

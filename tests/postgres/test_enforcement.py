@@ -339,7 +339,6 @@ def test_pan_cvv_and_expiry_rules(stack: Stack) -> None:
     ("SELECT * FROM cards WHERE id = 2", [(2, MASKED2, "[REDACTED]", None, 2, "nothing here")]),
     ("SELECT c.pan, h.name FROM cards c JOIN holders h ON h.id = c.holder_id WHERE c.id = 2",
      [(MASKED2, "Bob")]),
-    ("SELECT card, up, notes FROM v_cards WHERE id = 2", [(MASKED2, REDACTED, "nothing here")]),
     ("WITH x AS (SELECT pan FROM cards WHERE id = 2) SELECT pan, upper(pan) FROM x LIMIT 5",
      [(MASKED2, MASKED2)]),
     ("SELECT p FROM (SELECT pan AS p FROM cards WHERE id = 2) s LIMIT 5", [(MASKED2,)]),
@@ -381,6 +380,10 @@ def test_named_cursors_are_masked_computed_ones_on_the_masked_value(stack: Stack
     ("SELECT row_to_json(c) FROM cards c WHERE id = 2", "whole-row reference c"),
     ("SELECT c::text FROM cards c WHERE id = 2", "whole-row reference c"),
     ("SELECT (SELECT pan FROM cards WHERE id = 2)", "reads columns that policy masks"),
+    # the view computes upper(pan) on the clear value (an error or a row count could answer
+    # on it): a view whose definition uses a masked column but as a plain result column
+    ("SELECT card, up, notes FROM v_cards WHERE id = 2", "view public.v_cards cannot be read"),
+    ("SELECT card FROM v_cards WHERE id = 2", "its definition uses masked column pan"),
 ])
 def test_an_opaque_expression_over_a_masked_table_is_denied(stack: Stack, sql: str,
                                                              reason: str) -> None:
@@ -587,7 +590,8 @@ def test_ddl_invalidates_what_the_catalog_cache_knows(stack: Stack) -> None:
                      "WHERE id > 0")
         assert conn.execute("SELECT x FROM v_swap WHERE id = 2").fetchone() == (MASKED2,)
         conn.execute("CREATE TABLE wallet (id int, pan text)")
-        conn.execute(f"INSERT INTO wallet VALUES (1, '{PAN2}')")
+        with psycopg.connect(stack.direct, autocommit=True) as direct:  # (alice may not
+            direct.execute(f"INSERT INTO wallet VALUES (1, '{PAN2}')")  # write a pan)
         assert conn.execute("SELECT pan, lower(pan) FROM wallet WHERE id = 1").fetchone() == (
             MASKED2, MASKED2)
 
@@ -995,14 +999,14 @@ def test_a_failing_audit_trail_withholds_the_result_and_ends_the_session(
         def broken(events: Any) -> Any:
             raise AuditWriteError("disk full")
 
-        monkeypatch.setattr(stack.recorder.audit, "append_many", broken)
+        monkeypatch.setattr(stack.recorder.audit, "commit_many", broken)
         with pytest.raises(psycopg.Error) as exc:
             conn.execute("INSERT INTO scratch VALUES (99, 'unrecorded')")
         assert exc.value.sqlstate == "58030", exc.value
         assert "could not be recorded in the audit trail" in str(exc.value)
         monkeypatch.undo()
     with pytest.raises(psycopg.OperationalError):  # a new session cannot be recorded either
-        monkeypatch.setattr(stack.recorder.audit, "append_many", broken)
+        monkeypatch.setattr(stack.recorder.audit, "commit_many", broken)
         stack.connect()
     monkeypatch.undo()
     assert stack.connect().execute("SELECT 1").fetchone() == (1,)

@@ -60,6 +60,10 @@ class _GatedSink:
         self.gate = threading.Event()
         self.records: list[dict[str, Any]] = []
 
+    @staticmethod
+    def prepare(record: dict[str, Any]) -> dict[str, Any]:
+        return record
+
     def write(self, records: list[dict[str, Any]]) -> None:
         self.gate.wait(30)
         self.records.extend(records)
@@ -70,7 +74,7 @@ class _GatedSink:
 
 def test_full_queue_refuses_and_recovers() -> None:
     sink = _GatedSink()
-    log = DecisionLog(sink, max_queue=2, scrub=lambda doc: doc)
+    log = DecisionLog(sink, max_queue=2)
     base = {"timestamp": 0.0, "input": {}}
     assert log.submit({**base, "decision_id": "1"})
     wait_for(lambda: log.backlog == 0, what="writer took the first record")

@@ -62,7 +62,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cluster(tls: tuple[bytes, bytes] | None = None) -> PgCluster:
+def start_cluster(tls: tuple[bytes, bytes] | None = None, *, fsync: bool = False) -> PgCluster:
+    """A throwaway cluster; `fsync=False` (tests) skips the server's syncs, `fsync=True`
+    (benchmarks) keeps PostgreSQL's own durability, as users run it."""
     bindir = find_bindir()
     if bindir is None:
         raise ClusterUnavailable("no PostgreSQL server binaries (initdb, pg_ctl) found")
@@ -87,7 +89,7 @@ def start_cluster(tls: tuple[bytes, bytes] | None = None) -> PgCluster:
         raise ClusterUnavailable(f"initdb failed: {init.stderr.strip()[-500:]}")
     port = free_port()
     opts = (f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} "
-            "-c fsync=off -c max_connections=200 -c shared_buffers=64MB")
+            f"-c fsync={'on' if fsync else 'off'} -c max_connections=200 -c shared_buffers=64MB")
     if tls is not None:
         for name, data in zip(("server.crt", "server.key"), tls, strict=True):
             path = os.path.join(datadir, name)

@@ -68,6 +68,51 @@ cidr_expand(cidr) := {_dotted(n) |
 	some n in numbers.range(base, base + bits.lsh(1, 32 - net.bits) - 1)
 }
 
+# net.cidr_merge(addrs): the smallest set of IPv4 networks covering the networks and addresses
+# of an array or set (an address is its /32): networks inside another are dropped, sibling
+# halves joined, up to 33 rounds (a /32 becomes at most a /0). IPv6 is an evaluation error.
+cidr_merge(addrs) := {_v4_text(n) | some n in _merge33(_v4_nets(addrs))}
+
+_v4_nets(addrs) := {[bits.and(_v4_int(r.words), _v4_mask(r.bits)), r.bits] |
+	some a in addrs
+	r := _parse_v4_merge(a)
+}
+
+_parse_v4_merge(s) := r if {
+	r := _parse_cidr(s)
+	r.family == "ipv4"
+} else := to_number(concat("", ["net.cidr_merge: not an IPv4 CIDR or address: ", sprintf("%v", [s])]))
+
+_merge33(nets) := _merge3(_merge10(_merge10(_merge10(nets))))
+
+_merge10(nets) := _merge3(_merge3(_merge3(_merge1(nets))))
+
+_merge3(nets) := _merge1(_merge1(_merge1(nets)))
+
+# One round: every network whose sibling half is present becomes their parent, then what lies
+# inside another network goes.
+_merge1(nets) := _uncovered(_joined(nets))
+
+_uncovered(nets) := {n | some n in nets; not _covered(n, nets)}
+
+_joined(nets) := {j | some n in nets; j := _parent_or_self(n, nets)}
+
+_parent_or_self(n, nets) := [base, n[1] - 1] if {
+	n[1] > 0
+	base := bits.and(n[0], _v4_mask(n[1] - 1))
+	[base, n[1]] in nets
+	[base + bits.lsh(1, 32 - n[1]), n[1]] in nets
+} else := n
+
+# n lies inside a shorter prefix of the set (set lookups, one per shorter prefix).
+_covered(n, nets) if {
+	n[1] > 0
+	some q in numbers.range(0, n[1] - 1)
+	[bits.and(n[0], _v4_mask(q)), q] in nets
+}
+
+_v4_text(n) := concat("/", [_dotted(n[0]), format_int(n[1], 10)])
+
 _parse_v4_strict(s) := r if {
 	r := _parse_cidr(s)
 	r.family == "ipv4"
