@@ -688,7 +688,9 @@ def decode_column_count(payload: bytes) -> int:
 @dataclass(frozen=True)
 class ColumnDefinition:
     """Protocol::ColumnDefinition41. `org_table`/`org_name` are the base table and column of
-    a plain column reference (empty for computed columns); `default` is COM_FIELD_LIST's."""
+    a plain column reference (empty for computed columns); `default` is what follows the
+    fixed fields in a COM_FIELD_LIST answer, raw (a length-encoded default value, or 0xFB for
+    NULL)."""
 
     schema: str
     table: str
@@ -711,7 +713,7 @@ class ColumnDefinition:
         out += b"\x0c" + struct.pack("<HIBHBH", self.charset, self.length, self.type,
                                      self.flags, self.decimals, 0)
         if self.default is not None:
-            out += lenenc_bytes(self.default)
+            out += self.default
         return bytes(out)
 
 
@@ -732,8 +734,7 @@ def decode_column_definition(payload: bytes) -> ColumnDefinition:
     type_ = fields.uint(1, "type")
     flags = fields.uint(2, "flags")
     decimals = fields.uint(1, "decimals")
-    default = r.lenenc_bytes("default") if r.remaining else None
-    r.end()
+    default = r.rest() or None
     return ColumnDefinition(schema, table, org_table, name, org_name, charset, length, type_,
                             flags, decimals, catalog, default)
 

@@ -715,7 +715,7 @@ class _Session:
             if kind == "column" and plan.response == "field_list":
                 column = reader.columns[-1]  # COM_FIELD_LIST: a default value is data too
                 if column.default is not None and may_hold_pan_bytes(column.default):
-                    payload = replace(column, default=scrub_text(column.default)).encode()
+                    payload = replace(column, default=b"\xfb").encode()  # NULL, not the value
             elif kind == "column":
                 if masker is None:
                     masker = ResultMasker(plan.binary, mask)

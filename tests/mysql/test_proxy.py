@@ -499,3 +499,20 @@ def test_character_sets_that_hide_quotes_are_refused(stack: Stack, charset: str)
         cur.execute("SET NAMES utf8mb4")
         cur.execute("SELECT @@character_set_client")
         assert cur.fetchall() == (("utf8mb4",),)
+
+
+def test_field_list_is_decided_as_show_columns(stack: Stack) -> None:
+    with stack.connect() as conn:
+        conn._execute_command(0x04, b"holders\x00")  # COM_FIELD_LIST
+        names = []
+        while True:
+            packet = conn._read_packet()
+            if packet.is_eof_packet():
+                break
+            names.append(packet.read_length_coded_string())  # catalog "def"
+        assert len(names) == 2  # id, name
+        with conn.cursor() as cur:
+            cur.execute("SELECT 4")
+            assert cur.fetchall() == ((4,),)
+    assert any(r["text"] == "SHOW COLUMNS FROM `holders`" and r["effect"] == "allow"
+               for r in stack.records("statement"))
