@@ -12,6 +12,7 @@ execution, row budgets and records are `adapters.enforcement`'s (`command.protoc
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +24,7 @@ from adapters.enforcement.row_budget import immediate_reviews
 from adapters.enforcement.transforms import mask_transform
 from adapters.mysql.catalog import Catalog, CatalogError
 from adapters.mysql.masking import MaskPlan, plan_statement
-from adapters.mysql.messages import ColumnDefinition
+from adapters.mysql.messages import UNSAFE_CHARSETS, ColumnDefinition
 from adapters.postgres.mask_rewrite import MYSQL_PREPARE_QUERY, MaskUseDenied
 from engine.audit.recorder import AuditRecorder
 
@@ -31,6 +32,9 @@ log = logging.getLogger("ordinance.adapters.mysql.bridge")
 
 DDL_KINDS = frozenset({"create", "alter", "drop", "rename"})
 MAX_SQL_PREPARED = 1024  # SQL-level prepared statements tracked per session
+_CHARSET_SETTINGS = frozenset({"names", "character_set", "charset", "character_set_client",
+                               "character_set_connection", "collation_connection"})
+_UNSAFE_CHARSET = re.compile(r"(?:big5|gbk|sjis|cp932|gb18030)", re.IGNORECASE)
 
 
 class ColumnMasks:
@@ -75,7 +79,7 @@ class MySQLBridge(Enforcer):
             self.catalog.invalidate()
         if decision.effect == "deny":
             return await statement.denied(deny_messages(decision))
-        refusal = await self._sql_prepared(statement)
+        refusal = _unsafe_charset(statement) or await self._sql_prepared(statement)
         if refusal is not None:
             return await statement.denied(refusal)
         decision = statement.decision
@@ -154,3 +158,15 @@ def _prepared_text(sql: str) -> str | None:
     if match is None:
         return None
     return match.group("query").replace("''", "'")
+
+
+def _unsafe_charset(statement: Statement) -> str | None:
+    """Why a statement that switches the connection to a character set whose multibyte
+    characters can end in a quote or backslash is refused (see `UNSAFE_CHARSETS`); None."""
+    settings = {str(name).lower() for st in statement.decision.command.get("statements") or ()
+                for name in st.get("settings") or ()}
+    if settings & _CHARSET_SETTINGS and _UNSAFE_CHARSET.search(statement.sql):
+        return (f"the character sets {', '.join(UNSAFE_CHARSETS)} are refused by the proxy: "
+                "a multibyte character can hide a quote or backslash from the policies' SQL "
+                "parser")
+    return None

@@ -70,12 +70,13 @@ class PacketDecoder:
         self.direction = direction
         self.max_message_size = max_message_size
         self._buf = bytearray()
+        self._start = 0  # where the unread bytes of _buf begin
         self._expected: int | None = None
         self._error: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._start
 
     def expect(self, seq: int | None) -> None:
         self._expected = None if seq is None else seq & 0xFF
@@ -83,6 +84,9 @@ class PacketDecoder:
     def feed(self, data: bytes) -> None:
         if self._error is not None:
             raise self._error
+        if self._start and self._start >= len(self._buf) // 2:
+            del self._buf[:self._start]  # consumed messages are dropped in bulk, not each
+            self._start = 0
         self._buf += data
 
     def _fail(self, what: str) -> ProtocolError:
@@ -91,8 +95,9 @@ class PacketDecoder:
 
     def take_buffered(self) -> bytes:
         """The bytes buffered past the last message, removed (where a TLS stream begins)."""
-        data = bytes(self._buf)
+        data = bytes(self._buf[self._start:])
         self._buf.clear()
+        self._start = 0
         return data
 
     def next_message(self) -> Message | None:
@@ -100,14 +105,15 @@ class PacketDecoder:
         if self._error is not None:
             raise self._error
         buf = self._buf
-        pos = 0
+        start = pos = self._start
+        end = len(buf)
         total = 0
         first_seq: int | None = None
         packets = 0
         spans: list[tuple[int, int]] = []
         while True:
-            if len(buf) - pos < 4:
-                self._check_pending(total + (len(buf) - pos))
+            if end - pos < 4:
+                self._check_pending(total + (end - pos))
                 return None
             length = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
             seq = buf[pos + 3]
@@ -117,7 +123,8 @@ class PacketDecoder:
             if total + length > self.max_message_size:
                 raise self._fail(f"message of more than {total + length} bytes exceeds the "
                                  f"maximum message size ({self.max_message_size} bytes)")
-            if len(buf) - pos - 4 < length:
+            if end - pos - 4 < length:
+                self._check_pending(total + (end - pos))
                 return None
             if first_seq is None:
                 first_seq = seq
@@ -129,8 +136,10 @@ class PacketDecoder:
                 break
         payload = b"".join(bytes(buf[a:b]) for a, b in spans) if len(spans) > 1 else bytes(
             buf[spans[0][0]:spans[0][1]])
-        del buf[:pos]
-        assert first_seq is not None
+        self._start = pos if pos < end else 0
+        if pos >= end:
+            buf.clear()
+        assert first_seq is not None and pos > start
         self._expected = None if self._expected is None else (first_seq + packets) & 0xFF
         return Message(first_seq, payload, packets)
 

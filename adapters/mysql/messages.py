@@ -147,6 +147,12 @@ _TEMPORAL_BINARY = {TYPE_DATE: (0, 4, 7, 11), TYPE_DATETIME: (0, 4, 7, 11),
                     TYPE_TIME: (0, 8, 12)}
 
 BINARY_CHARSET = 63
+UNSAFE_CHARSETS = ("big5", "gbk", "sjis", "cp932", "gb18030")
+"""Character sets in which a multibyte character may end in `\\` (0x5C), `'` or another ASCII
+byte: a text that is one statement to a UTF-8 parser can be another to the server (the
+classic GBK quote escape), so the proxy refuses them for a connection."""
+UNSAFE_COLLATIONS = frozenset({1, 84, 13, 88, 28, 87, 95, 96, 248, 249, 250})
+"""The collation ids of UNSAFE_CHARSETS a handshake can name (one byte)."""
 UTF8MB4_GENERAL_CI = 45
 
 # -- error codes the proxy sends -------------------------------------------------------------
@@ -682,7 +688,9 @@ def decode_column_count(payload: bytes) -> int:
 @dataclass(frozen=True)
 class ColumnDefinition:
     """Protocol::ColumnDefinition41. `org_table`/`org_name` are the base table and column of
-    a plain column reference (empty for computed columns); `default` is COM_FIELD_LIST's."""
+    a plain column reference (empty for computed columns); `default` is what follows the
+    fixed fields in a COM_FIELD_LIST answer, raw (a length-encoded default value, or 0xFB for
+    NULL)."""
 
     schema: str
     table: str
@@ -705,7 +713,7 @@ class ColumnDefinition:
         out += b"\x0c" + struct.pack("<HIBHBH", self.charset, self.length, self.type,
                                      self.flags, self.decimals, 0)
         if self.default is not None:
-            out += lenenc_bytes(self.default)
+            out += self.default
         return bytes(out)
 
 
@@ -726,14 +734,44 @@ def decode_column_definition(payload: bytes) -> ColumnDefinition:
     type_ = fields.uint(1, "type")
     flags = fields.uint(2, "flags")
     decimals = fields.uint(1, "decimals")
-    default = r.lenenc_bytes("default") if r.remaining else None
-    r.end()
+    default = r.rest() or None
     return ColumnDefinition(schema, table, org_table, name, org_name, charset, length, type_,
                             flags, decimals, catalog, default)
 
 
 def decode_text_row(payload: bytes, columns: int) -> list[bytes | None]:
-    """A text-protocol row: one length-encoded string or 0xFB (NULL) per column."""
+    """A text-protocol row: one length-encoded string or 0xFB (NULL) per column. (The hot
+    path of every result: inline; anything irregular is read again by `_decode_text_row`,
+    which names the fault.)"""
+    values: list[bytes | None] = []
+    pos, end = 0, len(payload)
+    try:
+        for _ in range(columns):
+            first = payload[pos]
+            if first < 0xFB:
+                pos += 1
+                stop = pos + first
+            elif first == 0xFB:
+                values.append(None)
+                pos += 1
+                continue
+            elif first == 0xFC:
+                stop = pos + 3 + (payload[pos + 1] | payload[pos + 2] << 8)
+                pos += 3
+            else:
+                raise IndexError
+            if stop > end:
+                raise IndexError
+            values.append(payload[pos:stop])
+            pos = stop
+    except IndexError:
+        return _decode_text_row(payload, columns)
+    if pos != end:
+        return _decode_text_row(payload, columns)
+    return values
+
+
+def _decode_text_row(payload: bytes, columns: int) -> list[bytes | None]:
     r = Reader("text row", payload)
     values: list[bytes | None] = []
     for i in range(columns):
@@ -747,7 +785,8 @@ def decode_text_row(payload: bytes, columns: int) -> list[bytes | None]:
 
 
 def encode_text_row(values: list[bytes | None]) -> bytes:
-    return b"".join(b"\xfb" if v is None else lenenc_bytes(v) for v in values)
+    return b"".join(b"\xfb" if v is None else (bytes((len(v),)) + v if len(v) < 0xFB
+                                              else lenenc_bytes(v)) for v in values)
 
 
 @dataclass

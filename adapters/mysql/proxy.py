@@ -81,6 +81,8 @@ from adapters.mysql.messages import (
     OK,
     REQUIRED_CAPABILITIES,
     SUPPORTED_CAPABILITIES,
+    UNSAFE_CHARSETS,
+    UNSAFE_COLLATIONS,
     Command,
     Greeting,
     HandshakeResponse,
@@ -96,6 +98,7 @@ from adapters.mysql.messages import (
 from adapters.mysql.results import ResultMasker, scrub_text
 from adapters.mysql.session import CommandPlanner, Plan, Prepared, ResponseReader, quote_identifier
 from adapters.postgres.auth import is_loopback
+from engine.masking import may_hold_pan_bytes
 
 log = logging.getLogger("ordinance.adapters.mysql.proxy")
 
@@ -233,8 +236,13 @@ class _Conn:
             self.decoder.feed(await self._recv())
 
     async def fill(self) -> None:
-        """Read what arrives into the decoder (a hang-up raises _Closed)."""
+        """Read what arrives into the decoder (a hang-up raises _Closed); what a peer sends
+        while nobody reads its messages (a held statement's client) is bounded too."""
         self.decoder.feed(await self._recv())
+        if self.decoder.buffered > 2 * self.decoder.max_message_size:
+            raise ProtocolError(f"{self.decoder.direction}: more than "
+                                f"{2 * self.decoder.max_message_size} bytes sent while its "
+                                "statement was held")
 
     def queue(self, payload: bytes, seq: int) -> int:
         """Queue one message; returns the next sequence id."""
@@ -268,6 +276,7 @@ class MySQLProxy:
         self.config = config
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        self._endings: set[asyncio.Future[None]] = set()
 
     @property
     def port(self) -> int:
@@ -288,7 +297,7 @@ class MySQLProxy:
         assert task is not None
         self._sessions.add(task)
         try:
-            await _Session(self.config, reader, writer).run()
+            await _Session(self.config, reader, writer, self._endings).run()
         finally:
             self._sessions.discard(task)
 
@@ -299,6 +308,8 @@ class MySQLProxy:
             task.cancel("proxy shutdown")
         if self._sessions:
             await asyncio.gather(*self._sessions, return_exceptions=True)
+        if self._endings:
+            await asyncio.gather(*self._endings, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
@@ -331,8 +342,9 @@ def withhold_quoted(message: str) -> str:
 
 class _Session:
     def __init__(self, config: ProxyConfig, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, endings: set[asyncio.Future[None]]) -> None:
         self.config = config
+        self.endings = endings  # the proxy's session.end records being written
         self.client = _Conn(reader, writer, "client", config.max_message_size)
         self.upstream: _Conn | None = None
         peer = writer.get_extra_info("peername")
@@ -373,11 +385,19 @@ class _Session:
             if self.upstream is not None:
                 self.upstream.close()
             if self.ctx is not None and self.config.session_ended is not None:
-                try:
-                    await asyncio.shield(self.config.session_ended(self.ctx, reason))
-                except Exception as exc:
-                    log.error("session %s: session.end not recorded: %s",
-                              self.ctx.session_id, exc)
+                # its own task, which the proxy's close() waits for: a shutdown that cancels
+                # this session while it ends must not lose the session.end record
+                ending = asyncio.ensure_future(self.config.session_ended(self.ctx, reason))
+                self.endings.add(ending)
+                ending.add_done_callback(self._ended)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(ending)
+
+    def _ended(self, ending: asyncio.Future[None]) -> None:
+        self.endings.discard(ending)
+        if not ending.cancelled() and ending.exception() is not None:
+            log.error("session %s: session.end not recorded: %s",
+                      self.ctx.session_id if self.ctx else "-", ending.exception())
 
     async def _error(self, err: ERR, seq: int) -> None:
         with contextlib.suppress(Exception):
@@ -436,6 +456,13 @@ class _Session:
             await self._error(ERR(ER_HANDSHAKE_ERROR, "08S01", "Bad handshake: the client "
                                   "needs protocol 4.1 with plugin authentication"), seq)
             raise _SessionOver("client without plugin authentication")
+        if login.charset in UNSAFE_COLLATIONS:
+            await self._error(ERR(1115, "42000", "the connection character set (collation "
+                                  f"{login.charset}) is refused by the proxy: in "
+                                  f"{', '.join(UNSAFE_CHARSETS)} a multibyte character can "
+                                  "hide a quote or backslash from the policies' SQL parser"),
+                              seq)
+            raise _SessionOver(f"unsafe connection character set {login.charset}")
         self.caps = login.capabilities & offered & ~CLIENT_SSL
         identity, ok, seq = await self._authenticate(login, scramble, seq, tls)
         await self._login_upstream(server, login)
@@ -676,6 +703,7 @@ class _Session:
         meter = verdict.rows() if verdict is not None and verdict.rows is not None else None
         masker: ResultMasker | None = None
         rows = 0
+        free = uncharged = 0  # rows a row budget admits without asking; sent, not charged
         refused_infile = False
         while not reader.done:
             if not up.decoder.buffered:
@@ -684,7 +712,11 @@ class _Session:
             payload = message.payload
             before = reader.results
             kind = reader.read(payload)
-            if kind == "column":
+            if kind == "column" and plan.response == "field_list":
+                column = reader.columns[-1]  # COM_FIELD_LIST: a default value is data too
+                if column.default is not None and may_hold_pan_bytes(column.default):
+                    payload = replace(column, default=b"\xfb").encode()  # NULL, not the value
+            elif kind == "column":
                 if masker is None:
                     masker = ResultMasker(plan.binary, mask)
                 changed = masker.add(reader.columns[-1])
@@ -692,14 +724,21 @@ class _Session:
                     payload = changed.encode()
             elif kind == "row":
                 assert masker is not None
-                if meter is not None and not meter.released and not meter.admit(1):
-                    await client.flush()
-                    final = await self._hold(meter.hold)
-                    if final.effect != "allow":
-                        await self._drain(reader)
-                        await client.send(verdict_error(final).encode(), seq)
-                        return
-                    meter.admit(1)
+                if meter is not None and not meter.released:
+                    if not free:  # charge what went, then see what room is left
+                        meter.admit(uncharged)
+                        uncharged, free = 0, meter.room()
+                    if not free:
+                        await client.flush()
+                        final = await self._hold(meter.hold)
+                        if final.effect != "allow":
+                            await self._drain(reader)
+                            await client.send(verdict_error(final).encode(), seq)
+                            return
+                        meter.admit(1)
+                    else:
+                        free -= 1
+                        uncharged += 1
                 payload = masker.row(payload)
                 rows += 1
             elif kind == "local_infile":
@@ -719,6 +758,9 @@ class _Session:
                 text = self.config.scrub_server_text(text.encode()).decode("utf-8", "replace")
                 payload = replace(err, message=text).encode()
             if reader.results > before:
+                if meter is not None and uncharged:
+                    meter.admit(uncharged)
+                    uncharged, free = 0, 0
                 payload = await self._end_result(kind, payload, verdict, masker, rows,
                                                  started, refused_infile)
                 masker, rows, refused_infile = None, 0, False

@@ -9,7 +9,8 @@ protocol alike: its value is its text) gets its mask's output and then the backs
 column of another type (a number, a date: no masked value of it is valid) is delivered as
 NULL and counted as a warning, in the end-of-rows packet's warning count; an unmasked
 non-string value in which a card number is found is NULL too (binary numbers are not read:
-they hold no digits as text). Must not: decide which columns are masked.
+they hold no digits as text; DECIMAL, sent as its digits, is read). Must not: decide which
+columns are masked.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from adapters.enforcement.hooks import ValueTransform, WithheldValue
 from adapters.mysql.messages import (
     STRING_TYPES,
+    TYPE_DECIMAL,
+    TYPE_NEWDECIMAL,
     BinaryRow,
     ColumnDefinition,
     decode_binary_row,
@@ -30,6 +33,7 @@ from adapters.mysql.messages import (
 from engine.masking import find_pans, may_hold_pan_bytes, scrub_pans
 
 NOT_NULL_FLAG = 1
+_DIGIT_TYPES = frozenset({TYPE_DECIMAL, TYPE_NEWDECIMAL})  # binary protocol: their digits
 ColumnMasker = Callable[[ColumnDefinition], "ValueTransform | None"]
 
 
@@ -53,33 +57,32 @@ class ResultMasker:
     columns: list[ColumnDefinition] = field(default_factory=list)
     transforms: list[ValueTransform | None] = field(default_factory=list)
     withheld: int = 0  # values delivered as NULL (warnings)
+    masks: bool = False  # some column has a transform
 
     def add(self, column: ColumnDefinition) -> ColumnDefinition | None:
         """Note the next column; the definition to send instead, when it changes."""
         transform = self.masker(column) if self.masker is not None else None
         self.columns.append(column)
         self.transforms.append(transform)
+        self.masks = self.masks or transform is not None
         if transform is not None and column.flags & NOT_NULL_FLAG:
             return replace(column, flags=column.flags & ~NOT_NULL_FLAG)
         return None
 
-    @property
-    def masks(self) -> bool:
-        return any(t is not None for t in self.transforms)
-
     def row(self, payload: bytes) -> bytes:
         """One row payload with its masked columns masked and card numbers scrubbed."""
-        if not self.masks and not may_hold_pan_bytes(payload):
+        scan = may_hold_pan_bytes(payload)  # False: no value of the row needs the backstop
+        if not self.masks and not scan:
             return payload
         if self.binary:
             types = [c.type for c in self.columns]
             row = decode_binary_row(payload, types)
-            values = [self._value(i, v, binary=True) for i, v in enumerate(row.values)]
+            values = [self._value(i, v, True, scan) for i, v in enumerate(row.values)]
             return encode_binary_row(BinaryRow(values), types)
         values = decode_text_row(payload, len(self.columns))
-        return encode_text_row([self._value(i, v, binary=False) for i, v in enumerate(values)])
+        return encode_text_row([self._value(i, v, False, scan) for i, v in enumerate(values)])
 
-    def _value(self, i: int, value: bytes | None, *, binary: bool) -> bytes | None:
+    def _value(self, i: int, value: bytes | None, binary: bool, scan: bool) -> bytes | None:
         if value is None:
             return None
         transform = self.transforms[i]
@@ -94,9 +97,11 @@ class ResultMasker:
                 self.withheld += 1
                 return None
             return None if out is None else scrub_text(out)
+        if not scan:
+            return value
         if text:
             return scrub_text(value)
-        if binary or not may_hold_pan_bytes(value):
+        if (binary and self.columns[i].type not in _DIGIT_TYPES) or not may_hold_pan_bytes(value):
             return value  # binary numbers and dates hold no digits as text
         if find_pans(value.decode("latin-1")):
             self.withheld += 1

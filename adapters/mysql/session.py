@@ -216,6 +216,7 @@ class ResponseReader:
         if kind == "field_list":
             if is_eof(payload):
                 self.done = True
+                self.results += 1
                 return "eof"
             self.columns.append(decode_column_definition(payload))
             return "column"

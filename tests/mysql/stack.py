@@ -5,15 +5,13 @@ wherever it shows up), card 2's is not (only the mask rules hide it)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sqlite3
 import subprocess
 import sys
-import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from engine.identity.users import (
 )
 from engine.policy import load_policy_set
 from tests.mysql.conftest import connect
+from tests.postgres.conftest import ProxyThread
 
 REPO = Path(__file__).resolve().parents[2]
 PAN1, PAN2 = "4111111111111111", "4111111111111112"  # Luhn-valid, Luhn-invalid
@@ -67,35 +66,6 @@ SCHEMA = [
     "'call 4111 1111 1111 1111 asap'), "
     f"(2, '{PAN2}', '456', '2031-02-28', 2, 'nothing here')",
 ]
-
-
-class ProxyThread:
-    """A MySQLProxy on a private event loop in a daemon thread."""
-
-    def __init__(self, config: ProxyConfig) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.proxy = MySQLProxy(config)
-        self.run(self.proxy.start())
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def call(self, fn: Callable[[], Any]) -> Any:
-        async def wrapper() -> Any:
-            return fn()
-        return self.run(wrapper())
-
-    @property
-    def port(self) -> int:
-        return self.proxy.port
-
-    def stop(self) -> None:
-        self.run(self.proxy.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @dataclass
@@ -165,7 +135,7 @@ def open_stack(mysql_dsn: str, tmp: Path, schema: list[str] = SCHEMA, *,
                          recorder=recorder, catalog=catalog, approvals=gate)
     proxy = ProxyThread(ProxyConfig(upstream=UpstreamTarget.from_url(direct),
                                     directory=load_users(users_file), **bridge.hooks(),
-                                    **config))
+                                    **config), MySQLProxy)
     try:
         yield Stack(proxy, name, direct, audit_url, users_file, store)
     finally:

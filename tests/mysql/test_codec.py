@@ -210,3 +210,23 @@ def test_response_reader_on_random_packets(packets: list[bytes]) -> None:
         with contextlib.suppress(ProtocolError):
             for packet in packets:
                 reader.read(packet)
+
+
+@SETTINGS
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=300)), max_size=6),
+       st.binary(max_size=40), st.integers(0, 8))
+def test_fast_text_row_decoder_equals_the_reference(values: list[bytes | None], noise: bytes,
+                                                    columns: int) -> None:
+    """The inline decoder of the hot path gives what the Reader-based one gives, or raises
+    the same error."""
+    for payload in (m.encode_text_row(values), noise, m.encode_text_row(values) + noise):
+        for count in (len(values), columns):
+            try:
+                expected: object = m._decode_text_row(payload, count)
+            except ProtocolError as exc:
+                expected = str(exc)
+            try:
+                got: object = m.decode_text_row(payload, count)
+            except ProtocolError as exc:
+                got = str(exc)
+            assert got == expected

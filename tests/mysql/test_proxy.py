@@ -380,10 +380,17 @@ def test_ordinance_proxy_mysql_cli(stack: Stack, tmp_path: Path) -> None:
                 conn.cursor() as cur:
             cur.execute("SELECT pan FROM cards WHERE id = 1")
             assert cur.fetchall() == (("************1111",),)
+        idle = pymysql.connect(host="127.0.0.1", port=port, user="alice",
+                               password=PASSWORDS["alice"], database=stack.database)
     finally:
         proc.terminate()
         proc.wait(30)
     assert proc.returncode == 0
+    idle.close()
+    out = stack.ordinance("audit", "export", "--audit", f"sqlite:///{tmp_path / 'a.db'}",
+                          "--kind", "session.end", "--format", "jsonl")
+    reasons = sorted(json.loads(line)["payload"]["reason"] for line in out.stdout.splitlines())
+    assert reasons == ["client terminated", "proxy shutdown"], out.stdout
     out = stack.ordinance("audit", "verify", "--audit", f"sqlite:///{tmp_path / 'a.db'}")
     assert out.returncode == 0, out.stderr
     assert PAN1 not in (tmp_path / "a.db").read_bytes().decode("latin-1")
@@ -431,3 +438,81 @@ def test_sql_execute_is_decided_as_its_prepare(many: Stack) -> None:
     record = [r for r in many.records("statement") if r["text"] == "EXECUTE s"][-1]
     assert record["prepared"] == "SELECT id, pan FROM cards WHERE id > 0"
     assert record["held_after_rows"] == 100
+
+
+def test_server_errors_go_through_the_pan_backstop(stack: Stack) -> None:
+    with stack.connect() as conn, conn.cursor() as cur:
+        with pytest.raises(pymysql.MySQLError) as exc:
+            cur.execute(f"SELECT * FROM nowhere_{PAN1}")
+        assert PAN1 not in str(exc.value) and "1111" in str(exc.value)
+    assert PAN1 not in json.dumps(stack.records())
+
+
+def test_each_execution_of_an_approved_prepared_statement_asks_again(stack: Stack) -> None:
+    """Issue 13's rule: an approval covers one execution. mysql-connector's prepared cursor
+    sends COM_STMT_PREPARE once, then COM_STMT_EXECUTE per execute()."""
+    mysql_connector = pytest.importorskip("mysql.connector")
+    sql = "SELECT id FROM cards WHERE id > ? LIMIT 700"
+    conn = mysql_connector.connect(host="127.0.0.1", port=stack.proxy.port, user="alice",
+                                   password=PASSWORDS["alice"], database=stack.database,
+                                   use_pure=True)
+    results: list[object] = []
+
+    def execute() -> None:
+        try:
+            cur.execute(sql.replace("?", "%s"), (0,))
+            results.append(cur.fetchall())
+        except Exception as exc:
+            results.append(exc)
+
+    try:
+        cur = conn.cursor(prepared=True)
+        first = threading.Thread(target=execute)
+        first.start()
+        stack.decide("approve", _pending(stack, sql))  # the PREPARE is held
+        first.join(30)
+        assert results == [[(1,), (2,)]]
+        second = threading.Thread(target=execute)
+        second.start()
+        again = _pending(stack, sql)  # the second execution is held for a new approval
+        stack.decide("deny", again)
+        second.join(30)
+        assert isinstance(results[1], mysql_connector.Error)
+        assert f"approval {again} was denied by dana" in str(results[1])
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("charset", ["gbk", "big5", "sjis"])
+def test_character_sets_that_hide_quotes_are_refused(stack: Stack, charset: str) -> None:
+    """In GBK, BIG5 and SJIS a multibyte character can end in 0x5C: `\\xbf\\x27` style texts
+    read as one statement by a UTF-8 parser and as another by the server."""
+    with pytest.raises(pymysql.err.OperationalError) as exc:
+        stack.connect(charset=charset)
+    assert exc.value.args[0] == 1115 and "refused by the proxy" in exc.value.args[1]
+    with stack.connect() as conn, conn.cursor() as cur:
+        for sql in (f"SET NAMES {charset}", f"SET character_set_client = {charset}",
+                    f"SET @@session.character_set_connection = '{charset}'"):
+            with pytest.raises(pymysql.err.OperationalError) as exc:
+                cur.execute(sql)
+            assert "are refused by the proxy" in denied(exc)
+        cur.execute("SET NAMES utf8mb4")
+        cur.execute("SELECT @@character_set_client")
+        assert cur.fetchall() == (("utf8mb4",),)
+
+
+def test_field_list_is_decided_as_show_columns(stack: Stack) -> None:
+    with stack.connect() as conn:
+        conn._execute_command(0x04, b"holders\x00")  # COM_FIELD_LIST
+        names = []
+        while True:
+            packet = conn._read_packet()
+            if packet.is_eof_packet():
+                break
+            names.append(packet.read_length_coded_string())  # catalog "def"
+        assert len(names) == 2  # id, name
+        with conn.cursor() as cur:
+            cur.execute("SELECT 4")
+            assert cur.fetchall() == ((4,),)
+    assert any(r["text"] == "SHOW COLUMNS FROM `holders`" and r["effect"] == "allow"
+               for r in stack.records("statement"))
