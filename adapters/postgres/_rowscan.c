@@ -9,6 +9,12 @@
  *
  * may_hold_pan(data): engine.masking.may_hold_pan_bytes, one pass over the bytes.
  *
+ * copy_run_clean(run, quote): whether every CopyData message of `run` (a run of complete
+ *     ones) holds whole text/CSV records that the PAN backstop lets through unchanged: its
+ *     data is not empty, ends with a newline, holds an even number of `quote` bytes (CSV;
+ *     quote -1: text format) and may_hold_pan finds nothing in it. ValueError on a malformed
+ *     run. (`CopyOutRewriter.feed` relays such a message as it is: the run goes out whole.)
+ *
  * mask_rows(run, specs): a run of complete DataRow messages with some columns masked, as one
  *     new bytes object. `specs` has one item per column: None (the value is copied) or a pair
  *     (method, transform), `method` one of the METHOD_* codes below. `pan`, `last4` and
@@ -128,6 +134,53 @@ static PyObject *may_hold_pan(PyObject *self, PyObject *arg) {
     int found = pan_shape(view.buf, view.len);
     PyBuffer_Release(&view);
     return PyBool_FromLong(found);
+}
+
+static PyObject *copy_run_clean(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    int quote;
+    if (!PyArg_ParseTuple(args, "y*i", &view, &quote))
+        return NULL;
+    const unsigned char *run = view.buf;
+    const Py_ssize_t size = view.len;
+    Py_ssize_t pos = 0;
+    int clean = 1;
+    while (pos < size) {
+        if (size - pos < 5 || run[pos] != 'd') {
+            PyErr_SetString(PyExc_ValueError, "not a run of complete CopyData messages");
+            goto fail;
+        }
+        uint32_t length = read_u32(run + pos + 1);
+        if (length < 4 || (Py_ssize_t)length > size - pos - 1) {
+            PyErr_SetString(PyExc_ValueError, "CopyData length out of bounds");
+            goto fail;
+        }
+        const unsigned char *data = run + pos + 5;
+        Py_ssize_t n = (Py_ssize_t)length - 4;
+        pos += 1 + (Py_ssize_t)length;
+        if (!clean)
+            continue;  /* the rest is only checked for framing */
+        if (n == 0 || data[n - 1] != '\n') {
+            clean = 0;
+            continue;
+        }
+        if (quote >= 0) {
+            Py_ssize_t quotes = 0;
+            for (Py_ssize_t i = 0; i < n; i++)
+                quotes += data[i] == quote;
+            if (quotes & 1) {
+                clean = 0;
+                continue;
+            }
+        }
+        if (pan_shape(data, n))
+            clean = 0;
+    }
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(clean);
+fail:
+    PyBuffer_Release(&view);
+    return NULL;
 }
 
 /* A growing output buffer. */
@@ -405,6 +458,9 @@ static PyMethodDef methods[] = {
      "max_count messages"},
     {"may_hold_pan", may_hold_pan, METH_O,
      "may_hold_pan(data) -> engine.masking.may_hold_pan_bytes(data), in C"},
+    {"copy_run_clean", copy_run_clean, METH_VARARGS,
+     "copy_run_clean(run, quote) -> whether every CopyData of the run is whole records in "
+     "which the PAN precheck finds nothing (an even count of quote bytes; -1: text format)"},
     {"mask_rows", mask_rows, METH_VARARGS,
      "mask_rows(run, specs) -> the run of DataRows with the specified columns masked"},
     {NULL, NULL, 0, NULL},

@@ -50,7 +50,9 @@ class DirectoryUser(Protocol):
     def groups(self) -> tuple[str, ...]: ...
 
     def scram_auth_info(self) -> AuthInfo | None:
-        """(salt, stored_key, server_key, iterations) as scramp's `make_auth_info` returns."""
+        """(salt, stored_key, server_key, iterations) as scramp's `make_auth_info` returns;
+        None for a user without a SCRAM verifier (SSH keys or MySQL verifiers only: the login
+        fails)."""
         ...
 
 

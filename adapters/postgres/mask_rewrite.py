@@ -22,6 +22,11 @@ aliases on a masked relation (`cards AS c(a, b)`), `USING`/`NATURAL` joins over 
 `ON CONFLICT` on a masked column, writes of a masked column (INSERT, UPDATE, ON CONFLICT DO
 UPDATE, MERGE: a session that may not see it may not write it), `EXPLAIN`, text sqlglot cannot
 parse, and masked columns in any other statement (DDL, MERGE).
+
+`dialect="mysql"` rewrites MySQL/MariaDB text the same way, with `adapters/mysql/mask_sql.py`'s
+expressions and backquoted names (`mysql_unsafe_text` says what is refused before parsing);
+there a `SET @v = (SELECT …)` is rewritten like a query whose rows do not go to the client, and
+`PREPARE s FROM '…'` has its quoted statement rewritten.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from adapters.mysql import mask_sql as mysql_mask_sql
 from adapters.postgres.mask_sql import SQL_METHODS, mask_sql
 from engine.facts.pg_statements import pg_statement_count
 
@@ -48,6 +54,15 @@ _UNICODE_IDENTIFIER = re.compile(r'[uU]&"')  # sqlglot reads U&"p\0061n" as `U &
 # through unless their text names a masked column or has a `*`.
 _INERT_COMMANDS = frozenset({"LOCK", "VACUUM", "ANALYZE", "REINDEX", "CLUSTER", "COMMENT",
                              "GRANT", "REVOKE", "REFRESH", "DISCARD", "RESET", "SHOW"})
+
+
+MYSQL_PREPARE_QUERY = re.compile(
+    r"^\s*(?:[A-Za-z_$][A-Za-z0-9_$]*|`(?:[^`]|``)+`)\s+from\s+'(?P<query>(?:[^'\\]|'')*)'\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL)
+# MySQL reads `/*! … */` and `/*M! … */` (MariaDB) as SQL, sqlglot as a comment; whether a
+# backslash escapes and whether `"…"` is a string or a name depend on the session's sql_mode.
+_MYSQL_EXECUTABLE_COMMENT = re.compile(r"/\*[!M]")
+_MYSQL_DOUBLE_QUOTED = re.compile(r'"((?:[^"\\]|""|\\.)*)"', re.DOTALL)
 
 
 class MaskUseDenied(Exception):
@@ -98,12 +113,15 @@ class Rewrite:
     columns: tuple[str, ...] = ()
 
 
-def rewrite_statement(sql: str, schema: MaskedSchema, *, client: bool = True) -> Rewrite:
+def rewrite_statement(sql: str, schema: MaskedSchema, *, client: bool = True,
+                      dialect: str = "postgres") -> Rewrite:
     """The rewrite of `sql` (one or more statements) for `schema`; raises `MaskUseDenied`.
     `client`: the rows of its queries go to the client (false for `COPY (query) TO` a file),
-    so their plain result columns are left to the proxy."""
+    so their plain result columns are left to the proxy. `dialect`: postgres or mysql."""
     if not schema.columns:
         return Rewrite(None)
+    if dialect == "mysql":
+        return _rewrite_mysql(sql, schema, client)
     if _UNICODE_IDENTIFIER.search(sql):
         raise MaskUseDenied("the statement reads a relation with masked columns and writes an "
                             'identifier with Unicode escapes (U&"…"), which could name one '
@@ -130,20 +148,61 @@ def rewrite_statement(sql: str, schema: MaskedSchema, *, client: bool = True) ->
     return edits.result()
 
 
-def unparsed_words(sql: str) -> frozenset[str] | None:
+def mysql_unsafe_text(sql: str, schema: MaskedSchema) -> str | None:
+    """Why MySQL may read `sql` otherwise than sqlglot does, when it reads masked columns:
+    an executable comment, a backslash (its meaning depends on NO_BACKSLASH_ESCAPES), or a
+    double-quoted masked column or relation name (a name under ANSI_QUOTES). None if none."""
+    if _MYSQL_EXECUTABLE_COMMENT.search(sql):
+        return ("the statement reads a relation with masked columns and has an executable "
+                "comment (/*! … */), which MySQL runs and the proxy cannot read with certainty")
+    if "\\" in sql:
+        return ("the statement reads a relation with masked columns and has a backslash, "
+                "which MySQL reads by the session's sql_mode; write it without one")
+    for match in _MYSQL_DOUBLE_QUOTED.finditer(sql):
+        name = match.group(1).lower()
+        if name in schema.columns or name in schema.tables:
+            return (f'"{match.group(1)}" names a masked column or a relation with one under '
+                    "sql_mode ANSI_QUOTES; quote names with backquotes")
+    return None
+
+
+def _rewrite_mysql(sql: str, schema: MaskedSchema, client: bool) -> Rewrite:
+    unsafe = mysql_unsafe_text(sql, schema)
+    if unsafe is not None:
+        raise MaskUseDenied(unsafe)
+    head = _HEAD.match(sql)
+    if head is not None and head.group("word").lower() == "prepare":
+        match = MYSQL_PREPARE_QUERY.match(sql[head.end():])
+        if match is None:
+            raise MaskUseDenied("the statement of this PREPARE is not a quoted string the proxy "
+                                "can read, and it reads a relation with masked columns")
+        query = match.group("query").replace("''", "'")
+        inner = rewrite_statement(query, schema, client=client, dialect="mysql")
+        if inner.text is None:
+            return inner
+        start, end = head.end() + match.start("query"), head.end() + match.end("query")
+        return Rewrite(sql[:start] + inner.text.replace("'", "''") + sql[end:],
+                       inner.literal_dependent, inner.columns)
+    edits = _Edits(sql)
+    for tree, positions in _parse(sql, 0, "mysql"):
+        _Statement(tree, positions, schema, edits, client, "mysql").rewrite()
+    return edits.result()
+
+
+def unparsed_words(sql: str, dialect: str = "postgres") -> frozenset[str] | None:
     """The words (lower case) of `sql` when a statement of it is one sqlglot does not parse
     (other than DECLARE, PREPARE and EXPLAIN, whose queries the facts and the rewrite read):
     `CREATE POLICY … USING (…)` evaluates what the policies never see. None otherwise."""
     try:
-        trees = sqlglot.parse(sql, dialect="postgres")
+        trees = sqlglot.parse(sql, dialect=dialect)
     except (SqlglotError, ValueError, TypeError, KeyError, IndexError, AttributeError,
             RecursionError):
         return None  # (the facts report a parse error, which the policies judge)
     if not any(isinstance(t, exp.Command) and str(t.this or "").upper() not in (
             "DECLARE", "PREPARE", "EXPLAIN") for t in trees):
         return None
-    return frozenset(w.lower() for w in re.findall(r'[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+"',
-                                                    sql) for w in [w.strip('"')])
+    return frozenset(w.lower() for w in re.findall(
+        r'[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+"|`(?:[^`]|``)+`', sql) for w in [w.strip('"`')])
 
 
 def copies_prepared_statement(sql: str) -> bool:
@@ -184,13 +243,14 @@ class _Edits:
         return Rewrite(out, self.literal_dependent, tuple(sorted(self.columns)))
 
 
-def _parse(text: str, offset: int) -> list[tuple[exp.Expr, list[int]]]:
+def _parse(text: str, offset: int, dialect: str = "postgres"
+           ) -> list[tuple[exp.Expr, list[int]]]:
     """The statements of `text` with, for each, the map from positions in the text sqlglot read
     (`$n` followed by a space) to positions in the caller's text (`offset` added)."""
     positions: list[int] = []
     parts: list[str] = []
     pos = 0
-    for match in _PARAMETER.finditer(text):
+    for match in _PARAMETER.finditer(text) if dialect == "postgres" else ():
         parts.append(text[pos:match.end()] + " ")
         positions.extend(range(pos, match.end()))
         positions.append(match.end())  # the added space maps to the next character
@@ -199,12 +259,12 @@ def _parse(text: str, offset: int) -> list[tuple[exp.Expr, list[int]]]:
     positions.extend(range(pos, len(text) + 1))
     spaced = "".join(parts)
     try:
-        trees = [t for t in sqlglot.parse(spaced, dialect="postgres") if t is not None]
+        trees = [t for t in sqlglot.parse(spaced, dialect=dialect) if t is not None]
     except (SqlglotError, ValueError, TypeError, KeyError, IndexError, AttributeError,
             RecursionError) as exc:
         raise MaskUseDenied("the statement reads a relation with masked columns and cannot be "
                             f"parsed with certainty ({type(exc).__name__})") from None
-    expected = pg_statement_count(text)
+    expected = pg_statement_count(text) if dialect == "postgres" else None
     if expected is not None and expected != len(trees):
         raise MaskUseDenied("the statement reads a relation with masked columns and cannot be "
                             "split into statements with certainty")
@@ -212,22 +272,29 @@ def _parse(text: str, offset: int) -> list[tuple[exp.Expr, list[int]]]:
     return [(tree, mapped) for tree in trees]
 
 
-def mask_expression(reference: str, column: MaskedColumn) -> str:
+def mask_expression(reference: str, column: MaskedColumn, dialect: str = "postgres") -> str:
     """SQL for the masked value of the column `reference` (as written in the statement)."""
     if column.method == "null" or not column.text:
         return f"(CASE WHEN false THEN {reference} END)"  # NULL of the column's own type
     if column.method not in SQL_METHODS:
         raise MaskUseDenied(f"masking method {column.method!r} has no SQL form")
+    if dialect == "mysql":
+        return mysql_mask_sql.mask_sql(column.method, reference)
     return mask_sql(column.method, f"({reference})::pg_catalog.text")
 
 
-def _quote(name: str) -> str:
+def _quote(name: str, dialect: str = "postgres") -> str:
+    if dialect == "mysql":
+        return "`" + name.replace("`", "``") + "`"
     return '"' + name.replace('"', '""') + '"'
 
 
-def _output_name(identifier: exp.Expr) -> str:
-    """The result column name PostgreSQL gives a column reference, quoted."""
+def _output_name(identifier: exp.Expr, dialect: str = "postgres") -> str:
+    """The result column name the server gives a column reference, quoted (MySQL keeps the
+    name as written, PostgreSQL folds an unquoted one to lower case)."""
     name = identifier.name
+    if dialect == "mysql":
+        return _quote(name, dialect)
     return _quote(name if getattr(identifier, "quoted", False) else name.lower())
 
 
@@ -244,7 +311,8 @@ class _Statement:
     """One parsed statement and its edits."""
 
     def __init__(self, tree: exp.Expr, positions: list[int], schema: MaskedSchema,
-                 edits: _Edits, client: bool) -> None:
+                 edits: _Edits, client: bool, dialect: str = "postgres") -> None:
+        self.dialect = dialect
         self.tree = tree
         self.client = client
         self.positions = positions
@@ -268,6 +336,8 @@ class _Statement:
             self._dml(tree)
             self._nested_dml(tree)
             self._walk(tree)
+        elif isinstance(tree, exp.Set) and self.dialect == "mysql":
+            self._walk(tree)  # `SET @v = (SELECT …)`: no result column reaches the client
         elif isinstance(tree, exp.Create) and isinstance(tree.expression, exp.Query):
             self._forbid(tree, skip=tree.expression, where="this CREATE statement")
             if str(tree.args.get("kind") or "").upper() == "VIEW":
@@ -377,6 +447,11 @@ class _Statement:
             elif isinstance(body, exp.Column) and not body.table and (
                     body.name.lower() not in self.schema.columns):
                 names.add(body.name.lower())  # (a masked name is rewritten where it stands)
+        if self.dialect == "mysql":  # MySQL's ORDER BY and HAVING expressions read aliases
+            for clause in (order, query.args.get("having")):
+                names.update(c.name.lower() for c in (clause.find_all(exp.Column)
+                                                      if clause is not None else ())
+                             if not c.table)
         position: int | None = 0  # result columns before this item; None: not known
         for item in query.expressions:
             masked = self._result_masks(query, item)
@@ -487,14 +562,14 @@ class _Statement:
             return
         start, end = self._span(column)
         try:
-            value = f"({mask_expression(self.edits.sql[start:end], masked)})"
+            value = f"({mask_expression(self.edits.sql[start:end], masked, self.dialect)})"
         except MaskUseDenied as exc:
             raise MaskUseDenied(f"masked column {column.name} is used outside the result "
                                 f"columns and its {exc}") from None
         parent = column.parent
         if isinstance(parent, exp.Select | exp.Returning) and any(
                 e is column for e in parent.expressions):
-            value += f" AS {_output_name(column.this)}"  # keep the result column's name
+            value += f" AS {_output_name(column.this, self.dialect)}"  # keep its name
         self.edits.add(start, end, value)
         self.edits.columns.add(name)
 
@@ -629,11 +704,12 @@ class _Statement:
         columns = next(iter(candidates))
         out = []
         for column, masked in columns:
-            ref = f"{reference}.{_quote(column)}"
+            ref = f"{reference}.{_quote(column, self.dialect)}"
             if masked is None:
                 out.append(ref)
             else:
-                out.append(f"({mask_expression(ref, masked)}) AS {_quote(column)}")
+                out.append(f"({mask_expression(ref, masked, self.dialect)}) AS "
+                           f"{_quote(column, self.dialect)}")
                 self.edits.columns.add(column)
         return ", ".join(out)
 

@@ -1215,10 +1215,11 @@ class _Relay:
                         else:
                             out.append(run)
                         continue
-            elif kind == b"d" and session.copy_pass_through():
+            elif kind == b"d" and not session.cutting:
+                # Runs of CopyData: relayed whole unless the COPY's rewriter changes them.
                 run = decoder.next_run(b"d")
                 if run is not None:
-                    out.append(run)
+                    session.relay_copy_run(run, out)
                     continue
             frame = decoder.next_frame()
             if frame is None:

@@ -16,7 +16,8 @@ collected in `notices` (each distinct text once) for the session to send.
 When every transform of a result is a `ScrubTransform` with the same `may_match` (nothing is
 masked, only scanned), `precheck` is that function: the caller may relay rows or COPY chunks
 that cannot match without rewriting them (`RowRewriter.rewrite` and `CopyOutRewriter.feed`
-apply it themselves too).
+apply it themselves too; `CopyOutRewriter.run_clean` applies it to a whole run of CopyData
+messages in C).
 
 `RowRewriter.rewrite_run` rewrites a whole run of DataRows in C (`rowscan.mask_rows`) when the
 extension is built; `rewrite`, one row at a time, is the reference it must equal and what
@@ -281,6 +282,8 @@ _HEX = b"0123456789abcdefABCDEF"
 
 
 def text_unescape(raw: bytes) -> bytes:
+    if 92 not in raw:  # no backslash: nothing is escaped
+        return raw
     out = bytearray()
     i, n = 0, len(raw)
     while i < n:
@@ -310,7 +313,12 @@ def text_unescape(raw: bytes) -> bytes:
     return bytes(out)
 
 
+_TEXT_SPECIAL = bytes(_TEXT_ESCAPE)
+
+
 def text_escape(value: bytes, delimiter: int) -> bytes:
+    if len(value.translate(None, _TEXT_SPECIAL + bytes((delimiter,)))) == len(value):
+        return value  # nothing to escape (the common case, found at C speed)
     out = bytearray()
     for c in value:
         escaped = _TEXT_ESCAPE.get(c)
@@ -363,8 +371,8 @@ def csv_split(record: bytes, delimiter: int, quote: int, escape: int
 def csv_quote(value: bytes, delimiter: int, quote: int, escape: int, null: bytes) -> bytes:
     """A CSV field as PostgreSQL writes it: quoted when it holds a delimiter, quote or newline,
     or could be mistaken for NULL or the end-of-data marker."""
-    special = {delimiter, quote, 10, 13}
-    if value == null or value == b"\\." or any(c in special for c in value):
+    special = bytes((delimiter, quote, 10, 13))
+    if value == null or value == b"\\." or len(value.translate(None, special)) != len(value):
         out = bytearray((quote,))
         for c in value:
             if c in (quote, escape):
@@ -452,6 +460,18 @@ class CopyOutRewriter(_Notices):
             raise RewriteError(f"COPY record longer than {self.max_buffer} bytes")
         return out
 
+    def run_clean(self, run: bytes) -> bool:
+        """Whether `feed` would return every CopyData of `run` (a run of complete messages,
+        `BackendDecoder.next_run`) unchanged, checked in one C pass
+        (`rowscan.copy_run_clean`): the caller then relays the run whole. False sends it
+        message by message through `feed`."""
+        if (self.precheck is not rowscan.may_hold_pan_bytes or self._buffer
+                or self._header_pending):
+            return False
+        if self.csv and self.escape != self.quote:
+            return False
+        return rowscan.copy_run_clean(run, self.quote if self.csv else -1)
+
     def _unquoted_after(self, data: bytes) -> bool:
         """Whether parsing `data` from a record boundary ends outside a CSV quote (so skipping
         it keeps the parser's state); always true for the text format."""
@@ -468,6 +488,13 @@ class CopyOutRewriter(_Notices):
 
     # text and CSV: records end at a newline (outside quotes for CSV)
     def _records(self) -> bytes:
+        if not self.csv or self.escape == self.quote:
+            return self._records_by_newline()
+        return self._records_bytewise()
+
+    def _records_bytewise(self) -> bytes:
+        """`_records` a byte at a time: any CSV escape (the reference of
+        `_records_by_newline`)."""
         out: list[bytes] = []
         buf = self._buffer
         start = 0
@@ -492,6 +519,28 @@ class CopyOutRewriter(_Notices):
         self._scan = i - start
         return b"".join(out)
 
+    def _records_by_newline(self) -> bytes:
+        """`_records` when a newline ends a record unless inside a CSV quote that no escape
+        character can hide (text format: data newlines are escaped; CSV whose escape is its
+        quote: a quote byte always toggles the quote), found with `find` and `count`."""
+        out: list[bytes] = []
+        buf = self._buffer
+        start = 0
+        i = self._scan
+        csv, quote = self.csv, self.quote
+        while (newline := buf.find(b"\n", i)) >= 0:
+            if csv and buf.count(quote, i, newline) % 2:
+                self._in_quote = not self._in_quote
+            i = newline + 1
+            if not self._in_quote:
+                out.append(self._record(bytes(buf[start:newline])) + b"\n")
+                start = i
+        if csv and buf.count(quote, i) % 2:
+            self._in_quote = not self._in_quote
+        self._scan = len(buf) - start
+        del buf[:start]
+        return b"".join(out)
+
     def _record(self, record: bytes) -> bytes:
         if self._header_pending:
             self._header_pending = False
@@ -500,9 +549,13 @@ class CopyOutRewriter(_Notices):
             return record
         sep = bytes((self.delimiter,))
         if self.csv:
-            fields = csv_split(record, self.delimiter, self.quote, self.escape)
+            if self.quote in record:
+                fields = csv_split(record, self.delimiter, self.quote, self.escape)
+                raw_fields = _csv_raw_fields(record, self.delimiter, self.quote, self.escape)
+            else:  # nothing quoted: the fields are the raw text between delimiters
+                raw_fields = record.split(sep)
+                fields = [(field, False) for field in raw_fields]
             self._check_count(len(fields))
-            raw_fields = _csv_raw_fields(record, self.delimiter, self.quote, self.escape)
             for i, transform in enumerate(self.transforms):
                 value, quoted = fields[i]
                 if transform is None or (value == self.null and not quoted):

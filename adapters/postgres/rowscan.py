@@ -2,8 +2,10 @@
 
 Owns: `run_end` (where a run of complete messages of one type ends: the framer's loop) and
 `run_count` (the same, cut at a number of messages, with the count: a row budget's meter),
-`may_hold_pan_bytes` (engine.masking's PAN precheck over a whole run) and `mask_rows` (a whole
-run of DataRows masked at once), with the method codes of `mask_rows` specs. Must not: decide
+`may_hold_pan_bytes` (engine.masking's PAN precheck over a whole run), `copy_run_clean` (that
+precheck over each CopyData of a run, so a scanned COPY goes out a run at a time) and
+`mask_rows` (a whole run of DataRows masked at once), with the method codes of `mask_rows`
+specs. Must not: decide
 what to mask (`RowRewriter` builds the specs from its transforms) or handle what the C loop
 refuses (a malformed row, a transform that raises: the caller falls back to its row-by-row
 reference path).
@@ -60,6 +62,26 @@ def python_run_count(buf: bytes | bytearray, pos: int, code: int, limit: int,
     return pos, count
 
 
+def python_copy_run_clean(run: bytes, quote: int) -> bool:
+    """`copy_run_clean` in Python (the reference of the C loop)."""
+    size = len(run)
+    pos = 0
+    clean = True
+    while pos < size:
+        if size - pos < 5 or run[pos] != 0x64:  # b"d"
+            raise ValueError("not a run of complete CopyData messages")
+        (length,) = _U32.unpack_from(run, pos + 1)
+        if length < 4 or length > size - pos - 1:
+            raise ValueError("CopyData length out of bounds")
+        data = run[pos + 5:pos + 1 + length]
+        pos += 1 + length
+        if clean and (not data.endswith(b"\n")
+                      or (quote >= 0 and data.count(quote) % 2)
+                      or masking.may_hold_pan_bytes(data)):
+            clean = False
+    return clean
+
+
 ACCELERATED = _rowscan is not None
 """Whether the C extension is in use."""
 
@@ -77,6 +99,13 @@ and how many: `(end, count)` (a row budget's room; see `BackendDecoder.next_coun
 may_hold_pan_bytes: Callable[[bytes], bool] = (
     _rowscan.may_hold_pan if _rowscan is not None else masking.may_hold_pan_bytes)
 """engine.masking.may_hold_pan_bytes (False: no card number can be in `data`), in C."""
+
+copy_run_clean: Callable[[bytes, int], bool] = (
+    _rowscan.copy_run_clean if _rowscan is not None else python_copy_run_clean)
+"""copy_run_clean(run, quote): whether every CopyData message of `run` (a run of complete
+ones) holds whole records (its data ends with a newline; with `quote` >= 0, CSV, an even
+number of that byte) in which `may_hold_pan_bytes` finds nothing: what `CopyOutRewriter.feed`
+relays unchanged, message by message. ValueError on a malformed run."""
 
 mask_rows: MaskRows | None = _rowscan.mask_rows if _rowscan is not None else None
 """mask_rows(run, specs): the DataRows of `run` with columns masked, one spec per column: None

@@ -540,9 +540,39 @@ class Session:
         elif clean < size:
             out.append(run[clean:])
 
-    def copy_pass_through(self) -> bool:
-        """Whether CopyData from the server goes to the client unchanged (no COPY rewriting)."""
-        return self._copy is None and not self._cutting
+    def relay_copy_run(self, run: bytes, out: list[bytes]) -> None:
+        """Relay a run of CopyData messages (`BackendDecoder.next_run`) as `server_frame`
+        would relay each of them: the run whole when nothing in it is rewritten (no COPY
+        rewriter, or a scan that finds nothing: `CopyOutRewriter.run_clean`), else message by
+        message through the rewriter."""
+        copy = self._copy
+        if self._cutting:
+            raise SessionError("a run of CopyData arrived during a cut")
+        if copy is None or copy.run_clean(run):
+            out.append(run)
+            return
+        pos, size = 0, len(run)
+        unpack = _U32.unpack_from
+        while pos < size:
+            (length,) = unpack(run, pos + 1)
+            stop = pos + 1 + length
+            self._copy_data(run[pos + 5:stop], run[pos:stop], out)
+            pos = stop
+
+    def _copy_data(self, body: bytes, raw: bytes, out: list[bytes]) -> None:
+        """One CopyData from the server (`raw`, its data `body`), rewritten if a COPY
+        rewriter is set."""
+        copy = self._copy
+        if copy is None:
+            out.append(raw)
+            return
+        data = copy.feed(body)
+        if copy.notices:
+            out.extend(notice_frame(n) for n in copy.take_notices())
+        if data is body:
+            out.append(raw)
+        elif data:
+            out.append(_frame(b"d", data))
 
     def description_verdict(self) -> StatementVerdict | None:
         """The verdict whose masker will see the RowDescription arriving now, if any (so the
@@ -577,17 +607,7 @@ class Session:
             out.append(frame.raw if new is body else _frame(b"D", new))
             return None
         if kind == b"d":
-            if self._copy is None:
-                out.append(frame.raw)
-            else:
-                body = frame.body
-                data = self._copy.feed(body)
-                if self._copy.notices:
-                    out.extend(notice_frame(n) for n in self._copy.take_notices())
-                if data is body:
-                    out.append(frame.raw)
-                elif data:
-                    out.append(_frame(b"d", data))
+            self._copy_data(frame.body, frame.raw, out)
             return None
         if kind in (b"N", b"A"):
             out.append(self._scrubbed(frame.raw))

@@ -59,7 +59,7 @@ def _label(text: str) -> tuple[str, str]:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "proxy", help="run an enforcement proxy (PostgreSQL, SSH)",
+        "proxy", help="run an enforcement proxy (PostgreSQL, MySQL, SSH)",
         description="Enforcement proxies: every command is decided by policy, masked, held "
                     "for approval or blocked, and recorded.")
     kinds = parser.add_subparsers(dest="proxy_kind", metavar="PROTOCOL", required=True)
@@ -76,6 +76,42 @@ def register(subparsers: Any) -> None:
                         "libpq: sslmode=disable|allow|prefer (default)|require|verify-ca|"
                         "verify-full, sslrootcert=FILE|system, sslcert=FILE, sslkey=FILE")
     add_decision_arguments(p)
+    _add_sql_arguments(p)
+    p.set_defaults(func=run)
+
+    m = kinds.add_parser(
+        "mysql", help="the MySQL / MariaDB wire-protocol proxy",
+        description=_mysql_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("--listen", default="127.0.0.1:3307", metavar="HOST:PORT",
+                   help="where clients connect (default %(default)s; port 0 picks one)")
+    m.add_argument("--upstream", default=os.environ.get(UPSTREAM_URL_ENV),
+                   required=not os.environ.get(UPSTREAM_URL_ENV),
+                   metavar="mysql://USER:PASS@HOST:PORT/DB",
+                   help="the database served, with the proxy's credentials (default "
+                        f"${UPSTREAM_URL_ENV}, which keeps the password out of `ps`)")
+    add_decision_arguments(m)
+    _add_sql_arguments(m)
+    m.set_defaults(func=_run_mysql)
+
+    from engine.commands._proxy_ssh import register_ssh
+
+    register_ssh(kinds)
+
+
+def _mysql_description() -> str:
+    from engine.commands import _proxy_mysql
+
+    return _proxy_mysql.__doc__ or ""
+
+
+def _run_mysql(args: argparse.Namespace) -> int:
+    from engine.commands._proxy_mysql import run
+
+    return run(args)
+
+
+def _add_sql_arguments(p: argparse.ArgumentParser) -> None:
+    """The database proxies' own flags: TLS towards clients and the resource's name/labels."""
     p.add_argument("--tls-cert", metavar="PEM", help="server certificate (enables TLS)")
     p.add_argument("--tls-key", metavar="PEM", help="server private key")
     p.add_argument("--insecure-listen", action="store_true",
@@ -85,11 +121,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--resource-label", type=_label, action="append", default=[],
                    metavar="KEY=VALUE", help="input.resource.labels entry (repeatable), "
                                              "e.g. env=prod")
-    p.set_defaults(func=run)
-
-    from engine.commands._proxy_ssh import register_ssh
-
-    register_ssh(kinds)
 
 
 def add_decision_arguments(p: argparse.ArgumentParser) -> None:
@@ -117,7 +148,9 @@ def add_decision_arguments(p: argparse.ArgumentParser) -> None:
                    help="approvals store (default: the audit trail's database)")
     p.add_argument("--approval-timeout", type=_duration, default=300.0, metavar="DURATION",
                    help="how long a request under review is held (default 5m)")
-    p.add_argument("--users", metavar="FILE", help="static users file")
+    p.add_argument("--users", metavar="FILE",
+                   help="static users file (SCRAM-SHA-256 logins; MySQL: "
+                        "caching_sha2_password and mysql_native_password; SSH: ssh_keys)")
     p.add_argument("--oidc-jwks", metavar="FILE|URL",
                    help="accept OIDC ID tokens, verified with this JWKS")
     p.add_argument("--oidc-issuer", metavar="ISS", help="expected `iss` of ID tokens")
@@ -186,8 +219,7 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
                              insecure=args.insecure_listen, what="the PostgreSQL proxy")
     except (ValueError, InsecureListenError) as exc:
         raise _Setup(str(exc)) from None
-    directory, verify = _identity(args)
-    audit, recorder, gate = _trail(args, resources)
+    directory, verify, audit, recorder, gate = _logins_and_trail(args, resources)
 
     client, decisions = _decision_client(args, audit, resources)
     resource = Resource(args.resource_name or target.database, dict(args.resource_label),
@@ -212,6 +244,13 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
         "approval_timeout_s": args.approval_timeout,
     }
     return config, catalog, client, ready
+
+
+def _logins_and_trail(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...]:
+    """What every proxy sets up alike: (users directory, token verifier, audit trail, its
+    recorder, the approval gate); each opened resource is appended to `resources`."""
+    directory, verify = _identity(args)
+    return (directory, verify, *_trail(args, resources))
 
 
 def _identity(args: argparse.Namespace) -> tuple[Any, Any]:

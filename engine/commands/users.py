@@ -1,8 +1,10 @@
 """`ordinance users`: helpers for the static users file.
 
 * `ordinance users hash-password` prints a SCRAM-SHA-256 verifier (PostgreSQL's format) for the
-  `scram:` field. The password is read from a terminal prompt, or one line of stdin with
-  `--stdin`, never from the command line (it would land in shell history and `ps`).
+  `scram:` field; `--method mysql_native_password` / `caching_sha2_password` the MySQL proxy's
+  verifiers for the fields of those names. The password is read from a terminal prompt, or one
+  line of stdin with `--stdin`, never from the command line (it would land in shell history and
+  `ps`).
 * `ordinance users check FILE` validates a users file and lists its users and groups.
 * `ordinance users add-ssh-key FILE --user NAME --key PUBKEY` adds an authorized_keys line
   (a `.pub` file, or `-` for stdin) to a user's `ssh_keys` (the SSH gateway's logins),
@@ -24,9 +26,13 @@ import yaml
 
 from engine.identity.users import (
     DEFAULT_ITERATIONS,
+    NATIVE_KEY,
+    SHA2_KEY,
     UsersFileError,
     format_verifier,
     load_users,
+    mysql_native_verifier,
+    mysql_sha2_verifier,
     parse_users,
     scram_auth_info,
     ssh_key_problem,
@@ -46,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     hash_password.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                                help=f"PBKDF2 iterations (default {DEFAULT_ITERATIONS}, "
                                     "PostgreSQL's)")
+    hash_password.add_argument("--method", choices=("scram", NATIVE_KEY, SHA2_KEY),
+                               default="scram",
+                               help="which verifier: scram (PostgreSQL proxy, default), "
+                                    f"{NATIVE_KEY} or {SHA2_KEY} (MySQL proxy); the users "
+                                    "file field has the same name")
     hash_password.set_defaults(func=hash_password_command)
 
     check = actions.add_parser("check", help="validate a users file")
@@ -84,7 +95,12 @@ def hash_password_command(args: argparse.Namespace) -> int:
     if not password:
         print("ordinance users hash-password: empty password", file=sys.stderr)
         return 1
-    print(format_verifier(scram_auth_info(password, iterations=args.iterations)))
+    if args.method == NATIVE_KEY:
+        print(mysql_native_verifier(password))
+    elif args.method == SHA2_KEY:
+        print(mysql_sha2_verifier(password))
+    else:
+        print(format_verifier(scram_auth_info(password, iterations=args.iterations)))
     return 0
 
 
@@ -95,8 +111,10 @@ def check_command(args: argparse.Namespace) -> int:
         print(f"ordinance users check: {exc}", file=sys.stderr)
         return 1
     for user in directory:
-        forms = (["scram"] if user.verifier is not None else
-                 ["password (plaintext)"] if user.password is not None else [])
+        forms = [name for name, v in (("scram", user.verifier), (NATIVE_KEY, user.native),
+                                      (SHA2_KEY, user.sha2)) if v is not None]
+        if user.password is not None:
+            forms.append("password (plaintext)")
         if user.ssh_keys:
             forms.append(f"{len(user.ssh_keys)} ssh key(s)")
         form = ", ".join(forms)

@@ -20,7 +20,7 @@ from typing import Any
 
 from engine.facts.http import http_facts
 from engine.facts.shell import no_shell_facts, shell_facts
-from engine.facts.sql import dialect_for, parse_sql, unparseable
+from engine.facts.sql import dialect_for, parse_mysql, parse_sql, unparseable
 from engine.facts.ssh import ssh_request_facts, terminal_exec_facts
 
 SQL_PROTOCOLS = frozenset({"postgres", "postgresql", "mysql", "mariadb", "sql", "sqlite"})
@@ -49,7 +49,11 @@ def _too_large(raw: str, limit: int) -> str:
 
 @lru_cache(maxsize=FACTS_CACHE_SIZE)
 def _cached_sql(raw: str, dialect: str | None) -> dict[str, Any]:
-    return parse_sql(raw, dialect)
+    return _parse(raw, dialect)
+
+
+def _parse(raw: str, dialect: str | None) -> dict[str, Any]:
+    return parse_mysql(raw) if dialect == "mysql" else parse_sql(raw, dialect)
 
 
 @lru_cache(maxsize=FACTS_CACHE_SIZE)
@@ -63,7 +67,7 @@ def sql_facts(raw: str, dialect: str | None,
     if statement_too_large(raw, max_statement_bytes):
         return unparseable(_too_large(raw, max_statement_bytes))
     if len(raw) > CACHED_TEXT_CHARS:
-        return parse_sql(raw, dialect)
+        return _parse(raw, dialect)
     return _cached_sql(raw, dialect)
 
 
@@ -119,7 +123,9 @@ def enrich_command(command: dict[str, Any] | None, resource: dict[str, Any] | No
             facts = terminal_exec_facts(facts)
         command.update(facts)
         return command
-    dialect = dialect_for(str(resource.get("type") or protocol))
+    # the protocol spoken decides the dialect (a `mysql` session of a resource typed
+    # otherwise is still MySQL text), else the resource's type
+    dialect = dialect_for(protocol) or dialect_for(str(resource.get("type") or ""))
     command.update(sql_facts(raw, dialect, max_statement_bytes))
     return command
 

@@ -2,11 +2,13 @@
 fingerprint, so a decision taken for one can answer the other.
 
 That is safe only when nothing a policy reads depends on the literals. Parsed facts carry no
-literal values except `limit` and the setting a `set_config` call names, so LIMIT/OFFSET/FETCH
-counts are kept and a text that mentions `set_config` gets no fingerprint; the Engine uses the
-fingerprint only for policy sets that never read `command.raw` (see PolicySet). Text the
-normalizer cannot read with certainty (comments, dollar quoting, E'' strings) gets no
-fingerprint, and is decided in full.
+literal values except `limit`, the setting a `set_config` call names, MySQL's `sql_mode` values
+and the statement of MySQL's `PREPARE s FROM '…'` / `EXECUTE IMMEDIATE '…'`, so LIMIT/OFFSET/
+FETCH counts are kept and a text that mentions `set_config`, `sql_mode` or a quoted statement
+gets no fingerprint, nor one with a backslash (MySQL reads it as an escape in strings); the
+Engine uses the fingerprint only for policy sets that never read `command.raw` (see
+PolicySet). Text the normalizer cannot read with certainty (comments, dollar quoting, E''
+strings) gets no fingerprint, and is decided in full.
 
 The literals are found by PostgreSQL's lexical rules with `standard_conforming_strings` on, so
 the fingerprint is used only for PostgreSQL's protocol (`FINGERPRINT_PROTOCOLS`): under
@@ -38,6 +40,7 @@ _LITERAL = re.compile(  # _TOKEN's literals and quoted names; the lookahead is f
     re.VERBOSE | re.DOTALL,
 )
 _UNSAFE = re.compile(r"--|/\*|\$[A-Za-z_]*\$|(?<![\w'])[eEbBxXuUnN]&?'", re.ASCII)
+_QUOTED_STATEMENT = re.compile(r"\bprepare\s+\S+\s+from\s*['\"]|\bexecute\s+immediate\b")
 _COUNT_KEYWORDS = frozenset({"limit", "offset", "first", "next", "top"})
 FINGERPRINT_PROTOCOLS = frozenset({"postgres", "postgresql"})
 """The protocols whose SQL is lexed as this module lexes it."""
@@ -65,6 +68,10 @@ def _fingerprint(raw: str) -> str | None:
     lowered = raw.lower()
     if "set_config" in lowered:
         return None  # its first literal is a fact: the setting it changes (`role`?)
+    if "\\" in raw or "sql_mode" in lowered:
+        return None  # MySQL: a backslash escapes in strings; sql_mode's literals are facts
+    if ("prepare" in lowered or "immediate" in lowered) and _QUOTED_STATEMENT.search(lowered):
+        return None  # MySQL's PREPARE s FROM '…', EXECUTE IMMEDIATE '…': the literal is SQL
     if not ("limit" in lowered or "offset" in lowered or "first" in lowered
             or "next" in lowered or "top" in lowered):  # _COUNT_KEYWORDS
         # No count keyword anywhere: every string and number literal becomes `?`. Searching

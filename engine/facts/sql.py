@@ -113,7 +113,8 @@ _EXECUTE = re.compile(rf"^{_S}*execute{_S}+(?P<name>{_NAME}){_S}*(?P<args>\(.*\)
 _CALL = re.compile(r"^\s*call\s+(?P<call>.*?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
 # CREATE [OR REPLACE] [modifiers] <object>; the object kinds of more than one word first
 _OBJECT_KIND = re.compile(
-    r"^\s*(?:create|alter|drop)\s+(?:or\s+replace\s+)?(?:(?:temp|temporary|unlogged|trusted|"
+    r"^\s*(?:create|alter|drop)\s+(?:or\s+replace\s+)?(?:definer\s*=\s*\S+\s+)?"
+    r"(?:(?:temp|temporary|unlogged|trusted|"
     r"procedural|constraint|default|unique|recursive|global|local)\s+)*"
     r"(?P<kind>event\s+trigger|materialized\s+view|foreign\s+(?:table|data\s+wrapper)|"
     r"text\s+search\s+\w+|user\s+mapping|access\s+method|operator\s+(?:class|family)|[a-z_]+)",
@@ -132,6 +133,23 @@ _DECLARE_PREFIX = re.compile(
     rf"^{_S}*declare{_S}+{_NAME}{_S}+(?:(?:binary|asensitive|insensitive|no|scroll){_S}+)*"
     rf"cursor{_S}+(?:with(?:out)?{_S}+hold{_S}+)?for{_S}+", re.IGNORECASE)
 _FIRST_WORD = re.compile(r"^\s*([A-Za-z_]+)")
+_MYSQL_NAME = r"(?:[A-Za-z0-9_$]+|`(?:[^`]|``)+`)"
+_MYSQL_PREPARE = re.compile(
+    rf"^\s*prepare\s+(?P<name>{_MYSQL_NAME})\s+from\s+(?P<source>.+?)\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL)
+_MYSQL_EXECUTE = re.compile(
+    rf"^\s*execute\s+(?:immediate\s+(?P<source>.+?)|(?P<name>{_MYSQL_NAME})(?:\s+using\s+"
+    r"@[A-Za-z0-9_$.]+(?:\s*,\s*@[A-Za-z0-9_$.]+)*)?)\s*;?\s*$", re.IGNORECASE | re.DOTALL)
+_MYSQL_STRING = re.compile(r"'((?:[^']|'')*)'", re.DOTALL)
+# MySQL's REPLACE [INTO] is an INSERT that first deletes the rows it collides with; sqlglot
+# does not parse it, so its facts are an INSERT's (same length, so positions stay).
+_MYSQL_REPLACE = re.compile(r"(^|;)(\s*)REPLACE\b(?=\s)", re.IGNORECASE)
+_MYSQL_LOAD = re.compile(r"(?:^|;)\s*load\s+(?:data|xml)\b[^;]*?\b(?P<local>local\s+)?infile\b",
+                         re.IGNORECASE)
+_MYSQL_INTO_FILE = re.compile(r"\binto\s+(?:outfile|dumpfile)\b", re.IGNORECASE)
+_MYSQL_SONAME = re.compile(r"\bsoname\b", re.IGNORECASE)
+_MYSQL_HANDLER = re.compile(r"(?:^|;)\s*handler\b", re.IGNORECASE)
+_MYSQL_EXECUTABLE = re.compile(r"/\*M?!(?:[0-9]{5,6})?(?P<body>.*?)\*/", re.DOTALL)
 # PostgreSQL's U&"d\0062link" is the name dblink; sqlglot keeps the escapes as they are.
 _UNICODE_NAME = re.compile(r'u&"', re.IGNORECASE)
 _COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
@@ -193,6 +211,10 @@ def sqlglot_text(raw: str, dialect: str | None) -> str:
     """`raw` as sqlglot should read it in `dialect`. For postgres: a space after each `$n`
     (_PG_PARAMETER), BEGIN without its transaction modes, WITH before a COPY's option list.
     Only for analysis: what runs is the text as sent."""
+    if dialect == "mysql":
+        if "/*" in raw:
+            raw = _unwrap_executable_comments(raw)
+        return _MYSQL_REPLACE.sub(r"\1\2INSERT ", raw) if "eplace" in raw.lower() else raw
     if dialect != "postgres":
         return raw
     if "$" in raw:
@@ -230,6 +252,31 @@ def parse_sql(raw: str, dialect: str | None) -> dict[str, Any]:
     except (RecursionError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
         return unparseable(f"{type(err).__name__}: {err}")  # sqlglot, on odd trees
     return _summarise(statements, parse_error=None)
+
+
+def parse_mysql(raw: str) -> dict[str, Any]:
+    """`parse_sql` in the mysql dialect, with what the text says of the server's files and
+    code (sqlglot parses none of these statements) on its top-level statements:
+    `server_file` (LOAD DATA/XML [LOCAL] INFILE, SELECT … INTO OUTFILE/DUMPFILE; `local` for
+    LOCAL INFILE), `native_code` (a SONAME: UDFs and plugins), `handler` (HANDLER)."""
+    facts = parse_sql(raw, "mysql")
+    lowered = raw.lower()
+    if not any(w in lowered for w in ("load", "outfile", "dumpfile", "soname", "handler")):
+        return facts
+    found: dict[str, Any] = {}
+    load = _MYSQL_LOAD.search(raw)
+    if load is not None or _MYSQL_INTO_FILE.search(raw):
+        found["server_file"] = True
+        found["local"] = load is not None and load.group("local") is not None
+    if _MYSQL_SONAME.search(raw):
+        found["native_code"] = True
+    if _MYSQL_HANDLER.search(raw):
+        found["handler"] = True
+    if found:
+        for statement in facts["statements"]:
+            if not statement["nested"]:
+                statement.update(found)
+    return facts
 
 
 def unparseable(message: str) -> dict[str, Any]:
@@ -319,9 +366,19 @@ def _add_kind_details(tree: exp.Expr, facts: dict[str, Any]) -> None:
     elif isinstance(tree, exp.Set):
         for item in tree.expressions:
             target = item.this.this if isinstance(item.this, exp.EQ) else None
-            name = target.name.lower() if isinstance(target, exp.Column | exp.Identifier |
-                                                      exp.Var) else UNKNOWN_SETTING
+            kind = str(item.args.get("kind") or "").upper() if target is None else ""
+            if isinstance(target, exp.SessionParameter):  # MySQL @@[session.|global.]name
+                target = target.this
+            if kind in ("NAMES", "CHARACTER SET", "CHARSET"):  # MySQL SET NAMES x
+                name = kind.lower().replace(" ", "_")
+            elif isinstance(target, exp.Parameter):  # MySQL user variable @x
+                name = "@" + target.name.lower()
+            else:
+                name = target.name.lower() if isinstance(
+                    target, exp.Column | exp.Identifier | exp.Var) else UNKNOWN_SETTING
             facts["settings"].append(name)
+            if name == "sql_mode" and isinstance(item.this, exp.EQ):
+                _add_sql_mode(item.this.expression, facts)
     elif isinstance(tree, exp.Update) and any(
             t.rpartition(".")[2] == "pg_settings" for t in facts["targets"]):
         facts["settings"].append(UNKNOWN_SETTING)  # UPDATE pg_settings is SET
@@ -329,6 +386,28 @@ def _add_kind_details(tree: exp.Expr, facts: dict[str, Any]) -> None:
         # the column list the statement writes, [] when it names none (all, in table order)
         facts["target_columns"] = ([ident.name.lower() for ident in tree.this.expressions]
                                    if isinstance(tree.this, exp.Schema) else [])
+
+
+def _add_sql_mode(value: exp.Expr, facts: dict[str, Any]) -> None:
+    """MySQL's `SET sql_mode = …`: `sql_modes`, the upper-case words of the value's string
+    literals (`concat(@@sql_mode, ',STRICT_TRANS_TABLES')`, which MariaDB Connector/J sends,
+    gives STRICT_TRANS_TABLES), and `sql_mode_computed` when the value is anything but string
+    literals, `@@sql_mode` and CONCAT/CONCAT_WS/REPLACE of them (a variable could hold any
+    mode). The fingerprint keeps no such text (its literals are facts)."""
+    modes: set[str] = set(facts.get("sql_modes") or ())
+    computed = bool(facts.get("sql_mode_computed"))
+    for node in value.walk():
+        if isinstance(node, exp.Literal) and node.is_string:
+            modes.update(w.upper() for w in re.findall(r"[A-Za-z_0-9]+", node.name))
+        elif isinstance(node, exp.SessionParameter):
+            computed = computed or node.name.lower() != "sql_mode"
+        elif isinstance(node, exp.Concat | exp.ConcatWs | exp.Replace | exp.Var | exp.Identifier
+                        | exp.Literal):
+            continue
+        elif not isinstance(node, exp.Paren):
+            computed = True
+    facts["sql_modes"] = sorted(modes)
+    facts["sql_mode_computed"] = computed
 
 
 def _hidden_statements(tree: exp.Expr, dialect: str | None) -> list[dict[str, Any]]:
@@ -372,6 +451,8 @@ def _command_facts(tree: exp.Command, dialect: str | None,
         facts["analyze"] = bool(re.search(r"\banaly[sz]e\b(?!\s+(?:false|off|0)\b)",
                                           opts, re.IGNORECASE))
         inner_text = _matched_rest(_EXPLAIN_PREFIX, text, "EXPLAIN")
+    elif dialect == "mysql" and keyword in ("prepare", "execute"):
+        inner_text = _mysql_prepared_text(text, keyword, facts)
     elif keyword == "prepare":
         inner_text = _matched_rest(_PREPARE_PREFIX, text, "PREPARE")
         m = _PREPARE_PREFIX.match(text)
@@ -422,6 +503,36 @@ def _command_facts(tree: exp.Command, dialect: str | None,
     elif keyword not in ("set", "reset"):
         facts["functions"] = _called_words(text, dialect)
     return out
+
+
+def _mysql_prepared_text(text: str, keyword: str, facts: dict[str, Any]) -> str | None:
+    """MySQL's `PREPARE name FROM 'text'` and MariaDB's `EXECUTE IMMEDIATE 'text'`: the quoted
+    statement (its facts are the statement's); from a variable or an expression the text is
+    known only when it runs: `prepared_from: "variable"`. `EXECUTE name [USING @v, …]`:
+    `executed_name`."""
+    m = _MYSQL_PREPARE.match(text) if keyword == "prepare" else _MYSQL_EXECUTE.match(text)
+    if m is None:
+        raise _NotAStatement(f"a {keyword.upper()} whose parts cannot be read")
+    if m.group("name") is not None:
+        facts["prepared_name" if keyword == "prepare" else "executed_name"] = m.group(
+            "name").strip("`").lower()
+    if keyword == "execute" and m.group("source") is None:
+        return None
+    literal = _MYSQL_STRING.fullmatch(m.group("source").strip())
+    if literal is None:
+        facts["prepared_from"] = "variable"
+        return None
+    body = literal.group(1)
+    if "\\" in body:
+        raise _NotAStatement(f"a {keyword.upper()} whose quoted statement has a backslash "
+                             "(read by the session's sql_mode) cannot be checked")
+    return body.replace("''", "'")
+
+
+def _unwrap_executable_comments(raw: str) -> str:
+    """MySQL's `/*! … */`, `/*!50700 … */` and MariaDB's `/*M! … */` as the SQL they hold: the
+    server runs it (when its version is at least the number), sqlglot would skip a comment."""
+    return _MYSQL_EXECUTABLE.sub(lambda m: " " + m.group("body") + " ", raw)
 
 
 def _matched_rest(prefix: re.Pattern[str], text: str, what: str) -> str:

@@ -1,26 +1,32 @@
-"""Static users from a YAML file, with SCRAM-SHA-256 verifiers for the PostgreSQL proxy.
+"""Static users from a YAML file, with verifiers for the PostgreSQL and MySQL proxies.
 
-Owns parsing and validating the users file, password checks and SCRAM auth info. Both forms
-of a user's secret are supported:
+Owns parsing and validating the users file, password checks, SCRAM auth info and the MySQL
+verifiers. A user has either a plaintext `password` or one or more verifiers:
 
 ```yaml
 users:
   - {name: alice, password: alice-secret, groups: [dev]}
   - {name: dana, scram: "SCRAM-SHA-256$4096:<salt b64>$<StoredKey b64>:<ServerKey b64>",
+     mysql_native_password: "*<40 hex>", caching_sha2_password: "SHA2$<64 hex>",
      groups: [dba-leads]}
   - name: erin                     # SSH gateway logins: OpenSSH authorized_keys lines
     groups: [sre]
     ssh_keys: ['from="10.0.0.0/8" ssh-ed25519 AAAAC3Nza... erin@laptop']
 ```
 
-`scram` is PostgreSQL's `pg_authid.rolpassword` verifier format (RFC 5803 layout); prefer it
-to `password`, which keeps a plaintext secret on disk. `ordinance users hash-password`
-prints one. Passwords are SASLprep-normalised as PostgreSQL does (raw UTF-8 when SASLprep
-refuses them). `ssh_keys` (the SSH gateway's public-key logins) are authorized_keys lines
-checked with asyncssh's parser; of their options only `from=` is honoured (a line with another
-restriction, `command=`, `no-pty`, `permitopen`, ..., is refused: the gateway would ignore
-it). A user needs a password or scram, or ssh keys, or both (`ordinance users add-ssh-key`
-adds one). This module authenticates only; it does not decide anything.
+`scram` is PostgreSQL's `pg_authid.rolpassword` verifier format (RFC 5803 layout), for the
+PostgreSQL proxy. `mysql_native_password` is MySQL's own `authentication_string` of that plugin
+(`*` and the hex of SHA1(SHA1(password))); `caching_sha2_password` is `SHA2$` and the hex of
+SHA256(SHA256(password)), the value caching_sha2_password's fast path checks a scramble against
+(MySQL's own sha256crypt string cannot serve the fast path). Prefer verifiers to `password`,
+which keeps a plaintext secret on disk; `ordinance users hash-password [--method …]` prints one.
+Passwords are SASLprep-normalised for SCRAM as PostgreSQL does (raw UTF-8 when SASLprep refuses
+them); MySQL hashes the raw UTF-8. `ssh_keys` (the SSH gateway's public-key logins) are
+authorized_keys lines checked with asyncssh's parser; of their options only `from=` is honoured
+(a line with another restriction, `command=`, `no-pty`, `permitopen`, ..., is refused: the
+gateway would ignore it). A user needs a password or verifiers (not both), or ssh keys, or
+both (`ordinance users add-ssh-key` adds one). This module authenticates only; it does not
+decide anything.
 """
 
 from __future__ import annotations
@@ -49,7 +55,11 @@ _KEY_BYTES = hashlib.sha256().digest_size
 # where an authorized_keys line's key begins (after its options), and its from="..." option
 _KEY_START = re.compile(r"(?:^|\s)(?=(?:ssh-|ecdsa-|sk-)[\w@.-]+\s+AAAA)")
 _FROM_OPTION = re.compile(r'from="[^"]*"')
-_USER_KEYS = frozenset({"name", "password", "scram", "groups", "ssh_keys"})
+NATIVE_KEY = "mysql_native_password"
+SHA2_KEY = "caching_sha2_password"
+SHA2_PREFIX = "SHA2$"
+_VERIFIER_KEYS = ("scram", NATIVE_KEY, SHA2_KEY)
+_USER_KEYS = frozenset({"name", "password", *_VERIFIER_KEYS, "groups", "ssh_keys"})
 
 AuthInfo = tuple[bytes, bytes, bytes, int]
 """(salt, stored_key, server_key, iterations), as `scramp.ScramMechanism().make_auth_info`."""
@@ -90,6 +100,40 @@ def format_verifier(info: AuthInfo) -> str:
     return f"{SCRAM_PREFIX}${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
+def mysql_native_verifier(password: str) -> str:
+    """`*` + hex of SHA1(SHA1(password)): MySQL's mysql_native_password authentication_string."""
+    stage2 = hashlib.sha1(hashlib.sha1(password.encode("utf-8")).digest()).hexdigest()
+    return "*" + stage2.upper()
+
+
+def mysql_sha2_verifier(password: str) -> str:
+    """`SHA2$` + hex of SHA256(SHA256(password)), for caching_sha2_password."""
+    inner = hashlib.sha256(password.encode("utf-8")).digest()
+    return SHA2_PREFIX + hashlib.sha256(inner).hexdigest()
+
+
+def _hex_verifier(text: str, prefix: str, size: int, key: str) -> bytes:
+    body = text[len(prefix):] if text.startswith(prefix) else None
+    try:
+        value = bytes.fromhex(body) if body is not None and body.isascii() else None
+    except ValueError:
+        value = None
+    if value is None or len(value) != size:
+        raise ValueError(f"{key} verifier must be {prefix!r} followed by {size * 2} hex digits "
+                         "(ordinance users hash-password --method " + key + ")")
+    return value
+
+
+def parse_mysql_native(text: str) -> bytes:
+    """SHA1(SHA1(password)) from `*<40 hex>`; `ValueError` saying what is wrong."""
+    return _hex_verifier(text, "*", 20, NATIVE_KEY)
+
+
+def parse_mysql_sha2(text: str) -> bytes:
+    """SHA256(SHA256(password)) from `SHA2$<64 hex>`; `ValueError` saying what is wrong."""
+    return _hex_verifier(text, SHA2_PREFIX, 32, SHA2_KEY)
+
+
 def parse_verifier(verifier: str) -> AuthInfo:
     """The auth info in a PostgreSQL SCRAM-SHA-256 verifier; `ValueError` saying what is wrong."""
     try:
@@ -120,47 +164,69 @@ def parse_verifier(verifier: str) -> AuthInfo:
 
 @dataclass(eq=False)
 class StaticUser:
-    """A user from the users file: at most one of `password` / `verifier`, and at least one of
-    them or `ssh_keys`."""
+    """A user from the users file: a `password` or verifiers (`verifier` SCRAM, `native`
+    SHA1(SHA1(pw)), `sha2` SHA256(SHA256(pw))), not both; or only `ssh_keys`; or either with
+    `ssh_keys`."""
 
     name: str
     groups: tuple[str, ...] = ()
     password: str | None = field(default=None, repr=False)
     verifier: AuthInfo | None = field(default=None, repr=False)
     ssh_keys: tuple[str, ...] = ()
+    native: bytes | None = field(default=None, repr=False)
+    sha2: bytes | None = field(default=None, repr=False)
     _derived: AuthInfo | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.password is not None and self.verifier is not None:
-            raise ValueError("a static user has at most one of password and verifier")
-        if self.password is None and self.verifier is None and not self.ssh_keys:
-            raise ValueError("a static user needs a password, a verifier or ssh keys")
+        has_verifier = any(v is not None for v in (self.verifier, self.native, self.sha2))
+        if self.password is not None and has_verifier:
+            raise ValueError("a static user has a password or verifiers, not both")
+        if self.password is None and not has_verifier and not self.ssh_keys:
+            raise ValueError("a static user needs a password, verifiers or ssh keys")
 
     def scram_auth_info(self) -> AuthInfo | None:
-        """(salt, stored_key, server_key, iterations) for scramp's server side.
+        """(salt, stored_key, server_key, iterations) for scramp's server side; None for a
+        user without a SCRAM secret (MySQL verifiers or ssh keys only: no SCRAM login).
 
         For a plaintext `password` it is derived once (random salt) and then kept, so repeated
-        exchanges do not pay PBKDF2 again. None for a user with ssh keys only.
+        exchanges do not pay PBKDF2 again.
         """
-        if self.verifier is not None:
-            return self.verifier
         if self.password is None:
-            return None
+            return self.verifier
         with self._lock:
             if self._derived is None:
                 self._derived = scram_auth_info(self.password)
             return self._derived
 
+    def mysql_native(self) -> bytes | None:
+        """SHA1(SHA1(password)) for mysql_native_password, or None."""
+        if self.password is not None:
+            return hashlib.sha1(hashlib.sha1(self.password.encode("utf-8")).digest()).digest()
+        return self.native
+
+    def mysql_sha2(self) -> bytes | None:
+        """SHA256(SHA256(password)) for caching_sha2_password's fast path, or None."""
+        if self.password is not None:
+            inner = hashlib.sha256(self.password.encode("utf-8")).digest()
+            return hashlib.sha256(inner).digest()
+        return self.sha2
+
     def verify_password(self, password: str) -> bool:
-        """Constant-time password check, for either form of secret."""
+        """Constant-time password check, against whichever secret the user has."""
         if self.password is not None:
             return hmac.compare_digest(password.encode("utf-8"), self.password.encode("utf-8"))
-        if self.verifier is None:
-            return False
-        salt, stored_key, _server_key, iterations = self.verifier
-        _, candidate, _, _ = scram_auth_info(password, iterations=iterations, salt=salt)
-        return hmac.compare_digest(candidate, stored_key)
+        if self.verifier is not None:
+            salt, stored_key, _server_key, iterations = self.verifier
+            _, candidate, _, _ = scram_auth_info(password, iterations=iterations, salt=salt)
+            return hmac.compare_digest(candidate, stored_key)
+        if self.sha2 is not None:
+            inner = hashlib.sha256(password.encode("utf-8")).digest()
+            return hmac.compare_digest(hashlib.sha256(inner).digest(), self.sha2)
+        if self.native is not None:
+            stage2 = hashlib.sha1(hashlib.sha1(password.encode("utf-8")).digest()).digest()
+            return hmac.compare_digest(stage2, self.native)
+        return False
 
     def subject(self) -> Subject:
         return Subject(id=self.name, groups=self.groups, claims={})
@@ -238,7 +304,7 @@ def parse_users(text: str, source: str = "<string>") -> UserDirectory:
     for i, (entry, node) in enumerate(zip(entries, users_node.value, strict=True)):
         where = f"users[{i}]"
         if not isinstance(entry, dict):
-            raise fail(node, f"{where}: expected a mapping with name and password or scram")
+            raise fail(node, f"{where}: expected a mapping with name and password or verifiers")
         unknown = set(entry) - _USER_KEYS
         if unknown:
             raise fail(node, f"{where}: unknown key(s): {', '.join(sorted(map(str, unknown)))}"
@@ -253,7 +319,7 @@ def parse_users(text: str, source: str = "<string>") -> UserDirectory:
             raise fail(node, f"{where}: duplicate name, first defined at line "
                              f"{first_line[name]}")
         first_line[name] = _line_of(node)
-        password, scram = entry.get("password"), entry.get("scram")
+        password = entry.get("password")
         ssh_keys = entry.get("ssh_keys", [])
         if not isinstance(ssh_keys, list) or not all(isinstance(k, str) for k in ssh_keys):
             raise fail(node, f"{where}: ssh_keys must be a list of authorized_keys lines")
@@ -261,25 +327,34 @@ def parse_users(text: str, source: str = "<string>") -> UserDirectory:
             problem = ssh_key_problem(line)
             if problem:
                 raise fail(node, f"{where}: ssh_keys[{n}]: {problem}")
-        if password is not None and scram is not None:
-            raise fail(node, f"{where}: needs exactly one of password and scram")
-        if password is None and scram is None and not ssh_keys:
-            raise fail(node, f"{where}: needs one of password and scram, or ssh_keys")
+        given = [key for key in _VERIFIER_KEYS if entry.get(key) is not None]
+        if password is not None and given:
+            raise fail(node, f"{where}: needs a password or verifiers "
+                             f"({', '.join(_VERIFIER_KEYS)}), not both")
+        if password is None and not given and not ssh_keys:
+            raise fail(node, f"{where}: needs a password or verifiers "
+                             f"({', '.join(_VERIFIER_KEYS)}), or ssh_keys")
         if password is not None and (not isinstance(password, str) or not password):
             raise fail(node, f"{where}: password must be a non-empty string")
-        verifier: AuthInfo | None = None
-        if scram is not None:
-            if not isinstance(scram, str):
-                raise fail(node, f"{where}: scram must be a string")
+        parsed: dict[str, Any] = {}
+        for key, parse in (("scram", parse_verifier), (NATIVE_KEY, parse_mysql_native),
+                           (SHA2_KEY, parse_mysql_sha2)):
+            value = entry.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise fail(node, f"{where}: {key} must be a string")
             try:
-                verifier = parse_verifier(scram)
+                parsed[key] = parse(value)
             except ValueError as exc:
                 raise fail(node, f"{where}: {exc}") from None
         groups = entry.get("groups", [])
         if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
             raise fail(node, f"{where}: groups must be a list of non-empty strings")
         users.append(StaticUser(name=name, groups=tuple(groups), password=password,
-                                verifier=verifier, ssh_keys=tuple(k.strip() for k in ssh_keys)))
+                                verifier=parsed.get("scram"), native=parsed.get(NATIVE_KEY),
+                                sha2=parsed.get(SHA2_KEY),
+                                ssh_keys=tuple(k.strip() for k in ssh_keys)))
     return UserDirectory(users, source)
 
 

@@ -258,18 +258,19 @@ class RegoProgram:
                                                         entrypoint)
         try:
             ok = rego_shared.rego_output_ok(impl)
-            text = rego_shared.rego_output_string(impl) if ok else ""
             if not ok:
                 messages: list[str] = []
                 with contextlib.suppress(rego_shared.RegoError):
                     _collect_error_messages(rego_shared.rego_output_node(impl), messages)
                 raise EvaluationError(_error_text(entrypoint, messages))
-            if text == "undefined":
+            node = rego_shared.rego_output_node(impl)
+            if rego_output.is_undefined(node):
                 return False, None
-            if text.startswith("(error"):
+            if not rego_output.is_results(node):  # an `(error …)` answered with ok() true
+                text = rego_shared.rego_output_string(impl)
                 raise EvaluationError(_error_text(entrypoint, _ERROR_MSG_TEXT.findall(text)))
             try:
-                expressions = rego_output.expressions(rego_shared.rego_output_node(impl))
+                expressions = rego_output.expressions(node)
             except rego_shared.RegoError as err:
                 raise EvaluationError(f"unreadable result from {entrypoint}: {err}") from None
         finally:

@@ -10,23 +10,41 @@ strings computed from input), so results are built from it.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import threading
 from typing import Any
 
 from regopy import NodeKind, rego_shared
 
 from engine.errors import EvaluationError
 
-_node_type = rego_shared.rego_node_type
-_node_size = rego_shared.rego_node_size
-_node_get = rego_shared.rego_node_get
-_node_value = rego_shared.rego_node_value
+_lib = rego_shared.rego
+_node_type = _lib.regoNodeType
+_node_size = _lib.regoNodeSize
+_node_get = _lib.regoNodeGet
+_value_size = _lib.regoNodeValueSize
+_value_into = _lib.regoNodeValue
+_local = threading.local()
+
+
+def _node_value(node: Any) -> str:
+    """A scalar node's text, read into a buffer kept per thread (regopy's wrapper allocates one
+    per call, which made reading a decision 4x slower than parsing its text)."""
+    size = _value_size(node)
+    buf = getattr(_local, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _local.buf = ctypes.create_string_buffer(max(size, 4096))
+    if _value_into(node, buf, size) != 0:
+        raise EvaluationError("the Rego runtime could not give a result value")
+    return buf.value.decode("utf-8")
 
 _STRING, _INT, _FLOAT = int(NodeKind.String), int(NodeKind.Int), int(NodeKind.Float)
 _TRUE, _FALSE, _BOOLEAN = int(NodeKind.True_), int(NodeKind.False_), int(NodeKind.Boolean)
 _NULL, _ARRAY, _SET = int(NodeKind.Null), int(NodeKind.Array), int(NodeKind.Set)
 _OBJECT, _TERM, _SCALAR = int(NodeKind.Object), int(NodeKind.Term), int(NodeKind.Scalar)
 _RESULTS, _RESULT, _TERMS = int(NodeKind.Results), int(NodeKind.Result), int(NodeKind.Terms)
+_UNDEFINED = int(NodeKind.Undefined)
 
 
 def value_of(node: Any) -> Any:
@@ -34,15 +52,18 @@ def value_of(node: Any) -> Any:
     kind = _node_type(node)
     if kind == _STRING:
         return _string(_node_value(node))
-    if kind in (_ARRAY, _SET):
+    if kind == _ARRAY:
         return [value_of(_node_get(node, i)) for i in range(_node_size(node))]
+    if kind == _SET:  # sorted, as OPA (and regopy's text) writes a set
+        return sorted((value_of(_node_get(node, i)) for i in range(_node_size(node))),
+                      key=_order)
     if kind == _OBJECT:
         result: dict[str, Any] = {}
         for i in range(_node_size(node)):
             item = _node_get(node, i)
             key = value_of(_node_get(item, 0))
-            if not isinstance(key, str):
-                raise EvaluationError(f"a result object has a non-string key: {key!r}")
+            if not isinstance(key, str):  # as OPA writes a non-string key in JSON: `{"0": …}`
+                key = json.dumps(key, separators=(",", ":"), ensure_ascii=False)
             result[key] = value_of(_node_get(item, 1))
         return result
     if kind in (_TERM, _SCALAR):
@@ -55,11 +76,25 @@ def value_of(node: Any) -> Any:
         return True
     if kind == _FALSE:
         return False
-    if kind == _BOOLEAN:
-        return _node_value(node) == "true"
+    if kind == _BOOLEAN:  # regopy writes a membership test's result as `True`/`False`
+        text = _node_value(node).lower()
+        if text not in ("true", "false"):
+            raise EvaluationError(f"unexpected boolean in a result: {text!r}")
+        return text == "true"
     if kind == _NULL:
         return None
     raise EvaluationError(f"unexpected node in a result: {rego_shared.rego_node_type_name(node)}")
+
+
+_RANK = {type(None): 0, bool: 1, int: 2, float: 2, str: 3, list: 4, dict: 5}
+
+
+def _order(value: Any) -> tuple[int, Any]:
+    """OPA's order of values: null, booleans, numbers, strings, arrays, objects."""
+    rank = _RANK[type(value)]
+    if rank in (4, 5):
+        return rank, json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return rank, value
 
 
 def _string(value: str) -> str:
@@ -75,6 +110,14 @@ def _string(value: str) -> str:
     if not isinstance(decoded, str):
         raise EvaluationError("the Rego runtime returned a quoted token that is not a string")
     return decoded
+
+
+def is_undefined(output_node: Any) -> bool:
+    return bool(_node_type(output_node) == _UNDEFINED)
+
+
+def is_results(output_node: Any) -> bool:
+    return bool(_node_type(output_node) == _RESULTS)
 
 
 def expressions(output_node: Any) -> list[Any]:

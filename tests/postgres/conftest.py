@@ -84,13 +84,14 @@ class Hook:
 
 
 class ProxyThread:
-    """A PostgresProxy on a private event loop in a daemon thread."""
+    """A proxy (PostgresProxy, or `proxy_class` of `config`: the MySQL proxy's tests) on a
+    private event loop in a daemon thread."""
 
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(self, config: Any, proxy_class: Callable[[Any], Any] = PostgresProxy) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.proxy = PostgresProxy(config)
+        self.proxy = proxy_class(config)
         self.run(self.proxy.start())
 
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:

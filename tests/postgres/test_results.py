@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -229,3 +230,44 @@ def test_pan_mask_on_bytes_equals_mask_pan(value: bytes) -> None:
 
     expected = mask_pan(value.decode("utf-8", "surrogateescape"))
     assert mask_transform("pan")(value) == expected.encode("utf-8", "surrogateescape")
+
+
+_COPY_BYTES = st.lists(st.sampled_from([b"a", b"1", b",", b"\t", b'"', b"\\", b"\n", b"\\N",
+                                        b"\r", b"|"]), max_size=40).map(b"".join)
+
+
+def _outcome(rewriter: CopyOutRewriter, data: bytes, cuts: list[int]) -> object:
+    """What `feed` gives for `data` cut at `cuts`, then `finish`; or the error."""
+    bounds = [0, *cuts, len(data)]
+    try:
+        out = b"".join(rewriter.feed(data[a:b]) for a, b in itertools.pairwise(bounds))
+        rewriter.finish()
+    except RewriteError as exc:
+        return ("RewriteError", str(exc))
+    return out
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(["text", "csv", "csv-header"]), _COPY_BYTES,
+       st.lists(st.integers(0, 40), max_size=4).map(sorted))
+def test_copy_records_found_by_newline_equal_the_bytewise_loop(
+        layout: str, data: bytes, cuts: list[int]) -> None:
+    """`_records_by_newline` (find and count; unquoted CSV split by its delimiter) gives what
+    the byte-at-a-time reference gives, however the stream is cut into CopyData messages."""
+    layouts = {"text": CopyLayout(), "csv": CopyLayout(format="csv"),
+               "csv-header": CopyLayout(format="csv", header=True)}
+    cuts = [c for c in cuts if c <= len(data)]
+    fast = CopyOutRewriter([stars, None], False, layouts[layout], 1024)
+    reference = CopyOutRewriter([stars, None], False, layouts[layout], 1024)
+    reference._records = reference._records_bytewise  # type: ignore[method-assign]
+    assert _outcome(fast, data, cuts) == _outcome(reference, data, cuts)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_COPY_BYTES, st.sampled_from([9, 44, 124]))
+def test_copy_escapes_round_trip(value: bytes, delimiter: int) -> None:
+    escaped = text_escape(value, delimiter)
+    assert text_unescape(escaped) == value
+    assert delimiter not in escaped.replace(b"\\" + bytes((delimiter,)), b"")
+    quoted = csv_quote(value, delimiter, 34, 34, b"")
+    assert [v for v, _ in csv_split(quoted, delimiter, 34, 34)] == [value]

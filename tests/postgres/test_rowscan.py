@@ -1,5 +1,6 @@
 """The C loops of the result path (`adapters/postgres/_rowscan.c`) against their references:
-the framer's Python loop, engine.masking's PAN precheck and `RowRewriter.rewrite` row by row."""
+the framer's Python loop, engine.masking's PAN precheck, `RowRewriter.rewrite` row by row and
+`CopyOutRewriter.feed` message by message."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from adapters.enforcement.hooks import WithheldValue
 from adapters.enforcement.transforms import SCRUB_JSON, SCRUB_TEXT, mask_transform
 from adapters.postgres import messages as m
 from adapters.postgres import rowscan
-from adapters.postgres.results import RowRewriter
+from adapters.postgres.descriptors import CopyLayout
+from adapters.postgres.results import CopyOutRewriter, RowRewriter
 from engine.masking import MASK_METHODS, may_hold_pan_bytes, set_hash_key
 
 _rowscan = rowscan._rowscan
@@ -31,6 +33,7 @@ def test_the_c_loops_are_built() -> None:
     assert rowscan.run_end is _rowscan.run_end
     assert rowscan.run_count is _rowscan.run_count
     assert rowscan.mask_rows is _rowscan.mask_rows
+    assert rowscan.copy_run_clean is _rowscan.copy_run_clean
     names = ("CALL", "PAN", "LAST4", "NULL", "SCAN", "CONST", "EMAIL")
     assert [getattr(rowscan, f"METHOD_{n}") for n in names] == [
         getattr(_rowscan, f"METHOD_{n}") for n in names]
@@ -202,3 +205,86 @@ def test_mask_rows_hands_scanned_values_that_may_hold_a_card_number_to_the_scrub
         row((b"note 1", b"************1111")) + row((None, b""))
         + row((b"**** **** **** 1111", b"*")) + row((arabic, b"*")))
     assert seen == [b"4111 1111 1111 1111", arabic]
+
+
+def copy_data(data: bytes) -> bytes:
+    return b"d" + struct.pack("!I", len(data) + 4) + data
+
+
+_COPY_DATA = st.lists(st.sampled_from([b"1\t", b"41111111", b"11111", b" ", b"-", b"\n", b'"',
+                                       b",", b"x", b"\xd9\xa3", b"\\N"]), max_size=12
+                      ).map(b"".join)
+
+
+@needs_c
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.one_of(_COPY_DATA, st.binary(max_size=20)), max_size=6),
+       st.sampled_from([-1, ord('"'), ord("'")]))
+def test_copy_run_clean_equals_the_python_loop(datas: list[bytes], quote: int) -> None:
+    run = b"".join(copy_data(d) for d in datas)
+    assert _rowscan.copy_run_clean(run, quote) is rowscan.python_copy_run_clean(run, quote)
+
+
+@needs_c
+@settings(max_examples=1000, deadline=None)
+@given(st.data())
+def test_copy_run_clean_refuses_malformed_runs_as_the_python_loop_does(
+        data: st.DataObject) -> None:
+    """A fuzzed run: C and Python agree, or both raise ValueError (never a crash)."""
+    run = bytearray(b"".join(copy_data(b"1\t4111111111111111\n") for _ in range(3)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(run) - 1))
+        run[at] = data.draw(st.integers(0, 255))
+    run = run[:data.draw(st.integers(0, len(run)))]
+    outcomes = []
+    for check in (_rowscan.copy_run_clean, rowscan.python_copy_run_clean):
+        try:
+            outcomes.append(check(bytes(run), -1))
+        except ValueError:
+            outcomes.append("ValueError")
+    assert outcomes[0] == outcomes[1]
+
+
+_LAYOUTS = {"text": CopyLayout(format="text"), "csv": CopyLayout(format="csv"),
+            "csv-escape": CopyLayout(format="csv", escape=b"\\"),
+            "csv-header": CopyLayout(format="csv", header=True)}
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(sorted(_LAYOUTS)), st.lists(_COPY_DATA, max_size=6),
+       st.integers(0, 3))
+def test_copy_run_clean_only_when_feed_relays_every_message_unchanged(
+        layout: str, datas: list[bytes], fed: int) -> None:
+    """`CopyOutRewriter.run_clean` (C when built, else the Python loop) is true only when
+    `feed` would give back every message of the run as it is, from the same state; a run it
+    declines goes through `feed`, so nothing it lets through is left unscanned."""
+    rewriter = CopyOutRewriter([None, SCRUB_TEXT], False, _LAYOUTS[layout], 1 << 20)
+    reference = CopyOutRewriter([None, SCRUB_TEXT], False, _LAYOUTS[layout], 1 << 20)
+    for before in (b"1\tx\n", b"2,y\n", b"3\tz\n")[:fed]:  # the same earlier stream
+        for r in (rewriter, reference):
+            try:
+                r.feed(before)
+            except Exception:
+                return
+    run = b"".join(copy_data(d) for d in datas)
+    if not rewriter.run_clean(run):
+        return
+    for data in datas:
+        try:
+            assert reference.feed(data) is data
+        except Exception as exc:  # a record the rewriter would refuse: not clean
+            raise AssertionError(f"run_clean passed what feed refuses: {exc}") from exc
+
+
+def test_copy_run_clean_examples() -> None:
+    clean = copy_data(b"1\t1\t0\t   \n") + copy_data(b"2\t1\t0\t   \n")
+    check = rowscan.copy_run_clean
+    assert check(clean, -1) and check(b"", -1)
+    assert not check(clean + copy_data(b"3\t4111 1111 1111 1111\n"), -1)  # a card number
+    assert not check(copy_data(b"3\t4111"), -1)  # a record that goes on in the next message
+    assert not check(copy_data(b'"a\n'), ord('"'))  # inside a CSV quote
+    assert check(copy_data(b'"a\n"\n'), ord('"'))
+    with pytest.raises(ValueError):
+        check(clean[:-1], -1)
+    with pytest.raises(ValueError):
+        check(b"D" + clean[1:], -1)
