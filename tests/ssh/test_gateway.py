@@ -375,6 +375,22 @@ def test_agent_forwarding_a_policy_allows_reaches_the_target(stack: Stack,
     assert plain.returncode == 2 and fingerprint not in plain.stdout
 
 
+def test_agent_forwarding_reaches_an_allowed_shell(stack: Stack, tmp_path: Path) -> None:
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", stack.dana_key + ".pub"],
+                                 capture_output=True, check=True).stdout.split()[1]
+    with ssh_agent(tmp_path, stack.dana_key) as env:
+        result = subprocess.run(
+            stack.ssh_args(login="dana+web1", key=stack.dana_key, extra=("-A", "-T")),
+            env=env, input=b"ssh-add -l\nexit\n", capture_output=True, timeout=60,
+            check=False)
+    assert result.returncode == 0, result.stderr
+    assert fingerprint in result.stdout
+    shells = [r for r in stack.records("statement") if r["text"] == "shell"
+              and r["effect"] == "allow"]
+    agents = [r for r in stack.records("statement") if r["text"] == "forward agent"]
+    assert shells and agents and agents[-1]["session_id"] == shells[-1]["session_id"]
+
+
 def test_proxyjump_is_refused_with_the_reason(stack: Stack) -> None:
     jump = " ".join(stack.ssh_args(program="ssh")[:-1])
     result = subprocess.run(
