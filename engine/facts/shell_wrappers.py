@@ -452,22 +452,45 @@ SHELL_ESCAPES = frozenset({*_EDITORS, "ed", "red", "emacs", "emacsclient", "nano
 """Programs that run commands typed at them (vim `:!`, less `!`, man through its pager, nano
 ^T, emacs `M-!`, psql and mysql `\\!`, sqlite3 `.shell`), with or without a terminal (vim and
 psql read them from a pipe too, psql from `-c` as well): what they run is never in the text."""
-_TAR_EXEC = ("--to-command", "--checkpoint-action", "--use-compress-program", "--info-script",
-             "--new-volume-script", "--rsh-command", "-I", "-F")
+_TAR_EXEC = ("to-command", "checkpoint-action", "use-compress-program", "info-script",
+             "new-volume-script", "rsh-command")
+_TAR_EXEC_SHORT = "IF"
 _RSYNC_EXEC = ("-e", "--rsh", "--rsync-path")
+_GIT_EXEC = ("upload-pack", "receive-pack", "exec")
+
+
+def _long_option(arg: str, names: tuple[str, ...]) -> bool:
+    """`arg` is one of the long options `names`, or an abbreviation of one (GNU getopt and
+    git accept any unambiguous prefix: `--to-comm=sh` is `--to-command=sh`)."""
+    if not arg.startswith("--") or len(arg) < 4:
+        return False
+    name = arg[2:].partition("=")[0]
+    return any(n.startswith(name) for n in names)
+
+
+def _tar_runs(args: list[str]) -> bool:
+    """A tar option that runs a command, long (abbreviated too) or short, in a cluster
+    (`-xI sh`) or in tar's old-style first word (`tar xIf sh a.tar`)."""
+    for i, arg in enumerate(args):
+        if _long_option(arg, _TAR_EXEC):
+            return True
+        cluster = arg[1:] if arg.startswith("-") and not arg.startswith("--") else (
+            arg if i == 0 and not arg.startswith("-") else "")
+        if any(c in _TAR_EXEC_SHORT for c in cluster):
+            return True
+    return False
 
 
 def _escape_hatch(program: str, args: list[str]) -> str | None:
     """Options by which a common program runs a command given as text."""
-    if program in ("tar", "gtar", "bsdtar") and any(
-            a == opt or a.startswith(opt + "=") for a in args for opt in _TAR_EXEC):
+    if program in ("tar", "gtar", "bsdtar") and _tar_runs(args):
         return f"{program} option runs a command (--to-command, --checkpoint-action, -I, ...)"
     if program == "rsync" and "--server" not in args and any(a == opt or a.startswith(opt + "=") or
                                   (opt == "-e" and a.startswith("-e") and len(a) > 2)
                                   for a in args for opt in _RSYNC_EXEC):
         return "rsync -e/--rsh/--rsync-path runs a command"
-    if program == "git" and (_git_config(args) or any(
-            a.startswith(("--upload-pack", "--receive-pack", "--exec=")) for a in args)):
+    if program == "git" and (_git_config(args) or any(_long_option(a, _GIT_EXEC) for a in args)
+                             or _git_upload_pack_flag(args)):
         return "git -c and --upload-pack/--exec can run commands (core.pager, alias.x=!...)"
     if program in ("mapfile", "readarray") and any(a.startswith("-C") for a in args):
         return f"{program} -C runs a callback the facts cannot read"
@@ -486,6 +509,14 @@ def _stdin_script(program: str, words: list[Word], arg: str) -> str | None:
     if arg in STDIN_FILES:
         return InputReader(f"{program} reads its program from its input")
     return None
+
+
+def _git_upload_pack_flag(args: list[str]) -> bool:
+    """`git clone -u CMD` / `git ls-remote -u CMD`: -u is --upload-pack there (any word
+    `clone`, so that `git -C DIR clone -u` is seen too: a false match only makes it opaque)."""
+    return any(a in ("clone", "ls-remote") for a in args) and any(
+        a.startswith("-u") or (a.startswith("-") and not a.startswith("--") and "u" in a)
+        for a in args)
 
 
 def _git_config(args: list[str]) -> bool:

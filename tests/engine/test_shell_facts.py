@@ -194,6 +194,13 @@ def test_double_quotes_keep_backslashes_bash_keeps() -> None:
     ("psql -c 'select 1'", "psql runs commands typed at it"),
     ("echo '.shell id' | sqlite3 x.db", "sqlite3 runs commands typed at it"),
     ("sudo -e /etc/hosts", "sudoedit runs commands typed at it"),
+    ("tar -x -f a.tar --to-comm=sh", "tar option runs a command"),  # GNU abbreviations
+    ("tar -xI 'sh -c id' -f a.tar", "tar option runs a command"),
+    ("tar xIf sh a.tar", "tar option runs a command"),
+    ("git clone --upload-pa='sh -c id' x", "git -c"),
+    ("git -C /tmp clone -u 'sh -c id' x", "git -c"),
+    ("git ls-remote -u sh x", "git -c"),
+    ("git archive --exe=sh --remote=x HEAD", "git -c"),
 ])
 def test_opaque_text_is_said_so(raw: str, reason: str) -> None:
     result = facts(raw)
@@ -205,7 +212,8 @@ def test_opaque_text_is_said_so(raw: str, reason: str) -> None:
     "echo $HOME", "ls -l /var/log", "python3 manage.py migrate", "python3 -m http.server",
     "perl script.pl", "awk '{print $1}' f", "sed -e 's/a/b/g' f", "bash deploy.sh",
     "systemctl restart app", "grep -r 'x' .", "sudo -l", "env", "xargs",
-    "git push -u origin main", "git -C /srv log -n 3", "tar -czf a.tgz dir", "rsync -a a b",
+    "git push -u origin main", "git -C /srv log -n 3", "tar -czf a.tgz dir", "tar xzf a.tgz",
+    "git log --reverse", "tar --totals -cf a.tar d", "rsync -a a b",
     "ls | xargs -I{} echo {}", "source ~/.profile", ". ./env.sh", "bash -x run.sh",
     "scp a b:/tmp/", "ssh db2 uptime", "rsync --server -e.LsfxCIvu -logDtpre.iLsfxCIvu . /tmp/x",
     "scp -t /tmp/x", "git-upload-pack '/srv/repo.git'",
