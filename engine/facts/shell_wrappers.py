@@ -455,7 +455,6 @@ psql read them from a pipe too, psql from `-c` as well): what they run is never 
 _TAR_EXEC = ("to-command", "checkpoint-action", "use-compress-program", "info-script",
              "new-volume-script", "rsh-command")
 _TAR_EXEC_SHORT = "IF"
-_RSYNC_EXEC = ("-e", "--rsh", "--rsync-path")
 _GIT_EXEC = ("upload-pack", "receive-pack", "exec")
 
 
@@ -466,6 +465,12 @@ def _long_option(arg: str, names: tuple[str, ...]) -> bool:
         return False
     name = arg[2:].partition("=")[0]
     return any(n.startswith(name) for n in names)
+
+
+def _short(arg: str, letters: str) -> bool:
+    """`arg` is a cluster of short options with one of `letters` (`-avessh` holds `-e`)."""
+    return arg.startswith("-") and not arg.startswith("--") and any(c in letters
+                                                                    for c in arg[1:])
 
 
 def _tar_runs(args: list[str]) -> bool:
@@ -485,16 +490,15 @@ def _escape_hatch(program: str, args: list[str]) -> str | None:
     """Options by which a common program runs a command given as text."""
     if program in ("tar", "gtar", "bsdtar") and _tar_runs(args):
         return f"{program} option runs a command (--to-command, --checkpoint-action, -I, ...)"
-    if program == "rsync" and "--server" not in args and any(a == opt or a.startswith(opt + "=") or
-                                  (opt == "-e" and a.startswith("-e") and len(a) > 2)
-                                  for a in args for opt in _RSYNC_EXEC):
+    if program == "rsync" and "--server" not in args and any(
+            _long_option(a, ("rsh", "rsync-path")) or _short(a, "e") for a in args):
         return "rsync -e/--rsh/--rsync-path runs a command"
     if program == "git" and (_git_config(args) or any(_long_option(a, _GIT_EXEC) for a in args)
                              or _git_upload_pack_flag(args)):
         return "git -c and --upload-pack/--exec can run commands (core.pager, alias.x=!...)"
     if program in ("mapfile", "readarray") and any(a.startswith("-C") for a in args):
         return f"{program} -C runs a callback the facts cannot read"
-    if program in ("scp", "sftp") and any(a.startswith(("-S", "-o", "-F")) for a in args):
+    if program in ("scp", "sftp") and any(_short(a, "SoF") for a in args):
         return f"{program} -S/-o/-F may run a local command"
     if program in ("zip",) and any(a in ("-T", "-TT", "--unzip-command") for a in args):
         return "zip -TT runs a command"

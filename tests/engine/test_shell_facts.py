@@ -201,6 +201,9 @@ def test_double_quotes_keep_backslashes_bash_keeps() -> None:
     ("git -C /tmp clone -u 'sh -c id' x", "git -c"),
     ("git ls-remote -u sh x", "git -c"),
     ("git archive --exe=sh --remote=x HEAD", "git -c"),
+    ("rsync -ave 'sh -c id' a b:", "rsync -e"),
+    ("rsync --rs=sh a b:", "rsync -e"),
+    ("scp -rS ./evil a b:", "scp -S"),
 ])
 def test_opaque_text_is_said_so(raw: str, reason: str) -> None:
     result = facts(raw)
