@@ -517,6 +517,14 @@ def test_the_pci_pack_holds_a_shell_opened_as_an_exec_with_a_pty(pci: Stack,
     pci.wait_record(command, "review")
 
 
+@pytest.mark.parametrize("command", ["echo id | bash", "cd /tmp && bash", "bash < /dev/null",
+                                     "LD_PRELOAD=/tmp/x.so bash", "vim /etc/hosts"])
+def test_a_pty_does_not_clear_a_shell_fed_from_elsewhere(pci: Stack, command: str) -> None:
+    result = pci.ssh(command, extra=("-tt",))
+    assert result.returncode == 126, (result.stdout, result.stderr)
+    assert b"runs what cannot be checked" in result.stdout + result.stderr
+
+
 def test_the_pci_pack_holds_sudo_on_prod(pci: Stack) -> None:
     proc = subprocess.Popen(pci.ssh_args("sudo -n true"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
