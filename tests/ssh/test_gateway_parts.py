@@ -3,6 +3,7 @@ file, SSH keys in the users file, login names."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -238,3 +239,15 @@ def test_sftp_data_replies_pass_the_card_number_detector() -> None:
     with pytest.raises(SftpProtocolError):
         masked_data_reply(_data_reply(7, b"x")[:-3], mask)
 
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.binary(max_size=40) | st.just(b"x 4111111111111111 y"))
+def test_any_reply_is_masked_or_refused_never_a_crash(head: bytes, data: bytes) -> None:
+    def mask(chunk: bytes) -> bytes:
+        return mask_pans(chunk)[0]
+
+    assert masked_data_reply(_data_reply(1, data), mask) == _data_reply(1, mask(data))
+    for packet in (head, bytes([0, 0, 0, len(head) + 1, FXP_DATA]) + head):
+        with contextlib.suppress(SftpProtocolError):  # refused: never another exception
+            assert isinstance(masked_data_reply(packet, mask), bytes)
