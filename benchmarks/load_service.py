@@ -18,7 +18,10 @@ a GIL. In one run it measures:
    is the async log's latency plus that. The servers take turns in blocks of `BLOCK` rounds
    with a pause between, so that the async server's log writer (it syncs its file a few
    milliseconds after a decision) never shares the disk's journal commits with a measured
-   durable call or the probe.
+   durable call or the probe. A fourth server is the `benchmarks.blocking_serve` control:
+   async, each request thread blocked (GIL released) as long as the median `write` +
+   `fdatasync` measured before the run, nothing written on the answer's path: what blocking
+   alone costs over async, the floor of any log that makes the answer wait.
 2. Throughput at `--concurrency` callers (default 16), for `--workers 1` and `--workers 2`
    and both log modes, over gRPC `Decide` and HTTP `POST /v1/data/ordinance/pci`, every call
    a unique input.
@@ -59,23 +62,33 @@ HTTP_PATH = "/v1/data/ordinance/pci"
 MODES = ("async", "durable")
 DURABLE_OS = "durable-os"
 """The latency section's third server: `--decision-log durable --audit-durability os`."""
+BLOCKED = "async-blocked"
+"""Its fourth: the `benchmarks.blocking_serve` control, async with each request thread
+blocked as long as the median `write` + `fdatasync` measured before the run."""
 BLOCK = 50
 PAUSE_S = 0.03
 
 
 @contextlib.contextmanager
 def serve(policies: str, workers: int, mode: str, log_dir: str,
-          durability: str = "fsync") -> Iterator[dict[str, Any]]:
+          durability: str = "fsync", block_s: float | None = None
+          ) -> Iterator[dict[str, Any]]:
     """`ordinance serve` on ephemeral ports, its JSON-lines decision log in `log_dir`;
-    yields its ready line."""
+    yields its ready line. `block_s`: the `benchmarks.blocking_serve` control instead (each
+    decision's request thread also blocks that long)."""
     with tempfile.TemporaryDirectory(prefix="ordinance-bench-") as tmp:
-        log = Path(log_dir) / f"decisions-{mode}-{workers}-{durability}.jsonl"
-        cmd = [sys.executable, "-m", "engine.cli", "serve", "--policies",
+        log = Path(log_dir) / f"decisions-{mode}-{workers}-{durability}-{block_s}.jsonl"
+        program = (["engine.cli"] if block_s is None
+                   else ["benchmarks.blocking_serve", repr(block_s)])
+        cmd = [sys.executable, "-m", *program, "serve", "--policies",
                str(Path(policies).resolve()), "--grpc", "127.0.0.1:0", "--http",
                "127.0.0.1:0", "--workers", str(workers), "--decision-log", mode,
                "--decision-log-file", str(log), "--audit-durability", durability]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parent.parent),
+             *filter(None, [os.environ.get("PYTHONPATH")])])}
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True, cwd=tmp)
+                                text=True, cwd=tmp, env=env)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith("{"):
@@ -166,6 +179,24 @@ def latency(targets: dict[str, str], rounds: int, log_dir: str, probe_with: str
     return out
 
 
+def sync_median(log_dir: str, rounds: int = 200) -> float:
+    """The median µs of one `write` + `fdatasync` of a decision-sized line, before the run."""
+    line = b"x" * 1200 + b"\n"
+    fd = os.open(Path(log_dir) / "fdatasync-control", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                 0o600)
+    times: list[float] = []
+    try:
+        for _ in range(rounds):
+            time.sleep(0.001)
+            started = time.perf_counter()
+            os.write(fd, line)
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - started) * 1e6)
+    finally:
+        os.close(fd)
+    return statistics.median(times)
+
+
 # -- throughput ---------------------------------------------------------------------------
 
 def _driver(threads: int, duration: float, tag: str, start_at: float, out: Any,
@@ -222,24 +253,33 @@ def throughput(kind: str, address: str, pids: list[int], concurrency: int, procs
 # -- report -------------------------------------------------------------------------------
 
 def run(policies: str, rounds: int, duration: float, concurrency: int, procs: int,
-        repeats: int = 3) -> dict[str, Any]:
+        repeats: int = 3, throughput_too: bool = True) -> dict[str, Any]:
     report: dict[str, Any] = {"cpus": os.cpu_count(), "concurrency": concurrency,
                               "driver_procs": procs, "repeats": repeats}
     with tempfile.TemporaryDirectory(prefix="ordinance-bench-logs-") as log_dir:
+        block_s = sync_median(log_dir) / 1e6
         with serve(policies, 1, "async", log_dir) as fast, \
                 serve(policies, 1, "durable", log_dir) as safe, \
-                serve(policies, 1, "durable", log_dir, durability="os") as written:
+                serve(policies, 1, "durable", log_dir, durability="os") as written, \
+                serve(policies, 1, "async", log_dir, block_s=block_s) as blocked:
             lat = latency({"async": fast["grpc"], "durable": safe["grpc"],
-                           DURABLE_OS: written["grpc"]}, rounds, log_dir, probe_with="durable")
+                           DURABLE_OS: written["grpc"], BLOCKED: blocked["grpc"]}, rounds,
+                          log_dir, probe_with="durable")
         sync = lat.pop("fdatasync")["write_fdatasync"]
         report["latency"] = lat
         report["fdatasync"] = sync
+        report["control_block_us"] = block_s * 1e6
         report["latency_ratio"] = {
             mode: {name: lat[mode][name]["median_us"] / lat[mode]["empty_call"]["median_us"]
                    for name in ("decide_cached", "decide_unique")} for mode in lat}
         report["durable_minus_async_us"] = {
             name: lat["durable"][name]["median_us"] - lat["async"][name]["median_us"]
             for name in ("decide_cached", "decide_unique")}
+        report["blocked_minus_async_us"] = {
+            name: lat[BLOCKED][name]["median_us"] - lat["async"][name]["median_us"]
+            for name in ("decide_cached", "decide_unique")}
+        if not throughput_too:
+            return report
         # The servers run side by side and the measurement windows alternate, so a burst of
         # other load on the machine hits every configuration alike; each figure is the
         # median window.
@@ -282,15 +322,21 @@ def format_report(report: dict[str, Any]) -> str:
     for name, extra in report["durable_minus_async_us"].items():
         lines.append(f"durable - async {name}: {extra:+.1f} us "
                      f"({extra / sync['median_us']:.2f} fdatasyncs)")
-    for name, v in report["throughput"].items():
+    block = report["control_block_us"]
+    for name, extra in report["blocked_minus_async_us"].items():
+        lines.append(f"control (async, each request blocked {block:.0f} us) - async {name}: "
+                     f"{extra:+.1f} us = the block {extra - block:+.1f} us (what blocking "
+                     f"costs beyond its own time: a durable log's floor is one fdatasync "
+                     f"plus that)")
+    for name, v in report.get("throughput", {}).items():
         lines.append(f"{name:22s} {v['calls_per_s']:8.0f} calls/s  server "
                      f"{v['server_cpu_us_per_call']:6.0f} cpu-us/call  "
                      f"{v['server_cores_used']:.2f} cores  errors {v['errors']}  "
                      f"p50 {v.get('p50_ms', float('nan')):.1f} ms  "
                      f"p99 {v.get('p99_ms', float('nan')):.1f} ms")
-    for name, values in report["throughput_windows"].items():
+    for name, values in report.get("throughput_windows", {}).items():
         lines.append(f"{name:22s} windows (calls/s): {values}")
-    for kind, ratio in report["scaling_workers2_over_1"].items():
+    for kind, ratio in report.get("scaling_workers2_over_1", {}).items():
         lines.append(f"scaling {kind}: workers 2 / workers 1 = {ratio:.2f}x")
     return "\n".join(lines)
 
@@ -304,10 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--driver-procs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3,
                         help="alternating throughput windows per configuration")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="the latency section only (no throughput windows)")
     parser.add_argument("--json", action="store_true", help="print the raw report as JSON")
     args = parser.parse_args(argv)
     report = run(args.policies, args.rounds, args.duration, args.concurrency,
-                 args.driver_procs, args.repeats)
+                 args.driver_procs, args.repeats, throughput_too=not args.latency_only)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

@@ -11,8 +11,8 @@ own event's durability and gets `AuditWriteError` when it did not become durable
 - threads call `recorder.append_blocking(...)` (the decision service's gRPC and HTTP
   handlers); the first of them to find no commit running commits everything waiting, its own
   event included, in its own thread (leader/follower: a lone caller pays no hand-over to
-  another thread, only the commit), and those arriving meanwhile wait and are committed
-  together by the next one.
+  another thread, only the commit, and does not queue its event first), and those arriving
+  meanwhile wait and are committed together by the next one.
 
 One lock orders all commits, so both kinds of caller may share a recorder. Must not: decide
 anything, or acknowledge an event before the trail has committed it.
@@ -124,11 +124,26 @@ class AuditRecorder:
         """`append_blocking` of an event its caller prepared for the trail (as `prepare`
         would: validated, card numbers masked, encoded)."""
         waiter = _Waiter()
+        item = (event, None, waiter)
+        if self._commit_lock.acquire(blocking=False):  # no commit running: lead one now
+            try:
+                with self._lock:
+                    if self._closed or self._thread is None:
+                        raise AuditWriteError("the audit recorder is not running")
+                    batch = self._waiting[:self.max_batch - 1]
+                    del self._waiting[:self.max_batch - 1]
+                    batch.append(item)
+                self._commit(batch)
+            finally:
+                self._commit_lock.release()
+            if waiter.error is not None:
+                raise waiter.error
+            return
         deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed or self._thread is None:
                 raise AuditWriteError("the audit recorder is not running")
-            self._waiting.append((event, None, waiter))
+            self._waiting.append(item)
         while not waiter.done:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._commit_lock.acquire(timeout=remaining):

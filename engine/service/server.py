@@ -125,8 +125,11 @@ class Service:
         token = BearerToken(config.token_file) if config.token_file else None
         metrics = ServiceMetrics()
 
+        written = metrics.decision_log_records.labels("written")
+        failed = metrics.decision_log_records.labels("failed")
+
         def count_batch(size: int, ok: bool) -> None:
-            metrics.decision_log_records.labels("written" if ok else "failed").inc(size)
+            (written if ok else failed).inc(size)
 
         self.decision_log = open_decision_log(config.audit_url, config.decision_log_path,
                                               config.decision_log_mode, on_batch=count_batch,

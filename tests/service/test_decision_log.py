@@ -97,6 +97,25 @@ def test_jsonl_sink_appends_whole_lines(tmp_path: Path) -> None:
     assert len(lines) == 100 and "0004" in lines[0] and PAN not in path.read_text()
 
 
+@pytest.mark.parametrize("durability", ["fsync", "os"])
+def test_jsonl_sink_syncs_each_write_only_with_fsync_durability(
+        tmp_path: Path, durability: Any) -> None:
+    """fsync: the descriptor is O_DSYNC, so `write_text` returns only once the data is durable
+    (a write + fdatasync in one call); os: plain writes, synced later by DelayedSync."""
+    import fcntl
+    import os
+
+    sink = JsonLinesSink(tmp_path / "d.jsonl", durability=durability)
+    try:
+        flags = fcntl.fcntl(sink._fd, fcntl.F_GETFL)
+        assert bool(flags & os.O_DSYNC) == (durability == "fsync")
+        assert flags & os.O_APPEND
+        sink.write_text('{"decision_id":"1"}\n')
+    finally:
+        sink.close()
+    assert (tmp_path / "d.jsonl").read_text() == '{"decision_id":"1"}\n'
+
+
 def test_audit_store_sink(policy_dir: Path, tmp_path: Path,
                           service_factory: Callable[..., Service]) -> None:
     from engine.audit import open_audit_log
