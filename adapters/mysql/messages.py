@@ -771,6 +771,36 @@ def decode_text_row(payload: bytes, columns: int) -> list[bytes | None]:
     return values
 
 
+def text_row_bounds(payload: bytes, columns: int) -> list[tuple[int, int, int]] | None:
+    """Where each value of a text-protocol row lies: (its length prefix, its first byte, its
+    end); a NULL is (its 0xFB, -1, the byte after it). None for what `decode_text_row` reads
+    the slow way (values of 64 KiB and more, and faults, which it names)."""
+    bounds: list[tuple[int, int, int]] = []
+    pos, end = 0, len(payload)
+    try:
+        for _ in range(columns):
+            head, first = pos, payload[pos]
+            if first < 0xFB:
+                pos += 1
+                stop = pos + first
+            elif first == 0xFB:
+                pos += 1
+                bounds.append((head, -1, pos))
+                continue
+            elif first == 0xFC:
+                stop = pos + 3 + (payload[pos + 1] | payload[pos + 2] << 8)
+                pos += 3
+            else:
+                raise IndexError
+            if stop > end:
+                raise IndexError
+            bounds.append((head, pos, stop))
+            pos = stop
+    except IndexError:
+        return None
+    return bounds if pos == end else None
+
+
 def _decode_text_row(payload: bytes, columns: int) -> list[bytes | None]:
     r = Reader("text row", payload)
     values: list[bytes | None] = []
