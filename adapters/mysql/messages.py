@@ -62,11 +62,11 @@ SUPPORTED_CAPABILITIES = (
     | CLIENT_RESERVED | CLIENT_SECURE_CONNECTION | CLIENT_MULTI_STATEMENTS
     | CLIENT_MULTI_RESULTS | CLIENT_PS_MULTI_RESULTS | CLIENT_PLUGIN_AUTH
     | CLIENT_CONNECT_ATTRS | CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT_SESSION_TRACK
-    | CLIENT_DEPRECATE_EOF)
-"""What the proxy can relay. Not offered: compression, LOCAL INFILE (answered by the proxy,
-see session.py), optional result set metadata, query attributes and MariaDB's extended
-capabilities (progress reports, COM_MULTI, bulk execution, extended type info, metadata
-cache), whose packets this codec does not read."""
+    | CLIENT_DEPRECATE_EOF | CLIENT_LOCAL_FILES)
+"""What the proxy can relay (LOCAL INFILE: only for a statement the policies allowed, see
+proxy.py). Not offered: compression, optional result set metadata, query attributes and
+MariaDB's extended capabilities (progress reports, COM_MULTI, bulk execution, extended type
+info, metadata cache), whose packets this codec does not read."""
 
 # -- server status flags ---------------------------------------------------------------------
 SERVER_STATUS_IN_TRANS = 1
