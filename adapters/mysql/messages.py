@@ -741,34 +741,12 @@ def decode_column_definition(payload: bytes) -> ColumnDefinition:
 
 def decode_text_row(payload: bytes, columns: int) -> list[bytes | None]:
     """A text-protocol row: one length-encoded string or 0xFB (NULL) per column. (The hot
-    path of every result: inline; anything irregular is read again by `_decode_text_row`,
-    which names the fault.)"""
-    values: list[bytes | None] = []
-    pos, end = 0, len(payload)
-    try:
-        for _ in range(columns):
-            first = payload[pos]
-            if first < 0xFB:
-                pos += 1
-                stop = pos + first
-            elif first == 0xFB:
-                values.append(None)
-                pos += 1
-                continue
-            elif first == 0xFC:
-                stop = pos + 3 + (payload[pos + 1] | payload[pos + 2] << 8)
-                pos += 3
-            else:
-                raise IndexError
-            if stop > end:
-                raise IndexError
-            values.append(payload[pos:stop])
-            pos = stop
-    except IndexError:
+    path of every result: `text_row_bounds`; anything irregular is read again by
+    `_decode_text_row`, which names the fault.)"""
+    bounds = text_row_bounds(payload, columns)
+    if bounds is None:
         return _decode_text_row(payload, columns)
-    if pos != end:
-        return _decode_text_row(payload, columns)
-    return values
+    return [None if start < 0 else payload[start:stop] for _, start, stop in bounds]
 
 
 def text_row_bounds(payload: bytes, columns: int) -> list[tuple[int, int, int]] | None:
