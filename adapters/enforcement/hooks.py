@@ -203,6 +203,8 @@ class StatementVerdict:
     again, at its Bind.
     `rows` (a row budget) gives the `RowLimit` of each result source: called once per Query
     and per portal bound to the statement.
+    `local_files` (MySQL: a LOAD DATA LOCAL INFILE the policies allowed): the server may ask
+    the client for the file the statement names; otherwise the proxy refuses any such ask.
     """
 
     effect: Effect
@@ -219,6 +221,7 @@ class StatementVerdict:
     rewritten: str | None = None
     single_execution: bool = False
     rows: Callable[[], RowLimit] | None = None
+    local_files: bool = False
 
     @classmethod
     def allow(cls, masker: ColumnMasker[Any] | None = None, *, decision_id: str = "",
@@ -227,11 +230,12 @@ class StatementVerdict:
               withhold_error_values: bool = False,
               rewritten: str | None = None,
               single_execution: bool = False,
-              rows: Callable[[], RowLimit] | None = None) -> StatementVerdict:
+              rows: Callable[[], RowLimit] | None = None,
+              local_files: bool = False) -> StatementVerdict:
         return cls("allow", decision_id=decision_id, masker=masker, copy_layout=copy_layout,
                    on_complete=on_complete, resolve_columns=resolve_columns,
                    withhold_error_values=withhold_error_values, rewritten=rewritten,
-                   single_execution=single_execution, rows=rows)
+                   single_execution=single_execution, rows=rows, local_files=local_files)
 
     @classmethod
     def deny(cls, message: str, *, decision_id: str = "", detail: str = "") -> StatementVerdict:

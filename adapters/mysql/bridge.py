@@ -145,8 +145,10 @@ class MySQLBridge(Enforcer):
     def _allow(self, statement: Statement, rows: Any, masker: ColumnMasks | None
                ) -> StatementVerdict:
         withhold = masker is not None and bool(masker.plan.columns)
+        local = any(st.get("local") for st in statement.decision.command.get("statements") or ()
+                    if not st.get("nested"))  # LOAD DATA LOCAL INFILE, and it was allowed
         return self.allow(statement, rows, masker=masker, rewritten=statement.rewritten,
-                          withhold_error_values=withhold)
+                          withhold_error_values=withhold, local_files=local)
 
 
 def _prepared_text(sql: str) -> str | None:

@@ -41,6 +41,8 @@ class Message:
 
 def encode_packets(payload: bytes, seq: int) -> bytes:
     """`payload` as packets from sequence id `seq` (split at 16 MiB - 1)."""
+    if len(payload) < MAX_PACKET:  # (one packet: every row of a usual result)
+        return len(payload).to_bytes(3, "little") + bytes((seq & 0xFF,)) + payload
     out = bytearray()
     pos = 0
     while True:

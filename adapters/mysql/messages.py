@@ -62,11 +62,11 @@ SUPPORTED_CAPABILITIES = (
     | CLIENT_RESERVED | CLIENT_SECURE_CONNECTION | CLIENT_MULTI_STATEMENTS
     | CLIENT_MULTI_RESULTS | CLIENT_PS_MULTI_RESULTS | CLIENT_PLUGIN_AUTH
     | CLIENT_CONNECT_ATTRS | CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT_SESSION_TRACK
-    | CLIENT_DEPRECATE_EOF)
-"""What the proxy can relay. Not offered: compression, LOCAL INFILE (answered by the proxy,
-see session.py), optional result set metadata, query attributes and MariaDB's extended
-capabilities (progress reports, COM_MULTI, bulk execution, extended type info, metadata
-cache), whose packets this codec does not read."""
+    | CLIENT_DEPRECATE_EOF | CLIENT_LOCAL_FILES)
+"""What the proxy can relay (LOCAL INFILE: only for a statement the policies allowed, see
+proxy.py). Not offered: compression, optional result set metadata, query attributes and
+MariaDB's extended capabilities (progress reports, COM_MULTI, bulk execution, extended type
+info, metadata cache), whose packets this codec does not read."""
 
 # -- server status flags ---------------------------------------------------------------------
 SERVER_STATUS_IN_TRANS = 1
@@ -741,19 +741,29 @@ def decode_column_definition(payload: bytes) -> ColumnDefinition:
 
 def decode_text_row(payload: bytes, columns: int) -> list[bytes | None]:
     """A text-protocol row: one length-encoded string or 0xFB (NULL) per column. (The hot
-    path of every result: inline; anything irregular is read again by `_decode_text_row`,
-    which names the fault.)"""
-    values: list[bytes | None] = []
+    path of every result: `text_row_bounds`; anything irregular is read again by
+    `_decode_text_row`, which names the fault.)"""
+    bounds = text_row_bounds(payload, columns)
+    if bounds is None:
+        return _decode_text_row(payload, columns)
+    return [None if start < 0 else payload[start:stop] for _, start, stop in bounds]
+
+
+def text_row_bounds(payload: bytes, columns: int) -> list[tuple[int, int, int]] | None:
+    """Where each value of a text-protocol row lies: (its length prefix, its first byte, its
+    end); a NULL is (its 0xFB, -1, the byte after it). None for what `decode_text_row` reads
+    the slow way (values of 64 KiB and more, and faults, which it names)."""
+    bounds: list[tuple[int, int, int]] = []
     pos, end = 0, len(payload)
     try:
         for _ in range(columns):
-            first = payload[pos]
+            head, first = pos, payload[pos]
             if first < 0xFB:
                 pos += 1
                 stop = pos + first
             elif first == 0xFB:
-                values.append(None)
                 pos += 1
+                bounds.append((head, -1, pos))
                 continue
             elif first == 0xFC:
                 stop = pos + 3 + (payload[pos + 1] | payload[pos + 2] << 8)
@@ -762,13 +772,11 @@ def decode_text_row(payload: bytes, columns: int) -> list[bytes | None]:
                 raise IndexError
             if stop > end:
                 raise IndexError
-            values.append(payload[pos:stop])
+            bounds.append((head, pos, stop))
             pos = stop
     except IndexError:
-        return _decode_text_row(payload, columns)
-    if pos != end:
-        return _decode_text_row(payload, columns)
-    return values
+        return None
+    return bounds if pos == end else None
 
 
 def _decode_text_row(payload: bytes, columns: int) -> list[bytes | None]:

@@ -533,7 +533,7 @@ class _Session:
         assert up is not None
         caps = ((self.caps | CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH
                  | CLIENT_CONNECT_WITH_DB)
-                & ~(CLIENT_SSL | CLIENT_CONNECT_ATTRS | CLIENT_COMPRESS | CLIENT_LOCAL_FILES)
+                & ~(CLIENT_SSL | CLIENT_CONNECT_ATTRS | CLIENT_COMPRESS)
                 & server.capabilities) | (server.capabilities
                                           & CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA)
         auth = UpstreamAuth(target.user, target.password, secure=False)
@@ -742,8 +742,13 @@ class _Session:
                 payload = masker.row(payload)
                 rows += 1
             elif kind == "local_infile":
-                # LOAD DATA LOCAL: the server may not read the client's files; it gets an
-                # empty file, and the client the proxy's refusal.
+                if self._may_send_file(plan, verdict, payload):
+                    seq = client.queue(payload, seq)
+                    await client.flush()
+                    seq = await self._relay_file(seq, message.next_seq)
+                    continue
+                # the server may not read the client's files: it gets an empty file, and
+                # the client the proxy's refusal
                 refused_infile = True
                 up.decoder.expect(message.next_seq)
                 await up.send(b"", message.next_seq)
@@ -771,6 +776,36 @@ class _Session:
             if len(client.out) >= FLUSH_AT:
                 await client.flush()
         await client.flush()
+
+    def _may_send_file(self, plan: Plan, verdict: StatementVerdict | None,
+                       request: bytes) -> bool:
+        """Whether the client gets the server's LOCAL INFILE request: the policies allowed a
+        LOAD DATA LOCAL statement, the client offered LOCAL INFILE, and the file asked for is
+        one the statement names (a quoted literal of its text: a server may not ask for
+        another)."""
+        if verdict is None or not verdict.local_files or plan.decide is None:
+            return False
+        if not self.caps & CLIENT_LOCAL_FILES:
+            return False
+        name = request[1:].decode("utf-8", "replace")  # (0xFB, the file name)
+        return bool(name) and any(f"{q}{name}{q}" in plan.decide for q in "'\"")
+
+    async def _relay_file(self, seq: int, up_seq: int) -> int:
+        """Relay the file a client sends after a LOCAL INFILE request (packets up to an empty
+        one) to the server; the client's next sequence id."""
+        up, client = self.upstream, self.client
+        assert up is not None
+        while True:
+            client.decoder.expect(seq)
+            try:
+                message = await client.read()
+            except _Closed:
+                raise _SessionOver("client disconnected") from None
+            seq = message.next_seq
+            up_seq = await up.send(message.payload, up_seq)
+            if not message.payload:
+                up.decoder.expect(up_seq)
+                return seq
 
     async def _drain(self, reader: ResponseReader) -> None:
         """Read and drop the rest of a response (a statement ended by a row budget's hold)."""

@@ -29,6 +29,8 @@ from adapters.mysql.messages import (
     decode_text_row,
     encode_binary_row,
     encode_text_row,
+    lenenc_bytes,
+    text_row_bounds,
 )
 from engine.masking import find_pans, may_hold_pan_bytes, scrub_pans
 
@@ -58,13 +60,16 @@ class ResultMasker:
     transforms: list[ValueTransform | None] = field(default_factory=list)
     withheld: int = 0  # values delivered as NULL (warnings)
     masks: bool = False  # some column has a transform
+    _masked: list[int] = field(default_factory=list)  # the columns with one
 
     def add(self, column: ColumnDefinition) -> ColumnDefinition | None:
         """Note the next column; the definition to send instead, when it changes."""
         transform = self.masker(column) if self.masker is not None else None
         self.columns.append(column)
         self.transforms.append(transform)
-        self.masks = self.masks or transform is not None
+        if transform is not None:
+            self.masks = True
+            self._masked.append(len(self.columns) - 1)
         if transform is not None and column.flags & NOT_NULL_FLAG:
             return replace(column, flags=column.flags & ~NOT_NULL_FLAG)
         return None
@@ -74,13 +79,45 @@ class ResultMasker:
         scan = may_hold_pan_bytes(payload)  # False: no value of the row needs the backstop
         if not self.masks and not scan:
             return payload
+        if self.masks and scan and not self.binary:
+            return self._masked_text_row(payload)
         if self.binary:
             types = [c.type for c in self.columns]
             row = decode_binary_row(payload, types)
             values = [self._value(i, v, True, scan) for i, v in enumerate(row.values)]
             return encode_binary_row(BinaryRow(values), types)
+        return self._text_row(payload, scan)
+
+    def _text_row(self, payload: bytes, scan: bool) -> bytes:
         values = decode_text_row(payload, len(self.columns))
         return encode_text_row([self._value(i, v, False, scan) for i, v in enumerate(values)])
+
+    def _masked_text_row(self, payload: bytes) -> bytes:
+        """A text row with a masked column, the usual masked read: only the masked values
+        are cut out and rewritten, the rest of the row kept as bytes. The masked values hold
+        the card numbers the row-wide precheck saw, so the backstop looks at the rest only
+        (its pieces joined by NUL: a card number in a kept value is still a run of its bytes,
+        and the length prefixes kept with it can only make the precheck say "look closer",
+        when the row is read value by value)."""
+        bounds = text_row_bounds(payload, len(self.columns))
+        if bounds is None:
+            return self._text_row(payload, True)
+        cut = [i for i in self._masked if bounds[i][1] >= 0]  # (NULL stays NULL)
+        kept, pos = [], 0
+        for i in cut:
+            kept.append(payload[pos:bounds[i][0]])
+            pos = bounds[i][2]
+        kept.append(payload[pos:])
+        if may_hold_pan_bytes(b"\0".join(kept)):
+            return self._text_row(payload, True)
+        out: list[bytes] = []
+        for i, piece in zip(cut, kept, strict=False):  # (kept: one more)
+            _, start, stop = bounds[i]
+            value = self._value(i, payload[start:stop], False, False)
+            out.append(piece)
+            out.append(b"\xfb" if value is None else lenenc_bytes(value))
+        out.append(kept[-1])
+        return b"".join(out)
 
     def _value(self, i: int, value: bytes | None, binary: bool, scan: bool) -> bytes | None:
         if value is None:

@@ -111,7 +111,8 @@ class Stack:
 
 @contextlib.contextmanager
 def open_stack(mysql_dsn: str, tmp: Path, schema: list[str] = SCHEMA, *,
-               approval_timeout: float = 30.0, **config: Any) -> Iterator[Stack]:
+               approval_timeout: float = 30.0, env: str = "prod",
+               policies: Path = REPO / "policies", **config: Any) -> Iterator[Stack]:
     name = "p_" + uuid.uuid4().hex[:12]
     with connect(mysql_dsn) as conn, conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{name}`")
@@ -129,9 +130,9 @@ def open_stack(mysql_dsn: str, tmp: Path, schema: list[str] = SCHEMA, *,
     gate = ApprovalGate(store, timeout=approval_timeout,
                         approve_hint="ordinance approvals approve {id}")
     catalog = Catalog(connect_url(direct))
-    engine = Engine(load_policy_set(str(REPO / "policies")))
+    engine = Engine(load_policy_set(str(policies)))
     bridge = MySQLBridge(InProcessDecisionClient(engine),
-                         resource=Resource("payments", {"env": "prod"}, type="mysql"),
+                         resource=Resource("payments", {"env": env}, type="mysql"),
                          recorder=recorder, catalog=catalog, approvals=gate)
     proxy = ProxyThread(ProxyConfig(upstream=UpstreamTarget.from_url(direct),
                                     directory=load_users(users_file), **bridge.hooks(),

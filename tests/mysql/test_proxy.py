@@ -219,9 +219,40 @@ def test_load_data_local_infile_is_refused(stack: Stack, tmp_path: Path) -> None
     with stack.connect(local_infile=True) as conn, conn.cursor() as cur:
         with pytest.raises(pymysql.MySQLError) as exc:
             cur.execute(f"LOAD DATA LOCAL INFILE '{secret}' INTO TABLE scratch")
-        assert "LOCAL" in str(exc.value) or exc.value.args[0] in (1142, 1148)
+        assert exc.value.args[0] == 1142 and "PCI DSS 2.2.4" in str(exc.value)
         cur.execute("SELECT count(*) FROM scratch WHERE id = 9")
         assert cur.fetchall() == ((0,),)
+    assert any(r["effect"] == "deny" and "LOCAL INFILE" in r["text"]
+               for r in stack.records("statement"))
+
+
+def test_load_data_local_infile_is_relayed_where_the_policies_allow_it(
+        mysql_dsn: str, tmp_path: Path) -> None:
+    """Under a policy that denies only DROP, LOAD DATA LOCAL is allowed: the server's request
+    for the file the statement names reaches the client, and its data the server. A client
+    that did not offer LOCAL INFILE still gets the proxy's refusal."""
+    data = tmp_path / "rows.tsv"
+    data.write_text("41\tfirst\n42\tsecond\n")
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "drop.yaml").write_text(
+        "rules:\n  - name: no-drop\n    effect: deny\n"
+        "    when: has(command.kinds) && 'drop' in command.kinds\n"
+        "    message: DROP is denied\n")
+    (tmp_path / "dev").mkdir()
+    with open_stack(mysql_dsn, tmp_path / "dev", env="dev", policies=policies) as dev:
+        with dev.connect(local_infile=True) as conn, conn.cursor() as cur:
+            cur.execute(f"LOAD DATA LOCAL INFILE '{data}' INTO TABLE scratch")
+            assert cur.rowcount == 2
+            cur.execute("SELECT id, note FROM scratch WHERE id IN (41, 42) ORDER BY id")
+            assert cur.fetchall() == ((41, "first"), (42, "second"))
+            cur.execute("SELECT 1")  # the session goes on, in step
+            assert cur.fetchall() == ((1,),)
+        with dev.connect() as conn, conn.cursor() as cur:
+            with pytest.raises(pymysql.MySQLError):
+                cur.execute(f"LOAD DATA LOCAL INFILE '{data}' INTO TABLE scratch")
+            cur.execute("SELECT count(*) FROM scratch WHERE id > 40")
+            assert cur.fetchall() == ((2,),)
 
 
 @pytest.mark.skipif(MARIADB is None, reason="the mariadb command-line client is not installed")
