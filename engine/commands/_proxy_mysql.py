@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import signal
 import sys
 from typing import Any
 
@@ -99,21 +97,6 @@ def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...
 
 async def _serve(config: Any, client: Any, ready: dict[str, Any]) -> int:
     from adapters.mysql.proxy import MySQLProxy
+    from engine.commands.proxy import serve_until_signalled
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    proxy = MySQLProxy(config)
-    await proxy.start()
-    try:
-        ready["listen"] = f"{config.host}:{proxy.port}"
-        print(json.dumps(ready), flush=True)
-        await stop.wait()
-        log.info("shutting down: closing %d session(s)", proxy.active_sessions)
-    finally:
-        await proxy.close()
-        aclose = getattr(client, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    return 0
+    return await serve_until_signalled(MySQLProxy(config), config.host, client, ready)

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -122,21 +120,6 @@ def _configure(args: argparse.Namespace, resources: list[Any]
 
 async def _serve(config: Any, client: Any, ready: dict[str, Any]) -> int:
     from adapters.ssh.gateway import SshGateway
+    from engine.commands.proxy import serve_until_signalled
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    gateway = SshGateway(config)
-    await gateway.start()
-    try:
-        ready["listen"] = f"{config.host}:{gateway.port}"
-        print(json.dumps(ready), flush=True)
-        await stop.wait()
-        log.info("shutting down: closing %d session(s)", gateway.active_sessions)
-    finally:
-        await gateway.close()
-        aclose = getattr(client, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    return 0
+    return await serve_until_signalled(SshGateway(config), config.host, client, ready)

@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -371,22 +372,36 @@ def _record_reload(audit: Any, args: argparse.Namespace, payload: dict[str, Any]
 async def _serve(config: Any, catalog: Any, client: Any, ready: dict[str, Any]) -> int:
     from adapters.postgres.proxy import PostgresProxy
 
+    checked: list[asyncio.Future[None]] = []
+    try:
+        return await serve_until_signalled(
+            PostgresProxy(config), config.host, client, ready,
+            started=lambda: checked.append(asyncio.ensure_future(_check_upstream_role(catalog))))
+    finally:
+        for task in checked:
+            task.cancel()
+        await catalog.close()
+
+
+async def serve_until_signalled(server: Any, host: str, client: Any, ready: dict[str, Any],
+                                started: Callable[[], None] | None = None) -> int:
+    """Run a listener (a proxy or the gateway: `start()`, `port`, `active_sessions`, `close()`)
+    until SIGTERM or SIGINT: print the ready line once it listens, then close it and the
+    decision client."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    proxy = PostgresProxy(config)
-    await proxy.start()
+    await server.start()
     try:
-        ready["listen"] = f"{config.host}:{proxy.port}"
+        ready["listen"] = f"{host}:{server.port}"
         print(json.dumps(ready), flush=True)
-        checked = asyncio.ensure_future(_check_upstream_role(catalog))
+        if started is not None:
+            started()
         await stop.wait()
-        checked.cancel()
-        log.info("shutting down: closing %d session(s)", proxy.active_sessions)
+        log.info("shutting down: closing %d session(s)", server.active_sessions)
     finally:
-        await proxy.close()
-        await catalog.close()
+        await server.close()
         aclose = getattr(client, "aclose", None)
         if aclose is not None:
             await aclose()
