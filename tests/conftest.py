@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl  # noqa: F401  (before _mysql_connector, below)
 import uuid
 from collections.abc import Iterator
 
@@ -22,6 +23,9 @@ import pytest
 # __tls_get_addr, which pins that TLS dynamic for good. Importing the extension afterwards fails
 # ("libstdc++.so.6: cannot allocate memory in static TLS block"), and mysql.connector hides that
 # as HAVE_CEXT false. Loaded here, before any test runs, it fixes libstdc++'s TLS as static.
+# `ssl` is imported above it on purpose: whichever loads first provides the process's one
+# libssl.so.3 (by SONAME), and Python's TLS should run on the system OpenSSL, not on the copy
+# vendored under mysql/vendor.
 with contextlib.suppress(ImportError):
     import _mysql_connector  # noqa: F401
 

@@ -43,3 +43,15 @@ def test_without_the_preload_a_rego_error_makes_the_c_extension_unloadable() -> 
     """Pins the cause: when this starts passing without the preload (a regopy or
     mysql-connector-python upgrade), the preload in tests/conftest.py can go."""
     assert not _have_cext_after_rego_error("none")
+
+
+def test_the_preload_leaves_python_on_the_system_openssl() -> None:
+    """`_mysql_connector` needs libssl.so.3/libcrypto.so.3 and ships copies in mysql/vendor;
+    one SONAME is loaded once per process, so had it loaded first, Python's `ssl` would run on
+    the vendored libssl. tests/conftest.py imports `ssl` first."""
+    script = ("import tests.conftest, _mysql_connector, ssl\n"
+              "print([l.split()[-1] for l in open('/proc/self/maps') if 'libssl' in l])\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert "libssl" in out
+    assert "mysql/vendor" not in out
