@@ -7,11 +7,27 @@ When neither is possible the tests skip with the reason, unless `ORDINANCE_REQUI
 
 from __future__ import annotations
 
+import contextlib
 import os
+import ssl  # noqa: F401  (before _mysql_connector, below)
 import uuid
 from collections.abc import Iterator
 
 import pytest
+
+# mysql-connector-python's C extension must load before the first C++ exception in this process.
+# It reaches libstdc++'s thread-locals (std::__once_call) with the initial-exec TLS model, so
+# libstdc++'s TLS must sit in the static TLS block; but libstdc++ is dlopen'd (engine/native.py,
+# regopy), and the first exception regopy throws (a Rego load or evaluation error, e.g.
+# tests/engine/test_rego_semantics.py) reads libstdc++'s exception globals through
+# __tls_get_addr, which pins that TLS dynamic for good. Importing the extension afterwards fails
+# ("libstdc++.so.6: cannot allocate memory in static TLS block"), and mysql.connector hides that
+# as HAVE_CEXT false. Loaded here, before any test runs, it fixes libstdc++'s TLS as static.
+# `ssl` is imported above it on purpose: whichever loads first provides the process's one
+# libssl.so.3 (by SONAME), and Python's TLS should run on the system OpenSSL, not on the copy
+# vendored under mysql/vendor.
+with contextlib.suppress(ImportError):
+    import _mysql_connector  # noqa: F401
 
 from tests.support.pg_cluster import ClusterUnavailable, start_cluster
 

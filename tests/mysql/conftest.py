@@ -9,7 +9,6 @@ a failure.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,12 +17,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pymysql
 import pytest
-
-# mysql.connector is loaded at collection: imported first late in a full run, its C extension
-# did not load (HAVE_CEXT false; the process state that causes it is not found yet). The
-# client-matrix tests report a missing extension.
-with contextlib.suppress(ImportError):
-    import mysql.connector  # noqa: F401
 
 from tests.support.mariadb_server import ServerUnavailable, start_server
 
