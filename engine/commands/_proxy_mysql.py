@@ -18,38 +18,19 @@ record) and exits 0. Exit 2 for a bad configuration, 1 when it cannot listen.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from typing import Any
 
 from engine.commands.proxy import (
     HOOK_MARGIN_S,
-    _close_all,
     _decision_client,
     _logins_and_trail,
     _Setup,
-    log,
+    run_proxy,
 )
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.service.server import configure_logging
-
-    configure_logging(args.verbose)
-    resources: list[Any] = []
-    try:
-        config, client, ready = _configure(args, resources)
-    except _Setup as exc:
-        print(f"ordinance proxy mysql: {exc}", file=sys.stderr)
-        _close_all(resources)
-        return 2
-    try:
-        return asyncio.run(_serve(config, client, ready))
-    except OSError as exc:
-        log.error("cannot listen on %s: %s", args.listen, exc)
-        return 1
-    finally:
-        _close_all(resources)
+    return run_proxy(args, "mysql", _configure, _serve)
 
 
 def _configure(args: argparse.Namespace, resources: list[Any]) -> tuple[Any, ...]:

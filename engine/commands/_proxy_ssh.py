@@ -20,9 +20,7 @@ for a bad configuration, 1 when it cannot listen.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,24 +47,9 @@ def register_ssh(kinds: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.commands.proxy import _close_all, _Setup
-    from engine.service.server import configure_logging
+    from engine.commands.proxy import run_proxy
 
-    configure_logging(args.verbose)
-    resources: list[Any] = []
-    try:
-        config, client, ready = _configure(args, resources)
-    except _Setup as exc:
-        print(f"ordinance proxy ssh: {exc}", file=sys.stderr)
-        _close_all(resources)
-        return 2
-    try:
-        return asyncio.run(_serve(config, client, ready))
-    except OSError as exc:
-        log.error("cannot listen on %s: %s", args.listen, exc)
-        return 1
-    finally:
-        _close_all(resources)
+    return run_proxy(args, "ssh", _configure, _serve)
 
 
 def _configure(args: argparse.Namespace, resources: list[Any]

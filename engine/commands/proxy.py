@@ -173,18 +173,26 @@ class _Setup(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_proxy(args, "postgres", _configure, _serve)
+
+
+def run_proxy(args: argparse.Namespace, name: str,
+              configure: Callable[[argparse.Namespace, list[Any]], tuple[Any, ...]],
+              serve: Callable[..., Any]) -> int:
+    """A proxy's command: `configure` (a `_Setup` error exits 2), then `serve(*configured)`
+    until signalled; whatever `configure` opened is closed either way."""
     from engine.service.server import configure_logging
 
     configure_logging(args.verbose)
     resources: list[Any] = []
     try:
-        proxy_args = _configure(args, resources)
+        configured = configure(args, resources)
     except _Setup as exc:
-        print(f"ordinance proxy postgres: {exc}", file=sys.stderr)
+        print(f"ordinance proxy {name}: {exc}", file=sys.stderr)
         _close_all(resources)
         return 2
     try:
-        return asyncio.run(_serve(*proxy_args))
+        return int(asyncio.run(serve(*configured)))
     except OSError as exc:
         log.error("cannot listen on %s: %s", args.listen, exc)
         return 1
